@@ -1,1 +1,3 @@
+from gpunet.sdk.client import Client
 
+__all__ = ["Client"]

@@ -1,0 +1,305 @@
+"""The agent: dials out to the coordinator, keeps its lease, runs attempts, reports them.
+
+Everything is initiated by the agent (register, heartbeat, long-poll for work, reports), so it
+works behind NAT. Reports are queued and retried in order until the coordinator accepts or
+rejects them, so a coordinator restart loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import shutil
+import socket
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from gpunet import __version__
+from gpunet.agent import runner
+from gpunet.agent.gpus.base import GpuBackend
+
+log = logging.getLogger("gpunet.agent")
+
+
+class Rejected(Exception):
+    """The coordinator refused a request for good (4xx): retrying will not help."""
+
+    def __init__(self, status: int, body: str) -> None:
+        super().__init__(f"{status}: {body}")
+        self.status = status
+
+
+@dataclass
+class AttemptCtx:
+    info: dict[str, Any]
+    run: runner.Run | None = None
+    orphaned: bool = False  # the coordinator no longer counts it: drop its reports
+    logs: list[dict[str, str]] = field(default_factory=list)
+    task: asyncio.Task[None] | None = None
+
+    @property
+    def id(self) -> str:
+        return str(self.info["attempt_id"])
+
+    @property
+    def token(self) -> int:
+        return int(self.info["fencing_token"])
+
+
+class Agent:
+    def __init__(self, coordinator: str, backend: GpuBackend, home: Path, *,
+                 join_token: str | None = None, name: str | None = None,
+                 site: str | None = None) -> None:
+        self.url = coordinator.rstrip("/")
+        self.backend = backend
+        self.home = home
+        self.join_token = join_token
+        self.name = name or socket.gethostname()
+        self.site = site
+        self.node_id: str | None = None
+        self.token: str | None = None
+        self.lease_timeout_s = 30.0
+        self.last_renewed = time.monotonic()
+        self.attempts: dict[str, AttemptCtx] = {}
+        self.reports: asyncio.Queue[tuple[str, str, dict[str, Any]]] = asyncio.Queue()
+        self.http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=70.0))
+        self.stopping = asyncio.Event()
+
+    # ---- connection -------------------------------------------------------------------
+    @property
+    def _cred_file(self) -> Path:
+        return self.home / "agent.json"
+
+    def _registration(self) -> dict[str, Any]:
+        return {"name": self.name, "gpus": [g.to_dict() for g in self.backend.discover()],
+                "agent_version": __version__, "site": self.site}
+
+    async def _call(self, method: str, path: str, *, token: str | None = None,
+                    **kw: Any) -> Any:
+        headers = {"Authorization": f"Bearer {token or self.token}"}
+        r = await self.http.request(method, self.url + path, headers=headers, **kw)
+        if r.status_code >= 500:
+            raise httpx.TransportError(f"coordinator answered {r.status_code}")
+        if r.status_code >= 400:
+            raise Rejected(r.status_code, r.text)
+        return r.json() if r.headers.get("content-type", "").startswith("application/json") \
+            else r.content
+
+    async def connect(self) -> None:
+        """Register (join token) or re-connect (saved node token), retrying with backoff."""
+        saved = self._load_credentials()
+        delay = 0.2
+        while not self.stopping.is_set():
+            try:
+                if saved:
+                    self.node_id, self.token = saved["node_id"], saved["token"]
+                    try:
+                        res = await self._call("POST", "/v1/agent/hello",
+                                               json=self._registration())
+                        self.lease_timeout_s = float(res["lease_timeout_s"])
+                        log.info("reconnected as %s", self.node_id)
+                        break
+                    except Rejected as exc:
+                        if exc.status != 401 or not self.join_token:
+                            raise
+                        saved = None  # the coordinator forgot us: join afresh
+                if not self.join_token:
+                    raise SystemExit("no saved credentials and no --join-token")
+                res = await self._call("POST", "/v1/agent/register", token=self.join_token,
+                                       json=self._registration())
+                self.node_id, self.token = res["node_id"], res["token"]
+                self.lease_timeout_s = float(res["lease_timeout_s"])
+                self._save_credentials()
+                log.info("registered as %s", self.node_id)
+                break
+            except httpx.TransportError as exc:
+                log.warning("coordinator unreachable (%s); retrying in %.1fs", exc, delay)
+                await self._sleep(delay)
+                delay = min(delay * 2, 5.0)
+        self.last_renewed = time.monotonic()
+
+    def _load_credentials(self) -> dict[str, Any] | None:
+        try:
+            data = json.loads(self._cred_file.read_text())
+        except (OSError, ValueError):
+            return None
+        return data if data.get("coordinator") == self.url else None
+
+    def _save_credentials(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        tmp = self._cred_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"coordinator": self.url, "node_id": self.node_id,
+                                   "token": self.token}))
+        os.chmod(tmp, 0o600)
+        tmp.replace(self._cred_file)
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
+
+    # ---- loops ------------------------------------------------------------------------
+    async def run(self) -> None:
+        await self.connect()
+        tasks = [asyncio.create_task(c) for c in (
+            self._heartbeat_loop(), self._work_loop(), self._report_loop(),
+            self._log_flush_loop(), self._lease_watch())]
+        await self.stopping.wait()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*(self._stop(a, "agent shutting down") for a in
+                               list(self.attempts.values())), return_exceptions=True)
+        await self.http.aclose()
+        self.backend.close()
+
+    def _busy_indices(self) -> set[int]:
+        return {i for a in self.attempts.values() for i in a.info["gpu_indices"]}
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            interval = max(0.2, min(5.0, self.lease_timeout_s / 6))
+            try:
+                tele = [t.to_dict() for t in self.backend.telemetry(self._busy_indices())]
+                res = await self._call("POST", "/v1/agent/heartbeat", json={
+                    "gpus": tele, "attempts": [a.id for a in self.attempts.values()
+                                               if not a.orphaned]})
+                self.last_renewed = time.monotonic()
+                self.lease_timeout_s = float(res.get("lease_timeout_s", self.lease_timeout_s))
+                for att_id in res.get("stop", []):
+                    ctx = self.attempts.get(att_id)
+                    if ctx:
+                        ctx.orphaned = True
+                        await self._stop(ctx, "the coordinator no longer counts this attempt")
+            except (httpx.TransportError, Rejected) as exc:
+                log.warning("heartbeat failed: %s", exc)
+            await asyncio.sleep(interval)
+
+    async def _lease_watch(self) -> None:
+        """Stop every attempt when the lease cannot be renewed: the coordinator will have
+        re-queued them elsewhere, and two copies must not run."""
+        while True:
+            await asyncio.sleep(0.5)
+            if time.monotonic() - self.last_renewed > self.lease_timeout_s:
+                for ctx in list(self.attempts.values()):
+                    if ctx.run and ctx.run.stop_reason is None:
+                        log.warning("lease lapsed: stopping %s", ctx.id)
+                        await self._stop(ctx, "lease lost")
+
+    async def _work_loop(self) -> None:
+        delay = 0.2
+        while True:
+            try:
+                work = await self._call("GET", "/v1/agent/work", params={"wait": 20})
+                delay = 0.2
+            except (httpx.TransportError, Rejected) as exc:
+                log.warning("work poll failed: %s", exc)
+                await asyncio.sleep(delay + random.random() * delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            for info in work.get("start", []):
+                if info["attempt_id"] not in self.attempts:
+                    ctx = AttemptCtx(info)
+                    self.attempts[ctx.id] = ctx
+                    ctx.task = asyncio.create_task(self._run_attempt(ctx))
+            for att_id in work.get("stop", []):
+                ctx = self.attempts.get(att_id)
+                if ctx is not None:
+                    await self._stop(ctx, "cancelled")
+
+    async def _stop(self, ctx: AttemptCtx, reason: str) -> None:
+        if ctx.run is not None and ctx.run.proc.returncode is None:
+            await ctx.run.stop(reason)
+        elif ctx.run is None and ctx.task is not None and not ctx.task.done():
+            ctx.task.cancel()
+
+    async def _run_attempt(self, ctx: AttemptCtx) -> None:
+        spec = ctx.info["spec"]
+        workdir = self.home / "work" / ctx.id
+        try:
+            try:
+                if spec.get("workdir"):
+                    data = await self._call("GET", f"/v1/agent/blobs/{spec['workdir']}")
+                    workdir.mkdir(parents=True, exist_ok=True)
+                    runner.unpack(data, workdir)
+                ctx.run = await runner.start(spec, workdir, ctx.info["gpu_indices"], ctx.info,
+                                             lambda s, d: ctx.logs.append({"stream": s,
+                                                                           "data": d}))
+            except asyncio.CancelledError:
+                self._report(ctx, "finished", {"exit_code": -15, "reason": "cancelled"})
+                return
+            except Exception as exc:  # a bad archive or command: the attempt fails
+                ctx.logs.append({"stream": "system", "data": f"could not start: {exc}\n"})
+                self._flush_logs(ctx)
+                self._report(ctx, "finished", {"exit_code": 127, "reason": f"start failed: {exc}"})
+                return
+            self._report(ctx, "started", {})
+            code = await ctx.run.wait()
+            self._flush_logs(ctx)
+            reason = ctx.run.stop_reason
+            if reason == "lease lost":
+                self._report(ctx, "finished", {"exit_code": code, "lost": True, "reason": reason})
+            else:
+                self._report(ctx, "finished", {"exit_code": code,
+                                               "reason": reason or f"exit code {code}"})
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    def _report(self, ctx: AttemptCtx, kind: str, body: dict[str, Any]) -> None:
+        if ctx.orphaned:
+            if kind == "finished":
+                self.attempts.pop(ctx.id, None)
+            return
+        self.reports.put_nowait((ctx.id, kind, {"fencing_token": ctx.token, **body}))
+
+    def _flush_logs(self, ctx: AttemptCtx) -> None:
+        if not ctx.logs:
+            return
+        merged: list[dict[str, str]] = []
+        for c in ctx.logs:  # join consecutive pieces of one stream
+            if merged and merged[-1]["stream"] == c["stream"] and len(merged[-1]["data"]) < 65536:
+                merged[-1]["data"] += c["data"]
+            else:
+                merged.append(dict(c))
+        ctx.logs.clear()
+        self._report(ctx, "logs", {"chunks": merged})
+
+    async def _log_flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(0.25)
+            for ctx in list(self.attempts.values()):
+                self._flush_logs(ctx)
+
+    async def _report_loop(self) -> None:
+        """Deliver reports in order; retry while the coordinator is away."""
+        dropped: dict[str, int] = defaultdict(int)
+        while True:
+            att_id, kind, body = await self.reports.get()
+            delay = 0.2
+            while True:
+                try:
+                    await self._call("POST", f"/v1/agent/attempts/{att_id}/{kind}", json=body)
+                    break
+                except Rejected as exc:
+                    # stale fencing token or unknown attempt: this attempt is not ours any more
+                    dropped[att_id] += 1
+                    log.warning("report %s of %s rejected: %s", kind, att_id, exc)
+                    ctx = self.attempts.get(att_id)
+                    if ctx is not None:
+                        ctx.orphaned = True
+                        await self._stop(ctx, "rejected by the coordinator")
+                    break
+                except httpx.TransportError as exc:
+                    log.warning("report %s of %s failed (%s); retrying", kind, att_id, exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+            if kind == "finished":
+                self.attempts.pop(att_id, None)

@@ -1,0 +1,85 @@
+"""The coordinator's FastAPI application."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import Response
+from sqlalchemy import func, select
+from starlette.concurrency import run_in_threadpool
+
+from gpunet import __version__
+from gpunet.api import errors
+from gpunet.api.deps import Rt
+from gpunet.api.routers import agent, fleet, jobs
+from gpunet.core.jobs import JobState
+from gpunet.loops.background import start_all
+from gpunet.services.fleet import busy_gpu_ids
+from gpunet.services.leases import flush_telemetry, grant_grace
+from gpunet.services.runtime import Runtime, Settings
+from gpunet.store.db import Database
+from gpunet.store.tables import Gpu, Job, Node
+
+
+def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
+    database = db or Database(settings.database_url)
+    rt = Runtime(settings, database)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await run_in_threadpool(database.migrate)
+        grant_grace(database, rt.leases)
+        rt.wakeups.bind(asyncio.get_running_loop())
+        tasks = start_all(rt)
+        try:
+            yield
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                flush_telemetry(database, rt.leases)
+            database.dispose()
+
+    app = FastAPI(title="gpunet coordinator", version=__version__, lifespan=lifespan)
+    app.state.runtime = rt
+    errors.install(app)
+    for r in (jobs.router, fleet.router, agent.router):
+        app.include_router(r)
+
+    @app.get("/healthz", tags=["meta"])
+    def healthz() -> dict[str, Any]:
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/metrics", tags=["meta"])
+    def metrics(rt: Rt) -> Response:
+        _refresh_gauges(rt)
+        return Response(rt.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    return app
+
+
+def _refresh_gauges(rt: Runtime) -> None:
+    m = rt.metrics
+    with rt.db.sessions() as s:
+        counts = dict(s.execute(select(Job.state, func.count()).group_by(Job.state)).all())
+        for st in JobState:
+            m.jobs.labels(state=st.value).set(counts.get(st.value, 0))
+        nodes = dict(s.execute(select(Node.status, func.count()).group_by(Node.status)).all())
+        for status in ("online", "offline"):
+            m.nodes.labels(status=status).set(nodes.get(status, 0))
+        busy = busy_gpu_ids(s)
+        gpus = list(s.execute(select(Gpu.id, Gpu.healthy, Gpu.drained)))
+    by = {"busy": 0, "idle": 0, "unhealthy": 0, "drained": 0}
+    for gid, healthy, drained in gpus:
+        key = "unhealthy" if not healthy else "drained" if drained else \
+            "busy" if gid in busy else "idle"
+        by[key] += 1
+    for k, v in by.items():
+        m.gpus.labels(state=k).set(v)
+    lags = rt.leases.lags()
+    m.heartbeat_lag_max.set(max(lags) if lags else 0)

@@ -1,0 +1,98 @@
+"""The agent's side of the API. Agents dial out: every call here is made by the agent."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, Query
+from fastapi.responses import Response
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from gpunet.api.deps import Rt, Who
+from gpunet.errors import Forbidden
+from gpunet.services import agents as svc
+from gpunet.util import now
+
+router = APIRouter(prefix="/v1/agent", tags=["agent"])
+
+
+@router.post("/register", status_code=201)
+def register(rt: Rt, who: Who, reg: svc.Registration) -> dict[str, Any]:
+    """Register a node with a provider join token; answers the node's own token."""
+    node_id, token = svc.register(rt.db, who, reg)
+    rt.leases.renew(node_id, now(), None)
+    rt.wakeups.wake_scheduler()
+    return {"node_id": node_id, "token": token, "lease_timeout_s": rt.settings.lease_timeout_s}
+
+
+@router.post("/hello")
+def hello(rt: Rt, who: Who, reg: svc.Registration) -> dict[str, Any]:
+    node_id = svc.hello(rt.db, who, reg)
+    rt.leases.renew(node_id, now(), None)
+    rt.wakeups.wake_scheduler()
+    return {"node_id": node_id, "lease_timeout_s": rt.settings.lease_timeout_s}
+
+
+class Heartbeat(BaseModel):
+    gpus: list[dict[str, Any]] = Field(default_factory=list)  # telemetry per GPU index
+    attempts: list[str] = Field(default_factory=list)  # attempts the agent is running
+
+
+@router.post("/heartbeat")
+async def heartbeat(rt: Rt, who: Who, hb: Heartbeat) -> dict[str, Any]:
+    """Renew the node's lease. Answers attempts the agent must stop."""
+    if who.node_id is None:
+        raise Forbidden("only an agent's own token may heartbeat")
+    was_known = rt.leases.known(who.node_id)
+    gap = rt.leases.renew(who.node_id, now(), hb.gpus)
+    if gap:
+        rt.metrics.heartbeat_lag.observe(gap)
+    if not was_known:  # back after being reaped (or after our restart): online again
+        await run_in_threadpool(svc.mark_online, rt.db, who.node_id)
+        rt.wakeups.wake_scheduler()
+    stop = await run_in_threadpool(svc.check_reported, rt.db, who, hb.attempts) \
+        if hb.attempts else []
+    return {"stop": stop, "lease_timeout_s": rt.settings.lease_timeout_s}
+
+
+@router.get("/work")
+async def work(rt: Rt, who: Who, wait: float = Query(20.0, ge=0, le=60)) -> dict[str, Any]:
+    """Long-poll for attempts to start or stop; answers at once when there are any."""
+    if who.node_id is None:
+        raise Forbidden("only an agent's own token may ask for work")
+    event = rt.wakeups.node_event(who.node_id)
+    event.clear()
+    found = await run_in_threadpool(svc.work_for, rt.db, who)
+    if found["start"] or found["stop"] or wait == 0:
+        return found
+    try:
+        await asyncio.wait_for(event.wait(), timeout=wait)
+    except TimeoutError:
+        return {"start": [], "stop": []}
+    return await run_in_threadpool(svc.work_for, rt.db, who)
+
+
+@router.post("/attempts/{attempt_id}/started")
+def started(rt: Rt, who: Who, attempt_id: str, rep: svc.Report) -> dict[str, str]:
+    svc.attempt_started(rt.db, who, attempt_id, rep)
+    return {"status": "ok"}
+
+
+@router.post("/attempts/{attempt_id}/logs")
+def logs(rt: Rt, who: Who, attempt_id: str, rep: svc.LogReport) -> dict[str, str]:
+    svc.append_logs(rt.db, who, attempt_id, rep)
+    return {"status": "ok"}
+
+
+@router.post("/attempts/{attempt_id}/finished")
+def finished(rt: Rt, who: Who, attempt_id: str, rep: svc.FinishReport) -> dict[str, str]:
+    svc.attempt_finished(rt.db, who, attempt_id, rep)
+    rt.wakeups.wake_scheduler()
+    return {"status": "ok"}
+
+
+@router.get("/blobs/{digest}")
+def blob(rt: Rt, who: Who, digest: str) -> Response:
+    return Response(svc.read_blob(rt.db, who, digest), media_type="application/gzip")

@@ -1,0 +1,59 @@
+"""Fleet commands: nodes, gpus, tokens."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from gpunet.cli.output import console, print_json, table
+from gpunet.sdk.client import Client
+
+tokens_app = typer.Typer(help="Issue API tokens (admin).")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
+
+
+def nodes(json_out: JsonOpt = False) -> None:
+    """The nodes of the network."""
+    with Client() as client:
+        rows = client.nodes()
+    if json_out:
+        print_json(rows)
+        return
+    table(rows, [("id", "NODE"), ("name", "NAME"), ("status", "STATUS"), ("gpus", "GPUS"),
+                 ("gpus_busy", "BUSY"), ("gpu_models", "MODELS"), ("simulated", "SIMULATED"),
+                 ("last_heartbeat_at", "LAST HEARTBEAT")])
+
+
+def gpus(json_out: JsonOpt = False) -> None:
+    """Every GPU with live telemetry (utilization, memory, temperature, power)."""
+    with Client() as client:
+        rows = client.gpus()
+    if json_out:
+        print_json(rows)
+        return
+    for r in rows:
+        r["memory"] = f"{(r['memory_used_mb'] or 0) / 1000:.1f}/{r['memory_mb'] / 1000:.0f} GB"
+        r["state"] = ("unhealthy" if not r["healthy"] else "drained" if r["drained"]
+                      else "busy" if r["busy"] else "idle")
+    table(rows, [("id", "GPU"), ("model", "MODEL"), ("state", "STATE"),
+                 ("utilization_pct", "UTIL %"), ("memory", "MEMORY"),
+                 ("temperature_c", "TEMP C"), ("power_w", "POWER W"),
+                 ("simulated", "SIMULATED")])
+
+
+@tokens_app.command("create")
+def tokens_create(
+    role: Annotated[str, typer.Option(help="consumer | provider | admin")],
+    account: Annotated[str, typer.Option(help="account the token acts for")] = "default",
+    name: Annotated[str, typer.Option(help="a label for the token")] = "",
+    json_out: JsonOpt = False,
+) -> None:
+    """Create a token. Provider tokens are join tokens for agents."""
+    with Client() as client:
+        token = client.create_token(role, account, name)
+    if json_out:
+        print_json({"token": token, "role": role, "account": account})
+    else:
+        console.print(token)

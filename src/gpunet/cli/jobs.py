@@ -1,0 +1,223 @@
+"""Job commands: submit, run, jobs, logs, cancel."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+
+from gpunet.cli.output import console, err_console, print_json, styled_state, table
+from gpunet.errors import ValidationFailed
+from gpunet.sdk.client import TERMINAL, Client
+
+jobs_app = typer.Typer(help="List and inspect jobs.", invoke_without_command=True,
+                       no_args_is_help=False)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
+
+
+def load_spec_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ValidationFailed("file", f"cannot read {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ValidationFailed("file", f"{path} is not valid YAML{where}") from None
+    if not isinstance(data, dict):
+        raise ValidationFailed("file", f"{path} must hold a mapping of job fields")
+    return data
+
+
+def _stream_logs(client: Client, job_id: str) -> None:
+    for chunk in client.follow_logs(job_id):
+        out = sys.stderr if chunk["stream"] == "stderr" else sys.stdout
+        out.write(chunk["data"])
+        out.flush()
+
+
+def _finish(client: Client, job_id: str) -> None:
+    job = client.job(job_id)
+    code = job.get("exit_code")
+    err_console.print(f"job {job_id} {styled_state(job['state'])}"
+                      + (f" (exit code {code})" if code is not None else ""))
+    raise typer.Exit(0 if job["state"] == "succeeded" else (code or 1))
+
+
+def submit(
+    file: Annotated[Path, typer.Argument(help="job spec (YAML)")],
+    workdir: Annotated[Path | None, typer.Option(help="directory to upload as the job's "
+                                                     "working directory")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="stream logs until done")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Submit a job from a YAML spec."""
+    spec = load_spec_file(file)
+    with Client() as client:
+        job = client.submit(spec, workdir=workdir)
+        if json_out:
+            print_json(job)
+        else:
+            console.print(f"submitted [bold]{job['id']}[/] ({job['name']}): "
+                          f"{styled_state(job['state'])}")
+        if follow:
+            _stream_logs(client, job["id"])
+            _finish(client, job["id"])
+
+
+def run(
+    command: Annotated[list[str], typer.Argument(help="the command, after --")],
+    gpus: Annotated[int, typer.Option(help="GPUs on one node")] = 1,
+    gpu_model: Annotated[list[str] | None, typer.Option(help="allowed GPU model (repeat)")] = None,
+    min_gpu_memory_gb: Annotated[float, typer.Option(help="per GPU")] = 0,
+    name: Annotated[str | None, typer.Option(help="job name")] = None,
+    env: Annotated[list[str] | None, typer.Option(help="KEY=VALUE (repeat)")] = None,
+    workdir: Annotated[Path | None, typer.Option(help="directory to upload")] = None,
+    max_retries: Annotated[int, typer.Option(help="re-queues after a lost attempt")] = 2,
+    priority: Annotated[int, typer.Option()] = 0,
+    detach: Annotated[bool, typer.Option("--detach", "-d", help="do not wait")] = False,
+) -> None:
+    """Run a command on the network: `gpunet run --gpus 1 -- python train.py`."""
+    envs: dict[str, str] = {}
+    for item in env or []:
+        k, sep, v = item.partition("=")
+        if not sep:
+            raise ValidationFailed("env", f"{item!r} is not KEY=VALUE")
+        envs[k] = v
+    spec = {
+        "name": name or Path(command[0]).name,
+        "command": command,
+        "env": envs,
+        "max_retries": max_retries,
+        "priority": priority,
+        "resources": {"gpus": gpus, "gpu_models": gpu_model or [],
+                      "min_gpu_memory_gb": min_gpu_memory_gb},
+    }
+    with Client() as client:
+        job = client.submit(spec, workdir=workdir)
+        job_id = job["id"]
+        if detach:
+            console.print(job_id)
+            return
+        with err_console.status(f"{job_id} queued, waiting for a GPU...") as status:
+            while True:
+                j = client.job(job_id)
+                if j["state"] in {"running"} | TERMINAL:
+                    break
+                if j["state"] == "queued":
+                    why = client.why(job_id)
+                    status.update(f"{job_id} queued: {why['summary']}")
+                else:
+                    status.update(f"{job_id} {j['state']}...")
+                time.sleep(0.3)
+        j = client.job(job_id)
+        if j.get("node_id"):
+            err_console.print(f"{job_id} running on {j['node_id']} GPUs {','.join(j['gpu_ids'])}")
+        _stream_logs(client, job_id)
+        _finish(client, job_id)
+
+
+JOB_COLUMNS = [("id", "ID"), ("name", "NAME"), ("state", "STATE"), ("gpus", "GPUS"),
+               ("exit_code", "EXIT"), ("created_at", "SUBMITTED"), ("started_at", "STARTED"),
+               ("finished_at", "ENDED")]
+
+
+@jobs_app.callback()
+def jobs_list(
+    ctx: typer.Context,
+    state: Annotated[str | None, typer.Option(help="only jobs in this state")] = None,
+    limit: Annotated[int, typer.Option(help="at most this many")] = 50,
+    json_out: JsonOpt = False,
+) -> None:
+    """List your jobs (newest first)."""
+    if ctx.invoked_subcommand:
+        return
+    with Client() as client:
+        rows = client.jobs(state, limit)
+    if json_out:
+        print_json(rows)
+        return
+    for r in rows:
+        r["state"] = styled_state(r["state"])
+    table(rows, JOB_COLUMNS)
+
+
+@jobs_app.command("show")
+def jobs_show(job_id: str, json_out: JsonOpt = False) -> None:
+    """A job in full: state, exit code, times, node and GPUs, attempts."""
+    with Client() as client:
+        job = client.job(job_id)
+    if json_out:
+        print_json(job)
+        return
+    console.print(f"[bold]{job['id']}[/] {job['name']}  {styled_state(job['state'])}")
+    for key in ("exit_code", "reason", "node_id", "gpu_ids", "created_at", "started_at",
+                "finished_at", "retries_used", "max_retries"):
+        console.print(f"  {key:13} {job.get(key) if job.get(key) not in (None, []) else '-'}")
+    cmd = job["spec"]["command"]
+    console.print(f"  {'command':13} {cmd if isinstance(cmd, str) else ' '.join(cmd)}")
+    if job.get("attempts"):
+        table(job["attempts"], [("number", "#"), ("id", "ATTEMPT"), ("node_id", "NODE"),
+                                ("gpu_ids", "GPUS"), ("state", "STATE"), ("exit_code", "EXIT"),
+                                ("reason", "REASON")], title="attempts")
+
+
+@jobs_app.command("events")
+def jobs_events(job_id: str, json_out: JsonOpt = False) -> None:
+    """Every state transition of a job, timestamped."""
+    with Client() as client:
+        rows = client.events(job_id)
+    if json_out:
+        print_json(rows)
+        return
+    table(rows, [("at", "AT"), ("from", "FROM"), ("to", "TO"), ("reason", "REASON"),
+                 ("actor", "BY")])
+
+
+@jobs_app.command("why")
+def jobs_why(job_id: str, json_out: JsonOpt = False) -> None:
+    """Why a pending job is not running, and where it would go."""
+    with Client() as client:
+        res = client.why(job_id)
+    if json_out:
+        print_json(res)
+        return
+    console.print(f"{res['job_id']} ({res['state']}): {res['summary']}")
+    if res.get("note"):
+        console.print(f"  {res['note']}")
+    if res.get("would_place"):
+        wp = res["would_place"]
+        console.print(f"  next placement: {wp['node_id']} GPUs {','.join(wp['gpu_ids'])}")
+
+
+def logs(job_id: str,
+         follow: Annotated[bool, typer.Option("--follow", "-f", help="until the job ends")] = False
+         ) -> None:
+    """Print a job's logs."""
+    with Client() as client:
+        if follow:
+            _stream_logs(client, job_id)
+            return
+        after = 0
+        while True:
+            page = client.logs(job_id, after)
+            for c in page["chunks"]:
+                (sys.stderr if c["stream"] == "stderr" else sys.stdout).write(c["data"])
+            if not page["chunks"]:
+                break
+            after = page["next"]
+
+
+def cancel(job_id: str) -> None:
+    """Cancel a job (its whole process group is stopped)."""
+    with Client() as client:
+        job = client.cancel(job_id)
+    console.print(f"{job['id']}: {styled_state(job['state'])}")
+

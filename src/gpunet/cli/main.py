@@ -1,0 +1,47 @@
+"""The ``gpunet`` command line."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+
+from gpunet.cli import fleet, jobs, serve
+from gpunet.cli.output import err_console
+from gpunet.errors import GpunetError
+
+app = typer.Typer(help="gpunet: pool GPUs from many owners and run AI work on the best fit.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+
+app.command()(serve.up)
+app.command()(serve.server)
+app.command()(serve.agent)
+app.command()(jobs.submit)
+app.command(context_settings={"allow_interspersed_args": False})(jobs.run)
+app.add_typer(jobs.jobs_app, name="jobs")
+app.command()(jobs.logs)
+app.command()(jobs.cancel)
+app.command()(fleet.nodes)
+app.command()(fleet.gpus)
+app.add_typer(fleet.tokens_app, name="tokens")
+
+
+def main() -> None:
+    """Entry point: errors are printed as one line, never as a traceback."""
+    try:
+        rv = app(standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        err_console.print("aborted")
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except GpunetError as exc:
+        err_console.print(f"[red]error:[/] {exc.message}")
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    sys.exit(rv if isinstance(rv, int) else 0)

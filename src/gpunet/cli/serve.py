@@ -1,0 +1,154 @@
+"""Long-running commands: up (a whole local network), server (coordinator), agent."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import uvicorn
+
+from gpunet.agent.gpus.base import GpuBackend
+from gpunet.agent.gpus.simulated import SimulatedBackend, parse_simulate
+from gpunet.agent.loop import Agent
+from gpunet.cli.output import console, err_console
+from gpunet.config import ClientConfig, home
+from gpunet.services.auth import Role, bootstrap_admin, issue_token
+from gpunet.services.runtime import Settings
+from gpunet.store.db import Database
+
+DEFAULT_SIMULATED = "2xA100-80GB"
+
+
+def pick_backend(simulate: str | None, *, quiet: bool = False) -> GpuBackend:
+    """NVML when there is an NVIDIA GPU and no --simulate; else simulated GPUs, said plainly."""
+    if simulate:
+        return SimulatedBackend(parse_simulate(simulate), seed=socket.gethostname())
+    from gpunet.agent.gpus.nvml import NvmlBackend, NvmlUnavailable
+
+    try:
+        return NvmlBackend()
+    except NvmlUnavailable as exc:
+        if not quiet:
+            err_console.print(f"[yellow]No NVIDIA GPU here ({exc}); running on simulated GPUs: "
+                              f"{DEFAULT_SIMULATED}[/]")
+        return SimulatedBackend(parse_simulate(DEFAULT_SIMULATED), seed=socket.gethostname())
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+def _prepare(database_url: str) -> tuple[Database, str | None]:
+    db = Database(database_url)
+    db.migrate()
+    token = bootstrap_admin(db)
+    if token:
+        path = home() / "admin-token"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(token + "\n")
+        os.chmod(path, 0o600)
+    return db, token
+
+
+def _uvicorn(settings: Settings, db: Database, host: str, port: int) -> uvicorn.Server:
+    from gpunet.api.app import create_app
+
+    config = uvicorn.Config(create_app(settings, db=db), host=host, port=port,
+                            log_level="warning", access_log=False, lifespan="on")
+    return uvicorn.Server(config)
+
+
+def server(
+    database_url: Annotated[str | None, typer.Option(
+        help="sqlite:///PATH or postgresql://...; default: SQLite under GPUNET_HOME")] = None,
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8787,
+    policy: Annotated[str, typer.Option(help="scheduling policy")] = "fifo",
+    lease_timeout: Annotated[float, typer.Option(help="seconds without heartbeats before a "
+                                                       "node goes offline")] = 30.0,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run the coordinator (migrations are applied at start)."""
+    _logging(verbose)
+    url = database_url or f"sqlite:///{home() / 'gpunet.db'}"
+    home().mkdir(parents=True, exist_ok=True)
+    db, token = _prepare(url)
+    if token:
+        console.print(f"admin token (shown once, also in {home() / 'admin-token'}): {token}")
+    settings = Settings(database_url=url, lease_timeout_s=lease_timeout, policy=policy)
+    console.print(f"gpunet coordinator on http://{host}:{port} ({db.engine.dialect.name})")
+    _uvicorn(settings, db, host, port).run()
+
+
+def agent(
+    coordinator: Annotated[str, typer.Option(help="coordinator URL")],
+    join_token: Annotated[str | None, typer.Option(help="provider join token (first run)")] = None,
+    simulate: Annotated[str | None, typer.Option(
+        help="simulated GPUs, e.g. 2xA100-80GB,1xRTX-4090, or a fleet YAML")] = None,
+    name: Annotated[str | None, typer.Option(help="node name (default: hostname)")] = None,
+    agent_home: Annotated[Path | None, typer.Option("--home", help="agent state directory")] = None,
+    site: Annotated[str | None, typer.Option(help="site label, e.g. eu-west")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Join this machine's GPUs to a coordinator. Dials out only: works behind NAT."""
+    _logging(verbose)
+    backend = pick_backend(simulate)
+    a = Agent(coordinator, backend, agent_home or home() / "agent", join_token=join_token,
+              name=name, site=site)
+    console.print(f"gpunet agent: {len(backend.discover())} GPU(s)"
+                  f"{' (simulated)' if backend.simulated else ''} -> {coordinator}")
+    try:
+        asyncio.run(a.run())
+    except KeyboardInterrupt:
+        pass
+
+
+def up(
+    port: Annotated[int, typer.Option(help="port for the coordinator")] = 8787,
+    simulate: Annotated[str | None, typer.Option(
+        help="simulated GPUs, e.g. 2xA100-80GB,1xRTX-4090, or a fleet YAML")] = None,
+    policy: Annotated[str, typer.Option(help="scheduling policy")] = "fifo",
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Start a whole local network: a coordinator (SQLite under GPUNET_HOME) and one agent on
+    this machine's GPUs. Ctrl-C stops everything."""
+    _logging(verbose)
+    base = home()
+    base.mkdir(parents=True, exist_ok=True)
+    url = f"sqlite:///{base / 'gpunet.db'}"
+    db, _ = _prepare(url)
+    with db.transaction() as s:
+        admin = issue_token(s, Role.ADMIN, "admin", name="gpunet up: local client")
+        join = issue_token(s, Role.PROVIDER, "local-owner", name="gpunet up: local agent")
+    api = f"http://127.0.0.1:{port}"
+    cfg_path = ClientConfig(api, admin).save()
+    backend = pick_backend(simulate)
+    settings = Settings(database_url=url, policy=policy)
+    srv = _uvicorn(settings, db, "127.0.0.1", port)
+    a = Agent(api, backend, base / "agent", join_token=join, name=socket.gethostname())
+
+    async def main() -> None:
+        serving = asyncio.create_task(srv.serve())
+        while not srv.started and not serving.done():
+            await asyncio.sleep(0.05)
+        if serving.done():
+            await serving
+            return
+        kind = "simulated " if backend.simulated else ""
+        console.print(f"gpunet is up: API {api}  ({len(backend.discover())} {kind}GPU(s), "
+                      f"data in {base})")
+        console.print(f"client config written to {cfg_path}; try `gpunet nodes` in another "
+                      "terminal. Ctrl-C stops.")
+        agent_task = asyncio.create_task(a.run())
+        await serving  # returns when uvicorn has handled Ctrl-C / SIGTERM
+        a.stopping.set()
+        await agent_task
+
+    asyncio.run(main())
+    console.print("gpunet stopped.")

@@ -1,0 +1,43 @@
+"""Where gpunet keeps its files, and the client's saved connection."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def home() -> Path:
+    return Path(os.environ.get("GPUNET_HOME") or Path.home() / ".gpunet").expanduser()
+
+
+@dataclass
+class ClientConfig:
+    url: str
+    token: str
+
+    @staticmethod
+    def path() -> Path:
+        return home() / "client.json"
+
+    @classmethod
+    def load(cls) -> ClientConfig | None:
+        """Environment (GPUNET_URL, GPUNET_TOKEN) first, then the saved file."""
+        saved: dict[str, str] = {}
+        try:
+            saved = json.loads(cls.path().read_text())
+        except (OSError, ValueError):
+            pass
+        url = os.environ.get("GPUNET_URL") or saved.get("url")
+        token = os.environ.get("GPUNET_TOKEN") or saved.get("token")
+        return cls(url, token) if url and token else None
+
+    def save(self) -> Path:
+        p = self.path()
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"url": self.url, "token": self.token}, indent=2))
+        os.chmod(tmp, 0o600)
+        tmp.replace(p)
+        return p

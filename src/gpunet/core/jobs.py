@@ -1,0 +1,83 @@
+"""The job and attempt state machines: the one table of allowed transitions."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from gpunet.errors import Conflict
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    ASSIGNED = "assigned"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    LOST = "lost"
+
+
+class AttemptState(StrEnum):
+    ASSIGNED = "assigned"
+    RUNNING = "running"
+    STOPPING = "stopping"  # cancel asked; the agent has not yet confirmed the process group is gone
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    LOST = "lost"
+
+
+J = JobState
+JOB_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    J.QUEUED: frozenset({J.ASSIGNED, J.CANCELLED, J.FAILED}),
+    J.ASSIGNED: frozenset({J.RUNNING, J.SUCCEEDED, J.FAILED, J.CANCELLED, J.LOST}),
+    J.RUNNING: frozenset({J.SUCCEEDED, J.FAILED, J.CANCELLED, J.LOST}),
+    J.LOST: frozenset({J.QUEUED, J.FAILED, J.CANCELLED}),
+    J.SUCCEEDED: frozenset(),
+    J.FAILED: frozenset(),
+    J.CANCELLED: frozenset(),
+}
+
+A = AttemptState
+ATTEMPT_TRANSITIONS: dict[AttemptState, frozenset[AttemptState]] = {
+    A.ASSIGNED: frozenset({A.RUNNING, A.STOPPING, A.SUCCEEDED, A.FAILED, A.CANCELLED, A.LOST}),
+    A.RUNNING: frozenset({A.STOPPING, A.SUCCEEDED, A.FAILED, A.CANCELLED, A.LOST}),
+    A.STOPPING: frozenset({A.CANCELLED, A.LOST}),
+    A.SUCCEEDED: frozenset(),
+    A.FAILED: frozenset(),
+    A.CANCELLED: frozenset(),
+    A.LOST: frozenset(),
+}
+
+TERMINAL_JOB_STATES = frozenset(s for s, nxt in JOB_TRANSITIONS.items() if not nxt)
+ACTIVE_ATTEMPT_STATES = frozenset({A.ASSIGNED, A.RUNNING, A.STOPPING})
+# attempts whose GPUs are held (the process may still be alive)
+GPU_HOLDING_ATTEMPT_STATES = ACTIVE_ATTEMPT_STATES
+
+
+def can_move_job(src: JobState, dst: JobState) -> bool:
+    return dst in JOB_TRANSITIONS[src]
+
+
+def check_job_move(src: JobState, dst: JobState) -> None:
+    """Raise Conflict unless the table allows ``src -> dst``."""
+    if not can_move_job(src, dst):
+        raise Conflict(f"a {src.value} job cannot become {dst.value}", field="state")
+
+
+def check_attempt_move(src: AttemptState, dst: AttemptState) -> None:
+    if dst not in ATTEMPT_TRANSITIONS[src]:
+        raise Conflict(f"a {src.value} attempt cannot become {dst.value}", field="state")
+
+
+def after_lost(retries_used: int, max_retries: int) -> JobState:
+    """Where a job goes when its attempt is lost: back to the queue while retries remain."""
+    return JobState.QUEUED if retries_used < max_retries else JobState.FAILED
+
+
+def job_state_for_exit(exit_code: int) -> JobState:
+    return JobState.SUCCEEDED if exit_code == 0 else JobState.FAILED
+
+
+def attempt_state_for_exit(exit_code: int) -> AttemptState:
+    return AttemptState.SUCCEEDED if exit_code == 0 else AttemptState.FAILED

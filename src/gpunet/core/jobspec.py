@@ -1,0 +1,107 @@
+"""The job spec users write (YAML or flags), validated with pydantic.
+
+Validation errors become :class:`gpunet.errors.ValidationFailed` naming the field path.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from gpunet.catalog import resolve_model
+from gpunet.errors import ValidationFailed
+
+_CC = re.compile(r"^(\d+)\.(\d+)$")
+
+
+class Resources(BaseModel):
+    """What hardware a job needs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    gpus: int = Field(1, ge=1, le=64, description="GPUs on one node")
+    min_gpu_memory_gb: float = Field(0, ge=0, description="per GPU, in GB")
+    gpu_models: list[str] = Field(default_factory=list, description="allowed models; empty: any")
+    min_compute_capability: str | None = Field(None, description='e.g. "8.0"')
+
+    @field_validator("gpu_models")
+    @classmethod
+    def _known_models(cls, v: list[str]) -> list[str]:
+        return [resolve_model(m, field="resources.gpu_models") for m in v]
+
+    @field_validator("min_compute_capability")
+    @classmethod
+    def _cc(cls, v: str | None) -> str | None:
+        if v is not None and not _CC.match(str(v)):
+            raise ValueError('must look like "8.0"')
+        return v
+
+    def compute_capability(self) -> tuple[int, int] | None:
+        if self.min_compute_capability is None:
+            return None
+        m = _CC.match(self.min_compute_capability)
+        assert m
+        return int(m.group(1)), int(m.group(2))
+
+
+class JobSpec(BaseModel):
+    """A job: what to run and what it needs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field("job", min_length=1, max_length=200)
+    command: list[str] | str = Field(..., description="argv list, or a shell command string")
+    env: dict[str, str] = Field(default_factory=dict)
+    workdir: str | None = Field(
+        None, description="digest of an uploaded working-directory archive (set by the client)"
+    )
+    resources: Resources = Field(default_factory=Resources)  # type: ignore[arg-type]
+    max_retries: int = Field(2, ge=0, le=100, description="re-queues after a lost attempt")
+    priority: int = Field(0, ge=-1000, le=1000)
+    labels: dict[str, str] = Field(default_factory=dict)
+    job_class: str | None = Field(None, description="workload class for throughput-aware placement")
+
+    @field_validator("command")
+    @classmethod
+    def _non_empty(cls, v: list[str] | str) -> list[str] | str:
+        if (isinstance(v, str) and not v.strip()) or (isinstance(v, list) and not v):
+            raise ValueError("must not be empty")
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, v: dict[str, str]) -> dict[str, str]:
+        for k in v:
+            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", k):
+                raise ValueError(f"{k!r} is not a valid environment variable name")
+        return v
+
+    def argv(self) -> list[str]:
+        if isinstance(self.command, str):
+            return ["/bin/sh", "-c", self.command]
+        return list(self.command)
+
+
+def _loc(err: dict[str, Any]) -> str:
+    return ".".join(str(p) for p in err["loc"]) or "spec"
+
+
+def parse_spec(data: Any) -> JobSpec:
+    """Validate a decoded spec; raise ValidationFailed naming the first bad field."""
+    if not isinstance(data, dict):
+        raise ValidationFailed("spec", "a job spec must be a mapping of fields")
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationFailed:
+        raise
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        ctx_err = (err.get("ctx") or {}).get("error")
+        if isinstance(ctx_err, ValidationFailed):
+            raise ctx_err from None
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        raise ValidationFailed(_loc(err), msg) from None

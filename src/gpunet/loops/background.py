@@ -1,0 +1,62 @@
+"""The coordinator's background loops: scheduler, lease reaper, telemetry flush."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from starlette.concurrency import run_in_threadpool
+
+from gpunet.services import leases, scheduling
+from gpunet.services.runtime import Runtime
+
+log = logging.getLogger("gpunet.loops")
+
+
+async def scheduler_loop(rt: Runtime) -> None:
+    """Run a pass whenever something changed (submit, finish, node join) or every interval."""
+    ev = rt.wakeups.scheduler
+    while True:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ev.wait(), timeout=rt.settings.scheduler_interval_s)
+        ev.clear()
+        t = time.perf_counter()
+        try:
+            result = await run_in_threadpool(scheduling.tick, rt.db, rt.settings.policy)
+        except Exception:
+            log.exception("scheduler pass failed")
+            await asyncio.sleep(0.5)
+            continue
+        rt.metrics.schedule_tick.observe(time.perf_counter() - t)
+        for w in result.waits_s:
+            rt.metrics.schedule_latency.observe(w)
+        rt.wakeups.wake_nodes(result.nodes)
+
+
+async def reaper_loop(rt: Runtime) -> None:
+    while True:
+        await asyncio.sleep(rt.settings.reaper_interval_s)
+        try:
+            gone = await run_in_threadpool(leases.reap, rt.db, rt.leases,
+                                           rt.settings.lease_timeout_s)
+        except Exception:
+            log.exception("lease reaper failed")
+            continue
+        if gone:
+            log.warning("nodes offline (lease lapsed): %s", ", ".join(gone))
+            rt.wakeups.wake_scheduler()
+
+
+async def flush_loop(rt: Runtime) -> None:
+    while True:
+        await asyncio.sleep(rt.settings.telemetry_flush_s)
+        try:
+            await run_in_threadpool(leases.flush_telemetry, rt.db, rt.leases)
+        except Exception:
+            log.exception("telemetry flush failed")
+
+
+def start_all(rt: Runtime) -> list[asyncio.Task[None]]:
+    return [asyncio.create_task(f(rt)) for f in (scheduler_loop, reaper_loop, flush_loop)]

@@ -1,0 +1,183 @@
+"""``gpunet.Client``: the Python SDK (the CLI is built on it)."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from gpunet import errors
+from gpunet.config import ClientConfig
+from gpunet.core.jobspec import JobSpec, parse_spec
+
+_BY_CODE: dict[str, type[errors.GpunetError]] = {
+    "not_found": errors.NotFound,
+    "unauthorized": errors.Unauthorized,
+    "forbidden": errors.Forbidden,
+    "conflict": errors.Conflict,
+    "stale_fencing_token": errors.StaleFencingToken,
+    "too_large": errors.PayloadTooLarge,
+    "unschedulable": errors.Unschedulable,
+}
+
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+def _raise_for(r: httpx.Response) -> None:
+    if r.status_code < 400:
+        return
+    try:
+        err = r.json()["error"]
+        code, message, field = err.get("code"), err.get("message", r.text), err.get("field")
+    except (ValueError, KeyError, TypeError):
+        raise errors.GpunetError(f"HTTP {r.status_code}: {r.text[:300]}") from None
+    if code == "invalid":
+        f = field or "request"
+        raise errors.ValidationFailed(f, str(message).removeprefix(f"{f}: "))
+    cls = _BY_CODE.get(str(code), errors.GpunetError)
+    raise cls(message, field=field)
+
+
+def pack_workdir(path: Path) -> bytes:
+    """A deterministic tar.gz of a directory (sorted, no owners or times), so equal trees
+    get equal content addresses."""
+    path = Path(path)
+    if not path.is_dir():
+        raise errors.ValidationFailed("workdir", f"{path} is not a directory")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=6) as tar:
+        for p in sorted(path.rglob("*")):
+            if any(part in {".git", "__pycache__", ".venv"} for part in p.relative_to(path).parts):
+                continue
+            info = tar.gettarinfo(str(p), arcname=str(p.relative_to(path)))
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            info.mtime = 0
+            if p.is_file():
+                with p.open("rb") as fh:
+                    tar.addfile(info, fh)
+            elif p.is_dir():
+                tar.addfile(info)
+    return buf.getvalue()
+
+
+class Client:
+    """A connection to a gpunet coordinator."""
+
+    def __init__(self, url: str | None = None, token: str | None = None,
+                 timeout: float = 30.0) -> None:
+        if url is None or token is None:
+            cfg = ClientConfig.load()
+            if cfg is None:
+                raise errors.GpunetError(
+                    "no coordinator configured: run `gpunet up`, or set GPUNET_URL and "
+                    "GPUNET_TOKEN")
+            url, token = url or cfg.url, token or cfg.token
+        self.url = url.rstrip("/")
+        self._http = httpx.Client(base_url=self.url, timeout=timeout,
+                                  headers={"Authorization": f"Bearer {token}"})
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _req(self, method: str, path: str, **kw: Any) -> Any:
+        try:
+            r = self._http.request(method, path, **kw)
+        except httpx.TransportError as exc:
+            raise errors.GpunetError(f"cannot reach the coordinator at {self.url}: {exc}") \
+                from None
+        _raise_for(r)
+        return r.json()
+
+    # jobs
+    def upload_workdir(self, path: Path) -> str:
+        data = pack_workdir(path)
+        return str(self._req("POST", "/v1/blobs", content=data,
+                             headers={"Content-Type": "application/gzip"})["digest"])
+
+    def submit(self, spec: dict[str, Any] | JobSpec, *, workdir: Path | None = None,
+               idempotency_key: str | None = None) -> dict[str, Any]:
+        """Submit a job; ``workdir`` is uploaded and unpacked as the job's working directory."""
+        body = spec.model_dump(mode="json", exclude_none=True) if isinstance(spec, JobSpec) \
+            else dict(spec)
+        parse_spec(body)  # fail fast, with the same errors the coordinator gives
+        if workdir is not None:
+            body["workdir"] = self.upload_workdir(workdir)
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return dict(self._req("POST", "/v1/jobs", json=body, headers=headers))
+
+    def jobs(self, state: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"limit": limit}
+        if state:
+            params["state"] = state
+        return list(self._req("GET", "/v1/jobs", params=params))
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return dict(self._req("GET", f"/v1/jobs/{job_id}"))
+
+    def events(self, job_id: str) -> list[dict[str, Any]]:
+        return list(self._req("GET", f"/v1/jobs/{job_id}/events"))
+
+    def why(self, job_id: str) -> dict[str, Any]:
+        return dict(self._req("GET", f"/v1/jobs/{job_id}/why"))
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return dict(self._req("POST", f"/v1/jobs/{job_id}/cancel"))
+
+    def logs(self, job_id: str, after: int = 0) -> dict[str, Any]:
+        return dict(self._req("GET", f"/v1/jobs/{job_id}/logs", params={"after": after}))
+
+    def follow_logs(self, job_id: str, *, poll_s: float = 0.3,
+                    timeout_s: float | None = None) -> Iterator[dict[str, Any]]:
+        """Yield log chunks until the job ends (and its last logs are read)."""
+        after, deadline = 0, None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            page = self.logs(job_id, after)
+            yield from page["chunks"]
+            after = page["next"]
+            if page["state"] in TERMINAL and not page["chunks"]:
+                return
+            if deadline is not None and time.monotonic() > deadline:
+                raise errors.GpunetError(f"timed out following the logs of {job_id}")
+            if not page["chunks"]:
+                time.sleep(poll_s)
+
+    def wait(self, job_id: str, *, timeout_s: float = 600, poll_s: float = 0.3,
+             states: set[str] | None = None) -> dict[str, Any]:
+        """Poll until the job reaches one of ``states`` (default: a terminal state)."""
+        want = states or TERMINAL
+        deadline = time.monotonic() + timeout_s
+        while True:
+            job = self.job(job_id)
+            if job["state"] in want:
+                return job
+            if time.monotonic() > deadline:
+                raise errors.GpunetError(
+                    f"timed out after {timeout_s:g}s waiting for {job_id} (state {job['state']})")
+            time.sleep(poll_s)
+
+    # fleet
+    def nodes(self) -> list[dict[str, Any]]:
+        return list(self._req("GET", "/v1/nodes"))
+
+    def gpus(self) -> list[dict[str, Any]]:
+        return list(self._req("GET", "/v1/gpus"))
+
+    def create_token(self, role: str, account: str, name: str = "") -> str:
+        res = self._req("POST", "/v1/tokens", json={"role": role, "account": account,
+                                                     "name": name})
+        return str(res["token"])
+
+    def whoami(self) -> dict[str, Any]:
+        return dict(self._req("GET", "/v1/whoami"))

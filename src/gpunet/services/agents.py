@@ -1,0 +1,228 @@
+"""What agents do: register, heartbeat, receive work, report attempts (fenced)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from gpunet.catalog import catalog, resolve_model
+from gpunet.core.jobs import (
+    ACTIVE_ATTEMPT_STATES,
+    AttemptState,
+    JobState,
+    attempt_state_for_exit,
+    job_state_for_exit,
+)
+from gpunet.errors import Forbidden, NotFound, StaleFencingToken
+from gpunet.services.auth import Principal, Role, issue_token
+from gpunet.services.jobs import lose_attempt, move_attempt, move_job
+from gpunet.store.db import Database
+from gpunet.store.tables import Attempt, Blob, Gpu, Job, LogChunk, Node
+from gpunet.util import new_id, now
+
+
+class GpuInfo(BaseModel):
+    index: int = Field(ge=0)
+    uuid: str
+    name: str
+    model: str | None = None  # canonical short name when the agent knows it
+    memory_mb: int = Field(gt=0)
+    compute_capability: str = "0.0"
+    simulated: bool = False
+
+
+class Registration(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+    gpus: list[GpuInfo]
+    agent_version: str = ""
+    site: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class LogLine(BaseModel):
+    stream: str = Field(pattern="^(stdout|stderr|system)$")
+    data: str
+
+
+class Report(BaseModel):
+    fencing_token: int
+
+
+class LogReport(Report):
+    chunks: list[LogLine]
+
+
+class FinishReport(Report):
+    exit_code: int | None = None
+    reason: str = ""
+    lost: bool = False  # the agent stopped it because it could not renew its lease
+
+
+def _sync_gpus(s: Session, node: Node, gpus: list[GpuInfo]) -> None:
+    existing = {g.index: g for g in s.scalars(select(Gpu).where(Gpu.node_id == node.id))}
+    for info in gpus:
+        model = resolve_model(info.model, field="gpus.model") if info.model else "unknown"
+        spec = catalog().get(model)
+        major, _, minor = info.compute_capability.partition(".")
+        cc = (int(major or 0), int(minor or 0))
+        if spec and cc == (0, 0):
+            cc = spec.compute_capability
+        g = existing.get(info.index)
+        if g is None:
+            g = Gpu(id=f"{node.id}/{info.index}", node_id=node.id, index=info.index)
+            s.add(g)
+        g.uuid, g.name, g.model, g.memory_mb = info.uuid, info.name, model, info.memory_mb
+        g.cc_major, g.cc_minor, g.simulated = cc[0], cc[1], info.simulated
+
+
+def register(db: Database, who: Principal, reg: Registration) -> tuple[str, str]:
+    """A provider's join token registers a new node; returns (node id, the node's token)."""
+    who.require(Role.PROVIDER)
+    with db.transaction() as s:
+        at = now()
+        node = Node(
+            id=new_id("node"), name=reg.name, account_id=who.account_id, status="online",
+            registered_at=at, last_heartbeat_at=at, agent_version=reg.agent_version,
+            simulated=any(g.simulated for g in reg.gpus), site=reg.site, labels=reg.labels,
+        )
+        s.add(node)
+        s.flush()
+        _sync_gpus(s, node, reg.gpus)
+        from gpunet.store.tables import Account
+
+        acct = s.get(Account, who.account_id)
+        assert acct is not None
+        token = issue_token(s, Role.AGENT, acct.name, name=f"agent {node.id}", node_id=node.id)
+        return node.id, token
+
+
+def _own_node(s: Session, who: Principal) -> Node:
+    if who.role is not Role.AGENT or who.node_id is None:
+        raise Forbidden("only an agent's own token may do this")
+    node = s.get(Node, who.node_id)
+    if node is None:
+        raise NotFound("node not found", field="node_id")
+    return node
+
+
+def hello(db: Database, who: Principal, reg: Registration) -> str:
+    """A known agent (re)connects: refresh its GPUs and mark it online."""
+    with db.transaction() as s:
+        node = _own_node(s, who)
+        node.agent_version, node.status, node.last_heartbeat_at = reg.agent_version, "online", now()
+        node.simulated = any(g.simulated for g in reg.gpus)
+        _sync_gpus(s, node, reg.gpus)
+        return node.id
+
+
+def mark_online(db: Database, node_id: str) -> None:
+    with db.transaction() as s:
+        node = s.get(Node, node_id)
+        if node is not None and node.status != "online":
+            node.status = "online"
+
+
+def check_reported(db: Database, who: Principal, attempt_ids: list[str]) -> list[str]:
+    """Of the attempts an agent says it runs, those it must stop (no longer current here)."""
+    if not attempt_ids:
+        return []
+    with db.sessions() as s:
+        rows = dict(s.execute(select(Attempt.id, Attempt.state).where(
+            Attempt.id.in_(attempt_ids), Attempt.node_id == who.node_id)).all())
+    keep = {AttemptState.ASSIGNED.value, AttemptState.RUNNING.value}
+    return [a for a in attempt_ids if rows.get(a) not in keep]
+
+
+def work_for(db: Database, who: Principal) -> dict[str, Any]:
+    """Attempts this node should start, and ones it should stop."""
+    with db.sessions() as s:
+        node = _own_node(s, who)
+        rows = list(s.execute(select(Attempt, Job).join(Job, Job.id == Attempt.job_id).where(
+            Attempt.node_id == node.id,
+            Attempt.state.in_([AttemptState.ASSIGNED.value, AttemptState.STOPPING.value]))))
+        start, stop = [], []
+        for att, job in rows:
+            if att.state == AttemptState.STOPPING.value:
+                stop.append(att.id)
+                continue
+            workdir = job.spec.get("workdir")
+            start.append({
+                "attempt_id": att.id,
+                "job_id": job.id,
+                "fencing_token": att.fencing_token,
+                "number": att.number,
+                "gpu_indices": att.gpu_indices,
+                "gpu_ids": att.gpu_ids,
+                "spec": job.spec,
+                "workdir_size": s.scalar(select(Blob.size).where(Blob.digest == workdir))
+                if workdir else None,
+            })
+        return {"start": start, "stop": stop}
+
+
+def _fenced(s: Session, who: Principal, attempt_id: str, token: int) -> tuple[Attempt, Job]:
+    """The attempt, if the report comes from its node and carries the current token."""
+    att = s.get(Attempt, attempt_id, with_for_update=True)
+    if att is None or att.node_id != who.node_id:
+        raise NotFound(f"no attempt {attempt_id!r} on this node", field="attempt_id")
+    job = s.get(Job, att.job_id, with_for_update=True)
+    assert job is not None
+    if (att.fencing_token != token or job.current_attempt_id != att.id
+            or AttemptState(att.state) not in ACTIVE_ATTEMPT_STATES):
+        raise StaleFencingToken(
+            f"attempt {attempt_id} (token {token}) is no longer current for job {job.id}; "
+            f"its state is {att.state}", field="fencing_token")
+    return att, job
+
+
+def attempt_started(db: Database, who: Principal, attempt_id: str, rep: Report) -> None:
+    with db.transaction() as s:
+        att, job = _fenced(s, who, attempt_id, rep.fencing_token)
+        if att.state != AttemptState.ASSIGNED.value:
+            return  # a repeated report
+        move_attempt(att, AttemptState.RUNNING)
+        att.started_at = now()
+        if job.state == JobState.ASSIGNED.value:
+            move_job(s, job, JobState.RUNNING, reason=f"started on {att.node_id}",
+                     actor=att.node_id)
+            job.started_at = job.started_at or att.started_at
+
+
+def append_logs(db: Database, who: Principal, attempt_id: str, rep: LogReport) -> None:
+    with db.transaction() as s:
+        att, job = _fenced(s, who, attempt_id, rep.fencing_token)
+        at = now()
+        s.add_all(LogChunk(job_id=job.id, attempt_id=att.id, stream=c.stream, data=c.data, at=at)
+                  for c in rep.chunks)
+
+
+def attempt_finished(db: Database, who: Principal, attempt_id: str, rep: FinishReport) -> None:
+    with db.transaction() as s:
+        att, job = _fenced(s, who, attempt_id, rep.fencing_token)
+        att.exit_code = rep.exit_code
+        if rep.lost or rep.exit_code is None:
+            lose_attempt(s, att, rep.reason or "the agent lost its lease", att.node_id)
+            return
+        if att.state == AttemptState.STOPPING.value:
+            move_attempt(att, AttemptState.CANCELLED, reason="stopped after cancel")
+            return
+        move_attempt(att, attempt_state_for_exit(rep.exit_code), reason=rep.reason)
+        job.exit_code = rep.exit_code
+        if JobState(job.state) in (JobState.ASSIGNED, JobState.RUNNING):
+            move_job(s, job, job_state_for_exit(rep.exit_code),
+                     reason=rep.reason or f"exit code {rep.exit_code}", actor=att.node_id)
+
+
+def read_blob(db: Database, who: Principal, digest: str) -> bytes:
+    """An agent downloads the archive of a job assigned to it."""
+    with db.sessions() as s:
+        node = _own_node(s, who)
+        allowed = s.scalar(select(Attempt.id).join(Job, Job.id == Attempt.job_id).where(
+            Attempt.node_id == node.id, Job.spec["workdir"].as_string() == digest).limit(1))
+        blob = s.get(Blob, digest)
+        if blob is None or allowed is None:
+            raise NotFound(f"no archive {digest!r} for this node", field="digest")
+        return blob.data

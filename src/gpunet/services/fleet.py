@@ -1,0 +1,119 @@
+"""The fleet as the scheduler sees it, and as users list it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from gpunet.core.jobs import GPU_HOLDING_ATTEMPT_STATES
+from gpunet.core.jobspec import JobSpec
+from gpunet.core.scheduling import GpuView, JobRequest, NodeView, Snapshot
+from gpunet.store.tables import Attempt, Gpu, Job, Node
+from gpunet.util import iso
+
+
+def busy_gpu_ids(s: Session) -> dict[str, str]:
+    """GPU id -> the attempt that holds it."""
+    held = s.execute(select(Attempt.id, Attempt.gpu_ids).where(
+        Attempt.state.in_([st.value for st in GPU_HOLDING_ATTEMPT_STATES])))
+    return {gid: att_id for att_id, gids in held for gid in gids}
+
+
+def fleet_snapshot(s: Session, *, all_free: bool = False) -> Snapshot:
+    """Build the scheduler's snapshot. ``all_free``: every node online and idle (the fleet's
+    capacity, used to reject jobs that could never run)."""
+    nodes = list(s.scalars(select(Node)))
+    gpus = list(s.scalars(select(Gpu)))
+    busy = {} if all_free else busy_gpu_ids(s)
+    return Snapshot(
+        nodes=tuple(NodeView(n.id, all_free or n.status == "online", n.site) for n in nodes),
+        gpus=tuple(
+            GpuView(
+                id=g.id,
+                node_id=g.node_id,
+                model=g.model,
+                memory_mb=g.memory_mb,
+                compute_capability=(g.cc_major, g.cc_minor),
+                busy=g.id in busy,
+                healthy=all_free or g.healthy,
+                drained=False if all_free else g.drained,
+                simulated=g.simulated,
+            )
+            for g in gpus
+        ),
+    )
+
+
+def job_request(job_id: str, account_id: str, spec: JobSpec, *, priority: int | None = None,
+                submitted_at: float = 0.0) -> JobRequest:
+    r = spec.resources
+    return JobRequest(
+        id=job_id,
+        account=account_id,
+        gpu_count=r.gpus,
+        min_memory_mb=int(r.min_gpu_memory_gb * 1000),
+        gpu_models=tuple(r.gpu_models),
+        min_compute_capability=r.compute_capability(),
+        priority=spec.priority if priority is None else priority,
+        submitted_at=submitted_at,
+        job_class=spec.job_class,
+    )
+
+
+def request_for(job: Job) -> JobRequest:
+    spec = JobSpec.model_validate(job.spec)
+    return job_request(job.id, job.account_id, spec, priority=job.priority,
+                       submitted_at=job.created_at.timestamp())
+
+
+def gpu_dict(g: Gpu, holder: str | None = None) -> dict[str, Any]:
+    return {
+        "id": g.id,
+        "node_id": g.node_id,
+        "index": g.index,
+        "uuid": g.uuid,
+        "model": g.model,
+        "name": g.name,
+        "memory_mb": g.memory_mb,
+        "compute_capability": f"{g.cc_major}.{g.cc_minor}",
+        "simulated": g.simulated,
+        "healthy": g.healthy,
+        "drained": g.drained,
+        "busy": holder is not None,
+        "attempt_id": holder,
+        "utilization_pct": g.utilization_pct,
+        "memory_used_mb": g.memory_used_mb,
+        "temperature_c": g.temperature_c,
+        "power_w": g.power_w,
+        "telemetry_at": iso(g.telemetry_at),
+    }
+
+
+def list_gpus(s: Session) -> list[dict[str, Any]]:
+    busy = busy_gpu_ids(s)
+    return [gpu_dict(g, busy.get(g.id)) for g in s.scalars(select(Gpu).order_by(Gpu.node_id,
+                                                                                Gpu.index))]
+
+
+def list_nodes(s: Session) -> list[dict[str, Any]]:
+    gpus = list_gpus(s)
+    out = []
+    for n in s.scalars(select(Node).order_by(Node.registered_at)):
+        mine = [g for g in gpus if g["node_id"] == n.id]
+        out.append({
+            "id": n.id,
+            "name": n.name,
+            "account_id": n.account_id,
+            "status": n.status,
+            "simulated": n.simulated,
+            "site": n.site,
+            "agent_version": n.agent_version,
+            "registered_at": iso(n.registered_at),
+            "last_heartbeat_at": iso(n.last_heartbeat_at),
+            "gpus": len(mine),
+            "gpus_busy": sum(1 for g in mine if g["busy"]),
+            "gpu_models": sorted({g["model"] for g in mine}),
+        })
+    return out

@@ -1,0 +1,223 @@
+"""Job use cases: submit, read, cancel, events, logs. Tenancy is enforced here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from gpunet.core.jobs import (
+    ACTIVE_ATTEMPT_STATES,
+    AttemptState,
+    JobState,
+    after_lost,
+    check_attempt_move,
+    check_job_move,
+)
+from gpunet.core.jobspec import JobSpec
+from gpunet.core.scheduling import never_fits
+from gpunet.errors import NotFound, Unschedulable, ValidationFailed
+from gpunet.services.auth import Principal, Role
+from gpunet.services.fleet import fleet_snapshot, job_request
+from gpunet.store.db import Database
+from gpunet.store.tables import Attempt, Blob, Job, JobEvent, LogChunk
+from gpunet.util import new_id, now
+
+
+def move_job(s: Session, job: Job, dst: JobState, *, reason: str = "", actor: str = "") -> None:
+    """Change a job's state as the core table allows, recording a timestamped event."""
+    src = JobState(job.state)
+    check_job_move(src, dst)
+    at = now()
+    job.state = dst.value
+    if reason:
+        job.reason = reason
+    if dst in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED):
+        job.finished_at = at
+    s.add(JobEvent(job_id=job.id, from_state=src.value, to_state=dst.value, at=at,
+                   reason=reason, actor=actor))
+
+
+def move_attempt(attempt: Attempt, dst: AttemptState, *, reason: str = "") -> None:
+    check_attempt_move(AttemptState(attempt.state), dst)
+    attempt.state = dst.value
+    if reason:
+        attempt.reason = reason
+    if dst not in ACTIVE_ATTEMPT_STATES:
+        attempt.finished_at = now()
+
+
+def lose_attempt(s: Session, att: Attempt, reason: str, actor: str) -> JobState | None:
+    """An attempt died with its host (or lease): re-queue its job while retries remain."""
+    move_attempt(att, AttemptState.LOST, reason=reason)
+    job = s.get(Job, att.job_id, with_for_update=True)
+    if job is None or JobState(job.state) not in (JobState.ASSIGNED, JobState.RUNNING):
+        return None
+    move_job(s, job, JobState.LOST, reason=reason, actor=actor)
+    nxt = after_lost(job.retries_used, job.max_retries)
+    job.retries_used += 1
+    job.current_attempt_id = None
+    move_job(s, job, nxt,
+             reason="re-queued after a lost attempt" if nxt is JobState.QUEUED
+             else f"lost and no retries left (max_retries={job.max_retries})",
+             actor=actor)
+    return nxt
+
+
+def _visible(s: Session, who: Principal, job_id: str) -> Job:
+    job = s.get(Job, job_id)
+    # another tenant's job answers exactly like a missing one: no existence leak
+    if job is None or (not who.is_admin and job.account_id != who.account_id):
+        raise NotFound(f"no job {job_id!r}", field="job_id")
+    return job
+
+
+def submit(db: Database, who: Principal, spec: JobSpec, idempotency_key: str | None) -> Job:
+    who.require(Role.CONSUMER)
+    with db.transaction() as s:
+        if idempotency_key:
+            old = s.scalar(select(Job).where(Job.account_id == who.account_id,
+                                             Job.idempotency_key == idempotency_key))
+            if old is not None:
+                return old
+        if spec.workdir is not None:
+            blob = s.get(Blob, spec.workdir)
+            if blob is None or (blob.account_id != who.account_id and not who.is_admin):
+                raise ValidationFailed("workdir", f"no uploaded archive {spec.workdir!r}")
+        job_id = new_id("job")
+        reason = never_fits(fleet_snapshot(s, all_free=True), job_request(job_id, who.account_id,
+                                                                        spec))
+        if reason:
+            raise Unschedulable(f"this job can never run on this fleet: {reason}",
+                                field="resources")
+        at = now()
+        job = Job(
+            id=job_id,
+            account_id=who.account_id,
+            name=spec.name,
+            spec=spec.model_dump(mode="json"),
+            state=JobState.QUEUED.value,
+            priority=spec.priority,
+            gpu_count=spec.resources.gpus,
+            max_retries=spec.max_retries,
+            idempotency_key=idempotency_key,
+            created_at=at,
+        )
+        s.add(job)
+        s.add(JobEvent(job_id=job.id, from_state=None, to_state=JobState.QUEUED.value, at=at,
+                       reason="submitted", actor=who.token_id))
+        return job
+
+
+def list_jobs(db: Database, who: Principal, state: str | None, limit: int) -> list[Job]:
+    with db.sessions() as s:
+        q = select(Job).order_by(Job.created_at.desc()).limit(limit)
+        if not who.is_admin:
+            q = q.where(Job.account_id == who.account_id)
+        if state:
+            if state not in {st.value for st in JobState}:
+                raise ValidationFailed("state", f"unknown state {state!r}")
+            q = q.where(Job.state == state)
+        return list(s.scalars(q))
+
+
+def get_job(db: Database, who: Principal, job_id: str) -> tuple[Job, list[Attempt]]:
+    with db.sessions() as s:
+        job = _visible(s, who, job_id)
+        attempts = list(s.scalars(select(Attempt).where(Attempt.job_id == job_id)
+                                  .order_by(Attempt.number)))
+        return job, attempts
+
+
+def events(db: Database, who: Principal, job_id: str) -> list[JobEvent]:
+    with db.sessions() as s:
+        _visible(s, who, job_id)
+        return list(s.scalars(select(JobEvent).where(JobEvent.job_id == job_id)
+                              .order_by(JobEvent.id)))
+
+
+def logs(db: Database, who: Principal, job_id: str, after: int, limit: int = 1000
+         ) -> tuple[Job, list[LogChunk]]:
+    with db.sessions() as s:
+        job = _visible(s, who, job_id)
+        rows = list(s.scalars(select(LogChunk).where(LogChunk.job_id == job_id, LogChunk.id > after)
+                              .order_by(LogChunk.id).limit(limit)))
+        return job, rows
+
+
+def cancel(db: Database, who: Principal, job_id: str) -> tuple[Job, list[str]]:
+    """Cancel a job; returns it and the nodes whose agents must stop an attempt."""
+    with db.transaction() as s:
+        job = _visible(s, who, job_id)
+        wake: list[str] = []
+        if JobState(job.state) in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED):
+            return job, wake
+        move_job(s, job, JobState.CANCELLED, reason="cancelled by user", actor=who.token_id)
+        if job.current_attempt_id:
+            att = s.get(Attempt, job.current_attempt_id)
+            if att is not None and AttemptState(att.state) in (AttemptState.ASSIGNED,
+                                                               AttemptState.RUNNING):
+                move_attempt(att, AttemptState.STOPPING, reason="job cancelled")
+                wake.append(att.node_id)
+        return job, wake
+
+
+def store_blob(db: Database, who: Principal, data: bytes, digest: str, max_bytes: int) -> str:
+    """Keep an uploaded working-directory archive under its SHA-256 digest."""
+    import hashlib
+
+    from gpunet.errors import PayloadTooLarge
+
+    who.require(Role.CONSUMER)
+    if len(data) > max_bytes:
+        raise PayloadTooLarge(f"archive is {len(data)} bytes; the limit is {max_bytes}",
+                              field="workdir")
+    actual = "sha256:" + hashlib.sha256(data).hexdigest()
+    if digest and digest != actual:
+        raise ValidationFailed("digest", f"does not match the content ({actual})")
+    with db.transaction() as s:
+        if s.get(Blob, actual) is None:
+            s.add(Blob(digest=actual, size=len(data), account_id=who.account_id, data=data,
+                       created_at=now()))
+    return actual
+
+
+def job_dict(job: Job, attempts: list[Attempt] | None = None) -> dict[str, Any]:
+    from gpunet.util import iso
+
+    d: dict[str, Any] = {
+        "id": job.id,
+        "name": job.name,
+        "state": job.state,
+        "account_id": job.account_id,
+        "priority": job.priority,
+        "gpus": job.gpu_count,
+        "exit_code": job.exit_code,
+        "reason": job.reason,
+        "retries_used": job.retries_used,
+        "max_retries": job.max_retries,
+        "created_at": iso(job.created_at),
+        "started_at": iso(job.started_at),
+        "finished_at": iso(job.finished_at),
+        "spec": job.spec,
+    }
+    if attempts is not None:
+        d["attempts"] = [
+            {
+                "id": a.id,
+                "number": a.number,
+                "node_id": a.node_id,
+                "gpu_ids": a.gpu_ids,
+                "state": a.state,
+                "exit_code": a.exit_code,
+                "reason": a.reason,
+                "started_at": iso(a.started_at),
+                "finished_at": iso(a.finished_at),
+            }
+            for a in attempts
+        ]
+        cur = next((a for a in reversed(attempts) if a.id == job.current_attempt_id), None)
+        d["node_id"] = cur.node_id if cur else None
+        d["gpu_ids"] = cur.gpu_ids if cur else []
+    return d

@@ -1,0 +1,39 @@
+"""Prometheus metrics of the coordinator."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.jobs = Gauge("gpunet_jobs", "Jobs by state", ["state"], registry=self.registry)
+        self.gpus = Gauge("gpunet_gpus", "GPUs by state", ["state"], registry=self.registry)
+        self.nodes = Gauge("gpunet_nodes", "Nodes by status", ["status"], registry=self.registry)
+        self.heartbeat_lag = Histogram(
+            "gpunet_heartbeat_interval_seconds",
+            "Seconds between consecutive heartbeats of a node",
+            buckets=(0.5, 1, 2, 5, 10, 15, 20, 30, 60),
+            registry=self.registry,
+        )
+        self.heartbeat_lag_max = Gauge(
+            "gpunet_heartbeat_lag_max_seconds",
+            "Longest time since any online node's last heartbeat",
+            registry=self.registry,
+        )
+        self.schedule_latency = Histogram(
+            "gpunet_scheduling_latency_seconds",
+            "Seconds from a job's submit (or re-queue) to its assignment",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
+            registry=self.registry,
+        )
+        self.schedule_tick = Histogram(
+            "gpunet_scheduler_tick_seconds",
+            "Seconds one scheduler pass took",
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5),
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,124 @@
+"""The coordinator's in-process state: settings, leases, wake-ups, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from gpunet.services.auth import Authenticator
+from gpunet.services.metrics import Metrics
+from gpunet.store.db import Database
+
+
+@dataclass
+class Settings:
+    database_url: str
+    lease_timeout_s: float = 30.0
+    policy: str = "fifo"
+    max_upload_bytes: int = 64 * 1024 * 1024
+    scheduler_interval_s: float = 1.0
+    reaper_interval_s: float = 1.0
+    telemetry_flush_s: float = 2.0
+
+
+@dataclass
+class Lease:
+    seen_mono: float
+    seen_at: datetime
+    telemetry: list[dict[str, Any]] = field(default_factory=list)
+    flushed: bool = False
+
+
+class LeaseBook:
+    """When each node was last heard from. Kept in memory so heartbeats cost no write;
+    the telemetry is flushed to the store in batches."""
+
+    def __init__(self) -> None:
+        self._leases: dict[str, Lease] = {}
+        self._lock = threading.Lock()
+
+    def renew(self, node_id: str, at: datetime, telemetry: list[dict[str, Any]] | None) -> float:
+        """Record a heartbeat; return seconds since the previous one (0 for the first)."""
+        t = time.monotonic()
+        with self._lock:
+            old = self._leases.get(node_id)
+            self._leases[node_id] = Lease(t, at, telemetry or (old.telemetry if old else []))
+        return t - old.seen_mono if old else 0.0
+
+    def expired(self, timeout_s: float) -> list[str]:
+        cutoff = time.monotonic() - timeout_s
+        with self._lock:
+            return [n for n, lease in self._leases.items() if lease.seen_mono < cutoff]
+
+    def forget(self, node_id: str) -> None:
+        with self._lock:
+            self._leases.pop(node_id, None)
+
+    def known(self, node_id: str) -> bool:
+        with self._lock:
+            return node_id in self._leases
+
+    def take_unflushed(self) -> dict[str, Lease]:
+        with self._lock:
+            out = {n: lease for n, lease in self._leases.items() if not lease.flushed}
+            for lease in out.values():
+                lease.flushed = True
+            return out
+
+    def lags(self) -> list[float]:
+        t = time.monotonic()
+        with self._lock:
+            return [t - lease.seen_mono for lease in self._leases.values()]
+
+
+class Wakeups:
+    """asyncio events that wake long-polls (per node) and the scheduler loop."""
+
+    def __init__(self) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.nodes: dict[str, asyncio.Event] = {}
+        self.scheduler = asyncio.Event()
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+
+    def node_event(self, node_id: str) -> asyncio.Event:
+        ev = self.nodes.get(node_id)
+        if ev is None:
+            ev = self.nodes[node_id] = asyncio.Event()
+        return ev
+
+    def _call(self, fn: Any, *args: Any) -> None:
+        if self.loop is None:
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self.loop:
+            fn(*args)
+        else:
+            self.loop.call_soon_threadsafe(fn, *args)
+
+    def wake_nodes(self, node_ids: list[str]) -> None:
+        for n in node_ids:
+            self._call(lambda n=n: self.node_event(n).set())
+
+    def wake_scheduler(self) -> None:
+        self._call(self.scheduler.set)
+
+
+class Runtime:
+    """Everything a request handler or loop needs."""
+
+    def __init__(self, settings: Settings, db: Database) -> None:
+        self.settings = settings
+        self.db = db
+        self.auth = Authenticator(db)
+        self.leases = LeaseBook()
+        self.wakeups = Wakeups()
+        self.metrics = Metrics()
