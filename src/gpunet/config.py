@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -25,10 +26,8 @@ class ClientConfig:
     def load(cls) -> ClientConfig | None:
         """Environment (GPUNET_URL, GPUNET_TOKEN) first, then the saved file."""
         saved: dict[str, str] = {}
-        try:
+        with contextlib.suppress(OSError, ValueError):
             saved = json.loads(cls.path().read_text())
-        except (OSError, ValueError):
-            pass
         url = os.environ.get("GPUNET_URL") or saved.get("url")
         token = os.environ.get("GPUNET_TOKEN") or saved.get("token")
         return cls(url, token) if url and token else None

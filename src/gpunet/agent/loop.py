@@ -56,9 +56,16 @@ class AttemptCtx:
 
 
 class Agent:
-    def __init__(self, coordinator: str, backend: GpuBackend, home: Path, *,
-                 join_token: str | None = None, name: str | None = None,
-                 site: str | None = None) -> None:
+    def __init__(
+        self,
+        coordinator: str,
+        backend: GpuBackend,
+        home: Path,
+        *,
+        join_token: str | None = None,
+        name: str | None = None,
+        site: str | None = None,
+    ) -> None:
         self.url = coordinator.rstrip("/")
         self.backend = backend
         self.home = home
@@ -80,19 +87,25 @@ class Agent:
         return self.home / "agent.json"
 
     def _registration(self) -> dict[str, Any]:
-        return {"name": self.name, "gpus": [g.to_dict() for g in self.backend.discover()],
-                "agent_version": __version__, "site": self.site}
+        return {
+            "name": self.name,
+            "gpus": [g.to_dict() for g in self.backend.discover()],
+            "agent_version": __version__,
+            "site": self.site,
+        }
 
-    async def _call(self, method: str, path: str, *, token: str | None = None,
-                    **kw: Any) -> Any:
+    async def _call(self, method: str, path: str, *, token: str | None = None, **kw: Any) -> Any:
         headers = {"Authorization": f"Bearer {token or self.token}"}
         r = await self.http.request(method, self.url + path, headers=headers, **kw)
         if r.status_code >= 500:
             raise httpx.TransportError(f"coordinator answered {r.status_code}")
         if r.status_code >= 400:
             raise Rejected(r.status_code, r.text)
-        return r.json() if r.headers.get("content-type", "").startswith("application/json") \
+        return (
+            r.json()
+            if r.headers.get("content-type", "").startswith("application/json")
             else r.content
+        )
 
     async def connect(self) -> None:
         """Register (join token) or re-connect (saved node token), retrying with backoff."""
@@ -103,8 +116,7 @@ class Agent:
                 if saved:
                     self.node_id, self.token = saved["node_id"], saved["token"]
                     try:
-                        res = await self._call("POST", "/v1/agent/hello",
-                                               json=self._registration())
+                        res = await self._call("POST", "/v1/agent/hello", json=self._registration())
                         self.lease_timeout_s = float(res["lease_timeout_s"])
                         log.info("reconnected as %s", self.node_id)
                         break
@@ -114,8 +126,9 @@ class Agent:
                         saved = None  # the coordinator forgot us: join afresh
                 if not self.join_token:
                     raise SystemExit("no saved credentials and no --join-token")
-                res = await self._call("POST", "/v1/agent/register", token=self.join_token,
-                                       json=self._registration())
+                res = await self._call(
+                    "POST", "/v1/agent/register", token=self.join_token, json=self._registration()
+                )
                 self.node_id, self.token = res["node_id"], res["token"]
                 self.lease_timeout_s = float(res["lease_timeout_s"])
                 self._save_credentials()
@@ -137,8 +150,9 @@ class Agent:
     def _save_credentials(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
         tmp = self._cred_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"coordinator": self.url, "node_id": self.node_id,
-                                   "token": self.token}))
+        tmp.write_text(
+            json.dumps({"coordinator": self.url, "node_id": self.node_id, "token": self.token})
+        )
         os.chmod(tmp, 0o600)
         tmp.replace(self._cred_file)
 
@@ -149,15 +163,24 @@ class Agent:
     # ---- loops ------------------------------------------------------------------------
     async def run(self) -> None:
         await self.connect()
-        tasks = [asyncio.create_task(c) for c in (
-            self._heartbeat_loop(), self._work_loop(), self._report_loop(),
-            self._log_flush_loop(), self._lease_watch())]
+        tasks = [
+            asyncio.create_task(c)
+            for c in (
+                self._heartbeat_loop(),
+                self._work_loop(),
+                self._report_loop(),
+                self._log_flush_loop(),
+                self._lease_watch(),
+            )
+        ]
         await self.stopping.wait()
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await asyncio.gather(*(self._stop(a, "agent shutting down") for a in
-                               list(self.attempts.values())), return_exceptions=True)
+        await asyncio.gather(
+            *(self._stop(a, "agent shutting down") for a in list(self.attempts.values())),
+            return_exceptions=True,
+        )
         await self.http.aclose()
         self.backend.close()
 
@@ -169,9 +192,14 @@ class Agent:
             interval = max(0.2, min(5.0, self.lease_timeout_s / 6))
             try:
                 tele = [t.to_dict() for t in self.backend.telemetry(self._busy_indices())]
-                res = await self._call("POST", "/v1/agent/heartbeat", json={
-                    "gpus": tele, "attempts": [a.id for a in self.attempts.values()
-                                               if not a.orphaned]})
+                res = await self._call(
+                    "POST",
+                    "/v1/agent/heartbeat",
+                    json={
+                        "gpus": tele,
+                        "attempts": [a.id for a in self.attempts.values() if not a.orphaned],
+                    },
+                )
                 self.last_renewed = time.monotonic()
                 self.lease_timeout_s = float(res.get("lease_timeout_s", self.lease_timeout_s))
                 for att_id in res.get("stop", []):
@@ -210,10 +238,14 @@ class Agent:
                     ctx = AttemptCtx(info)
                     self.attempts[ctx.id] = ctx
                     ctx.task = asyncio.create_task(self._run_attempt(ctx))
-            for att_id in work.get("stop", []):
-                ctx = self.attempts.get(att_id)
-                if ctx is not None:
-                    await self._stop(ctx, "cancelled")
+            for item in work.get("stop", []):
+                known = self.attempts.get(item["attempt_id"])
+                if known is not None:
+                    await self._stop(known, "cancelled")
+                else:  # cancelled before we ever started it: confirm so its GPUs free up
+                    self._report(
+                        AttemptCtx(item), "finished", {"exit_code": -15, "reason": "cancelled"}
+                    )
 
     async def _stop(self, ctx: AttemptCtx, reason: str) -> None:
         if ctx.run is not None and ctx.run.proc.returncode is None:
@@ -230,9 +262,13 @@ class Agent:
                     data = await self._call("GET", f"/v1/agent/blobs/{spec['workdir']}")
                     workdir.mkdir(parents=True, exist_ok=True)
                     runner.unpack(data, workdir)
-                ctx.run = await runner.start(spec, workdir, ctx.info["gpu_indices"], ctx.info,
-                                             lambda s, d: ctx.logs.append({"stream": s,
-                                                                           "data": d}))
+                ctx.run = await runner.start(
+                    spec,
+                    workdir,
+                    ctx.info["gpu_indices"],
+                    ctx.info,
+                    lambda s, d: ctx.logs.append({"stream": s, "data": d}),
+                )
             except asyncio.CancelledError:
                 self._report(ctx, "finished", {"exit_code": -15, "reason": "cancelled"})
                 return
@@ -248,8 +284,9 @@ class Agent:
             if reason == "lease lost":
                 self._report(ctx, "finished", {"exit_code": code, "lost": True, "reason": reason})
             else:
-                self._report(ctx, "finished", {"exit_code": code,
-                                               "reason": reason or f"exit code {code}"})
+                self._report(
+                    ctx, "finished", {"exit_code": code, "reason": reason or f"exit code {code}"}
+                )
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 

@@ -25,7 +25,9 @@ def _die_with_agent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def job_env(spec: dict[str, Any], gpu_indices: list[int], attempt: dict[str, Any]) -> dict[str, str]:
+def job_env(
+    spec: dict[str, Any], gpu_indices: list[int], attempt: dict[str, Any]
+) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GPUNET_")}
     env.update({str(k): str(v) for k, v in (spec.get("env") or {}).items()})
     env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpu_indices)
@@ -68,10 +70,8 @@ class Run:
         """Terminate the whole process group: SIGTERM, then SIGKILL after the grace."""
         self.stop_reason = reason
         self.signal_group(signal.SIGTERM)
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.proc.wait(), timeout=grace_s)
-        except TimeoutError:
-            pass
         # children that ignored SIGTERM or outlived the leader
         self.signal_group(signal.SIGKILL)
 
@@ -84,8 +84,13 @@ async def _pump(stream: asyncio.StreamReader, name: str, sink: LogSink) -> None:
         sink(name, chunk.decode(errors="replace"))
 
 
-async def start(spec: dict[str, Any], workdir: Path, gpu_indices: list[int],
-                attempt: dict[str, Any], sink: LogSink) -> Run:
+async def start(
+    spec: dict[str, Any],
+    workdir: Path,
+    gpu_indices: list[int],
+    attempt: dict[str, Any],
+    sink: LogSink,
+) -> Run:
     workdir.mkdir(parents=True, exist_ok=True)
     proc = await asyncio.create_subprocess_exec(
         *argv_of(spec),
@@ -98,6 +103,8 @@ async def start(spec: dict[str, Any], workdir: Path, gpu_indices: list[int],
         preexec_fn=_die_with_agent if sys.platform.startswith("linux") else None,
     )
     assert proc.stdout and proc.stderr
-    pumps = [asyncio.create_task(_pump(proc.stdout, "stdout", sink)),
-             asyncio.create_task(_pump(proc.stderr, "stderr", sink))]
+    pumps = [
+        asyncio.create_task(_pump(proc.stdout, "stdout", sink)),
+        asyncio.create_task(_pump(proc.stderr, "stderr", sink)),
+    ]
     return Run(proc, pumps)

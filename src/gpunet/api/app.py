@@ -76,8 +76,15 @@ def _refresh_gauges(rt: Runtime) -> None:
         gpus = list(s.execute(select(Gpu.id, Gpu.healthy, Gpu.drained)))
     by = {"busy": 0, "idle": 0, "unhealthy": 0, "drained": 0}
     for gid, healthy, drained in gpus:
-        key = "unhealthy" if not healthy else "drained" if drained else \
-            "busy" if gid in busy else "idle"
+        key = (
+            "unhealthy"
+            if not healthy
+            else "drained"
+            if drained
+            else "busy"
+            if gid in busy
+            else "idle"
+        )
         by[key] += 1
     for k, v in by.items():
         m.gpus.labels(state=k).set(v)

@@ -18,11 +18,22 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         err = exc.errors()[0]
-        loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path")]
-        field = ".".join(loc) or None
+        raw = tuple(err.get("loc", ()))
         msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
-        body = {"error": {"code": "invalid", "message": f"{field}: {msg}" if field else msg,
-                          "field": field}}
+        if err.get("type") == "json_invalid":
+            # the loc holds the character offset, not a field
+            pos = raw[1] if len(raw) > 1 else "?"
+            detail = (err.get("ctx") or {}).get("error") or msg
+            raw, msg = ("body",), f"malformed JSON at character {pos}: {detail}"
+        loc = [str(p) for p in raw if p not in ("body", "query", "path", "header")]
+        field = ".".join(loc) or ("body" if raw[:1] == ("body",) else None)
+        body = {
+            "error": {
+                "code": "invalid",
+                "message": f"{field}: {msg}" if field else msg,
+                "field": field,
+            }
+        }
         return JSONResponse(body, status_code=422)
 
     @app.exception_handler(HTTPException)

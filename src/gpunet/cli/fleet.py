@@ -21,9 +21,19 @@ def nodes(json_out: JsonOpt = False) -> None:
     if json_out:
         print_json(rows)
         return
-    table(rows, [("id", "NODE"), ("name", "NAME"), ("status", "STATUS"), ("gpus", "GPUS"),
-                 ("gpus_busy", "BUSY"), ("gpu_models", "MODELS"), ("simulated", "SIMULATED"),
-                 ("last_heartbeat_at", "LAST HEARTBEAT")])
+    table(
+        rows,
+        [
+            ("id", "NODE"),
+            ("name", "NAME"),
+            ("status", "STATUS"),
+            ("gpus", "GPUS"),
+            ("gpus_busy", "BUSY"),
+            ("gpu_models", "MODELS"),
+            ("simulated", "SIMULATED"),
+            ("last_heartbeat_at", "LAST HEARTBEAT"),
+        ],
+    )
 
 
 def gpus(json_out: JsonOpt = False) -> None:
@@ -35,12 +45,28 @@ def gpus(json_out: JsonOpt = False) -> None:
         return
     for r in rows:
         r["memory"] = f"{(r['memory_used_mb'] or 0) / 1000:.1f}/{r['memory_mb'] / 1000:.0f} GB"
-        r["state"] = ("unhealthy" if not r["healthy"] else "drained" if r["drained"]
-                      else "busy" if r["busy"] else "idle")
-    table(rows, [("id", "GPU"), ("model", "MODEL"), ("state", "STATE"),
-                 ("utilization_pct", "UTIL %"), ("memory", "MEMORY"),
-                 ("temperature_c", "TEMP C"), ("power_w", "POWER W"),
-                 ("simulated", "SIMULATED")])
+        r["state"] = (
+            "unhealthy"
+            if not r["healthy"]
+            else "drained"
+            if r["drained"]
+            else "busy"
+            if r["busy"]
+            else "idle"
+        )
+    table(
+        rows,
+        [
+            ("id", "GPU"),
+            ("model", "MODEL"),
+            ("state", "STATE"),
+            ("utilization_pct", "UTIL %"),
+            ("memory", "MEMORY"),
+            ("temperature_c", "TEMP C"),
+            ("power_w", "POWER W"),
+            ("simulated", "SIMULATED"),
+        ],
+    )
 
 
 @tokens_app.command("create")

@@ -14,8 +14,9 @@ from gpunet.cli.output import console, err_console, print_json, styled_state, ta
 from gpunet.errors import ValidationFailed
 from gpunet.sdk.client import TERMINAL, Client
 
-jobs_app = typer.Typer(help="List and inspect jobs.", invoke_without_command=True,
-                       no_args_is_help=False)
+jobs_app = typer.Typer(
+    help="List and inspect jobs.", invoke_without_command=True, no_args_is_help=False
+)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
 
@@ -46,15 +47,18 @@ def _stream_logs(client: Client, job_id: str) -> None:
 def _finish(client: Client, job_id: str) -> None:
     job = client.job(job_id)
     code = job.get("exit_code")
-    err_console.print(f"job {job_id} {styled_state(job['state'])}"
-                      + (f" (exit code {code})" if code is not None else ""))
+    err_console.print(
+        f"job {job_id} {styled_state(job['state'])}"
+        + (f" (exit code {code})" if code is not None else "")
+    )
     raise typer.Exit(0 if job["state"] == "succeeded" else (code or 1))
 
 
 def submit(
     file: Annotated[Path, typer.Argument(help="job spec (YAML)")],
-    workdir: Annotated[Path | None, typer.Option(help="directory to upload as the job's "
-                                                     "working directory")] = None,
+    workdir: Annotated[
+        Path | None, typer.Option(help="directory to upload as the job's working directory")
+    ] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="stream logs until done")] = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -65,8 +69,9 @@ def submit(
         if json_out:
             print_json(job)
         else:
-            console.print(f"submitted [bold]{job['id']}[/] ({job['name']}): "
-                          f"{styled_state(job['state'])}")
+            console.print(
+                f"submitted [bold]{job['id']}[/] ({job['name']}): {styled_state(job['state'])}"
+            )
         if follow:
             _stream_logs(client, job["id"])
             _finish(client, job["id"])
@@ -97,8 +102,11 @@ def run(
         "env": envs,
         "max_retries": max_retries,
         "priority": priority,
-        "resources": {"gpus": gpus, "gpu_models": gpu_model or [],
-                      "min_gpu_memory_gb": min_gpu_memory_gb},
+        "resources": {
+            "gpus": gpus,
+            "gpu_models": gpu_model or [],
+            "min_gpu_memory_gb": min_gpu_memory_gb,
+        },
     }
     with Client() as client:
         job = client.submit(spec, workdir=workdir)
@@ -124,9 +132,16 @@ def run(
         _finish(client, job_id)
 
 
-JOB_COLUMNS = [("id", "ID"), ("name", "NAME"), ("state", "STATE"), ("gpus", "GPUS"),
-               ("exit_code", "EXIT"), ("created_at", "SUBMITTED"), ("started_at", "STARTED"),
-               ("finished_at", "ENDED")]
+JOB_COLUMNS = [
+    ("id", "ID"),
+    ("name", "NAME"),
+    ("state", "STATE"),
+    ("gpus", "GPUS"),
+    ("exit_code", "EXIT"),
+    ("created_at", "SUBMITTED"),
+    ("started_at", "STARTED"),
+    ("finished_at", "ENDED"),
+]
 
 
 @jobs_app.callback()
@@ -158,15 +173,34 @@ def jobs_show(job_id: str, json_out: JsonOpt = False) -> None:
         print_json(job)
         return
     console.print(f"[bold]{job['id']}[/] {job['name']}  {styled_state(job['state'])}")
-    for key in ("exit_code", "reason", "node_id", "gpu_ids", "created_at", "started_at",
-                "finished_at", "retries_used", "max_retries"):
+    for key in (
+        "exit_code",
+        "reason",
+        "node_id",
+        "gpu_ids",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "retries_used",
+        "max_retries",
+    ):
         console.print(f"  {key:13} {job.get(key) if job.get(key) not in (None, []) else '-'}")
     cmd = job["spec"]["command"]
     console.print(f"  {'command':13} {cmd if isinstance(cmd, str) else ' '.join(cmd)}")
     if job.get("attempts"):
-        table(job["attempts"], [("number", "#"), ("id", "ATTEMPT"), ("node_id", "NODE"),
-                                ("gpu_ids", "GPUS"), ("state", "STATE"), ("exit_code", "EXIT"),
-                                ("reason", "REASON")], title="attempts")
+        table(
+            job["attempts"],
+            [
+                ("number", "#"),
+                ("id", "ATTEMPT"),
+                ("node_id", "NODE"),
+                ("gpu_ids", "GPUS"),
+                ("state", "STATE"),
+                ("exit_code", "EXIT"),
+                ("reason", "REASON"),
+            ],
+            title="attempts",
+        )
 
 
 @jobs_app.command("events")
@@ -177,8 +211,9 @@ def jobs_events(job_id: str, json_out: JsonOpt = False) -> None:
     if json_out:
         print_json(rows)
         return
-    table(rows, [("at", "AT"), ("from", "FROM"), ("to", "TO"), ("reason", "REASON"),
-                 ("actor", "BY")])
+    table(
+        rows, [("at", "AT"), ("from", "FROM"), ("to", "TO"), ("reason", "REASON"), ("actor", "BY")]
+    )
 
 
 @jobs_app.command("why")
@@ -197,9 +232,10 @@ def jobs_why(job_id: str, json_out: JsonOpt = False) -> None:
         console.print(f"  next placement: {wp['node_id']} GPUs {','.join(wp['gpu_ids'])}")
 
 
-def logs(job_id: str,
-         follow: Annotated[bool, typer.Option("--follow", "-f", help="until the job ends")] = False
-         ) -> None:
+def logs(
+    job_id: str,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="until the job ends")] = False,
+) -> None:
     """Print a job's logs."""
     with Client() as client:
         if follow:
@@ -220,4 +256,3 @@ def cancel(job_id: str) -> None:
     with Client() as client:
         job = client.cancel(job_id)
     console.print(f"{job['id']}: {styled_state(job['state'])}")
-

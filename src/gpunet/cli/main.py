@@ -11,10 +11,15 @@ from gpunet.cli import fleet, jobs, serve
 from gpunet.cli.output import err_console
 from gpunet.errors import GpunetError
 
-app = typer.Typer(help="gpunet: pool GPUs from many owners and run AI work on the best fit.",
-                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+app = typer.Typer(
+    help="gpunet: pool GPUs from many owners and run AI work on the best fit.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
 
 app.command()(serve.up)
+app.command()(serve.demo)
 app.command()(serve.server)
 app.command()(serve.agent)
 app.command()(jobs.submit)

@@ -17,8 +17,9 @@ def print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, default=str))
 
 
-def table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]],
-          title: str | None = None) -> None:
+def table(
+    rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]], title: str | None = None
+) -> None:
     t = Table(title=title, show_lines=False, header_style="bold")
     for _, header in columns:
         t.add_column(header)
@@ -43,8 +44,15 @@ def fmt(v: Any) -> str:
     return s
 
 
-STATE_STYLE = {"succeeded": "green", "failed": "red", "cancelled": "yellow", "running": "cyan",
-               "queued": "white", "assigned": "blue", "lost": "magenta"}
+STATE_STYLE = {
+    "succeeded": "green",
+    "failed": "red",
+    "cancelled": "yellow",
+    "running": "cyan",
+    "queued": "white",
+    "assigned": "blue",
+    "lost": "magenta",
+}
 
 
 def styled_state(state: str) -> str:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import socket
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -18,7 +21,7 @@ from gpunet.agent.loop import Agent
 from gpunet.cli.output import console, err_console
 from gpunet.config import ClientConfig, home
 from gpunet.services.auth import Role, bootstrap_admin, issue_token
-from gpunet.services.runtime import Settings
+from gpunet.services.runtime import Runtime, Settings
 from gpunet.store.db import Database
 
 DEFAULT_SIMULATED = "2xA100-80GB"
@@ -34,14 +37,18 @@ def pick_backend(simulate: str | None, *, quiet: bool = False) -> GpuBackend:
         return NvmlBackend()
     except NvmlUnavailable as exc:
         if not quiet:
-            err_console.print(f"[yellow]No NVIDIA GPU here ({exc}); running on simulated GPUs: "
-                              f"{DEFAULT_SIMULATED}[/]")
+            err_console.print(
+                f"[yellow]No NVIDIA GPU here ({exc}); running on simulated GPUs: "
+                f"{DEFAULT_SIMULATED}[/]"
+            )
         return SimulatedBackend(parse_simulate(DEFAULT_SIMULATED), seed=socket.gethostname())
 
 
 def _logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
 
 
 def _prepare(database_url: str) -> tuple[Database, str | None]:
@@ -56,22 +63,47 @@ def _prepare(database_url: str) -> tuple[Database, str | None]:
     return db, token
 
 
+class _Server(uvicorn.Server):
+    """uvicorn, releasing long-polls as soon as a stop begins."""
+
+    def __init__(self, config: uvicorn.Config, rt: Runtime) -> None:
+        super().__init__(config)
+        self.rt = rt
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.rt.wakeups.close()
+        await super().shutdown(sockets)
+
+
 def _uvicorn(settings: Settings, db: Database, host: str, port: int) -> uvicorn.Server:
     from gpunet.api.app import create_app
 
-    config = uvicorn.Config(create_app(settings, db=db), host=host, port=port,
-                            log_level="warning", access_log=False, lifespan="on")
-    return uvicorn.Server(config)
+    app = create_app(settings, db=db)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        # long-polls would hold a graceful stop for their whole wait,
+        # while the lease reaper runs on without hearing heartbeats
+        timeout_graceful_shutdown=5,
+    )
+    return _Server(config, app.state.runtime)
 
 
 def server(
-    database_url: Annotated[str | None, typer.Option(
-        help="sqlite:///PATH or postgresql://...; default: SQLite under GPUNET_HOME")] = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option(help="sqlite:///PATH or postgresql://...; default: SQLite under GPUNET_HOME"),
+    ] = None,
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port to listen on")] = 8787,
     policy: Annotated[str, typer.Option(help="scheduling policy")] = "fifo",
-    lease_timeout: Annotated[float, typer.Option(help="seconds without heartbeats before a "
-                                                       "node goes offline")] = 30.0,
+    lease_timeout: Annotated[
+        float, typer.Option(help="seconds without heartbeats before a node goes offline")
+    ] = 30.0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run the coordinator (migrations are applied at start)."""
@@ -89,8 +121,10 @@ def server(
 def agent(
     coordinator: Annotated[str, typer.Option(help="coordinator URL")],
     join_token: Annotated[str | None, typer.Option(help="provider join token (first run)")] = None,
-    simulate: Annotated[str | None, typer.Option(
-        help="simulated GPUs, e.g. 2xA100-80GB,1xRTX-4090, or a fleet YAML")] = None,
+    simulate: Annotated[
+        str | None,
+        typer.Option(help="simulated GPUs, e.g. 2xA100-80GB,1xRTX-4090, or a fleet YAML"),
+    ] = None,
     name: Annotated[str | None, typer.Option(help="node name (default: hostname)")] = None,
     agent_home: Annotated[Path | None, typer.Option("--home", help="agent state directory")] = None,
     site: Annotated[str | None, typer.Option(help="site label, e.g. eu-west")] = None,
@@ -99,26 +133,32 @@ def agent(
     """Join this machine's GPUs to a coordinator. Dials out only: works behind NAT."""
     _logging(verbose)
     backend = pick_backend(simulate)
-    a = Agent(coordinator, backend, agent_home or home() / "agent", join_token=join_token,
-              name=name, site=site)
-    console.print(f"gpunet agent: {len(backend.discover())} GPU(s)"
-                  f"{' (simulated)' if backend.simulated else ''} -> {coordinator}")
-    try:
-        asyncio.run(a.run())
-    except KeyboardInterrupt:
-        pass
+    a = Agent(
+        coordinator,
+        backend,
+        agent_home or home() / "agent",
+        join_token=join_token,
+        name=name,
+        site=site,
+    )
+    console.print(
+        f"gpunet agent: {len(backend.discover())} GPU(s)"
+        f"{' (simulated)' if backend.simulated else ''} -> {coordinator}"
+    )
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, a.stopping.set)  # stop attempts cleanly, then exit
+        await a.run()
+
+    asyncio.run(main())
 
 
-def up(
-    port: Annotated[int, typer.Option(help="port for the coordinator")] = 8787,
-    simulate: Annotated[str | None, typer.Option(
-        help="simulated GPUs, e.g. 2xA100-80GB,1xRTX-4090, or a fleet YAML")] = None,
-    policy: Annotated[str, typer.Option(help="scheduling policy")] = "fifo",
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
-) -> None:
-    """Start a whole local network: a coordinator (SQLite under GPUNET_HOME) and one agent on
-    this machine's GPUs. Ctrl-C stops everything."""
-    _logging(verbose)
+def _local_network(
+    port: int, simulate: str | None, policy: str
+) -> tuple[uvicorn.Server, Agent, GpuBackend, str, Path]:
+    """A coordinator on SQLite under GPUNET_HOME plus one agent, and a client config."""
     base = home()
     base.mkdir(parents=True, exist_ok=True)
     url = f"sqlite:///{base / 'gpunet.db'}"
@@ -129,26 +169,96 @@ def up(
     api = f"http://127.0.0.1:{port}"
     cfg_path = ClientConfig(api, admin).save()
     backend = pick_backend(simulate)
-    settings = Settings(database_url=url, policy=policy)
-    srv = _uvicorn(settings, db, "127.0.0.1", port)
+    srv = _uvicorn(Settings(database_url=url, policy=policy), db, "127.0.0.1", port)
     a = Agent(api, backend, base / "agent", join_token=join, name=socket.gethostname())
+    return srv, a, backend, api, cfg_path
 
-    async def main() -> None:
-        serving = asyncio.create_task(srv.serve())
-        while not srv.started and not serving.done():
-            await asyncio.sleep(0.05)
-        if serving.done():
-            await serving
-            return
-        kind = "simulated " if backend.simulated else ""
-        console.print(f"gpunet is up: API {api}  ({len(backend.discover())} {kind}GPU(s), "
-                      f"data in {base})")
-        console.print(f"client config written to {cfg_path}; try `gpunet nodes` in another "
-                      "terminal. Ctrl-C stops.")
-        agent_task = asyncio.create_task(a.run())
-        await serving  # returns when uvicorn has handled Ctrl-C / SIGTERM
+
+async def _serve(srv: uvicorn.Server, a: Agent, then: Callable[[], int] | None = None) -> int:
+    """Serve until Ctrl-C (or until ``then``, run in a thread, returns)."""
+    serving = asyncio.create_task(srv.serve())
+    while not srv.started and not serving.done():
+        await asyncio.sleep(0.05)
+    if serving.done():
+        await serving
+        return 1
+    agent_task = asyncio.create_task(a.run())
+    rc = 0
+    if then is not None:
+        rc = await asyncio.to_thread(then)
         a.stopping.set()
         await agent_task
+        srv.should_exit = True
+    await serving  # returns when uvicorn has handled Ctrl-C / SIGTERM, or should_exit
+    a.stopping.set()
+    await agent_task
+    return rc
 
-    asyncio.run(main())
+
+def up(
+    port: Annotated[int, typer.Option(help="port for the coordinator")] = 8787,
+    simulate: Annotated[
+        str | None,
+        typer.Option(help="simulated GPUs, e.g. 2xA100-80GB,1xRTX-4090, or a fleet YAML"),
+    ] = None,
+    policy: Annotated[str, typer.Option(help="scheduling policy")] = "fifo",
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Start a whole local network: a coordinator (SQLite under GPUNET_HOME) and one agent on
+    this machine's GPUs. Ctrl-C stops everything."""
+    _logging(verbose)
+    srv, a, backend, api, cfg_path = _local_network(port, simulate, policy)
+    kind = "simulated " if backend.simulated else ""
+    console.print(
+        f"gpunet is up: API {api}  ({len(backend.discover())} {kind}GPU(s), data in {home()})"
+    )
+    console.print(
+        f"client config written to {cfg_path}; try `gpunet nodes` in another "
+        "terminal. Ctrl-C stops."
+    )
+    asyncio.run(_serve(srv, a))
     console.print("gpunet stopped.")
+
+
+SAMPLE_JOB = {
+    "name": "sample",
+    "command": [
+        "python3",
+        "-c",
+        "import os, socket; print('hello from gpunet on', socket.gethostname(), "
+        "'GPUs', os.environ['CUDA_VISIBLE_DEVICES'])",
+    ],
+    "resources": {"gpus": 1},
+}
+
+
+def demo(
+    port: Annotated[int, typer.Option(help="port for the coordinator")] = 8787,
+    simulate: Annotated[str | None, typer.Option(help="simulated GPUs")] = None,
+) -> None:
+    """Start a local network, run a sample job end to end, print its logs, and stop."""
+    from gpunet.sdk.client import Client
+
+    _logging(False)
+    srv, a, backend, api, _ = _local_network(port, simulate, "fifo")
+    cfg = ClientConfig.load()
+    assert cfg is not None
+
+    def run_sample() -> int:
+        with Client(api, cfg.token) as c:
+            deadline = time.monotonic() + 30
+            while not c.nodes() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            job = c.submit(SAMPLE_JOB)
+            console.print(f"submitted {job['id']}; logs:")
+            for chunk in c.follow_logs(job["id"], timeout_s=120):
+                console.out(chunk["data"], end="")
+            final = c.job(job["id"])
+            console.print(
+                f"{job['id']} {final['state']} (exit code {final['exit_code']}) on "
+                f"{final['node_id']} GPUs {','.join(final['gpu_ids'])}"
+            )
+            return 0 if final["state"] == "succeeded" else 1
+
+    rc = asyncio.run(_serve(srv, a, run_sample))
+    raise typer.Exit(rc)

@@ -84,7 +84,7 @@ class JobSpec(BaseModel):
         return list(self.command)
 
 
-def _loc(err: dict[str, Any]) -> str:
+def _loc(err: Any) -> str:
     return ".".join(str(p) for p in err["loc"]) or "spec"
 
 

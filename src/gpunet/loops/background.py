@@ -38,9 +38,12 @@ async def scheduler_loop(rt: Runtime) -> None:
 async def reaper_loop(rt: Runtime) -> None:
     while True:
         await asyncio.sleep(rt.settings.reaper_interval_s)
+        if rt.wakeups.closing:  # draining: heartbeats cannot reach us, so judge no lease
+            return
         try:
-            gone = await run_in_threadpool(leases.reap, rt.db, rt.leases,
-                                           rt.settings.lease_timeout_s)
+            gone = await run_in_threadpool(
+                leases.reap, rt.db, rt.leases, rt.settings.lease_timeout_s
+            )
         except Exception:
             log.exception("lease reaper failed")
             continue

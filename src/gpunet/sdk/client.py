@@ -69,18 +69,20 @@ def pack_workdir(path: Path) -> bytes:
 class Client:
     """A connection to a gpunet coordinator."""
 
-    def __init__(self, url: str | None = None, token: str | None = None,
-                 timeout: float = 30.0) -> None:
+    def __init__(
+        self, url: str | None = None, token: str | None = None, timeout: float = 30.0
+    ) -> None:
         if url is None or token is None:
             cfg = ClientConfig.load()
             if cfg is None:
                 raise errors.GpunetError(
-                    "no coordinator configured: run `gpunet up`, or set GPUNET_URL and "
-                    "GPUNET_TOKEN")
+                    "no coordinator configured: run `gpunet up`, or set GPUNET_URL and GPUNET_TOKEN"
+                )
             url, token = url or cfg.url, token or cfg.token
         self.url = url.rstrip("/")
-        self._http = httpx.Client(base_url=self.url, timeout=timeout,
-                                  headers={"Authorization": f"Bearer {token}"})
+        self._http = httpx.Client(
+            base_url=self.url, timeout=timeout, headers={"Authorization": f"Bearer {token}"}
+        )
 
     def close(self) -> None:
         self._http.close()
@@ -95,22 +97,32 @@ class Client:
         try:
             r = self._http.request(method, path, **kw)
         except httpx.TransportError as exc:
-            raise errors.GpunetError(f"cannot reach the coordinator at {self.url}: {exc}") \
-                from None
+            raise errors.GpunetError(f"cannot reach the coordinator at {self.url}: {exc}") from None
         _raise_for(r)
         return r.json()
 
     # jobs
     def upload_workdir(self, path: Path) -> str:
         data = pack_workdir(path)
-        return str(self._req("POST", "/v1/blobs", content=data,
-                             headers={"Content-Type": "application/gzip"})["digest"])
+        return str(
+            self._req(
+                "POST", "/v1/blobs", content=data, headers={"Content-Type": "application/gzip"}
+            )["digest"]
+        )
 
-    def submit(self, spec: dict[str, Any] | JobSpec, *, workdir: Path | None = None,
-               idempotency_key: str | None = None) -> dict[str, Any]:
+    def submit(
+        self,
+        spec: dict[str, Any] | JobSpec,
+        *,
+        workdir: Path | None = None,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
         """Submit a job; ``workdir`` is uploaded and unpacked as the job's working directory."""
-        body = spec.model_dump(mode="json", exclude_none=True) if isinstance(spec, JobSpec) \
+        body = (
+            spec.model_dump(mode="json", exclude_none=True)
+            if isinstance(spec, JobSpec)
             else dict(spec)
+        )
         parse_spec(body)  # fail fast, with the same errors the coordinator gives
         if workdir is not None:
             body["workdir"] = self.upload_workdir(workdir)
@@ -138,8 +150,9 @@ class Client:
     def logs(self, job_id: str, after: int = 0) -> dict[str, Any]:
         return dict(self._req("GET", f"/v1/jobs/{job_id}/logs", params={"after": after}))
 
-    def follow_logs(self, job_id: str, *, poll_s: float = 0.3,
-                    timeout_s: float | None = None) -> Iterator[dict[str, Any]]:
+    def follow_logs(
+        self, job_id: str, *, poll_s: float = 0.3, timeout_s: float | None = None
+    ) -> Iterator[dict[str, Any]]:
         """Yield log chunks until the job ends (and its last logs are read)."""
         after, deadline = 0, None if timeout_s is None else time.monotonic() + timeout_s
         while True:
@@ -153,8 +166,14 @@ class Client:
             if not page["chunks"]:
                 time.sleep(poll_s)
 
-    def wait(self, job_id: str, *, timeout_s: float = 600, poll_s: float = 0.3,
-             states: set[str] | None = None) -> dict[str, Any]:
+    def wait(
+        self,
+        job_id: str,
+        *,
+        timeout_s: float = 600,
+        poll_s: float = 0.3,
+        states: set[str] | None = None,
+    ) -> dict[str, Any]:
         """Poll until the job reaches one of ``states`` (default: a terminal state)."""
         want = states or TERMINAL
         deadline = time.monotonic() + timeout_s
@@ -164,7 +183,8 @@ class Client:
                 return job
             if time.monotonic() > deadline:
                 raise errors.GpunetError(
-                    f"timed out after {timeout_s:g}s waiting for {job_id} (state {job['state']})")
+                    f"timed out after {timeout_s:g}s waiting for {job_id} (state {job['state']})"
+                )
             time.sleep(poll_s)
 
     # fleet
@@ -175,8 +195,7 @@ class Client:
         return list(self._req("GET", "/v1/gpus"))
 
     def create_token(self, role: str, account: str, name: str = "") -> str:
-        res = self._req("POST", "/v1/tokens", json={"role": role, "account": account,
-                                                     "name": name})
+        res = self._req("POST", "/v1/tokens", json={"role": role, "account": account, "name": name})
         return str(res["token"])
 
     def whoami(self) -> dict[str, Any]:

@@ -84,9 +84,16 @@ def register(db: Database, who: Principal, reg: Registration) -> tuple[str, str]
     with db.transaction() as s:
         at = now()
         node = Node(
-            id=new_id("node"), name=reg.name, account_id=who.account_id, status="online",
-            registered_at=at, last_heartbeat_at=at, agent_version=reg.agent_version,
-            simulated=any(g.simulated for g in reg.gpus), site=reg.site, labels=reg.labels,
+            id=new_id("node"),
+            name=reg.name,
+            account_id=who.account_id,
+            status="online",
+            registered_at=at,
+            last_heartbeat_at=at,
+            agent_version=reg.agent_version,
+            simulated=any(g.simulated for g in reg.gpus),
+            site=reg.site,
+            labels=reg.labels,
         )
         s.add(node)
         s.flush()
@@ -115,6 +122,13 @@ def hello(db: Database, who: Principal, reg: Registration) -> str:
         node.agent_version, node.status, node.last_heartbeat_at = reg.agent_version, "online", now()
         node.simulated = any(g.simulated for g in reg.gpus)
         _sync_gpus(s, node, reg.gpus)
+        # a restarted agent's processes died with it (they are tied to it): what it was
+        # running is lost; what was only assigned it will start now
+        started = [AttemptState.RUNNING.value, AttemptState.STOPPING.value]
+        for att in s.scalars(
+            select(Attempt).where(Attempt.node_id == node.id, Attempt.state.in_(started))
+        ):
+            lose_attempt(s, att, "the agent restarted", node.id)
         return node.id
 
 
@@ -130,8 +144,13 @@ def check_reported(db: Database, who: Principal, attempt_ids: list[str]) -> list
     if not attempt_ids:
         return []
     with db.sessions() as s:
-        rows = dict(s.execute(select(Attempt.id, Attempt.state).where(
-            Attempt.id.in_(attempt_ids), Attempt.node_id == who.node_id)).all())
+        rows = dict(
+            s.execute(
+                select(Attempt.id, Attempt.state).where(
+                    Attempt.id.in_(attempt_ids), Attempt.node_id == who.node_id
+                )
+            ).all()
+        )
     keep = {AttemptState.ASSIGNED.value, AttemptState.RUNNING.value}
     return [a for a in attempt_ids if rows.get(a) not in keep]
 
@@ -140,26 +159,36 @@ def work_for(db: Database, who: Principal) -> dict[str, Any]:
     """Attempts this node should start, and ones it should stop."""
     with db.sessions() as s:
         node = _own_node(s, who)
-        rows = list(s.execute(select(Attempt, Job).join(Job, Job.id == Attempt.job_id).where(
-            Attempt.node_id == node.id,
-            Attempt.state.in_([AttemptState.ASSIGNED.value, AttemptState.STOPPING.value]))))
+        rows = list(
+            s.execute(
+                select(Attempt, Job)
+                .join(Job, Job.id == Attempt.job_id)
+                .where(
+                    Attempt.node_id == node.id,
+                    Attempt.state.in_([AttemptState.ASSIGNED.value, AttemptState.STOPPING.value]),
+                )
+            )
+        )
         start, stop = [], []
         for att, job in rows:
             if att.state == AttemptState.STOPPING.value:
-                stop.append(att.id)
+                stop.append({"attempt_id": att.id, "fencing_token": att.fencing_token})
                 continue
             workdir = job.spec.get("workdir")
-            start.append({
-                "attempt_id": att.id,
-                "job_id": job.id,
-                "fencing_token": att.fencing_token,
-                "number": att.number,
-                "gpu_indices": att.gpu_indices,
-                "gpu_ids": att.gpu_ids,
-                "spec": job.spec,
-                "workdir_size": s.scalar(select(Blob.size).where(Blob.digest == workdir))
-                if workdir else None,
-            })
+            start.append(
+                {
+                    "attempt_id": att.id,
+                    "job_id": job.id,
+                    "fencing_token": att.fencing_token,
+                    "number": att.number,
+                    "gpu_indices": att.gpu_indices,
+                    "gpu_ids": att.gpu_ids,
+                    "spec": job.spec,
+                    "workdir_size": s.scalar(select(Blob.size).where(Blob.digest == workdir))
+                    if workdir
+                    else None,
+                }
+            )
         return {"start": start, "stop": stop}
 
 
@@ -170,11 +199,16 @@ def _fenced(s: Session, who: Principal, attempt_id: str, token: int) -> tuple[At
         raise NotFound(f"no attempt {attempt_id!r} on this node", field="attempt_id")
     job = s.get(Job, att.job_id, with_for_update=True)
     assert job is not None
-    if (att.fencing_token != token or job.current_attempt_id != att.id
-            or AttemptState(att.state) not in ACTIVE_ATTEMPT_STATES):
+    if (
+        att.fencing_token != token
+        or job.current_attempt_id != att.id
+        or AttemptState(att.state) not in ACTIVE_ATTEMPT_STATES
+    ):
         raise StaleFencingToken(
             f"attempt {attempt_id} (token {token}) is no longer current for job {job.id}; "
-            f"its state is {att.state}", field="fencing_token")
+            f"its state is {att.state}",
+            field="fencing_token",
+        )
     return att, job
 
 
@@ -186,8 +220,9 @@ def attempt_started(db: Database, who: Principal, attempt_id: str, rep: Report) 
         move_attempt(att, AttemptState.RUNNING)
         att.started_at = now()
         if job.state == JobState.ASSIGNED.value:
-            move_job(s, job, JobState.RUNNING, reason=f"started on {att.node_id}",
-                     actor=att.node_id)
+            move_job(
+                s, job, JobState.RUNNING, reason=f"started on {att.node_id}", actor=att.node_id
+            )
             job.started_at = job.started_at or att.started_at
 
 
@@ -195,8 +230,10 @@ def append_logs(db: Database, who: Principal, attempt_id: str, rep: LogReport) -
     with db.transaction() as s:
         att, job = _fenced(s, who, attempt_id, rep.fencing_token)
         at = now()
-        s.add_all(LogChunk(job_id=job.id, attempt_id=att.id, stream=c.stream, data=c.data, at=at)
-                  for c in rep.chunks)
+        s.add_all(
+            LogChunk(job_id=job.id, attempt_id=att.id, stream=c.stream, data=c.data, at=at)
+            for c in rep.chunks
+        )
 
 
 def attempt_finished(db: Database, who: Principal, attempt_id: str, rep: FinishReport) -> None:
@@ -212,16 +249,25 @@ def attempt_finished(db: Database, who: Principal, attempt_id: str, rep: FinishR
         move_attempt(att, attempt_state_for_exit(rep.exit_code), reason=rep.reason)
         job.exit_code = rep.exit_code
         if JobState(job.state) in (JobState.ASSIGNED, JobState.RUNNING):
-            move_job(s, job, job_state_for_exit(rep.exit_code),
-                     reason=rep.reason or f"exit code {rep.exit_code}", actor=att.node_id)
+            move_job(
+                s,
+                job,
+                job_state_for_exit(rep.exit_code),
+                reason=rep.reason or f"exit code {rep.exit_code}",
+                actor=att.node_id,
+            )
 
 
 def read_blob(db: Database, who: Principal, digest: str) -> bytes:
     """An agent downloads the archive of a job assigned to it."""
     with db.sessions() as s:
         node = _own_node(s, who)
-        allowed = s.scalar(select(Attempt.id).join(Job, Job.id == Attempt.job_id).where(
-            Attempt.node_id == node.id, Job.spec["workdir"].as_string() == digest).limit(1))
+        allowed = s.scalar(
+            select(Attempt.id)
+            .join(Job, Job.id == Attempt.job_id)
+            .where(Attempt.node_id == node.id, Job.spec["workdir"].as_string() == digest)
+            .limit(1)
+        )
         blob = s.get(Blob, digest)
         if blob is None or allowed is None:
             raise NotFound(f"no archive {digest!r} for this node", field="digest")

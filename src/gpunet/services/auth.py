@@ -97,6 +97,17 @@ class Authenticator:
         self._cache: dict[str, tuple[float, Principal]] = {}
         self._lock = threading.Lock()
 
+    def cached(self, token: str | None) -> Principal | None:
+        """The principal from the cache alone (no store access), or None when the token is
+        not cached or its entry is older than the TTL. Cheap enough for the event loop."""
+        if not token:
+            return None
+        with self._lock:
+            hit = self._cache.get(hash_token(token))
+        if hit and time.monotonic() - hit[0] < self.ttl_s:
+            return hit[1]
+        return None
+
     def authenticate(self, token: str | None) -> Principal:
         if not token:
             raise Unauthorized("missing bearer token (Authorization: Bearer ...)")

@@ -16,8 +16,11 @@ from gpunet.util import iso
 
 def busy_gpu_ids(s: Session) -> dict[str, str]:
     """GPU id -> the attempt that holds it."""
-    held = s.execute(select(Attempt.id, Attempt.gpu_ids).where(
-        Attempt.state.in_([st.value for st in GPU_HOLDING_ATTEMPT_STATES])))
+    held = s.execute(
+        select(Attempt.id, Attempt.gpu_ids).where(
+            Attempt.state.in_([st.value for st in GPU_HOLDING_ATTEMPT_STATES])
+        )
+    )
     return {gid: att_id for att_id, gids in held for gid in gids}
 
 
@@ -46,8 +49,14 @@ def fleet_snapshot(s: Session, *, all_free: bool = False) -> Snapshot:
     )
 
 
-def job_request(job_id: str, account_id: str, spec: JobSpec, *, priority: int | None = None,
-                submitted_at: float = 0.0) -> JobRequest:
+def job_request(
+    job_id: str,
+    account_id: str,
+    spec: JobSpec,
+    *,
+    priority: int | None = None,
+    submitted_at: float = 0.0,
+) -> JobRequest:
     r = spec.resources
     return JobRequest(
         id=job_id,
@@ -64,8 +73,9 @@ def job_request(job_id: str, account_id: str, spec: JobSpec, *, priority: int | 
 
 def request_for(job: Job) -> JobRequest:
     spec = JobSpec.model_validate(job.spec)
-    return job_request(job.id, job.account_id, spec, priority=job.priority,
-                       submitted_at=job.created_at.timestamp())
+    return job_request(
+        job.id, job.account_id, spec, priority=job.priority, submitted_at=job.created_at.timestamp()
+    )
 
 
 def gpu_dict(g: Gpu, holder: str | None = None) -> dict[str, Any]:
@@ -93,8 +103,9 @@ def gpu_dict(g: Gpu, holder: str | None = None) -> dict[str, Any]:
 
 def list_gpus(s: Session) -> list[dict[str, Any]]:
     busy = busy_gpu_ids(s)
-    return [gpu_dict(g, busy.get(g.id)) for g in s.scalars(select(Gpu).order_by(Gpu.node_id,
-                                                                                Gpu.index))]
+    return [
+        gpu_dict(g, busy.get(g.id)) for g in s.scalars(select(Gpu).order_by(Gpu.node_id, Gpu.index))
+    ]
 
 
 def list_nodes(s: Session) -> list[dict[str, Any]]:
@@ -102,18 +113,20 @@ def list_nodes(s: Session) -> list[dict[str, Any]]:
     out = []
     for n in s.scalars(select(Node).order_by(Node.registered_at)):
         mine = [g for g in gpus if g["node_id"] == n.id]
-        out.append({
-            "id": n.id,
-            "name": n.name,
-            "account_id": n.account_id,
-            "status": n.status,
-            "simulated": n.simulated,
-            "site": n.site,
-            "agent_version": n.agent_version,
-            "registered_at": iso(n.registered_at),
-            "last_heartbeat_at": iso(n.last_heartbeat_at),
-            "gpus": len(mine),
-            "gpus_busy": sum(1 for g in mine if g["busy"]),
-            "gpu_models": sorted({g["model"] for g in mine}),
-        })
+        out.append(
+            {
+                "id": n.id,
+                "name": n.name,
+                "account_id": n.account_id,
+                "status": n.status,
+                "simulated": n.simulated,
+                "site": n.site,
+                "agent_version": n.agent_version,
+                "registered_at": iso(n.registered_at),
+                "last_heartbeat_at": iso(n.last_heartbeat_at),
+                "gpus": len(mine),
+                "gpus_busy": sum(1 for g in mine if g["busy"]),
+                "gpu_models": sorted({g["model"] for g in mine}),
+            }
+        )
     return out

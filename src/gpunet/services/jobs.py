@@ -35,8 +35,16 @@ def move_job(s: Session, job: Job, dst: JobState, *, reason: str = "", actor: st
         job.reason = reason
     if dst in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED):
         job.finished_at = at
-    s.add(JobEvent(job_id=job.id, from_state=src.value, to_state=dst.value, at=at,
-                   reason=reason, actor=actor))
+    s.add(
+        JobEvent(
+            job_id=job.id,
+            from_state=src.value,
+            to_state=dst.value,
+            at=at,
+            reason=reason,
+            actor=actor,
+        )
+    )
 
 
 def move_attempt(attempt: Attempt, dst: AttemptState, *, reason: str = "") -> None:
@@ -56,12 +64,18 @@ def lose_attempt(s: Session, att: Attempt, reason: str, actor: str) -> JobState 
         return None
     move_job(s, job, JobState.LOST, reason=reason, actor=actor)
     nxt = after_lost(job.retries_used, job.max_retries)
-    job.retries_used += 1
+    if nxt is JobState.QUEUED:  # a retry is used only when the job is actually re-queued
+        job.retries_used += 1
     job.current_attempt_id = None
-    move_job(s, job, nxt,
-             reason="re-queued after a lost attempt" if nxt is JobState.QUEUED
-             else f"lost and no retries left (max_retries={job.max_retries})",
-             actor=actor)
+    move_job(
+        s,
+        job,
+        nxt,
+        reason="re-queued after a lost attempt"
+        if nxt is JobState.QUEUED
+        else f"lost and no retries left (max_retries={job.max_retries})",
+        actor=actor,
+    )
     return nxt
 
 
@@ -77,8 +91,11 @@ def submit(db: Database, who: Principal, spec: JobSpec, idempotency_key: str | N
     who.require(Role.CONSUMER)
     with db.transaction() as s:
         if idempotency_key:
-            old = s.scalar(select(Job).where(Job.account_id == who.account_id,
-                                             Job.idempotency_key == idempotency_key))
+            old = s.scalar(
+                select(Job).where(
+                    Job.account_id == who.account_id, Job.idempotency_key == idempotency_key
+                )
+            )
             if old is not None:
                 return old
         if spec.workdir is not None:
@@ -86,11 +103,13 @@ def submit(db: Database, who: Principal, spec: JobSpec, idempotency_key: str | N
             if blob is None or (blob.account_id != who.account_id and not who.is_admin):
                 raise ValidationFailed("workdir", f"no uploaded archive {spec.workdir!r}")
         job_id = new_id("job")
-        reason = never_fits(fleet_snapshot(s, all_free=True), job_request(job_id, who.account_id,
-                                                                        spec))
+        reason = never_fits(
+            fleet_snapshot(s, all_free=True), job_request(job_id, who.account_id, spec)
+        )
         if reason:
-            raise Unschedulable(f"this job can never run on this fleet: {reason}",
-                                field="resources")
+            raise Unschedulable(
+                f"this job can never run on this fleet: {reason}", field="resources"
+            )
         at = now()
         job = Job(
             id=job_id,
@@ -105,8 +124,16 @@ def submit(db: Database, who: Principal, spec: JobSpec, idempotency_key: str | N
             created_at=at,
         )
         s.add(job)
-        s.add(JobEvent(job_id=job.id, from_state=None, to_state=JobState.QUEUED.value, at=at,
-                       reason="submitted", actor=who.token_id))
+        s.add(
+            JobEvent(
+                job_id=job.id,
+                from_state=None,
+                to_state=JobState.QUEUED.value,
+                at=at,
+                reason="submitted",
+                actor=who.token_id,
+            )
+        )
         return job
 
 
@@ -125,24 +152,33 @@ def list_jobs(db: Database, who: Principal, state: str | None, limit: int) -> li
 def get_job(db: Database, who: Principal, job_id: str) -> tuple[Job, list[Attempt]]:
     with db.sessions() as s:
         job = _visible(s, who, job_id)
-        attempts = list(s.scalars(select(Attempt).where(Attempt.job_id == job_id)
-                                  .order_by(Attempt.number)))
+        attempts = list(
+            s.scalars(select(Attempt).where(Attempt.job_id == job_id).order_by(Attempt.number))
+        )
         return job, attempts
 
 
 def events(db: Database, who: Principal, job_id: str) -> list[JobEvent]:
     with db.sessions() as s:
         _visible(s, who, job_id)
-        return list(s.scalars(select(JobEvent).where(JobEvent.job_id == job_id)
-                              .order_by(JobEvent.id)))
+        return list(
+            s.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id))
+        )
 
 
-def logs(db: Database, who: Principal, job_id: str, after: int, limit: int = 1000
-         ) -> tuple[Job, list[LogChunk]]:
+def logs(
+    db: Database, who: Principal, job_id: str, after: int, limit: int = 1000
+) -> tuple[Job, list[LogChunk]]:
     with db.sessions() as s:
         job = _visible(s, who, job_id)
-        rows = list(s.scalars(select(LogChunk).where(LogChunk.job_id == job_id, LogChunk.id > after)
-                              .order_by(LogChunk.id).limit(limit)))
+        rows = list(
+            s.scalars(
+                select(LogChunk)
+                .where(LogChunk.job_id == job_id, LogChunk.id > after)
+                .order_by(LogChunk.id)
+                .limit(limit)
+            )
+        )
         return job, rows
 
 
@@ -156,8 +192,10 @@ def cancel(db: Database, who: Principal, job_id: str) -> tuple[Job, list[str]]:
         move_job(s, job, JobState.CANCELLED, reason="cancelled by user", actor=who.token_id)
         if job.current_attempt_id:
             att = s.get(Attempt, job.current_attempt_id)
-            if att is not None and AttemptState(att.state) in (AttemptState.ASSIGNED,
-                                                               AttemptState.RUNNING):
+            if att is not None and AttemptState(att.state) in (
+                AttemptState.ASSIGNED,
+                AttemptState.RUNNING,
+            ):
                 move_attempt(att, AttemptState.STOPPING, reason="job cancelled")
                 wake.append(att.node_id)
         return job, wake
@@ -171,15 +209,23 @@ def store_blob(db: Database, who: Principal, data: bytes, digest: str, max_bytes
 
     who.require(Role.CONSUMER)
     if len(data) > max_bytes:
-        raise PayloadTooLarge(f"archive is {len(data)} bytes; the limit is {max_bytes}",
-                              field="workdir")
+        raise PayloadTooLarge(
+            f"archive is {len(data)} bytes; the limit is {max_bytes}", field="workdir"
+        )
     actual = "sha256:" + hashlib.sha256(data).hexdigest()
     if digest and digest != actual:
         raise ValidationFailed("digest", f"does not match the content ({actual})")
     with db.transaction() as s:
         if s.get(Blob, actual) is None:
-            s.add(Blob(digest=actual, size=len(data), account_id=who.account_id, data=data,
-                       created_at=now()))
+            s.add(
+                Blob(
+                    digest=actual,
+                    size=len(data),
+                    account_id=who.account_id,
+                    data=data,
+                    created_at=now(),
+                )
+            )
     return actual
 
 

@@ -30,9 +30,14 @@ def node_lost(db: Database, node_id: str, reason: str) -> int:
         if node is None:
             return 0
         node.status = "offline"
-        atts = list(s.scalars(select(Attempt).where(
-            Attempt.node_id == node_id,
-            Attempt.state.in_([st.value for st in ACTIVE_ATTEMPT_STATES]))))
+        atts = list(
+            s.scalars(
+                select(Attempt).where(
+                    Attempt.node_id == node_id,
+                    Attempt.state.in_([st.value for st in ACTIVE_ATTEMPT_STATES]),
+                )
+            )
+        )
         for att in atts:
             requeued += lose_attempt(s, att, reason, "lease reaper") is JobState.QUEUED
     return requeued

@@ -82,6 +82,13 @@ class Wakeups:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.nodes: dict[str, asyncio.Event] = {}
         self.scheduler = asyncio.Event()
+        self.closing = False
+
+    def close(self) -> None:
+        """The coordinator is stopping: release every long-poll now."""
+        self.closing = True
+        for ev in self.nodes.values():
+            ev.set()
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop

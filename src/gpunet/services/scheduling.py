@@ -40,8 +40,12 @@ def tick(db: Database, policy: str) -> TickResult:
             return result
         jobs = {j.id: j for j in queued}
         busy = busy_gpu_ids(s)
-        gpus = {g.id: g for g in s.scalars(select(Gpu).where(
-            Gpu.id.in_([gid for pl in p.placements for gid in pl.gpu_ids])))}
+        gpus = {
+            g.id: g
+            for g in s.scalars(
+                select(Gpu).where(Gpu.id.in_([gid for pl in p.placements for gid in pl.gpu_ids]))
+            )
+        }
         at = now()
         for pl in p.placements:
             job = jobs[pl.job_id]
@@ -61,9 +65,13 @@ def tick(db: Database, policy: str) -> TickResult:
             )
             s.add(att)
             job.current_attempt_id = att.id
-            move_job(s, job, JobState.ASSIGNED,
-                     reason=f"placed on {pl.node_id} GPUs {','.join(pl.gpu_ids)}",
-                     actor="scheduler")
+            move_job(
+                s,
+                job,
+                JobState.ASSIGNED,
+                reason=f"placed on {pl.node_id} GPUs {','.join(pl.gpu_ids)}",
+                actor="scheduler",
+            )
             busy.update({gid: att.id for gid in pl.gpu_ids})
             result.assigned.append(att.id)
             result.nodes.append(pl.node_id)
@@ -73,9 +81,12 @@ def tick(db: Database, policy: str) -> TickResult:
 
 
 def _queued_since(s: Session, job: Job) -> datetime:
-    last = s.scalar(select(JobEvent.at).where(JobEvent.job_id == job.id,
-                                              JobEvent.to_state == JobState.QUEUED.value)
-                    .order_by(JobEvent.id.desc()).limit(1))
+    last = s.scalar(
+        select(JobEvent.at)
+        .where(JobEvent.job_id == job.id, JobEvent.to_state == JobState.QUEUED.value)
+        .order_by(JobEvent.id.desc())
+        .limit(1)
+    )
     return utc(last or job.created_at)  # type: ignore[return-value]
 
 

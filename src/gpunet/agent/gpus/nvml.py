@@ -44,15 +44,25 @@ class NvmlBackend:
             uuid = uuid.decode() if isinstance(uuid, bytes) else uuid
             mem_mb = int(nv.nvmlDeviceGetMemoryInfo(h).total / 1_000_000)
             major, minor = nv.nvmlDeviceGetCudaComputeCapability(h)
-            out.append(DiscoveredGpu(i, uuid, name, model_from_nvml_name(name, mem_mb), mem_mb,
-                                     f"{major}.{minor}", False))
+            out.append(
+                DiscoveredGpu(
+                    i,
+                    uuid,
+                    name,
+                    model_from_nvml_name(name, mem_mb),
+                    mem_mb,
+                    f"{major}.{minor}",
+                    False,
+                )
+            )
         return out
 
     def telemetry(self, busy: set[int]) -> list[Telemetry]:
         nv = self._nv
         out = []
         for i, h in enumerate(self._handles()):
-            def read(fn: Any, *args: Any) -> Any:
+
+            def read(fn: Any, *args: Any, h: Any = h) -> Any:
                 with contextlib.suppress(nv.NVMLError):
                     return fn(h, *args)
                 return None
@@ -62,14 +72,16 @@ class NvmlBackend:
             temp = read(nv.nvmlDeviceGetTemperature, nv.NVML_TEMPERATURE_GPU)
             power = read(nv.nvmlDeviceGetPowerUsage)
             energy = read(nv.nvmlDeviceGetTotalEnergyConsumption)
-            out.append(Telemetry(
-                i,
-                float(util.gpu) if util is not None else None,
-                mem.used / 1_000_000 if mem is not None else None,
-                float(temp) if temp is not None else None,
-                power / 1000 if power is not None else None,
-                energy / 1000 if energy is not None else None,
-            ))
+            out.append(
+                Telemetry(
+                    i,
+                    float(util.gpu) if util is not None else None,
+                    mem.used / 1_000_000 if mem is not None else None,
+                    float(temp) if temp is not None else None,
+                    power / 1000 if power is not None else None,
+                    energy / 1000 if energy is not None else None,
+                )
+            )
         return out
 
     def close(self) -> None:

@@ -66,8 +66,17 @@ class SimulatedBackend:
             spec = catalog()[model]
             uid = hashlib.sha1(f"{self.seed}/{i}/{model}".encode()).hexdigest()
             cc = f"{spec.compute_capability[0]}.{spec.compute_capability[1]}"
-            out.append(DiscoveredGpu(i, f"GPU-sim-{uid[:8]}-{uid[8:12]}", f"Simulated {model}",
-                                     model, spec.memory_mb, cc, True))
+            out.append(
+                DiscoveredGpu(
+                    i,
+                    f"GPU-sim-{uid[:8]}-{uid[8:12]}",
+                    f"Simulated {model}",
+                    model,
+                    spec.memory_mb,
+                    cc,
+                    True,
+                )
+            )
         return out
 
     def telemetry(self, busy: set[int]) -> list[Telemetry]:
@@ -76,13 +85,15 @@ class SimulatedBackend:
             spec = catalog()[model]
             tdp = spec.tdp_w or 300.0
             on = i in busy
-            out.append(Telemetry(
-                i,
-                utilization_pct=95.0 if on else 0.0,
-                memory_used_mb=spec.memory_mb * (0.6 if on else 0.0),
-                temperature_c=72.0 if on else 35.0,
-                power_w=tdp * (0.85 if on else 0.1),
-            ))
+            out.append(
+                Telemetry(
+                    i,
+                    utilization_pct=95.0 if on else 0.0,
+                    memory_used_mb=spec.memory_mb * (0.6 if on else 0.0),
+                    temperature_c=72.0 if on else 35.0,
+                    power_w=tdp * (0.85 if on else 0.1),
+                )
+            )
         return out
 
     def close(self) -> None:

@@ -3,19 +3,50 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
+from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from gpunet.api.deps import Rt, Who
+from gpunet.api.deps import _bearer
 from gpunet.errors import Forbidden
 from gpunet.services import agents as svc
+from gpunet.services.auth import Principal
+from gpunet.services.runtime import Runtime
 from gpunet.util import now
 
 router = APIRouter(prefix="/v1/agent", tags=["agent"])
+
+
+# Agents call these routes far more often than anyone calls the rest of the API (a heartbeat
+# every few seconds from every node), so their dependencies are async: FastAPI runs a sync
+# dependency in the thread pool, which would cost two thread hand-offs per heartbeat. The
+# principal comes from the authenticator's cache on the event loop; only a miss reads the store
+# (in the thread pool), exactly as the shared dependency does.
+async def _runtime(request: Request) -> Runtime:
+    rt: Runtime = request.app.state.runtime
+    return rt
+
+
+async def _principal(
+    request: Request,
+    creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    auth = (await _runtime(request)).auth
+    token = creds.credentials if creds else None
+    hit = auth.cached(token)
+    if hit is not None:
+        return hit
+    if not token:
+        return auth.authenticate(token)  # raises Unauthorized without touching the store
+    return await run_in_threadpool(auth.authenticate, token)
+
+
+Rt = Annotated[Runtime, Depends(_runtime)]
+Who = Annotated[Principal, Depends(_principal)]
 
 
 @router.post("/register", status_code=201)
@@ -52,8 +83,9 @@ async def heartbeat(rt: Rt, who: Who, hb: Heartbeat) -> dict[str, Any]:
     if not was_known:  # back after being reaped (or after our restart): online again
         await run_in_threadpool(svc.mark_online, rt.db, who.node_id)
         rt.wakeups.wake_scheduler()
-    stop = await run_in_threadpool(svc.check_reported, rt.db, who, hb.attempts) \
-        if hb.attempts else []
+    stop = (
+        await run_in_threadpool(svc.check_reported, rt.db, who, hb.attempts) if hb.attempts else []
+    )
     return {"stop": stop, "lease_timeout_s": rt.settings.lease_timeout_s}
 
 
@@ -65,11 +97,13 @@ async def work(rt: Rt, who: Who, wait: float = Query(20.0, ge=0, le=60)) -> dict
     event = rt.wakeups.node_event(who.node_id)
     event.clear()
     found = await run_in_threadpool(svc.work_for, rt.db, who)
-    if found["start"] or found["stop"] or wait == 0:
+    if found["start"] or found["stop"] or wait == 0 or rt.wakeups.closing:
         return found
     try:
         await asyncio.wait_for(event.wait(), timeout=wait)
     except TimeoutError:
+        return {"start": [], "stop": []}
+    if rt.wakeups.closing:
         return {"start": [], "stop": []}
     return await run_in_threadpool(svc.work_for, rt.db, who)
 

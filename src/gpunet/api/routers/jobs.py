@@ -17,8 +17,9 @@ router = APIRouter(prefix="/v1", tags=["jobs"])
 
 
 @router.post("/jobs", status_code=201)
-async def submit(rt: Rt, who: Who, body: dict[str, Any],
-                 idempotency_key: str | None = Header(None)) -> dict[str, Any]:
+async def submit(
+    rt: Rt, who: Who, body: dict[str, Any], idempotency_key: str | None = Header(None)
+) -> dict[str, Any]:
     """Submit a job spec (the YAML form, as JSON). Rejected at once if it could never run."""
     spec = parse_spec(body)
     job = await run_in_threadpool(svc.submit, rt.db, who, spec, idempotency_key)
@@ -27,8 +28,9 @@ async def submit(rt: Rt, who: Who, body: dict[str, Any],
 
 
 @router.get("/jobs")
-def list_jobs(rt: Rt, who: Who, state: str | None = None,
-              limit: int = Query(100, ge=1, le=1000)) -> list[dict[str, Any]]:
+def list_jobs(
+    rt: Rt, who: Who, state: str | None = None, limit: int = Query(100, ge=1, le=1000)
+) -> list[dict[str, Any]]:
     return [svc.job_dict(j) for j in svc.list_jobs(rt.db, who, state, limit)]
 
 
@@ -41,8 +43,13 @@ def show(rt: Rt, who: Who, job_id: str) -> dict[str, Any]:
 @router.get("/jobs/{job_id}/events")
 def events(rt: Rt, who: Who, job_id: str) -> list[dict[str, Any]]:
     return [
-        {"at": iso(e.at), "from": e.from_state, "to": e.to_state, "reason": e.reason,
-         "actor": e.actor}
+        {
+            "at": iso(e.at),
+            "from": e.from_state,
+            "to": e.to_state,
+            "reason": e.reason,
+            "actor": e.actor,
+        }
         for e in svc.events(rt.db, who, job_id)
     ]
 
@@ -53,8 +60,10 @@ def logs(rt: Rt, who: Who, job_id: str, after: int = Query(0, ge=0)) -> dict[str
     return {
         "job_id": job.id,
         "state": job.state,
-        "chunks": [{"id": c.id, "attempt_id": c.attempt_id, "stream": c.stream, "data": c.data}
-                   for c in chunks],
+        "chunks": [
+            {"id": c.id, "attempt_id": c.attempt_id, "stream": c.stream, "data": c.data}
+            for c in chunks
+        ],
         "next": chunks[-1].id if chunks else after,
     }
 
@@ -72,8 +81,12 @@ def job_why(rt: Rt, who: Who, job_id: str) -> dict[str, Any]:
     """Why a pending job is not running, and how placement would be chosen."""
     job, exp = why(rt.db, who, job_id)
     if exp is None:
-        return {"job_id": job.id, "state": job.state, "summary": f"job is {job.state}",
-                "reason": job.reason}
+        return {
+            "job_id": job.id,
+            "state": job.state,
+            "summary": f"job is {job.state}",
+            "reason": job.reason,
+        }
     return {
         "job_id": job.id,
         "state": job.state,
@@ -82,23 +95,27 @@ def job_why(rt: Rt, who: Who, job_id: str) -> dict[str, Any]:
         "fitting_gpus": exp.fitting_gpus,
         "rejections": exp.rejections,
         "note": exp.note,
-        "would_place": None if exp.placed is None else {
-            "node_id": exp.placed.node_id, "gpu_ids": list(exp.placed.gpu_ids)},
+        "would_place": None
+        if exp.placed is None
+        else {"node_id": exp.placed.node_id, "gpu_ids": list(exp.placed.gpu_ids)},
         "scores": exp.scores,
     }
 
 
 @router.post("/blobs", status_code=201)
-async def upload(rt: Rt, who: Who, request: Request,
-                 digest: str = Query("", description="sha256:<hex> of the body")) -> dict[str, Any]:
+async def upload(
+    rt: Rt,
+    who: Who,
+    request: Request,
+    digest: str = Query("", description="sha256:<hex> of the body"),
+) -> dict[str, Any]:
     """Upload a working-directory archive (tar.gz); answers its content address."""
     limit = rt.settings.max_upload_bytes
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > limit:
         from gpunet.errors import PayloadTooLarge
 
-        raise PayloadTooLarge(f"archive is {length} bytes; the limit is {limit}",
-                              field="workdir")
+        raise PayloadTooLarge(f"archive is {length} bytes; the limit is {limit}", field="workdir")
     data = bytearray()
     async for part in request.stream():
         data.extend(part)

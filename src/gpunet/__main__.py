@@ -1,0 +1,3 @@
+from gpunet.cli.main import main
+
+main()

@@ -1,0 +1,177 @@
+"""Real processes on 127.0.0.1 for end-to-end tests: free ports, bounded waits, cleanup."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(fn: Callable[[], T | None], timeout: float, what: str, every: float = 0.1) -> T:
+    """Poll ``fn`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            v = fn()
+            if v:
+                return v
+        except Exception as exc:  # noqa: BLE001 - keep polling; report the last one
+            last_exc = exc
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_exc})")
+
+
+class Proc:
+    """A gpunet process with its output in a file."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+        self.log = log
+        self._fh = log.open("ab")
+        self.p = subprocess.Popen(
+            [sys.executable, "-m", "gpunet", *args],
+            env=env,
+            stdout=self._fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def kill9(self) -> None:
+        self.p.send_signal(signal.SIGKILL)
+        self.p.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGINT)
+            try:
+                self.p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.p.pid, signal.SIGKILL)
+                self.p.wait(timeout=10)
+        self._fh.close()
+
+
+class Network:
+    """A coordinator and agents, all on 127.0.0.1, driven through the CLI."""
+
+    def __init__(self, root: Path, db_url: str, lease_timeout: float = 3.0) -> None:
+        self.root = root
+        self.db_url = db_url
+        self.lease_timeout = lease_timeout
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("GPUNET_")}
+        self.env["GPUNET_HOME"] = str(root / "home")
+        self.coordinator: Proc | None = None
+        self.agents: dict[str, Proc] = {}
+        self.admin = ""
+
+    def start_coordinator(self) -> None:
+        self.coordinator = Proc(
+            [
+                "server",
+                "--database-url",
+                self.db_url,
+                "--port",
+                str(self.port),
+                "--lease-timeout",
+                str(self.lease_timeout),
+                "-v",
+            ],
+            self.env,
+            self.root / "coordinator.log",
+        )
+        wait_for(
+            lambda: httpx.get(self.url + "/healthz", timeout=1).status_code == 200,
+            30,
+            "the coordinator to answer",
+        )
+        self.admin = (self.root / "home" / "admin-token").read_text().strip()
+
+    def stop_coordinator(self) -> None:
+        assert self.coordinator
+        self.coordinator.stop()
+
+    def token(self, role: str, account: str) -> str:
+        r = httpx.post(
+            self.url + "/v1/tokens",
+            json={"role": role, "account": account},
+            headers={"Authorization": f"Bearer {self.admin}"},
+            timeout=10,
+        )
+        r.raise_for_status()
+        return str(r.json()["token"])
+
+    def start_agent(self, name: str, simulate: str, join_token: str) -> Proc:
+        home = self.root / f"agent-{name}"
+        p = Proc(
+            [
+                "agent",
+                "--coordinator",
+                self.url,
+                "--join-token",
+                join_token,
+                "--simulate",
+                simulate,
+                "--name",
+                name,
+                "--home",
+                str(home),
+                "-v",
+            ],
+            self.env,
+            self.root / f"agent-{name}.log",
+        )
+        self.agents[name] = p
+        return p
+
+    def agent_credentials(self, name: str) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads((self.root / f"agent-{name}" / "agent.json").read_text())
+        return data
+
+    def cli(self, token: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        env = dict(self.env, GPUNET_URL=self.url, GPUNET_TOKEN=token, COLUMNS="200")
+        return subprocess.run(
+            [sys.executable, "-m", "gpunet", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def cli_json(self, token: str, *args: str) -> Any:
+        r = self.cli(token, *args, "--json")
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
+    def close(self) -> None:
+        for a in self.agents.values():
+            a.stop()
+        if self.coordinator:
+            self.coordinator.stop()
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {p.log.name}\n{p.output()[-3000:]}"
+            for p in [*self.agents.values(), *([self.coordinator] if self.coordinator else [])]
+        )

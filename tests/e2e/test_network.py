@@ -1,0 +1,230 @@
+"""End to end: a coordinator and two agents on simulated GPUs, real processes, driven by the
+CLI. Each test runs on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.procs import Network, wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def net(request: pytest.FixtureRequest, tmp_path: Path, db_url: str) -> Iterator[Network]:
+    # a short lease makes node loss quick to see; a restart needs the lease to outlast it
+    lease = 10.0 if "restart" in request.node.name else 3.0
+    n = Network(tmp_path, db_url, lease_timeout=lease)
+    try:
+        n.start_coordinator()
+        join = n.token("provider", "owner")
+        n.start_agent("a1", "2xA100-80GB", join)
+        n.start_agent("a2", "2xA100-80GB", join)
+        n.user = n.token("consumer", "alice")  # type: ignore[attr-defined]
+        wait_for(
+            lambda: len([x for x in n.cli_json(n.admin, "nodes") if x["status"] == "online"]) == 2,
+            30,
+            "two agents online",
+        )
+        yield n
+    except Exception:
+        print(n.logs())
+        raise
+    finally:
+        n.close()
+
+
+def _job_file(tmp_path: Path, body: str) -> Path:
+    p = tmp_path / "job.yaml"
+    p.write_text(textwrap.dedent(body))
+    return p
+
+
+def test_job_runs_real_program_and_sees_its_gpus(net: Network, tmp_path: Path) -> None:
+    user = net.user  # type: ignore[attr-defined]
+    prog = tmp_path / "work"
+    prog.mkdir()
+    (prog / "train.py").write_text(
+        textwrap.dedent("""
+        import os, sys
+        print("visible", os.environ["CUDA_VISIBLE_DEVICES"])
+        print("to stderr", file=sys.stderr)
+        sys.exit(7)
+    """)
+    )
+    spec = _job_file(
+        tmp_path,
+        """
+        name: two-gpu
+        command: ["python3", "train.py"]
+        resources: {gpus: 2, gpu_models: [A100-80GB]}
+    """,
+    )
+    r = net.cli(user, "submit", str(spec), "--workdir", str(prog), "--follow")
+    assert r.returncode == 7, r.stdout + r.stderr
+    line = next(ln for ln in r.stdout.splitlines() if ln.startswith("visible"))
+    gpus = line.split()[1].split(",")
+    assert len(gpus) == 2 and len(set(gpus)) == 2
+    assert "to stderr" in r.stderr
+    jobs = net.cli_json(user, "jobs")
+    job = net.cli_json(user, "jobs", "show", jobs[0]["id"])
+    assert job["state"] == "failed" and job["exit_code"] == 7
+    assert job["node_id"] and len(job["gpu_ids"]) == 2
+    assert job["started_at"] and job["finished_at"]
+    states = [e["to"] for e in net.cli_json(user, "jobs", "events", job["id"])]
+    assert states == ["queued", "assigned", "running", "failed"]
+
+    ok = net.cli(user, "run", "--gpus", "1", "--", "python3", "-c", "print('hi there')")
+    assert ok.returncode == 0 and "hi there" in ok.stdout, ok.stderr
+
+
+def test_impossible_job_is_rejected_with_reason(net: Network) -> None:
+    r = net.cli(net.user, "run", "--gpus", "3", "--", "true")  # type: ignore[attr-defined]
+    assert r.returncode == 1
+    assert "can never run" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_kill9_agent_requeues_job_and_rejects_late_report(net: Network, tmp_path: Path) -> None:
+    user = net.user  # type: ignore[attr-defined]
+    spec = _job_file(
+        tmp_path,
+        """
+        name: survivor
+        # the first attempt would run for a minute: only a re-queue lets the job finish
+        command:
+          - python3
+          - -c
+          - |
+            import os, time
+            print('start', flush=True)
+            time.sleep(60 if os.environ['GPUNET_ATTEMPT_NUMBER'] == '1' else 0.5)
+            print('done')
+        max_retries: 2
+    """,
+    )
+    job_id = net.cli_json(user, "submit", str(spec))["id"]
+    first = wait_for(
+        lambda: (j := net.cli_json(user, "jobs", "show", job_id))["state"] == "running" and j,
+        20,
+        "the job to run",
+    )
+    node = first["node_id"]
+    victim = next(n for n, _ in net.agents.items() if net.agent_credentials(n)["node_id"] == node)
+    creds = net.agent_credentials(victim)
+    old_attempt = first["attempts"][-1]
+    net.agents[victim].kill9()
+
+    done = wait_for(
+        lambda: (j := net.cli_json(user, "jobs", "show", job_id))["state"] == "succeeded" and j,
+        40,
+        "the job to finish elsewhere",
+    )
+    assert done["node_id"] != node
+    assert [a["state"] for a in done["attempts"]] == ["lost", "succeeded"]
+    assert done["retries_used"] == 1
+    # the killed attempt's late report is refused: the fencing token is stale
+    r = httpx.post(
+        f"{net.url}/v1/agent/attempts/{old_attempt['id']}/finished",
+        json={"fencing_token": 1, "exit_code": 0},
+        headers={"Authorization": f"Bearer {creds['token']}"},
+        timeout=10,
+    )
+    assert r.status_code == 409 and r.json()["error"]["code"] == "stale_fencing_token"
+    nodes = {n["id"]: n for n in net.cli_json(net.admin, "nodes")}
+    assert nodes[node]["status"] == "offline"
+
+
+def test_coordinator_restart_loses_nothing(net: Network, tmp_path: Path) -> None:
+    user = net.user  # type: ignore[attr-defined]
+    spec = _job_file(
+        tmp_path,
+        """
+        name: across-restart
+        command: ["python3", "-c", "import time; print('a', flush=True); time.sleep(4); print('b')"]
+    """,
+    )
+    job_id = net.cli_json(user, "submit", str(spec))["id"]
+    wait_for(
+        lambda: net.cli_json(user, "jobs", "show", job_id)["state"] == "running",
+        20,
+        "the job to run",
+    )
+    net.stop_coordinator()
+    net.start_coordinator()
+    job = wait_for(
+        lambda: (
+            (j := net.cli_json(user, "jobs", "show", job_id))["state"] in ("succeeded", "failed")
+            and j
+        ),
+        40,
+        "the job to finish",
+    )
+    assert job["state"] == "succeeded" and job["exit_code"] == 0
+    assert [a["state"] for a in job["attempts"]] == ["succeeded"]
+    out = net.cli(user, "logs", job_id).stdout
+    assert out.split() == ["a", "b"]
+
+
+def test_cancel_kills_the_whole_process_group(net: Network, tmp_path: Path) -> None:
+    user = net.user  # type: ignore[attr-defined]
+    marker = tmp_path / "ticks"
+    spec = _job_file(
+        tmp_path,
+        f"""
+        name: forker
+        command: "(while true; do echo x >> {marker}; sleep 0.1; done) & wait"
+    """,
+    )
+    job_id = net.cli_json(user, "submit", str(spec))["id"]
+    wait_for(lambda: marker.exists() and marker.stat().st_size > 4, 20, "the child to tick")
+    r = net.cli(user, "cancel", job_id)
+    assert r.returncode == 0, r.stderr
+    job = wait_for(
+        lambda: (
+            (j := net.cli_json(user, "jobs", "show", job_id))["attempts"][-1]["state"]
+            == "cancelled"
+            and j
+        ),
+        20,
+        "the attempt to stop",
+    )
+    assert job["state"] == "cancelled"
+    size = marker.stat().st_size
+    import time
+
+    time.sleep(0.6)
+    assert marker.stat().st_size == size, "a child of the cancelled job is still running"
+
+
+def test_tenants_are_isolated_through_the_cli(net: Network, tmp_path: Path) -> None:
+    alice = net.user  # type: ignore[attr-defined]
+    bob = net.token("consumer", "bob")
+    spec = _job_file(
+        tmp_path,
+        """
+        command: ["python3", "-c", "print('secret')"]
+    """,
+    )
+    job_id = net.cli_json(alice, "submit", str(spec))["id"]
+    wait_for(
+        lambda: net.cli_json(alice, "jobs", "show", job_id)["state"] == "succeeded",
+        20,
+        "the job to finish",
+    )
+    assert all(j["id"] != job_id for j in net.cli_json(bob, "jobs"))
+    for args in (
+        ["jobs", "show", job_id],
+        ["logs", job_id],
+        ["cancel", job_id],
+        ["jobs", "events", job_id],
+        ["jobs", "why", job_id],
+    ):
+        r = net.cli(bob, *args)
+        assert r.returncode == 1 and "no job" in r.stderr, (args, r.stdout, r.stderr)
+        assert "secret" not in r.stdout
+    assert "secret" in net.cli(alice, "logs", job_id).stdout

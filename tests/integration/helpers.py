@@ -1,0 +1,156 @@
+"""Helpers for integration tests: a coordinator in-process behind fastapi's TestClient."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from fastapi.testclient import TestClient
+
+from gpunet.api.app import create_app
+from gpunet.services.auth import bootstrap_admin
+from gpunet.services.runtime import Settings
+from gpunet.store.db import Database
+
+T = TypeVar("T")
+
+DEADLINE_S = 10.0
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def wait_for(
+    fn: Callable[[], T | None],
+    *,
+    timeout: float = DEADLINE_S,
+    poll: float = 0.05,
+    what: str = "condition",
+) -> T:
+    """Call ``fn`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        out = fn()
+        if out:
+            return out
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(poll)
+
+
+def gpu(index: int, model: str = "A100-80GB", memory_mb: int = 80_000) -> dict[str, Any]:
+    return {
+        "index": index,
+        "uuid": f"GPU-test-{index}",
+        "name": f"Simulated {model}",
+        "model": model,
+        "memory_mb": memory_mb,
+        "simulated": True,
+    }
+
+
+@dataclass
+class Node:
+    id: str
+    token: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return auth(self.token)
+
+
+class Coordinator:
+    """A running coordinator plus shortcuts for the calls tests make over and over."""
+
+    def __init__(self, client: TestClient, db: Database, admin: str) -> None:
+        self.c = client
+        self.db = db
+        self.admin = admin
+
+    def token(self, role: str, account: str) -> str:
+        r = self.c.post(
+            "/v1/tokens", json={"role": role, "account": account}, headers=auth(self.admin)
+        )
+        assert r.status_code == 201, r.text
+        return str(r.json()["token"])
+
+    def register(
+        self, provider: str, gpus: list[dict[str, Any]] | None = None, name: str = "node"
+    ) -> Node:
+        body = {
+            "name": name,
+            "gpus": gpus if gpus is not None else [gpu(0), gpu(1)],
+            "agent_version": "test",
+        }
+        r = self.c.post("/v1/agent/register", json=body, headers=auth(provider))
+        assert r.status_code == 201, r.text
+        return Node(r.json()["node_id"], r.json()["token"])
+
+    def submit(
+        self, token: str, spec: dict[str, Any] | None = None, key: str | None = None
+    ) -> dict[str, Any]:
+        body = spec if spec is not None else {"name": "t", "command": ["true"]}
+        headers = auth(token) | ({"Idempotency-Key": key} if key else {})
+        r = self.c.post("/v1/jobs", json=body, headers=headers)
+        assert r.status_code == 201, r.text
+        return dict(r.json())
+
+    def job(self, token: str, job_id: str) -> dict[str, Any]:
+        r = self.c.get(f"/v1/jobs/{job_id}", headers=auth(token))
+        assert r.status_code == 200, r.text
+        return dict(r.json())
+
+    def events(self, token: str, job_id: str) -> list[dict[str, Any]]:
+        r = self.c.get(f"/v1/jobs/{job_id}/events", headers=auth(token))
+        assert r.status_code == 200, r.text
+        return list(r.json())
+
+    def work(self, node: Node, wait: float = 0) -> dict[str, Any]:
+        r = self.c.get("/v1/agent/work", params={"wait": wait}, headers=node.headers)
+        assert r.status_code == 200, r.text
+        return dict(r.json())
+
+    def next_start(self, node: Node) -> dict[str, Any]:
+        """Long-poll until the scheduler hands this node an attempt (bounded)."""
+
+        def poll() -> dict[str, Any] | None:
+            found = self.work(node, wait=2)
+            return found["start"][0] if found["start"] else None
+
+        return wait_for(poll, poll=0, what=f"an attempt for {node.id}")
+
+    def report(self, node: Node, attempt: dict[str, Any], what: str, **body: Any) -> Any:
+        body.setdefault("fencing_token", attempt["fencing_token"])
+        return self.c.post(
+            f"/v1/agent/attempts/{attempt['attempt_id']}/{what}", json=body, headers=node.headers
+        )
+
+    def heartbeat(self, node: Node, attempts: list[str] | None = None) -> dict[str, Any]:
+        r = self.c.post(
+            "/v1/agent/heartbeat", json={"attempts": attempts or []}, headers=node.headers
+        )
+        assert r.status_code == 200, r.text
+        return dict(r.json())
+
+
+def fast_settings(url: str, **kw: Any) -> Settings:
+    kw.setdefault("scheduler_interval_s", 0.1)
+    kw.setdefault("reaper_interval_s", 0.2)
+    kw.setdefault("telemetry_flush_s", 0.5)
+    return Settings(database_url=url, **kw)
+
+
+@contextmanager
+def coordinator(url: str, **settings: Any) -> Iterator[Coordinator]:
+    """A migrated store, a bootstrap admin token, and the app running behind a TestClient."""
+    db = Database(url)
+    db.migrate()
+    admin = bootstrap_admin(db)
+    assert admin is not None
+    app = create_app(fast_settings(url, **settings), db=db)
+    with TestClient(app) as client:
+        yield Coordinator(client, db, admin)

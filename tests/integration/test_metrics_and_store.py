@@ -1,0 +1,99 @@
+"""/metrics, and the store's migrations."""
+
+from __future__ import annotations
+
+import re
+
+from helpers import auth, coordinator, gpu, wait_for
+from sqlalchemy import inspect, select
+
+from gpunet.services.auth import bootstrap_admin
+from gpunet.store.db import Database
+from gpunet.store.tables import Base, Token
+
+
+def _metric(text: str, name: str, labels: str = "") -> float:
+    pattern = rf"^{re.escape(name)}{re.escape('{' + labels + '}') if labels else ''} (\S+)$"
+    m = re.search(pattern, text, re.M)
+    assert m, f"{name}{{{labels}}} not in /metrics"
+    return float(m.group(1))
+
+
+def test_metrics_expose_jobs_gpus_heartbeats_and_scheduling(db_url: str) -> None:
+    with coordinator(db_url) as co:
+        node = co.register(co.token("provider", "prov"), [gpu(0), gpu(1), gpu(2)])
+        user = co.token("consumer", "alice")
+        running = co.submit(user, {"command": ["sleep", "60"], "resources": {"gpus": 2}})
+        att = co.next_start(node)
+        assert att["job_id"] == running["id"]
+        assert co.report(node, att, "started").status_code == 200
+        co.submit(user, {"command": ["true"], "resources": {"gpus": 2}})  # must wait: queued
+        done = co.submit(user, {"command": ["true"], "resources": {"gpus": 1}})
+        att2 = co.next_start(node)
+        assert att2["job_id"] == done["id"]
+        assert co.report(node, att2, "finished", exit_code=0).status_code == 200
+        co.heartbeat(node)
+        co.heartbeat(node)
+
+        r = co.c.get("/metrics")
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/plain")
+        text = r.text
+        assert _metric(text, "gpunet_jobs", 'state="running"') == 1
+        assert _metric(text, "gpunet_jobs", 'state="queued"') == 1
+        assert _metric(text, "gpunet_jobs", 'state="succeeded"') == 1
+        assert _metric(text, "gpunet_jobs", 'state="failed"') == 0
+        assert _metric(text, "gpunet_gpus", 'state="busy"') == 2
+        assert _metric(text, "gpunet_gpus", 'state="idle"') == 1
+        assert _metric(text, "gpunet_gpus", 'state="unhealthy"') == 0
+        assert _metric(text, "gpunet_nodes", 'status="online"') == 1
+        assert _metric(text, "gpunet_heartbeat_interval_seconds_count") >= 2
+        lag = _metric(text, "gpunet_heartbeat_lag_max_seconds")
+        assert 0 <= lag < 5
+        assert _metric(text, "gpunet_scheduling_latency_seconds_count") == 2
+        assert 0 <= _metric(text, "gpunet_scheduling_latency_seconds_sum") < 10
+        assert _metric(text, "gpunet_scheduler_tick_seconds_count") >= 2
+
+        # the gauges follow the store: cancel the running job
+        assert co.c.post(f"/v1/jobs/{running['id']}/cancel", headers=auth(user)).status_code == 200
+        text = co.c.get("/metrics").text
+        assert _metric(text, "gpunet_jobs", 'state="running"') == 0
+        assert _metric(text, "gpunet_jobs", 'state="cancelled"') == 1
+        # its GPUs stay busy until the agent confirms the stop
+        assert _metric(text, "gpunet_gpus", 'state="busy"') == 2
+        assert co.report(node, att, "finished", exit_code=-15).status_code == 200
+        # the queued job now gets the two freed GPUs
+        wait_for(
+            lambda: (
+                _metric(co.c.get("/metrics").text, "gpunet_scheduling_latency_seconds_count") == 3
+            ),
+            what="the queued job to be placed",
+        )
+
+
+def test_migrations_apply_on_a_fresh_store_and_are_idempotent(db_url: str) -> None:
+    db = Database(db_url)
+    try:
+        db.migrate()
+        tables = set(inspect(db.engine).get_table_names())
+        assert set(Base.metadata.tables) <= tables
+        assert "alembic_version" in tables
+        admin = bootstrap_admin(db)
+        assert admin is not None
+        db.migrate()  # a second run changes nothing and loses nothing
+        assert set(inspect(db.engine).get_table_names()) == tables
+        with db.sessions() as s:
+            assert len(list(s.scalars(select(Token)))) == 1
+        assert bootstrap_admin(db) is None  # the admin survived
+        with db.engine.connect() as conn:
+            versions = conn.exec_driver_sql("SELECT version_num FROM alembic_version").all()
+        assert len(versions) == 1
+    finally:
+        db.dispose()
+    # a fresh process (a new engine) on the migrated store migrates again without trouble
+    db2 = Database(db_url)
+    try:
+        db2.migrate()
+        assert bootstrap_admin(db2) is None
+    finally:
+        db2.dispose()
