@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-import pytest
 from helpers import Coordinator, auth, coordinator, gpu
 
 
@@ -155,11 +154,6 @@ def test_archives_are_private_to_their_tenant(db_url: str) -> None:
             assert r.status_code in (403, 404), r.text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="blobs are stored once per digest with one owner, so a "
-    "second tenant uploading identical content cannot use it",
-)
 def test_two_tenants_uploading_the_same_archive_can_both_use_it(db_url: str) -> None:
     with coordinator(db_url) as co:
         co.register(co.token("provider", "prov"), [gpu(0)])

@@ -73,11 +73,19 @@ def _refresh_gauges(rt: Runtime) -> None:
         for status in ("online", "offline"):
             m.nodes.labels(status=status).set(nodes.get(status, 0))
         busy = busy_gpu_ids(s)
-        gpus = list(s.execute(select(Gpu.id, Gpu.healthy, Gpu.drained)))
-    by = {"busy": 0, "idle": 0, "unhealthy": 0, "drained": 0}
-    for gid, healthy, drained in gpus:
+        gpus = list(
+            s.execute(
+                select(Gpu.id, Gpu.healthy, Gpu.drained, Node.status).join(
+                    Node, Node.id == Gpu.node_id
+                )
+            )
+        )
+    by = {"busy": 0, "idle": 0, "unhealthy": 0, "drained": 0, "offline": 0}
+    for gid, healthy, drained, status in gpus:
         key = (
-            "unhealthy"
+            "offline"
+            if status != "online"
+            else "unhealthy"
             if not healthy
             else "drained"
             if drained

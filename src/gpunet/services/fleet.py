@@ -27,24 +27,37 @@ def busy_gpu_ids(s: Session) -> dict[str, str]:
 def fleet_snapshot(s: Session, *, all_free: bool = False) -> Snapshot:
     """Build the scheduler's snapshot. ``all_free``: every node online and idle (the fleet's
     capacity, used to reject jobs that could never run)."""
-    nodes = list(s.scalars(select(Node)))
-    gpus = list(s.scalars(select(Gpu)))
+    # plain rows, not ORM objects: this runs on every submit and every scheduler pass
+    nodes = s.execute(select(Node.id, Node.status, Node.site)).all()
+    gpus = s.execute(
+        select(
+            Gpu.id,
+            Gpu.node_id,
+            Gpu.model,
+            Gpu.memory_mb,
+            Gpu.cc_major,
+            Gpu.cc_minor,
+            Gpu.healthy,
+            Gpu.drained,
+            Gpu.simulated,
+        )
+    ).all()
     busy = {} if all_free else busy_gpu_ids(s)
     return Snapshot(
-        nodes=tuple(NodeView(n.id, all_free or n.status == "online", n.site) for n in nodes),
+        nodes=tuple(NodeView(nid, all_free or st == "online", site) for nid, st, site in nodes),
         gpus=tuple(
             GpuView(
-                id=g.id,
-                node_id=g.node_id,
-                model=g.model,
-                memory_mb=g.memory_mb,
-                compute_capability=(g.cc_major, g.cc_minor),
-                busy=g.id in busy,
-                healthy=all_free or g.healthy,
-                drained=False if all_free else g.drained,
-                simulated=g.simulated,
+                id=gid,
+                node_id=node_id,
+                model=model,
+                memory_mb=mem,
+                compute_capability=(major, minor),
+                busy=gid in busy,
+                healthy=all_free or healthy,
+                drained=False if all_free else drained,
+                simulated=simulated,
             )
-            for g in gpus
+            for gid, node_id, model, mem, major, minor, healthy, drained, simulated in gpus
         ),
     )
 

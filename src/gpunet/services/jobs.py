@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from gpunet.core.jobs import (
@@ -17,11 +19,11 @@ from gpunet.core.jobs import (
 )
 from gpunet.core.jobspec import JobSpec
 from gpunet.core.scheduling import never_fits
-from gpunet.errors import NotFound, Unschedulable, ValidationFailed
+from gpunet.errors import NotFound, PayloadTooLarge, Unschedulable, ValidationFailed
 from gpunet.services.auth import Principal, Role
 from gpunet.services.fleet import fleet_snapshot, job_request
 from gpunet.store.db import Database
-from gpunet.store.tables import Attempt, Blob, Job, JobEvent, LogChunk
+from gpunet.store.tables import Attempt, Blob, BlobOwner, Job, JobEvent, LogChunk
 from gpunet.util import new_id, now
 
 
@@ -99,8 +101,8 @@ def submit(db: Database, who: Principal, spec: JobSpec, idempotency_key: str | N
             if old is not None:
                 return old
         if spec.workdir is not None:
-            blob = s.get(Blob, spec.workdir)
-            if blob is None or (blob.account_id != who.account_id and not who.is_admin):
+            owned = s.get(BlobOwner, (spec.workdir, who.account_id)) is not None
+            if not owned and not (who.is_admin and s.get(Blob, spec.workdir) is not None):
                 raise ValidationFailed("workdir", f"no uploaded archive {spec.workdir!r}")
         job_id = new_id("job")
         reason = never_fits(
@@ -203,10 +205,6 @@ def cancel(db: Database, who: Principal, job_id: str) -> tuple[Job, list[str]]:
 
 def store_blob(db: Database, who: Principal, data: bytes, digest: str, max_bytes: int) -> str:
     """Keep an uploaded working-directory archive under its SHA-256 digest."""
-    import hashlib
-
-    from gpunet.errors import PayloadTooLarge
-
     who.require(Role.CONSUMER)
     if len(data) > max_bytes:
         raise PayloadTooLarge(
@@ -215,17 +213,17 @@ def store_blob(db: Database, who: Principal, data: bytes, digest: str, max_bytes
     actual = "sha256:" + hashlib.sha256(data).hexdigest()
     if digest and digest != actual:
         raise ValidationFailed("digest", f"does not match the content ({actual})")
-    with db.transaction() as s:
-        if s.get(Blob, actual) is None:
-            s.add(
-                Blob(
-                    digest=actual,
-                    size=len(data),
-                    account_id=who.account_id,
-                    data=data,
-                    created_at=now(),
-                )
-            )
+    for _ in range(2):  # a concurrent upload of the same bytes may win the insert
+        try:
+            with db.transaction() as s:
+                if s.get(Blob, actual) is None:
+                    s.add(Blob(digest=actual, size=len(data), data=data, created_at=now()))
+                    s.flush()
+                if s.get(BlobOwner, (actual, who.account_id)) is None:
+                    s.add(BlobOwner(digest=actual, account_id=who.account_id))
+            break
+        except IntegrityError:
+            continue
     return actual
 
 

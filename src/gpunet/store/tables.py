@@ -82,14 +82,21 @@ class Gpu(Base):
 
 
 class Blob(Base):
-    """A content-addressed working-directory archive."""
+    """A content-addressed working-directory archive, stored once whoever uploads it."""
 
     __tablename__ = "blobs"
     digest: Mapped[str] = mapped_column(String(80), primary_key=True)
     size: Mapped[int] = mapped_column(BigInteger)
-    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
     data: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime]
+
+
+class BlobOwner(Base):
+    """Which accounts uploaded a blob: only they may use it in a job."""
+
+    __tablename__ = "blob_owners"
+    digest: Mapped[str] = mapped_column(ForeignKey("blobs.digest"), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
 
 
 class Job(Base):

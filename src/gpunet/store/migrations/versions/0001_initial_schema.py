@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-21 22:01:17.405524
+Create Date: 2026-11-21 22:32:59.838945
 """
 
 import sqlalchemy as sa
@@ -28,14 +28,23 @@ def upgrade() -> None:
         "blobs",
         sa.Column("digest", sa.String(length=80), nullable=False),
         sa.Column("size", sa.BigInteger(), nullable=False),
-        sa.Column("account_id", sa.String(length=40), nullable=False),
         sa.Column("data", sa.LargeBinary(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("digest"),
+    )
+    op.create_table(
+        "blob_owners",
+        sa.Column("digest", sa.String(length=80), nullable=False),
+        sa.Column("account_id", sa.String(length=40), nullable=False),
         sa.ForeignKeyConstraint(
             ["account_id"],
             ["accounts.id"],
         ),
-        sa.PrimaryKeyConstraint("digest"),
+        sa.ForeignKeyConstraint(
+            ["digest"],
+            ["blobs.digest"],
+        ),
+        sa.PrimaryKeyConstraint("digest", "account_id"),
     )
     op.create_table(
         "jobs",
@@ -224,6 +233,7 @@ def downgrade() -> None:
         batch_op.drop_index("ix_jobs_account")
 
     op.drop_table("jobs")
+    op.drop_table("blob_owners")
     op.drop_table("blobs")
     op.drop_table("accounts")
     # ### end Alembic commands ###
