@@ -111,12 +111,10 @@ class Authenticator:
     def authenticate(self, token: str | None) -> Principal:
         if not token:
             raise Unauthorized("missing bearer token (Authorization: Bearer ...)")
-        h = hash_token(token)
-        t = time.monotonic()
-        with self._lock:
-            hit = self._cache.get(h)
-        if hit and t - hit[0] < self.ttl_s:
-            return hit[1]
+        hit = self.cached(token)
+        if hit is not None:
+            return hit
+        h, t = hash_token(token), time.monotonic()
         with self.db.sessions() as s:
             row = s.scalar(select(Token).where(Token.token_hash == h))
         if row is None or row.revoked:

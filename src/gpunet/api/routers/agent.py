@@ -3,50 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query
 from fastapi.responses import Response
-from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from gpunet.api.deps import _bearer
+from gpunet.api.deps import Rt, Who
 from gpunet.errors import Forbidden
 from gpunet.services import agents as svc
-from gpunet.services.auth import Principal
-from gpunet.services.runtime import Runtime
 from gpunet.util import now
 
 router = APIRouter(prefix="/v1/agent", tags=["agent"])
-
-
-# Agents call these routes far more often than anyone calls the rest of the API (a heartbeat
-# every few seconds from every node), so their dependencies are async: FastAPI runs a sync
-# dependency in the thread pool, which would cost two thread hand-offs per heartbeat. The
-# principal comes from the authenticator's cache on the event loop; only a miss reads the store
-# (in the thread pool), exactly as the shared dependency does.
-async def _runtime(request: Request) -> Runtime:
-    rt: Runtime = request.app.state.runtime
-    return rt
-
-
-async def _principal(
-    request: Request,
-    creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Principal:
-    auth = (await _runtime(request)).auth
-    token = creds.credentials if creds else None
-    hit = auth.cached(token)
-    if hit is not None:
-        return hit
-    if not token:
-        return auth.authenticate(token)  # raises Unauthorized without touching the store
-    return await run_in_threadpool(auth.authenticate, token)
-
-
-Rt = Annotated[Runtime, Depends(_runtime)]
-Who = Annotated[Principal, Depends(_principal)]
 
 
 @router.post("/register", status_code=201)
