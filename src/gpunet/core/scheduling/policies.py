@@ -1,0 +1,131 @@
+"""Policies: the order jobs are considered in, how scorers are weighed, and type matching.
+
+- ``fifo``: oldest first.
+- ``priority``: highest priority first; within a priority level accounts take turns, the
+  account that used least going first (fair share).
+- ``las``: heterogeneity-aware least attained service: the job with the least work done
+  (in seconds of its fastest GPU type) first, then GPU types matched to relative speedups.
+- ``default``: gpunet's policy for low average completion time: Gittins index of attained
+  work under the public job-size distribution, aged so that no job starves, then type matching.
+- ``fifo_perf`` (alias ``gavel-compat``): FIFO on the fastest free GPU type, as Gavel's
+  ``fifo_perf``; used by the simulator to check itself against Gavel's published numbers.
+"""
+
+from __future__ import annotations
+
+import heapq
+import zlib
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from gpunet.core.scheduling.gittins import gittins_table
+from gpunet.core.scheduling.model import JobRequest, Snapshot
+from gpunet.errors import ValidationFailed
+
+Order = Callable[[Sequence[JobRequest], Snapshot, int], list[JobRequest]]
+
+
+@dataclass(frozen=True, slots=True)
+class Weights:
+    """How much each scorer counts; the class-level ones are summed per GPU class."""
+
+    throughput: float = 1.0
+    price: float = 0.05
+    energy: float = 0.02
+    packing: float = 0.1
+    locality: float = 0.2
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    name: str
+    order: Order
+    weights: Weights = field(default_factory=Weights)
+    # After placing, exchange GPU types between placed jobs while that raises their summed
+    # scores: gives each type to the jobs with the highest relative speedup on it.
+    match_types: bool = False
+
+
+def _tiebreak(seed: int, job_id: str) -> int:
+    # stable across processes (unlike hash()); the seed only reorders exact ties
+    return zlib.crc32(f"{seed}:{job_id}".encode())
+
+
+def order_fifo(jobs: Sequence[JobRequest], snapshot: Snapshot, seed: int) -> list[JobRequest]:
+    return sorted(jobs, key=lambda j: (j.submitted_at, _tiebreak(seed, j.id), j.id))
+
+
+def order_priority(jobs: Sequence[JobRequest], snapshot: Snapshot, seed: int) -> list[JobRequest]:
+    """Priority levels high to low; inside a level, the least-served account goes next."""
+    levels: dict[int, dict[str, list[JobRequest]]] = defaultdict(lambda: defaultdict(list))
+    for job in order_fifo(jobs, snapshot, seed):
+        levels[job.priority][job.account].append(job)
+    usage = defaultdict(float, snapshot.account_usage)
+    out: list[JobRequest] = []
+    for prio in sorted(levels, reverse=True):
+        queues = {acct: list(reversed(q)) for acct, q in levels[prio].items()}
+        heap = [(usage[a], _tiebreak(seed, a), a) for a in queues]
+        heapq.heapify(heap)
+        while heap:
+            _, tb, acct = heapq.heappop(heap)
+            job = queues[acct].pop()
+            out.append(job)
+            # count the job as if it ran for one unit per GPU, so accounts alternate
+            usage[acct] += job.gpu_count
+            if queues[acct]:
+                heapq.heappush(heap, (usage[acct], tb, acct))
+    return out
+
+
+def _work(job: JobRequest) -> float:
+    if job.attained_work_s is not None:
+        return job.attained_work_s
+    return job.attained_service_s / max(job.gpu_count, 1)
+
+
+def order_las(jobs: Sequence[JobRequest], snapshot: Snapshot, seed: int) -> list[JobRequest]:
+    return sorted(jobs, key=lambda j: (_work(j), j.submitted_at, _tiebreak(seed, j.id), j.id))
+
+
+# Aging for the default policy: a job's index is multiplied by (1 + waited / AGING_S), where
+# waited is its time in the system not spent running. Long jobs therefore keep a floor on
+# their share instead of waiting behind an endless stream of new short jobs.
+AGING_S = 8 * 3600.0
+
+
+def order_default(jobs: Sequence[JobRequest], snapshot: Snapshot, seed: int) -> list[JobRequest]:
+    table = gittins_table(snapshot.size_samples)
+    now = snapshot.now
+
+    def key(job: JobRequest) -> tuple[float, float, int, str]:
+        work = _work(job)
+        index = table.index(work)
+        if now is not None:
+            ran = job.attained_service_s / max(job.gpu_count, 1)
+            waited = max(now - job.submitted_at - ran, 0.0)
+            index *= 1.0 + waited / AGING_S
+        return (-index, job.submitted_at, _tiebreak(seed, job.id), job.id)
+
+    return sorted(jobs, key=key)
+
+
+_PERF_ONLY = Weights(throughput=1.0, price=0.0, energy=0.0, packing=0.0, locality=0.0)
+
+POLICIES: dict[str, Policy] = {
+    "fifo": Policy("fifo", order_fifo),
+    "priority": Policy("priority", order_priority),
+    "las": Policy("las", order_las, match_types=True),
+    "default": Policy("default", order_default, match_types=True),
+    "fifo_perf": Policy("fifo_perf", order_fifo, weights=_PERF_ONLY),
+}
+ALIASES = {"gavel-compat": "fifo_perf", "hetero": "las", "gittins": "default"}
+
+
+def get_policy(name: str) -> Policy:
+    """The policy called ``name``; raises ValidationFailed naming the known ones."""
+    key = ALIASES.get(name, name)
+    if key not in POLICIES:
+        known = ", ".join(sorted([*POLICIES, *ALIASES]))
+        raise ValidationFailed("policy", f"unknown policy {name!r}; known policies: {known}")
+    return POLICIES[key]
