@@ -2,11 +2,11 @@
 
 Two loops:
 
-- gpunet's loop (every policy): time-sharing in rounds. At each round boundary every active job
-  is offered to ``plan()`` (jobs holding GPUs with ``running_on``), so a policy may keep, move or
-  preempt them; a stopped job that resumes pays ``preemption_cost_s`` of lost progress. Between
-  boundaries, GPUs freed by finishing jobs are filled at once (``plan()`` over waiting jobs only),
-  as the live coordinator's tick does.
+- gpunet's loop (every policy): time-sharing in rounds. At each round boundary (and, by
+  default, when a job arrives) every active job is offered to ``plan()`` (jobs holding GPUs
+  with ``running_on``), so a policy may keep, move or preempt them; a stopped job that resumes
+  pays ``preemption_cost_s`` of lost progress. Between these, GPUs freed by finishing jobs are
+  filled at once (``plan()`` over waiting jobs only), as the live coordinator's tick does.
 - Gavel's loop (``gavel-compat``): a replica of Gavel's ``simulate()`` running gpunet's
   ``fifo_perf`` policy, to check the simulator against Gavel's published numbers. Rounds end
   when the last job in them ends; a job runs ``int(steps/s x round)`` steps per round; the
@@ -19,9 +19,9 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from gpunet.core.scheduling import JobRequest, Snapshot, never_fits, plan
+from gpunet.core.scheduling import GpuView, JobRequest, Snapshot, never_fits, plan
 from gpunet.core.scheduling.policies import get_policy
 from gpunet.errors import ValidationFailed
 from gpunet.sim.fleet import Fleet, class_key
@@ -41,6 +41,8 @@ class SimConfig:
     preemption_cost_s: float = 0.0
     window: tuple[int, int] | None = None  # inclusive job indexes (arrival order) to measure
     seed: int = 0
+    # re-plan every job when one arrives, not only at the next round boundary
+    replan_on_arrival: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,8 +75,9 @@ class _Job:
     index: int
     cls: str
     total: float
-    rate: dict[str, float]  # work per second on each model of the fleet
+    rate: dict[str, float]  # work per second on each model of the fleet it can run on
     best: float
+    allowed: tuple[str, ...]  # models it may use; empty: all of the fleet's
     done: float = 0.0
     attained_s: float = 0.0  # GPU-seconds held
     work_s: float = 0.0  # done / best
@@ -103,6 +106,7 @@ class _Job:
             priority=t.priority,
             submitted_at=t.arrival_s,
             job_class=self.cls,
+            gpu_models=self.allowed,
             attained_service_s=self.attained_s,
             attained_work_s=self.work_s,
             running_on=self.gpus if running else (),
@@ -128,10 +132,13 @@ def _prepare(trace: list[TraceJob], fleet: Fleet, table: dict[str, dict[str, flo
         why = never_fits(probe, JobRequest(t.id, t.account, t.gpu_count, gpu_models=tuple(rate)))
         if why:
             raise ValidationFailed(f"trace job {t.id}", why)
-        total = t.total_steps if t.total_steps is not None else (t.duration_s or 0) * max(row.values())
+        total = (
+            t.total_steps if t.total_steps is not None else (t.duration_s or 0) * max(row.values())
+        )
         if total <= 0:
             raise ValidationFailed(f"trace job {t.id}", "work must be positive")
-        jobs.append(_Job(t, i, cls, total, rate, max(rate.values())))
+        allowed = tuple(sorted(rate)) if len(rate) < len(models) else ()
+        jobs.append(_Job(t, i, cls, total, rate, max(rate.values()), allowed))
     return jobs
 
 
@@ -184,9 +191,7 @@ class _Sim:
         self.timeline: list[tuple[float, int]] = []
 
     def snapshot(self, now: float) -> Snapshot:
-        gpus = tuple(
-            g if g.id not in self.held else _busy(g) for g in self.fleet.gpus
-        )
+        gpus = tuple(g if g.id not in self.held else _busy(g) for g in self.fleet.gpus)
         return Snapshot(self.fleet.nodes, gpus, throughputs=self.table, now=now)
 
     def decide(self, now: float, full: bool) -> None:
@@ -208,9 +213,9 @@ class _Sim:
             self.preemptions += 1
             self.waiting[job_id] = job
         for p in result.placements:
-            job = self.waiting.pop(p.job_id, None)
-            if job is None:
+            if p.job_id not in self.waiting:
                 continue  # kept where it runs
+            job = self.waiting.pop(p.job_id)
             cost = self.cfg.preemption_cost_s if job.done > 0 else 0.0
             job.gpus = p.gpu_ids
             job.model = self.gpu_model[p.gpu_ids[0]]
@@ -241,16 +246,17 @@ class _Sim:
                     left -= 1
                     if self.progress:
                         self.progress(len(self.measured) - left, len(self.measured))
+            arrived = False
             while arrivals and arrivals[0].trace.arrival_s <= t + _EPS:
                 job = arrivals.popleft()
                 self.waiting[job.trace.id] = job
-                changed = True
+                changed = arrived = True
             if left == 0:
                 break
             if not self.running and not self.waiting:
                 t = next_round = arrivals[0].trace.arrival_s
                 continue
-            if t >= next_round - _EPS:
+            if t >= next_round - _EPS or (arrived and self.cfg.replan_on_arrival):
                 self.decide(t, full=True)
                 next_round = t + self.cfg.round_s
             elif changed and self.waiting and len(self.held) < len(self.fleet.gpus):
@@ -266,15 +272,21 @@ class _Sim:
 
     def _result(self, start: float, end: float) -> SimResult:
         return _collect(
-            self.cfg.policy, self.jobs, self.measured, start, end, len(self.fleet.gpus),
-            self.busy_gpu_s, self.preemptions, self.decisions, self.timeline,
+            self.cfg.policy,
+            self.jobs,
+            self.measured,
+            start,
+            end,
+            len(self.fleet.gpus),
+            self.busy_gpu_s,
+            self.preemptions,
+            self.decisions,
+            self.timeline,
         )
 
 
-def _busy(g: object) -> object:
-    from dataclasses import replace
-
-    return replace(g, busy=True)  # type: ignore[type-var]
+def _busy(g: GpuView) -> GpuView:
+    return replace(g, busy=True)
 
 
 def _collect(
@@ -299,12 +311,26 @@ def _collect(
             continue
         outcomes.append(
             JobOutcome(
-                j.trace.id, j.trace.arrival_s, j.finished_at, j.finished_at - j.trace.arrival_s,
-                j.total / j.best, j.preemptions,
+                j.trace.id,
+                j.trace.arrival_s,
+                j.finished_at,
+                j.finished_at - j.trace.arrival_s,
+                j.total / j.best,
+                j.preemptions,
             )
         )
-    return SimResult(policy, outcomes, unfinished, start, end, n_gpus, busy_gpu_s, preemptions,
-                     decisions, timeline)
+    return SimResult(
+        policy,
+        outcomes,
+        unfinished,
+        start,
+        end,
+        n_gpus,
+        busy_gpu_s,
+        preemptions,
+        decisions,
+        timeline,
+    )
 
 
 def _simulate_gavel(
@@ -339,8 +365,6 @@ def _simulate_gavel(
             t = max(f for f, _, _ in running)
         elif arrivals:
             t = arrivals[0].trace.arrival_s
-        else:
-            break
         for finish, job, steps in running:
             job.done += steps
             busy_gpu_s += (finish - job.seg_start) * job.trace.gpu_count
@@ -379,7 +403,10 @@ def _simulate_gavel(
             running.append((t + steps / rate, job, steps))
             busy += len(gpus)
         timeline.append((t, busy))
+        if not running and not arrivals and not need_update:
+            break  # jobs left that nothing can run
     for j in jobs:
         j.work_s = j.done / j.best
-    return _collect(GAVEL_COMPAT, jobs, measured, start, t, len(fleet.gpus), busy_gpu_s, 0,
-                    decisions, timeline)
+    return _collect(
+        GAVEL_COMPAT, jobs, measured, start, t, len(fleet.gpus), busy_gpu_s, 0, decisions, timeline
+    )

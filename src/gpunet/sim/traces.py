@@ -42,7 +42,7 @@ def _num(value: str, where: str, name: str) -> float:
 
 
 def _parse_gavel_trace(lines: Iterable[str], source: str) -> list[TraceJob]:
-    jobs = []
+    jobs: list[TraceJob] = []
     for n, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -68,7 +68,7 @@ def _parse_csv(text: str, source: str) -> list[TraceJob]:
     missing = need - set(rows.fieldnames or [])
     if missing:
         raise ValidationFailed(f"{source}:1", f"CSV header lacks {', '.join(sorted(missing))}")
-    jobs = []
+    jobs: list[TraceJob] = []
     for n, r in enumerate(rows, start=2):
         where = f"{source}:{n}"
         jobs.append(
@@ -84,7 +84,7 @@ def _parse_csv(text: str, source: str) -> list[TraceJob]:
 
 
 def _parse_jsonl(lines: Iterable[str], source: str) -> list[TraceJob]:
-    jobs = []
+    jobs: list[TraceJob] = []
     for n, line in enumerate(lines, start=1):
         if not line.strip():
             continue

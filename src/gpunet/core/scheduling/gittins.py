@@ -20,6 +20,7 @@ from functools import lru_cache
 _PRIOR_PARTS = ((0.8, 10**1.5 * 60, 10**3 * 60), (0.2, 10**3 * 60, 10**4 * 60))
 _PRIOR_POINTS = 1600
 _GRID_POINTS = 240
+MIN_QUANTUM_S = 360.0
 
 
 def prior_samples() -> tuple[float, ...]:
@@ -64,6 +65,10 @@ def _index_at(xs: list[float], a: float) -> float:
     for k, x in enumerate(rest, start=1):
         y = x - a
         acc += y
+        # quanta shorter than MIN_QUANTUM_S are not offered: a job is served for at least a
+        # round, and tiny quanta would make the index spike just below each sample
+        if y < MIN_QUANTUM_S and k < n:
+            continue
         spent = acc + (n - k) * y  # n * E[min(S - a, y) | S > a]
         if spent > 0:
             best = max(best, k / spent)

@@ -265,7 +265,8 @@ def plan(
     pl = _Planner(snapshot, pol, reclaim)
     result = Plan()
     placed: list[tuple[JobRequest, int, str, tuple[str, ...], float, float]] = []
-    for job in pol.order(pending, snapshot, seed):
+    order = pol.order(pending, snapshot, seed)
+    for job in order:
         exp, best = pl.explain_and_choose(job)
         result.explanations[job.id] = exp
         if best is None:
@@ -276,6 +277,9 @@ def plan(
     first_choice = {job.id: ci for job, ci, *_ in placed}
     if pol.match_types:
         placed = _match_types(pl, placed)
+    if pol.min_efficiency > 0:
+        placed = _yield_slow_slots(pl, placed, order, pol.min_efficiency)
+        first_choice.update({job.id: ci for job, ci, *_ in placed if job.id not in first_choice})
     for job, ci, node, gpus, pk, lc in placed:
         exp = result.explanations[job.id]
         n_cands = sum(1 for r in pl.view(job).reasons if r is None)
@@ -357,6 +361,40 @@ def _match_types(
                     by_class[b] = [i for i in by_class[b] if i not in swapped_b] + swapped_a
         if not changed:
             break
+    return slots
+
+
+def _yield_slow_slots(
+    pl: _Planner,
+    placed: list[tuple[JobRequest, int, str, tuple[str, ...], float, float]],
+    order: list[JobRequest],
+    threshold: float,
+) -> list[tuple[JobRequest, int, str, tuple[str, ...], float, float]]:
+    """Give GPUs a placed job uses poorly to a later job that uses them at least twice as well."""
+    w = pl.policy.weights.throughput or 1.0
+    placed_ids = {s[0].id for s in placed}
+    waiting = [j for j in order if j.id not in placed_ids]
+    slots = list(placed)
+
+    def eff(job: JobRequest, ci: int) -> float:
+        return pl.view(job).parts[ci][0] / w
+
+    for i in sorted(range(len(slots)), key=lambda i: eff(slots[i][0], slots[i][1])):
+        job, ci, node, gpus, pk, _lc = slots[i]
+        have = eff(job, ci)
+        if have >= threshold:
+            break
+        for k, other in enumerate(waiting):
+            if other.gpu_count != len(gpus) or pl.view(other).reasons[ci] is not None:
+                continue
+            gain = eff(other, ci)
+            if gain >= threshold and gain >= 2 * have:
+                lc = pl.policy.weights.locality * locality(
+                    len(set(other.running_on) & set(gpus)), len(gpus)
+                )
+                slots[i] = (other, ci, node, gpus, pk, lc)
+                waiting[k] = job
+                break
     return slots
 
 
