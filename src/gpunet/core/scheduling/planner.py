@@ -136,8 +136,16 @@ class _Planner:
         self.policy = policy
         self.index = FleetIndex(snapshot, reclaim)
         self._views: dict[tuple[object, ...], _JobView] = {}
+        self._by_job: dict[str, _JobView] = {}
 
     def view(self, job: JobRequest) -> _JobView:
+        v = self._by_job.get(job.id)
+        if v is not None:
+            return v
+        v = self._by_job[job.id] = self._view(job)
+        return v
+
+    def _view(self, job: JobRequest) -> _JobView:
         key = (
             job.job_class,
             job.throughput_hint,
@@ -357,8 +365,9 @@ def _match_types(
                     swapped_b.append(ib)
                     changed = True
                 if swapped_a:
-                    by_class[a] = [i for i in by_class[a] if i not in swapped_a] + swapped_b
-                    by_class[b] = [i for i in by_class[b] if i not in swapped_b] + swapped_a
+                    gone_a, gone_b = set(swapped_a), set(swapped_b)
+                    by_class[a] = [i for i in by_class[a] if i not in gone_a] + swapped_b
+                    by_class[b] = [i for i in by_class[b] if i not in gone_b] + swapped_a
         if not changed:
             break
     return slots
@@ -370,31 +379,51 @@ def _yield_slow_slots(
     order: list[JobRequest],
     threshold: float,
 ) -> list[tuple[JobRequest, int, str, tuple[str, ...], float, float]]:
-    """Give GPUs a placed job uses poorly to a later job that uses them at least twice as well."""
+    """Give GPUs a placed job uses poorly to a later job that uses them at least twice as well.
+
+    Slots are visited from the worst use up, so the bar a taker must clear only rises; each
+    (class, size) keeps a cursor into its eligible waiting jobs and the pass stays linear.
+    """
     w = pl.policy.weights.throughput or 1.0
-    placed_ids = {s[0].id for s in placed}
-    waiting = [j for j in order if j.id not in placed_ids]
     slots = list(placed)
 
     def eff(job: JobRequest, ci: int) -> float:
         return pl.view(job).parts[ci][0] / w
 
-    for i in sorted(range(len(slots)), key=lambda i: eff(slots[i][0], slots[i][1])):
+    slow = sorted(
+        (i for i, s in enumerate(slots) if eff(s[0], s[1]) < threshold),
+        key=lambda i: eff(slots[i][0], slots[i][1]),
+    )
+    if not slow:
+        return slots
+    wanted = {(slots[i][1], len(slots[i][3])) for i in slow}
+    placed_ids = {s[0].id for s in slots}
+    takers: dict[tuple[int, int], list[JobRequest]] = defaultdict(list)
+    for job in order:
+        if job.id in placed_ids:
+            continue
+        reasons = pl.view(job).reasons
+        for ci, size in wanted:
+            if size == job.gpu_count and reasons[ci] is None and eff(job, ci) >= threshold:
+                takers[(ci, size)].append(job)
+    cursor: dict[tuple[int, int], int] = defaultdict(int)
+    taken: set[str] = set()
+    for i in slow:
         job, ci, node, gpus, pk, _lc = slots[i]
-        have = eff(job, ci)
-        if have >= threshold:
-            break
-        for k, other in enumerate(waiting):
-            if other.gpu_count != len(gpus) or pl.view(other).reasons[ci] is not None:
-                continue
-            gain = eff(other, ci)
-            if gain >= threshold and gain >= 2 * have:
-                lc = pl.policy.weights.locality * locality(
-                    len(set(other.running_on) & set(gpus)), len(gpus)
-                )
-                slots[i] = (other, ci, node, gpus, pk, lc)
-                waiting[k] = job
-                break
+        key = (ci, len(gpus))
+        bar = max(threshold, 2 * eff(job, ci))
+        cands = takers.get(key, [])
+        k = cursor[key]
+        while k < len(cands) and (cands[k].id in taken or eff(cands[k], ci) < bar):
+            k += 1
+        cursor[key] = k
+        if k == len(cands):
+            continue
+        other = cands[k]
+        taken.add(other.id)
+        kept = len(set(other.running_on) & set(gpus))
+        lc = pl.policy.weights.locality * locality(kept, len(gpus))
+        slots[i] = (other, ci, node, gpus, pk, lc)
     return slots
 
 
