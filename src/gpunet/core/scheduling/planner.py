@@ -427,9 +427,11 @@ def _yield_slow_slots(
     return slots
 
 
-def explain(snapshot: Snapshot, job: JobRequest) -> Explanation:
-    """Why ``job`` would or would not be placed on ``snapshot`` right now, on its own."""
-    pl = _Planner(snapshot, get_policy("default"), frozenset(job.running_on))
+def explain(snapshot: Snapshot, job: JobRequest, policy: str = "default") -> Explanation:
+    """Why ``job`` would or would not be placed on ``snapshot`` right now, on its own:
+    every GPU counted once (fitting, or under the first filter it fails) and, when it fits,
+    the GPUs the policy's scorers would choose and how they scored."""
+    pl = _Planner(snapshot, get_policy(policy), frozenset(job.running_on))
     exp, best = pl.explain_and_choose(job)
     if best is not None:
         ci, node, gpus, pk, lc = best
