@@ -192,7 +192,13 @@ class _Sim:
 
     def snapshot(self, now: float) -> Snapshot:
         gpus = tuple(g if g.id not in self.held else _busy(g) for g in self.fleet.gpus)
-        return Snapshot(self.fleet.nodes, gpus, throughputs=self.table, now=now)
+        return Snapshot(
+            self.fleet.nodes,
+            gpus,
+            throughputs=self.table,
+            now=now,
+            preemption_cost_s=self.cfg.preemption_cost_s,
+        )
 
     def decide(self, now: float, full: bool) -> None:
         if full:

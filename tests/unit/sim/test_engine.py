@@ -9,7 +9,7 @@ from gpunet.sim import SimConfig, TraceJob, metrics, parse_fleet, simulate
 
 TABLE = {
     "a": {"V100": 2.0, "K80": 1.0},
-    "b": {"V100": 1.5, "K80": 1.0},
+    "b": {"V100": 3.0, "K80": 1.0},
     "flat": {"V100": 1.0, "K80": 1.0},
     "a x2": {"V100": 3.5},
 }
@@ -23,29 +23,41 @@ def jcts(policy: str, jobs: list[TraceJob], fleet: str = "1xV100,1xK80", **kw: o
 
 TWO_JOBS = [
     TraceJob("A", 0.0, "a", total_steps=3600),  # 1800 s on the V100
-    TraceJob("B", 0.0, "b", total_steps=3600),  # 3600 s on the K80, 2400 s on the V100
+    TraceJob("B", 0.0, "b", total_steps=3600),  # 3600 s on the K80, 1200 s on the V100
 ]
 
 
 @pytest.mark.parametrize("policy", ["fifo", "fifo_perf", "gavel-compat"])
 def test_two_jobs_two_types(policy: str) -> None:
-    # A takes the V100 (2.0 > 1.0), B the K80. A ends at 1800 s, a round boundary; B has done
-    # 1800 steps and moves to the V100 for the other 1800 at 1.5/s: 1200 s more -> 3000 s.
+    # A (FIFO first) takes the V100 (2.0 > 1.0), B the K80. A ends at 1800 s, a round
+    # boundary; B has done 1800 steps and moves to the V100 for the other 1800 at 3/s: 600 s.
     got = jcts(policy, TWO_JOBS)
-    assert got == pytest.approx({"A": 1800.0, "B": 3000.0})
+    assert got == pytest.approx({"A": 1800.0, "B": 2400.0})
 
 
 def test_preemption_cost_is_charged_on_restart() -> None:
     r = simulate(TWO_JOBS, TWO_TYPES, TABLE, SimConfig(policy="fifo", preemption_cost_s=60))
     got = {o.id: o.jct_s for o in r.outcomes}
     # B's move to the V100 costs 60 s before it makes progress again
-    assert got == pytest.approx({"A": 1800.0, "B": 3060.0})
+    assert got == pytest.approx({"A": 1800.0, "B": 2460.0})
     assert r.preemptions == 1
     m = metrics(r)
-    assert m["avg_jct_s"] == pytest.approx(2430.0)
-    assert m["makespan_s"] == pytest.approx(3060.0)
-    # busy: A 1800 s on the V100, B 1800 s on the K80 then 1260 s on the V100
-    assert m["utilization"] == pytest.approx((1800 + 1800 + 1260) / (2 * 3060))
+    assert m["avg_jct_s"] == pytest.approx(2130.0)
+    assert m["makespan_s"] == pytest.approx(2460.0)
+    # busy: A 1800 s on the V100, B 1800 s on the K80 then 660 s on the V100
+    assert m["utilization"] == pytest.approx((1800 + 1800 + 660) / (2 * 2460))
+
+
+def test_a_restart_cost_keeps_a_job_where_it_is_when_moving_gains_little() -> None:
+    table = {**TABLE, "b": {"V100": 1.5, "K80": 1.0}}
+    jobs = [TWO_JOBS[0], TraceJob("B", 0.0, "b", total_steps=3600)]
+    free = simulate(jobs, TWO_TYPES, table, SimConfig(policy="fifo"))
+    costly = simulate(jobs, TWO_TYPES, table, SimConfig(policy="fifo", preemption_cost_s=300))
+    # without a cost B moves to the V100 at 1800 s (1800 steps left at 1.5/s: 1200 s)
+    assert {o.id: o.jct_s for o in free.outcomes}["B"] == pytest.approx(3000.0)
+    # with 300 s per restart (most of a 360 s round) the move is not worth it: B stays
+    assert {o.id: o.jct_s for o in costly.outcomes}["B"] == pytest.approx(3600.0)
+    assert costly.preemptions == 0
 
 
 def test_gavel_loop_waits_for_the_recompute_interval() -> None:

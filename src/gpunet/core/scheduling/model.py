@@ -77,6 +77,9 @@ class Snapshot:
     # Public distribution of job sizes in seconds of work on the job's fastest GPU type
     # (samples); empty: gpunet's built-in prior. Used by the default policy, never per job.
     size_samples: tuple[float, ...] = ()
+    # Seconds of progress a job loses when stopped and restarted (checkpoint and reload).
+    # Round-based policies weigh it before preempting a job listed with running_on.
+    preemption_cost_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

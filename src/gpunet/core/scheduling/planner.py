@@ -21,7 +21,7 @@ from gpunet.core.scheduling.filters import (
     first_failure,
 )
 from gpunet.core.scheduling.model import Explanation, JobRequest, Placement, Plan, Snapshot
-from gpunet.core.scheduling.policies import Policy, Weights, get_policy
+from gpunet.core.scheduling.policies import QUANTUM_S, Policy, get_policy
 from gpunet.core.scheduling.scorers import class_scores, expected_throughputs, locality, packing
 
 _SCORE_EPS = 1e-9
@@ -137,6 +137,9 @@ class _Planner:
         self.index = FleetIndex(snapshot, reclaim)
         self._views: dict[tuple[object, ...], _JobView] = {}
         self._by_job: dict[str, _JobView] = {}
+        # staying on the GPUs a job holds is worth the locality weight plus the share of a
+        # quantum a restart would waste
+        self.stay = policy.weights.locality + snapshot.preemption_cost_s / QUANTUM_S
 
     def view(self, job: JobRequest) -> _JobView:
         v = self._by_job.get(job.id)
@@ -212,7 +215,7 @@ class _Planner:
                 cands.append((node, tuple(st.free_by_node[node][:need]), k, 0))
             for node, gpus, k, kept in cands:
                 pk = w.packing * packing(k, need)
-                lc = w.locality * locality(kept, need)
+                lc = self.stay * locality(kept, need)
                 score = view.scores[ci] + pk + lc
                 if score > best_score + _SCORE_EPS:
                     best_score = score
@@ -282,6 +285,8 @@ def plan(
         ci, node, gpus, pk, lc = best
         pl.index.take(pl.index.classes[ci], node, gpus)
         placed.append((job, ci, node, gpus, pk, lc))
+    if pol.match_types and reclaim:
+        placed = _keep_in_place(pl, snapshot, reclaim, placed)
     first_choice = {job.id: ci for job, ci, *_ in placed}
     if pol.match_types:
         placed = _match_types(pl, placed)
@@ -306,6 +311,33 @@ def plan(
     return result
 
 
+def _keep_in_place(
+    pl: _Planner,
+    snapshot: Snapshot,
+    reclaim: frozenset[str],
+    placed: list[tuple[JobRequest, int, str, tuple[str, ...], float, float]],
+) -> list[tuple[JobRequest, int, str, tuple[str, ...], float, float]]:
+    """Re-place the chosen jobs, those that hold GPUs first.
+
+    The first pass decides who runs; this one decides where. A job that keeps running chooses
+    first between its own GPUs (with the locality bonus, which includes the restart cost) and
+    better free ones, so it is not moved only because the order changed. Type matching then
+    moves jobs only where the gain outweighs a restart.
+    """
+    pl.index = FleetIndex(snapshot, reclaim)
+    idx = pl.index
+    jobs = [p[0] for p in placed]
+    ordered = [j for j in jobs if j.running_on] + [j for j in jobs if not j.running_on]
+    out: list[tuple[JobRequest, int, str, tuple[str, ...], float, float]] = []
+    for job in ordered:
+        _exp, best = pl.explain_and_choose(job)
+        if best is not None:
+            ci, node, gpus, pk, lc = best
+            idx.take(idx.classes[ci], node, gpus)
+            out.append((job, ci, node, gpus, pk, lc))
+    return out
+
+
 def _match_types(
     pl: _Planner, placed: list[tuple[JobRequest, int, str, tuple[str, ...], float, float]]
 ) -> list[tuple[JobRequest, int, str, tuple[str, ...], float, float]]:
@@ -315,7 +347,6 @@ def _match_types(
     they gain by moving; the best mover of each side swap while the pair gains. With linear
     gains this is optimal for the two classes; a few passes over all pairs settle the rest.
     """
-    w: Weights = pl.policy.weights
     slots = list(placed)
 
     def gain(i: int, to_ci: int) -> float:
@@ -323,7 +354,7 @@ def _match_types(
         view = pl.view(job)
         if view.reasons[to_ci] is not None:
             return float("-inf")
-        # moving loses the locality bonus of GPUs the job already holds
+        # moving loses the locality bonus of GPUs the job already holds, and its restart cost
         return view.scores[to_ci] - view.scores[ci] - lc
 
     for _ in range(3):
@@ -351,7 +382,7 @@ def _match_types(
                         nb,
                         gb,
                         pkb,
-                        w.locality * locality(len(set(ja.running_on) & set(gb)), len(gb)),
+                        pl.stay * locality(len(set(ja.running_on) & set(gb)), len(gb)),
                     )
                     slots[ib] = (
                         jb,
@@ -359,7 +390,7 @@ def _match_types(
                         na,
                         ga,
                         pka,
-                        w.locality * locality(len(set(jb.running_on) & set(ga)), len(ga)),
+                        pl.stay * locality(len(set(jb.running_on) & set(ga)), len(ga)),
                     )
                     swapped_a.append(ia)
                     swapped_b.append(ib)
@@ -422,7 +453,7 @@ def _yield_slow_slots(
         other = cands[k]
         taken.add(other.id)
         kept = len(set(other.running_on) & set(gpus))
-        lc = pl.policy.weights.locality * locality(kept, len(gpus))
+        lc = pl.stay * locality(kept, len(gpus))
         slots[i] = (other, ci, node, gpus, pk, lc)
     return slots
 

@@ -99,9 +99,16 @@ def order_las(jobs: Sequence[JobRequest], snapshot: Snapshot, seed: int) -> list
 AGING_S = 2 * 3600.0
 
 
+# A job that holds GPUs keeps them unless a waiting job's index is higher by the share of a
+# quantum the restart would waste: index x (1 + preemption_cost / QUANTUM_S). With no restart
+# cost the comparison is plain.
+QUANTUM_S = 360.0
+
+
 def order_default(jobs: Sequence[JobRequest], snapshot: Snapshot, seed: int) -> list[JobRequest]:
     table = gittins_table(snapshot.size_samples)
     now = snapshot.now
+    sticky = 1.0 + snapshot.preemption_cost_s / QUANTUM_S
 
     def key(job: JobRequest) -> tuple[float, float, int, str]:
         work = _work(job)
@@ -110,6 +117,8 @@ def order_default(jobs: Sequence[JobRequest], snapshot: Snapshot, seed: int) -> 
             ran = job.attained_service_s / max(job.gpu_count, 1)
             waited = max(now - job.submitted_at - ran, 0.0)
             index *= 1.0 + waited / AGING_S
+        if job.running_on:
+            index *= sticky
         return (-index, job.submitted_at, _tiebreak(seed, job.id), job.id)
 
     return sorted(jobs, key=key)
