@@ -10,7 +10,8 @@ jobs 100-399 measured; 360 s rounds; no preemption cost):
    and no seed above 1.0), with p99 JCT and the physical floor (each job alone on its fastest
    GPU type).
 
-Run: ``python benchmarks/sim_gavel.py [--json] [--policies default,las,fifo]``.
+Run: ``python benchmarks/sim_gavel.py [--json] [--policies default,las,fifo]
+[--preemption-cost S]`` (the cost applies to gpunet's loop; Gavel's reference has none).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def trace_text(rate: str, seed: str) -> str:
     return DATA.joinpath("traces").joinpath(name).read_text()
 
 
-def run(policies: list[str]) -> dict[str, object]:
+def run(policies: list[str], preemption_cost_s: float = 0.0) -> dict[str, object]:
     ref = reference()
     fleet = parse_fleet("12xV100,12xP100,12xK80")
     table = load_throughputs()
@@ -64,7 +65,12 @@ def run(policies: list[str]) -> dict[str, object]:
             jobs = parse_trace(trace_text(rate, seed), f"rate{rate}_seed{seed}.trace")
             for policy in ["gavel-compat", *policies]:
                 t0 = time.perf_counter()
-                cfg = SimConfig(policy=policy, round_s=360, preemption_cost_s=0, window=(100, 399))
+                cfg = SimConfig(
+                    policy=policy,
+                    round_s=360,
+                    preemption_cost_s=preemption_cost_s,
+                    window=(100, 399),
+                )
                 m = metrics(simulate(jobs, fleet, table, cfg))
                 mmf = ref[("max_min_fairness_perf", rate, seed)]
                 rows.append(
@@ -116,8 +122,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true", help="print JSON")
     ap.add_argument("--policies", default="default,las,fifo")
+    ap.add_argument(
+        "--preemption-cost",
+        type=float,
+        default=0.0,
+        help="seconds lost per restart in gpunet's loop (the gate uses 0)",
+    )
     args = ap.parse_args()
-    out = run([p for p in args.policies.split(",") if p])
+    out = run([p for p in args.policies.split(",") if p], args.preemption_cost)
     if args.json:
         print(json.dumps(out, indent=2))
         return
