@@ -193,3 +193,22 @@ def test_never_fits_reasons() -> None:
     why = never_fits(snap, job(1, gpu_models=("A100-80GB",)))
     assert why is not None and "8 wrong model" in why
     assert never_fits(Snapshot((), ()), job(1)) == "the fleet has no GPUs"
+
+
+def test_default_policy_yields_a_slow_slot_to_a_job_that_uses_it_well() -> None:
+    # one K80 free; the first job runs at 10% of its best speed there, the second at 100%
+    snap = Snapshot(
+        (NodeView("n"),),
+        (
+            GpuView("v", "n", "V100", 16000, (7, 0), busy=True),
+            GpuView("k", "n", "K80", 12000, (3, 7)),
+        ),
+        throughputs={"gan": {"V100": 10.0, "K80": 1.0}, "rec": {"V100": 1.0, "K80": 1.0}},
+    )
+    first = JobRequest("gan", "a", submitted_at=0.0, job_class="gan")
+    later = JobRequest("rec", "a", submitted_at=5.0, job_class="rec")
+    p = plan(snap, [first, later], "default")
+    assert [x.job_id for x in p.placements] == ["rec"]
+    assert "yielded" in p.explanations["gan"].note
+    # FIFO does not trade order for throughput
+    assert [x.job_id for x in plan(snap, [first, later], "fifo").placements] == ["gan"]

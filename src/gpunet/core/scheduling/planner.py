@@ -290,9 +290,17 @@ def plan(
     first_choice = {job.id: ci for job, ci, *_ in placed}
     if pol.match_types:
         placed = _match_types(pl, placed)
+    chosen = set(first_choice)
     if pol.min_efficiency > 0:
         placed = _yield_slow_slots(pl, placed, order, pol.min_efficiency)
         first_choice.update({job.id: ci for job, ci, *_ in placed if job.id not in first_choice})
+    for job_id in chosen - {job.id for job, *_ in placed}:
+        result.explanations[job_id].note = (
+            f"yielded the GPUs it would get to a later job that runs there at least "
+            f"{1 / pol.min_efficiency:g}x as well relative to its best GPU"
+            if pol.min_efficiency > 0
+            else "no room once jobs that hold GPUs kept them"
+        )
     for job, ci, node, gpus, pk, lc in placed:
         exp = result.explanations[job.id]
         n_cands = sum(1 for r in pl.view(job).reasons if r is None)
