@@ -24,6 +24,7 @@ class GpuView:
     drained: bool = False
     price_per_hour: Decimal | None = None
     simulated: bool = False
+    power_w: float | None = None  # measured or rated board power; None: the catalog's TDP
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +51,15 @@ class JobRequest:
     job_class: str | None = None  # key into a throughput table
     max_price: Decimal | None = None  # per GPU-hour
     attained_service_s: float = 0.0  # GPU-seconds already received (for LAS / fairness)
+    # Work already done in seconds of the job's fastest GPU type (work / best throughput);
+    # None: use attained_service_s. Lets heterogeneity-aware policies compare jobs fairly.
+    attained_work_s: float | None = None
+    # GPUs the job holds right now. A job listed in ``pending`` with running_on set may keep,
+    # move or lose them: round-based policies use this, and losing them is a preemption.
+    running_on: tuple[str, ...] = ()
+    # (model, relative throughput) pairs the user measured or guessed; used when the
+    # snapshot's throughput table has no entry for the job's class.
+    throughput_hint: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +70,16 @@ class Snapshot:
     gpus: tuple[GpuView, ...]
     # throughputs[job_class][gpu_model] = relative work per second; missing entries are unknown
     throughputs: dict[str, dict[str, float]] = field(default_factory=dict)
+    # The caller's clock (same unit as JobRequest.submitted_at); None disables aging.
+    now: float | None = None
+    # GPU-seconds (or any consistent share unit) each account used recently, for fair share.
+    account_usage: dict[str, float] = field(default_factory=dict)
+    # Public distribution of job sizes in seconds of work on the job's fastest GPU type
+    # (samples); empty: gpunet's built-in prior. Used by the default policy, never per job.
+    size_samples: tuple[float, ...] = ()
+    # Seconds of progress a job loses when stopped and restarted (checkpoint and reload).
+    # Round-based policies weigh it before preempting a job listed with running_on.
+    preemption_cost_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,14 +104,16 @@ class Explanation:
 
     def summary(self) -> str:
         """One line a user reads, e.g. '0/36 GPUs fit: 24 wrong model, 12 busy'."""
-        parts = ", ".join(f"{n} {reason}" for reason, n in sorted(
-            self.rejections.items(), key=lambda kv: (-kv[1], kv[0])))
+        ranked = sorted(self.rejections.items(), key=lambda kv: (-kv[1], kv[0]))
+        parts = ", ".join(f"{n} {reason}" for reason, n in ranked)
         line = f"{self.fitting_gpus}/{self.total_gpus} GPUs fit"
         return f"{line}: {parts}" if parts else line
 
 
 @dataclass(slots=True)
 class Plan:
+    """What to start (placements), what to stop (preemptions) and why (explanations)."""
+
     placements: list[Placement] = field(default_factory=list)
     preemptions: list[str] = field(default_factory=list)  # job ids to stop and re-queue
     explanations: dict[str, Explanation] = field(default_factory=dict)

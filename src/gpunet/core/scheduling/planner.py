@@ -1,114 +1,509 @@
-"""Placement: filters, then first fit. (A minimal correct planner; policies grow here.)"""
+"""Placement: order jobs by policy, filter GPU classes, score candidate groups, choose.
+
+The snapshot is indexed once per call: GPUs are grouped into classes (everything the filters
+and scorers look at) and, per class, free GPUs are bucketed by node and by how many are free on
+the node. A decision then looks at a handful of classes and one node per class, whatever the
+size of the fleet; explanations are counted from class totals, so every GPU is counted once.
+"""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
-from gpunet.core.scheduling.model import (
-    Explanation,
-    GpuView,
-    JobRequest,
-    NodeView,
-    Placement,
-    Plan,
-    Snapshot,
+from gpunet.core.scheduling.filters import (
+    BUSY,
+    FILTERS,
+    STATIC_FILTERS,
+    TRANSIENT_FILTERS,
+    GpuClass,
+    first_failure,
 )
+from gpunet.core.scheduling.model import Explanation, JobRequest, Placement, Plan, Snapshot
+from gpunet.core.scheduling.policies import QUANTUM_S, Policy, get_policy
+from gpunet.core.scheduling.scorers import class_scores, expected_throughputs, locality, packing
+
+_SCORE_EPS = 1e-9
 
 
-def _static_reason(job: JobRequest, gpu: GpuView) -> str | None:
-    """Reasons that do not change while the fleet stays the same."""
-    if job.gpu_models and gpu.model not in job.gpu_models:
-        return "wrong model"
-    if gpu.memory_mb < job.min_memory_mb:
-        return "too little memory"
-    if job.min_compute_capability and gpu.compute_capability < job.min_compute_capability:
-        return "compute capability too low"
-    if job.max_price is not None and gpu.price_per_hour is not None:
-        if gpu.price_per_hour > job.max_price:
-            return "over price cap"
-    return None
+@dataclass(slots=True)
+class _ClassState:
+    cls: GpuClass
+    usable: bool  # passes the transient filters (online, healthy, not drained)
+    total: int = 0
+    free: int = 0
+    free_by_node: dict[str, list[str]] = field(default_factory=dict)
+    # bucket[k]: nodes with exactly k free GPUs of this class (a dict keeps a stable order)
+    bucket: dict[int, dict[str, None]] = field(default_factory=dict)
+    max_free: int = 0
 
 
-def _reason(job: JobRequest, gpu: GpuView, node: NodeView | None, taken: set[str]) -> str | None:
-    if node is None or not node.online:
-        return "node offline"
-    if not gpu.healthy:
-        return "unhealthy"
-    if gpu.drained:
-        return "drained"
-    static = _static_reason(job, gpu)
-    if static:
-        return static
-    if gpu.busy or gpu.id in taken:
-        return "busy"
-    return None
+class FleetIndex:
+    """Free GPUs of a snapshot bucketed by class, node and free count."""
+
+    def __init__(self, snapshot: Snapshot, reclaim: frozenset[str] = frozenset()) -> None:
+        online = {n.id: n.online for n in snapshot.nodes}
+        by_key: dict[tuple[object, ...], _ClassState] = {}
+        self.gpu_class: dict[str, _ClassState] = {}
+        self.gpu_node: dict[str, str] = {}
+        for g in snapshot.gpus:
+            key = (
+                g.model,
+                g.memory_mb,
+                g.compute_capability,
+                g.price_per_hour,
+                g.healthy,
+                g.drained,
+                online.get(g.node_id, False),
+                g.power_w,
+            )
+            st = by_key.get(key)
+            if st is None:
+                cls = GpuClass(*key)
+                probe = JobRequest(id="", account="")
+                usable = first_failure(probe, cls, TRANSIENT_FILTERS) is None
+                st = by_key[key] = _ClassState(cls, usable)
+            st.total += 1
+            self.gpu_class[g.id] = st
+            self.gpu_node[g.id] = g.node_id
+            if st.usable and (not g.busy or g.id in reclaim):
+                st.free_by_node.setdefault(g.node_id, []).append(g.id)
+        self.classes: list[_ClassState] = sorted(
+            by_key.values(),
+            key=lambda s: (
+                s.cls.model,
+                s.cls.memory_mb,
+                s.cls.compute_capability,
+                str(s.cls.price_per_hour),
+                not s.cls.node_online,
+                s.cls.drained,
+                not s.cls.healthy,
+                str(s.cls.power_w),
+            ),
+        )
+        self.models = sorted({s.cls.model for s in self.classes})
+        self.total = len(snapshot.gpus)
+        for st in self.classes:
+            for node in sorted(st.free_by_node):
+                ids = st.free_by_node[node]
+                ids.sort()
+                st.bucket.setdefault(len(ids), {})[node] = None
+                st.free += len(ids)
+                st.max_free = max(st.max_free, len(ids))
+
+    def best_fit_node(self, st: _ClassState, need: int) -> tuple[str, int] | None:
+        """The node with the fewest free GPUs of the class that still has ``need``."""
+        for k in range(need, st.max_free + 1):
+            nodes = st.bucket.get(k)
+            if nodes:
+                return next(iter(nodes)), k
+        return None
+
+    def take(self, st: _ClassState, node: str, gpu_ids: Sequence[str]) -> None:
+        free = st.free_by_node[node]
+        k = len(free)
+        del st.bucket[k][node]
+        chosen = set(gpu_ids)
+        free[:] = [g for g in free if g not in chosen]
+        if free:
+            st.bucket.setdefault(len(free), {})[node] = None
+        st.free -= k - len(free)
+
+    def give_back(self, st: _ClassState, node: str, gpu_ids: Sequence[str]) -> None:
+        free = st.free_by_node.setdefault(node, [])
+        if free:
+            del st.bucket[len(free)][node]
+        free.extend(gpu_ids)
+        free.sort()
+        st.bucket.setdefault(len(free), {})[node] = None
+        st.free += len(gpu_ids)
+        st.max_free = max(st.max_free, len(free))
 
 
-def _place_one(
-    snapshot: Snapshot, nodes: dict[str, NodeView], job: JobRequest, taken: set[str]
-) -> Explanation:
-    rejections: dict[str, int] = defaultdict(int)
-    fitting: dict[str, list[GpuView]] = defaultdict(list)
-    for gpu in snapshot.gpus:
-        why = _reason(job, gpu, nodes.get(gpu.node_id), taken)
-        if why:
-            rejections[why] += 1
-        else:
-            fitting[gpu.node_id].append(gpu)
-    n_fit = sum(len(v) for v in fitting.values())
-    exp = Explanation(job.id, len(snapshot.gpus), n_fit, dict(rejections))
-    for node_id in sorted(fitting):
-        gpus = sorted(fitting[node_id], key=lambda g: g.id)
-        if len(gpus) >= job.gpu_count:
-            chosen = tuple(g.id for g in gpus[: job.gpu_count])
-            exp.placed = Placement(job.id, node_id, chosen)
-            return exp
-    if n_fit:
-        exp.note = f"no single node has {job.gpu_count} fitting GPUs free"
-    return exp
+@dataclass(slots=True)
+class _JobView:
+    """A job's filter outcome and class scores, shared by jobs with the same needs."""
+
+    reasons: list[str | None]  # per class index: first failing filter (transient or static)
+    scores: list[float]  # per class index: weighted class-level score (0 where infeasible)
+    parts: list[tuple[float, float, float]]  # per class: (throughput, price, energy) weighted
+
+
+class _Planner:
+    def __init__(self, snapshot: Snapshot, policy: Policy, reclaim: frozenset[str]) -> None:
+        self.snapshot = snapshot
+        self.policy = policy
+        self.index = FleetIndex(snapshot, reclaim)
+        self._views: dict[tuple[object, ...], _JobView] = {}
+        self._by_job: dict[str, _JobView] = {}
+        # staying on the GPUs a job holds is worth the locality weight plus the share of a
+        # quantum a restart would waste
+        self.stay = policy.weights.locality + snapshot.preemption_cost_s / QUANTUM_S
+
+    def view(self, job: JobRequest) -> _JobView:
+        v = self._by_job.get(job.id)
+        if v is not None:
+            return v
+        v = self._by_job[job.id] = self._view(job)
+        return v
+
+    def _view(self, job: JobRequest) -> _JobView:
+        key = (
+            job.job_class,
+            job.throughput_hint,
+            job.gpu_models,
+            job.min_memory_mb,
+            job.min_compute_capability,
+            job.max_price,
+        )
+        v = self._views.get(key)
+        if v is not None:
+            return v
+        classes = self.index.classes
+        reasons = [first_failure(job, st.cls, FILTERS) for st in classes]
+        feasible = [st.cls for st, r in zip(classes, reasons, strict=True) if r is None]
+        tputs = expected_throughputs(self.snapshot.throughputs, job, self.index.models)
+        cs = iter(class_scores(tputs, feasible))
+        w = self.policy.weights
+        scores: list[float] = []
+        parts: list[tuple[float, float, float]] = []
+        for r in reasons:
+            if r is None:
+                c = next(cs)
+                p = (w.throughput * c.throughput, w.price * c.price, w.energy * c.energy)
+                parts.append(p)
+                scores.append(sum(p))
+            else:
+                parts.append((0.0, 0.0, 0.0))
+                scores.append(0.0)
+        v = self._views[key] = _JobView(reasons, scores, parts)
+        return v
+
+    def explain_and_choose(
+        self, job: JobRequest
+    ) -> tuple[Explanation, tuple[int, str, tuple[str, ...], float, float] | None]:
+        """Count rejections, then pick the best (class, node, gpus, packing, locality)."""
+        idx = self.index
+        view = self.view(job)
+        need = max(job.gpu_count, 1)
+        rejections: dict[str, int] = defaultdict(int)
+        fitting = 0
+        best: tuple[int, str, tuple[str, ...], float, float] | None = None
+        best_score = float("-inf")
+        held = set(job.running_on)
+        held_node = idx.gpu_node.get(job.running_on[0]) if job.running_on else None
+        w = self.policy.weights
+        for ci, st in enumerate(idx.classes):
+            why = view.reasons[ci]
+            if why is not None:
+                rejections[why] += st.total
+                continue
+            if st.total - st.free:
+                rejections[BUSY] += st.total - st.free
+            fitting += st.free
+            if st.free < need:
+                continue
+            cands: list[tuple[str, tuple[str, ...], int, int]] = []
+            if held_node is not None and len(held) == need:
+                free_here = st.free_by_node.get(held_node, [])
+                if held.issubset(free_here):
+                    cands.append((held_node, tuple(sorted(held)), len(free_here), need))
+            fit = idx.best_fit_node(st, need)
+            if fit is not None:
+                node, k = fit
+                cands.append((node, tuple(st.free_by_node[node][:need]), k, 0))
+            for node, gpus, k, kept in cands:
+                pk = w.packing * packing(k, need)
+                lc = self.stay * locality(kept, need)
+                score = view.scores[ci] + pk + lc
+                if score > best_score + _SCORE_EPS:
+                    best_score = score
+                    best = (ci, node, gpus, pk, lc)
+        exp = Explanation(job.id, idx.total, fitting, dict(rejections))
+        if best is None and fitting >= need:
+            exp.note = f"no single node has {need} free GPUs of one model that fit this job"
+        elif best is None and fitting:
+            exp.note = f"needs {need} GPUs; only {fitting} that fit are free"
+        return exp, best
+
+    def record(
+        self,
+        job: JobRequest,
+        exp: Explanation,
+        ci: int,
+        node: str,
+        gpus: tuple[str, ...],
+        pk: float,
+        lc: float,
+        note: str,
+    ) -> Placement:
+        view = self.view(job)
+        t, p, e = view.parts[ci]
+        total = view.scores[ci] + pk + lc
+        placed = Placement(job.id, node, gpus, score=round(total, 6))
+        exp.placed = placed
+        exp.scores = {
+            "throughput": t,
+            "price": p,
+            "energy": e,
+            "packing": pk,
+            "locality": lc,
+            "total": total,
+        }
+        exp.note = note
+        return placed
+
+
+def _describe(st: _ClassState, node: str, need: int, n_cands: int) -> str:
+    return (
+        f"{need}x{st.cls.model} on node {node}: highest weighted score of "
+        f"{n_cands} GPU class(es) with room"
+    )
 
 
 def plan(
     snapshot: Snapshot, pending: Sequence[JobRequest], policy: str = "fifo", *, seed: int = 0
 ) -> Plan:
-    """Place pending jobs on free GPUs, in FIFO order, first fit."""
-    nodes = {n.id: n for n in snapshot.nodes}
-    order = sorted(pending, key=lambda j: (-j.priority, j.submitted_at, j.id))
-    taken: set[str] = set()
+    """Decide which pending jobs start on which free GPUs (and, for jobs that hold GPUs, which
+    keep them). Pure: the result depends only on the arguments.
+
+    A job with ``running_on`` set may be kept in place, moved, or stopped; a stopped or moved job
+    is listed in ``Plan.preemptions`` (a moved job also has its new placement).
+    """
+    pol = get_policy(policy)
+    reclaim = frozenset(g for j in pending for g in j.running_on)
+    pl = _Planner(snapshot, pol, reclaim)
     result = Plan()
+    placed: list[tuple[JobRequest, int, str, tuple[str, ...], float, float]] = []
+    order = pol.order(pending, snapshot, seed)
     for job in order:
-        exp = _place_one(snapshot, nodes, job, taken)
+        exp, best = pl.explain_and_choose(job)
         result.explanations[job.id] = exp
-        if exp.placed:
-            taken.update(exp.placed.gpu_ids)
-            result.placements.append(exp.placed)
+        if best is None:
+            continue
+        ci, node, gpus, pk, lc = best
+        pl.index.take(pl.index.classes[ci], node, gpus)
+        placed.append((job, ci, node, gpus, pk, lc))
+    if pol.match_types and reclaim:
+        placed = _keep_in_place(pl, snapshot, reclaim, placed)
+    first_choice = {job.id: ci for job, ci, *_ in placed}
+    if pol.match_types:
+        placed = _match_types(pl, placed)
+    chosen = set(first_choice)
+    if pol.min_efficiency > 0:
+        placed = _yield_slow_slots(pl, placed, order, pol.min_efficiency)
+        first_choice.update({job.id: ci for job, ci, *_ in placed if job.id not in first_choice})
+    for job_id in chosen - {job.id for job, *_ in placed}:
+        result.explanations[job_id].note = (
+            f"yielded the GPUs it would get to a later job that runs there at least "
+            f"{1 / pol.min_efficiency:g}x as well relative to its best GPU"
+            if pol.min_efficiency > 0
+            else "no room once jobs that hold GPUs kept them"
+        )
+    for job, ci, node, gpus, pk, lc in placed:
+        exp = result.explanations[job.id]
+        n_cands = sum(1 for r in pl.view(job).reasons if r is None)
+        note = _describe(pl.index.classes[ci], node, len(gpus), n_cands)
+        if first_choice[job.id] != ci:
+            was = pl.index.classes[first_choice[job.id]].cls.model
+            note = (
+                f"{len(gpus)}x{pl.index.classes[ci].cls.model} on node {node}: type "
+                f"matching swapped it from {was}, where another job gains more"
+            )
+        result.placements.append(pl.record(job, exp, ci, node, gpus, pk, lc, note))
+    kept = {p.job_id: set(p.gpu_ids) for p in result.placements}
+    for job in pending:
+        if job.running_on and kept.get(job.id) != set(job.running_on):
+            result.preemptions.append(job.id)
     return result
 
 
-def explain(snapshot: Snapshot, job: JobRequest) -> Explanation:
-    """Why ``job`` would or would not be placed on ``snapshot`` right now."""
-    return _place_one(snapshot, {n.id: n for n in snapshot.nodes}, job, set())
+def _keep_in_place(
+    pl: _Planner,
+    snapshot: Snapshot,
+    reclaim: frozenset[str],
+    placed: list[tuple[JobRequest, int, str, tuple[str, ...], float, float]],
+) -> list[tuple[JobRequest, int, str, tuple[str, ...], float, float]]:
+    """Re-place the chosen jobs, those that hold GPUs first.
+
+    The first pass decides who runs; this one decides where. A job that keeps running chooses
+    first between its own GPUs (with the locality bonus, which includes the restart cost) and
+    better free ones, so it is not moved only because the order changed. Type matching then
+    moves jobs only where the gain outweighs a restart.
+    """
+    pl.index = FleetIndex(snapshot, reclaim)
+    idx = pl.index
+    jobs = [p[0] for p in placed]
+    ordered = [j for j in jobs if j.running_on] + [j for j in jobs if not j.running_on]
+    out: list[tuple[JobRequest, int, str, tuple[str, ...], float, float]] = []
+    for job in ordered:
+        _exp, best = pl.explain_and_choose(job)
+        if best is not None:
+            ci, node, gpus, pk, lc = best
+            idx.take(idx.classes[ci], node, gpus)
+            out.append((job, ci, node, gpus, pk, lc))
+    return out
+
+
+def _match_types(
+    pl: _Planner, placed: list[tuple[JobRequest, int, str, tuple[str, ...], float, float]]
+) -> list[tuple[JobRequest, int, str, tuple[str, ...], float, float]]:
+    """Exchange GPU groups between placed jobs of equal size while the summed score rises.
+
+    For each pair of classes, jobs on either side that may run on both are sorted by how much
+    they gain by moving; the best mover of each side swap while the pair gains. With linear
+    gains this is optimal for the two classes; a few passes over all pairs settle the rest.
+    """
+    slots = list(placed)
+
+    def gain(i: int, to_ci: int) -> float:
+        job, ci, _node, gpus, _pk, lc = slots[i]
+        view = pl.view(job)
+        if view.reasons[to_ci] is not None:
+            return float("-inf")
+        # moving loses the locality bonus of GPUs the job already holds, and its restart cost
+        return view.scores[to_ci] - view.scores[ci] - lc
+
+    for _ in range(3):
+        changed = False
+        by_class: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for i, s in enumerate(slots):
+            by_class[(s[1], len(s[3]))].append(i)
+        keys = sorted(by_class)
+        for a_i, a in enumerate(keys):
+            for b in keys[a_i + 1 :]:
+                if a[1] != b[1]:
+                    continue
+                a_side = sorted(by_class[a], key=lambda i: -gain(i, b[0]))
+                b_side = sorted(by_class[b], key=lambda i: -gain(i, a[0]))
+                swapped_a: list[int] = []
+                swapped_b: list[int] = []
+                for ia, ib in zip(a_side, b_side, strict=False):
+                    if gain(ia, b[0]) + gain(ib, a[0]) <= 1e-6:
+                        break
+                    ja, _, na, ga, pka, _ = slots[ia]
+                    jb, _, nb, gb, pkb, _ = slots[ib]
+                    slots[ia] = (
+                        ja,
+                        b[0],
+                        nb,
+                        gb,
+                        pkb,
+                        pl.stay * locality(len(set(ja.running_on) & set(gb)), len(gb)),
+                    )
+                    slots[ib] = (
+                        jb,
+                        a[0],
+                        na,
+                        ga,
+                        pka,
+                        pl.stay * locality(len(set(jb.running_on) & set(ga)), len(ga)),
+                    )
+                    swapped_a.append(ia)
+                    swapped_b.append(ib)
+                    changed = True
+                if swapped_a:
+                    gone_a, gone_b = set(swapped_a), set(swapped_b)
+                    by_class[a] = [i for i in by_class[a] if i not in gone_a] + swapped_b
+                    by_class[b] = [i for i in by_class[b] if i not in gone_b] + swapped_a
+        if not changed:
+            break
+    return slots
+
+
+def _yield_slow_slots(
+    pl: _Planner,
+    placed: list[tuple[JobRequest, int, str, tuple[str, ...], float, float]],
+    order: list[JobRequest],
+    threshold: float,
+) -> list[tuple[JobRequest, int, str, tuple[str, ...], float, float]]:
+    """Give GPUs a placed job uses poorly to a later job that uses them at least twice as well.
+
+    Slots are visited from the worst use up, so the bar a taker must clear only rises; each
+    (class, size) keeps a cursor into its eligible waiting jobs and the pass stays linear.
+    """
+    w = pl.policy.weights.throughput or 1.0
+    slots = list(placed)
+
+    def eff(job: JobRequest, ci: int) -> float:
+        return pl.view(job).parts[ci][0] / w
+
+    slow = sorted(
+        (i for i, s in enumerate(slots) if eff(s[0], s[1]) < threshold),
+        key=lambda i: eff(slots[i][0], slots[i][1]),
+    )
+    if not slow:
+        return slots
+    wanted = {(slots[i][1], len(slots[i][3])) for i in slow}
+    placed_ids = {s[0].id for s in slots}
+    takers: dict[tuple[int, int], list[JobRequest]] = defaultdict(list)
+    for job in order:
+        if job.id in placed_ids:
+            continue
+        reasons = pl.view(job).reasons
+        for ci, size in wanted:
+            if size == job.gpu_count and reasons[ci] is None and eff(job, ci) >= threshold:
+                takers[(ci, size)].append(job)
+    cursor: dict[tuple[int, int], int] = defaultdict(int)
+    taken: set[str] = set()
+    for i in slow:
+        job, ci, node, gpus, pk, _lc = slots[i]
+        key = (ci, len(gpus))
+        bar = max(threshold, 2 * eff(job, ci))
+        cands = takers.get(key, [])
+        k = cursor[key]
+        while k < len(cands) and (cands[k].id in taken or eff(cands[k], ci) < bar):
+            k += 1
+        cursor[key] = k
+        if k == len(cands):
+            continue
+        other = cands[k]
+        taken.add(other.id)
+        kept = len(set(other.running_on) & set(gpus))
+        lc = pl.stay * locality(kept, len(gpus))
+        slots[i] = (other, ci, node, gpus, pk, lc)
+    return slots
+
+
+def explain(snapshot: Snapshot, job: JobRequest, policy: str = "default") -> Explanation:
+    """Why ``job`` would or would not be placed on ``snapshot`` right now, on its own:
+    every GPU counted once (fitting, or under the first filter it fails) and, when it fits,
+    the GPUs the policy's scorers would choose and how they scored."""
+    pl = _Planner(snapshot, get_policy(policy), frozenset(job.running_on))
+    exp, best = pl.explain_and_choose(job)
+    if best is not None:
+        ci, node, gpus, pk, lc = best
+        st = pl.index.classes[ci]
+        n_cands = sum(1 for r in pl.view(job).reasons if r is None)
+        pl.record(job, exp, ci, node, gpus, pk, lc, _describe(st, node, len(gpus), n_cands))
+    return exp
 
 
 def never_fits(snapshot: Snapshot, job: JobRequest) -> str | None:
-    """The reason no node of the fleet could ever run ``job`` (all GPUs free), or None."""
+    """Why no node of the fleet could ever run ``job`` even with every GPU free, or None.
+
+    Only reasons that last are considered (model, memory, compute capability, price cap, and
+    GPUs of one model on one node); a busy, drained or offline GPU may come back.
+    """
     if not snapshot.gpus:
         return "the fleet has no GPUs"
-    per_node: dict[str, int] = defaultdict(int)
+    need = max(job.gpu_count, 1)
+    per_group: dict[tuple[str, str], int] = defaultdict(int)
     rejections: dict[str, int] = defaultdict(int)
-    for gpu in snapshot.gpus:
-        why = _static_reason(job, gpu)
+    idx = FleetIndex(snapshot)
+    for g in snapshot.gpus:
+        why = first_failure(job, idx.gpu_class[g.id].cls, STATIC_FILTERS)
         if why:
             rejections[why] += 1
         else:
-            per_node[gpu.node_id] += 1
-    best = max(per_node.values(), default=0)
-    if best >= job.gpu_count:
+            per_group[(g.node_id, g.model)] += 1
+    best = max(per_group.values(), default=0)
+    if best >= need:
         return None
-    parts = ", ".join(f"{n} {r}" for r, n in sorted(rejections.items()))
+    parts = ", ".join(f"{n} {r}" for r, n in sorted(rejections.items(), key=lambda kv: -kv[1]))
     detail = f" ({parts})" if parts else ""
     return (
-        f"no node in the fleet has {job.gpu_count} GPU(s) that fit this job; "
+        f"no node in the fleet has {need} GPU(s) of one model that fit this job; "
         f"the best node has {best}{detail}"
     )

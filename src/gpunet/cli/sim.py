@@ -1,0 +1,261 @@
+"""``gpunet sim``: replay traces with the scheduler, compare policies, generate traces."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from gpunet.errors import GpunetError, ValidationFailed
+from gpunet.sim import (
+    SimConfig,
+    load_throughputs,
+    metrics,
+    parse_fleet,
+    plot,
+    read_trace,
+    simulate,
+)
+from gpunet.sim.generate import generate as generate_trace
+from gpunet.sim.traces import write_gavel_trace, write_jsonl
+
+app = typer.Typer(help="Simulate the scheduler on job traces (Gavel or gpunet format).")
+# a wide table even when piped (Rich falls back to 80 columns without a terminal)
+out = Console() if sys.stdout.isatty() else Console(width=160)
+err = Console(stderr=True)
+T = TypeVar("T")
+
+FleetOpt = Annotated[
+    str, typer.Option("--fleet", help="GPUs, e.g. 12xV100,12xP100,12xK80 (v100/p100/k80 too)")
+]
+ThroughputsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--throughputs",
+        help="CSV job_type,scale_factor,worker_type,steps_per_second"
+        " (default: Gavel's measurements)",
+    ),
+]
+RoundOpt = Annotated[float, typer.Option("--round", help="round length in seconds")]
+CostOpt = Annotated[
+    float, typer.Option("--preemption-cost", help="seconds of progress lost per restart")
+]
+WindowOpt = Annotated[
+    str | None, typer.Option("--window", help="measure jobs FIRST:LAST (0-based, inclusive)")
+]
+PerNodeOpt = Annotated[int, typer.Option("--gpus-per-node", help="GPUs per simulated node")]
+
+
+def _guard(fn: Callable[[], T]) -> T:
+    """Run ``fn``; print gpunet errors as one line and exit 2, without a traceback."""
+    try:
+        return fn()
+    except GpunetError as e:
+        err.print(f"[red]error:[/red] {e.message}")
+        raise typer.Exit(2) from None
+
+
+def _window(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    lo, sep, hi = text.partition(":")
+    if not sep or not lo.strip().isdigit() or not hi.strip().isdigit():
+        raise ValidationFailed("window", f"{text!r} is not FIRST:LAST, e.g. 100:399")
+    return int(lo), int(hi)
+
+
+def _run_one(
+    trace: Path,
+    fleet: str,
+    policy: str,
+    throughputs: Path | None,
+    round_s: float,
+    cost: float,
+    window: str | None,
+    per_node: int,
+    seed: int,
+    show_progress: bool,
+) -> tuple[dict[str, float | int | str], object]:
+    jobs = read_trace(trace)
+    cfg = SimConfig(
+        policy=policy, round_s=round_s, preemption_cost_s=cost, window=_window(window), seed=seed
+    )
+    fl = parse_fleet(fleet, per_node)
+    table = load_throughputs(throughputs)
+    if not show_progress:
+        result = simulate(jobs, fl, table, cfg)
+    else:
+        with Progress(
+            TextColumn(f"{trace.name} [bold]{policy}[/bold]"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err,
+            transient=True,
+        ) as bar:
+            task = bar.add_task("jobs", total=None)
+
+            def tick(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            result = simulate(jobs, fl, table, cfg, progress=tick)
+    m = metrics(result)
+    m["trace"] = trace.name
+    return m, result
+
+
+def _fmt_h(seconds: object) -> str:
+    return "-" if not isinstance(seconds, float) or math.isnan(seconds) else f"{seconds / 3600:.2f}"
+
+
+def _table(rows: list[dict[str, float | int | str]]) -> Table:
+    t = Table(title="simulation")
+    for col in (
+        "trace",
+        "policy",
+        "avg JCT h",
+        "median h",
+        "p99 h",
+        "floor h",
+        "makespan h",
+        "util",
+        "preempt",
+        "decision ms",
+    ):
+        t.add_column(col, justify="left" if col in ("trace", "policy") else "right")
+    for m in rows:
+        t.add_row(
+            str(m["trace"]),
+            str(m["policy"]),
+            _fmt_h(m["avg_jct_s"]),
+            _fmt_h(m["median_jct_s"]),
+            _fmt_h(m["p99_jct_s"]),
+            _fmt_h(m["floor_avg_jct_s"]),
+            _fmt_h(m["makespan_s"]),
+            f"{float(m['utilization']):.3f}",
+            str(m["preemptions"]),
+            f"{float(m['decision_time_s']) * 1000:.3f}",
+        )
+    return t
+
+
+@app.command()
+def run(
+    trace: Annotated[Path, typer.Option("--trace", help="trace file (.trace, .csv or .jsonl)")],
+    fleet: FleetOpt,
+    policy: Annotated[
+        str,
+        typer.Option("--policy", help="default, las, fifo, priority, fifo_perf or gavel-compat"),
+    ] = "default",
+    throughputs: ThroughputsOpt = None,
+    round_s: RoundOpt = 360.0,
+    preemption_cost: CostOpt = 0.0,
+    window: WindowOpt = None,
+    gpus_per_node: PerNodeOpt = 8,
+    seed: Annotated[int, typer.Option("--seed", help="tie-break seed")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="print metrics as JSON")] = False,
+    plot_path: Annotated[Path | None, typer.Option("--plot", help="write a PNG plot")] = None,
+) -> None:
+    """Replay one trace on a simulated fleet and report JCT, makespan and utilization."""
+    m, result = _guard(
+        lambda: _run_one(
+            trace,
+            fleet,
+            policy,
+            throughputs,
+            round_s,
+            preemption_cost,
+            window,
+            gpus_per_node,
+            seed,
+            sys.stderr.isatty(),
+        )
+    )
+    if plot_path is not None:
+        plot(result, plot_path)  # type: ignore[arg-type]
+    if as_json:
+        out.print_json(json.dumps(m))
+    else:
+        out.print(_table([m]))
+
+
+@app.command()
+def compare(
+    trace: Annotated[list[Path], typer.Option("--trace", help="trace file; repeat for more")],
+    fleet: FleetOpt,
+    policies: Annotated[str, typer.Option("--policies", help="comma-separated policies")] = (
+        "default,las,fifo,gavel-compat"
+    ),
+    throughputs: ThroughputsOpt = None,
+    round_s: RoundOpt = 360.0,
+    preemption_cost: CostOpt = 0.0,
+    window: WindowOpt = None,
+    gpus_per_node: PerNodeOpt = 8,
+    seed: Annotated[int, typer.Option("--seed", help="tie-break seed")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="print metrics as JSON")] = False,
+) -> None:
+    """Run several policies on the same traces and print one table."""
+    rows = []
+    for path in trace:
+        for pol in [p.strip() for p in policies.split(",") if p.strip()]:
+
+            def one(
+                path: Path = path, pol: str = pol
+            ) -> tuple[dict[str, float | int | str], object]:
+                return _run_one(
+                    path,
+                    fleet,
+                    pol,
+                    throughputs,
+                    round_s,
+                    preemption_cost,
+                    window,
+                    gpus_per_node,
+                    seed,
+                    sys.stderr.isatty(),
+                )
+
+            m, _ = _guard(one)
+            rows.append(m)
+    if as_json:
+        out.print_json(json.dumps(rows))
+    else:
+        out.print(_table(rows))
+
+
+@app.command()
+def generate(
+    output: Annotated[Path, typer.Option("--out", help="file to write")],
+    kind: Annotated[str, typer.Option("--kind", help="gavel or philly")] = "gavel",
+    jobs: Annotated[int, typer.Option("--jobs", help="number of jobs")] = 1000,
+    rate: Annotated[float, typer.Option("--rate", help="arrivals per hour")] = 2.0,
+    seed: Annotated[int, typer.Option("--seed", help="random seed")] = 0,
+    multi_gpu: Annotated[bool, typer.Option("--multi-gpu", help="gavel: 2/4/8-GPU jobs too")] = (
+        False
+    ),
+    fmt: Annotated[str, typer.Option("--format", help="jsonl (gpunet) or trace (Gavel)")] = (
+        "jsonl"
+    ),
+    throughputs: ThroughputsOpt = None,
+) -> None:
+    """Write a synthetic trace (Gavel-style or from the Philly job distribution)."""
+
+    def go() -> int:
+        if fmt not in ("jsonl", "trace"):
+            raise ValidationFailed("format", f"unknown format {fmt!r}; use jsonl or trace")
+        made = generate_trace(
+            kind, jobs, rate, load_throughputs(throughputs), seed=seed, multi_gpu=multi_gpu
+        )
+        (write_jsonl if fmt == "jsonl" else write_gavel_trace)(made, output)
+        return len(made)
+
+    n = _guard(go)
+    err.print(f"wrote {n} jobs to {output}")

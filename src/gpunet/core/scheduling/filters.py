@@ -1,0 +1,87 @@
+"""Filters: may this job run on this kind of GPU? Each returns a reason when it may not.
+
+Filters work on a :class:`GpuClass` (all GPUs that every filter treats alike) so a decision
+checks a handful of classes, not every GPU of a large fleet. The order of ``FILTERS`` is the
+order reasons are reported in: a GPU is counted once, under the first filter it fails.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+
+from gpunet.core.scheduling.model import JobRequest
+
+
+@dataclass(frozen=True, slots=True)
+class GpuClass:
+    """The properties of a GPU that filters and scorers look at (not its id or node)."""
+
+    model: str
+    memory_mb: int
+    compute_capability: tuple[int, int]
+    price_per_hour: Decimal | None
+    healthy: bool
+    drained: bool
+    node_online: bool
+    power_w: float | None
+
+
+Filter = Callable[[JobRequest, GpuClass], "str | None"]
+
+
+def node_online(job: JobRequest, gpu: GpuClass) -> str | None:
+    return None if gpu.node_online else "node offline"
+
+
+def healthy(job: JobRequest, gpu: GpuClass) -> str | None:
+    return None if gpu.healthy else "unhealthy"
+
+
+def not_drained(job: JobRequest, gpu: GpuClass) -> str | None:
+    return "drained" if gpu.drained else None
+
+
+def allowed_model(job: JobRequest, gpu: GpuClass) -> str | None:
+    if job.gpu_models and gpu.model not in job.gpu_models:
+        return "wrong model"
+    return None
+
+
+def enough_memory(job: JobRequest, gpu: GpuClass) -> str | None:
+    return "too little memory" if gpu.memory_mb < job.min_memory_mb else None
+
+
+def compute_capability(job: JobRequest, gpu: GpuClass) -> str | None:
+    need = job.min_compute_capability
+    if need is not None and gpu.compute_capability < need:
+        return "compute capability too low"
+    return None
+
+
+def price_cap(job: JobRequest, gpu: GpuClass) -> str | None:
+    # A GPU without a price is free to use; a cap only rejects priced GPUs above it.
+    cap, price = job.max_price, gpu.price_per_hour
+    if cap is not None and price is not None and price > cap:
+        return "over price cap"
+    return None
+
+
+# Reasons that change while the fleet stays the same (health, drain, a node going away).
+TRANSIENT_FILTERS: tuple[Filter, ...] = (node_online, healthy, not_drained)
+# Reasons that hold for as long as the fleet's hardware and prices stay the same.
+STATIC_FILTERS: tuple[Filter, ...] = (allowed_model, enough_memory, compute_capability, price_cap)
+FILTERS: tuple[Filter, ...] = TRANSIENT_FILTERS + STATIC_FILTERS
+BUSY = "busy"  # the last check: the GPU is allocated (or taken earlier in the same plan)
+
+
+def first_failure(
+    job: JobRequest, gpu: GpuClass, filters: tuple[Filter, ...] = FILTERS
+) -> str | None:
+    """The reason of the first filter ``gpu`` fails for ``job``, or None if it passes all."""
+    for f in filters:
+        why = f(job, gpu)
+        if why is not None:
+            return why
+    return None

@@ -1,0 +1,147 @@
+"""Policies: the order jobs are considered in, how scorers are weighed, and type matching.
+
+- ``fifo``: oldest first.
+- ``priority``: highest priority first; within a priority level accounts take turns, the
+  account that used least going first (fair share).
+- ``las``: heterogeneity-aware least attained service: the job with the least work done
+  (in seconds of its fastest GPU type) first, then GPU types matched to relative speedups.
+- ``default``: gpunet's policy for low average completion time: Gittins index of attained
+  work under the public job-size distribution, aged so that no job starves, then type matching.
+- ``fifo_perf`` (alias ``gavel-compat``): FIFO on the fastest free GPU type, as Gavel's
+  ``fifo_perf``; used by the simulator to check itself against Gavel's published numbers.
+"""
+
+from __future__ import annotations
+
+import heapq
+import zlib
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from gpunet.core.scheduling.gittins import gittins_table
+from gpunet.core.scheduling.model import JobRequest, Snapshot
+from gpunet.errors import ValidationFailed
+
+Order = Callable[[Sequence[JobRequest], Snapshot, int], list[JobRequest]]
+
+
+@dataclass(frozen=True, slots=True)
+class Weights:
+    """How much each scorer counts; the class-level ones are summed per GPU class."""
+
+    throughput: float = 1.0
+    price: float = 0.05
+    energy: float = 0.02
+    packing: float = 0.1
+    locality: float = 0.2
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    name: str
+    order: Order
+    weights: Weights = field(default_factory=Weights)
+    # After placing, exchange GPU types between placed jobs while that raises their summed
+    # scores: gives each type to the jobs with the highest relative speedup on it.
+    match_types: bool = False
+    # A placed job whose normalised throughput on its GPU is below this yields the GPU to a
+    # later job that runs there at least twice as well (0: never). Trades a little order for
+    # throughput when the fleet is overloaded.
+    min_efficiency: float = 0.0
+
+
+def _tiebreak(seed: int, job_id: str) -> int:
+    """Order of exact ties: by id for seed 0, else a seeded shuffle stable across processes
+    (crc32, unlike hash(), does not change between runs)."""
+    return 0 if seed == 0 else zlib.crc32(f"{seed}:{job_id}".encode())
+
+
+def order_fifo(jobs: Sequence[JobRequest], snapshot: Snapshot, seed: int) -> list[JobRequest]:
+    return sorted(jobs, key=lambda j: (j.submitted_at, _tiebreak(seed, j.id), j.id))
+
+
+def order_priority(jobs: Sequence[JobRequest], snapshot: Snapshot, seed: int) -> list[JobRequest]:
+    """Priority levels high to low; inside a level, the least-served account goes next."""
+    levels: dict[int, dict[str, list[JobRequest]]] = defaultdict(lambda: defaultdict(list))
+    for job in order_fifo(jobs, snapshot, seed):
+        levels[job.priority][job.account].append(job)
+    usage = defaultdict(float, snapshot.account_usage)
+    out: list[JobRequest] = []
+    for prio in sorted(levels, reverse=True):
+        queues = {acct: list(reversed(q)) for acct, q in levels[prio].items()}
+        heap = [(usage[a], _tiebreak(seed, a), a) for a in queues]
+        heapq.heapify(heap)
+        while heap:
+            _, tb, acct = heapq.heappop(heap)
+            job = queues[acct].pop()
+            out.append(job)
+            # count the job as if it ran for one unit per GPU, so accounts alternate
+            usage[acct] += job.gpu_count
+            if queues[acct]:
+                heapq.heappush(heap, (usage[acct], tb, acct))
+    return out
+
+
+def _work(job: JobRequest) -> float:
+    if job.attained_work_s is not None:
+        return job.attained_work_s
+    return job.attained_service_s / max(job.gpu_count, 1)
+
+
+def order_las(jobs: Sequence[JobRequest], snapshot: Snapshot, seed: int) -> list[JobRequest]:
+    return sorted(jobs, key=lambda j: (_work(j), j.submitted_at, _tiebreak(seed, j.id), j.id))
+
+
+# Aging for the default policy: a job's index is multiplied by (1 + waited / AGING_S), where
+# waited is its time in the system not spent running. Long jobs therefore keep a floor on
+# their share instead of waiting behind an endless stream of new short jobs.
+AGING_S = 2 * 3600.0
+
+
+# A job that holds GPUs keeps them unless a waiting job's index is higher by the share of a
+# quantum the restart would waste: index x (1 + preemption_cost / QUANTUM_S). With no restart
+# cost the comparison is plain.
+QUANTUM_S = 360.0
+
+
+def order_default(jobs: Sequence[JobRequest], snapshot: Snapshot, seed: int) -> list[JobRequest]:
+    table = gittins_table(snapshot.size_samples)
+    now = snapshot.now
+    sticky = 1.0 + snapshot.preemption_cost_s / QUANTUM_S
+
+    def key(job: JobRequest) -> tuple[float, float, int, str]:
+        work = _work(job)
+        index = table.index(work)
+        if now is not None:
+            ran = job.attained_service_s / max(job.gpu_count, 1)
+            waited = max(now - job.submitted_at - ran, 0.0)
+            index *= 1.0 + waited / AGING_S
+        if job.running_on:
+            index *= sticky
+        return (-index, job.submitted_at, _tiebreak(seed, job.id), job.id)
+
+    return sorted(jobs, key=key)
+
+
+MIN_EFFICIENCY = 0.5
+
+_PERF_ONLY = Weights(throughput=1.0, price=0.0, energy=0.0, packing=0.0, locality=0.0)
+
+POLICIES: dict[str, Policy] = {
+    "fifo": Policy("fifo", order_fifo),
+    "priority": Policy("priority", order_priority),
+    "las": Policy("las", order_las, match_types=True),
+    "default": Policy("default", order_default, match_types=True, min_efficiency=MIN_EFFICIENCY),
+    "fifo_perf": Policy("fifo_perf", order_fifo, weights=_PERF_ONLY),
+}
+ALIASES = {"gavel-compat": "fifo_perf", "hetero": "las", "gittins": "default"}
+
+
+def get_policy(name: str) -> Policy:
+    """The policy called ``name``; raises ValidationFailed naming the known ones."""
+    key = ALIASES.get(name, name)
+    if key not in POLICIES:
+        known = ", ".join(sorted([*POLICIES, *ALIASES]))
+        raise ValidationFailed("policy", f"unknown policy {name!r}; known policies: {known}")
+    return POLICIES[key]

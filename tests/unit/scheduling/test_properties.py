@@ -1,0 +1,131 @@
+"""Property-based tests of the scheduler core."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gpunet.core.scheduling import GpuView, JobRequest, NodeView, Snapshot, plan
+from gpunet.core.scheduling.filters import FILTERS, GpuClass, first_failure
+
+MODELS = ("V100", "P100", "K80")
+CC = {"V100": (7, 0), "P100": (6, 0), "K80": (3, 7)}
+POLICIES = ("fifo", "priority", "las", "default", "fifo_perf")
+
+
+@st.composite
+def snapshots(draw: st.DrawFn) -> Snapshot:
+    n_nodes = draw(st.integers(1, 5))
+    nodes = tuple(NodeView(f"n{i}", online=draw(st.booleans()) or i == 0) for i in range(n_nodes))
+    gpus = []
+    for node in nodes:
+        for k in range(draw(st.integers(0, 4))):
+            m = draw(st.sampled_from(MODELS))
+            gpus.append(
+                GpuView(
+                    f"{node.id}-g{k}",
+                    node.id,
+                    m,
+                    draw(st.sampled_from((12000, 16000, 32000))),
+                    CC[m],
+                    busy=draw(st.booleans()),
+                    healthy=draw(st.integers(0, 9)) > 0,
+                    drained=draw(st.integers(0, 9)) == 0,
+                    price_per_hour=draw(st.sampled_from((None, Decimal("1"), Decimal("3")))),
+                )
+            )
+    tputs = {"a": {"V100": 3.0, "P100": 2.0, "K80": 1.0}, "b": {"V100": 1.0, "P100": 2.5}}
+    return Snapshot(nodes, tuple(gpus), throughputs=tputs, now=draw(st.floats(0, 1e6)))
+
+
+@st.composite
+def job_lists(draw: st.DrawFn, snap: Snapshot) -> list[JobRequest]:
+    jobs = []
+    held: set[str] = set()
+    for i in range(draw(st.integers(0, 10))):
+        running: tuple[str, ...] = ()
+        busy = [g for g in snap.gpus if g.busy and g.id not in held]
+        if busy and draw(st.booleans()):
+            running = (busy[0].id,)
+            held.add(busy[0].id)
+        jobs.append(
+            JobRequest(
+                id=f"j{i}",
+                account=draw(st.sampled_from(("x", "y"))),
+                gpu_count=draw(st.integers(1, 3)) if not running else 1,
+                min_memory_mb=draw(st.sampled_from((0, 16000))),
+                gpu_models=draw(st.sampled_from(((), ("V100",), ("P100", "K80")))),
+                min_compute_capability=draw(st.sampled_from((None, (6, 0)))),
+                priority=draw(st.integers(0, 2)),
+                submitted_at=draw(st.floats(0, 1e5)),
+                job_class=draw(st.sampled_from((None, "a", "b"))),
+                max_price=draw(st.sampled_from((None, Decimal("2")))),
+                attained_service_s=draw(st.floats(0, 1e5)),
+                running_on=running,
+            )
+        )
+    return jobs
+
+
+@st.composite
+def cases(draw: st.DrawFn) -> tuple[Snapshot, list[JobRequest], str, int]:
+    snap = draw(snapshots())
+    return snap, draw(job_lists(snap)), draw(st.sampled_from(POLICIES)), draw(st.integers(0, 3))
+
+
+@settings(max_examples=150, deadline=None)
+@given(cases())
+def test_plan_invariants(case: tuple[Snapshot, list[JobRequest], str, int]) -> None:
+    snap, jobs, policy, seed = case
+    p = plan(snap, jobs, policy, seed=seed)
+    gpus = {g.id: g for g in snap.gpus}
+    online = {n.id: n.online for n in snap.nodes}
+    by_id = {j.id: j for j in jobs}
+    reclaimable = {g for j in jobs for g in j.running_on}
+    used: list[str] = []
+    for pl in p.placements:
+        job = by_id[pl.job_id]
+        assert len(pl.gpu_ids) == job.gpu_count
+        for gid in pl.gpu_ids:
+            g = gpus[gid]
+            # every filter holds for every GPU of every placement
+            cls = GpuClass(
+                g.model,
+                g.memory_mb,
+                g.compute_capability,
+                g.price_per_hour,
+                g.healthy,
+                g.drained,
+                online.get(g.node_id, False),
+                g.power_w,
+            )
+            assert first_failure(job, cls, FILTERS) is None
+            assert g.node_id == pl.node_id
+            assert not g.busy or gid in reclaimable
+        used.extend(pl.gpu_ids)
+    # no GPU is given to two jobs
+    assert len(used) == len(set(used))
+    # explanations count every GPU exactly once, for every job
+    for job in jobs:
+        exp = p.explanations[job.id]
+        assert exp.fitting_gpus + sum(exp.rejections.values()) == len(snap.gpus)
+    # a job that loses the GPUs it holds is reported as preempted
+    placed = {pl.job_id: set(pl.gpu_ids) for pl in p.placements}
+    for job in jobs:
+        if job.running_on:
+            assert (job.id in p.preemptions) == (placed.get(job.id) != set(job.running_on))
+
+
+@settings(max_examples=60, deadline=None)
+@given(cases())
+def test_plan_is_deterministic(case: tuple[Snapshot, list[JobRequest], str, int]) -> None:
+    snap, jobs, policy, seed = case
+    a = plan(snap, jobs, policy, seed=seed)
+    b = plan(snap, list(reversed(jobs)), policy, seed=seed)
+    assert a.placements == b.placements
+    assert a.preemptions == sorted(a.preemptions, key=[j.id for j in jobs].index)
+    assert {k: v.rejections for k, v in a.explanations.items()} == {
+        k: v.rejections for k, v in b.explanations.items()
+    }
