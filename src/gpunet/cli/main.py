@@ -7,7 +7,7 @@ import sys
 import click
 import typer
 
-from gpunet.cli import fleet, jobs, serve
+from gpunet.cli import fleet, jobs, serve, sim
 from gpunet.cli.output import err_console
 from gpunet.errors import GpunetError
 
@@ -30,6 +30,7 @@ app.command()(jobs.cancel)
 app.command()(fleet.nodes)
 app.command()(fleet.gpus)
 app.add_typer(fleet.tokens_app, name="tokens")
+app.add_typer(sim.app, name="sim")
 
 
 def main() -> None:

@@ -20,6 +20,7 @@ from gpunet.agent.gpus.simulated import SimulatedBackend, parse_simulate
 from gpunet.agent.loop import Agent
 from gpunet.cli.output import console, err_console
 from gpunet.config import ClientConfig, home
+from gpunet.core.scheduling.policies import get_policy
 from gpunet.services.auth import Role, bootstrap_admin, issue_token
 from gpunet.services.runtime import Runtime, Settings
 from gpunet.store.db import Database
@@ -100,7 +101,9 @@ def server(
     ] = None,
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port to listen on")] = 8787,
-    policy: Annotated[str, typer.Option(help="scheduling policy")] = "fifo",
+    policy: Annotated[
+        str, typer.Option(help="scheduling policy: default, fifo, priority, las")
+    ] = "default",
     lease_timeout: Annotated[
         float, typer.Option(help="seconds without heartbeats before a node goes offline")
     ] = 30.0,
@@ -108,6 +111,7 @@ def server(
 ) -> None:
     """Run the coordinator (migrations are applied at start)."""
     _logging(verbose)
+    get_policy(policy)  # an unknown policy is an error now, not at the first pass
     url = database_url or f"sqlite:///{home() / 'gpunet.db'}"
     home().mkdir(parents=True, exist_ok=True)
     db, token = _prepare(url)
@@ -159,6 +163,7 @@ def _local_network(
     port: int, simulate: str | None, policy: str
 ) -> tuple[uvicorn.Server, Agent, GpuBackend, str, Path]:
     """A coordinator on SQLite under GPUNET_HOME plus one agent, and a client config."""
+    get_policy(policy)
     base = home()
     base.mkdir(parents=True, exist_ok=True)
     url = f"sqlite:///{base / 'gpunet.db'}"
@@ -201,7 +206,9 @@ def up(
         str | None,
         typer.Option(help="simulated GPUs, e.g. 2xA100-80GB,1xRTX-4090, or a fleet YAML"),
     ] = None,
-    policy: Annotated[str, typer.Option(help="scheduling policy")] = "fifo",
+    policy: Annotated[
+        str, typer.Option(help="scheduling policy: default, fifo, priority, las")
+    ] = "default",
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Start a whole local network: a coordinator (SQLite under GPUNET_HOME) and one agent on

@@ -24,24 +24,27 @@ def busy_gpu_ids(s: Session) -> dict[str, str]:
     return {gid: att_id for att_id, gids in held for gid in gids}
 
 
-def fleet_snapshot(s: Session, *, all_free: bool = False) -> Snapshot:
+def fleet_snapshot(s: Session, *, all_free: bool = False, now: float | None = None) -> Snapshot:
     """Build the scheduler's snapshot. ``all_free``: every node online and idle (the fleet's
-    capacity, used to reject jobs that could never run)."""
+    capacity, used to reject jobs that could never run). ``now``: the clock, for aging."""
     # plain rows, not ORM objects: this runs on every submit and every scheduler pass
     nodes = s.execute(select(Node.id, Node.status, Node.site)).all()
-    gpus = s.execute(
-        select(
-            Gpu.id,
-            Gpu.node_id,
-            Gpu.model,
-            Gpu.memory_mb,
-            Gpu.cc_major,
-            Gpu.cc_minor,
-            Gpu.healthy,
-            Gpu.drained,
-            Gpu.simulated,
+    gpus: list[Any] = list(
+        s.execute(
+            select(
+                Gpu.id,
+                Gpu.node_id,
+                Gpu.model,
+                Gpu.memory_mb,
+                Gpu.cc_major,
+                Gpu.cc_minor,
+                Gpu.healthy,
+                Gpu.drained,
+                Gpu.simulated,
+                Gpu.power_w,
+            )
         )
-    ).all()
+    )
     busy = {} if all_free else busy_gpu_ids(s)
     return Snapshot(
         nodes=tuple(NodeView(nid, all_free or st == "online", site) for nid, st, site in nodes),
@@ -56,9 +59,11 @@ def fleet_snapshot(s: Session, *, all_free: bool = False) -> Snapshot:
                 healthy=all_free or healthy,
                 drained=False if all_free else drained,
                 simulated=simulated,
+                power_w=power,
             )
-            for gid, node_id, model, mem, major, minor, healthy, drained, simulated in gpus
+            for gid, node_id, model, mem, major, minor, healthy, drained, simulated, power in gpus
         ),
+        now=now,
     )
 
 

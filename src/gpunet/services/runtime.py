@@ -18,7 +18,7 @@ from gpunet.store.db import Database
 class Settings:
     database_url: str
     lease_timeout_s: float = 30.0
-    policy: str = "fifo"
+    policy: str = "default"
     max_upload_bytes: int = 64 * 1024 * 1024
     scheduler_interval_s: float = 1.0
     reaper_interval_s: float = 1.0

@@ -34,7 +34,7 @@ def tick(db: Database, policy: str) -> TickResult:
         queued = list(s.scalars(select(Job).where(Job.state == JobState.QUEUED.value)))
         if not queued:
             return result
-        snapshot = fleet_snapshot(s)
+        snapshot = fleet_snapshot(s, now=time.time())
         p = plan(snapshot, [request_for(j) for j in queued], policy)
         if not p.placements:
             return result
@@ -90,13 +90,11 @@ def _queued_since(s: Session, job: Job) -> datetime:
     return utc(last or job.created_at)  # type: ignore[return-value]
 
 
-def why(db: Database, who: Principal, job_id: str) -> tuple[Job, Explanation | None]:
+def why(db: Database, who: Principal, job_id: str, policy: str) -> tuple[Job, Explanation | None]:
     """Why a job is (not) running: the core's explanation on the current fleet."""
     with db.sessions() as s:
         job = _visible(s, who, job_id)
         if job.state != JobState.QUEUED.value:
             return job, None
-        t = time.perf_counter()
-        exp = explain(fleet_snapshot(s), request_for(job))
-        exp.scores.setdefault("explain_ms", (time.perf_counter() - t) * 1000)
+        exp = explain(fleet_snapshot(s, now=time.time()), request_for(job), policy)
         return job, exp

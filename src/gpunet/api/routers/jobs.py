@@ -79,7 +79,7 @@ def cancel(rt: Rt, who: Who, job_id: str) -> dict[str, Any]:
 @router.get("/jobs/{job_id}/why")
 def job_why(rt: Rt, who: Who, job_id: str) -> dict[str, Any]:
     """Why a pending job is not running, and how placement would be chosen."""
-    job, exp = why(rt.db, who, job_id)
+    job, exp = why(rt.db, who, job_id, rt.settings.policy)
     if exp is None:
         return {
             "job_id": job.id,
