@@ -90,6 +90,8 @@ def _uvicorn(settings: Settings, db: Database, host: str, port: int) -> uvicorn.
         # long-polls would hold a graceful stop for their whole wait,
         # while the lease reaper runs on without hearing heartbeats
         timeout_graceful_shutdown=5,
+        # agents heartbeat every few seconds: keep their connections open between calls
+        timeout_keep_alive=75,
     )
     return _Server(config, app.state.runtime)
 

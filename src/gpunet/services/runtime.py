@@ -83,6 +83,9 @@ class Wakeups:
         self.nodes: dict[str, asyncio.Event] = {}
         self.scheduler = asyncio.Event()
         self.closing = False
+        # nodes whose last work query came back empty and that nothing has woken since: their
+        # long-polls can wait without asking the store (idle polls then cost no query)
+        self.quiet: set[str] = set()
 
     def close(self) -> None:
         """The coordinator is stopping: release every long-poll now."""
@@ -113,7 +116,11 @@ class Wakeups:
 
     def wake_nodes(self, node_ids: list[str]) -> None:
         for n in node_ids:
-            self._call(lambda n=n: self.node_event(n).set())
+            self._call(self._wake, n)
+
+    def _wake(self, node_id: str) -> None:
+        self.quiet.discard(node_id)
+        self.node_event(node_id).set()
 
     def wake_scheduler(self) -> None:
         self._call(self.scheduler.set)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from typing import Any
 
 from fastapi import APIRouter, Query
@@ -31,6 +32,7 @@ def register(rt: Rt, who: Who, reg: svc.Registration) -> dict[str, Any]:
 def hello(rt: Rt, who: Who, reg: svc.Registration) -> dict[str, Any]:
     node_id = svc.hello(rt.db, who, reg)
     rt.leases.renew(node_id, now(), None)
+    rt.wakeups.wake_nodes([node_id])  # it may have assigned attempts to pick up again
     rt.wakeups.wake_scheduler()
     return {"node_id": node_id, "lease_timeout_s": rt.settings.lease_timeout_s}
 
@@ -63,18 +65,26 @@ async def work(rt: Rt, who: Who, wait: float = Query(20.0, ge=0, le=60)) -> dict
     """Long-poll for attempts to start or stop; answers at once when there are any."""
     if who.node_id is None:
         raise Forbidden("only an agent's own token may ask for work")
-    event = rt.wakeups.node_event(who.node_id)
+    wk, node = rt.wakeups, who.node_id
+    nothing: dict[str, Any] = {"start": [], "stop": []}
+    event = wk.node_event(node)
     event.clear()
-    found = await run_in_threadpool(svc.work_for, rt.db, who)
-    if found["start"] or found["stop"] or wait == 0 or rt.wakeups.closing:
-        return found
+    if node not in wk.quiet:
+        found = await run_in_threadpool(svc.work_for, rt.db, who)
+        if found["start"] or found["stop"] or wait == 0 or wk.closing:
+            return found
+        wk.quiet.add(node)
     try:
-        await asyncio.wait_for(event.wait(), timeout=wait)
+        # a little jitter keeps a fleet that started together from re-polling in step
+        await asyncio.wait_for(event.wait(), timeout=wait * random.uniform(0.8, 1.0))
     except TimeoutError:
-        return {"start": [], "stop": []}
-    if rt.wakeups.closing:
-        return {"start": [], "stop": []}
-    return await run_in_threadpool(svc.work_for, rt.db, who)
+        return nothing
+    if wk.closing:
+        return nothing
+    found = await run_in_threadpool(svc.work_for, rt.db, who)
+    if not (found["start"] or found["stop"]):
+        wk.quiet.add(node)
+    return found
 
 
 @router.post("/attempts/{attempt_id}/started")
