@@ -1077,6 +1077,11 @@ def main() -> None:
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         want = min(hard, max(soft, 4 * args.agents + 256))
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+    def _terminate(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt  # run the same cleanup as Ctrl-C
+
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         res = run_all(args)
     except KeyboardInterrupt:
