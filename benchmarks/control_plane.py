@@ -754,28 +754,14 @@ async def run_once(args: argparse.Namespace, db_url: str, workdir: Path) -> dict
         admin = await asyncio.to_thread(coord.wait_ready)
         async with httpx.AsyncClient(base_url=coord.url, timeout=30.0) as c:
             h = {"Authorization": f"Bearer {admin}"}
-            join = (
-                (
-                    await c.post(
-                        "/v1/tokens",
-                        headers=h,
-                        json={"role": "provider", "account": "bench-provider"},
-                    )
-                )
-                .raise_for_status()
-                .json()
-            )
-            cons = (
-                (
-                    await c.post(
-                        "/v1/tokens",
-                        headers=h,
-                        json={"role": "consumer", "account": "bench-consumer"},
-                    )
-                )
-                .raise_for_status()
-                .json()
-            )
+
+            async def token(role: str, account: str) -> dict[str, Any]:
+                r = await c.post("/v1/tokens", headers=h, json={"role": role, "account": account})
+                out: dict[str, Any] = r.raise_for_status().json()
+                return out
+
+            join = await token("provider", "bench-provider")
+            cons = await token("consumer", "bench-consumer")
         fleet = Fleet(coord.url, args.agents, args.gpus_per_agent, args.job_runtime)
         fleet.hb_interval_s = args.heartbeat_interval
         reg_s = await fleet.register(join["token"])
