@@ -4,6 +4,7 @@ CLI. Each test runs on SQLite and on PostgreSQL."""
 from __future__ import annotations
 
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -195,8 +196,6 @@ def test_cancel_kills_the_whole_process_group(net: Network, tmp_path: Path) -> N
     )
     assert job["state"] == "cancelled"
     size = marker.stat().st_size
-    import time
-
     time.sleep(0.6)
     assert marker.stat().st_size == size, "a child of the cancelled job is still running"
 
@@ -228,3 +227,43 @@ def test_tenants_are_isolated_through_the_cli(net: Network, tmp_path: Path) -> N
         assert r.returncode == 1 and "no job" in r.stderr, (args, r.stdout, r.stderr)
         assert "secret" not in r.stdout
     assert "secret" in net.cli(alice, "logs", job_id).stdout
+
+
+def test_agent_cut_off_past_its_lease_stops_its_attempt(net: Network, tmp_path: Path) -> None:
+    user = net.user  # type: ignore[attr-defined]
+    ticks = tmp_path / "ticks"
+    spec = _job_file(
+        tmp_path,
+        f"""
+        name: fenced
+        command:
+          - python3
+          - -c
+          - |
+            import os, time
+            if os.environ['GPUNET_ATTEMPT_NUMBER'] != '1':
+                raise SystemExit(0)
+            while True:
+                with open('{ticks}', 'a') as f:
+                    f.write('x')
+                time.sleep(0.1)
+        max_retries: 1
+        """,
+    )
+    job_id = net.cli_json(user, "submit", str(spec))["id"]
+    wait_for(lambda: ticks.exists() and ticks.stat().st_size > 3, 20, "the job to tick")
+    net.stop_coordinator()  # the agent can no longer renew its lease (3 s)
+
+    def stopped() -> bool:
+        size = ticks.stat().st_size
+        time.sleep(0.5)
+        return ticks.stat().st_size == size
+
+    wait_for(stopped, 15, "the agent to stop the attempt it cannot renew")
+    net.start_coordinator()
+    job = wait_for(
+        lambda: (j := net.cli_json(user, "jobs", "show", job_id))["state"] == "succeeded" and j,
+        40,
+        "the job to be re-run",
+    )
+    assert [a["state"] for a in job["attempts"]] == ["lost", "succeeded"]
