@@ -198,3 +198,36 @@ def test_bad_market_input_names_the_field(db_url: str) -> None:
         assert r.status_code == 404
         s = _get(c, f"/v1/prices/suggest?gpu_id={node.id}/0", provider)
         assert s["suggested_price"] == "2.79" and "median" in s["explanation"]
+
+
+def test_long_attempts_are_settled_periodically_and_stopped_out_of_credits(db_url: str) -> None:
+    with coordinator(db_url, meter_interval_s=0.2, hold_hours=D("0.01")) as c:
+        user, provider, node = _market(c, credits="0.1")
+        job = c.submit(user, {"name": "t", "command": ["true"]})
+        att = c.next_start(node)
+        c.report(node, att, "started")
+        assert _get(c, "/v1/balance", user)["held"] == "0.036000"  # 0.01 h x 3.6/h
+        _backdate_start(c, att["attempt_id"], 30)
+
+        def billed() -> AttemptCharge | None:
+            with c.db.sessions() as s:
+                ch = s.get(AttemptCharge, att["attempt_id"])
+            return ch if ch is not None and ch.billed_seconds >= 30 else None
+
+        ch = wait_for(billed, what="an interim settlement")
+        assert ch.settled_at is None and ch.charged == charge_for(ch.billed_seconds, D("3.6"))
+        # the hold was topped back up to its full size from the wallet
+        bal = _get(c, "/v1/balance", user)
+        assert D(bal["held"]) == D("0.036") and D(bal["balance"]) == D("0.1") - ch.charged - D(
+            "0.036"
+        )
+        _backdate_start(c, att["attempt_id"], 200)  # now far more than the credits left
+        wait_for(lambda: c.job(user, job["id"])["state"] == "failed", what="the stop")
+        assert "out of credits" in c.job(user, job["id"])["reason"]
+        assert c.work(node)["stop"][0]["attempt_id"] == att["attempt_id"]
+        assert c.report(node, att, "finished", exit_code=-9).status_code == 200
+        spend = _get(c, "/v1/spend", user)
+        assert spend["total_charged"] == "0.100000" and spend["balance"] == "0.000000"
+        earn = _get(c, "/v1/earnings", provider)
+        assert earn["total_revenue"] == "0.090000"
+        assert _get(c, "/v1/ledger/verify", c.admin) == {"ok": True, "problems": []}

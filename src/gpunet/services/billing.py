@@ -4,7 +4,9 @@ Every function here takes the caller's session, so the postings commit in the sa
 transaction as the state change that causes them (an attempt starting, finishing or being
 lost). Each transaction's ``ref`` is unique in the store: an attempt has one hold
 (``hold:<attempt>``) and one final settlement (``close:<attempt>``), so a retried request, a
-late report or a restarted coordinator can never bill twice.
+late report or a restarted coordinator can never bill twice. A final settlement that moves
+nothing (a free hold, nothing left) is still written, with no postings, as the attempt's
+closing mark.
 """
 
 from __future__ import annotations
