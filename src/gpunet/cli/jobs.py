@@ -88,6 +88,7 @@ def run(
     max_retries: Annotated[int, typer.Option(help="re-queues after a lost attempt")] = 2,
     priority: Annotated[int, typer.Option()] = 0,
     detach: Annotated[bool, typer.Option("--detach", "-d", help="do not wait")] = False,
+    max_price: Annotated[str | None, typer.Option(help="credits per GPU-hour, at most")] = None,
 ) -> None:
     """Run a command on the network: `gpunet run --gpus 1 -- python train.py`."""
     envs: dict[str, str] = {}
@@ -108,6 +109,8 @@ def run(
             "min_gpu_memory_gb": min_gpu_memory_gb,
         },
     }
+    if max_price is not None:
+        spec["max_price"] = max_price
     with Client() as client:
         job = client.submit(spec, workdir=workdir)
         job_id = job["id"]

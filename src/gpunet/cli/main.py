@@ -7,7 +7,7 @@ import sys
 import click
 import typer
 
-from gpunet.cli import fleet, jobs, serve, sim
+from gpunet.cli import fleet, jobs, market, serve, sim
 from gpunet.cli.output import err_console
 from gpunet.errors import GpunetError
 
@@ -31,6 +31,13 @@ app.command()(fleet.nodes)
 app.command()(fleet.gpus)
 app.add_typer(fleet.tokens_app, name="tokens")
 app.add_typer(sim.app, name="sim")
+app.add_typer(market.price_app, name="price")
+app.add_typer(market.credits_app, name="credits")
+app.add_typer(market.quota_app, name="quota")
+app.add_typer(market.ledger_app, name="ledger")
+app.command()(market.balance)
+app.command()(market.earnings)
+app.command()(market.spend)
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ Validation errors become :class:`gpunet.errors.ValidationFailed` naming the fiel
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -62,6 +63,9 @@ class JobSpec(BaseModel):
     priority: int = Field(0, ge=-1000, le=1000)
     labels: dict[str, str] = Field(default_factory=dict)
     job_class: str | None = Field(None, description="workload class for throughput-aware placement")
+    max_price: Decimal | None = Field(
+        None, ge=0, max_digits=14, decimal_places=6, description="credits per GPU-hour, at most"
+    )
 
     @field_validator("command")
     @classmethod

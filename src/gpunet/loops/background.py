@@ -9,6 +9,7 @@ import time
 
 from starlette.concurrency import run_in_threadpool
 
+from gpunet.loops import metering
 from gpunet.services import leases, scheduling
 from gpunet.services.runtime import Runtime
 
@@ -24,7 +25,9 @@ async def scheduler_loop(rt: Runtime) -> None:
         ev.clear()
         t = time.perf_counter()
         try:
-            result = await run_in_threadpool(scheduling.tick, rt.db, rt.settings.policy)
+            result = await run_in_threadpool(
+                scheduling.tick, rt.db, rt.settings.policy, metering.terms(rt.settings)
+            )
         except Exception:
             log.exception("scheduler pass failed")
             await asyncio.sleep(0.5)
@@ -62,4 +65,7 @@ async def flush_loop(rt: Runtime) -> None:
 
 
 def start_all(rt: Runtime) -> list[asyncio.Task[None]]:
-    return [asyncio.create_task(f(rt)) for f in (scheduler_loop, reaper_loop, flush_loop)]
+    return [
+        asyncio.create_task(f(rt))
+        for f in (scheduler_loop, reaper_loop, flush_loop, metering.meter_loop)
+    ]

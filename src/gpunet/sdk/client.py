@@ -200,3 +200,52 @@ class Client:
 
     def whoami(self) -> dict[str, Any]:
         return dict(self._req("GET", "/v1/whoami"))
+
+    # market (amounts are decimal strings)
+    def set_price(
+        self,
+        price: str | None,
+        *,
+        gpu_id: str | None = None,
+        node_id: str | None = None,
+        min_interruptible: str | None = None,
+    ) -> list[dict[str, Any]]:
+        body = {
+            "gpu_id": gpu_id,
+            "node_id": node_id,
+            "price": price,
+            "min_interruptible": min_interruptible,
+        }
+        return list(self._req("PUT", "/v1/prices", json=body))
+
+    def suggest_price(self, gpu_id: str, tier: str | None = None) -> dict[str, Any]:
+        params = {"gpu_id": gpu_id} | ({"tier": tier} if tier else {})
+        return dict(self._req("GET", "/v1/prices/suggest", params=params))
+
+    def grant(self, account: str, amount: str, memo: str = "") -> dict[str, Any]:
+        body = {"account": account, "amount": amount, "memo": memo}
+        return dict(self._req("POST", "/v1/credits/grant", json=body))
+
+    def balance(self, account: str | None = None) -> dict[str, Any]:
+        return dict(self._req("GET", "/v1/balance", params={"account": account} if account else {}))
+
+    def set_quota(
+        self, account: str, max_concurrent_gpus: int | None, monthly_spend: str | None
+    ) -> dict[str, Any]:
+        body = {
+            "account": account,
+            "max_concurrent_gpus": max_concurrent_gpus,
+            "monthly_spend": monthly_spend,
+        }
+        return dict(self._req("PUT", "/v1/quotas", json=body))
+
+    def verify_ledger(self) -> dict[str, Any]:
+        return dict(self._req("GET", "/v1/ledger/verify"))
+
+    def earnings(self, account: str | None = None) -> dict[str, Any]:
+        return dict(
+            self._req("GET", "/v1/earnings", params={"account": account} if account else {})
+        )
+
+    def spend(self, account: str | None = None) -> dict[str, Any]:
+        return dict(self._req("GET", "/v1/spend", params={"account": account} if account else {}))

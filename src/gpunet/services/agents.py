@@ -17,6 +17,7 @@ from gpunet.core.jobs import (
     job_state_for_exit,
 )
 from gpunet.errors import Forbidden, NotFound, StaleFencingToken
+from gpunet.services import billing
 from gpunet.services.auth import Principal, Role, issue_token
 from gpunet.services.jobs import lose_attempt, move_attempt, move_job
 from gpunet.store.db import Database
@@ -245,8 +246,10 @@ def attempt_finished(db: Database, who: Principal, attempt_id: str, rep: FinishR
             return
         if att.state == AttemptState.STOPPING.value:
             move_attempt(att, AttemptState.CANCELLED, reason="stopped after cancel")
+            billing.close_charge(s, att, lost=False)
             return
         move_attempt(att, attempt_state_for_exit(rep.exit_code), reason=rep.reason)
+        billing.close_charge(s, att, lost=False)
         job.exit_code = rep.exit_code
         if JobState(job.state) in (JobState.ASSIGNED, JobState.RUNNING):
             move_job(

@@ -42,6 +42,7 @@ def fleet_snapshot(s: Session, *, all_free: bool = False, now: float | None = No
                 Gpu.drained,
                 Gpu.simulated,
                 Gpu.power_w,
+                Gpu.price_per_hour,
             )
         )
     )
@@ -60,8 +61,21 @@ def fleet_snapshot(s: Session, *, all_free: bool = False, now: float | None = No
                 drained=False if all_free else drained,
                 simulated=simulated,
                 power_w=power,
+                price_per_hour=price,
             )
-            for gid, node_id, model, mem, major, minor, healthy, drained, simulated, power in gpus
+            for (
+                gid,
+                node_id,
+                model,
+                mem,
+                major,
+                minor,
+                healthy,
+                drained,
+                simulated,
+                power,
+                price,
+            ) in gpus
         ),
         now=now,
     )
@@ -86,6 +100,7 @@ def job_request(
         priority=spec.priority if priority is None else priority,
         submitted_at=submitted_at,
         job_class=spec.job_class,
+        max_price=spec.max_price,
     )
 
 
@@ -116,6 +131,7 @@ def gpu_dict(g: Gpu, holder: str | None = None) -> dict[str, Any]:
         "temperature_c": g.temperature_c,
         "power_w": g.power_w,
         "telemetry_at": iso(g.telemetry_at),
+        "price_per_hour": None if g.price_per_hour is None else str(g.price_per_hour),
     }
 
 

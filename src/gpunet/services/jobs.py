@@ -20,6 +20,7 @@ from gpunet.core.jobs import (
 from gpunet.core.jobspec import JobSpec
 from gpunet.core.scheduling import never_fits
 from gpunet.errors import NotFound, PayloadTooLarge, Unschedulable, ValidationFailed
+from gpunet.services import billing
 from gpunet.services.auth import Principal, Role
 from gpunet.services.fleet import fleet_snapshot, job_request
 from gpunet.store.db import Database
@@ -61,6 +62,7 @@ def move_attempt(attempt: Attempt, dst: AttemptState, *, reason: str = "") -> No
 def lose_attempt(s: Session, att: Attempt, reason: str, actor: str) -> JobState | None:
     """An attempt died with its host (or lease): re-queue its job while retries remain."""
     move_attempt(att, AttemptState.LOST, reason=reason)
+    billing.close_charge(s, att, lost=True, reason=reason)
     job = s.get(Job, att.job_id, with_for_update=True)
     if job is None or JobState(job.state) not in (JobState.ASSIGNED, JobState.RUNNING):
         return None
@@ -108,6 +110,7 @@ def submit(db: Database, who: Principal, spec: JobSpec, idempotency_key: str | N
         reason = never_fits(
             fleet_snapshot(s, all_free=True), job_request(job_id, who.account_id, spec)
         )
+        reason = reason or billing.never_fits(s, who.account_id, spec.resources.gpus)
         if reason:
             raise Unschedulable(
                 f"this job can never run on this fleet: {reason}", field="resources"

@@ -7,6 +7,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from gpunet.services.auth import Authenticator
@@ -23,6 +24,12 @@ class Settings:
     scheduler_interval_s: float = 1.0
     reaper_interval_s: float = 1.0
     telemetry_flush_s: float = 2.0
+    # market: the network's cut of each sale, credits held per attempt (in hours of its
+    # price), how often running attempts are settled, and the energy price for statements
+    network_fee: Decimal = Decimal("0.10")
+    hold_hours: Decimal = Decimal("1")
+    meter_interval_s: float = 300.0
+    energy_price_per_kwh: Decimal = Decimal("0.15")
 
 
 @dataclass

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from gpunet.core.jobs import AttemptState, JobState
 from gpunet.core.scheduling import Explanation, explain, plan
+from gpunet.services import billing
 from gpunet.services.auth import Principal
 from gpunet.services.fleet import busy_gpu_ids, fleet_snapshot, request_for
 from gpunet.services.jobs import _visible, move_job
@@ -26,7 +27,7 @@ class TickResult:
     waits_s: list[float]  # queue time of each assigned job
 
 
-def tick(db: Database, policy: str) -> TickResult:
+def tick(db: Database, policy: str, terms: billing.Terms | None = None) -> TickResult:
     """Place queued jobs. The plan is applied in one transaction that re-checks every GPU
     is still free, so a concurrent change can only make a placement wait a tick."""
     result = TickResult([], [], [])
@@ -51,6 +52,10 @@ def tick(db: Database, policy: str) -> TickResult:
             job = jobs[pl.job_id]
             if any(gid in busy for gid in pl.gpu_ids):
                 continue
+            blocked = billing.start_blocker(s, job, list(pl.gpu_ids), terms or billing.Terms())
+            if blocked:
+                job.reason = blocked  # shown by `jobs why`; the job stays queued
+                continue
             job.attempts_made += 1
             att = Attempt(
                 id=new_id("att"),
@@ -64,6 +69,7 @@ def tick(db: Database, policy: str) -> TickResult:
                 created_at=at,
             )
             s.add(att)
+            billing.open_charge(s, att, job, terms or billing.Terms())
             job.current_attempt_id = att.id
             move_job(
                 s,
@@ -90,11 +96,24 @@ def _queued_since(s: Session, job: Job) -> datetime:
     return utc(last or job.created_at)  # type: ignore[return-value]
 
 
-def why(db: Database, who: Principal, job_id: str, policy: str) -> tuple[Job, Explanation | None]:
-    """Why a job is (not) running: the core's explanation on the current fleet."""
+def why(
+    db: Database,
+    who: Principal,
+    job_id: str,
+    policy: str,
+    terms: billing.Terms | None = None,
+) -> tuple[Job, Explanation | None]:
+    """Why a job is (not) running: the core's explanation on the current fleet, plus what
+    keeps a placeable job waiting (its credits, budget or quota)."""
     with db.sessions() as s:
         job = _visible(s, who, job_id)
         if job.state != JobState.QUEUED.value:
             return job, None
         exp = explain(fleet_snapshot(s, now=time.time()), request_for(job), policy)
+        if exp.placed is not None:
+            blocked = billing.start_blocker(
+                s, job, list(exp.placed.gpu_ids), terms or billing.Terms()
+            )
+            if blocked:
+                exp.note = f"{exp.note}; {blocked}" if exp.note else blocked
         return job, exp

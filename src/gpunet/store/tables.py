@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
@@ -15,11 +16,41 @@ from sqlalchemy import (
     Index,
     Integer,
     LargeBinary,
+    Numeric,
     String,
     Text,
+    TypeDecorator,
     UniqueConstraint,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Money(TypeDecorator[Decimal]):
+    """An exact amount with 6 decimal places: NUMERIC(20, 6) on PostgreSQL; whole
+    micro-units in an INTEGER on SQLite (whose NUMERIC would round through a float)."""
+
+    impl = Numeric(20, 6)
+    cache_ok = True
+    _SCALE = Decimal(1_000_000)
+
+    def load_dialect_impl(self, dialect: Dialect) -> Any:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(BigInteger())
+        return dialect.type_descriptor(Numeric(20, 6))
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        d = Decimal(value).quantize(Decimal("0.000001"))
+        return int(d * self._SCALE) if dialect.name == "sqlite" else d
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
+        if value is None:
+            return None
+        if dialect.name == "sqlite":
+            return (Decimal(int(value)) / self._SCALE).quantize(Decimal("0.000001"))
+        return Decimal(value).quantize(Decimal("0.000001"))
 
 
 class Base(DeclarativeBase):
@@ -79,6 +110,9 @@ class Gpu(Base):
     temperature_c: Mapped[float | None] = mapped_column(Float, default=None)
     power_w: Mapped[float | None] = mapped_column(Float, default=None)
     telemetry_at: Mapped[datetime | None] = mapped_column(default=None)
+    # market: the owner's price per GPU-hour (None: free) and floor for interruptible work
+    price_per_hour: Mapped[Decimal | None] = mapped_column(Money(), default=None)
+    min_interruptible_price: Mapped[Decimal | None] = mapped_column(Money(), default=None)
 
 
 class Blob(Base):
@@ -163,3 +197,54 @@ class LogChunk(Base):
     stream: Mapped[str] = mapped_column(String(10))  # stdout | stderr | system
     data: Mapped[str] = mapped_column(Text)
     at: Mapped[datetime]
+
+
+class LedgerTxn(Base):
+    """One ledger transaction; ``ref`` names its cause, so a cause can post only once."""
+
+    __tablename__ = "ledger_txns"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    ref: Mapped[str] = mapped_column(String(200), unique=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    memo: Mapped[str] = mapped_column(Text, default="")
+    attempt_id: Mapped[str | None] = mapped_column(String(40), default=None, index=True)
+    created_at: Mapped[datetime]
+
+
+class LedgerPosting(Base):
+    __tablename__ = "ledger_postings"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    txn_id: Mapped[int] = mapped_column(ForeignKey("ledger_txns.id"), index=True)
+    account: Mapped[str] = mapped_column(String(120), index=True)
+    amount: Mapped[Decimal] = mapped_column(Money())
+
+
+class AttemptCharge(Base):
+    """The terms an attempt runs under (fixed when it starts) and what it has been billed."""
+
+    __tablename__ = "attempt_charges"
+    attempt_id: Mapped[str] = mapped_column(ForeignKey("attempts.id"), primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(40), index=True)
+    payer_account_id: Mapped[str] = mapped_column(String(40), index=True)
+    owner_account_id: Mapped[str] = mapped_column(String(40), index=True)
+    node_id: Mapped[str] = mapped_column(String(40))
+    gpu_prices: Mapped[dict[str, Any]]  # GPU id -> price per hour (a decimal string)
+    rate_per_hour: Mapped[Decimal] = mapped_column(Money())
+    fee_rate: Mapped[Decimal] = mapped_column(Money())
+    held: Mapped[Decimal] = mapped_column(Money())
+    billed_seconds: Mapped[int] = mapped_column(Integer, default=0)
+    charged: Mapped[Decimal] = mapped_column(Money(), default=Decimal(0))
+    owner_share: Mapped[Decimal] = mapped_column(Money(), default=Decimal(0))
+    fee: Mapped[Decimal] = mapped_column(Money(), default=Decimal(0))
+    outcome: Mapped[str | None] = mapped_column(String(20), default=None)
+    created_at: Mapped[datetime]
+    settled_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class AccountQuota(Base):
+    """Per-account caps: concurrent GPUs and credits spent per calendar month (None: no cap)."""
+
+    __tablename__ = "account_quotas"
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
+    max_concurrent_gpus: Mapped[int | None] = mapped_column(Integer, default=None)
+    monthly_spend: Mapped[Decimal | None] = mapped_column(Money(), default=None)

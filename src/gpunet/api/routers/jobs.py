@@ -9,6 +9,7 @@ from starlette.concurrency import run_in_threadpool
 
 from gpunet.api.deps import Rt, Who
 from gpunet.core.jobspec import parse_spec
+from gpunet.loops import metering
 from gpunet.services import jobs as svc
 from gpunet.services.scheduling import why
 from gpunet.util import iso
@@ -79,7 +80,7 @@ def cancel(rt: Rt, who: Who, job_id: str) -> dict[str, Any]:
 @router.get("/jobs/{job_id}/why")
 def job_why(rt: Rt, who: Who, job_id: str) -> dict[str, Any]:
     """Why a pending job is not running, and how placement would be chosen."""
-    job, exp = why(rt.db, who, job_id, rt.settings.policy)
+    job, exp = why(rt.db, who, job_id, rt.settings.policy, metering.terms(rt.settings))
     if exp is None:
         return {
             "job_id": job.id,

@@ -1,0 +1,99 @@
+"""The market: prices, credits, balances, quotas, the ledger check and statements.
+
+Amounts travel as decimal strings (never JSON floats)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+
+from gpunet.api.deps import Rt, Who
+from gpunet.core.ledger import parse_amount
+from gpunet.services import market as svc
+
+router = APIRouter(prefix="/v1", tags=["market"])
+
+
+def _amount(value: str | None, field: str) -> Decimal | None:
+    return None if value is None else parse_amount(value, field)
+
+
+class PriceRequest(BaseModel):
+    gpu_id: str | None = None
+    node_id: str | None = None
+    price: str | None = Field(None, description="credits per GPU-hour; null: free")
+    min_interruptible: str | None = None
+
+
+@router.put("/prices")
+def set_price(rt: Rt, who: Who, req: PriceRequest) -> list[dict[str, Any]]:
+    return svc.set_price(
+        rt.db,
+        who,
+        _amount(req.price, "price"),
+        gpu_id=req.gpu_id,
+        node_id=req.node_id,
+        min_interruptible=_amount(req.min_interruptible, "min_interruptible"),
+    )
+
+
+@router.get("/prices/suggest")
+def suggest(rt: Rt, who: Who, gpu_id: str, tier: str | None = None) -> dict[str, Any]:
+    return svc.suggest(rt.db, who, gpu_id, rt.settings.energy_price_per_kwh, tier)
+
+
+class GrantRequest(BaseModel):
+    account: str = Field(min_length=1, max_length=200)
+    amount: str
+    memo: str = ""
+
+
+@router.post("/credits/grant", status_code=201)
+def grant(rt: Rt, who: Who, req: GrantRequest) -> dict[str, Any]:
+    amount = parse_amount(req.amount)
+    out = svc.grant_credits(rt.db, who, req.account, amount, req.memo)
+    rt.wakeups.wake_scheduler()  # jobs waiting for credits may start now
+    return dict(out)
+
+
+@router.get("/balance")
+def balance(rt: Rt, who: Who, account: str | None = None) -> dict[str, Any]:
+    return svc.get_balance(rt.db, who, account)
+
+
+class QuotaRequest(BaseModel):
+    account: str = Field(min_length=1, max_length=200)
+    max_concurrent_gpus: int | None = None
+    monthly_spend: str | None = None
+
+
+@router.put("/quotas")
+def set_quota(rt: Rt, who: Who, req: QuotaRequest) -> dict[str, Any]:
+    out = svc.set_quota(
+        rt.db,
+        who,
+        req.account,
+        req.max_concurrent_gpus,
+        _amount(req.monthly_spend, "monthly_spend"),
+    )
+    rt.wakeups.wake_scheduler()
+    return out
+
+
+@router.get("/ledger/verify")
+def verify(rt: Rt, who: Who) -> dict[str, Any]:
+    problems = svc.verify_ledger(rt.db, who)
+    return {"ok": not problems, "problems": problems}
+
+
+@router.get("/earnings")
+def earnings(rt: Rt, who: Who, account: str | None = None) -> dict[str, Any]:
+    return svc.earnings_statement(rt.db, who, account, rt.settings.energy_price_per_kwh)
+
+
+@router.get("/spend")
+def spend(rt: Rt, who: Who, account: str | None = None) -> dict[str, Any]:
+    return svc.spend_statement(rt.db, who, account)

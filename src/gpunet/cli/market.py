@@ -1,0 +1,197 @@
+"""Market commands: price, credits, balance, quota, ledger verify, earnings, spend."""
+
+from __future__ import annotations
+
+import csv
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from gpunet.cli.output import console, print_json, table
+from gpunet.errors import ValidationFailed
+from gpunet.sdk.client import Client
+
+price_app = typer.Typer(help="Price your GPUs (credits per GPU-hour).", no_args_is_help=True)
+credits_app = typer.Typer(help="Grant credits to accounts (admin).", no_args_is_help=True)
+ledger_app = typer.Typer(help="The double-entry ledger.", no_args_is_help=True)
+quota_app = typer.Typer(help="Per-account budgets and quotas (admin).", no_args_is_help=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
+CsvOpt = Annotated[bool, typer.Option("--csv", help="print CSV for spreadsheets")]
+AccountOpt = Annotated[
+    str | None, typer.Option("--account", help="another account's statement (admin)")
+]
+
+
+@price_app.command("set")
+def price_set(
+    price: Annotated[str, typer.Argument(help="credits per GPU-hour, or 'free'")],
+    gpu: Annotated[str | None, typer.Option("--gpu", help="a GPU id (node/index)")] = None,
+    node: Annotated[str | None, typer.Option("--node", help="every GPU of a node")] = None,
+    min_interruptible: Annotated[
+        str | None, typer.Option("--min-interruptible", help="floor for interruptible work")
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Set the on-demand price of a GPU or of every GPU of a node."""
+    with Client() as client:
+        rows = client.set_price(
+            None if price.lower() == "free" else price,
+            gpu_id=gpu,
+            node_id=node,
+            min_interruptible=min_interruptible,
+        )
+    if json_out:
+        print_json(rows)
+        return
+    table(
+        rows,
+        [
+            ("gpu_id", "GPU"),
+            ("model", "MODEL"),
+            ("price_per_hour", "PRICE/H"),
+            ("min_interruptible_price", "MIN INTERRUPTIBLE/H"),
+        ],
+    )
+
+
+@price_app.command("suggest")
+def price_suggest(
+    gpu: Annotated[str, typer.Option("--gpu", help="a GPU id (node/index)")],
+    tier: Annotated[str | None, typer.Option(help="training | inference | secondary")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """A suggested price from public market prices, never below the energy cost."""
+    with Client() as client:
+        res = client.suggest_price(gpu, tier)
+    if json_out:
+        print_json(res)
+        return
+    console.print(f"{res['gpu_id']} ({res['model']}): {res['suggested_price']}/h")
+    console.print(f"  {res['explanation']}; energy cost {res['energy_cost_per_hour']}/h")
+
+
+@credits_app.command("grant")
+def credits_grant(
+    amount: Annotated[str, typer.Argument(help="credits, e.g. 100 or 12.5")],
+    account: Annotated[str, typer.Option("--account", help="the account to credit")],
+    memo: Annotated[str, typer.Option(help="a note kept with the grant")] = "",
+    json_out: JsonOpt = False,
+) -> None:
+    """Grant credits to an account."""
+    with Client() as client:
+        res = client.grant(account, amount, memo)
+    if json_out:
+        print_json(res)
+    else:
+        console.print(f"{account}: balance {res['balance']}")
+
+
+def balance(account: AccountOpt = None, json_out: JsonOpt = False) -> None:
+    """Your credits: spendable balance and what running attempts hold."""
+    with Client() as client:
+        res = client.balance(account)
+    if json_out:
+        print_json(res)
+        return
+    console.print(f"{res['account']}: balance {res['balance']}, held {res['held']}")
+    if res["max_concurrent_gpus"] is not None or res["monthly_spend"] is not None:
+        console.print(
+            f"  quota: {res['max_concurrent_gpus'] or 'any'} GPUs at once, "
+            f"{res['monthly_spend'] or 'no cap on'} spend per month"
+        )
+
+
+@quota_app.command("set")
+def quota_set(
+    account: Annotated[str, typer.Option("--account", help="the account to cap")],
+    gpus: Annotated[int | None, typer.Option("--gpus", help="max concurrent GPUs")] = None,
+    monthly: Annotated[str | None, typer.Option("--monthly", help="max spend per month")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Cap an account's concurrent GPUs and monthly spend (omit an option: no cap)."""
+    with Client() as client:
+        res = client.set_quota(account, gpus, monthly)
+    if json_out:
+        print_json(res)
+    else:
+        console.print(f"{account}: {gpus or 'any'} GPUs at once, {monthly or 'no cap'} a month")
+
+
+@ledger_app.command("verify")
+def ledger_verify(json_out: JsonOpt = False) -> None:
+    """Check every ledger invariant; name each violation (exit 1 if any)."""
+    with Client() as client:
+        res = client.verify_ledger()
+    if json_out:
+        print_json(res)
+    elif res["ok"]:
+        console.print("ledger ok: every transaction balances, no balance is negative")
+    else:
+        for p in res["problems"]:
+            console.print(f"[red]violation:[/] {p}")
+    if not res["ok"]:
+        raise typer.Exit(1)
+
+
+def _csv(rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    w = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+
+
+def _one_format(json_out: bool, csv_out: bool) -> None:
+    if json_out and csv_out:
+        raise ValidationFailed("format", "choose one of --json and --csv")
+
+
+def earnings(
+    account: AccountOpt = None, json_out: JsonOpt = False, csv_out: CsvOpt = False
+) -> None:
+    """What your GPUs earned: hours sold, revenue, energy cost and margin per GPU."""
+    _one_format(json_out, csv_out)
+    with Client() as client:
+        res = client.earnings(account)
+    if json_out:
+        print_json(res)
+    elif csv_out:
+        _csv(res["gpus"])
+    else:
+        table(
+            res["gpus"],
+            [
+                ("gpu_id", "GPU"),
+                ("hours_sold", "HOURS SOLD"),
+                ("revenue", "REVENUE"),
+                ("energy_cost", "ENERGY COST"),
+                ("margin", "MARGIN"),
+            ],
+            title=f"earnings of {res['account']}: {res['total_revenue']}",
+        )
+
+
+def spend(account: AccountOpt = None, json_out: JsonOpt = False, csv_out: CsvOpt = False) -> None:
+    """What your jobs cost: GPU-seconds and credits per job, and refunded attempts."""
+    _one_format(json_out, csv_out)
+    with Client() as client:
+        res = client.spend(account)
+    if json_out:
+        print_json(res)
+    elif csv_out:
+        _csv(res["jobs"])
+    else:
+        table(
+            res["jobs"],
+            [
+                ("job_id", "JOB"),
+                ("attempts", "ATTEMPTS"),
+                ("refunded_attempts", "REFUNDED"),
+                ("gpu_seconds", "GPU-SECONDS"),
+                ("charged", "CHARGED"),
+            ],
+            title=f"spend of {res['account']}: {res['total_charged']} "
+            f"(balance {res['balance']}, held {res['held']})",
+        )

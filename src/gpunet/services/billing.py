@@ -1,0 +1,277 @@
+"""Billing in the store: post ledger transactions, hold at attempt start, settle at the end.
+
+Every function here takes the caller's session, so the postings commit in the same database
+transaction as the state change that causes them (an attempt starting, finishing or being
+lost). Each transaction's ``ref`` is unique in the store: an attempt has one hold
+(``hold:<attempt>``) and one final settlement (``close:<attempt>``), so a retried request, a
+late report or a restarted coordinator can never bill twice. A final settlement that moves
+nothing (a free hold, nothing left) is still written, with no postings, as the attempt's
+closing mark.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from gpunet.core import ledger as L
+from gpunet.core.jobs import ACTIVE_ATTEMPT_STATES, AttemptState, JobState
+from gpunet.core.quotas import QuotaUse, never_fits_quota, quota_block
+from gpunet.store.db import Database
+from gpunet.store.tables import (
+    AccountQuota,
+    Attempt,
+    AttemptCharge,
+    Gpu,
+    Job,
+    LedgerPosting,
+    LedgerTxn,
+    Node,
+)
+from gpunet.util import now, utc
+
+
+@dataclass(frozen=True, slots=True)
+class Terms:
+    """The network's market settings, fixed on each attempt when it starts."""
+
+    fee_rate: Decimal = Decimal("0.10")
+    hold_hours: Decimal = Decimal("1")
+
+
+def post(s: Session, txn: L.Txn, attempt_id: str | None = None) -> None:
+    """Write a balanced transaction; its unique ref makes a second post of it fail."""
+    row = LedgerTxn(
+        ref=txn.ref, kind=txn.kind.value, memo=txn.memo, attempt_id=attempt_id, created_at=now()
+    )
+    s.add(row)
+    s.flush()
+    s.add_all(
+        LedgerPosting(txn_id=row.id, account=p.account, amount=p.amount) for p in txn.postings
+    )
+    s.flush()
+
+
+def balance(s: Session, account: str) -> Decimal:
+    total = s.scalar(select(func.sum(LedgerPosting.amount)).where(LedgerPosting.account == account))
+    return L.q(Decimal(total)) if total is not None else L.ZERO
+
+
+def month_start(at: datetime) -> datetime:
+    return at.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+def quota_use(s: Session, account_id: str, at: datetime) -> QuotaUse:
+    """What an account uses now: GPUs of its active attempts, and credits committed this
+    month (charged, plus still held by running attempts)."""
+    active = [st.value for st in ACTIVE_ATTEMPT_STATES]
+    gpus = s.execute(
+        select(Attempt.gpu_ids)
+        .join(Job, Job.id == Attempt.job_id)
+        .where(Job.account_id == account_id, Attempt.state.in_(active))
+    ).all()
+    rows = s.execute(
+        select(AttemptCharge.attempt_id, AttemptCharge.charged, AttemptCharge.settled_at).where(
+            AttemptCharge.payer_account_id == account_id,
+            AttemptCharge.created_at >= month_start(at),
+        )
+    ).all()
+    spent = sum((c for _, c, _ in rows), L.ZERO)
+    held = sum((balance(s, L.hold_account(a)) for a, _, settled in rows if settled is None), L.ZERO)
+    return QuotaUse(gpus=sum(len(g) for (g,) in gpus), month_spend=spent + held)
+
+
+def never_fits(s: Session, account_id: str, gpus: int) -> str | None:
+    """Why a job of ``gpus`` GPUs could never start under its account's quota, or None."""
+    quota = s.get(AccountQuota, account_id)
+    return never_fits_quota(quota.max_concurrent_gpus if quota else None, gpus)
+
+
+def start_blocker(s: Session, job: Job, gpu_ids: list[str], terms: Terms) -> str | None:
+    """Why ``job`` may not start on ``gpu_ids`` now (quota or credits), or None."""
+    rate = rate_of(s, gpu_ids)
+    hold = L.hold_amount(rate, terms.hold_hours)
+    quota = s.get(AccountQuota, job.account_id)
+    if quota is not None:
+        why = quota_block(
+            quota.max_concurrent_gpus,
+            quota.monthly_spend,
+            quota_use(s, job.account_id, now()),
+            len(gpu_ids),
+            hold,
+        )
+        if why:
+            return why
+    if hold > L.ZERO:
+        have = balance(s, L.wallet(job.account_id))
+        if have < hold:
+            return (
+                f"waiting for credits: starting on {','.join(gpu_ids)} holds {hold} "
+                f"({terms.hold_hours} h at {rate}/h) but the balance is {have}"
+            )
+    return None
+
+
+def rate_of(s: Session, gpu_ids: list[str]) -> Decimal:
+    prices = s.scalars(select(Gpu.price_per_hour).where(Gpu.id.in_(gpu_ids)))
+    return sum((p for p in prices if p is not None), L.ZERO)
+
+
+def open_charge(s: Session, att: Attempt, job: Job, terms: Terms) -> None:
+    """Fix the attempt's terms and hold its credits (a no-op on free GPUs)."""
+    gpus = list(s.scalars(select(Gpu).where(Gpu.id.in_(list(att.gpu_ids)))))
+    prices = {g.id: g.price_per_hour for g in gpus if g.price_per_hour is not None}
+    if not prices:
+        return
+    rate = sum(prices.values(), L.ZERO)
+    owner = s.scalar(select(Node.account_id).where(Node.id == att.node_id))
+    assert owner is not None
+    held = L.hold_amount(rate, terms.hold_hours)
+    s.flush()  # the attempt row exists before the charge that refers to it
+    s.add(
+        AttemptCharge(
+            attempt_id=att.id,
+            job_id=job.id,
+            payer_account_id=job.account_id,
+            owner_account_id=owner,
+            node_id=att.node_id,
+            gpu_prices={gid: str(p) for gid, p in prices.items()},
+            rate_per_hour=rate,
+            fee_rate=terms.fee_rate,
+            held=held,
+            billed_seconds=0,
+            charged=L.ZERO,
+            owner_share=L.ZERO,
+            fee=L.ZERO,
+            created_at=now(),
+        )
+    )
+    post(s, L.place_hold(job.account_id, att.id, held, f"hold:{att.id}"), att.id)
+
+
+def _locked_charge(s: Session, attempt_id: str) -> AttemptCharge | None:
+    return s.get(AttemptCharge, attempt_id, with_for_update=True, populate_existing=True)
+
+
+def _running_seconds(att: Attempt, until: datetime) -> int:
+    if att.started_at is None:
+        return 0
+    started = utc(att.started_at)
+    assert started is not None
+    return L.metered_seconds((utc(until) - started).total_seconds())  # type: ignore[operator]
+
+
+def close_charge(s: Session, att: Attempt, *, lost: bool, reason: str = "") -> None:
+    """Settle an attempt that ended: bill its metered seconds, or refund a host fault.
+
+    ``lost``: the attempt died with its host; the time since its last interim settlement is
+    not charged and the whole remaining hold goes back to the payer."""
+    ch = _locked_charge(s, att.id)
+    if ch is None or ch.settled_at is not None:
+        return
+    hold = balance(s, L.hold_account(att.id))
+    ref = f"close:{att.id}"
+    if lost:
+        post(
+            s,
+            L.refund(
+                ref=ref,
+                payer=ch.payer_account_id,
+                attempt_id=att.id,
+                hold_balance=hold,
+                reason=reason or "lost to a host fault",
+            ),
+            att.id,
+        )
+        ch.outcome = AttemptState.LOST.value
+    else:
+        seconds = max(ch.billed_seconds, _running_seconds(att, att.finished_at or now()))
+        _settle(s, ch, att.id, seconds, hold, ref, final=True)
+        ch.outcome = att.state
+    ch.settled_at = now()
+
+
+def _settle(
+    s: Session,
+    ch: AttemptCharge,
+    attempt_id: str,
+    seconds: int,
+    hold: Decimal,
+    ref: str,
+    *,
+    final: bool,
+) -> None:
+    due = L.charge_for(seconds, ch.rate_per_hour) - ch.charged
+    st = L.settle(
+        ref=ref,
+        payer=ch.payer_account_id,
+        owner=ch.owner_account_id,
+        attempt_id=attempt_id,
+        hold_balance=hold,
+        charge=max(due, L.ZERO),
+        fee_rate=ch.fee_rate,
+        final=final,
+    )
+    post(s, st.txn, attempt_id)
+    ch.billed_seconds = seconds
+    ch.charged += st.charged
+    ch.owner_share += st.owner_share
+    ch.fee += st.fee
+
+
+def meter(s: Session, att: Attempt) -> bool:
+    """Interim settlement of a running attempt: bill its seconds so far and top its hold back
+    up from the payer's wallet. Returns False when the hold is spent and cannot be refilled
+    (the caller stops the attempt: its payer is out of credits)."""
+    ch = _locked_charge(s, att.id)
+    if ch is None or ch.settled_at is not None or att.state != AttemptState.RUNNING.value:
+        return True
+    seconds = _running_seconds(att, now())
+    if seconds <= ch.billed_seconds:
+        return True
+    hold = balance(s, L.hold_account(att.id))
+    _settle(s, ch, att.id, seconds, hold, f"meter:{att.id}:{seconds}", final=False)
+    left = balance(s, L.hold_account(att.id))
+    want = ch.held - left
+    if want > L.ZERO:
+        top = min(want, balance(s, L.wallet(ch.payer_account_id)))
+        if top > L.ZERO:
+            post(
+                s,
+                L.place_hold(ch.payer_account_id, att.id, top, f"topup:{att.id}:{seconds}"),
+                att.id,
+            )
+            left += top
+    return left > L.ZERO
+
+
+def meter_running(db: Database) -> dict[str, str]:
+    """Settle every running priced attempt so far; stop those whose payer ran out of credits.
+    Returns {attempt id: node id} of the attempts told to stop."""
+    from gpunet.services.jobs import move_attempt, move_job  # jobs imports this module
+
+    stopped: dict[str, str] = {}
+    with db.transaction() as s:
+        atts = list(
+            s.scalars(
+                select(Attempt)
+                .join(AttemptCharge, AttemptCharge.attempt_id == Attempt.id)
+                .where(
+                    Attempt.state == AttemptState.RUNNING.value,
+                    AttemptCharge.settled_at.is_(None),
+                )
+            )
+        )
+        for att in atts:
+            if meter(s, att):
+                continue
+            job = s.get(Job, att.job_id, with_for_update=True)
+            if job is not None and job.state in (JobState.ASSIGNED.value, JobState.RUNNING.value):
+                move_job(s, job, JobState.FAILED, reason="out of credits", actor="metering")
+            move_attempt(att, AttemptState.STOPPING, reason="out of credits")
+            stopped[att.id] = att.node_id
+    return stopped
