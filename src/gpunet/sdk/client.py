@@ -194,6 +194,14 @@ class Client:
     def gpus(self) -> list[dict[str, Any]]:
         return list(self._req("GET", "/v1/gpus"))
 
+    def gpu_action(self, gpu_id: str, action: str, reason: str) -> dict[str, Any]:
+        """drain | activate | maintain | retire | recycle a GPU, saying why."""
+        body = {"action": action, "reason": reason}
+        return dict(self._req("POST", f"/v1/gpus/{gpu_id}/lifecycle", json=body))
+
+    def gpu_timeline(self, gpu_id: str) -> dict[str, Any]:
+        return dict(self._req("GET", f"/v1/gpus/{gpu_id}/timeline"))
+
     def create_token(self, role: str, account: str, name: str = "") -> str:
         res = self._req("POST", "/v1/tokens", json={"role": role, "account": account, "name": name})
         return str(res["token"])

@@ -74,8 +74,15 @@ def _sync_gpus(s: Session, node: Node, gpus: list[GpuInfo]) -> None:
         if g is None:
             g = Gpu(id=f"{node.id}/{info.index}", node_id=node.id, index=info.index)
             s.add(g)
+            fresh = True
+        else:
+            fresh = False
         g.uuid, g.name, g.model, g.memory_mb = info.uuid, info.name, model, info.memory_mb
         g.cc_major, g.cc_minor, g.simulated = cc[0], cc[1], info.simulated
+        if fresh:
+            from gpunet.services.lifecycle import discovered
+
+            discovered(s, g, node.id)
 
 
 def register(db: Database, who: Principal, reg: Registration) -> tuple[str, str]:

@@ -79,6 +79,28 @@ class Gpu(Base):
     temperature_c: Mapped[float | None] = mapped_column(Float, default=None)
     power_w: Mapped[float | None] = mapped_column(Float, default=None)
     telemetry_at: Mapped[datetime | None] = mapped_column(default=None)
+    # lifecycle (core/lifecycle.py): healthy/drained above are kept in step with these
+    lifecycle_state: Mapped[str] = mapped_column(String(20), default="active")
+    tier: Mapped[str | None] = mapped_column(String(20), default=None)
+    health_status: Mapped[str] = mapped_column(String(20), default="healthy")
+    health_reasons: Mapped[list[Any]] = mapped_column(default=list)
+    health_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class GpuEvent(Base):
+    """A GPU's timeline: lifecycle moves, health incidents, tier changes."""
+
+    __tablename__ = "gpu_events"
+    __table_args__ = (Index("ix_gpu_events_gpu", "gpu_id", "id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    gpu_id: Mapped[str] = mapped_column(ForeignKey("gpus.id"))
+    kind: Mapped[str] = mapped_column(String(20))  # lifecycle | health | tier
+    from_state: Mapped[str | None] = mapped_column(String(20), default=None)
+    to_state: Mapped[str] = mapped_column(String(20))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    actor: Mapped[str] = mapped_column(String(100), default="")
+    at: Mapped[datetime]
+    data: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 
 class Blob(Base):

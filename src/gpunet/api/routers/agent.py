@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from gpunet.api.deps import Rt, Who
 from gpunet.errors import Forbidden
 from gpunet.services import agents as svc
+from gpunet.services.lifecycle import apply_health
 from gpunet.util import now
 
 router = APIRouter(prefix="/v1/agent", tags=["agent"])
@@ -38,6 +39,7 @@ def hello(rt: Rt, who: Who, reg: svc.Registration) -> dict[str, Any]:
 class Heartbeat(BaseModel):
     gpus: list[dict[str, Any]] = Field(default_factory=list)  # telemetry per GPU index
     attempts: list[str] = Field(default_factory=list)  # attempts the agent is running
+    health: list[dict[str, Any]] = Field(default_factory=list)  # health readings per GPU index
 
 
 @router.post("/heartbeat")
@@ -52,6 +54,10 @@ async def heartbeat(rt: Rt, who: Who, hb: Heartbeat) -> dict[str, Any]:
     if not was_known:  # back after being reaped (or after our restart): online again
         await run_in_threadpool(svc.mark_online, rt.db, who.node_id)
         rt.wakeups.wake_scheduler()
+    if hb.health:
+        stopped: int = await run_in_threadpool(apply_health, rt.db, who.node_id, hb.health)
+        if stopped:
+            rt.wakeups.wake_scheduler()  # attempts on a failed GPU were re-queued
     stop = (
         await run_in_threadpool(svc.check_reported, rt.db, who, hb.attempts) if hb.attempts else []
     )

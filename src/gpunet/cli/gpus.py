@@ -1,0 +1,114 @@
+"""``gpunet gpus``: list GPUs, move them through their lifecycle, show a GPU's timeline."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from gpunet.cli import fleet
+from gpunet.cli.output import console, fmt, print_json, table
+from gpunet.sdk.client import Client
+
+gpus_app = typer.Typer(
+    help="GPUs: list them, drain/activate/retire/recycle them, show a GPU's timeline.",
+    invoke_without_command=True,
+    no_args_is_help=False,
+)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
+ReasonOpt = Annotated[str, typer.Option("--reason", help="why (kept in the GPU's timeline)")]
+GpuArg = Annotated[str, typer.Argument(help="GPU id, e.g. node-1a2b3c/0")]
+
+
+@gpus_app.callback()
+def gpus_list(ctx: typer.Context, json_out: JsonOpt = False) -> None:
+    """Every GPU with live telemetry and its lifecycle state."""
+    if ctx.invoked_subcommand is None:
+        fleet.gpus(json_out)
+
+
+def _act(action: str, gpu_id: str, reason: str, json_out: bool) -> None:
+    with Client() as client:
+        g = client.gpu_action(gpu_id, action, reason)
+    if json_out:
+        print_json(g)
+    else:
+        console.print(f"GPU {g['id']} is now {g['lifecycle_state']}")
+
+
+@gpus_app.command("drain")
+def drain(gpu_id: GpuArg, reason: ReasonOpt, json_out: JsonOpt = False) -> None:
+    """No new work on this GPU (running work finishes)."""
+    _act("drain", gpu_id, reason, json_out)
+
+
+@gpus_app.command("activate")
+def activate(gpu_id: GpuArg, reason: ReasonOpt, json_out: JsonOpt = False) -> None:
+    """Put a drained GPU (or one in maintenance) back into service."""
+    _act("activate", gpu_id, reason, json_out)
+
+
+@gpus_app.command("maintain")
+def maintain(gpu_id: GpuArg, reason: ReasonOpt, json_out: JsonOpt = False) -> None:
+    """A drained GPU goes into maintenance."""
+    _act("maintain", gpu_id, reason, json_out)
+
+
+@gpus_app.command("retire")
+def retire(gpu_id: GpuArg, reason: ReasonOpt, json_out: JsonOpt = False) -> None:
+    """Take a drained GPU out of the fleet for good."""
+    _act("retire", gpu_id, reason, json_out)
+
+
+@gpus_app.command("recycle")
+def recycle(gpu_id: GpuArg, reason: ReasonOpt, json_out: JsonOpt = False) -> None:
+    """A retired GPU was recycled (the end of its life)."""
+    _act("recycle", gpu_id, reason, json_out)
+
+
+@gpus_app.command("show")
+def show(gpu_id: GpuArg, json_out: JsonOpt = False) -> None:
+    """The GPU's whole timeline: lifecycle events, health incidents, the work it ran."""
+    with Client() as client:
+        g = client.gpu_timeline(gpu_id)
+    if json_out:
+        print_json(g)
+        return
+    rows: list[tuple[str, Any]] = [
+        ("model", f"{g['model']}{' (simulated)' if g['simulated'] else ''}"),
+        ("state", g["lifecycle_state"]),
+        ("tier", g["tier"]),
+        ("health", g["health_status"]),
+        ("first seen", g["first_seen"]),
+        ("busy", f"{g['busy_s']:.0f} s over {len(g['attempts'])} attempt(s)"),
+    ]
+    for k, v in rows:
+        console.print(f"  {k:11} {fmt(v)}")
+    for r in g["health_reasons"]:
+        console.print(f"  {'':11} [red]{r}[/]")
+    table(
+        g["events"],
+        [
+            ("at", "AT"),
+            ("kind", "KIND"),
+            ("from", "FROM"),
+            ("to", "TO"),
+            ("reason", "REASON"),
+            ("actor", "BY"),
+        ],
+        title="timeline",
+    )
+    if g["attempts"]:
+        table(
+            g["attempts"],
+            [
+                ("attempt_id", "ATTEMPT"),
+                ("job_id", "JOB"),
+                ("state", "STATE"),
+                ("started_at", "STARTED"),
+                ("seconds", "SECONDS"),
+                ("reason", "REASON"),
+            ],
+            title="work",
+        )

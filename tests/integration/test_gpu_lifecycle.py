@@ -1,0 +1,152 @@
+"""GPU lifecycle through the API: operator moves, health verdicts, re-queues, timelines."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gpunet.store.tables import GpuEvent
+from tests.integration.helpers import Coordinator, auth, coordinator, gpu
+
+
+def _gpu(c: Coordinator, gpu_id: str) -> dict[str, Any]:
+    r = c.c.get("/v1/gpus", headers=auth(c.admin))
+    return next(g for g in r.json() if g["id"] == gpu_id)
+
+
+def _act(c: Coordinator, token: str, gpu_id: str, action: str, reason: str = "test") -> Any:
+    return c.c.post(
+        f"/v1/gpus/{gpu_id}/lifecycle",
+        json={"action": action, "reason": reason},
+        headers=auth(token),
+    )
+
+
+def _health(c: Coordinator, node: Any, readings: list[dict[str, Any]], attempts: list[str]) -> Any:
+    r = c.c.post(
+        "/v1/agent/heartbeat",
+        json={"attempts": attempts, "health": readings},
+        headers=node.headers,
+    )
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_discovered_gpus_go_into_service_with_events(db_url: str) -> None:
+    with coordinator(db_url) as c:
+        node = c.register(c.token("provider", "owner"), [gpu(0)])
+        g = _gpu(c, f"{node.id}/0")
+        assert g["lifecycle_state"] == "active" and g["health_status"] == "healthy"
+        r = c.c.get(f"/v1/gpus/{node.id}/0/timeline", headers=auth(c.admin))
+        assert r.status_code == 200, r.text
+        moves = [(e["from"], e["to"], e["actor"]) for e in r.json()["events"]]
+        assert moves == [(None, "discovered", node.id), ("discovered", "active", "rule:burn_in")]
+
+
+def test_operator_moves_follow_the_table_and_steer_the_scheduler(db_url: str) -> None:
+    with coordinator(db_url) as c:
+        provider = c.token("provider", "owner")
+        node = c.register(provider, [gpu(0)])
+        gid = f"{node.id}/0"
+        r = _act(c, c.admin, gid, "retire")
+        assert r.status_code == 409 and r.json()["error"]["field"] == "state"
+        r = c.c.post(
+            f"/v1/gpus/{gid}/lifecycle",
+            json={"action": "drain", "reason": ""},
+            headers=auth(c.admin),
+        )
+        assert r.status_code == 422
+        r = _act(c, c.token("provider", "someone-else"), gid, "drain")
+        assert r.status_code == 404  # another owner's GPU does not exist for them
+        assert _act(c, provider, gid, "drain", "fan noise").json()["lifecycle_state"] == "drained"
+        consumer = c.token("consumer", "alice")
+        job = c.submit(consumer)  # still capacity: a drained GPU may come back
+        why = c.c.get(f"/v1/jobs/{job['id']}/why", headers=auth(consumer)).json()
+        assert "drained" in str(why)
+        assert _act(c, c.admin, gid, "activate", "fan replaced").status_code == 200
+        att = c.next_start(node)
+        assert att["job_id"] == job["id"]
+        c.report(node, att, "finished", exit_code=0)
+        assert _act(c, c.admin, gid, "drain").status_code == 200
+        assert _act(c, c.admin, gid, "retire", "five years old").status_code == 200
+        r = c.c.post("/v1/jobs", json={"name": "t", "command": ["true"]}, headers=auth(consumer))
+        assert r.status_code == 422 and r.json()["error"]["code"] == "unschedulable"
+        assert _act(c, c.admin, gid, "recycle", "sent to recycler").status_code == 200
+        assert _act(c, c.admin, gid, "activate").status_code == 409
+        t = c.c.get(f"/v1/gpus/{gid}/timeline", headers=auth(provider)).json()
+        assert [(e["to"], e["reason"]) for e in t["events"]][-5:] == [
+            ("drained", "fan noise"),
+            ("active", "fan replaced"),
+            ("drained", "test"),
+            ("retired", "five years old"),
+            ("recycled", "sent to recycler"),
+        ]
+        assert [a["job_id"] for a in t["attempts"]] == [job["id"]]
+        assert all(e["actor"].startswith(("operator:", "rule:", "node-")) for e in t["events"])
+        r = c.c.get(f"/v1/gpus/{gid}/timeline", headers=auth(consumer))
+        assert r.status_code == 404
+
+
+def test_xid_79_drains_the_gpu_and_requeues_its_job_elsewhere(db_url: str) -> None:
+    with coordinator(db_url) as c:
+        provider = c.token("provider", "owner")
+        a = c.register(provider, [gpu(0)], name="a")
+        consumer = c.token("consumer", "alice")
+        job = c.submit(consumer, {"name": "t", "command": ["sleep", "60"], "max_retries": 1})
+        att = c.next_start(a)
+        assert c.report(a, att, "started").status_code == 200
+        res = _health(c, a, [{"index": 0, "xids": [79]}], [att["attempt_id"]])
+        assert res["stop"] == [att["attempt_id"]]  # the agent is told to stop it
+        g = _gpu(c, f"{a.id}/0")
+        assert g["lifecycle_state"] == "drained" and g["health_status"] == "failed"
+        assert "XID 79" in g["health_reasons"][0]
+        assert c.job(consumer, job["id"])["state"] == "queued"
+        b = c.register(provider, [gpu(0)], name="b")
+        att2 = c.next_start(b)
+        assert att2["job_id"] == job["id"] and att2["fencing_token"] == 2
+        # the late report from the failed GPU's attempt is fenced off
+        assert c.report(a, att, "finished", exit_code=0).status_code == 409
+        # the next reading has no new XID: health is back, the GPU stays drained for an operator
+        _health(c, a, [{"index": 0, "xids": []}], [])
+        g = _gpu(c, f"{a.id}/0")
+        assert (g["health_status"], g["lifecycle_state"]) == ("healthy", "drained")
+
+
+def test_ecc_uncorrected_fails_with_reason_but_lets_work_finish(db_url: str) -> None:
+    with coordinator(db_url) as c:
+        node = c.register(c.token("provider", "owner"), [gpu(0)])
+        consumer = c.token("consumer", "alice")
+        job = c.submit(consumer)
+        att = c.next_start(node)
+        c.report(node, att, "started")
+        res = _health(c, node, [{"index": 0, "ecc_uncorrected_volatile": 2}], [att["attempt_id"]])
+        assert res["stop"] == []
+        g = _gpu(c, f"{node.id}/0")
+        assert g["lifecycle_state"] == "drained" and g["health_status"] == "failed"
+        assert g["health_reasons"] == ["volatile uncorrected ECC count is 2 (> 0): DRAIN"]
+        assert c.report(node, att, "finished", exit_code=0).status_code == 200
+        assert c.job(consumer, job["id"])["state"] == "succeeded"
+        # the same reading again writes nothing new
+        with c.db.sessions() as s:
+            before = s.query(GpuEvent).count()
+        _health(c, node, [{"index": 0, "ecc_uncorrected_volatile": 2}], [])
+        with c.db.sessions() as s:
+            assert s.query(GpuEvent).count() == before
+
+
+def test_throttling_degrades_and_recovers_and_bad_readings_name_the_field(db_url: str) -> None:
+    with coordinator(db_url) as c:
+        node = c.register(c.token("provider", "owner"), [gpu(0)])
+        gid = f"{node.id}/0"
+        _health(c, node, [{"index": 0, "throttle_reasons": 0x40}], [])
+        g = _gpu(c, gid)
+        assert (g["lifecycle_state"], g["health_status"]) == ("degraded", "degraded")
+        job = c.submit(c.token("consumer", "alice"))
+        assert c.next_start(node)["job_id"] == job["id"]  # degraded GPUs still take work
+        _health(c, node, [{"index": 0, "throttle_reasons": 0x1}], [])
+        assert _gpu(c, gid)["lifecycle_state"] == "active"
+        r = c.c.post(
+            "/v1/agent/heartbeat",
+            json={"health": [{"index": 0, "nvlink_links_down": "two"}]},
+            headers=node.headers,
+        )
+        assert r.status_code == 422 and r.json()["error"]["field"] == "health.nvlink_links_down"
