@@ -191,13 +191,15 @@ class Agent:
         while True:
             interval = max(0.2, min(5.0, self.lease_timeout_s / 6))
             try:
-                tele = [t.to_dict() for t in self.backend.telemetry(self._busy_indices())]
+                busy = self._busy_indices()
+                tele = [t.to_dict() for t in self.backend.telemetry(busy)]
                 res = await self._call(
                     "POST",
                     "/v1/agent/heartbeat",
                     json={
                         "gpus": tele,
                         "attempts": [a.id for a in self.attempts.values() if not a.orphaned],
+                        "health": self.backend.health(busy),
                     },
                 )
                 self.last_renewed = time.monotonic()

@@ -28,10 +28,13 @@ from gpunet.store.db import Database
 DEFAULT_SIMULATED = "2xA100-80GB"
 
 
-def pick_backend(simulate: str | None, *, quiet: bool = False) -> GpuBackend:
-    """NVML when there is an NVIDIA GPU and no --simulate; else simulated GPUs, said plainly."""
+def pick_backend(
+    simulate: str | None, *, quiet: bool = False, faults: Path | None = None
+) -> GpuBackend:
+    """NVML when there is an NVIDIA GPU and no --simulate; else simulated GPUs, said plainly.
+    ``faults``: the fault-injection profile simulated GPUs re-read."""
     if simulate:
-        return SimulatedBackend(parse_simulate(simulate), seed=socket.gethostname())
+        return SimulatedBackend(parse_simulate(simulate), seed=socket.gethostname(), faults=faults)
     from gpunet.agent.gpus.nvml import NvmlBackend, NvmlUnavailable
 
     try:
@@ -132,15 +135,20 @@ def agent(
     name: Annotated[str | None, typer.Option(help="node name (default: hostname)")] = None,
     agent_home: Annotated[Path | None, typer.Option("--home", help="agent state directory")] = None,
     site: Annotated[str | None, typer.Option(help="site label, e.g. eu-west")] = None,
+    faults: Annotated[
+        Path | None,
+        typer.Option(help="fault profile for simulated GPUs (default: HOME/faults.yaml)"),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Join this machine's GPUs to a coordinator. Dials out only: works behind NAT."""
     _logging(verbose)
-    backend = pick_backend(simulate)
+    agent_dir = agent_home or home() / "agent"
+    backend = pick_backend(simulate, faults=faults or agent_dir / "faults.yaml")
     a = Agent(
         coordinator,
         backend,
-        agent_home or home() / "agent",
+        agent_dir,
         join_token=join_token,
         name=name,
         site=site,
