@@ -21,6 +21,9 @@ def net(tmp_path: Path, db_url: str) -> Iterator[Network]:
     try:
         n.start_coordinator()
         join = n.token("provider", "owner")
+        # a2's GPU benchmarks at 60% of its reference from its burn-in on
+        (tmp_path / "agent-a2").mkdir()
+        (tmp_path / "agent-a2" / "faults.yaml").write_text("gpus:\n  0: {benchmark_pct: 60}\n")
         n.start_agent("a1", "1xA100-80GB", join)
         n.start_agent("a2", "1xA100-80GB", join)
         n.user = n.token("consumer", "alice")  # type: ignore[attr-defined]
@@ -110,3 +113,29 @@ def test_ecc_uncorrectable_fails_the_gpu_with_the_reason(net: Network) -> None:
     assert g["health_reasons"] == ["volatile uncorrected ECC count is 4 (> 0): DRAIN"]
     listing = net.cli(net.admin, "gpus")
     assert listing.returncode == 0 and "drained" in listing.stdout
+
+
+def test_a_gpu_benchmarking_at_60_percent_is_proposed_for_a_lower_tier(net: Network) -> None:
+    rows = wait_for(
+        lambda: (
+            (t := net.cli_json(net.admin, "gpus", "tiers"))
+            and all(r["score_pct"] is not None for r in t)
+            and len(t) == 2
+            and t
+        ),
+        30,
+        "burn-in benchmarks of both GPUs",
+    )
+    slow_node = net.agent_credentials("a2")["node_id"]
+    by_node = {r["gpu_id"].split("/")[0]: r for r in rows}
+    slow = by_node[slow_node]
+    fast = next(r for n, r in by_node.items() if n != slow_node)
+    assert (fast["score_pct"], fast["proposed"]) == (100.0, "training")
+    assert (slow["score_pct"], slow["proposed"]) == (60.0, "inference")
+    assert any("60% of reference" in r for r in slow["reasons"])
+    shown = net.cli_json(net.admin, "gpus", "show", slow["gpu_id"])
+    assert shown["benchmarks"][0]["flagged"] and shown["benchmarks"][0]["simulated"]
+    applied = net.cli(net.admin, "gpus", "tiers", "--apply")
+    assert applied.returncode == 0, applied.stderr
+    assert _gpu(net, slow["gpu_id"])["tier"] == "inference"
+    assert _gpu(net, fast["gpu_id"])["tier"] == "training"

@@ -150,3 +150,60 @@ def test_throttling_degrades_and_recovers_and_bad_readings_name_the_field(db_url
             headers=node.headers,
         )
         assert r.status_code == 422 and r.json()["error"]["field"] == "health.nvlink_links_down"
+
+
+def _bench(c: Coordinator, node: Any, results: list[dict[str, Any]], kind: str = "burn_in") -> Any:
+    r = c.c.post(
+        "/v1/agent/benchmarks", json={"kind": kind, "results": results}, headers=node.headers
+    )
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_a_gpu_at_60_percent_is_flagged_and_proposed_for_a_lower_tier(db_url: str) -> None:
+    from gpunet.core.benchmark import simulated_result
+
+    with coordinator(db_url) as c:
+        node = c.register(c.token("provider", "owner"), [gpu(0), gpu(1)])
+        healthy = simulated_result(0, "A100-80GB").to_dict()
+        slow = simulated_result(1, "A100-80GB", 0.6).to_dict()
+        scored = _bench(c, node, [healthy, slow])
+        assert [s["score_pct"] for s in scored] == [100.0, 60.0]
+        assert [s["flagged"] for s in scored] == [False, True]
+        # the slow one drifts further down on the next periodic run
+        _bench(c, node, [simulated_result(1, "A100-80GB", 0.55).to_dict()], "periodic")
+        props = {p["gpu_id"]: p for p in c.c.get("/v1/tiers", headers=auth(c.admin)).json()}
+        fast, low = props[f"{node.id}/0"], props[f"{node.id}/1"]
+        assert (fast["proposed"], low["proposed"]) == ("training", "inference")
+        assert low["score_pct"] == 55.0 and low["drift_pp"] == -5.0
+        assert any("55% of reference" in r for r in low["reasons"])
+        assert fast["fleet_percentile"] == 100.0 and low["fleet_percentile"] == 50.0
+        r = c.c.get("/v1/tiers", headers=auth(c.token("consumer", "alice")))
+        assert r.status_code == 403
+        applied = c.c.post("/v1/tiers/apply", json={}, headers=auth(c.admin)).json()
+        assert {a["gpu_id"] for a in applied} == set(props)
+        assert _gpu(c, f"{node.id}/1")["tier"] == "inference"
+        t = c.c.get(f"/v1/gpus/{node.id}/1/timeline", headers=auth(c.admin)).json()
+        assert t["events"][-1]["kind"] == "tier" and t["events"][-1]["to"] == "inference"
+        assert [b["score_pct"] for b in t["benchmarks"]] == [60.0, 55.0]
+        assert t["benchmarks"][0]["simulated"] and t["benchmarks"][1]["drift_pp"] == -5.0
+        # nothing left to move
+        again = c.c.get("/v1/tiers", headers=auth(c.admin)).json()
+        assert not any(p["moves"] for p in again)
+
+
+def test_a_failed_soak_drains_the_gpu(db_url: str) -> None:
+    with coordinator(db_url) as c:
+        node = c.register(c.token("provider", "owner"), [gpu(0)])
+        res = {"index": 0, "values": {"bf16_tflops": 270.0}, "soak_runs": 10, "soak_errors": 1}
+        _bench(c, node, [res])
+        g = _gpu(c, f"{node.id}/0")
+        assert g["lifecycle_state"] == "drained"
+        r = c.c.post(
+            "/v1/agent/benchmarks",
+            json={"results": [{"index": 0, "values": {"bf16_tflops": "fast"}}]},
+            headers=node.headers,
+        )
+        assert r.status_code == 422 and r.json()["error"]["field"] == "results"
+        r = c.c.post("/v1/agent/benchmarks", json={"results": []}, headers=auth(c.admin))
+        assert r.status_code == 403

@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 
 from gpunet import __version__
-from gpunet.agent import runner
+from gpunet.agent import bench, runner
 from gpunet.agent.gpus.base import GpuBackend
 
 log = logging.getLogger("gpunet.agent")
@@ -80,6 +80,7 @@ class Agent:
         self.reports: asyncio.Queue[tuple[str, str, dict[str, Any]]] = asyncio.Queue()
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=70.0))
         self.stopping = asyncio.Event()
+        self.benchmark_every_s = 6 * 3600.0  # periodic benchmarks of idle GPUs
 
     # ---- connection -------------------------------------------------------------------
     @property
@@ -171,6 +172,7 @@ class Agent:
                 self._report_loop(),
                 self._log_flush_loop(),
                 self._lease_watch(),
+                bench.benchmark_loop(self),
             )
         ]
         await self.stopping.wait()

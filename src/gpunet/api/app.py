@@ -48,7 +48,14 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
     app = FastAPI(title="gpunet coordinator", version=__version__, lifespan=lifespan)
     app.state.runtime = rt
     errors.install(app)
-    for r in (jobs.router, fleet.router, agent.router, lifecycle.router):
+    for r in (
+        jobs.router,
+        fleet.router,
+        agent.router,
+        lifecycle.router,
+        lifecycle.agent_router,
+        lifecycle.tiers_router,
+    ):
         app.include_router(r)
 
     @app.get("/healthz", tags=["meta"])

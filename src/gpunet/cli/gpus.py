@@ -99,6 +99,21 @@ def show(gpu_id: GpuArg, json_out: JsonOpt = False) -> None:
         ],
         title="timeline",
     )
+    if g.get("benchmarks"):
+        for b in g["benchmarks"]:
+            b["note"] = " | ".join(b["reasons"]) + (" (simulated)" if b["simulated"] else "")
+        table(
+            g["benchmarks"],
+            [
+                ("at", "AT"),
+                ("kind", "KIND"),
+                ("score_pct", "SCORE %"),
+                ("drift_pp", "DRIFT pp"),
+                ("flagged", "FLAGGED"),
+                ("note", "NOTE"),
+            ],
+            title="benchmarks (% of the model's reference)",
+        )
     if g["attempts"]:
         table(
             g["attempts"],
@@ -112,3 +127,38 @@ def show(gpu_id: GpuArg, json_out: JsonOpt = False) -> None:
             ],
             title="work",
         )
+
+
+@gpus_app.command("tiers")
+def tiers(
+    apply: Annotated[bool, typer.Option("--apply", help="apply the proposed moves")] = False,
+    gpu: Annotated[
+        list[str] | None, typer.Option("--gpu", help="only this GPU (repeatable)")
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Proposed tier for every GPU in service (training | inference | secondary | retire),
+    with the reasons; --apply applies them (a retire proposal drains the GPU)."""
+    with Client() as client:
+        rows = client.apply_tiers(gpu or None) if apply else client.tiers()
+    if gpu and not apply:
+        rows = [r for r in rows if r["gpu_id"] in gpu]
+    if json_out:
+        print_json(rows)
+        return
+    for r in rows:
+        r["why"] = " | ".join(r["reasons"])
+    table(
+        rows,
+        [
+            ("gpu_id", "GPU"),
+            ("model", "MODEL"),
+            ("score_pct", "SCORE %"),
+            ("fleet_percentile", "FLEET PCTL"),
+            ("drift_pp", "DRIFT pp"),
+            ("current", "TIER"),
+            ("proposed", "PROPOSED"),
+            ("why", "REASONS"),
+        ],
+        title="applied" if apply else "proposed tiers",
+    )

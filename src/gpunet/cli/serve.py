@@ -139,6 +139,9 @@ def agent(
         Path | None,
         typer.Option(help="fault profile for simulated GPUs (default: HOME/faults.yaml)"),
     ] = None,
+    benchmark_every: Annotated[
+        float, typer.Option(help="seconds between benchmarks of idle GPUs", min=1.0)
+    ] = 6 * 3600.0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Join this machine's GPUs to a coordinator. Dials out only: works behind NAT."""
@@ -153,6 +156,7 @@ def agent(
         name=name,
         site=site,
     )
+    a.benchmark_every_s = benchmark_every
     console.print(
         f"gpunet agent: {len(backend.discover())} GPU(s)"
         f"{' (simulated)' if backend.simulated else ''} -> {coordinator}"

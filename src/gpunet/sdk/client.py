@@ -202,6 +202,12 @@ class Client:
     def gpu_timeline(self, gpu_id: str) -> dict[str, Any]:
         return dict(self._req("GET", f"/v1/gpus/{gpu_id}/timeline"))
 
+    def tiers(self) -> list[dict[str, Any]]:
+        return list(self._req("GET", "/v1/tiers"))
+
+    def apply_tiers(self, gpu_ids: list[str] | None = None) -> list[dict[str, Any]]:
+        return list(self._req("POST", "/v1/tiers/apply", json={"gpu_ids": gpu_ids}))
+
     def create_token(self, role: str, account: str, name: str = "") -> str:
         res = self._req("POST", "/v1/tokens", json={"role": role, "account": account, "name": name})
         return str(res["token"])

@@ -103,6 +103,21 @@ class GpuEvent(Base):
     data: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 
+class GpuBenchmark(Base):
+    """One benchmark run of one GPU, scored against its model's reference."""
+
+    __tablename__ = "gpu_benchmarks"
+    __table_args__ = (Index("ix_gpu_benchmarks_gpu", "gpu_id", "id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    gpu_id: Mapped[str] = mapped_column(ForeignKey("gpus.id"))
+    at: Mapped[datetime]
+    kind: Mapped[str] = mapped_column(String(20))  # burn_in | periodic
+    simulated: Mapped[bool] = mapped_column(Boolean, default=False)
+    score_pct: Mapped[float | None] = mapped_column(Float, default=None)
+    result: Mapped[dict[str, Any]] = mapped_column(default=dict)  # values, unmeasured, soak
+    scored: Mapped[dict[str, Any]] = mapped_column(default=dict)  # per metric, flags, reasons
+
+
 class Blob(Base):
     """A content-addressed working-directory archive, stored once whoever uploads it."""
 

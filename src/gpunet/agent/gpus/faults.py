@@ -8,6 +8,8 @@ or a demo can make a GPU fail, throttle or overheat while it runs.
         throttle: [HwThermalSlowdown] # clocks-event reasons by name (or throttle_reasons: 0x40)
         temperature_c: 93
         slowdown_temp_c: 90
+        benchmark_pct: 60             # benchmarks run at 60% of the model's reference
+        soak_errors: 1                # repeated benchmark runs disagree
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import yaml
 from gpunet.core.health import HealthReading, load_rules
 
 log = logging.getLogger("gpunet.agent")
+BENCH_KEYS = {"benchmark_pct", "soak_errors"}
 _COUNTERS = {f.name for f in fields(HealthReading)} - {"index", "xids"}
 
 
@@ -65,7 +68,7 @@ class FaultProfile:
                 f = dict(faults or {})
                 if "throttle" in f:
                     f["throttle_reasons"] = throttle_mask(list(f.pop("throttle") or []))
-                unknown = set(f) - _COUNTERS - {"xids"}
+                unknown = set(f) - _COUNTERS - BENCH_KEYS - {"xids"}
                 if unknown:
                     raise ValueError(f"unknown fault keys {sorted(unknown)} for GPU {idx}")
                 data[int(idx)] = f
@@ -87,6 +90,5 @@ class FaultProfile:
 
     def reading(self, index: int, base: dict[str, Any]) -> dict[str, Any]:
         """A health reading: the simulated GPU's clean counters, with the faults laid over."""
-        f = self.faults(index)
-        f.pop("xids", None)
+        f = {k: v for k, v in self.faults(index).items() if k in _COUNTERS}
         return {**base, **f, "index": index, "xids": self.new_xids(index)}

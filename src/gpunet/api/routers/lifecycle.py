@@ -9,6 +9,8 @@ from pydantic import BaseModel, Field
 
 from gpunet.api.deps import Rt, Who
 from gpunet.services import lifecycle as svc
+from gpunet.services import tiers
+from gpunet.services.auth import Role
 
 router = APIRouter(prefix="/v1/gpus", tags=["gpus"])
 
@@ -29,4 +31,37 @@ def act(rt: Rt, who: Who, gpu_id: str, body: Action) -> dict[str, Any]:
 @router.get("/{gpu_id:path}/timeline")
 def show(rt: Rt, who: Who, gpu_id: str) -> dict[str, Any]:
     """The GPU now, its lifecycle and health events, and the attempts it ran."""
-    return svc.timeline(rt.db, who, gpu_id)
+    out = svc.timeline(rt.db, who, gpu_id)
+    out["benchmarks"] = tiers.benchmarks_of(rt.db, out["id"])
+    return out
+
+
+agent_router = APIRouter(prefix="/v1/agent", tags=["agent"])
+
+
+@agent_router.post("/benchmarks")
+def benchmarks(rt: Rt, who: Who, rep: tiers.BenchmarkReport) -> list[dict[str, Any]]:
+    """An agent reports benchmark results; answers each GPU's score."""
+    return tiers.record(rt.db, who, rep)
+
+
+tiers_router = APIRouter(prefix="/v1/tiers", tags=["gpus"])
+
+
+@tiers_router.get("")
+def tier_proposals(rt: Rt, who: Who) -> list[dict[str, Any]]:
+    """The tier rule's proposal for every GPU in service, with its reasons (admin)."""
+    who.require(Role.ADMIN)
+    return tiers.proposals(rt.db)
+
+
+class ApplyTiers(BaseModel):
+    gpu_ids: list[str] | None = None  # None: every proposed move
+
+
+@tiers_router.post("/apply")
+def apply_tiers(rt: Rt, who: Who, body: ApplyTiers) -> list[dict[str, Any]]:
+    """Apply the proposed moves (admin); answers the moves applied."""
+    out = tiers.apply(rt.db, who, body.gpu_ids)
+    rt.wakeups.wake_scheduler()
+    return out

@@ -40,9 +40,25 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
     )
     op.create_index("ix_gpu_events_gpu", "gpu_events", ["gpu_id", "id"], unique=False)
+    op.create_table(
+        "gpu_benchmarks",
+        sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
+        sa.Column("gpu_id", sa.String(length=80), nullable=False),
+        sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("kind", sa.String(length=20), nullable=False),
+        sa.Column("simulated", sa.Boolean(), nullable=False),
+        sa.Column("score_pct", sa.Float(), nullable=True),
+        sa.Column("result", sa.JSON(), nullable=False),
+        sa.Column("scored", sa.JSON(), nullable=False),
+        sa.ForeignKeyConstraint(["gpu_id"], ["gpus.id"]),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    op.create_index("ix_gpu_benchmarks_gpu", "gpu_benchmarks", ["gpu_id", "id"], unique=False)
 
 
 def downgrade() -> None:
+    op.drop_index("ix_gpu_benchmarks_gpu", table_name="gpu_benchmarks")
+    op.drop_table("gpu_benchmarks")
     op.drop_index("ix_gpu_events_gpu", table_name="gpu_events")
     op.drop_table("gpu_events")
     with op.batch_alter_table("gpus") as b:
