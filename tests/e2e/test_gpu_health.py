@@ -139,3 +139,19 @@ def test_a_gpu_benchmarking_at_60_percent_is_proposed_for_a_lower_tier(net: Netw
     assert applied.returncode == 0, applied.stderr
     assert _gpu(net, slow["gpu_id"])["tier"] == "inference"
     assert _gpu(net, fast["gpu_id"])["tier"] == "training"
+
+
+def test_energy_of_a_finished_job_equals_the_counter_delta(net: Network) -> None:
+    user = net.user  # type: ignore[attr-defined]
+    r = net.cli(user, "run", "--gpus", "1", "--", "python3", "-c", "import time; time.sleep(3)")
+    assert r.returncode == 0, r.stderr
+    job_id = net.cli_json(user, "jobs")[0]["id"]
+    job = net.cli_json(user, "jobs", "show", job_id)
+    (g,) = job["energy"]["gpus"]
+    assert g["method"] == "counter" and g["resets"] == 0 and g["seconds"] >= 3
+    assert g["joules"] == pytest.approx(g["counter_end_j"] - g["counter_start_j"], abs=0.01)
+    # a simulated A100 draws 85% of its 400 W TDP while busy
+    assert g["joules"] == pytest.approx(340.0 * g["seconds"], rel=0.05)
+    assert job["energy"]["co2e_kg"] > 0 and job["energy"]["pue"] == 1.58
+    shown = net.cli(user, "jobs", "show", job_id)
+    assert "kWh GPU" in shown.stdout and "CO2e" in shown.stdout

@@ -190,6 +190,11 @@ def test_a_gpu_at_60_percent_is_flagged_and_proposed_for_a_lower_tier(db_url: st
         # nothing left to move
         again = c.c.get("/v1/tiers", headers=auth(c.admin)).json()
         assert not any(p["moves"] for p in again)
+        # the tier scorer: a small job goes to the inference GPU, a 2-GPU job would train
+        consumer = c.token("consumer", "alice")
+        small = c.submit(consumer)
+        att = c.next_start(node)
+        assert att["job_id"] == small["id"] and att["gpu_ids"] == [f"{node.id}/1"]
 
 
 def test_a_failed_soak_drains_the_gpu(db_url: str) -> None:
@@ -207,3 +212,39 @@ def test_a_failed_soak_drains_the_gpu(db_url: str) -> None:
         assert r.status_code == 422 and r.json()["error"]["field"] == "results"
         r = c.c.post("/v1/agent/benchmarks", json={"results": []}, headers=auth(c.admin))
         assert r.status_code == 403
+
+
+def test_energy_of_a_finished_job_and_per_owner(db_url: str) -> None:
+    with coordinator(db_url) as c:
+        provider = c.token("provider", "owner")
+        node = c.register(provider, [gpu(0)])
+        consumer = c.token("consumer", "alice")
+        job = c.submit(consumer)
+        att = c.next_start(node)
+        c.report(node, att, "started")
+        used = {
+            "index": 0,
+            "joules": 7.2e6,  # 2 kWh
+            "method": "counter",
+            "resets": 0,
+            "samples": 3,
+            "seconds": 9000.0,
+            "counter_start_j": 1.0e6,
+            "counter_end_j": 8.2e6,
+        }
+        bad = c.report(node, att, "finished", exit_code=0, energy=[{"index": 5, "joules": 1}])
+        assert bad.status_code == 422 and bad.json()["error"]["field"] == "energy"
+        assert c.report(node, att, "finished", exit_code=0, energy=[used]).status_code == 200
+        e = c.job(consumer, job["id"])["energy"]
+        assert e["gpu_joules"] == 7.2e6 and e["gpu_kwh"] == 2.0
+        # defaults: PUE 1.58, 475 g/kWh, 0.1175 per kWh
+        assert e["facility_kwh"] == 3.16 and e["co2e_kg"] == 1.501 and e["cost"] == 0.3713
+        assert e["gpus"][0]["counter_end_j"] - e["gpus"][0]["counter_start_j"] == 7.2e6
+        t = c.c.get(f"/v1/gpus/{node.id}/0/timeline", headers=auth(c.admin)).json()
+        assert t["energy"]["gpu_kwh"] == 2.0
+        mine = c.c.get("/v1/energy", headers=auth(provider)).json()
+        assert len(mine) == 1 and mine[0]["gpus"][0]["gpu_id"] == f"{node.id}/0"
+        assert mine[0]["co2e_kg"] == 1.501
+        other = c.c.get("/v1/energy", headers=auth(c.token("provider", "else"))).json()
+        assert other == []
+        assert c.c.get("/v1/energy", headers=auth(consumer)).status_code == 403

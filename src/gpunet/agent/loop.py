@@ -24,8 +24,9 @@ from typing import Any
 import httpx
 
 from gpunet import __version__
-from gpunet.agent import bench, runner
+from gpunet.agent import bench, energy, runner
 from gpunet.agent.gpus.base import GpuBackend
+from gpunet.core.energy import Meter
 
 log = logging.getLogger("gpunet.agent")
 
@@ -45,6 +46,7 @@ class AttemptCtx:
     orphaned: bool = False  # the coordinator no longer counts it: drop its reports
     logs: list[dict[str, str]] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
+    meters: dict[int, Meter] = field(default_factory=dict)  # energy per GPU index
 
     @property
     def id(self) -> str:
@@ -194,7 +196,11 @@ class Agent:
             interval = max(0.2, min(5.0, self.lease_timeout_s / 6))
             try:
                 busy = self._busy_indices()
-                tele = [t.to_dict() for t in self.backend.telemetry(busy)]
+                readings = self.backend.telemetry(busy)
+                for running in self.attempts.values():
+                    if running.meters:
+                        energy.sample(running.meters, readings)
+                tele = [t.to_dict() for t in readings]
                 res = await self._call(
                     "POST",
                     "/v1/agent/heartbeat",
@@ -281,15 +287,24 @@ class Agent:
                 self._flush_logs(ctx)
                 self._report(ctx, "finished", {"exit_code": 127, "reason": f"start failed: {exc}"})
                 return
+            ctx.meters = energy.start(self.backend, ctx.info["gpu_indices"], self._busy_indices())
             self._report(ctx, "started", {})
             code = await ctx.run.wait()
+            energy.sample(ctx.meters, self.backend.telemetry(self._busy_indices()))
+            used = energy.report(ctx.meters)
             self._flush_logs(ctx)
             reason = ctx.run.stop_reason
             if reason == "lease lost":
-                self._report(ctx, "finished", {"exit_code": code, "lost": True, "reason": reason})
+                self._report(
+                    ctx,
+                    "finished",
+                    {"exit_code": code, "lost": True, "reason": reason, "energy": used},
+                )
             else:
                 self._report(
-                    ctx, "finished", {"exit_code": code, "reason": reason or f"exit code {code}"}
+                    ctx,
+                    "finished",
+                    {"exit_code": code, "reason": reason or f"exit code {code}", "energy": used},
                 )
         finally:
             shutil.rmtree(workdir, ignore_errors=True)

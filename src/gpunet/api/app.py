@@ -55,6 +55,7 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
         lifecycle.router,
         lifecycle.agent_router,
         lifecycle.tiers_router,
+        lifecycle.energy_router,
     ):
         app.include_router(r)
 

@@ -85,6 +85,8 @@ def show(gpu_id: GpuArg, json_out: JsonOpt = False) -> None:
     ]
     for k, v in rows:
         console.print(f"  {k:11} {fmt(v)}")
+    if g.get("energy", {}).get("gpu_joules"):
+        console.print(f"  {'energy':11} {energy_line(g['energy'])}")
     for r in g["health_reasons"]:
         console.print(f"  {'':11} [red]{r}[/]")
     table(
@@ -162,3 +164,27 @@ def tiers(
         ],
         title="applied" if apply else "proposed tiers",
     )
+
+
+def energy_line(e: dict[str, Any]) -> str:
+    """'0.42 kWh GPU, 0.66 kWh facility (PUE 1.58), 0.31 kg CO2e, cost 0.08'."""
+    pue = f" (PUE {e['pue']:g})" if "pue" in e else ""
+    return (
+        f"{e['gpu_kwh']:.4g} kWh GPU, {e['facility_kwh']:.4g} kWh facility{pue}, "
+        f"{e['co2e_kg']:.4g} kg CO2e, cost {e['cost']:.4g}"
+    )
+
+
+@gpus_app.command("energy")
+def energy(json_out: JsonOpt = False) -> None:
+    """Energy, CO2e and cost of the work run, per owner and per GPU."""
+    with Client() as client:
+        rows = client.energy()
+    if json_out:
+        print_json(rows)
+        return
+    flat = []
+    for o in rows:
+        flat.append({"who": o["account_id"], "line": energy_line(o)})
+        flat += [{"who": f"  {g['gpu_id']}", "line": energy_line(g)} for g in o["gpus"]]
+    table(flat, [("who", "OWNER / GPU"), ("line", "ENERGY")], title="energy")

@@ -57,6 +57,20 @@ class Proposal:
         }
 
 
+_INFERENCE_WORDS = ("infer", "serv", "predict", "embed")
+
+
+def wanted_tiers(job_class: str | None, gpu_count: int) -> tuple[str, ...]:
+    """The duty tiers a job belongs on: inference-like classes and small (one-GPU) jobs of
+    no class on inference or secondary GPUs; training classes and multi-GPU jobs on training."""
+    cls = (job_class or "").lower()
+    if any(w in cls for w in _INFERENCE_WORDS):
+        return ("inference", "secondary")
+    if job_class is None and gpu_count <= 1:
+        return ("inference", "secondary")
+    return ("training",)
+
+
 def _lower(tier: str) -> str:
     return LADDER[min(LADDER.index(tier) + 1, len(LADDER) - 1)]
 

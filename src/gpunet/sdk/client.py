@@ -202,6 +202,9 @@ class Client:
     def gpu_timeline(self, gpu_id: str) -> dict[str, Any]:
         return dict(self._req("GET", f"/v1/gpus/{gpu_id}/timeline"))
 
+    def energy(self) -> list[dict[str, Any]]:
+        return list(self._req("GET", "/v1/energy"))
+
     def tiers(self) -> list[dict[str, Any]]:
         return list(self._req("GET", "/v1/tiers"))
 

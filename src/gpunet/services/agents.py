@@ -59,6 +59,7 @@ class FinishReport(Report):
     exit_code: int | None = None
     reason: str = ""
     lost: bool = False  # the agent stopped it because it could not renew its lease
+    energy: list[dict[str, Any]] = Field(default_factory=list)  # per GPU index (agent/energy.py)
 
 
 def _sync_gpus(s: Session, node: Node, gpus: list[GpuInfo]) -> None:
@@ -247,6 +248,10 @@ def attempt_finished(db: Database, who: Principal, attempt_id: str, rep: FinishR
     with db.transaction() as s:
         att, job = _fenced(s, who, attempt_id, rep.fencing_token)
         att.exit_code = rep.exit_code
+        if rep.energy:
+            from gpunet.services.energy import record_energy
+
+            record_energy(s, att, rep.energy)
         if rep.lost or rep.exit_code is None:
             lose_attempt(s, att, rep.reason or "the agent lost its lease", att.node_id)
             return

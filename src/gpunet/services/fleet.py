@@ -43,6 +43,7 @@ def fleet_snapshot(s: Session, *, all_free: bool = False, now: float | None = No
         Gpu.drained,
         Gpu.simulated,
         Gpu.power_w,
+        Gpu.tier,
     )
     if all_free:
         cols = cols.where(Gpu.lifecycle_state.notin_(GONE_STATES))
@@ -62,8 +63,21 @@ def fleet_snapshot(s: Session, *, all_free: bool = False, now: float | None = No
                 drained=False if all_free else drained,
                 simulated=simulated,
                 power_w=power,
+                tier=tier,
             )
-            for gid, node_id, model, mem, major, minor, healthy, drained, simulated, power in gpus
+            for (
+                gid,
+                node_id,
+                model,
+                mem,
+                major,
+                minor,
+                healthy,
+                drained,
+                simulated,
+                power,
+                tier,
+            ) in gpus
         ),
         now=now,
     )

@@ -118,6 +118,22 @@ class GpuBenchmark(Base):
     scored: Mapped[dict[str, Any]] = mapped_column(default=dict)  # per metric, flags, reasons
 
 
+class AttemptEnergy(Base):
+    """Energy one GPU used for one attempt, as the agent metered it."""
+
+    __tablename__ = "attempt_energy"
+    attempt_id: Mapped[str] = mapped_column(ForeignKey("attempts.id"), primary_key=True)
+    gpu_id: Mapped[str] = mapped_column(ForeignKey("gpus.id"), primary_key=True, index=True)
+    joules: Mapped[float] = mapped_column(Float)
+    method: Mapped[str] = mapped_column(String(20))  # counter | integrated | mixed
+    resets: Mapped[int] = mapped_column(Integer, default=0)
+    samples: Mapped[int] = mapped_column(Integer, default=0)
+    seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    counter_start_j: Mapped[float | None] = mapped_column(Float, default=None)
+    counter_end_j: Mapped[float | None] = mapped_column(Float, default=None)
+    at: Mapped[datetime]
+
+
 class Blob(Base):
     """A content-addressed working-directory archive, stored once whoever uploads it."""
 

@@ -10,6 +10,7 @@ or a demo can make a GPU fail, throttle or overheat while it runs.
         slowdown_temp_c: 90
         benchmark_pct: 60             # benchmarks run at 60% of the model's reference
         soak_errors: 1                # repeated benchmark runs disagree
+        no_energy_counter: true       # no total-energy counter: energy is integrated power
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import yaml
 from gpunet.core.health import HealthReading, load_rules
 
 log = logging.getLogger("gpunet.agent")
-BENCH_KEYS = {"benchmark_pct", "soak_errors"}
+BENCH_KEYS = {"benchmark_pct", "soak_errors", "no_energy_counter"}
 _COUNTERS = {f.name for f in fields(HealthReading)} - {"index", "xids"}
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,9 @@ class SimulatedBackend:
         self.models = models
         self.seed = seed
         self.faults = FaultProfile(faults)
+        # a total-energy counter per GPU, as NVML has: integrates the simulated power
+        self._energy_j = [1.0e6 * (i + 1) for i in range(len(models))]
+        self._energy_t: list[float | None] = [None] * len(models)
 
     def discover(self) -> list[DiscoveredGpu]:
         out = []
@@ -88,14 +92,23 @@ class SimulatedBackend:
             spec = catalog()[model]
             tdp = spec.tdp_w or 300.0
             on = i in busy
-            temp = self.faults.faults(i).get("temperature_c")
+            faults = self.faults.faults(i)
+            temp = faults.get("temperature_c")
+            power = tdp * (0.85 if on else 0.1)
+            t = time.monotonic()
+            last = self._energy_t[i]
+            # the power since the previous reading is the power now (a step function)
+            self._energy_j[i] += power * (t - last) if last is not None else 0.0
+            self._energy_t[i] = t
+            counter = None if faults.get("no_energy_counter") else round(self._energy_j[i], 3)
             out.append(
                 Telemetry(
                     i,
                     utilization_pct=95.0 if on else 0.0,
                     memory_used_mb=spec.memory_mb * (0.6 if on else 0.0),
                     temperature_c=float(temp) if temp is not None else (72.0 if on else 35.0),
-                    power_w=tdp * (0.85 if on else 0.1),
+                    power_w=power,
+                    energy_j=counter,
                 )
             )
         return out

@@ -8,8 +8,8 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from gpunet.api.deps import Rt, Who
+from gpunet.services import energy, tiers
 from gpunet.services import lifecycle as svc
-from gpunet.services import tiers
 from gpunet.services.auth import Role
 
 router = APIRouter(prefix="/v1/gpus", tags=["gpus"])
@@ -33,6 +33,7 @@ def show(rt: Rt, who: Who, gpu_id: str) -> dict[str, Any]:
     """The GPU now, its lifecycle and health events, and the attempts it ran."""
     out = svc.timeline(rt.db, who, gpu_id)
     out["benchmarks"] = tiers.benchmarks_of(rt.db, out["id"])
+    out["energy"] = energy.gpu_energy(rt.db, out["id"])
     return out
 
 
@@ -65,3 +66,12 @@ def apply_tiers(rt: Rt, who: Who, body: ApplyTiers) -> list[dict[str, Any]]:
     out = tiers.apply(rt.db, who, body.gpu_ids)
     rt.wakeups.wake_scheduler()
     return out
+
+
+energy_router = APIRouter(prefix="/v1/energy", tags=["gpus"])
+
+
+@energy_router.get("")
+def energy_by_owner(rt: Rt, who: Who) -> list[dict[str, Any]]:
+    """GPU and facility energy, CO2e and cost per owner and per GPU (providers: their own)."""
+    return energy.by_owner(rt.db, who)

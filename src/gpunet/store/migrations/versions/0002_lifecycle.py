@@ -54,9 +54,28 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
     )
     op.create_index("ix_gpu_benchmarks_gpu", "gpu_benchmarks", ["gpu_id", "id"], unique=False)
+    op.create_table(
+        "attempt_energy",
+        sa.Column("attempt_id", sa.String(length=40), nullable=False),
+        sa.Column("gpu_id", sa.String(length=80), nullable=False),
+        sa.Column("joules", sa.Float(), nullable=False),
+        sa.Column("method", sa.String(length=20), nullable=False),
+        sa.Column("resets", sa.Integer(), nullable=False),
+        sa.Column("samples", sa.Integer(), nullable=False),
+        sa.Column("seconds", sa.Float(), nullable=False),
+        sa.Column("counter_start_j", sa.Float(), nullable=True),
+        sa.Column("counter_end_j", sa.Float(), nullable=True),
+        sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(["attempt_id"], ["attempts.id"]),
+        sa.ForeignKeyConstraint(["gpu_id"], ["gpus.id"]),
+        sa.PrimaryKeyConstraint("attempt_id", "gpu_id"),
+    )
+    op.create_index("ix_attempt_energy_gpu_id", "attempt_energy", ["gpu_id"], unique=False)
 
 
 def downgrade() -> None:
+    op.drop_index("ix_attempt_energy_gpu_id", table_name="attempt_energy")
+    op.drop_table("attempt_energy")
     op.drop_index("ix_gpu_benchmarks_gpu", table_name="gpu_benchmarks")
     op.drop_table("gpu_benchmarks")
     op.drop_index("ix_gpu_events_gpu", table_name="gpu_events")
