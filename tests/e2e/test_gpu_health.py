@@ -155,3 +155,24 @@ def test_energy_of_a_finished_job_equals_the_counter_delta(net: Network) -> None
     assert job["energy"]["co2e_kg"] > 0 and job["energy"]["pue"] == 1.58
     shown = net.cli(user, "jobs", "show", job_id)
     assert "kWh GPU" in shown.stdout and "CO2e" in shown.stdout
+    # the GPU's measured energy feeds the cost of ownership
+    bought = net.cli(
+        net.admin,
+        "gpus",
+        "purchase",
+        "--model",
+        "A100-80GB",
+        "--price",
+        "15000",
+        "--date",
+        "2025-01-15",
+    )
+    assert bought.returncode == 0 and "recorded for 2 GPU(s)" in bought.stdout, bought.stderr
+    png = net.root / "tco.png"
+    rep = net.cli_json(net.admin, "report", "tco", "--png", str(png))
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    used = next(r for r in rep["gpus"] if r["gpu_id"] == g["gpu_id"])
+    assert used["power_source"] == "measured energy of its work" and used["utilization"] > 0
+    assert used["recommendation"] in ("keep", "move tier", "sell", "retire") and used["reasons"]
+    text = net.cli(net.admin, "report", "tco")
+    assert text.returncode == 0 and "capital: 15000 / (5.25 y x 8760 h)" in text.stdout

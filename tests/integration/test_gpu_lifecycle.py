@@ -248,3 +248,37 @@ def test_energy_of_a_finished_job_and_per_owner(db_url: str) -> None:
         other = c.c.get("/v1/energy", headers=auth(c.token("provider", "else"))).json()
         assert other == []
         assert c.c.get("/v1/energy", headers=auth(consumer)).status_code == 403
+
+
+def test_tco_report_with_purchases_and_plot(db_url: str, tmp_path: Any) -> None:
+    from gpunet.services.tco import plot
+
+    with coordinator(db_url) as c:
+        provider = c.token("provider", "owner")
+        node = c.register(provider, [gpu(0), gpu(1)])
+        body = {"model": "A100-80GB", "price": 15000, "purchased_on": "2025-01-15"}
+        r = c.c.post("/v1/gpus-purchases", json=body, headers=auth(provider))
+        assert r.status_code == 200 and len(r.json()["gpu_ids"]) == 2
+        r = c.c.post(
+            "/v1/gpus-purchases",
+            json={"price": 1, "purchased_on": "2025-01-15"},
+            headers=auth(provider),
+        )
+        assert r.status_code == 422 and r.json()["error"]["field"] == "gpu_id"
+        r = c.c.post(
+            "/v1/gpus-purchases",
+            json={"gpu_id": f"{node.id}/0", "price": 1, "purchased_on": "2025-01-15"},
+            headers=auth(c.token("provider", "else")),
+        )
+        assert r.status_code == 404
+        rep = c.c.get("/v1/reports/tco", headers=auth(provider)).json()
+        g0 = rep["gpus"][0]
+        assert g0["purchase_price"] == 15000 and g0["rent_per_hour"] == 2.79
+        assert g0["capital_per_hour"] == round(15000 / (5.25 * 8760), 4)
+        assert g0["utilization"] == 0 and g0["recommendation"] == "move tier"
+        assert g0["reasons"] and len(g0["arithmetic"]) == 5
+        assert rep["fleet"]["gpus"] == 2 and rep["assumptions"]["depreciation_years"] == 5.25
+        png = tmp_path / "tco.png"
+        plot(rep, str(png))
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert c.c.get("/v1/reports/tco", headers=auth(c.token("consumer", "a"))).status_code == 403

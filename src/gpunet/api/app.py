@@ -56,6 +56,7 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
         lifecycle.agent_router,
         lifecycle.tiers_router,
         lifecycle.energy_router,
+        lifecycle.economics_router,
     ):
         app.include_router(r)
 

@@ -188,3 +188,16 @@ def energy(json_out: JsonOpt = False) -> None:
         flat.append({"who": o["account_id"], "line": energy_line(o)})
         flat += [{"who": f"  {g['gpu_id']}", "line": energy_line(g)} for g in o["gpus"]]
     table(flat, [("who", "OWNER / GPU"), ("line", "ENERGY")], title="energy")
+
+
+@gpus_app.command("purchase")
+def purchase(
+    price: Annotated[float, typer.Option(help="purchase price per GPU")],
+    date: Annotated[str, typer.Option(help="purchase date, YYYY-MM-DD")],
+    gpu_id: Annotated[str | None, typer.Argument(help="GPU id (or use --model)")] = None,
+    model: Annotated[str | None, typer.Option(help="every GPU of this model you own")] = None,
+) -> None:
+    """Record what a GPU (or every GPU of a model) cost and when it was bought."""
+    with Client() as client:
+        ids = client.record_purchase(price, date, gpu_id=gpu_id, model=model)
+    console.print(f"recorded for {len(ids)} GPU(s): {', '.join(ids)}")

@@ -7,7 +7,7 @@ import sys
 import click
 import typer
 
-from gpunet.cli import fleet, gpus, jobs, serve, sim
+from gpunet.cli import fleet, gpus, jobs, report, serve, sim
 from gpunet.cli.output import err_console
 from gpunet.errors import GpunetError
 
@@ -31,6 +31,7 @@ app.command()(fleet.nodes)
 app.add_typer(gpus.gpus_app, name="gpus")
 app.add_typer(fleet.tokens_app, name="tokens")
 app.add_typer(sim.app, name="sim")
+app.add_typer(report.report_app, name="report")
 
 
 def main() -> None:

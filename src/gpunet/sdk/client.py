@@ -205,6 +205,20 @@ class Client:
     def energy(self) -> list[dict[str, Any]]:
         return list(self._req("GET", "/v1/energy"))
 
+    def record_purchase(
+        self,
+        price: float,
+        purchased_on: str,
+        *,
+        gpu_id: str | None = None,
+        model: str | None = None,
+    ) -> list[str]:
+        body = {"gpu_id": gpu_id, "model": model, "price": price, "purchased_on": purchased_on}
+        return list(self._req("POST", "/v1/gpus-purchases", json=body)["gpu_ids"])
+
+    def tco(self) -> dict[str, Any]:
+        return dict(self._req("GET", "/v1/reports/tco"))
+
     def tiers(self) -> list[dict[str, Any]]:
         return list(self._req("GET", "/v1/tiers"))
 

@@ -85,6 +85,8 @@ class Gpu(Base):
     health_status: Mapped[str] = mapped_column(String(20), default="healthy")
     health_reasons: Mapped[list[Any]] = mapped_column(default=list)
     health_at: Mapped[datetime | None] = mapped_column(default=None)
+    purchase_price: Mapped[float | None] = mapped_column(Float, default=None)
+    purchased_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class GpuEvent(Base):

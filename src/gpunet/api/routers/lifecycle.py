@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from gpunet.api.deps import Rt, Who
-from gpunet.services import energy, tiers
+from gpunet.services import energy, tco, tiers
 from gpunet.services import lifecycle as svc
 from gpunet.services.auth import Role
 
@@ -75,3 +75,18 @@ energy_router = APIRouter(prefix="/v1/energy", tags=["gpus"])
 def energy_by_owner(rt: Rt, who: Who) -> list[dict[str, Any]]:
     """GPU and facility energy, CO2e and cost per owner and per GPU (providers: their own)."""
     return energy.by_owner(rt.db, who)
+
+
+economics_router = APIRouter(prefix="/v1", tags=["gpus"])
+
+
+@economics_router.post("/gpus-purchases")
+def purchases(rt: Rt, who: Who, body: tco.Purchase) -> dict[str, Any]:
+    """Record the purchase price and date of a GPU, or of every GPU of a model you own."""
+    return {"gpu_ids": tco.record_purchase(rt.db, who, body)}
+
+
+@economics_router.get("/reports/tco")
+def tco_report(rt: Rt, who: Who) -> dict[str, Any]:
+    """Cost of ownership per GPU and for the fleet, with a recommendation and its arithmetic."""
+    return tco.report(rt.db, who)

@@ -25,6 +25,8 @@ def upgrade() -> None:
         )
         b.add_column(sa.Column("health_reasons", sa.JSON(), nullable=False, server_default="[]"))
         b.add_column(sa.Column("health_at", sa.DateTime(timezone=True), nullable=True))
+        b.add_column(sa.Column("purchase_price", sa.Float(), nullable=True))
+        b.add_column(sa.Column("purchased_at", sa.DateTime(timezone=True), nullable=True))
     op.create_table(
         "gpu_events",
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
@@ -81,5 +83,13 @@ def downgrade() -> None:
     op.drop_index("ix_gpu_events_gpu", table_name="gpu_events")
     op.drop_table("gpu_events")
     with op.batch_alter_table("gpus") as b:
-        for col in ("health_at", "health_reasons", "health_status", "tier", "lifecycle_state"):
+        for col in (
+            "purchased_at",
+            "purchase_price",
+            "health_at",
+            "health_reasons",
+            "health_status",
+            "tier",
+            "lifecycle_state",
+        ):
             b.drop_column(col)
