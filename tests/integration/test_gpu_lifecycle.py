@@ -282,3 +282,32 @@ def test_tco_report_with_purchases_and_plot(db_url: str, tmp_path: Any) -> None:
         plot(rep, str(png))
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert c.c.get("/v1/reports/tco", headers=auth(c.token("consumer", "a"))).status_code == 403
+
+
+def test_with_burn_in_new_gpus_wait_for_their_first_benchmark(db_url: str) -> None:
+    from gpunet.core.benchmark import simulated_result
+
+    with coordinator(db_url, burn_in=True) as c:
+        node = c.register(c.token("provider", "owner"), [gpu(0), gpu(1), gpu(2)])
+        assert _gpu(c, f"{node.id}/0")["lifecycle_state"] == "burn_in"
+        consumer = c.token("consumer", "alice")
+        job = c.submit(consumer)  # capacity exists: burn-in GPUs come into service
+        why = c.c.get(f"/v1/jobs/{job['id']}/why", headers=auth(consumer)).json()
+        assert "drained" in str(why)
+        soak = simulated_result(1, "A100-80GB").to_dict() | {"soak_errors": 2}
+        blind = {"index": 2, "values": {}, "unmeasured": {"bf16_tflops": "no PyTorch"}}
+        _bench(c, node, [simulated_result(0, "A100-80GB").to_dict(), soak, blind])
+        assert _gpu(c, f"{node.id}/0")["lifecycle_state"] == "active"
+        t2 = c.c.get(f"/v1/gpus/{node.id}/2/timeline", headers=auth(c.admin)).json()
+        assert t2["events"][-1]["reason"] == (
+            "burn-in measured nothing to score (no PyTorch): in service unscored"
+        )
+        assert _gpu(c, f"{node.id}/1")["lifecycle_state"] == "drained"
+        att = c.next_start(node)
+        assert att["job_id"] == job["id"] and att["gpu_ids"][0] in (f"{node.id}/0", f"{node.id}/2")
+        t = c.c.get(f"/v1/gpus/{node.id}/0/timeline", headers=auth(c.admin)).json()
+        assert [(e["to"], e["reason"]) for e in t["events"]] == [
+            ("discovered", f"found on {node.id}"),
+            ("burn_in", "burn-in benchmark pending"),
+            ("active", "burn-in passed at 100% of reference"),
+        ]

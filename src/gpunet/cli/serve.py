@@ -110,6 +110,9 @@ def server(
     lease_timeout: Annotated[
         float, typer.Option(help="seconds without heartbeats before a node goes offline")
     ] = 30.0,
+    burn_in: Annotated[
+        bool, typer.Option("--burn-in", help="new GPUs take work only after a burn-in benchmark")
+    ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run the coordinator (migrations are applied at start)."""
@@ -120,7 +123,9 @@ def server(
     db, token = _prepare(url)
     if token:
         console.print(f"admin token (shown once, also in {home() / 'admin-token'}): {token}")
-    settings = Settings(database_url=url, lease_timeout_s=lease_timeout, policy=policy)
+    settings = Settings(
+        database_url=url, lease_timeout_s=lease_timeout, policy=policy, burn_in=burn_in
+    )
     console.print(f"gpunet coordinator on http://{host}:{port} ({db.engine.dialect.name})")
     _uvicorn(settings, db, host, port).run()
 

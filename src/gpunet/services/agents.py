@@ -62,7 +62,7 @@ class FinishReport(Report):
     energy: list[dict[str, Any]] = Field(default_factory=list)  # per GPU index (agent/energy.py)
 
 
-def _sync_gpus(s: Session, node: Node, gpus: list[GpuInfo]) -> None:
+def _sync_gpus(s: Session, node: Node, gpus: list[GpuInfo], burn_in: bool = False) -> None:
     existing = {g.index: g for g in s.scalars(select(Gpu).where(Gpu.node_id == node.id))}
     for info in gpus:
         model = resolve_model(info.model, field="gpus.model") if info.model else "unknown"
@@ -83,10 +83,12 @@ def _sync_gpus(s: Session, node: Node, gpus: list[GpuInfo]) -> None:
         if fresh:
             from gpunet.services.lifecycle import discovered
 
-            discovered(s, g, node.id)
+            discovered(s, g, node.id, burn_in=burn_in)
 
 
-def register(db: Database, who: Principal, reg: Registration) -> tuple[str, str]:
+def register(
+    db: Database, who: Principal, reg: Registration, *, burn_in: bool = False
+) -> tuple[str, str]:
     """A provider's join token registers a new node; returns (node id, the node's token)."""
     who.require(Role.PROVIDER)
     with db.transaction() as s:
@@ -105,7 +107,7 @@ def register(db: Database, who: Principal, reg: Registration) -> tuple[str, str]
         )
         s.add(node)
         s.flush()
-        _sync_gpus(s, node, reg.gpus)
+        _sync_gpus(s, node, reg.gpus, burn_in)
         from gpunet.store.tables import Account
 
         acct = s.get(Account, who.account_id)
@@ -123,13 +125,13 @@ def _own_node(s: Session, who: Principal) -> Node:
     return node
 
 
-def hello(db: Database, who: Principal, reg: Registration) -> str:
+def hello(db: Database, who: Principal, reg: Registration, *, burn_in: bool = False) -> str:
     """A known agent (re)connects: refresh its GPUs and mark it online."""
     with db.transaction() as s:
         node = _own_node(s, who)
         node.agent_version, node.status, node.last_heartbeat_at = reg.agent_version, "online", now()
         node.simulated = any(g.simulated for g in reg.gpus)
-        _sync_gpus(s, node, reg.gpus)
+        _sync_gpus(s, node, reg.gpus, burn_in)
         # a restarted agent's processes died with it (they are tied to it): what it was
         # running is lost; what was only assigned it will start now
         started = [AttemptState.RUNNING.value, AttemptState.STOPPING.value]

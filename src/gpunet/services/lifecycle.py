@@ -49,12 +49,22 @@ def apply_move(s: Session, g: Gpu, m: Move) -> None:
     _event(s, g, "lifecycle", m.src.value if m.src else None, m.dst.value, m.reason, m.actor)
 
 
-def discovered(s: Session, g: Gpu, node_id: str) -> None:
-    """A GPU seen for the first time. Burn-in is not run by this coordinator, so the GPU goes
-    straight into service; the event says so."""
+def discovered(s: Session, g: Gpu, node_id: str, *, burn_in: bool = False) -> None:
+    """A GPU seen for the first time. With ``burn_in`` it waits in burn_in for its agent's
+    first benchmark (services/tiers.py moves it on); without, it goes straight into service
+    and the event says so."""
     s.flush()
     g.lifecycle_state = GpuState.DISCOVERED.value
     _event(s, g, "lifecycle", None, GpuState.DISCOVERED.value, f"found on {node_id}", node_id)
+    if burn_in:
+        apply_move(
+            s,
+            g,
+            move(
+                GpuState.DISCOVERED, GpuState.BURN_IN, "burn-in benchmark pending", "rule:burn_in"
+            ),
+        )
+        return
     apply_move(
         s,
         g,

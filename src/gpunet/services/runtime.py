@@ -23,6 +23,7 @@ class Settings:
     scheduler_interval_s: float = 1.0
     reaper_interval_s: float = 1.0
     telemetry_flush_s: float = 2.0
+    burn_in: bool = False  # new GPUs wait for a passing burn-in benchmark before taking work
 
 
 @dataclass

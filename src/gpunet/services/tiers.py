@@ -70,7 +70,14 @@ def record(db: Database, who: Principal, rep: BenchmarkReport) -> list[dict[str,
                 why = "; ".join(sc.reasons)
                 apply_move(s, g, move(state, GpuState.DRAINED, why, BENCH_RULE))
             elif state is GpuState.BURN_IN:
-                apply_move(s, g, move(state, GpuState.ACTIVE, "burn-in passed", BENCH_RULE))
+                why = (
+                    f"burn-in passed at {sc.score_pct:g}% of reference"
+                    if sc.score_pct is not None
+                    else "burn-in measured nothing to score ("
+                    + "; ".join(sorted(set(r.unmeasured.values())))
+                    + "): in service unscored"
+                )
+                apply_move(s, g, move(state, GpuState.ACTIVE, why, BENCH_RULE))
             out.append({"gpu_id": g.id, **sc.to_dict()})
     return out
 

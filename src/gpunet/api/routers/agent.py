@@ -22,7 +22,7 @@ router = APIRouter(prefix="/v1/agent", tags=["agent"])
 @router.post("/register", status_code=201)
 def register(rt: Rt, who: Who, reg: svc.Registration) -> dict[str, Any]:
     """Register a node with a provider join token; answers the node's own token."""
-    node_id, token = svc.register(rt.db, who, reg)
+    node_id, token = svc.register(rt.db, who, reg, burn_in=rt.settings.burn_in)
     rt.leases.renew(node_id, now(), None)
     rt.wakeups.wake_scheduler()
     return {"node_id": node_id, "token": token, "lease_timeout_s": rt.settings.lease_timeout_s}
@@ -30,7 +30,7 @@ def register(rt: Rt, who: Who, reg: svc.Registration) -> dict[str, Any]:
 
 @router.post("/hello")
 def hello(rt: Rt, who: Who, reg: svc.Registration) -> dict[str, Any]:
-    node_id = svc.hello(rt.db, who, reg)
+    node_id = svc.hello(rt.db, who, reg, burn_in=rt.settings.burn_in)
     rt.leases.renew(node_id, now(), None)
     rt.wakeups.wake_scheduler()
     return {"node_id": node_id, "lease_timeout_s": rt.settings.lease_timeout_s}
