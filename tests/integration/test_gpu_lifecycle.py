@@ -242,6 +242,8 @@ def test_energy_of_a_finished_job_and_per_owner(db_url: str) -> None:
         assert e["gpus"][0]["counter_end_j"] - e["gpus"][0]["counter_start_j"] == 7.2e6
         t = c.c.get(f"/v1/gpus/{node.id}/0/timeline", headers=auth(c.admin)).json()
         assert t["energy"]["gpu_kwh"] == 2.0
+        assert t["tco"]["power_source"] == "measured energy of its work"
+        assert t["tco"]["recommendation"] in ("keep", "move tier", "sell", "retire")
         mine = c.c.get("/v1/energy", headers=auth(provider)).json()
         assert len(mine) == 1 and mine[0]["gpus"][0]["gpu_id"] == f"{node.id}/0"
         assert mine[0]["co2e_kg"] == 1.501

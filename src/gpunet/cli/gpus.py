@@ -87,6 +87,12 @@ def show(gpu_id: GpuArg, json_out: JsonOpt = False) -> None:
         console.print(f"  {k:11} {fmt(v)}")
     if g.get("energy", {}).get("gpu_joules"):
         console.print(f"  {'energy':11} {energy_line(g['energy'])}")
+    if g.get("tco"):
+        t = g["tco"]
+        console.print(
+            f"  {'cost':11} {t['cost_per_hour']}/h, per useful GPU-hour "
+            f"{t['cost_per_useful_hour']}, rent {t['rent_per_hour']}/h: {t['recommendation']}"
+        )
     for r in g["health_reasons"]:
         console.print(f"  {'':11} [red]{r}[/]")
     table(

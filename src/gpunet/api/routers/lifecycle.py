@@ -34,6 +34,7 @@ def show(rt: Rt, who: Who, gpu_id: str) -> dict[str, Any]:
     out = svc.timeline(rt.db, who, gpu_id)
     out["benchmarks"] = tiers.benchmarks_of(rt.db, out["id"])
     out["energy"] = energy.gpu_energy(rt.db, out["id"])
+    out["tco"] = next((r for r in tco.report(rt.db, who)["gpus"] if r["gpu_id"] == out["id"]), None)
     return out
 
 
