@@ -24,8 +24,9 @@ from typing import Any
 import httpx
 
 from gpunet import __version__
-from gpunet.agent import runner
+from gpunet.agent import bench, energy, runner
 from gpunet.agent.gpus.base import GpuBackend
+from gpunet.core.energy import Meter
 
 log = logging.getLogger("gpunet.agent")
 
@@ -45,6 +46,7 @@ class AttemptCtx:
     orphaned: bool = False  # the coordinator no longer counts it: drop its reports
     logs: list[dict[str, str]] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
+    meters: dict[int, Meter] = field(default_factory=dict)  # energy per GPU index
 
     @property
     def id(self) -> str:
@@ -80,6 +82,7 @@ class Agent:
         self.reports: asyncio.Queue[tuple[str, str, dict[str, Any]]] = asyncio.Queue()
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=70.0))
         self.stopping = asyncio.Event()
+        self.benchmark_every_s = 6 * 3600.0  # periodic benchmarks of idle GPUs
 
     # ---- connection -------------------------------------------------------------------
     @property
@@ -171,6 +174,7 @@ class Agent:
                 self._report_loop(),
                 self._log_flush_loop(),
                 self._lease_watch(),
+                bench.benchmark_loop(self),
             )
         ]
         await self.stopping.wait()
@@ -191,13 +195,19 @@ class Agent:
         while True:
             interval = max(0.2, min(5.0, self.lease_timeout_s / 6))
             try:
-                tele = [t.to_dict() for t in self.backend.telemetry(self._busy_indices())]
+                busy = self._busy_indices()
+                readings = self.backend.telemetry(busy)
+                for running in self.attempts.values():
+                    if running.meters:
+                        energy.sample(running.meters, readings)
+                tele = [t.to_dict() for t in readings]
                 res = await self._call(
                     "POST",
                     "/v1/agent/heartbeat",
                     json={
                         "gpus": tele,
                         "attempts": [a.id for a in self.attempts.values() if not a.orphaned],
+                        "health": self.backend.health(busy),
                     },
                 )
                 self.last_renewed = time.monotonic()
@@ -277,15 +287,24 @@ class Agent:
                 self._flush_logs(ctx)
                 self._report(ctx, "finished", {"exit_code": 127, "reason": f"start failed: {exc}"})
                 return
+            ctx.meters = energy.start(self.backend, ctx.info["gpu_indices"], self._busy_indices())
             self._report(ctx, "started", {})
             code = await ctx.run.wait()
+            energy.sample(ctx.meters, self.backend.telemetry(self._busy_indices()))
+            used = energy.report(ctx.meters)
             self._flush_logs(ctx)
             reason = ctx.run.stop_reason
             if reason == "lease lost":
-                self._report(ctx, "finished", {"exit_code": code, "lost": True, "reason": reason})
+                self._report(
+                    ctx,
+                    "finished",
+                    {"exit_code": code, "lost": True, "reason": reason, "energy": used},
+                )
             else:
                 self._report(
-                    ctx, "finished", {"exit_code": code, "reason": reason or f"exit code {code}"}
+                    ctx,
+                    "finished",
+                    {"exit_code": code, "reason": reason or f"exit code {code}", "energy": used},
                 )
         finally:
             shutil.rmtree(workdir, ignore_errors=True)

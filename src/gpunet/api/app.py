@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from gpunet import __version__
 from gpunet.api import errors
 from gpunet.api.deps import Rt
-from gpunet.api.routers import agent, fleet, jobs, market
+from gpunet.api.routers import agent, fleet, jobs, lifecycle, market
 from gpunet.core.jobs import JobState
 from gpunet.loops.background import start_all
 from gpunet.services.fleet import busy_gpu_ids
@@ -48,7 +48,17 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
     app = FastAPI(title="gpunet coordinator", version=__version__, lifespan=lifespan)
     app.state.runtime = rt
     errors.install(app)
-    for r in (jobs.router, fleet.router, agent.router, market.router):
+    for r in (
+        jobs.router,
+        fleet.router,
+        agent.router,
+        lifecycle.router,
+        lifecycle.agent_router,
+        lifecycle.tiers_router,
+        lifecycle.energy_router,
+        lifecycle.economics_router,
+        market.router,
+    ):
         app.include_router(r)
 
     @app.get("/healthz", tags=["meta"])

@@ -46,7 +46,9 @@ def gpus(json_out: JsonOpt = False) -> None:
     for r in rows:
         r["memory"] = f"{(r['memory_used_mb'] or 0) / 1000:.1f}/{r['memory_mb'] / 1000:.0f} GB"
         r["state"] = (
-            "unhealthy"
+            r["lifecycle_state"]
+            if r.get("lifecycle_state") not in (None, "active")
+            else "unhealthy"
             if not r["healthy"]
             else "drained"
             if r["drained"]

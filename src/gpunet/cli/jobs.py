@@ -190,6 +190,10 @@ def jobs_show(job_id: str, json_out: JsonOpt = False) -> None:
         console.print(f"  {key:13} {job.get(key) if job.get(key) not in (None, []) else '-'}")
     cmd = job["spec"]["command"]
     console.print(f"  {'command':13} {cmd if isinstance(cmd, str) else ' '.join(cmd)}")
+    if job.get("energy", {}).get("gpus"):
+        from gpunet.cli.gpus import energy_line
+
+        console.print(f"  {'energy':13} {energy_line(job['energy'])}")
     if job.get("attempts"):
         table(
             job["attempts"],

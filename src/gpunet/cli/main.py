@@ -7,7 +7,7 @@ import sys
 import click
 import typer
 
-from gpunet.cli import fleet, jobs, market, serve, sim
+from gpunet.cli import fleet, gpus, jobs, market, report, serve, sim
 from gpunet.cli.output import err_console
 from gpunet.errors import GpunetError
 
@@ -28,7 +28,7 @@ app.add_typer(jobs.jobs_app, name="jobs")
 app.command()(jobs.logs)
 app.command()(jobs.cancel)
 app.command()(fleet.nodes)
-app.command()(fleet.gpus)
+app.add_typer(gpus.gpus_app, name="gpus")
 app.add_typer(fleet.tokens_app, name="tokens")
 app.add_typer(sim.app, name="sim")
 app.add_typer(market.price_app, name="price")
@@ -38,6 +38,7 @@ app.add_typer(market.ledger_app, name="ledger")
 app.command()(market.balance)
 app.command()(market.earnings)
 app.command()(market.spend)
+app.add_typer(report.report_app, name="report")
 
 
 def main() -> None:

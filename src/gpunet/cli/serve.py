@@ -28,10 +28,13 @@ from gpunet.store.db import Database
 DEFAULT_SIMULATED = "2xA100-80GB"
 
 
-def pick_backend(simulate: str | None, *, quiet: bool = False) -> GpuBackend:
-    """NVML when there is an NVIDIA GPU and no --simulate; else simulated GPUs, said plainly."""
+def pick_backend(
+    simulate: str | None, *, quiet: bool = False, faults: Path | None = None
+) -> GpuBackend:
+    """NVML when there is an NVIDIA GPU and no --simulate; else simulated GPUs, said plainly.
+    ``faults``: the fault-injection profile simulated GPUs re-read."""
     if simulate:
-        return SimulatedBackend(parse_simulate(simulate), seed=socket.gethostname())
+        return SimulatedBackend(parse_simulate(simulate), seed=socket.gethostname(), faults=faults)
     from gpunet.agent.gpus.nvml import NvmlBackend, NvmlUnavailable
 
     try:
@@ -109,6 +112,9 @@ def server(
     lease_timeout: Annotated[
         float, typer.Option(help="seconds without heartbeats before a node goes offline")
     ] = 30.0,
+    burn_in: Annotated[
+        bool, typer.Option("--burn-in", help="new GPUs take work only after a burn-in benchmark")
+    ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run the coordinator (migrations are applied at start)."""
@@ -119,7 +125,9 @@ def server(
     db, token = _prepare(url)
     if token:
         console.print(f"admin token (shown once, also in {home() / 'admin-token'}): {token}")
-    settings = Settings(database_url=url, lease_timeout_s=lease_timeout, policy=policy)
+    settings = Settings(
+        database_url=url, lease_timeout_s=lease_timeout, policy=policy, burn_in=burn_in
+    )
     console.print(f"gpunet coordinator on http://{host}:{port} ({db.engine.dialect.name})")
     _uvicorn(settings, db, host, port).run()
 
@@ -134,19 +142,28 @@ def agent(
     name: Annotated[str | None, typer.Option(help="node name (default: hostname)")] = None,
     agent_home: Annotated[Path | None, typer.Option("--home", help="agent state directory")] = None,
     site: Annotated[str | None, typer.Option(help="site label, e.g. eu-west")] = None,
+    faults: Annotated[
+        Path | None,
+        typer.Option(help="fault profile for simulated GPUs (default: HOME/faults.yaml)"),
+    ] = None,
+    benchmark_every: Annotated[
+        float, typer.Option(help="seconds between benchmarks of idle GPUs", min=1.0)
+    ] = 6 * 3600.0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Join this machine's GPUs to a coordinator. Dials out only: works behind NAT."""
     _logging(verbose)
-    backend = pick_backend(simulate)
+    agent_dir = agent_home or home() / "agent"
+    backend = pick_backend(simulate, faults=faults or agent_dir / "faults.yaml")
     a = Agent(
         coordinator,
         backend,
-        agent_home or home() / "agent",
+        agent_dir,
         join_token=join_token,
         name=name,
         site=site,
     )
+    a.benchmark_every_s = benchmark_every
     console.print(
         f"gpunet agent: {len(backend.discover())} GPU(s)"
         f"{' (simulated)' if backend.simulated else ''} -> {coordinator}"

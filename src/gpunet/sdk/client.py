@@ -194,6 +194,37 @@ class Client:
     def gpus(self) -> list[dict[str, Any]]:
         return list(self._req("GET", "/v1/gpus"))
 
+    def gpu_action(self, gpu_id: str, action: str, reason: str) -> dict[str, Any]:
+        """drain | activate | maintain | retire | recycle a GPU, saying why."""
+        body = {"action": action, "reason": reason}
+        return dict(self._req("POST", f"/v1/gpus/{gpu_id}/lifecycle", json=body))
+
+    def gpu_timeline(self, gpu_id: str) -> dict[str, Any]:
+        return dict(self._req("GET", f"/v1/gpus/{gpu_id}/timeline"))
+
+    def energy(self) -> list[dict[str, Any]]:
+        return list(self._req("GET", "/v1/energy"))
+
+    def record_purchase(
+        self,
+        price: float,
+        purchased_on: str,
+        *,
+        gpu_id: str | None = None,
+        model: str | None = None,
+    ) -> list[str]:
+        body = {"gpu_id": gpu_id, "model": model, "price": price, "purchased_on": purchased_on}
+        return list(self._req("POST", "/v1/gpus-purchases", json=body)["gpu_ids"])
+
+    def tco(self) -> dict[str, Any]:
+        return dict(self._req("GET", "/v1/reports/tco"))
+
+    def tiers(self) -> list[dict[str, Any]]:
+        return list(self._req("GET", "/v1/tiers"))
+
+    def apply_tiers(self, gpu_ids: list[str] | None = None) -> list[dict[str, Any]]:
+        return list(self._req("POST", "/v1/tiers/apply", json={"gpu_ids": gpu_ids}))
+
     def create_token(self, role: str, account: str, name: str = "") -> str:
         res = self._req("POST", "/v1/tokens", json={"role": role, "account": account, "name": name})
         return str(res["token"])

@@ -60,9 +60,10 @@ class FinishReport(Report):
     exit_code: int | None = None
     reason: str = ""
     lost: bool = False  # the agent stopped it because it could not renew its lease
+    energy: list[dict[str, Any]] = Field(default_factory=list)  # per GPU index (agent/energy.py)
 
 
-def _sync_gpus(s: Session, node: Node, gpus: list[GpuInfo]) -> None:
+def _sync_gpus(s: Session, node: Node, gpus: list[GpuInfo], burn_in: bool = False) -> None:
     existing = {g.index: g for g in s.scalars(select(Gpu).where(Gpu.node_id == node.id))}
     for info in gpus:
         model = resolve_model(info.model, field="gpus.model") if info.model else "unknown"
@@ -75,11 +76,20 @@ def _sync_gpus(s: Session, node: Node, gpus: list[GpuInfo]) -> None:
         if g is None:
             g = Gpu(id=f"{node.id}/{info.index}", node_id=node.id, index=info.index)
             s.add(g)
+            fresh = True
+        else:
+            fresh = False
         g.uuid, g.name, g.model, g.memory_mb = info.uuid, info.name, model, info.memory_mb
         g.cc_major, g.cc_minor, g.simulated = cc[0], cc[1], info.simulated
+        if fresh:
+            from gpunet.services.lifecycle import discovered
+
+            discovered(s, g, node.id, burn_in=burn_in)
 
 
-def register(db: Database, who: Principal, reg: Registration) -> tuple[str, str]:
+def register(
+    db: Database, who: Principal, reg: Registration, *, burn_in: bool = False
+) -> tuple[str, str]:
     """A provider's join token registers a new node; returns (node id, the node's token)."""
     who.require(Role.PROVIDER)
     with db.transaction() as s:
@@ -98,7 +108,7 @@ def register(db: Database, who: Principal, reg: Registration) -> tuple[str, str]
         )
         s.add(node)
         s.flush()
-        _sync_gpus(s, node, reg.gpus)
+        _sync_gpus(s, node, reg.gpus, burn_in)
         from gpunet.store.tables import Account
 
         acct = s.get(Account, who.account_id)
@@ -116,13 +126,13 @@ def _own_node(s: Session, who: Principal) -> Node:
     return node
 
 
-def hello(db: Database, who: Principal, reg: Registration) -> str:
+def hello(db: Database, who: Principal, reg: Registration, *, burn_in: bool = False) -> str:
     """A known agent (re)connects: refresh its GPUs and mark it online."""
     with db.transaction() as s:
         node = _own_node(s, who)
         node.agent_version, node.status, node.last_heartbeat_at = reg.agent_version, "online", now()
         node.simulated = any(g.simulated for g in reg.gpus)
-        _sync_gpus(s, node, reg.gpus)
+        _sync_gpus(s, node, reg.gpus, burn_in)
         # a restarted agent's processes died with it (they are tied to it): what it was
         # running is lost; what was only assigned it will start now
         started = [AttemptState.RUNNING.value, AttemptState.STOPPING.value]
@@ -241,6 +251,10 @@ def attempt_finished(db: Database, who: Principal, attempt_id: str, rep: FinishR
     with db.transaction() as s:
         att, job = _fenced(s, who, attempt_id, rep.fencing_token)
         att.exit_code = rep.exit_code
+        if rep.energy:
+            from gpunet.services.energy import record_energy
+
+            record_energy(s, att, rep.energy)
         if rep.lost or rep.exit_code is None:
             lose_attempt(s, att, rep.reason or "the agent lost its lease", att.node_id)
             return

@@ -9,9 +9,12 @@ from sqlalchemy.orm import Session
 
 from gpunet.core.jobs import GPU_HOLDING_ATTEMPT_STATES
 from gpunet.core.jobspec import JobSpec
+from gpunet.core.lifecycle import GONE
 from gpunet.core.scheduling import GpuView, JobRequest, NodeView, Snapshot
 from gpunet.store.tables import Attempt, Gpu, Job, Node
 from gpunet.util import iso
+
+GONE_STATES = [st.value for st in GONE]  # retired or recycled: not capacity any more
 
 
 def busy_gpu_ids(s: Session) -> dict[str, str]:
@@ -29,23 +32,23 @@ def fleet_snapshot(s: Session, *, all_free: bool = False, now: float | None = No
     capacity, used to reject jobs that could never run). ``now``: the clock, for aging."""
     # plain rows, not ORM objects: this runs on every submit and every scheduler pass
     nodes = s.execute(select(Node.id, Node.status, Node.site)).all()
-    gpus: list[Any] = list(
-        s.execute(
-            select(
-                Gpu.id,
-                Gpu.node_id,
-                Gpu.model,
-                Gpu.memory_mb,
-                Gpu.cc_major,
-                Gpu.cc_minor,
-                Gpu.healthy,
-                Gpu.drained,
-                Gpu.simulated,
-                Gpu.power_w,
-                Gpu.price_per_hour,
-            )
-        )
+    cols = select(
+        Gpu.id,
+        Gpu.node_id,
+        Gpu.model,
+        Gpu.memory_mb,
+        Gpu.cc_major,
+        Gpu.cc_minor,
+        Gpu.healthy,
+        Gpu.drained,
+        Gpu.simulated,
+        Gpu.power_w,
+        Gpu.tier,
+        Gpu.price_per_hour,
     )
+    if all_free:
+        cols = cols.where(Gpu.lifecycle_state.notin_(GONE_STATES))
+    gpus: list[Any] = list(s.execute(cols))
     busy = {} if all_free else busy_gpu_ids(s)
     return Snapshot(
         nodes=tuple(NodeView(nid, all_free or st == "online", site) for nid, st, site in nodes),
@@ -61,6 +64,7 @@ def fleet_snapshot(s: Session, *, all_free: bool = False, now: float | None = No
                 drained=False if all_free else drained,
                 simulated=simulated,
                 power_w=power,
+                tier=tier,
                 price_per_hour=price,
             )
             for (
@@ -74,6 +78,7 @@ def fleet_snapshot(s: Session, *, all_free: bool = False, now: float | None = No
                 drained,
                 simulated,
                 power,
+                tier,
                 price,
             ) in gpus
         ),
@@ -132,6 +137,10 @@ def gpu_dict(g: Gpu, holder: str | None = None) -> dict[str, Any]:
         "power_w": g.power_w,
         "telemetry_at": iso(g.telemetry_at),
         "price_per_hour": None if g.price_per_hour is None else str(g.price_per_hour),
+        "lifecycle_state": g.lifecycle_state,
+        "tier": g.tier,
+        "health_status": g.health_status,
+        "health_reasons": list(g.health_reasons or []),
     }
 
 

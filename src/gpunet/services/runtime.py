@@ -30,6 +30,7 @@ class Settings:
     hold_hours: Decimal = Decimal("1")
     meter_interval_s: float = 300.0
     energy_price_per_kwh: Decimal = Decimal("0.15")
+    burn_in: bool = False  # new GPUs wait for a passing burn-in benchmark before taking work
 
 
 @dataclass

@@ -113,6 +113,61 @@ class Gpu(Base):
     # market: the owner's price per GPU-hour (None: free) and floor for interruptible work
     price_per_hour: Mapped[Decimal | None] = mapped_column(Money(), default=None)
     min_interruptible_price: Mapped[Decimal | None] = mapped_column(Money(), default=None)
+    # lifecycle (core/lifecycle.py): healthy/drained above are kept in step with these
+    lifecycle_state: Mapped[str] = mapped_column(String(20), default="active")
+    tier: Mapped[str | None] = mapped_column(String(20), default=None)
+    health_status: Mapped[str] = mapped_column(String(20), default="healthy")
+    health_reasons: Mapped[list[Any]] = mapped_column(default=list)
+    health_at: Mapped[datetime | None] = mapped_column(default=None)
+    purchase_price: Mapped[float | None] = mapped_column(Float, default=None)
+    purchased_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class GpuEvent(Base):
+    """A GPU's timeline: lifecycle moves, health incidents, tier changes."""
+
+    __tablename__ = "gpu_events"
+    __table_args__ = (Index("ix_gpu_events_gpu", "gpu_id", "id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    gpu_id: Mapped[str] = mapped_column(ForeignKey("gpus.id"))
+    kind: Mapped[str] = mapped_column(String(20))  # lifecycle | health | tier
+    from_state: Mapped[str | None] = mapped_column(String(20), default=None)
+    to_state: Mapped[str] = mapped_column(String(20))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    actor: Mapped[str] = mapped_column(String(100), default="")
+    at: Mapped[datetime]
+    data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class GpuBenchmark(Base):
+    """One benchmark run of one GPU, scored against its model's reference."""
+
+    __tablename__ = "gpu_benchmarks"
+    __table_args__ = (Index("ix_gpu_benchmarks_gpu", "gpu_id", "id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    gpu_id: Mapped[str] = mapped_column(ForeignKey("gpus.id"))
+    at: Mapped[datetime]
+    kind: Mapped[str] = mapped_column(String(20))  # burn_in | periodic
+    simulated: Mapped[bool] = mapped_column(Boolean, default=False)
+    score_pct: Mapped[float | None] = mapped_column(Float, default=None)
+    result: Mapped[dict[str, Any]] = mapped_column(default=dict)  # values, unmeasured, soak
+    scored: Mapped[dict[str, Any]] = mapped_column(default=dict)  # per metric, flags, reasons
+
+
+class AttemptEnergy(Base):
+    """Energy one GPU used for one attempt, as the agent metered it."""
+
+    __tablename__ = "attempt_energy"
+    attempt_id: Mapped[str] = mapped_column(ForeignKey("attempts.id"), primary_key=True)
+    gpu_id: Mapped[str] = mapped_column(ForeignKey("gpus.id"), primary_key=True, index=True)
+    joules: Mapped[float] = mapped_column(Float)
+    method: Mapped[str] = mapped_column(String(20))  # counter | integrated | mixed
+    resets: Mapped[int] = mapped_column(Integer, default=0)
+    samples: Mapped[int] = mapped_column(Integer, default=0)
+    seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    counter_start_j: Mapped[float | None] = mapped_column(Float, default=None)
+    counter_end_j: Mapped[float | None] = mapped_column(Float, default=None)
+    at: Mapped[datetime]
 
 
 class Blob(Base):

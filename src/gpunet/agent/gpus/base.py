@@ -40,4 +40,9 @@ class GpuBackend(Protocol):
 
     def telemetry(self, busy: set[int]) -> list[Telemetry]: ...
 
+    def health(self, busy: set[int]) -> list[dict[str, Any]]:
+        """Health readings per GPU (see core.health.HealthReading); keys not measured are
+        left out."""
+        ...
+
     def close(self) -> None: ...

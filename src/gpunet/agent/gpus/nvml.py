@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
+from gpunet.agent.gpus import nvml_health
 from gpunet.agent.gpus.base import DiscoveredGpu, Telemetry
 from gpunet.catalog import model_from_nvml_name
 
@@ -29,6 +30,7 @@ class NvmlBackend:
         if pynvml.nvmlDeviceGetCount() == 0:
             pynvml.nvmlShutdown()
             raise NvmlUnavailable("NVML found no GPU")
+        self._xids = nvml_health.XidWatch(pynvml, self._handles())
 
     def _handles(self) -> list[Any]:
         nv = self._nv
@@ -84,6 +86,13 @@ class NvmlBackend:
             )
         return out
 
+    def health(self, busy: set[int]) -> list[dict[str, Any]]:
+        xids = self._xids.drain()
+        return [
+            nvml_health.read(self._nv, i, h, xids.get(i, [])) for i, h in enumerate(self._handles())
+        ]
+
     def close(self) -> None:
+        self._xids.close()
         with contextlib.suppress(Exception):
             self._nv.nvmlShutdown()

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from gpunet.agent.gpus.base import DiscoveredGpu, Telemetry
+from gpunet.agent.gpus.faults import FaultProfile
 from gpunet.catalog import catalog, resolve_model
 from gpunet.errors import ValidationFailed
 
@@ -56,9 +59,13 @@ def parse_simulate(spec: str) -> list[str]:
 class SimulatedBackend:
     simulated = True
 
-    def __init__(self, models: list[str], seed: str = "") -> None:
+    def __init__(self, models: list[str], seed: str = "", faults: Path | None = None) -> None:
         self.models = models
         self.seed = seed
+        self.faults = FaultProfile(faults)
+        # a total-energy counter per GPU, as NVML has: integrates the simulated power
+        self._energy_j = [1.0e6 * (i + 1) for i in range(len(models))]
+        self._energy_t: list[float | None] = [None] * len(models)
 
     def discover(self) -> list[DiscoveredGpu]:
         out = []
@@ -85,15 +92,43 @@ class SimulatedBackend:
             spec = catalog()[model]
             tdp = spec.tdp_w or 300.0
             on = i in busy
+            faults = self.faults.faults(i)
+            temp = faults.get("temperature_c")
+            power = tdp * (0.85 if on else 0.1)
+            t = time.monotonic()
+            last = self._energy_t[i]
+            # the power since the previous reading is the power now (a step function)
+            self._energy_j[i] += power * (t - last) if last is not None else 0.0
+            self._energy_t[i] = t
+            counter = None if faults.get("no_energy_counter") else round(self._energy_j[i], 3)
             out.append(
                 Telemetry(
                     i,
                     utilization_pct=95.0 if on else 0.0,
                     memory_used_mb=spec.memory_mb * (0.6 if on else 0.0),
-                    temperature_c=72.0 if on else 35.0,
-                    power_w=tdp * (0.85 if on else 0.1),
+                    temperature_c=float(temp) if temp is not None else (72.0 if on else 35.0),
+                    power_w=power,
+                    energy_j=counter,
                 )
             )
+        return out
+
+    def health(self, busy: set[int]) -> list[dict[str, Any]]:
+        """Clean counters of a healthy simulated GPU, with the fault profile laid over them."""
+        clean = {
+            "ecc_uncorrected_volatile": 0,
+            "ecc_corrected_volatile": 0,
+            "retired_pages_pending": False,
+            "row_remap_pending": False,
+            "row_remap_failure": False,
+            "throttle_reasons": 0x0,
+            "nvlink_links_down": 0,
+            "simulated": True,
+        }
+        out = []
+        for i in range(len(self.models)):
+            base = dict(clean, throttle_reasons=0x0 if i in busy else 0x1)
+            out.append(self.faults.reading(i, base))
         return out
 
     def close(self) -> None:

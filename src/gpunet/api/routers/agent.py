@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from gpunet.api.deps import Rt, Who
 from gpunet.errors import Forbidden
 from gpunet.services import agents as svc
+from gpunet.services.lifecycle import apply_health
 from gpunet.util import now
 
 router = APIRouter(prefix="/v1/agent", tags=["agent"])
@@ -22,7 +23,7 @@ router = APIRouter(prefix="/v1/agent", tags=["agent"])
 @router.post("/register", status_code=201)
 def register(rt: Rt, who: Who, reg: svc.Registration) -> dict[str, Any]:
     """Register a node with a provider join token; answers the node's own token."""
-    node_id, token = svc.register(rt.db, who, reg)
+    node_id, token = svc.register(rt.db, who, reg, burn_in=rt.settings.burn_in)
     rt.leases.renew(node_id, now(), None)
     rt.wakeups.wake_scheduler()
     return {"node_id": node_id, "token": token, "lease_timeout_s": rt.settings.lease_timeout_s}
@@ -30,7 +31,7 @@ def register(rt: Rt, who: Who, reg: svc.Registration) -> dict[str, Any]:
 
 @router.post("/hello")
 def hello(rt: Rt, who: Who, reg: svc.Registration) -> dict[str, Any]:
-    node_id = svc.hello(rt.db, who, reg)
+    node_id = svc.hello(rt.db, who, reg, burn_in=rt.settings.burn_in)
     rt.leases.renew(node_id, now(), None)
     rt.wakeups.wake_nodes([node_id])  # it may have assigned attempts to pick up again
     rt.wakeups.wake_scheduler()
@@ -40,6 +41,7 @@ def hello(rt: Rt, who: Who, reg: svc.Registration) -> dict[str, Any]:
 class Heartbeat(BaseModel):
     gpus: list[dict[str, Any]] = Field(default_factory=list)  # telemetry per GPU index
     attempts: list[str] = Field(default_factory=list)  # attempts the agent is running
+    health: list[dict[str, Any]] = Field(default_factory=list)  # health readings per GPU index
 
 
 @router.post("/heartbeat")
@@ -54,6 +56,10 @@ async def heartbeat(rt: Rt, who: Who, hb: Heartbeat) -> dict[str, Any]:
     if not was_known:  # back after being reaped (or after our restart): online again
         await run_in_threadpool(svc.mark_online, rt.db, who.node_id)
         rt.wakeups.wake_scheduler()
+    if hb.health:
+        stopped: int = await run_in_threadpool(apply_health, rt.db, who.node_id, hb.health)
+        if stopped:
+            rt.wakeups.wake_scheduler()  # attempts on a failed GPU were re-queued
     stop = (
         await run_in_threadpool(svc.check_reported, rt.db, who, hb.attempts) if hb.attempts else []
     )

@@ -11,6 +11,7 @@ from gpunet.api.deps import Rt, Who
 from gpunet.core.jobspec import parse_spec
 from gpunet.loops import metering
 from gpunet.services import jobs as svc
+from gpunet.services.energy import job_energy
 from gpunet.services.scheduling import why
 from gpunet.util import iso
 
@@ -38,7 +39,9 @@ def list_jobs(
 @router.get("/jobs/{job_id}")
 def show(rt: Rt, who: Who, job_id: str) -> dict[str, Any]:
     job, attempts = svc.get_job(rt.db, who, job_id)
-    return svc.job_dict(job, attempts)
+    out = svc.job_dict(job, attempts)
+    out["energy"] = job_energy(rt.db, [a.id for a in attempts])
+    return out
 
 
 @router.get("/jobs/{job_id}/events")

@@ -26,6 +26,7 @@ class GpuClass:
     drained: bool
     node_online: bool
     power_w: float | None
+    tier: str | None = None
 
 
 Filter = Callable[[JobRequest, GpuClass], "str | None"]

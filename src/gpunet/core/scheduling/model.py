@@ -25,6 +25,7 @@ class GpuView:
     price_per_hour: Decimal | None = None
     simulated: bool = False
     power_w: float | None = None  # measured or rated board power; None: the catalog's TDP
+    tier: str | None = None  # duty tier (training | inference | secondary); None: unassigned
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,13 @@ from gpunet.core.scheduling.filters import (
 )
 from gpunet.core.scheduling.model import Explanation, JobRequest, Placement, Plan, Snapshot
 from gpunet.core.scheduling.policies import QUANTUM_S, Policy, get_policy
-from gpunet.core.scheduling.scorers import class_scores, expected_throughputs, locality, packing
+from gpunet.core.scheduling.scorers import (
+    class_scores,
+    expected_throughputs,
+    locality,
+    packing,
+    tier_fit,
+)
 
 _SCORE_EPS = 1e-9
 
@@ -57,6 +63,7 @@ class FleetIndex:
                 g.drained,
                 online.get(g.node_id, False),
                 g.power_w,
+                g.tier,
             )
             st = by_key.get(key)
             if st is None:
@@ -127,7 +134,8 @@ class _JobView:
 
     reasons: list[str | None]  # per class index: first failing filter (transient or static)
     scores: list[float]  # per class index: weighted class-level score (0 where infeasible)
-    parts: list[tuple[float, float, float]]  # per class: (throughput, price, energy) weighted
+    # per class: (throughput, price, energy, tier) weighted
+    parts: list[tuple[float, float, float, float]]
 
 
 class _Planner:
@@ -151,6 +159,7 @@ class _Planner:
     def _view(self, job: JobRequest) -> _JobView:
         key = (
             job.job_class,
+            job.gpu_count,  # the duty tier a job wants depends on its size
             job.throughput_hint,
             job.gpu_models,
             job.min_memory_mb,
@@ -167,15 +176,20 @@ class _Planner:
         cs = iter(class_scores(tputs, feasible))
         w = self.policy.weights
         scores: list[float] = []
-        parts: list[tuple[float, float, float]] = []
-        for r in reasons:
+        parts: list[tuple[float, float, float, float]] = []
+        for st, r in zip(classes, reasons, strict=True):
             if r is None:
                 c = next(cs)
-                p = (w.throughput * c.throughput, w.price * c.price, w.energy * c.energy)
+                p = (
+                    w.throughput * c.throughput,
+                    w.price * c.price,
+                    w.energy * c.energy,
+                    w.tier * tier_fit(job, st.cls.tier),
+                )
                 parts.append(p)
                 scores.append(sum(p))
             else:
-                parts.append((0.0, 0.0, 0.0))
+                parts.append((0.0, 0.0, 0.0, 0.0))
                 scores.append(0.0)
         v = self._views[key] = _JobView(reasons, scores, parts)
         return v
@@ -239,7 +253,7 @@ class _Planner:
         note: str,
     ) -> Placement:
         view = self.view(job)
-        t, p, e = view.parts[ci]
+        t, p, e, tr = view.parts[ci]
         total = view.scores[ci] + pk + lc
         placed = Placement(job.id, node, gpus, score=round(total, 6))
         exp.placed = placed
@@ -247,6 +261,7 @@ class _Planner:
             "throughput": t,
             "price": p,
             "energy": e,
+            "tier": tr,
             "packing": pk,
             "locality": lc,
             "total": total,

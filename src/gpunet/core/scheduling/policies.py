@@ -35,6 +35,7 @@ class Weights:
     energy: float = 0.02
     packing: float = 0.1
     locality: float = 0.2
+    tier: float = 0.1  # GPUs on the duty tier the job wants (core/tiers.py)
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ from functools import cache
 from gpunet.catalog import catalog
 from gpunet.core.scheduling.filters import GpuClass
 from gpunet.core.scheduling.model import JobRequest
+from gpunet.core.tiers import wanted_tiers
 
 
 @cache
@@ -92,3 +93,11 @@ def packing(free_on_node: int, need: int) -> float:
 def locality(kept: int, need: int) -> float:
     """Share of the chosen GPUs the job already holds (staying put avoids a restart)."""
     return kept / need if need else 0.0
+
+
+def tier_fit(job: JobRequest, gpu_tier: str | None) -> float:
+    """1 on a GPU of a tier the job wants, 0 on another tier, 0.5 on an unassigned GPU
+    (so a fleet without tiers is scored as before)."""
+    if gpu_tier is None:
+        return 0.5
+    return 1.0 if gpu_tier in wanted_tiers(job.job_class, job.gpu_count) else 0.0

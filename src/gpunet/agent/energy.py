@@ -1,0 +1,28 @@
+"""Energy meters of the attempts an agent runs: one meter per GPU, sampled at start, with each
+heartbeat's telemetry, and at the end; the totals go with the attempt's finished report."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from gpunet.agent.gpus.base import GpuBackend, Telemetry
+from gpunet.core.energy import Meter, Sample, step
+
+
+def sample(meters: dict[int, Meter], telemetry: list[Telemetry], at: float | None = None) -> None:
+    """Add the GPUs' current readings to the meters of one attempt (in place)."""
+    t = time.monotonic() if at is None else at
+    for tel in telemetry:
+        if tel.index in meters:
+            meters[tel.index] = step(meters[tel.index], Sample(t, tel.energy_j, tel.power_w))
+
+
+def start(backend: GpuBackend, indices: list[int], busy: set[int]) -> dict[int, Meter]:
+    meters = {i: Meter() for i in indices}
+    sample(meters, backend.telemetry(busy))
+    return meters
+
+
+def report(meters: dict[int, Meter]) -> list[dict[str, Any]]:
+    return [{"index": i, **m.to_dict()} for i, m in sorted(meters.items())]
