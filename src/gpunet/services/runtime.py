@@ -144,3 +144,4 @@ class Runtime:
         self.leases = LeaseBook()
         self.wakeups = Wakeups()
         self.metrics = Metrics()
+        self.health_seen: dict[str, str] = {}  # node -> its last health readings, as judged

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from typing import Any
 
@@ -56,8 +57,11 @@ async def heartbeat(rt: Rt, who: Who, hb: Heartbeat) -> dict[str, Any]:
     if not was_known:  # back after being reaped (or after our restart): online again
         await run_in_threadpool(svc.mark_online, rt.db, who.node_id)
         rt.wakeups.wake_scheduler()
-    if hb.health:
+    # readings repeat heartbeat after heartbeat: judge them only when they change
+    fingerprint = json.dumps(hb.health, sort_keys=True) if hb.health else ""
+    if hb.health and rt.health_seen.get(who.node_id) != fingerprint:
         stopped: int = await run_in_threadpool(apply_health, rt.db, who.node_id, hb.health)
+        rt.health_seen[who.node_id] = fingerprint
         if stopped:
             rt.wakeups.wake_scheduler()  # attempts on a failed GPU were re-queued
     stop = (
