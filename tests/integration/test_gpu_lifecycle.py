@@ -313,3 +313,32 @@ def test_with_burn_in_new_gpus_wait_for_their_first_benchmark(db_url: str) -> No
             ("burn_in", "burn-in benchmark pending"),
             ("active", "burn-in passed at 100% of reference"),
         ]
+
+
+def test_automatic_tier_mode_applies_proposals_as_the_rule(db_url: str) -> None:
+    import time
+
+    from gpunet.core.benchmark import simulated_result
+
+    with coordinator(db_url, auto_tiers=True, tier_interval_s=0.2) as c:
+        node = c.register(c.token("provider", "owner"), [gpu(0), gpu(1)])
+        _bench(
+            c,
+            node,
+            [
+                simulated_result(0, "A100-80GB").to_dict(),
+                simulated_result(1, "A100-80GB", 0.6).to_dict(),
+            ],
+        )
+        deadline = time.monotonic() + 10
+        while _gpu(c, f"{node.id}/1")["tier"] != "inference" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _gpu(c, f"{node.id}/1")["tier"] == "inference"
+        assert _gpu(c, f"{node.id}/0")["tier"] == "training"
+        t = c.c.get(f"/v1/gpus/{node.id}/1/timeline", headers=auth(c.admin)).json()
+        tier_events = [e for e in t["events"] if e["kind"] == "tier"]
+        assert tier_events[-1]["actor"] == "rule:tiers" and tier_events[-1]["to"] == "inference"
+        # applied once: nothing left to move, so no further events
+        time.sleep(0.5)
+        t2 = c.c.get(f"/v1/gpus/{node.id}/1/timeline", headers=auth(c.admin)).json()
+        assert len([e for e in t2["events"] if e["kind"] == "tier"]) == len(tier_events)

@@ -115,6 +115,9 @@ def server(
     burn_in: Annotated[
         bool, typer.Option("--burn-in", help="new GPUs take work only after a burn-in benchmark")
     ] = False,
+    auto_tiers: Annotated[
+        bool, typer.Option("--auto-tiers", help="apply proposed tier moves without an operator")
+    ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run the coordinator (migrations are applied at start)."""
@@ -126,7 +129,11 @@ def server(
     if token:
         console.print(f"admin token (shown once, also in {home() / 'admin-token'}): {token}")
     settings = Settings(
-        database_url=url, lease_timeout_s=lease_timeout, policy=policy, burn_in=burn_in
+        database_url=url,
+        lease_timeout_s=lease_timeout,
+        policy=policy,
+        burn_in=burn_in,
+        auto_tiers=auto_tiers,
     )
     console.print(f"gpunet coordinator on http://{host}:{port} ({db.engine.dialect.name})")
     _uvicorn(settings, db, host, port).run()

@@ -10,7 +10,7 @@ import time
 from starlette.concurrency import run_in_threadpool
 
 from gpunet.loops import metering
-from gpunet.services import leases, scheduling
+from gpunet.services import leases, scheduling, tiers
 from gpunet.services.runtime import Runtime
 
 log = logging.getLogger("gpunet.loops")
@@ -64,8 +64,25 @@ async def flush_loop(rt: Runtime) -> None:
             log.exception("telemetry flush failed")
 
 
+async def tiers_loop(rt: Runtime) -> None:
+    """Automatic tier mode: apply the tier rule's proposals as ``rule:tiers``."""
+    while rt.settings.auto_tiers:
+        await asyncio.sleep(rt.settings.tier_interval_s)
+        try:
+            moved = await run_in_threadpool(tiers.apply_as, rt.db, "rule:tiers")
+        except Exception:
+            log.exception("automatic tier pass failed")
+            continue
+        if moved:
+            log.warning(
+                "tier moves applied: %s",
+                ", ".join(f"{p['gpu_id']} -> {p['proposed']}" for p in moved),
+            )
+            rt.wakeups.wake_scheduler()
+
+
 def start_all(rt: Runtime) -> list[asyncio.Task[None]]:
     return [
         asyncio.create_task(f(rt))
-        for f in (scheduler_loop, reaper_loop, flush_loop, metering.meter_loop)
+        for f in (scheduler_loop, reaper_loop, flush_loop, metering.meter_loop, tiers_loop)
     ]

@@ -91,7 +91,7 @@ def bootstrap_admin(db: Database) -> str | None:
 class Authenticator:
     """Resolves bearer tokens to principals, with a short cache to keep hot paths cheap."""
 
-    def __init__(self, db: Database, ttl_s: float = 5.0) -> None:
+    def __init__(self, db: Database, ttl_s: float = 30.0) -> None:
         self.db = db
         self.ttl_s = ttl_s
         self._cache: dict[str, tuple[float, Principal]] = {}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from typing import cast
+
+from sqlalchemy import Table, bindparam, select, update
 
 from gpunet.core.jobs import ACTIVE_ATTEMPT_STATES, JobState
 from gpunet.services.jobs import lose_attempt
@@ -53,24 +55,44 @@ def reap(db: Database, leases: LeaseBook, timeout_s: float) -> list[str]:
 
 
 def flush_telemetry(db: Database, leases: LeaseBook) -> int:
-    """Write the latest heartbeat times and GPU telemetry in one transaction."""
+    """Write the latest heartbeat times and GPU telemetry in one transaction, as two batched
+    UPDATEs (no rows loaded: this runs every few seconds for the whole fleet)."""
     batch = leases.take_unflushed()
     if not batch:
         return 0
+    node_rows = [{"nid": n, "at": lease.seen_at} for n, lease in batch.items()]
+    gpu_rows = [
+        {
+            "gid": f"{n}/{t['index']}",  # GPU ids are node/index (services.agents._sync_gpus)
+            "util": t.get("utilization_pct"),
+            "mem": t.get("memory_used_mb"),
+            "temp": t.get("temperature_c"),
+            "power": t.get("power_w"),
+            "at": lease.seen_at,
+        }
+        for n, lease in batch.items()
+        for t in lease.telemetry
+        if isinstance(t.get("index"), int)
+    ]
+    nt, gt = cast(Table, Node.__table__), cast(Table, Gpu.__table__)
     with db.transaction() as s:
-        nodes = {n.id: n for n in s.scalars(select(Node).where(Node.id.in_(list(batch))))}
-        gpus = list(s.scalars(select(Gpu).where(Gpu.node_id.in_(list(batch)))))
-        for node_id, lease in batch.items():
-            if node_id in nodes:
-                nodes[node_id].last_heartbeat_at = lease.seen_at
-        for g in gpus:
-            t = next((t for t in batch[g.node_id].telemetry if t.get("index") == g.index), None)
-            if t:
-                g.utilization_pct = t.get("utilization_pct")
-                g.memory_used_mb = t.get("memory_used_mb")
-                g.temperature_c = t.get("temperature_c")
-                g.power_w = t.get("power_w")
-                g.telemetry_at = batch[g.node_id].seen_at
+        s.execute(
+            update(nt).where(nt.c.id == bindparam("nid")).values(last_heartbeat_at=bindparam("at")),
+            node_rows,
+        )
+        if gpu_rows:
+            s.execute(
+                update(gt)
+                .where(gt.c.id == bindparam("gid"))
+                .values(
+                    utilization_pct=bindparam("util"),
+                    memory_used_mb=bindparam("mem"),
+                    temperature_c=bindparam("temp"),
+                    power_w=bindparam("power"),
+                    telemetry_at=bindparam("at"),
+                ),
+                gpu_rows,
+            )
     return len(batch)
 
 

@@ -31,6 +31,8 @@ class Settings:
     meter_interval_s: float = 300.0
     energy_price_per_kwh: Decimal = Decimal("0.15")
     burn_in: bool = False  # new GPUs wait for a passing burn-in benchmark before taking work
+    auto_tiers: bool = False  # apply proposed tier moves without an operator
+    tier_interval_s: float = 300.0
 
 
 @dataclass

@@ -152,8 +152,12 @@ def apply(db: Database, who: Principal, gpu_ids: list[str] | None) -> list[dict[
     """Apply the proposed moves (all, or those of ``gpu_ids``). A retire proposal drains the
     GPU: retiring it for good stays an operator's decision."""
     who.require(Role.ADMIN)
+    return apply_as(db, f"operator:{who.token_id}", gpu_ids)
+
+
+def apply_as(db: Database, actor: str, gpu_ids: list[str] | None = None) -> list[dict[str, Any]]:
+    """Apply the proposed moves on behalf of ``actor`` (an operator, or the automatic mode)."""
     props = [p for p in proposals(db) if p["moves"] and (gpu_ids is None or p["gpu_id"] in gpu_ids)]
-    actor = f"operator:{who.token_id}"
     with db.transaction() as s:
         for p in props:
             g = s.get(Gpu, p["gpu_id"], with_for_update=True)
