@@ -176,3 +176,12 @@ def test_a_bad_fault_profile_is_reported_and_ignored(tmp_path: Path) -> None:
     assert b.faults.error and "unknown fault keys" in b.faults.error
     with pytest.raises(ValueError, match="unknown throttle reason"):
         throttle_mask(["Sleepy"])
+
+
+def test_xids_a_failed_heartbeat_did_not_deliver_ride_on_the_next() -> None:
+    from gpunet.agent.loop import with_unsent_xids
+
+    now = [{"index": 0, "xids": [13]}, {"index": 1, "xids": []}]
+    assert with_unsent_xids(now, {}) == now
+    merged = with_unsent_xids(now, {0: [79], 1: [48]})
+    assert merged == [{"index": 0, "xids": [79, 13]}, {"index": 1, "xids": [48]}]

@@ -57,6 +57,19 @@ class AttemptCtx:
         return int(self.info["fencing_token"])
 
 
+def with_unsent_xids(
+    readings: list[dict[str, Any]], unsent: dict[int, list[int]]
+) -> list[dict[str, Any]]:
+    """Health readings with the XIDs an earlier, failed heartbeat could not deliver."""
+    if not unsent:
+        return readings
+    out = []
+    for r in readings:
+        old = unsent.get(r.get("index", -1), [])
+        out.append({**r, "xids": old + list(r.get("xids") or [])} if old else r)
+    return out
+
+
 class Agent:
     def __init__(
         self,
@@ -82,6 +95,7 @@ class Agent:
         self.reports: asyncio.Queue[tuple[str, str, dict[str, Any]]] = asyncio.Queue()
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=70.0))
         self.stopping = asyncio.Event()
+        self._unsent_xids: dict[int, list[int]] = {}  # XIDs a failed heartbeat did not deliver
         self.benchmark_every_s = 6 * 3600.0  # periodic benchmarks of idle GPUs
 
     # ---- connection -------------------------------------------------------------------
@@ -194,6 +208,7 @@ class Agent:
     async def _heartbeat_loop(self) -> None:
         while True:
             interval = max(0.2, min(5.0, self.lease_timeout_s / 6))
+            health: list[dict[str, Any]] = []
             try:
                 busy = self._busy_indices()
                 readings = self.backend.telemetry(busy)
@@ -201,13 +216,15 @@ class Agent:
                     if running.meters:
                         energy.sample(running.meters, readings)
                 tele = [t.to_dict() for t in readings]
+                health = with_unsent_xids(self.backend.health(busy), self._unsent_xids)
+                self._unsent_xids = {}
                 res = await self._call(
                     "POST",
                     "/v1/agent/heartbeat",
                     json={
                         "gpus": tele,
                         "attempts": [a.id for a in self.attempts.values() if not a.orphaned],
-                        "health": self.backend.health(busy),
+                        "health": health,
                     },
                 )
                 self.last_renewed = time.monotonic()
@@ -219,6 +236,8 @@ class Agent:
                         await self._stop(ctx, "the coordinator no longer counts this attempt")
             except (httpx.TransportError, Rejected) as exc:
                 log.warning("heartbeat failed: %s", exc)
+                # XIDs are events, read once: keep them for the next heartbeat
+                self._unsent_xids = {r["index"]: list(r["xids"]) for r in health if r.get("xids")}
             await asyncio.sleep(interval)
 
     async def _lease_watch(self) -> None:
