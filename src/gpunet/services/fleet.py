@@ -9,12 +9,10 @@ from sqlalchemy.orm import Session
 
 from gpunet.core.jobs import GPU_HOLDING_ATTEMPT_STATES
 from gpunet.core.jobspec import JobSpec
-from gpunet.core.lifecycle import GONE
 from gpunet.core.scheduling import GpuView, JobRequest, NodeView, Snapshot
+from gpunet.services.reputation import GONE_STATES, reliabilities
 from gpunet.store.tables import Attempt, Gpu, Job, Node
 from gpunet.util import iso
-
-GONE_STATES = [st.value for st in GONE]  # retired or recycled: not capacity any more
 
 
 def busy_gpu_ids(s: Session) -> dict[str, str]:
@@ -153,6 +151,7 @@ def list_gpus(s: Session) -> list[dict[str, Any]]:
 
 def list_nodes(s: Session) -> list[dict[str, Any]]:
     gpus = list_gpus(s)
+    rel = reliabilities(s)
     out = []
     for n in s.scalars(select(Node).order_by(Node.registered_at)):
         mine = [g for g in gpus if g["node_id"] == n.id]
@@ -170,6 +169,7 @@ def list_nodes(s: Session) -> list[dict[str, Any]]:
                 "gpus": len(mine),
                 "gpus_busy": sum(1 for g in mine if g["busy"]),
                 "gpu_models": sorted({g["model"] for g in mine}),
+                "reliability": round(rel[n.id], 4) if n.id in rel else None,
             }
         )
     return out
