@@ -122,3 +122,50 @@ def test_reputation_drops_after_a_lost_attempt_and_says_why(db_url: str) -> None
         nodes = c.c.get("/v1/nodes", headers=auth(c.admin)).json()
         shown = next(n for n in nodes if n["id"] == node.id)["reliability"]
         assert abs(shown - after["score"]) < 1e-3
+
+
+def test_a_reliability_floor_keeps_jobs_off_the_low_reputation_node(db_url: str) -> None:
+    with coordinator(db_url, **LEASE) as c:
+        provider = c.token("provider", "prov")
+        user = c.token("consumer", "alice")
+        flaky = c.register(provider, [gpu(0)], name="flaky")
+        c.heartbeat(flaky)
+        lost = c.submit(user, {"command": ["sleep", "60"], "max_retries": 0})
+        att = c.next_start(flaky)
+        assert c.report(flaky, att, "started").status_code == 200
+        wait_for(lambda: c.job(user, lost["id"])["state"] == "failed", what="the lease to lapse")
+        c.heartbeat(flaky)  # back online, with a lost attempt on its record
+        good = c.register(provider, [gpu(0)], name="good")
+        c.heartbeat(good)
+        assert _score(c, user, flaky.id)["score"] < 0.9 <= _score(c, user, good.id)["score"]
+
+        spec = {"command": ["sleep", "60"], "min_reliability": 0.9}
+        first = c.submit(user, spec)
+
+        def placed() -> dict[str, Any] | None:
+            c.heartbeat(flaky)
+            found = c.work(good, wait=0.5)
+            return found["start"][0] if found["start"] else None
+
+        att = wait_for(placed, what="the job on the good node")
+        assert att["job_id"] == first["id"]
+        c.heartbeat(good, [att["attempt_id"]])
+
+        # the good node is busy: the next job waits rather than take the flaky node
+        second = c.submit(user, spec)
+
+        def explained() -> dict[str, Any] | None:
+            c.heartbeat(flaky)
+            c.heartbeat(good, [att["attempt_id"]])
+            r = c.c.get(f"/v1/jobs/{second['id']}/why", headers=auth(user))
+            assert r.status_code == 200, r.text
+            w = dict(r.json())
+            return w if "below reliability floor" in w["summary"] else None
+
+        why = explained() or wait_for(explained, what="the reliability reason")
+        assert why["rejections"] == {"below reliability floor": 1, "busy": 1}
+        assert c.job(user, second["id"])["state"] == "queued"
+        assert c.work(flaky)["start"] == []
+
+        r = c.c.post("/v1/jobs", json=spec | {"min_reliability": 1.5}, headers=auth(user))
+        assert r.status_code == 422 and "min_reliability" in r.text

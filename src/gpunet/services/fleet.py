@@ -48,6 +48,9 @@ def fleet_snapshot(s: Session, *, all_free: bool = False, now: float | None = No
         cols = cols.where(Gpu.lifecycle_state.notin_(GONE_STATES))
     gpus: list[Any] = list(s.execute(cols))
     busy = {} if all_free else busy_gpu_ids(s)
+    # the capacity snapshot carries no reputations: a floor never rejects a job at submit.
+    # Rounded to two places so that nodes of similar standing share GPU classes.
+    rel = {} if all_free else {n: round(r, 2) for n, r in reliabilities(s).items()}
     return Snapshot(
         nodes=tuple(NodeView(nid, all_free or st == "online", site) for nid, st, site in nodes),
         gpus=tuple(
@@ -64,6 +67,7 @@ def fleet_snapshot(s: Session, *, all_free: bool = False, now: float | None = No
                 power_w=power,
                 tier=tier,
                 price_per_hour=price,
+                reliability=rel.get(node_id),
             )
             for (
                 gid,
@@ -104,6 +108,7 @@ def job_request(
         submitted_at=submitted_at,
         job_class=spec.job_class,
         max_price=spec.max_price,
+        min_reliability=spec.min_reliability,
     )
 
 
