@@ -30,6 +30,7 @@ def nodes(json_out: JsonOpt = False) -> None:
             ("gpus", "GPUS"),
             ("gpus_busy", "BUSY"),
             ("gpu_models", "MODELS"),
+            ("reliability", "RELIABILITY"),
             ("simulated", "SIMULATED"),
             ("last_heartbeat_at", "LAST HEARTBEAT"),
         ],

@@ -89,6 +89,9 @@ def run(
     priority: Annotated[int, typer.Option()] = 0,
     detach: Annotated[bool, typer.Option("--detach", "-d", help="do not wait")] = False,
     max_price: Annotated[str | None, typer.Option(help="credits per GPU-hour, at most")] = None,
+    min_reliability: Annotated[
+        float | None, typer.Option(help="lowest node reputation accepted, 0..1")
+    ] = None,
 ) -> None:
     """Run a command on the network: `gpunet run --gpus 1 -- python train.py`."""
     envs: dict[str, str] = {}
@@ -111,6 +114,8 @@ def run(
     }
     if max_price is not None:
         spec["max_price"] = max_price
+    if min_reliability is not None:
+        spec["min_reliability"] = min_reliability
     with Client() as client:
         job = client.submit(spec, workdir=workdir)
         job_id = job["id"]

@@ -38,6 +38,8 @@ app.add_typer(market.ledger_app, name="ledger")
 app.command()(market.balance)
 app.command()(market.earnings)
 app.command()(market.spend)
+app.command()(market.offers)
+app.command()(market.reputation)
 app.add_typer(report.report_app, name="report")
 
 

@@ -195,3 +195,59 @@ def spend(account: AccountOpt = None, json_out: JsonOpt = False, csv_out: CsvOpt
             title=f"spend of {res['account']}: {res['total_charged']} "
             f"(balance {res['balance']}, held {res['held']})",
         )
+
+
+def offers(
+    query: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="terms FIELD OP VALUE, e.g. gpu=A100-80GB memory>=40 price<=1.5 "
+            "reliability>=0.95 site=eu-west tier=training (fields: gpu memory price "
+            "reliability site tier state available node cc simulated; ops: = != >= <= > <)"
+        ),
+    ] = None,
+    sort: Annotated[
+        str | None, typer.Option("--sort", help="a field; -FIELD sorts high to low")
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """GPUs on the market from every owner, with price and the node's reliability."""
+    with Client() as client:
+        rows = client.offers(" ".join(query or []) or None, sort)
+    if json_out:
+        print_json(rows)
+        return
+    for r in rows:
+        r["memory"] = f"{r['memory_gb']:g} GB"
+        r["price"] = r["price_per_hour"] or "free"
+        r["rel"] = "-" if r["reliability"] is None else f"{r['reliability']:.2f}"
+    table(
+        rows,
+        [
+            ("gpu_id", "GPU"),
+            ("model", "MODEL"),
+            ("memory", "MEMORY"),
+            ("price", "PRICE/H"),
+            ("rel", "RELIABILITY"),
+            ("tier", "TIER"),
+            ("site", "SITE"),
+            ("state", "STATE"),
+        ],
+        title=f"{len(rows)} offer(s)",
+    )
+
+
+def reputation(
+    node: Annotated[str, typer.Argument(help="a node id")], json_out: JsonOpt = False
+) -> None:
+    """A node's reputation score and what it is made of."""
+    with Client() as client:
+        res = client.reputation(node)
+    if json_out:
+        print_json(res)
+        return
+    console.print(f"node {res['node_id']}: reputation {res['score']:.2f}")
+    table(
+        res["components"],
+        [("name", "COMPONENT"), ("value", "VALUE"), ("weight", "WEIGHT"), ("explanation", "WHY")],
+    )

@@ -66,6 +66,9 @@ class JobSpec(BaseModel):
     max_price: Decimal | None = Field(
         None, ge=0, max_digits=14, decimal_places=6, description="credits per GPU-hour, at most"
     )
+    min_reliability: float | None = Field(
+        None, ge=0, le=1, description="lowest node reputation accepted, 0..1 (gpunet offers)"
+    )
 
     @field_validator("command")
     @classmethod

@@ -280,3 +280,10 @@ class Client:
 
     def spend(self, account: str | None = None) -> dict[str, Any]:
         return dict(self._req("GET", "/v1/spend", params={"account": account} if account else {}))
+
+    def offers(self, query: str | None = None, sort: str | None = None) -> list[dict[str, Any]]:
+        params = {k: v for k, v in (("q", query), ("sort", sort)) if v}
+        return list(self._req("GET", "/v1/offers", params=params))
+
+    def reputation(self, node_id: str) -> dict[str, Any]:
+        return dict(self._req("GET", f"/v1/nodes/{node_id}/reputation"))

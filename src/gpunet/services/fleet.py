@@ -9,12 +9,10 @@ from sqlalchemy.orm import Session
 
 from gpunet.core.jobs import GPU_HOLDING_ATTEMPT_STATES
 from gpunet.core.jobspec import JobSpec
-from gpunet.core.lifecycle import GONE
 from gpunet.core.scheduling import GpuView, JobRequest, NodeView, Snapshot
+from gpunet.services.reputation import GONE_STATES, reliabilities
 from gpunet.store.tables import Attempt, Gpu, Job, Node
 from gpunet.util import iso
-
-GONE_STATES = [st.value for st in GONE]  # retired or recycled: not capacity any more
 
 
 def busy_gpu_ids(s: Session) -> dict[str, str]:
@@ -50,6 +48,9 @@ def fleet_snapshot(s: Session, *, all_free: bool = False, now: float | None = No
         cols = cols.where(Gpu.lifecycle_state.notin_(GONE_STATES))
     gpus: list[Any] = list(s.execute(cols))
     busy = {} if all_free else busy_gpu_ids(s)
+    # the capacity snapshot carries no reputations: a floor never rejects a job at submit.
+    # Rounded to two places so that nodes of similar standing share GPU classes.
+    rel = {} if all_free else {n: round(r, 2) for n, r in reliabilities(s).items()}
     return Snapshot(
         nodes=tuple(NodeView(nid, all_free or st == "online", site) for nid, st, site in nodes),
         gpus=tuple(
@@ -66,6 +67,7 @@ def fleet_snapshot(s: Session, *, all_free: bool = False, now: float | None = No
                 power_w=power,
                 tier=tier,
                 price_per_hour=price,
+                reliability=rel.get(node_id),
             )
             for (
                 gid,
@@ -106,6 +108,7 @@ def job_request(
         submitted_at=submitted_at,
         job_class=spec.job_class,
         max_price=spec.max_price,
+        min_reliability=spec.min_reliability,
     )
 
 
@@ -153,6 +156,7 @@ def list_gpus(s: Session) -> list[dict[str, Any]]:
 
 def list_nodes(s: Session) -> list[dict[str, Any]]:
     gpus = list_gpus(s)
+    rel = reliabilities(s)
     out = []
     for n in s.scalars(select(Node).order_by(Node.registered_at)):
         mine = [g for g in gpus if g["node_id"] == n.id]
@@ -170,6 +174,7 @@ def list_nodes(s: Session) -> list[dict[str, Any]]:
                 "gpus": len(mine),
                 "gpus_busy": sum(1 for g in mine if g["busy"]),
                 "gpu_models": sorted({g["model"] for g in mine}),
+                "reliability": round(rel[n.id], 4) if n.id in rel else None,
             }
         )
     return out

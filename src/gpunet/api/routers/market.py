@@ -13,6 +13,8 @@ from pydantic import BaseModel, Field
 from gpunet.api.deps import Rt, Who
 from gpunet.core.ledger import parse_amount
 from gpunet.services import market as svc
+from gpunet.services import offers as offers_svc
+from gpunet.services import reputation as rep_svc
 
 router = APIRouter(prefix="/v1", tags=["market"])
 
@@ -97,3 +99,16 @@ def earnings(rt: Rt, who: Who, account: str | None = None) -> dict[str, Any]:
 @router.get("/spend")
 def spend(rt: Rt, who: Who, account: str | None = None) -> dict[str, Any]:
     return svc.spend_statement(rt.db, who, account)
+
+
+@router.get("/offers")
+def offers(rt: Rt, who: Who, q: str | None = None, sort: str | None = None) -> list[dict[str, Any]]:
+    """Every GPU on the market, from every owner, with its node's reliability; ``q`` is a
+    query such as ``gpu=A100-80GB memory>=40 price<=1.5`` and ``sort`` a field (``-`` first:
+    descending)."""
+    return offers_svc.list_offers(rt.db, who, q, sort)
+
+
+@router.get("/nodes/{node_id}/reputation")
+def reputation(rt: Rt, who: Who, node_id: str) -> dict[str, Any]:
+    return rep_svc.node_reputation(rt.db, who, node_id)

@@ -27,6 +27,7 @@ class GpuClass:
     node_online: bool
     power_w: float | None
     tier: str | None = None
+    reliability: float | None = None
 
 
 Filter = Callable[[JobRequest, GpuClass], "str | None"]
@@ -69,10 +70,26 @@ def price_cap(job: JobRequest, gpu: GpuClass) -> str | None:
     return None
 
 
+def reliability_floor(job: JobRequest, gpu: GpuClass) -> str | None:
+    # A node without a reputation (unrated) passes, as an unpriced GPU passes a price cap.
+    floor, rel = job.min_reliability, gpu.reliability
+    if floor is not None and rel is not None and rel < floor:
+        return "below reliability floor"
+    return None
+
+
 # Reasons that change while the fleet stays the same (health, drain, a node going away).
 TRANSIENT_FILTERS: tuple[Filter, ...] = (node_online, healthy, not_drained)
 # Reasons that hold for as long as the fleet's hardware and prices stay the same.
-STATIC_FILTERS: tuple[Filter, ...] = (allowed_model, enough_memory, compute_capability, price_cap)
+# The reliability floor is listed here because it depends on the job; the fleet's capacity
+# snapshot (never_fits) carries no reputations, so a job is never rejected for it at submit.
+STATIC_FILTERS: tuple[Filter, ...] = (
+    allowed_model,
+    enough_memory,
+    compute_capability,
+    price_cap,
+    reliability_floor,
+)
 FILTERS: tuple[Filter, ...] = TRANSIENT_FILTERS + STATIC_FILTERS
 BUSY = "busy"  # the last check: the GPU is allocated (or taken earlier in the same plan)
 

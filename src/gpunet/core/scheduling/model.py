@@ -26,6 +26,7 @@ class GpuView:
     simulated: bool = False
     power_w: float | None = None  # measured or rated board power; None: the catalog's TDP
     tier: str | None = None  # duty tier (training | inference | secondary); None: unassigned
+    reliability: float | None = None  # the node's reputation, 0..1 (core/reputation.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +62,8 @@ class JobRequest:
     # (model, relative throughput) pairs the user measured or guessed; used when the
     # snapshot's throughput table has no entry for the job's class.
     throughput_hint: tuple[tuple[str, float], ...] = ()
+    # Lowest node reputation (0..1) the job accepts; GPUs of unrated nodes pass.
+    min_reliability: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ from gpunet.core.scheduling.scorers import (
     expected_throughputs,
     locality,
     packing,
+    reliability,
     tier_fit,
 )
 
@@ -64,6 +65,7 @@ class FleetIndex:
                 online.get(g.node_id, False),
                 g.power_w,
                 g.tier,
+                g.reliability,
             )
             st = by_key.get(key)
             if st is None:
@@ -87,6 +89,7 @@ class FleetIndex:
                 s.cls.drained,
                 not s.cls.healthy,
                 str(s.cls.power_w),
+                str(s.cls.reliability),
             ),
         )
         self.models = sorted({s.cls.model for s in self.classes})
@@ -134,8 +137,8 @@ class _JobView:
 
     reasons: list[str | None]  # per class index: first failing filter (transient or static)
     scores: list[float]  # per class index: weighted class-level score (0 where infeasible)
-    # per class: (throughput, price, energy, tier) weighted
-    parts: list[tuple[float, float, float, float]]
+    # per class: (throughput, price, energy, tier, reliability) weighted
+    parts: list[tuple[float, float, float, float, float]]
 
 
 class _Planner:
@@ -165,6 +168,7 @@ class _Planner:
             job.min_memory_mb,
             job.min_compute_capability,
             job.max_price,
+            job.min_reliability,
         )
         v = self._views.get(key)
         if v is not None:
@@ -176,7 +180,7 @@ class _Planner:
         cs = iter(class_scores(tputs, feasible))
         w = self.policy.weights
         scores: list[float] = []
-        parts: list[tuple[float, float, float, float]] = []
+        parts: list[tuple[float, float, float, float, float]] = []
         for st, r in zip(classes, reasons, strict=True):
             if r is None:
                 c = next(cs)
@@ -185,11 +189,12 @@ class _Planner:
                     w.price * c.price,
                     w.energy * c.energy,
                     w.tier * tier_fit(job, st.cls.tier),
+                    w.reliability * reliability(st.cls.reliability),
                 )
                 parts.append(p)
                 scores.append(sum(p))
             else:
-                parts.append((0.0, 0.0, 0.0, 0.0))
+                parts.append((0.0, 0.0, 0.0, 0.0, 0.0))
                 scores.append(0.0)
         v = self._views[key] = _JobView(reasons, scores, parts)
         return v
@@ -253,7 +258,7 @@ class _Planner:
         note: str,
     ) -> Placement:
         view = self.view(job)
-        t, p, e, tr = view.parts[ci]
+        t, p, e, tr, rl = view.parts[ci]
         total = view.scores[ci] + pk + lc
         placed = Placement(job.id, node, gpus, score=round(total, 6))
         exp.placed = placed
@@ -262,6 +267,7 @@ class _Planner:
             "price": p,
             "energy": e,
             "tier": tr,
+            "reliability": rl,
             "packing": pk,
             "locality": lc,
             "total": total,

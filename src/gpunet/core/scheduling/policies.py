@@ -36,6 +36,7 @@ class Weights:
     packing: float = 0.1
     locality: float = 0.2
     tier: float = 0.1  # GPUs on the duty tier the job wants (core/tiers.py)
+    reliability: float = 0.05  # nodes with a better reputation (core/reputation.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +128,9 @@ def order_default(jobs: Sequence[JobRequest], snapshot: Snapshot, seed: int) -> 
 
 MIN_EFFICIENCY = 0.5
 
-_PERF_ONLY = Weights(throughput=1.0, price=0.0, energy=0.0, packing=0.0, locality=0.0)
+_PERF_ONLY = Weights(
+    throughput=1.0, price=0.0, energy=0.0, packing=0.0, locality=0.0, reliability=0.0
+)
 
 POLICIES: dict[str, Policy] = {
     "fifo": Policy("fifo", order_fifo),

@@ -101,3 +101,9 @@ def tier_fit(job: JobRequest, gpu_tier: str | None) -> float:
     if gpu_tier is None:
         return 0.5
     return 1.0 if gpu_tier in wanted_tiers(job.job_class, job.gpu_count) else 0.0
+
+
+def reliability(gpu_reliability: float | None) -> float:
+    """The node's reputation (0..1); 0.5 on an unrated node (so a fleet without reputations
+    is scored as before)."""
+    return 0.5 if gpu_reliability is None else min(1.0, max(0.0, gpu_reliability))
