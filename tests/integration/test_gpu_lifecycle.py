@@ -342,3 +342,47 @@ def test_automatic_tier_mode_applies_proposals_as_the_rule(db_url: str) -> None:
         time.sleep(0.5)
         t2 = c.c.get(f"/v1/gpus/{node.id}/1/timeline", headers=auth(c.admin)).json()
         assert len([e for e in t2["events"] if e["kind"] == "tier"]) == len(tier_events)
+
+
+def test_suggested_price_follows_the_benchmark_score_and_the_tier(db_url: str) -> None:
+    import statistics
+    from decimal import ROUND_HALF_UP, Decimal
+
+    from gpunet.core.benchmark import simulated_result
+    from gpunet.core.pricing import TIER_FACTORS, reference_prices
+
+    with coordinator(db_url) as c:
+        provider = c.token("provider", "owner")
+        node = c.register(provider, [gpu(0), gpu(1)])
+        _bench(
+            c,
+            node,
+            [
+                simulated_result(0, "A100-80GB").to_dict(),
+                simulated_result(1, "A100-80GB", 0.6).to_dict(),
+            ],
+        )
+        median = Decimal(statistics.median(reference_prices()["A100-80GB"]))
+
+        def suggested(gpu_id: str) -> dict[str, Any]:
+            r = c.c.get(f"/v1/prices/suggest?gpu_id={gpu_id}", headers=auth(provider))
+            assert r.status_code == 200, r.text
+            out: dict[str, Any] = r.json()
+            return out
+
+        cent = Decimal("0.01")
+        slow = suggested(f"{node.id}/1")
+        assert Decimal(slow["suggested_price"]) == (median * Decimal("0.6")).quantize(
+            cent, rounding=ROUND_HALF_UP
+        )
+        assert "benchmark 0.6" in slow["explanation"]
+        # once the tier rule moves it to inference duty, the tier's factor applies too
+        c.c.post("/v1/tiers/apply", json={}, headers=auth(c.admin))
+        assert _gpu(c, f"{node.id}/1")["tier"] == "inference"
+        tiered = suggested(f"{node.id}/1")
+        want = (median * Decimal("0.6") * TIER_FACTORS["inference"]).quantize(
+            cent, rounding=ROUND_HALF_UP
+        )
+        assert want > Decimal(tiered["energy_cost_per_hour"])  # the floor does not bind here
+        assert Decimal(tiered["suggested_price"]) == want
+        assert tiered["tier"] == "inference"

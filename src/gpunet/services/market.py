@@ -21,6 +21,7 @@ from gpunet.store.tables import (
     AccountQuota,
     AttemptCharge,
     Gpu,
+    GpuBenchmark,
     LedgerPosting,
     LedgerTxn,
     Node,
@@ -94,7 +95,21 @@ def suggest(
         spec = catalog().get(g.model)
         power = g.power_w or (spec.tdp_w if spec else None)
         energy = energy_cost_per_hour(power, price_per_kwh)
-        sug = suggest_price(g.model, references=reference_prices(), energy_cost=energy, tier=tier)
+        # the GPU's own standing: its latest benchmark score and its tier (unless asked for one)
+        score = s.scalar(
+            select(GpuBenchmark.score_pct)
+            .where(GpuBenchmark.gpu_id == g.id, GpuBenchmark.score_pct.is_not(None))
+            .order_by(GpuBenchmark.id.desc())
+            .limit(1)
+        )
+        ratio = Decimal(str(score)) / 100 if score else Decimal(1)
+        sug = suggest_price(
+            g.model,
+            references=reference_prices(),
+            energy_cost=energy,
+            benchmark_ratio=ratio,
+            tier=tier or g.tier,
+        )
     return {
         "gpu_id": gpu_id,
         "model": g.model,
