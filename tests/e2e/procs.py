@@ -9,7 +9,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -85,6 +86,8 @@ class Network:
         self.coordinator: Proc | None = None
         self.agents: dict[str, Proc] = {}
         self.admin = ""
+        self.owner = ""  # a provider (join) token, set by two_agent_network
+        self.user = ""  # a consumer token, set by two_agent_network
 
     def start_coordinator(self) -> None:
         self.coordinator = Proc(
@@ -175,3 +178,37 @@ class Network:
             f"--- {p.log.name}\n{p.output()[-3000:]}"
             for p in [*self.agents.values(), *([self.coordinator] if self.coordinator else [])]
         )
+
+
+@contextmanager
+def two_agent_network(
+    root: Path,
+    db_url: str,
+    simulate: str,
+    *,
+    lease_timeout: float = 3.0,
+    prepare: Callable[[Network], None] | None = None,
+) -> Iterator[Network]:
+    """A coordinator and agents a1 and a2 (each on ``simulate``), a provider token (``owner``)
+    and a consumer token (``user``); ``prepare`` runs before the agents start. Prints every
+    process's log tail when the test fails."""
+    n = Network(root, db_url, lease_timeout=lease_timeout)
+    try:
+        n.start_coordinator()
+        n.owner = n.token("provider", "owner")
+        if prepare is not None:
+            prepare(n)
+        n.start_agent("a1", simulate, n.owner)
+        n.start_agent("a2", simulate, n.owner)
+        n.user = n.token("consumer", "alice")
+        wait_for(
+            lambda: len([x for x in n.cli_json(n.admin, "nodes") if x["status"] == "online"]) == 2,
+            30,
+            "two agents online",
+        )
+        yield n
+    except BaseException:
+        print(n.logs())
+        raise
+    finally:
+        n.close()

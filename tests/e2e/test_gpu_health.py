@@ -10,34 +10,20 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.procs import Network, wait_for
+from tests.e2e.procs import Network, two_agent_network, wait_for
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
 def net(tmp_path: Path, db_url: str) -> Iterator[Network]:
-    n = Network(tmp_path, db_url, lease_timeout=3.0)
-    try:
-        n.start_coordinator()
-        join = n.token("provider", "owner")
+    def slow_a2(_: Network) -> None:
         # a2's GPU benchmarks at 60% of its reference from its burn-in on
         (tmp_path / "agent-a2").mkdir()
         (tmp_path / "agent-a2" / "faults.yaml").write_text("gpus:\n  0: {benchmark_pct: 60}\n")
-        n.start_agent("a1", "1xA100-80GB", join)
-        n.start_agent("a2", "1xA100-80GB", join)
-        n.user = n.token("consumer", "alice")  # type: ignore[attr-defined]
-        wait_for(
-            lambda: len([x for x in n.cli_json(n.admin, "nodes") if x["status"] == "online"]) == 2,
-            30,
-            "two agents online",
-        )
+
+    with two_agent_network(tmp_path, db_url, "1xA100-80GB", prepare=slow_a2) as n:
         yield n
-    except Exception:
-        print(n.logs())
-        raise
-    finally:
-        n.close()
 
 
 def _inject(net: Network, node_id: str, faults: str) -> None:
@@ -52,7 +38,7 @@ def _gpu(net: Network, gpu_id: str) -> dict[str, Any]:
 def test_xid_79_drains_the_gpu_and_the_job_finishes_on_another_node(
     net: Network, tmp_path: Path
 ) -> None:
-    user = net.user  # type: ignore[attr-defined]
+    user = net.user
     spec = tmp_path / "job.yaml"
     spec.write_text(
         textwrap.dedent("""
@@ -142,7 +128,7 @@ def test_a_gpu_benchmarking_at_60_percent_is_proposed_for_a_lower_tier(net: Netw
 
 
 def test_energy_of_a_finished_job_equals_the_counter_delta(net: Network) -> None:
-    user = net.user  # type: ignore[attr-defined]
+    user = net.user
     r = net.cli(user, "run", "--gpus", "1", "--", "python3", "-c", "import time; time.sleep(3)")
     assert r.returncode == 0, r.stderr
     job_id = net.cli_json(user, "jobs")[0]["id"]

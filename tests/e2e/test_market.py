@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from gpunet.core.ledger import charge_for, fee_split, metered_seconds
-from tests.e2e.procs import Network, wait_for
+from tests.e2e.procs import Network, two_agent_network, wait_for
 
 pytestmark = pytest.mark.e2e
 PRICE = Decimal("3.6")  # credits per GPU-hour: 0.001 a second
@@ -25,43 +25,23 @@ PRICE = Decimal("3.6")  # credits per GPU-hour: 0.001 a second
 @pytest.fixture
 def net(request: pytest.FixtureRequest, tmp_path: Path, db_url: str) -> Iterator[Network]:
     lease = 10.0 if "restart" in request.node.name else 3.0
-    n = Network(tmp_path, db_url, lease_timeout=lease)
-    try:
-        n.start_coordinator()
-        owner = n.token("provider", "owner")
-        n.start_agent("a1", "2xA100-80GB", owner)
-        n.start_agent("a2", "2xA100-80GB", owner)
-        n.owner = owner  # type: ignore[attr-defined]
-        n.user = n.token("consumer", "alice")  # type: ignore[attr-defined]
-        nodes = wait_for(
-            lambda: (
-                [x for x in n.cli_json(n.admin, "nodes") if x["status"] == "online"][1:]
-                and n.cli_json(n.admin, "nodes")
-            ),
-            30,
-            "two agents online",
-        )
-        for node in nodes:
-            rows = n.cli_json(owner, "price", "set", "--node", node["id"], str(PRICE))
+    with two_agent_network(tmp_path, db_url, "2xA100-80GB", lease_timeout=lease) as n:
+        for node in n.cli_json(n.admin, "nodes"):
+            rows = n.cli_json(n.owner, "price", "set", "--node", node["id"], str(PRICE))
             assert {r["price_per_hour"] for r in rows} == {"3.600000"}
         granted = n.cli_json(n.admin, "credits", "grant", "--account", "alice", "50")
         assert granted["balance"] == "50.000000"
         yield n
-    except Exception:
-        print(n.logs())
-        raise
-    finally:
-        n.close()
 
 
 def _submit(net: Network, tmp_path: Path, body: str) -> str:
     p = tmp_path / "job.yaml"
     p.write_text(textwrap.dedent(body))
-    return str(net.cli_json(net.user, "submit", str(p))["id"])  # type: ignore[attr-defined]
+    return str(net.cli_json(net.user, "submit", str(p))["id"])
 
 
 def _finished(net: Network, job_id: str) -> dict[str, Any]:
-    user = net.user  # type: ignore[attr-defined]
+    user = net.user
     return wait_for(
         lambda: (
             (j := net.cli_json(user, "jobs", "show", job_id))["state"] in ("succeeded", "failed")
@@ -81,7 +61,7 @@ def _cost(attempt: dict[str, Any], gpus: int) -> tuple[int, Decimal]:
 
 
 def _check_books(net: Network, charged: Decimal) -> None:
-    user, owner = net.user, net.owner  # type: ignore[attr-defined]
+    user, owner = net.user, net.owner
     spend = net.cli_json(user, "spend")
     assert Decimal(spend["total_charged"]) == charged
     assert Decimal(spend["balance"]) == Decimal(50) - charged and spend["held"] == "0.000000"
@@ -110,7 +90,7 @@ def test_a_priced_job_bills_metered_seconds_times_price(net: Network, tmp_path: 
     secs, cost = _cost(att, 2)
     assert secs >= 2 and cost == Decimal(secs) * Decimal("0.002")
     _check_books(net, cost)
-    spend = net.cli_json(net.user, "spend")  # type: ignore[attr-defined]
+    spend = net.cli_json(net.user, "spend")
     assert spend["jobs"] == [
         {
             "job_id": job_id,
@@ -120,19 +100,19 @@ def test_a_priced_job_bills_metered_seconds_times_price(net: Network, tmp_path: 
             "charged": str(cost),
         }
     ]
-    out = net.cli(net.owner, "earnings", "--csv")  # type: ignore[attr-defined]
+    out = net.cli(net.owner, "earnings", "--csv")
     rows = list(csv.DictReader(io.StringIO(out.stdout)))
     assert sorted(r["gpu_id"] for r in rows) == sorted(att["gpu_ids"])
     assert all(int(r["seconds_sold"]) == secs for r in rows)
     # a job whose cap is below every price can never run, and says so
-    bad = net.cli(net.user, "run", "--gpus", "1", "--max-price", "1", "--", "true")  # type: ignore[attr-defined]
+    bad = net.cli(net.user, "run", "--gpus", "1", "--max-price", "1", "--", "true")
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
 
 
 def test_kill9_agent_is_not_charged_and_late_report_cannot_bill(
     net: Network, tmp_path: Path
 ) -> None:
-    user = net.user  # type: ignore[attr-defined]
+    user = net.user
     job_id = _submit(
         net,
         tmp_path,
@@ -174,7 +154,7 @@ def test_kill9_agent_is_not_charged_and_late_report_cannot_bill(
 
 
 def test_coordinator_restart_mid_job_bills_once(net: Network, tmp_path: Path) -> None:
-    user = net.user  # type: ignore[attr-defined]
+    user = net.user
     job_id = _submit(
         net,
         tmp_path,

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.procs import Network, wait_for
+from tests.e2e.procs import Network, two_agent_network, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -20,24 +20,8 @@ pytestmark = pytest.mark.e2e
 def net(request: pytest.FixtureRequest, tmp_path: Path, db_url: str) -> Iterator[Network]:
     # a short lease makes node loss quick to see; a restart needs the lease to outlast it
     lease = 10.0 if "restart" in request.node.name else 3.0
-    n = Network(tmp_path, db_url, lease_timeout=lease)
-    try:
-        n.start_coordinator()
-        join = n.token("provider", "owner")
-        n.start_agent("a1", "2xA100-80GB", join)
-        n.start_agent("a2", "2xA100-80GB", join)
-        n.user = n.token("consumer", "alice")  # type: ignore[attr-defined]
-        wait_for(
-            lambda: len([x for x in n.cli_json(n.admin, "nodes") if x["status"] == "online"]) == 2,
-            30,
-            "two agents online",
-        )
+    with two_agent_network(tmp_path, db_url, "2xA100-80GB", lease_timeout=lease) as n:
         yield n
-    except Exception:
-        print(n.logs())
-        raise
-    finally:
-        n.close()
 
 
 def _job_file(tmp_path: Path, body: str) -> Path:
@@ -47,7 +31,7 @@ def _job_file(tmp_path: Path, body: str) -> Path:
 
 
 def test_job_runs_real_program_and_sees_its_gpus(net: Network, tmp_path: Path) -> None:
-    user = net.user  # type: ignore[attr-defined]
+    user = net.user
     prog = tmp_path / "work"
     prog.mkdir()
     (prog / "train.py").write_text(
@@ -85,13 +69,13 @@ def test_job_runs_real_program_and_sees_its_gpus(net: Network, tmp_path: Path) -
 
 
 def test_impossible_job_is_rejected_with_reason(net: Network) -> None:
-    r = net.cli(net.user, "run", "--gpus", "3", "--", "true")  # type: ignore[attr-defined]
+    r = net.cli(net.user, "run", "--gpus", "3", "--", "true")
     assert r.returncode == 1
     assert "can never run" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_kill9_agent_requeues_job_and_rejects_late_report(net: Network, tmp_path: Path) -> None:
-    user = net.user  # type: ignore[attr-defined]
+    user = net.user
     spec = _job_file(
         tmp_path,
         """
@@ -141,7 +125,7 @@ def test_kill9_agent_requeues_job_and_rejects_late_report(net: Network, tmp_path
 
 
 def test_coordinator_restart_loses_nothing(net: Network, tmp_path: Path) -> None:
-    user = net.user  # type: ignore[attr-defined]
+    user = net.user
     spec = _job_file(
         tmp_path,
         """
@@ -172,7 +156,7 @@ def test_coordinator_restart_loses_nothing(net: Network, tmp_path: Path) -> None
 
 
 def test_cancel_kills_the_whole_process_group(net: Network, tmp_path: Path) -> None:
-    user = net.user  # type: ignore[attr-defined]
+    user = net.user
     marker = tmp_path / "ticks"
     spec = _job_file(
         tmp_path,
@@ -201,7 +185,7 @@ def test_cancel_kills_the_whole_process_group(net: Network, tmp_path: Path) -> N
 
 
 def test_tenants_are_isolated_through_the_cli(net: Network, tmp_path: Path) -> None:
-    alice = net.user  # type: ignore[attr-defined]
+    alice = net.user
     bob = net.token("consumer", "bob")
     spec = _job_file(
         tmp_path,
@@ -230,7 +214,7 @@ def test_tenants_are_isolated_through_the_cli(net: Network, tmp_path: Path) -> N
 
 
 def test_agent_cut_off_past_its_lease_stops_its_attempt(net: Network, tmp_path: Path) -> None:
-    user = net.user  # type: ignore[attr-defined]
+    user = net.user
     ticks = tmp_path / "ticks"
     spec = _job_file(
         tmp_path,
