@@ -148,6 +148,23 @@ def _one_format(json_out: bool, csv_out: bool) -> None:
         raise ValidationFailed("format", "choose one of --json and --csv")
 
 
+def _statement(
+    res: dict[str, Any],
+    rows_key: str,
+    columns: list[tuple[str, str]],
+    title: str,
+    json_out: bool,
+    csv_out: bool,
+) -> None:
+    """Print a statement as JSON, as CSV of its rows, or as a table."""
+    if json_out:
+        print_json(res)
+    elif csv_out:
+        _csv(res[rows_key])
+    else:
+        table(res[rows_key], columns, title=title)
+
+
 def earnings(
     account: AccountOpt = None, json_out: JsonOpt = False, csv_out: CsvOpt = False
 ) -> None:
@@ -155,22 +172,15 @@ def earnings(
     _one_format(json_out, csv_out)
     with Client() as client:
         res = client.earnings(account)
-    if json_out:
-        print_json(res)
-    elif csv_out:
-        _csv(res["gpus"])
-    else:
-        table(
-            res["gpus"],
-            [
-                ("gpu_id", "GPU"),
-                ("hours_sold", "HOURS SOLD"),
-                ("revenue", "REVENUE"),
-                ("energy_cost", "ENERGY COST"),
-                ("margin", "MARGIN"),
-            ],
-            title=f"earnings of {res['account']}: {res['total_revenue']}",
-        )
+    columns = [
+        ("gpu_id", "GPU"),
+        ("hours_sold", "HOURS SOLD"),
+        ("revenue", "REVENUE"),
+        ("energy_cost", "ENERGY COST"),
+        ("margin", "MARGIN"),
+    ]
+    title = f"earnings of {res['account']}: {res['total_revenue']}"
+    _statement(res, "gpus", columns, title, json_out, csv_out)
 
 
 def spend(account: AccountOpt = None, json_out: JsonOpt = False, csv_out: CsvOpt = False) -> None:
@@ -178,23 +188,18 @@ def spend(account: AccountOpt = None, json_out: JsonOpt = False, csv_out: CsvOpt
     _one_format(json_out, csv_out)
     with Client() as client:
         res = client.spend(account)
-    if json_out:
-        print_json(res)
-    elif csv_out:
-        _csv(res["jobs"])
-    else:
-        table(
-            res["jobs"],
-            [
-                ("job_id", "JOB"),
-                ("attempts", "ATTEMPTS"),
-                ("refunded_attempts", "REFUNDED"),
-                ("gpu_seconds", "GPU-SECONDS"),
-                ("charged", "CHARGED"),
-            ],
-            title=f"spend of {res['account']}: {res['total_charged']} "
-            f"(balance {res['balance']}, held {res['held']})",
-        )
+    columns = [
+        ("job_id", "JOB"),
+        ("attempts", "ATTEMPTS"),
+        ("refunded_attempts", "REFUNDED"),
+        ("gpu_seconds", "GPU-SECONDS"),
+        ("charged", "CHARGED"),
+    ]
+    title = (
+        f"spend of {res['account']}: {res['total_charged']} "
+        f"(balance {res['balance']}, held {res['held']})"
+    )
+    _statement(res, "jobs", columns, title, json_out, csv_out)
 
 
 def offers(
