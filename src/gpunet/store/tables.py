@@ -74,6 +74,10 @@ class Token(Base):
     name: Mapped[str] = mapped_column(String(200), default="")
     created_at: Mapped[datetime]
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+    expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    uses_left: Mapped[int | None] = mapped_column(Integer, default=None)  # join tokens only
+    last_used_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class Node(Base):
@@ -88,6 +92,11 @@ class Node(Base):
     simulated: Mapped[bool] = mapped_column(Boolean, default=False)
     site: Mapped[str | None] = mapped_column(String(100), default=None)
     labels: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # how the agent isolates a stranger's job: container | sandbox | none
+    isolation: Mapped[str] = mapped_column(String(20), default="none")
+    runtimes: Mapped[list[Any]] = mapped_column(default=list)  # e.g. ["podman"]
+    # an unisolated node runs only its owner's jobs unless the owner accepts the risk
+    accepts_unisolated: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class Gpu(Base):
@@ -241,6 +250,8 @@ class Attempt(Base):
     created_at: Mapped[datetime]
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    log_bytes: Mapped[int] = mapped_column(BigInteger, default=0)  # stored output, for the cap
+    log_truncated: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class LogChunk(Base):
