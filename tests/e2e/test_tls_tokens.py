@@ -67,6 +67,21 @@ def test_network_over_tls_with_token_management(tmp_path: Path, db_url: str) -> 
             "--ca-file",
         )
 
+        # `gpunet login` saves URL, token and CA: later commands need none of them
+        home_only = {k: v for k, v in net.env.items()} | {"COLUMNS": "200"}
+        login = subprocess.run(
+            [sys.executable, "-m", "gpunet", "login", "--url", net.url,
+             "--token", net.admin, "--ca-file", str(net.tls.ca)],
+            env=home_only, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert login.returncode == 0 and "logged in" in login.stdout, login.stderr
+        saved = subprocess.run(
+            [sys.executable, "-m", "gpunet", "tokens", "list", "--json"],
+            env=home_only, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert saved.returncode == 0, saved.stderr
+        assert join["id"] in {t["id"] for t in json.loads(saved.stdout)}
+
         net.start_agent("a1", "1xA100-80GB", join["token"])
         wait_for(
             lambda: [n for n in net.cli_json(net.admin, "nodes") if n["status"] == "online"],
