@@ -17,6 +17,7 @@ def home() -> Path:
 class ClientConfig:
     url: str
     token: str
+    ca_file: str | None = None  # PEM of the private CA that signed the coordinator's certificate
 
     @staticmethod
     def path() -> Path:
@@ -24,19 +25,25 @@ class ClientConfig:
 
     @classmethod
     def load(cls) -> ClientConfig | None:
-        """Environment (GPUNET_URL, GPUNET_TOKEN) first, then the saved file."""
+        """Environment (GPUNET_URL, GPUNET_TOKEN, GPUNET_CA_FILE) first, then the saved file."""
         saved: dict[str, str] = {}
         with contextlib.suppress(OSError, ValueError):
             saved = json.loads(cls.path().read_text())
         url = os.environ.get("GPUNET_URL") or saved.get("url")
         token = os.environ.get("GPUNET_TOKEN") or saved.get("token")
-        return cls(url, token) if url and token else None
+        # a saved CA belongs to the saved coordinator, not to one named in the environment
+        same = url == saved.get("url")
+        ca_file = os.environ.get("GPUNET_CA_FILE") or (saved.get("ca_file") if same else None)
+        return cls(url, token, ca_file) if url and token else None
 
     def save(self) -> Path:
         p = self.path()
         p.parent.mkdir(parents=True, exist_ok=True)
         tmp = p.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"url": self.url, "token": self.token}, indent=2))
+        data = {"url": self.url, "token": self.token}
+        if self.ca_file:
+            data["ca_file"] = self.ca_file
+        tmp.write_text(json.dumps(data, indent=2))
         os.chmod(tmp, 0o600)
         tmp.replace(p)
         return p

@@ -24,3 +24,9 @@ def utc(dt: datetime | None) -> datetime | None:
 def iso(dt: datetime | None) -> str | None:
     d = utc(dt)
     return d.isoformat() if d else None
+
+
+def zulu(dt: datetime | None) -> str:
+    """A UTC time to the second, as people read it in messages: 2026-05-01T12:00:00Z."""
+    d = utc(dt)
+    return d.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if d else "-"

@@ -6,11 +6,13 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -72,15 +74,31 @@ class Proc:
         self._fh.close()
 
 
-class Network:
-    """A coordinator and agents, all on 127.0.0.1, driven through the CLI."""
+@dataclass(frozen=True)
+class TlsFiles:
+    """A server certificate and key for 127.0.0.1, and the private CA that signed them."""
 
-    def __init__(self, root: Path, db_url: str, lease_timeout: float = 3.0) -> None:
+    cert: Path
+    key: Path
+    ca: Path
+
+
+class Network:
+    """A coordinator and agents, all on 127.0.0.1, driven through the CLI. With ``tls`` the
+    coordinator serves https and agents and the CLI trust its CA (``--ca-file``)."""
+
+    def __init__(
+        self, root: Path, db_url: str, lease_timeout: float = 3.0, tls: TlsFiles | None = None
+    ) -> None:
         self.root = root
         self.db_url = db_url
         self.lease_timeout = lease_timeout
+        self.tls = tls
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
+        self.verify: ssl.SSLContext | bool = (
+            ssl.create_default_context(cafile=str(tls.ca)) if tls else True
+        )
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("GPUNET_")}
         self.env["GPUNET_HOME"] = str(root / "home")
         self.coordinator: Proc | None = None
@@ -99,13 +117,20 @@ class Network:
                 str(self.port),
                 "--lease-timeout",
                 str(self.lease_timeout),
+                *(
+                    ["--tls-cert", str(self.tls.cert), "--tls-key", str(self.tls.key)]
+                    if self.tls
+                    else []
+                ),
                 "-v",
             ],
             self.env,
             self.root / "coordinator.log",
         )
         wait_for(
-            lambda: httpx.get(self.url + "/healthz", timeout=1).status_code == 200,
+            lambda: (
+                httpx.get(self.url + "/healthz", timeout=1, verify=self.verify).status_code == 200
+            ),
             30,
             "the coordinator to answer",
         )
@@ -121,6 +146,7 @@ class Network:
             json={"role": role, "account": account},
             headers={"Authorization": f"Bearer {self.admin}"},
             timeout=10,
+            verify=self.verify,
         )
         r.raise_for_status()
         return str(r.json()["token"])
@@ -140,6 +166,7 @@ class Network:
                 name,
                 "--home",
                 str(home),
+                *(["--ca-file", str(self.tls.ca)] if self.tls else []),
                 "-v",
             ],
             self.env,
@@ -154,6 +181,8 @@ class Network:
 
     def cli(self, token: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         env = dict(self.env, GPUNET_URL=self.url, GPUNET_TOKEN=token, COLUMNS="200")
+        if self.tls:
+            env["GPUNET_CA_FILE"] = str(self.tls.ca)
         return subprocess.run(
             [sys.executable, "-m", "gpunet", *args],
             env=env,

@@ -15,6 +15,7 @@ import os
 import random
 import shutil
 import socket
+import ssl
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from gpunet import __version__
 from gpunet.agent import bench, energy, runner
 from gpunet.agent.gpus.base import GpuBackend
 from gpunet.core.energy import Meter
+from gpunet.tls import untrusted_message, untrusted_reason
 
 log = logging.getLogger("gpunet.agent")
 
@@ -37,6 +39,15 @@ class Rejected(Exception):
     def __init__(self, status: int, body: str) -> None:
         super().__init__(f"{status}: {body}")
         self.status = status
+        self.body = body
+
+    @property
+    def message(self) -> str:
+        """The coordinator's own words (its error envelope's message) when it sent them."""
+        try:
+            return str(json.loads(self.body)["error"]["message"])
+        except (ValueError, KeyError, TypeError):
+            return f"HTTP {self.status}: {self.body[:300]}"
 
 
 @dataclass
@@ -80,7 +91,9 @@ class Agent:
         join_token: str | None = None,
         name: str | None = None,
         site: str | None = None,
+        verify: bool | ssl.SSLContext = True,
     ) -> None:
+        """``verify``: how to check an https coordinator's certificate (gpunet.tls)."""
         self.url = coordinator.rstrip("/")
         self.backend = backend
         self.home = home
@@ -93,7 +106,7 @@ class Agent:
         self.last_renewed = time.monotonic()
         self.attempts: dict[str, AttemptCtx] = {}
         self.reports: asyncio.Queue[tuple[str, str, dict[str, Any]]] = asyncio.Queue()
-        self.http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=70.0))
+        self.http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=70.0), verify=verify)
         self.stopping = asyncio.Event()
         self._unsent_xids: dict[int, list[int]] = {}  # XIDs a failed heartbeat did not deliver
         self.benchmark_every_s = 6 * 3600.0  # periodic benchmarks of idle GPUs
@@ -152,6 +165,9 @@ class Agent:
                 log.info("registered as %s", self.node_id)
                 break
             except httpx.TransportError as exc:
+                reason = untrusted_reason(exc)
+                if reason is not None:  # retrying will not make the certificate trusted
+                    raise SystemExit(f"error: {untrusted_message(self.url, reason)}") from None
                 log.warning("coordinator unreachable (%s); retrying in %.1fs", exc, delay)
                 await self._sleep(delay)
                 delay = min(delay * 2, 5.0)

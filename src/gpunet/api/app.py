@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from gpunet import __version__
 from gpunet.api import errors
 from gpunet.api.deps import Rt
-from gpunet.api.routers import agent, fleet, jobs, lifecycle, market
+from gpunet.api.routers import agent, fleet, jobs, lifecycle, market, tokens
 from gpunet.core.jobs import JobState
 from gpunet.loops.background import start_all
 from gpunet.services.fleet import busy_gpu_ids
@@ -58,6 +58,7 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
         lifecycle.energy_router,
         lifecycle.economics_router,
         market.router,
+        tokens.router,
     ):
         app.include_router(r)
 

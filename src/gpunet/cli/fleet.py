@@ -1,4 +1,4 @@
-"""Fleet commands: nodes, gpus, tokens."""
+"""Fleet commands: nodes, gpus."""
 
 from __future__ import annotations
 
@@ -6,10 +6,8 @@ from typing import Annotated
 
 import typer
 
-from gpunet.cli.output import console, print_json, table
+from gpunet.cli.output import print_json, table
 from gpunet.sdk.client import Client
-
-tokens_app = typer.Typer(help="Issue API tokens (admin).")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
 
@@ -70,19 +68,3 @@ def gpus(json_out: JsonOpt = False) -> None:
             ("simulated", "SIMULATED"),
         ],
     )
-
-
-@tokens_app.command("create")
-def tokens_create(
-    role: Annotated[str, typer.Option(help="consumer | provider | admin")],
-    account: Annotated[str, typer.Option(help="account the token acts for")] = "default",
-    name: Annotated[str, typer.Option(help="a label for the token")] = "",
-    json_out: JsonOpt = False,
-) -> None:
-    """Create a token. Provider tokens are join tokens for agents."""
-    with Client() as client:
-        token = client.create_token(role, account, name)
-    if json_out:
-        print_json({"token": token, "role": role, "account": account})
-    else:
-        console.print(token)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
+from typing import Annotated
 
 import click
 import typer
 
-from gpunet.cli import fleet, gpus, jobs, market, report, serve, sim
+from gpunet.cli import access, fleet, gpus, jobs, market, report, serve, sim
 from gpunet.cli.output import err_console
 from gpunet.errors import GpunetError
 
@@ -29,7 +32,9 @@ app.command()(jobs.logs)
 app.command()(jobs.cancel)
 app.command()(fleet.nodes)
 app.add_typer(gpus.gpus_app, name="gpus")
-app.add_typer(fleet.tokens_app, name="tokens")
+app.add_typer(access.tokens_app, name="tokens")
+app.add_typer(access.accounts_app, name="accounts")
+app.command()(access.login)
 app.add_typer(sim.app, name="sim")
 app.add_typer(market.price_app, name="price")
 app.add_typer(market.credits_app, name="credits")
@@ -41,6 +46,22 @@ app.command()(market.spend)
 app.command()(market.offers)
 app.command()(market.reputation)
 app.add_typer(report.report_app, name="report")
+
+
+@app.callback()
+def _options(
+    ca_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--ca-file",
+            help="PEM of the private CA that signed the coordinator's certificate "
+            "(also GPUNET_CA_FILE, or saved by `gpunet login`)",
+        ),
+    ] = None,
+) -> None:
+    if ca_file is not None:
+        # every command builds its Client from the environment: this reaches them all
+        os.environ["GPUNET_CA_FILE"] = str(ca_file.expanduser())
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,13 +18,15 @@ import uvicorn
 
 from gpunet.agent.gpus.base import GpuBackend
 from gpunet.agent.gpus.simulated import SimulatedBackend, parse_simulate
-from gpunet.agent.loop import Agent
+from gpunet.agent.loop import Agent, Rejected
 from gpunet.cli.output import console, err_console
 from gpunet.config import ClientConfig, home
 from gpunet.core.scheduling.policies import get_policy
+from gpunet.errors import GpunetError, ValidationFailed
 from gpunet.services.auth import Role, bootstrap_admin, issue_token
 from gpunet.services.runtime import Runtime, Settings
 from gpunet.store.db import Database
+from gpunet.tls import check_server_pair, client_context, is_loopback
 
 DEFAULT_SIMULATED = "2xA100-80GB"
 
@@ -79,7 +82,13 @@ class _Server(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-def _uvicorn(settings: Settings, db: Database, host: str, port: int) -> uvicorn.Server:
+def _uvicorn(
+    settings: Settings,
+    db: Database,
+    host: str,
+    port: int,
+    tls: tuple[Path, Path] | None = None,
+) -> uvicorn.Server:
     from gpunet.api.app import create_app
 
     app = create_app(settings, db=db)
@@ -87,6 +96,8 @@ def _uvicorn(settings: Settings, db: Database, host: str, port: int) -> uvicorn.
         app,
         host=host,
         port=port,
+        ssl_certfile=str(tls[0]) if tls else None,
+        ssl_keyfile=str(tls[1]) if tls else None,
         log_level="warning",
         access_log=False,
         lifespan="on",
@@ -118,10 +129,27 @@ def server(
     auto_tiers: Annotated[
         bool, typer.Option("--auto-tiers", help="apply proposed tier moves without an operator")
     ] = False,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option(exists=True, dir_okay=False, help="serve https with this PEM certificate"),
+    ] = None,
+    tls_key: Annotated[
+        Path | None,
+        typer.Option(exists=True, dir_okay=False, help="the certificate's PEM private key"),
+    ] = None,
+    insecure_http: Annotated[
+        bool,
+        typer.Option(
+            "--insecure-http",
+            help="serve plain http on a non-loopback address (only behind a TLS proxy)",
+        ),
+    ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Run the coordinator (migrations are applied at start)."""
+    """Run the coordinator (migrations are applied at start). On any address but loopback it
+    serves https (--tls-cert, --tls-key): tokens must not cross a network in clear."""
     _logging(verbose)
+    tls = _tls_pair(host, tls_cert, tls_key, insecure_http)
     get_policy(policy)  # an unknown policy is an error now, not at the first pass
     url = database_url or f"sqlite:///{home() / 'gpunet.db'}"
     home().mkdir(parents=True, exist_ok=True)
@@ -135,8 +163,34 @@ def server(
         burn_in=burn_in,
         auto_tiers=auto_tiers,
     )
-    console.print(f"gpunet coordinator on http://{host}:{port} ({db.engine.dialect.name})")
-    _uvicorn(settings, db, host, port).run()
+    scheme = "https" if tls else "http"
+    console.print(f"gpunet coordinator on {scheme}://{host}:{port} ({db.engine.dialect.name})")
+    _uvicorn(settings, db, host, port, tls).run()
+
+
+def _tls_pair(
+    host: str, cert: Path | None, key: Path | None, insecure_http: bool
+) -> tuple[Path, Path] | None:
+    """The certificate and key to serve https with, checked now; None for plain http, which
+    is refused on a non-loopback address unless ``insecure_http`` (then said loudly)."""
+    if (cert is None) != (key is None):
+        missing = "tls_key" if key is None else "tls_cert"
+        raise ValidationFailed(missing, "--tls-cert and --tls-key go together")
+    if cert is not None and key is not None:
+        check_server_pair(cert, key)
+        return cert, key
+    if not is_loopback(host):
+        if not insecure_http:
+            raise GpunetError(
+                f"refusing plain http on {host}: tokens would cross the network in clear. "
+                "Pass --tls-cert FILE --tls-key FILE, or --insecure-http when a TLS proxy "
+                "in front of gpunet terminates https"
+            )
+        err_console.print(
+            f"[bold red]WARNING: serving plain http on {host}: every token and job crosses "
+            "the network in clear. Use --tls-cert/--tls-key unless a TLS proxy is in front.[/]"
+        )
+    return None
 
 
 def agent(
@@ -156,10 +210,20 @@ def agent(
     benchmark_every: Annotated[
         float, typer.Option(help="seconds between benchmarks of idle GPUs", min=1.0)
     ] = 6 * 3600.0,
+    ca_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="PEM of the private CA that signed the coordinator's certificate "
+            "(default: the system's trusted CAs)"
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Join this machine's GPUs to a coordinator. Dials out only: works behind NAT."""
     _logging(verbose)
+    verify: bool | ssl.SSLContext = True
+    if coordinator.startswith("https:"):
+        verify = client_context(ca_file)
     agent_dir = agent_home or home() / "agent"
     backend = pick_backend(simulate, faults=faults or agent_dir / "faults.yaml")
     a = Agent(
@@ -169,6 +233,7 @@ def agent(
         join_token=join_token,
         name=name,
         site=site,
+        verify=verify,
     )
     a.benchmark_every_s = benchmark_every
     console.print(
@@ -182,7 +247,10 @@ def agent(
             loop.add_signal_handler(sig, a.stopping.set)  # stop attempts cleanly, then exit
         await a.run()
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except Rejected as exc:  # e.g. a join token revoked, expired or used up
+        raise GpunetError(f"the coordinator refused this agent: {exc.message}") from None
 
 
 def _local_network(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import ssl
 import tarfile
 import time
 from collections.abc import Iterator
@@ -14,6 +16,7 @@ import httpx
 from gpunet import errors
 from gpunet.config import ClientConfig
 from gpunet.core.jobspec import JobSpec, parse_spec
+from gpunet.tls import client_context, untrusted_message, untrusted_reason
 
 _BY_CODE: dict[str, type[errors.GpunetError]] = {
     "not_found": errors.NotFound,
@@ -67,21 +70,42 @@ def pack_workdir(path: Path) -> bytes:
 
 
 class Client:
-    """A connection to a gpunet coordinator."""
+    """A connection to a gpunet coordinator.
+
+    ``https`` URLs are verified against the system's certificate store, or against
+    ``ca_file`` (a private CA's PEM; default: GPUNET_CA_FILE, then the saved client config).
+    ``verify`` overrides both (an ``ssl.SSLContext``, or False to skip verification)."""
 
     def __init__(
-        self, url: str | None = None, token: str | None = None, timeout: float = 30.0
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        timeout: float = 30.0,
+        *,
+        verify: bool | ssl.SSLContext | None = None,
+        ca_file: str | Path | None = None,
     ) -> None:
+        cfg = None
         if url is None or token is None:
             cfg = ClientConfig.load()
             if cfg is None:
                 raise errors.GpunetError(
-                    "no coordinator configured: run `gpunet up`, or set GPUNET_URL and GPUNET_TOKEN"
+                    "no coordinator configured: run `gpunet up` or `gpunet login`, or set "
+                    "GPUNET_URL and GPUNET_TOKEN"
                 )
             url, token = url or cfg.url, token or cfg.token
         self.url = url.rstrip("/")
+        if verify is None:
+            if ca_file is None:
+                cfg = cfg or ClientConfig.load()
+                saved = cfg.ca_file if cfg and cfg.url.rstrip("/") == self.url else None
+                ca_file = os.environ.get("GPUNET_CA_FILE") or saved
+            verify = client_context(ca_file) if self.url.startswith("https:") else True
         self._http = httpx.Client(
-            base_url=self.url, timeout=timeout, headers={"Authorization": f"Bearer {token}"}
+            base_url=self.url,
+            timeout=timeout,
+            headers={"Authorization": f"Bearer {token}"},
+            verify=verify,
         )
 
     def close(self) -> None:
@@ -97,6 +121,9 @@ class Client:
         try:
             r = self._http.request(method, path, **kw)
         except httpx.TransportError as exc:
+            reason = untrusted_reason(exc)
+            if reason is not None:
+                raise errors.GpunetError(untrusted_message(self.url, reason)) from None
             raise errors.GpunetError(f"cannot reach the coordinator at {self.url}: {exc}") from None
         _raise_for(r)
         return r.json()
@@ -226,8 +253,35 @@ class Client:
         return list(self._req("POST", "/v1/tiers/apply", json={"gpu_ids": gpu_ids}))
 
     def create_token(self, role: str, account: str, name: str = "") -> str:
-        res = self._req("POST", "/v1/tokens", json={"role": role, "account": account, "name": name})
-        return str(res["token"])
+        """A new token's secret (see ``new_token`` for its expiry, uses and id)."""
+        return str(self.new_token(role, account, name)["token"])
+
+    def new_token(
+        self,
+        role: str,
+        account: str,
+        name: str = "",
+        *,
+        expires: str | None = None,
+        uses: int | None = None,
+    ) -> dict[str, Any]:
+        """Issue a token (admin): ``expires`` such as "30d", ``uses`` for join tokens. The
+        answer holds the secret (``token``), shown only this once."""
+        body = {"role": role, "account": account, "name": name, "expires": expires, "uses": uses}
+        return dict(self._req("POST", "/v1/tokens", json=body))
+
+    def tokens(self, account: str | None = None) -> list[dict[str, Any]]:
+        """Tokens without their secrets: every one (admin) or the caller's account's."""
+        return list(self._req("GET", "/v1/tokens", params={"account": account} if account else {}))
+
+    def revoke_token(self, token_id: str) -> dict[str, Any]:
+        return dict(self._req("DELETE", f"/v1/tokens/{token_id}"))
+
+    def accounts(self) -> list[dict[str, Any]]:
+        return list(self._req("GET", "/v1/accounts"))
+
+    def create_account(self, name: str) -> dict[str, Any]:
+        return dict(self._req("POST", "/v1/accounts", json={"name": name}))
 
     def whoami(self) -> dict[str, Any]:
         return dict(self._req("GET", "/v1/whoami"))

@@ -18,7 +18,7 @@ from gpunet.core.jobs import (
 )
 from gpunet.errors import Forbidden, NotFound, StaleFencingToken
 from gpunet.services import billing
-from gpunet.services.auth import Principal, Role, issue_token
+from gpunet.services.auth import Principal, Role, consume_join_use, issue_token
 from gpunet.services.jobs import lose_attempt, move_attempt, move_job
 from gpunet.store.db import Database
 from gpunet.store.tables import Attempt, Blob, Gpu, Job, LogChunk, Node
@@ -93,6 +93,7 @@ def register(
     """A provider's join token registers a new node; returns (node id, the node's token)."""
     who.require(Role.PROVIDER)
     with db.transaction() as s:
+        consume_join_use(s, who.token_id)  # rolled back with the node if registration fails
         at = now()
         node = Node(
             id=new_id("node"),

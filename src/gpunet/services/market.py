@@ -13,6 +13,7 @@ from gpunet.core import ledger as L
 from gpunet.core.pricing import energy_cost_per_hour, reference_prices, suggest_price
 from gpunet.core.statements import ChargeView, earnings, spend
 from gpunet.errors import Forbidden, NotFound, ValidationFailed
+from gpunet.services.accounts import account_by_name
 from gpunet.services.auth import Principal, Role
 from gpunet.services.billing import balance, post
 from gpunet.store.db import Database
@@ -122,10 +123,7 @@ def suggest(
 
 
 def _account_by_name(s: Session, name: str) -> Account:
-    acct = s.scalar(select(Account).where(Account.name == name))
-    if acct is None:
-        raise NotFound(f"no account {name!r}", field="account")
-    return acct
+    return account_by_name(s, name)
 
 
 def grant_credits(db: Database, who: Principal, account: str, amount: Decimal, memo: str) -> Any:

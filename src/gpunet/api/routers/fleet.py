@@ -1,14 +1,13 @@
-"""The fleet: nodes and GPUs with live telemetry; tokens."""
+"""The fleet: nodes and GPUs with live telemetry; who the caller is."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from fastapi import APIRouter
-from pydantic import BaseModel, Field
 
 from gpunet.api.deps import Rt, Who
-from gpunet.services.auth import Role, issue_token
+from gpunet.services.auth import Role
 from gpunet.services.fleet import list_gpus, list_nodes
 
 router = APIRouter(prefix="/v1", tags=["fleet"])
@@ -34,25 +33,6 @@ def gpus(rt: Rt, who: Who) -> list[dict[str, Any]]:
         for g in out:
             g["attempt_id"] = None  # which attempt holds a GPU is not a tenant's business
     return out
-
-
-class TokenRequest(BaseModel):
-    role: Role
-    account: str = Field(min_length=1, max_length=200)
-    name: str = ""
-
-
-@router.post("/tokens", status_code=201)
-def create_token(rt: Rt, who: Who, req: TokenRequest) -> dict[str, Any]:
-    """Issue a token (admin only). Provider tokens are join tokens for agents."""
-    who.require(Role.ADMIN)
-    if req.role is Role.AGENT:
-        from gpunet.errors import ValidationFailed
-
-        raise ValidationFailed("role", "agent tokens are issued at registration")
-    with rt.db.transaction() as s:
-        token = issue_token(s, req.role, req.account, name=req.name)
-    return {"token": token, "role": req.role.value, "account": req.account}
 
 
 @router.get("/whoami")
