@@ -12,8 +12,8 @@ filter (some Python releases still resolve symlink chains past PATH_MAX, CVE-202
   links are known, since a later link can change what an earlier one points to;
 - a hard link must name an earlier regular file of the archive;
 - devices, FIFOs and other special members are refused;
-- no member is written through a symlink: files are written through directory descriptors opened with ``O_NOFOLLOW``, one component at
-  a time, so nothing is ever written through a symlink.
+- no member is written through a symlink: files are written through directory descriptors
+  opened with ``O_NOFOLLOW``, one component at a time.
 """
 
 from __future__ import annotations
@@ -134,8 +134,9 @@ class _Checker:
             # nothing is written through a symlink (the extraction could not), so the keys of
             # ``links`` are real paths and ``resolve`` sees the tree as the kernel will
             if parts[:i] in self.links:
+                via = "/".join(parts[:i])
                 raise UnsafeArchive(
-                    f"member {m.name!r} would be written through the symlink {'/'.join(parts[:i])!r}"
+                    f"member {m.name!r} would be written through the symlink {via!r}"
                 )
         if m.isfile():
             if m.size > lim.max_member_bytes:
@@ -232,7 +233,9 @@ def _remove(dir_fd: int, name: str) -> None:
     os.unlink(name, dir_fd=dir_fd)
 
 
-def _copy(src: io.BufferedReader | None, fd: int, size: int, on_bytes: Callable[[int], None]) -> None:
+def _copy(
+    src: io.BufferedReader | None, fd: int, size: int, on_bytes: Callable[[int], None]
+) -> None:
     left = size
     while left > 0 and src is not None:
         buf = src.read(min(left, 1 << 20))
