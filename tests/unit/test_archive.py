@@ -131,7 +131,7 @@ def _cve_2025_4517(comp_len: int, outside_rel: str) -> bytes:
         path = os.path.join(path, comp)
     linkpath = os.path.join(*steps, "l" * 254)
     adds.append(_entry(linkpath, tarfile.SYMTYPE, os.path.join(*[".."] * len(steps))))
-    adds.append(_entry("escape", tarfile.SYMTYPE, f"{linkpath}/../{outside_rel}"))
+    adds.append(_entry("escape", tarfile.SYMTYPE, f"{linkpath}/{outside_rel}"))
     adds.append(_entry("flaglink", tarfile.LNKTYPE, "escape/secret"))
     adds.append(_file("escape/pwned", b"owned"))
     return _tar(*adds, gz=False)
@@ -141,8 +141,9 @@ def _cve_2025_4517(comp_len: int, outside_rel: str) -> bytes:
 def test_cve_2025_4517_path_max_symlink_chain_is_refused(
     tmp_path: Path, outside: Path, comp_len: int
 ) -> None:
-    """With the PoC's 247-character names and with short ones (so the chain itself, not only
-    the name length, is what gets refused)."""
+    """With the PoC's 247-character names (on Python 3.11.7 this archive gets past
+    ``extractall(filter="data")``: it writes ``outside/pwned`` and hard-links ``outside/secret``)
+    and with short ones, so that the chain itself, not only the name length, is refused."""
     (outside / "secret").write_text("s")
     data = _cve_2025_4517(comp_len, "../../outside")
     words = "over 1024 bytes" if comp_len == 247 else "written through the symlink 'a'"
