@@ -67,3 +67,10 @@ class StaleFencingToken(Conflict):
 class PayloadTooLarge(GpunetError):
     status_code = 413
     code = "too_large"
+
+
+class QuotaExceeded(GpunetError):
+    """An account is over one of its quotas (stored archives, jobs in the queue)."""
+
+    status_code = 429
+    code = "quota_exceeded"

@@ -88,9 +88,15 @@ class Network:
     coordinator serves https and agents and the CLI trust its CA (``--ca-file``)."""
 
     def __init__(
-        self, root: Path, db_url: str, lease_timeout: float = 3.0, tls: TlsFiles | None = None
+        self,
+        root: Path,
+        db_url: str,
+        lease_timeout: float = 3.0,
+        tls: TlsFiles | None = None,
+        server_args: list[str] | None = None,
     ) -> None:
         self.root = root
+        self.server_args = server_args or []  # more flags for `gpunet server`
         self.db_url = db_url
         self.lease_timeout = lease_timeout
         self.tls = tls
@@ -123,6 +129,7 @@ class Network:
                     else []
                 ),
                 "-v",
+                *self.server_args,
             ],
             self.env,
             self.root / "coordinator.log",
@@ -217,11 +224,12 @@ def two_agent_network(
     *,
     lease_timeout: float = 3.0,
     prepare: Callable[[Network], None] | None = None,
+    server_args: list[str] | None = None,
 ) -> Iterator[Network]:
     """A coordinator and agents a1 and a2 (each on ``simulate``), a provider token (``owner``)
     and a consumer token (``user``); ``prepare`` runs before the agents start. Prints every
     process's log tail when the test fails."""
-    n = Network(root, db_url, lease_timeout=lease_timeout)
+    n = Network(root, db_url, lease_timeout=lease_timeout, server_args=server_args)
     try:
         n.start_coordinator()
         n.owner = n.token("provider", "owner")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import tarfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -135,6 +137,17 @@ class Coordinator:
         )
         assert r.status_code == 200, r.text
         return dict(r.json())
+
+
+def archive(files: dict[str, bytes]) -> bytes:
+    """A working-directory archive (tar.gz) holding ``files``."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
 
 
 def fast_settings(url: str, **kw: Any) -> Settings:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from helpers import Coordinator, auth, coordinator, gpu
+from helpers import Coordinator, archive, auth, coordinator, gpu
 
 
 def _setup(co: Coordinator) -> dict[str, Any]:
@@ -127,7 +127,7 @@ def test_tenants_cannot_see_or_touch_each_others_jobs(db_url: str) -> None:
 def test_archives_are_private_to_their_tenant(db_url: str) -> None:
     with coordinator(db_url) as co:
         s = _setup(co)
-        data = b"alice's archive"
+        data = archive({"secret.txt": b"alice's archive"})
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         r = co.c.post(
             "/v1/blobs", content=data, params={"digest": digest}, headers=auth(s["alice"])
@@ -157,7 +157,7 @@ def test_archives_are_private_to_their_tenant(db_url: str) -> None:
 def test_two_tenants_uploading_the_same_archive_can_both_use_it(db_url: str) -> None:
     with coordinator(db_url) as co:
         co.register(co.token("provider", "prov"), [gpu(0)])
-        data = b"the same bytes"
+        data = archive({"same.txt": b"the same bytes"})
         for token in (co.token("consumer", "alice"), co.token("consumer", "bob")):
             r = co.c.post("/v1/blobs", content=data, headers=auth(token))
             assert r.status_code == 201

@@ -17,7 +17,6 @@ import shutil
 import socket
 import ssl
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,9 @@ from gpunet.core.energy import Meter
 from gpunet.tls import untrusted_message, untrusted_reason
 
 log = logging.getLogger("gpunet.agent")
+
+LOG_SLICE = 32 * 1024  # characters of output per log chunk
+LOG_REPORT_CHARS = 64 * 1024  # characters of output per log report
 
 
 class Rejected(Exception):
@@ -58,6 +60,8 @@ class AttemptCtx:
     logs: list[dict[str, str]] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
     meters: dict[int, Meter] = field(default_factory=dict)  # energy per GPU index
+    log_sent: int = 0  # bytes of output collected for the coordinator
+    output_closed: bool = False  # past the coordinator's cap: further output is dropped
 
     @property
     def id(self) -> str:
@@ -312,7 +316,7 @@ class Agent:
                     workdir,
                     ctx.info["gpu_indices"],
                     ctx.info,
-                    lambda s, d: ctx.logs.append({"stream": s, "data": d}),
+                    lambda s, d: self._collect(ctx, s, d),
                 )
             except asyncio.CancelledError:
                 self._report(ctx, "finished", {"exit_code": -15, "reason": "cancelled"})
@@ -351,17 +355,45 @@ class Agent:
             return
         self.reports.put_nowait((ctx.id, kind, {"fencing_token": ctx.token, **body}))
 
+    def _collect(self, ctx: AttemptCtx, stream: str, data: str) -> None:
+        """Keep output for the coordinator until its cap for the attempt (sent with the work)
+        is passed: the piece that crosses the cap still goes, so the coordinator records the
+        truncation; everything after is dropped here (the job's pipes are still drained)."""
+        if ctx.output_closed:
+            return
+        ctx.logs.append({"stream": stream, "data": data})
+        ctx.log_sent += len(data.encode("utf-8", "surrogatepass"))
+        cap = ctx.info.get("max_log_bytes")
+        if isinstance(cap, int) and ctx.log_sent > cap:
+            ctx.output_closed = True
+
     def _flush_logs(self, ctx: AttemptCtx) -> None:
         if not ctx.logs:
             return
-        merged: list[dict[str, str]] = []
-        for c in ctx.logs:  # join consecutive pieces of one stream
-            if merged and merged[-1]["stream"] == c["stream"] and len(merged[-1]["data"]) < 65536:
-                merged[-1]["data"] += c["data"]
-            else:
-                merged.append(dict(c))
+        chunks: list[dict[str, str]] = []
+        for c in ctx.logs:  # join consecutive pieces of one stream, in slices of bounded size
+            data = c["data"]
+            while data:
+                last = chunks[-1] if chunks else None
+                if last and last["stream"] == c["stream"] and len(last["data"]) < LOG_SLICE:
+                    room = LOG_SLICE - len(last["data"])
+                    last["data"] += data[:room]
+                else:
+                    room = LOG_SLICE
+                    chunks.append({"stream": c["stream"], "data": data[:room]})
+                data = data[room:]
         ctx.logs.clear()
-        self._report(ctx, "logs", {"chunks": merged})
+        # several reports rather than one huge one: each stays far below the body cap even
+        # when every character needs a 6-byte JSON escape
+        batch: list[dict[str, str]] = []
+        size = 0
+        for c in chunks:
+            if batch and size + len(c["data"]) > LOG_REPORT_CHARS:
+                self._report(ctx, "logs", {"chunks": batch})
+                batch, size = [], 0
+            batch.append(c)
+            size += len(c["data"])
+        self._report(ctx, "logs", {"chunks": batch})
 
     async def _log_flush_loop(self) -> None:
         while True:
@@ -370,27 +402,47 @@ class Agent:
                 self._flush_logs(ctx)
 
     async def _report_loop(self) -> None:
-        """Deliver reports in order; retry while the coordinator is away."""
-        dropped: dict[str, int] = defaultdict(int)
+        """Deliver reports in order; retry while the coordinator is away (5xx, no answer).
+        A 4xx is final for that report, so one bad report never blocks the ones after it."""
         while True:
             att_id, kind, body = await self.reports.get()
             delay = 0.2
+            shrunk = False
             while True:
                 try:
-                    await self._call("POST", f"/v1/agent/attempts/{att_id}/{kind}", json=body)
+                    res = await self._call("POST", f"/v1/agent/attempts/{att_id}/{kind}", json=body)
+                    if kind == "logs" and isinstance(res, dict) and res.get("truncated"):
+                        ctx = self.attempts.get(att_id)
+                        if ctx is not None:
+                            ctx.output_closed = True  # the coordinator keeps no more output
                     break
                 except Rejected as exc:
-                    # stale fencing token or unknown attempt: this attempt is not ours any more
-                    dropped[att_id] += 1
                     log.warning("report %s of %s rejected: %s", kind, att_id, exc)
-                    ctx = self.attempts.get(att_id)
-                    if ctx is not None:
-                        ctx.orphaned = True
-                        await self._stop(ctx, "rejected by the coordinator")
-                    break
+                    if exc.status in (404, 409) or shrunk:
+                        # stale fencing token or unknown attempt: it is not ours any more
+                        ctx = self.attempts.get(att_id)
+                        if ctx is not None:
+                            ctx.orphaned = True
+                            await self._stop(ctx, "rejected by the coordinator")
+                        break
+                    if kind != "finished":
+                        break  # this report is dropped; the attempt goes on
+                    body, shrunk = minimal_finish(body), True  # the attempt must still end
                 except httpx.TransportError as exc:
                     log.warning("report %s of %s failed (%s); retrying", kind, att_id, exc)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 5.0)
             if kind == "finished":
                 self.attempts.pop(att_id, None)
+
+
+def minimal_finish(body: dict[str, Any]) -> dict[str, Any]:
+    """A finished report the coordinator refused, cut to what ends the attempt: its fencing
+    token, exit code and lost flag."""
+    code = body.get("exit_code")
+    return {
+        "fencing_token": body["fencing_token"],
+        "exit_code": code if isinstance(code, int) and not isinstance(code, bool) else None,
+        "lost": body.get("lost") is True,
+        "reason": "the coordinator refused the full report",
+    }

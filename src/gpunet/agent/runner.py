@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
 import ctypes
-import io
 import os
 import signal
 import sys
-import tarfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from gpunet.archive import Limits, extract
 
 LogSink = Callable[[str, str], None]  # (stream, text)
 
@@ -38,10 +39,10 @@ def job_env(
     return env
 
 
-def unpack(archive: bytes, dest: Path) -> None:
-    """Extract a tar.gz working directory, refusing paths that escape ``dest``."""
-    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:*") as tar:
-        tar.extractall(dest, filter="data")
+def unpack(archive: bytes, dest: Path, limits: Limits | None = None) -> None:
+    """Extract a tar.gz working directory, checked again here whatever the coordinator said:
+    nothing may land outside ``dest``, and bombs stop at the limits."""
+    extract(archive, dest, limits or Limits())
 
 
 def argv_of(spec: dict[str, Any]) -> list[str]:
@@ -77,11 +78,16 @@ class Run:
 
 
 async def _pump(stream: asyncio.StreamReader, name: str, sink: LogSink) -> None:
+    # lossless: bytes that are not UTF-8 arrive as \\xNN, not as replacement marks; the
+    # incremental decoder keeps a character split across two reads whole
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="backslashreplace")
     while True:
         chunk = await stream.read(65536)
+        text = decoder.decode(chunk, final=not chunk)
+        if text:
+            sink(name, text)
         if not chunk:
             return
-        sink(name, chunk.decode(errors="replace"))
 
 
 async def start(

@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from gpunet import __version__
 from gpunet.api import errors
 from gpunet.api.deps import Rt
+from gpunet.api.guard import BodyGuard
 from gpunet.api.routers import agent, fleet, jobs, lifecycle, market, tokens
 from gpunet.core.jobs import JobState
 from gpunet.loops.background import start_all
@@ -48,6 +49,7 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
     app = FastAPI(title="gpunet coordinator", version=__version__, lifespan=lifespan)
     app.state.runtime = rt
     errors.install(app)
+    app.add_middleware(BodyGuard, rt=rt)
     for r in (
         jobs.router,
         fleet.router,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import os
 import signal
@@ -23,7 +25,7 @@ from gpunet.cli.output import console, err_console
 from gpunet.config import ClientConfig, home
 from gpunet.core.scheduling.policies import get_policy
 from gpunet.errors import GpunetError, ValidationFailed
-from gpunet.services.auth import Role, bootstrap_admin, issue_token
+from gpunet.services.auth import Authenticator, Role, bootstrap_admin, issue_token
 from gpunet.services.runtime import Runtime, Settings
 from gpunet.store.db import Database
 from gpunet.tls import check_server_pair, client_context, is_loopback
@@ -58,16 +60,71 @@ def _logging(verbose: bool) -> None:
     )
 
 
+def _private_home() -> Path:
+    """From here on, everything gpunet creates (the SQLite database and its -wal/-shm files,
+    tokens, the client config) is readable by its owner only."""
+    os.umask(0o077)
+    base = home()
+    base.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(base, 0o700)
+    return base
+
+
+def _restrict_sqlite(database_url: str) -> None:
+    """Files an older release created with the default umask are closed too."""
+    if not database_url.startswith("sqlite:///"):
+        return
+    path = Path(database_url.removeprefix("sqlite:///"))
+    for suffix in ("", "-wal", "-shm"):
+        f = path.with_name(path.name + suffix)
+        if f.exists():
+            os.chmod(f, 0o600)
+
+
+def _write_admin_token(token: str) -> Path:
+    path = home() / "admin-token"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(token + "\n")
+    os.chmod(tmp, 0o600)
+    tmp.replace(path)
+    return path
+
+
 def _prepare(database_url: str) -> tuple[Database, str | None]:
     db = Database(database_url)
     db.migrate()
+    _restrict_sqlite(database_url)
     token = bootstrap_admin(db)
     if token:
-        path = home() / "admin-token"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(token + "\n")
-        os.chmod(path, 0o600)
+        _write_admin_token(token)
     return db, token
+
+
+def _valid(db: Database, token: str | None, role: Role) -> bool:
+    if not token:
+        return False
+    try:
+        return Authenticator(db).authenticate(token).role is role
+    except GpunetError:
+        return False
+
+
+def _kept_admin(db: Database) -> str | None:
+    """The admin token a previous start saved (admin-token, else client.json), if still valid."""
+    candidates = []
+    with contextlib.suppress(OSError):
+        candidates.append((home() / "admin-token").read_text().strip())
+    with contextlib.suppress(OSError, ValueError):
+        candidates.append(str(json.loads(ClientConfig.path().read_text()).get("token") or ""))
+    return next((t for t in candidates if _valid(db, t, Role.ADMIN)), None)
+
+
+def _agent_registered(db: Database, agent_home: Path) -> bool:
+    with contextlib.suppress(OSError, ValueError):
+        saved = json.loads((agent_home / "agent.json").read_text())
+        return _valid(db, saved.get("token"), Role.AGENT)
+    return False
 
 
 class _Server(uvicorn.Server):
@@ -144,6 +201,21 @@ def server(
             help="serve plain http on a non-loopback address (only behind a TLS proxy)",
         ),
     ] = False,
+    max_log_bytes: Annotated[
+        int, typer.Option(help="output kept per attempt; the rest is dropped", min=1024)
+    ] = Settings.max_log_bytes,
+    max_body_bytes: Annotated[
+        int, typer.Option(help="largest request body but an archive upload", min=64 * 1024)
+    ] = Settings.max_body_bytes,
+    max_upload_bytes: Annotated[
+        int, typer.Option(help="largest working-directory archive upload", min=1024)
+    ] = Settings.max_upload_bytes,
+    blob_quota_bytes: Annotated[
+        int, typer.Option(help="stored archives per account", min=0)
+    ] = Settings.blob_quota_bytes,
+    max_queued_jobs: Annotated[
+        int, typer.Option(help="queued and assigned jobs per account", min=1)
+    ] = Settings.max_queued_jobs,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run the coordinator (migrations are applied at start). On any address but loopback it
@@ -151,8 +223,8 @@ def server(
     _logging(verbose)
     tls = _tls_pair(host, tls_cert, tls_key, insecure_http)
     get_policy(policy)  # an unknown policy is an error now, not at the first pass
+    _private_home()
     url = database_url or f"sqlite:///{home() / 'gpunet.db'}"
-    home().mkdir(parents=True, exist_ok=True)
     db, token = _prepare(url)
     if token:
         console.print(f"admin token (shown once, also in {home() / 'admin-token'}): {token}")
@@ -162,6 +234,11 @@ def server(
         policy=policy,
         burn_in=burn_in,
         auto_tiers=auto_tiers,
+        max_log_bytes=max_log_bytes,
+        max_body_bytes=max_body_bytes,
+        max_upload_bytes=max_upload_bytes,
+        blob_quota_bytes=blob_quota_bytes,
+        max_queued_jobs=max_queued_jobs,
     )
     scheme = "https" if tls else "http"
     console.print(f"gpunet coordinator on {scheme}://{host}:{port} ({db.engine.dialect.name})")
@@ -258,13 +335,19 @@ def _local_network(
 ) -> tuple[uvicorn.Server, Agent, GpuBackend, str, Path]:
     """A coordinator on SQLite under GPUNET_HOME plus one agent, and a client config."""
     get_policy(policy)
-    base = home()
-    base.mkdir(parents=True, exist_ok=True)
+    base = _private_home()
     url = f"sqlite:///{base / 'gpunet.db'}"
-    db, _ = _prepare(url)
-    with db.transaction() as s:
-        admin = issue_token(s, Role.ADMIN, "admin", name="gpunet up: local client")
-        join = issue_token(s, Role.PROVIDER, "local-owner", name="gpunet up: local agent")
+    db, minted = _prepare(url)
+    # tokens are minted once and kept: a restart must not leave a trail of valid admin tokens
+    admin = minted or _kept_admin(db)
+    if admin is None:
+        with db.transaction() as s:
+            admin = issue_token(s, Role.ADMIN, "admin", name="gpunet up: local client")
+        _write_admin_token(admin)
+    join = None
+    if not _agent_registered(db, base / "agent"):
+        with db.transaction() as s:
+            join = issue_token(s, Role.PROVIDER, "local-owner", name="gpunet up: local agent")
     api = f"http://127.0.0.1:{port}"
     cfg_path = ClientConfig(api, admin).save()
     backend = pick_backend(simulate)

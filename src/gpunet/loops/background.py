@@ -1,4 +1,5 @@
-"""The coordinator's background loops: scheduler, lease reaper, telemetry flush."""
+"""The coordinator's background loops: scheduler, lease reaper, telemetry flush, archive
+collection."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import time
 from starlette.concurrency import run_in_threadpool
 
 from gpunet.loops import metering
-from gpunet.services import leases, scheduling, tiers
+from gpunet.services import blobs, leases, scheduling, tiers
 from gpunet.services.runtime import Runtime
 
 log = logging.getLogger("gpunet.loops")
@@ -81,8 +82,28 @@ async def tiers_loop(rt: Runtime) -> None:
             rt.wakeups.wake_scheduler()
 
 
+async def blob_gc_loop(rt: Runtime) -> None:
+    """Delete archives no unfinished job needs, once their grace has passed."""
+    while True:
+        await asyncio.sleep(rt.settings.blob_gc_interval_s)
+        try:
+            gone = await run_in_threadpool(blobs.collect, rt.db, rt.settings.blob_grace_s)
+        except Exception:
+            log.exception("archive collection failed")
+            continue
+        if gone:
+            log.info("collected %d unreferenced archives", len(gone))
+
+
 def start_all(rt: Runtime) -> list[asyncio.Task[None]]:
     return [
         asyncio.create_task(f(rt))
-        for f in (scheduler_loop, reaper_loop, flush_loop, metering.meter_loop, tiers_loop)
+        for f in (
+            scheduler_loop,
+            reaper_loop,
+            flush_loop,
+            metering.meter_loop,
+            tiers_loop,
+            blob_gc_loop,
+        )
     ]

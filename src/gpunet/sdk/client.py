@@ -26,6 +26,7 @@ _BY_CODE: dict[str, type[errors.GpunetError]] = {
     "stale_fencing_token": errors.StaleFencingToken,
     "too_large": errors.PayloadTooLarge,
     "unschedulable": errors.Unschedulable,
+    "quota_exceeded": errors.QuotaExceeded,
 }
 
 TERMINAL = {"succeeded", "failed", "cancelled"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -16,6 +16,7 @@ from gpunet.core.jobs import (
     attempt_state_for_exit,
     job_state_for_exit,
 )
+from gpunet.core.text import lossless
 from gpunet.errors import Forbidden, NotFound, StaleFencingToken
 from gpunet.services import billing
 from gpunet.services.auth import Principal, Role, consume_join_use, issue_token
@@ -46,6 +47,12 @@ class Registration(BaseModel):
 class LogLine(BaseModel):
     stream: str = Field(pattern="^(stdout|stderr|system)$")
     data: str
+
+    @field_validator("data")
+    @classmethod
+    def _storable(cls, v: str) -> str:
+        # job output is whatever a job printed: keep it, escaped, rather than fail the report
+        return lossless(v)
 
 
 class Report(BaseModel):
@@ -167,8 +174,9 @@ def check_reported(db: Database, who: Principal, attempt_ids: list[str]) -> list
     return [a for a in attempt_ids if rows.get(a) not in keep]
 
 
-def work_for(db: Database, who: Principal) -> dict[str, Any]:
-    """Attempts this node should start, and ones it should stop."""
+def work_for(db: Database, who: Principal, max_log_bytes: int | None = None) -> dict[str, Any]:
+    """Attempts this node should start, and ones it should stop. ``max_log_bytes`` tells the
+    agent how much output of each attempt will be kept, so it sends no more."""
     with db.sessions() as s:
         node = _own_node(s, who)
         rows = list(
@@ -199,6 +207,7 @@ def work_for(db: Database, who: Principal) -> dict[str, Any]:
                     "workdir_size": s.scalar(select(Blob.size).where(Blob.digest == workdir))
                     if workdir
                     else None,
+                    "max_log_bytes": max_log_bytes,
                 }
             )
         return {"start": start, "stop": stop}
@@ -238,14 +247,47 @@ def attempt_started(db: Database, who: Principal, attempt_id: str, rep: Report) 
             job.started_at = job.started_at or att.started_at
 
 
-def append_logs(db: Database, who: Principal, attempt_id: str, rep: LogReport) -> None:
+def truncation_notice(limit: int) -> str:
+    return f"[gpunet: output truncated after {limit} bytes]\n"
+
+
+def _cut(text: str, max_bytes: int) -> str:
+    """The longest prefix of ``text`` within ``max_bytes`` of UTF-8, whole characters only."""
+    return text.encode("utf-8")[:max_bytes].decode("utf-8", "ignore")
+
+
+def append_logs(
+    db: Database, who: Principal, attempt_id: str, rep: LogReport, max_log_bytes: int
+) -> bool:
+    """Store output up to the attempt's cap; past it, one system notice and nothing more.
+    Returns whether the attempt's output is now truncated (the agent may stop sending)."""
     with db.transaction() as s:
         att, job = _fenced(s, who, attempt_id, rep.fencing_token)
+        if att.log_truncated:
+            return True
         at = now()
-        s.add_all(
-            LogChunk(job_id=job.id, attempt_id=att.id, stream=c.stream, data=c.data, at=at)
-            for c in rep.chunks
-        )
+        used = att.log_bytes or 0
+        for c in rep.chunks:
+            n = len(c.data.encode("utf-8"))
+            if used + n > max_log_bytes:
+                head = _cut(c.data, max_log_bytes - used)
+                if head:
+                    s.add(
+                        LogChunk(
+                            job_id=job.id, attempt_id=att.id, stream=c.stream, data=head, at=at
+                        )
+                    )
+                    used += len(head.encode("utf-8"))
+                notice = truncation_notice(max_log_bytes)
+                s.add(
+                    LogChunk(job_id=job.id, attempt_id=att.id, stream="system", data=notice, at=at)
+                )
+                att.log_truncated = True
+                break
+            s.add(LogChunk(job_id=job.id, attempt_id=att.id, stream=c.stream, data=c.data, at=at))
+            used += n
+        att.log_bytes = used
+        return bool(att.log_truncated)
 
 
 def attempt_finished(db: Database, who: Principal, attempt_id: str, rep: FinishReport) -> None:

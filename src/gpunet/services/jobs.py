@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from gpunet import archive
+from gpunet.archive import Limits
 from gpunet.core.jobs import (
     ACTIVE_ATTEMPT_STATES,
     AttemptState,
@@ -19,7 +21,13 @@ from gpunet.core.jobs import (
 )
 from gpunet.core.jobspec import JobSpec
 from gpunet.core.scheduling import never_fits
-from gpunet.errors import NotFound, PayloadTooLarge, Unschedulable, ValidationFailed
+from gpunet.errors import (
+    NotFound,
+    PayloadTooLarge,
+    QuotaExceeded,
+    Unschedulable,
+    ValidationFailed,
+)
 from gpunet.services import billing
 from gpunet.services.auth import Principal, Role
 from gpunet.services.fleet import fleet_snapshot, job_request
@@ -91,7 +99,18 @@ def _visible(s: Session, who: Principal, job_id: str) -> Job:
     return job
 
 
-def submit(db: Database, who: Principal, spec: JobSpec, idempotency_key: str | None) -> Job:
+WAITING = (JobState.QUEUED.value, JobState.ASSIGNED.value)
+
+
+def submit(
+    db: Database,
+    who: Principal,
+    spec: JobSpec,
+    idempotency_key: str | None,
+    *,
+    max_queued: int | None = None,
+) -> Job:
+    """Queue a job. ``max_queued``: how many queued or assigned jobs one account may have."""
     who.require(Role.CONSUMER)
     with db.transaction() as s:
         if idempotency_key:
@@ -102,6 +121,18 @@ def submit(db: Database, who: Principal, spec: JobSpec, idempotency_key: str | N
             )
             if old is not None:
                 return old
+        if max_queued is not None:
+            waiting = s.scalar(
+                select(func.count())
+                .select_from(Job)
+                .where(Job.account_id == who.account_id, Job.state.in_(WAITING))
+            )
+            if (waiting or 0) >= max_queued:
+                raise QuotaExceeded(
+                    f"queued_jobs: the account has {waiting} jobs queued or assigned; the quota "
+                    f"is {max_queued} (max_queued_jobs): wait for some to start",
+                    field="queued_jobs",
+                )
         if spec.workdir is not None:
             owned = s.get(BlobOwner, (spec.workdir, who.account_id)) is not None
             if not owned and not (who.is_admin and s.get(Blob, spec.workdir) is not None):
@@ -206,8 +237,18 @@ def cancel(db: Database, who: Principal, job_id: str) -> tuple[Job, list[str]]:
         return job, wake
 
 
-def store_blob(db: Database, who: Principal, data: bytes, digest: str, max_bytes: int) -> str:
-    """Keep an uploaded working-directory archive under its SHA-256 digest."""
+def store_blob(
+    db: Database,
+    who: Principal,
+    data: bytes,
+    digest: str,
+    max_bytes: int,
+    *,
+    limits: Limits | None = None,
+    quota_bytes: int | None = None,
+) -> str:
+    """Keep an uploaded working-directory archive under its SHA-256 digest, once its listing
+    passed the archive checks (``limits``) and within the account's storage quota."""
     who.require(Role.CONSUMER)
     if len(data) > max_bytes:
         raise PayloadTooLarge(
@@ -216,18 +257,40 @@ def store_blob(db: Database, who: Principal, data: bytes, digest: str, max_bytes
     actual = "sha256:" + hashlib.sha256(data).hexdigest()
     if digest and digest != actual:
         raise ValidationFailed("digest", f"does not match the content ({actual})")
+    if limits is not None:
+        archive.check(data, limits)  # a bomb or an escape is refused before it is stored
     for _ in range(2):  # a concurrent upload of the same bytes may win the insert
         try:
             with db.transaction() as s:
-                if s.get(Blob, actual) is None:
+                owned = s.get(BlobOwner, (actual, who.account_id)) is not None
+                if not owned and quota_bytes is not None:
+                    _check_quota(s, who.account_id, len(data), quota_bytes)
+                blob = s.get(Blob, actual)
+                if blob is None:
                     s.add(Blob(digest=actual, size=len(data), data=data, created_at=now()))
                     s.flush()
-                if s.get(BlobOwner, (actual, who.account_id)) is None:
+                else:
+                    blob.created_at = now()  # used again: its grace before collection restarts
+                if not owned:
                     s.add(BlobOwner(digest=actual, account_id=who.account_id))
             break
         except IntegrityError:
             continue
     return actual
+
+
+def _check_quota(s: Session, account_id: str, size: int, quota: int) -> None:
+    used = s.scalar(
+        select(func.coalesce(func.sum(Blob.size), 0))
+        .join(BlobOwner, BlobOwner.digest == Blob.digest)
+        .where(BlobOwner.account_id == account_id)
+    )
+    if int(used or 0) + size > quota:
+        raise QuotaExceeded(
+            f"storage_quota: the account's archives take {int(used or 0)} bytes and this one "
+            f"{size}; the quota is {quota} bytes (blob_quota_bytes)",
+            field="storage_quota",
+        )
 
 
 def job_dict(job: Job, attempts: list[Attempt] | None = None) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from gpunet.archive import Limits
 from gpunet.services.auth import Authenticator
 from gpunet.services.metrics import Metrics
 from gpunet.store.db import Database
@@ -33,6 +34,23 @@ class Settings:
     burn_in: bool = False  # new GPUs wait for a passing burn-in benchmark before taking work
     auto_tiers: bool = False  # apply proposed tier moves without an operator
     tier_interval_s: float = 300.0
+    # hostile tenants and lying providers: request bodies, output, archives, storage, queues
+    max_body_bytes: int = 1024 * 1024  # any request but an archive upload
+    auth_before_body_bytes: int = 64 * 1024  # larger bodies are read only once authenticated
+    max_log_bytes: int = 8 * 1024 * 1024  # stored output per attempt; the rest is dropped
+    archive_max_members: int = 10_000
+    archive_max_bytes: int = 2 * 1024**3  # unpacked, in total and per member
+    blob_quota_bytes: int = 10 * 1024**3  # archives each account may own
+    max_queued_jobs: int = 10_000  # queued + assigned jobs per account
+    blob_grace_s: float = 3600.0  # unreferenced archives are kept this long
+    blob_gc_interval_s: float = 300.0
+
+    def archive_limits(self) -> Limits:
+        return Limits(
+            max_members=self.archive_max_members,
+            max_total_bytes=self.archive_max_bytes,
+            max_member_bytes=self.archive_max_bytes,
+        )
 
 
 @dataclass

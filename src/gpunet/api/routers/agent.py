@@ -80,7 +80,7 @@ async def work(rt: Rt, who: Who, wait: float = Query(20.0, ge=0, le=60)) -> dict
     event = wk.node_event(node)
     event.clear()
     if node not in wk.quiet:
-        found = await run_in_threadpool(svc.work_for, rt.db, who)
+        found = await run_in_threadpool(svc.work_for, rt.db, who, rt.settings.max_log_bytes)
         if found["start"] or found["stop"] or wait == 0 or wk.closing:
             return found
         wk.quiet.add(node)
@@ -91,7 +91,7 @@ async def work(rt: Rt, who: Who, wait: float = Query(20.0, ge=0, le=60)) -> dict
         return nothing
     if wk.closing:
         return nothing
-    found = await run_in_threadpool(svc.work_for, rt.db, who)
+    found = await run_in_threadpool(svc.work_for, rt.db, who, rt.settings.max_log_bytes)
     if not (found["start"] or found["stop"]):
         wk.quiet.add(node)
     return found
@@ -104,9 +104,10 @@ def started(rt: Rt, who: Who, attempt_id: str, rep: svc.Report) -> dict[str, str
 
 
 @router.post("/attempts/{attempt_id}/logs")
-def logs(rt: Rt, who: Who, attempt_id: str, rep: svc.LogReport) -> dict[str, str]:
-    svc.append_logs(rt.db, who, attempt_id, rep)
-    return {"status": "ok"}
+def logs(rt: Rt, who: Who, attempt_id: str, rep: svc.LogReport) -> dict[str, Any]:
+    """Store output; ``truncated`` once the attempt's output cap is reached (send no more)."""
+    truncated = svc.append_logs(rt.db, who, attempt_id, rep, rt.settings.max_log_bytes)
+    return {"status": "ok", "truncated": truncated}
 
 
 @router.post("/attempts/{attempt_id}/finished")

@@ -24,7 +24,11 @@ async def submit(
 ) -> dict[str, Any]:
     """Submit a job spec (the YAML form, as JSON). Rejected at once if it could never run."""
     spec = parse_spec(body)
-    job = await run_in_threadpool(svc.submit, rt.db, who, spec, idempotency_key)
+    job = await run_in_threadpool(
+        lambda: svc.submit(
+            rt.db, who, spec, idempotency_key, max_queued=rt.settings.max_queued_jobs
+        )
+    )
     rt.wakeups.wake_scheduler()
     return svc.job_dict(job)
 
@@ -125,5 +129,15 @@ async def upload(
         data.extend(part)
         if len(data) > limit:
             break
-    d = await run_in_threadpool(svc.store_blob, rt.db, who, bytes(data), digest, limit)
+    d = await run_in_threadpool(
+        lambda: svc.store_blob(
+            rt.db,
+            who,
+            bytes(data),
+            digest,
+            limit,
+            limits=rt.settings.archive_limits(),
+            quota_bytes=rt.settings.blob_quota_bytes,
+        )
+    )
     return {"digest": d, "size": len(data)}
