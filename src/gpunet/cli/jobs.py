@@ -195,6 +195,8 @@ def jobs_show(job_id: str, json_out: JsonOpt = False) -> None:
         console.print(f"  {key:13} {job.get(key) if job.get(key) not in (None, []) else '-'}")
     cmd = job["spec"]["command"]
     console.print(f"  {'command':13} {cmd if isinstance(cmd, str) else ' '.join(cmd)}")
+    for line in placement_terms(job["spec"]):
+        console.print(f"  {line}")
     if job.get("energy", {}).get("gpus"):
         from gpunet.cli.gpus import energy_line
 
@@ -213,6 +215,25 @@ def jobs_show(job_id: str, json_out: JsonOpt = False) -> None:
             ],
             title="attempts",
         )
+
+
+def placement_terms(spec: dict[str, Any]) -> list[str]:
+    """Lines for what a job asks of its node beyond GPUs (shown only when set)."""
+    res = spec.get("resources") or {}
+    out = []
+    if spec.get("image"):
+        out.append(f"{'image':13} {spec['image']}")
+    if res.get("isolation") not in (None, "none"):
+        out.append(f"{'isolation':13} at least {res['isolation']}")
+    if res.get("owners"):
+        out.append(f"{'owners':13} {', '.join(res['owners'])}")
+    asks = [
+        f"{res['cpus']:g} CPUs" if res.get("cpus") else "",
+        f"{res['memory_gb']:g} GB memory" if res.get("memory_gb") else "",
+    ]
+    if any(asks):
+        out.append(f"{'requests':13} {', '.join(a for a in asks if a)}")
+    return out
 
 
 @jobs_app.command("events")

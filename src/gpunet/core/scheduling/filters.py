@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 
+from gpunet.core.isolation import Isolation
 from gpunet.core.scheduling.model import JobRequest
 
 
@@ -28,6 +29,20 @@ class GpuClass:
     power_w: float | None
     tier: str | None = None
     reliability: float | None = None
+    # the node's owner and how it isolates jobs (NodeView)
+    owner: str | None = None
+    isolation: Isolation = Isolation.NONE
+    runtimes: tuple[str, ...] = ()
+    accepts_unisolated: bool = False
+
+    @property
+    def private(self) -> bool:
+        """An unisolated node whose owner runs only their own jobs on it."""
+        return (
+            self.owner is not None
+            and self.isolation is Isolation.NONE
+            and not self.accepts_unisolated
+        )
 
 
 Filter = Callable[[JobRequest, GpuClass], "str | None"]
@@ -62,6 +77,30 @@ def compute_capability(job: JobRequest, gpu: GpuClass) -> str | None:
     return None
 
 
+def trusted_owner(job: JobRequest, gpu: GpuClass) -> str | None:
+    if job.owners and gpu.owner not in job.owners:
+        return "owner not trusted by the job"
+    return None
+
+
+def isolation_level(job: JobRequest, gpu: GpuClass) -> str | None:
+    if gpu.isolation < job.isolation:
+        return f"isolation {gpu.isolation.value} < required {job.isolation.value}"
+    return None
+
+
+def container_runtime(job: JobRequest, gpu: GpuClass) -> str | None:
+    return "no container runtime" if job.needs_runtime and not gpu.runtimes else None
+
+
+def owner_only(job: JobRequest, gpu: GpuClass) -> str | None:
+    # Without isolation a job can read and change the host: only the owner's own jobs run
+    # there unless the owner has accepted that risk for strangers' jobs.
+    if gpu.private and gpu.owner != job.account:
+        return "unisolated node runs only its owner's jobs"
+    return None
+
+
 def price_cap(job: JobRequest, gpu: GpuClass) -> str | None:
     # A GPU without a price is free to use; a cap only rejects priced GPUs above it.
     cap, price = job.max_price, gpu.price_per_hour
@@ -80,13 +119,18 @@ def reliability_floor(job: JobRequest, gpu: GpuClass) -> str | None:
 
 # Reasons that change while the fleet stays the same (health, drain, a node going away).
 TRANSIENT_FILTERS: tuple[Filter, ...] = (node_online, healthy, not_drained)
-# Reasons that hold for as long as the fleet's hardware and prices stay the same.
+# Reasons that hold for as long as the fleet's hardware, node settings and prices stay the same.
+# A node's isolation and runtimes change only when its agent reconnects with other settings.
 # The reliability floor is listed here because it depends on the job; the fleet's capacity
 # snapshot (never_fits) carries no reputations, so a job is never rejected for it at submit.
 STATIC_FILTERS: tuple[Filter, ...] = (
     allowed_model,
     enough_memory,
     compute_capability,
+    trusted_owner,
+    isolation_level,
+    container_runtime,
+    owner_only,
     price_cap,
     reliability_floor,
 )

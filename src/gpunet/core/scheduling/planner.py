@@ -20,7 +20,14 @@ from gpunet.core.scheduling.filters import (
     GpuClass,
     first_failure,
 )
-from gpunet.core.scheduling.model import Explanation, JobRequest, Placement, Plan, Snapshot
+from gpunet.core.scheduling.model import (
+    Explanation,
+    JobRequest,
+    NodeView,
+    Placement,
+    Plan,
+    Snapshot,
+)
 from gpunet.core.scheduling.policies import QUANTUM_S, Policy, get_policy
 from gpunet.core.scheduling.scorers import (
     class_scores,
@@ -50,11 +57,13 @@ class FleetIndex:
     """Free GPUs of a snapshot bucketed by class, node and free count."""
 
     def __init__(self, snapshot: Snapshot, reclaim: frozenset[str] = frozenset()) -> None:
-        online = {n.id: n.online for n in snapshot.nodes}
+        nodes = {n.id: n for n in snapshot.nodes}
+        absent = NodeView("", online=False)
         by_key: dict[tuple[object, ...], _ClassState] = {}
         self.gpu_class: dict[str, _ClassState] = {}
         self.gpu_node: dict[str, str] = {}
         for g in snapshot.gpus:
+            n = nodes.get(g.node_id, absent)
             key = (
                 g.model,
                 g.memory_mb,
@@ -62,10 +71,14 @@ class FleetIndex:
                 g.price_per_hour,
                 g.healthy,
                 g.drained,
-                online.get(g.node_id, False),
+                n.online,
                 g.power_w,
                 g.tier,
                 g.reliability,
+                n.owner,
+                n.isolation,
+                n.runtimes,
+                n.accepts_unisolated,
             )
             st = by_key.get(key)
             if st is None:
@@ -90,8 +103,14 @@ class FleetIndex:
                 not s.cls.healthy,
                 str(s.cls.power_w),
                 str(s.cls.reliability),
+                str(s.cls.owner),
+                s.cls.isolation.rank,
+                s.cls.runtimes,
+                s.cls.accepts_unisolated,
             ),
         )
+        # whether any class depends on the job's own account (an unisolated private node)
+        self.has_private = any(st.cls.private for st in self.classes)
         self.models = sorted({s.cls.model for s in self.classes})
         self.total = len(snapshot.gpus)
         for st in self.classes:
@@ -169,6 +188,11 @@ class _Planner:
             job.min_compute_capability,
             job.max_price,
             job.min_reliability,
+            job.isolation,
+            job.owners,
+            job.needs_runtime,
+            # the account matters only where a node runs just its owner's jobs
+            job.account if self.index.has_private else None,
         )
         v = self._views.get(key)
         if v is not None:
@@ -504,8 +528,9 @@ def explain(snapshot: Snapshot, job: JobRequest, policy: str = "default") -> Exp
 def never_fits(snapshot: Snapshot, job: JobRequest) -> str | None:
     """Why no node of the fleet could ever run ``job`` even with every GPU free, or None.
 
-    Only reasons that last are considered (model, memory, compute capability, price cap, and
-    GPUs of one model on one node); a busy, drained or offline GPU may come back.
+    Only reasons that last are considered (model, memory, compute capability, the node's owner,
+    isolation and runtimes, price cap, and GPUs of one model on one node); a busy, drained or
+    offline GPU may come back.
     """
     if not snapshot.gpus:
         return "the fleet has no GPUs"
