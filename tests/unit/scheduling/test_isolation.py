@@ -77,7 +77,9 @@ def test_isolation_below_the_requirement_is_named_with_both_levels() -> None:
 
 
 def test_image_jobs_need_a_node_with_a_runtime() -> None:
-    s = snap(node("bare", isolation=CONTAINER), node("rt", isolation=CONTAINER, runtimes=("docker",)))
+    s = snap(
+        node("bare", isolation=CONTAINER), node("rt", isolation=CONTAINER, runtimes=("docker",))
+    )
     exp = explain(s, job(isolation=CONTAINER, needs_runtime=True))
     assert exp.rejections == {"no container runtime": 2}
     assert exp.placed is not None and exp.placed.node_id == "rt"
