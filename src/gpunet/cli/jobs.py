@@ -92,6 +92,15 @@ def run(
     min_reliability: Annotated[
         float | None, typer.Option(help="lowest node reputation accepted, 0..1")
     ] = None,
+    image: Annotated[
+        str | None, typer.Option(help="container image to run in (implies --isolation container)")
+    ] = None,
+    isolation: Annotated[
+        str | None, typer.Option(help="least isolation accepted: none | sandbox | container")
+    ] = None,
+    owner: Annotated[
+        list[str] | None, typer.Option(help="run only on nodes of this account (repeat)")
+    ] = None,
 ) -> None:
     """Run a command on the network: `gpunet run --gpus 1 -- python train.py`."""
     envs: dict[str, str] = {}
@@ -116,6 +125,13 @@ def run(
         spec["max_price"] = max_price
     if min_reliability is not None:
         spec["min_reliability"] = min_reliability
+    if image is not None:
+        spec["image"] = image
+    res: dict[str, Any] = spec["resources"]  # type: ignore[assignment]
+    if isolation is not None:
+        res["isolation"] = isolation
+    if owner:
+        res["owners"] = owner
     with Client() as client:
         job = client.submit(spec, workdir=workdir)
         job_id = job["id"]
