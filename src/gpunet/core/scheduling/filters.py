@@ -29,20 +29,14 @@ class GpuClass:
     power_w: float | None
     tier: str | None = None
     reliability: float | None = None
-    # the node's owner and how it isolates jobs (NodeView)
-    owner: str | None = None
+    # How the node isolates jobs (NodeView), reduced to what the filters look at so that
+    # nodes alike share a class: whether it has any container runtime, whether it runs only
+    # its owner's jobs (unisolated and not accepting strangers'), and its owner, which the
+    # index fills in only where it matters (private nodes, or a job that names owners).
     isolation: Isolation = Isolation.NONE
-    runtimes: tuple[str, ...] = ()
-    accepts_unisolated: bool = False
-
-    @property
-    def private(self) -> bool:
-        """An unisolated node whose owner runs only their own jobs on it."""
-        return (
-            self.owner is not None
-            and self.isolation is Isolation.NONE
-            and not self.accepts_unisolated
-        )
+    has_runtime: bool = False
+    private: bool = False
+    owner: str | None = None
 
 
 Filter = Callable[[JobRequest, GpuClass], "str | None"]
@@ -84,13 +78,13 @@ def trusted_owner(job: JobRequest, gpu: GpuClass) -> str | None:
 
 
 def isolation_level(job: JobRequest, gpu: GpuClass) -> str | None:
-    if gpu.isolation < job.isolation:
+    if gpu.isolation.rank < job.isolation.rank:
         return f"isolation {gpu.isolation.value} < required {job.isolation.value}"
     return None
 
 
 def container_runtime(job: JobRequest, gpu: GpuClass) -> str | None:
-    return "no container runtime" if job.needs_runtime and not gpu.runtimes else None
+    return "no container runtime" if job.needs_runtime and not gpu.has_runtime else None
 
 
 def owner_only(job: JobRequest, gpu: GpuClass) -> str | None:

@@ -46,6 +46,15 @@ class NodeView:
     # An unisolated node runs only its owner's jobs unless the owner accepts the risk.
     accepts_unisolated: bool = False
 
+    @property
+    def private(self) -> bool:
+        """Runs only its owner's jobs: unisolated, with an owner who does not accept others'."""
+        return (
+            self.owner is not None
+            and self.isolation is Isolation.NONE
+            and not self.accepts_unisolated
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class JobRequest:
