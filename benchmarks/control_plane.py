@@ -336,6 +336,8 @@ class SimAgent:
                 }
                 for i in range(self.gpus)
             ],
+            # benchmark jobs come from another account: the owner accepts them unisolated
+            "accepts_unisolated": True,
         }
 
     def heartbeat(self) -> dict[str, Any]:
@@ -622,7 +624,7 @@ WATCHED = {
     "attempt_finished",
     "check_reported",
     "_queued_since",
-    "request_for",
+    "requests_for",
 }
 
 

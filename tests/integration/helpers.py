@@ -81,13 +81,21 @@ class Coordinator:
         return str(r.json()["token"])
 
     def register(
-        self, provider: str, gpus: list[dict[str, Any]] | None = None, name: str = "node"
+        self,
+        provider: str,
+        gpus: list[dict[str, Any]] | None = None,
+        name: str = "node",
+        **settings: Any,
     ) -> Node:
+        """Register a node with a provider's join token. ``settings`` are the registration's
+        isolation fields; by default the owner accepts strangers' jobs unisolated, so tests
+        about other things may submit from any account."""
         body = {
             "name": name,
             "gpus": gpus if gpus is not None else [gpu(0), gpu(1)],
             "agent_version": "test",
-        }
+            "accepts_unisolated": True,
+        } | settings
         r = self.c.post("/v1/agent/register", json=body, headers=auth(provider))
         assert r.status_code == 201, r.text
         return Node(r.json()["node_id"], r.json()["token"])

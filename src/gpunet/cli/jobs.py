@@ -92,6 +92,15 @@ def run(
     min_reliability: Annotated[
         float | None, typer.Option(help="lowest node reputation accepted, 0..1")
     ] = None,
+    image: Annotated[
+        str | None, typer.Option(help="container image to run in (implies --isolation container)")
+    ] = None,
+    isolation: Annotated[
+        str | None, typer.Option(help="least isolation accepted: none | sandbox | container")
+    ] = None,
+    owner: Annotated[
+        list[str] | None, typer.Option(help="run only on nodes of this account (repeat)")
+    ] = None,
 ) -> None:
     """Run a command on the network: `gpunet run --gpus 1 -- python train.py`."""
     envs: dict[str, str] = {}
@@ -116,6 +125,13 @@ def run(
         spec["max_price"] = max_price
     if min_reliability is not None:
         spec["min_reliability"] = min_reliability
+    if image is not None:
+        spec["image"] = image
+    res: dict[str, Any] = spec["resources"]  # type: ignore[assignment]
+    if isolation is not None:
+        res["isolation"] = isolation
+    if owner:
+        res["owners"] = owner
     with Client() as client:
         job = client.submit(spec, workdir=workdir)
         job_id = job["id"]
@@ -195,6 +211,8 @@ def jobs_show(job_id: str, json_out: JsonOpt = False) -> None:
         console.print(f"  {key:13} {job.get(key) if job.get(key) not in (None, []) else '-'}")
     cmd = job["spec"]["command"]
     console.print(f"  {'command':13} {cmd if isinstance(cmd, str) else ' '.join(cmd)}")
+    for line in placement_terms(job["spec"]):
+        console.print(f"  {line}")
     if job.get("energy", {}).get("gpus"):
         from gpunet.cli.gpus import energy_line
 
@@ -213,6 +231,25 @@ def jobs_show(job_id: str, json_out: JsonOpt = False) -> None:
             ],
             title="attempts",
         )
+
+
+def placement_terms(spec: dict[str, Any]) -> list[str]:
+    """Lines for what a job asks of its node beyond GPUs (shown only when set)."""
+    res = spec.get("resources") or {}
+    out = []
+    if spec.get("image"):
+        out.append(f"{'image':13} {spec['image']}")
+    if res.get("isolation") not in (None, "none"):
+        out.append(f"{'isolation':13} at least {res['isolation']}")
+    if res.get("owners"):
+        out.append(f"{'owners':13} {', '.join(res['owners'])}")
+    asks = [
+        f"{res['cpus']:g} CPUs" if res.get("cpus") else "",
+        f"{res['memory_gb']:g} GB memory" if res.get("memory_gb") else "",
+    ]
+    if any(asks):
+        out.append(f"{'requests':13} {', '.join(a for a in asks if a)}")
+    return out
 
 
 @jobs_app.command("events")

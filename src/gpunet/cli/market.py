@@ -207,8 +207,9 @@ def offers(
         list[str] | None,
         typer.Argument(
             help="terms FIELD OP VALUE, e.g. gpu=A100-80GB memory>=40 price<=1.5 "
-            "reliability>=0.95 site=eu-west tier=training (fields: gpu memory price "
-            "reliability site tier state available node cc simulated; ops: = != >= <= > <)"
+            "reliability>=0.95 site=eu-west tier=training isolation>=sandbox runtime=podman "
+            "owner=alice (fields: gpu memory price reliability site tier state available node "
+            "cc simulated isolation runtime owner; ops: = != >= <= > <)"
         ),
     ] = None,
     sort: Annotated[
@@ -236,6 +237,9 @@ def offers(
             ("rel", "RELIABILITY"),
             ("tier", "TIER"),
             ("site", "SITE"),
+            ("owner", "OWNER"),
+            ("isolation", "ISOLATION"),
+            ("runtimes", "RUNTIMES"),
             ("state", "STATE"),
         ],
         title=f"{len(rows)} offer(s)",

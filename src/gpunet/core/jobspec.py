@@ -9,12 +9,21 @@ import re
 from decimal import Decimal
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from gpunet.catalog import resolve_model
+from gpunet.core.isolation import Isolation, check_image
 from gpunet.errors import ValidationFailed
 
 _CC = re.compile(r"^(\d+)\.(\d+)$")
+MAX_OWNERS = 64
 
 
 class Resources(BaseModel):
@@ -26,6 +35,24 @@ class Resources(BaseModel):
     min_gpu_memory_gb: float = Field(0, ge=0, description="per GPU, in GB")
     gpu_models: list[str] = Field(default_factory=list, description="allowed models; empty: any")
     min_compute_capability: str | None = Field(None, description='e.g. "8.0"')
+    isolation: Isolation = Field(
+        Isolation.NONE, description="least isolation accepted: none < sandbox < container"
+    )
+    owners: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_OWNERS,
+        description="run only on nodes of these accounts (names); empty: any owner",
+    )
+    cpus: float | None = Field(None, gt=0, le=4096, description="CPU cores requested")
+    memory_gb: float | None = Field(None, gt=0, le=65536, description="host memory requested")
+
+    @field_validator("owners")
+    @classmethod
+    def _owner_names(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if not name or len(name) > 200 or name != name.strip():
+                raise ValueError(f"{name!r} is not an account name")
+        return sorted(set(v))
 
     @field_validator("gpu_models")
     @classmethod
@@ -69,6 +96,27 @@ class JobSpec(BaseModel):
     min_reliability: float | None = Field(
         None, ge=0, le=1, description="lowest node reputation accepted, 0..1 (gpunet offers)"
     )
+    image: str | None = Field(
+        None, description="container image to run the command in; implies isolation container"
+    )
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, v: str | None) -> str | None:
+        return None if v is None else check_image(v)
+
+    @model_validator(mode="after")
+    def _image_needs_container(self) -> JobSpec:
+        if self.image is None:
+            return self
+        r = self.resources
+        if "isolation" in r.model_fields_set and r.isolation is not Isolation.CONTAINER:
+            raise ValidationFailed(
+                "resources.isolation",
+                f"a job with an image runs in a container; {r.isolation.value} is too low",
+            )
+        r.isolation = Isolation.CONTAINER
+        return self
 
     @field_validator("command")
     @classmethod

@@ -3,6 +3,8 @@
 A query is whitespace-separated terms ``FIELD OP VALUE`` (no spaces inside a term), all of
 which must hold, e.g. ``gpu=A100-80GB memory>=40 price<=1.5 reliability>=0.95 site=eu-west``.
 Operators: ``= != >= <= > <``; text and yes/no fields take only ``=`` and ``!=``.
+``isolation`` compares by level (``isolation>=sandbox``: sandbox or container); ``runtime=podman``
+holds when the node offers that runtime among others.
 
 An offer is a plain dict (one GPU on the market) with the keys of ``OFFER_KEYS``; unpriced
 GPUs are free and match prices as 0.
@@ -18,6 +20,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from gpunet.catalog import resolve_model
+from gpunet.core.isolation import LEVELS, RUNTIME_NAME, Isolation
 from gpunet.errors import ValidationFailed
 
 OPS: dict[str, Callable[[Any, Any], bool]] = {
@@ -37,7 +40,7 @@ _FALSE = {"false", "no", "0"}
 @dataclass(frozen=True, slots=True)
 class _Field:
     key: str  # the offer's key the field reads
-    kind: str  # text | model | number | decimal | fraction | cc | bool | state
+    kind: str  # text | model | number | decimal | fraction | cc | bool | state | level | member
     help: str
 
 
@@ -53,8 +56,11 @@ FIELDS: dict[str, _Field] = {
     "node": _Field("node_id", "text", "node id"),
     "cc": _Field("compute_capability", "cc", "compute capability, e.g. 8.0"),
     "simulated": _Field("simulated", "bool", "a simulated GPU: yes | no"),
+    "isolation": _Field("isolation", "level", "the node's isolation: none < sandbox < container"),
+    "runtime": _Field("runtimes", "member", "a container runtime the node offers, e.g. podman"),
+    "owner": _Field("owner", "text", "the account that owns the node"),
 }
-_EQ_ONLY = {"text", "model", "bool", "state"}
+_EQ_ONLY = {"text", "model", "bool", "state", "member"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +72,9 @@ class Term:
 
     def holds(self, offer: dict[str, Any]) -> bool:
         got = _offer_value(offer, self.field)
+        if FIELDS[self.field].kind == "member":
+            has = self.value in (got or ())
+            return has if self.op == "=" else not has
         if got is None:
             return self.op == "!="  # a missing site or tier differs from any value, equals none
         return OPS[self.op](got, self.value)
@@ -85,6 +94,15 @@ def _parse_value(f: _Field, name: str, raw: str, term: str) -> Any:
             return resolve_model(raw, field="query")
         except ValidationFailed as exc:
             raise _bad(term, exc.reason) from None
+    if f.kind == "level":
+        if raw.lower() not in {lv.value for lv in LEVELS}:
+            known = " < ".join(lv.value for lv in LEVELS)
+            raise _bad(term, f"bad value {raw!r} for {name}; known: {known}")
+        return Isolation(raw.lower())
+    if f.kind == "member":
+        if not RUNTIME_NAME.match(raw.lower()):
+            raise _bad(term, f"bad value {raw!r} for {name}; expected a name like podman")
+        return raw.lower()
     if f.kind == "state":
         if raw.lower() not in STATES:
             raise _bad(term, f"bad value {raw!r} for state; known: {', '.join(STATES)}")
@@ -144,6 +162,8 @@ def _offer_value(offer: dict[str, Any], name: str) -> Any:
     v = offer.get(f.key)
     if f.kind == "decimal":
         return Decimal(0) if v is None else Decimal(str(v))
+    if f.kind == "level" and isinstance(v, str):
+        return Isolation(v)
     if f.kind == "cc" and isinstance(v, str):
         major, _, minor = v.partition(".")
         return (int(major), int(minor or 0))

@@ -9,6 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from gpunet.catalog import catalog, resolve_model
+from gpunet.core.isolation import MAX_RUNTIMES, Isolation, check_runtimes
 from gpunet.core.jobs import (
     ACTIVE_ATTEMPT_STATES,
     AttemptState,
@@ -42,6 +43,23 @@ class Registration(BaseModel):
     agent_version: str = ""
     site: str | None = None
     labels: dict[str, str] = Field(default_factory=dict)
+    # how the agent isolates jobs, and the container runtimes it can use (e.g. ["podman"])
+    isolation: Isolation = Isolation.NONE
+    runtimes: list[str] = Field(default_factory=list, max_length=MAX_RUNTIMES)
+    # the owner lets strangers' jobs run on this node without isolation
+    accepts_unisolated: bool = False
+
+    @field_validator("runtimes")
+    @classmethod
+    def _runtimes(cls, v: list[str]) -> list[str]:
+        return check_runtimes(v)
+
+
+def _apply_settings(node: Node, reg: Registration) -> None:
+    """Store what the agent says about isolation: every (re)connect may change it."""
+    node.isolation = reg.isolation.value
+    node.runtimes = list(reg.runtimes)
+    node.accepts_unisolated = reg.accepts_unisolated
 
 
 class LogLine(BaseModel):
@@ -114,6 +132,7 @@ def register(
             site=reg.site,
             labels=reg.labels,
         )
+        _apply_settings(node, reg)
         s.add(node)
         s.flush()
         _sync_gpus(s, node, reg.gpus, burn_in)
@@ -140,6 +159,7 @@ def hello(db: Database, who: Principal, reg: Registration, *, burn_in: bool = Fa
         node = _own_node(s, who)
         node.agent_version, node.status, node.last_heartbeat_at = reg.agent_version, "online", now()
         node.simulated = any(g.simulated for g in reg.gpus)
+        _apply_settings(node, reg)
         _sync_gpus(s, node, reg.gpus, burn_in)
         # a restarted agent's processes died with it (they are tied to it): what it was
         # running is lost; what was only assigned it will start now

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from gpunet.core.isolation import Isolation
 from gpunet.core.jobs import GPU_HOLDING_ATTEMPT_STATES
 from gpunet.core.jobspec import JobSpec
 from gpunet.core.scheduling import GpuView, JobRequest, NodeView, Snapshot
 from gpunet.services.reputation import GONE_STATES, reliabilities
-from gpunet.store.tables import Attempt, Gpu, Job, Node
+from gpunet.store.tables import Account, Attempt, Gpu, Job, Node
 from gpunet.util import iso
 
 
@@ -29,7 +31,17 @@ def fleet_snapshot(s: Session, *, all_free: bool = False, now: float | None = No
     """Build the scheduler's snapshot. ``all_free``: every node online and idle (the fleet's
     capacity, used to reject jobs that could never run). ``now``: the clock, for aging."""
     # plain rows, not ORM objects: this runs on every submit and every scheduler pass
-    nodes = s.execute(select(Node.id, Node.status, Node.site)).all()
+    nodes = s.execute(
+        select(
+            Node.id,
+            Node.status,
+            Node.site,
+            Node.account_id,
+            Node.isolation,
+            Node.runtimes,
+            Node.accepts_unisolated,
+        )
+    ).all()
     cols = select(
         Gpu.id,
         Gpu.node_id,
@@ -52,7 +64,18 @@ def fleet_snapshot(s: Session, *, all_free: bool = False, now: float | None = No
     # Rounded to two places so that nodes of similar standing share GPU classes.
     rel = {} if all_free else {n: round(r, 2) for n, r in reliabilities(s).items()}
     return Snapshot(
-        nodes=tuple(NodeView(nid, all_free or st == "online", site) for nid, st, site in nodes),
+        nodes=tuple(
+            NodeView(
+                nid,
+                all_free or st == "online",
+                site,
+                owner=owner,
+                isolation=Isolation(isolation or Isolation.NONE.value),
+                runtimes=tuple(sorted(runtimes or ())),
+                accepts_unisolated=bool(accepts),
+            )
+            for nid, st, site, owner, isolation, runtimes, accepts in nodes
+        ),
         gpus=tuple(
             GpuView(
                 id=gid,
@@ -88,6 +111,15 @@ def fleet_snapshot(s: Session, *, all_free: bool = False, now: float | None = No
     )
 
 
+def account_ids(s: Session, names: Iterable[str]) -> dict[str, str]:
+    """Account name -> id, for the names that exist."""
+    wanted = set(names)
+    if not wanted:
+        return {}
+    rows = s.execute(select(Account.name, Account.id).where(Account.name.in_(wanted)))
+    return {name: aid for name, aid in rows}
+
+
 def job_request(
     job_id: str,
     account_id: str,
@@ -95,8 +127,12 @@ def job_request(
     *,
     priority: int | None = None,
     submitted_at: float = 0.0,
+    owner_ids: Mapping[str, str] | None = None,
 ) -> JobRequest:
+    """The scheduler's view of a job. ``owner_ids`` maps the spec's owner names to account ids
+    (nodes carry ids); a name without an id matches no node, never "any owner"."""
     r = spec.resources
+    ids = owner_ids or {}
     return JobRequest(
         id=job_id,
         account=account_id,
@@ -109,14 +145,27 @@ def job_request(
         job_class=spec.job_class,
         max_price=spec.max_price,
         min_reliability=spec.min_reliability,
+        isolation=r.isolation,
+        owners=tuple(sorted(ids.get(n, f"?{n}") for n in r.owners)),
+        needs_runtime=spec.image is not None,
     )
 
 
-def request_for(job: Job) -> JobRequest:
-    spec = JobSpec.model_validate(job.spec)
-    return job_request(
-        job.id, job.account_id, spec, priority=job.priority, submitted_at=job.created_at.timestamp()
-    )
+def requests_for(s: Session, jobs: list[Job]) -> list[JobRequest]:
+    """The scheduler's view of stored jobs, with their trusted owners resolved to ids."""
+    specs = [JobSpec.model_validate(j.spec) for j in jobs]
+    ids = account_ids(s, (n for sp in specs for n in sp.resources.owners))
+    return [
+        job_request(
+            j.id,
+            j.account_id,
+            sp,
+            priority=j.priority,
+            submitted_at=j.created_at.timestamp(),
+            owner_ids=ids,
+        )
+        for j, sp in zip(jobs, specs, strict=True)
+    ]
 
 
 def gpu_dict(g: Gpu, holder: str | None = None) -> dict[str, Any]:
@@ -157,6 +206,7 @@ def list_gpus(s: Session) -> list[dict[str, Any]]:
 def list_nodes(s: Session) -> list[dict[str, Any]]:
     gpus = list_gpus(s)
     rel = reliabilities(s)
+    names: dict[str, str] = {aid: name for aid, name in s.execute(select(Account.id, Account.name))}
     out = []
     for n in s.scalars(select(Node).order_by(Node.registered_at)):
         mine = [g for g in gpus if g["node_id"] == n.id]
@@ -165,6 +215,7 @@ def list_nodes(s: Session) -> list[dict[str, Any]]:
                 "id": n.id,
                 "name": n.name,
                 "account_id": n.account_id,
+                "owner": names.get(n.account_id),
                 "status": n.status,
                 "simulated": n.simulated,
                 "site": n.site,
@@ -175,6 +226,9 @@ def list_nodes(s: Session) -> list[dict[str, Any]]:
                 "gpus_busy": sum(1 for g in mine if g["busy"]),
                 "gpu_models": sorted({g["model"] for g in mine}),
                 "reliability": round(rel[n.id], 4) if n.id in rel else None,
+                "isolation": n.isolation,
+                "runtimes": list(n.runtimes or []),
+                "accepts_unisolated": n.accepts_unisolated,
             }
         )
     return out

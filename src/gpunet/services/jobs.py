@@ -30,7 +30,7 @@ from gpunet.errors import (
 )
 from gpunet.services import billing
 from gpunet.services.auth import Principal, Role
-from gpunet.services.fleet import fleet_snapshot, job_request
+from gpunet.services.fleet import account_ids, fleet_snapshot, job_request
 from gpunet.store.db import Database
 from gpunet.store.tables import Attempt, Blob, BlobOwner, Job, JobEvent, LogChunk
 from gpunet.util import new_id, now
@@ -137,9 +137,14 @@ def submit(
             owned = s.get(BlobOwner, (spec.workdir, who.account_id)) is not None
             if not owned and not (who.is_admin and s.get(Blob, spec.workdir) is not None):
                 raise ValidationFailed("workdir", f"no uploaded archive {spec.workdir!r}")
+        owners = account_ids(s, spec.resources.owners)
+        unknown = [n for n in spec.resources.owners if n not in owners]
+        if unknown:
+            raise ValidationFailed("resources.owners", f"no account named {unknown[0]!r}")
         job_id = new_id("job")
         reason = never_fits(
-            fleet_snapshot(s, all_free=True), job_request(job_id, who.account_id, spec)
+            fleet_snapshot(s, all_free=True),
+            job_request(job_id, who.account_id, spec, owner_ids=owners),
         )
         reason = reason or billing.never_fits(s, who.account_id, spec.resources.gpus)
         if reason:

@@ -11,7 +11,7 @@ from gpunet.services.auth import Principal
 from gpunet.services.fleet import GONE_STATES, busy_gpu_ids
 from gpunet.services.reputation import reliabilities
 from gpunet.store.db import Database
-from gpunet.store.tables import Gpu, Node
+from gpunet.store.tables import Account, Gpu, Node
 
 
 def _state(g: Any, online: bool, busy: bool) -> str:
@@ -33,6 +33,9 @@ def list_offers(
     O.parse_sort(sort)
     with db.sessions() as s:
         nodes = {n.id: n for n in s.scalars(select(Node))}
+        owners: dict[str, str] = {
+            aid: nm for aid, nm in s.execute(select(Account.id, Account.name))
+        }
         rel = reliabilities(s)
         busy = busy_gpu_ids(s)
         rows = list(
@@ -62,6 +65,9 @@ def list_offers(
                     "state": state,
                     "available": state == "idle",
                     "simulated": g.simulated,
+                    "owner": owners.get(node.account_id),
+                    "isolation": node.isolation,
+                    "runtimes": sorted(node.runtimes or []),
                 }
             )
     return O.sort_offers([o for o in offers if O.matches(o, terms)], sort)

@@ -13,7 +13,7 @@ from gpunet.core.jobs import AttemptState, JobState
 from gpunet.core.scheduling import Explanation, explain, plan
 from gpunet.services import billing
 from gpunet.services.auth import Principal
-from gpunet.services.fleet import busy_gpu_ids, fleet_snapshot, request_for
+from gpunet.services.fleet import busy_gpu_ids, fleet_snapshot, requests_for
 from gpunet.services.jobs import _visible, move_job
 from gpunet.store.db import Database
 from gpunet.store.tables import Attempt, Gpu, Job, JobEvent
@@ -36,7 +36,7 @@ def tick(db: Database, policy: str, terms: billing.Terms | None = None) -> TickR
         if not queued:
             return result
         snapshot = fleet_snapshot(s, now=time.time())
-        p = plan(snapshot, [request_for(j) for j in queued], policy)
+        p = plan(snapshot, requests_for(s, queued), policy)
         if not p.placements:
             return result
         jobs = {j.id: j for j in queued}
@@ -109,7 +109,7 @@ def why(
         job = _visible(s, who, job_id)
         if job.state != JobState.QUEUED.value:
             return job, None
-        exp = explain(fleet_snapshot(s, now=time.time()), request_for(job), policy)
+        exp = explain(fleet_snapshot(s, now=time.time()), requests_for(s, [job])[0], policy)
         if exp.placed is not None:
             blocked = billing.start_blocker(
                 s, job, list(exp.placed.gpu_ids), terms or billing.Terms()

@@ -7,18 +7,30 @@ from decimal import Decimal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpunet.core.scheduling import GpuView, JobRequest, NodeView, Snapshot, plan
+from gpunet.core.isolation import Isolation
+from gpunet.core.scheduling import GpuView, JobRequest, NodeView, Snapshot, explain, plan
 from gpunet.core.scheduling.filters import FILTERS, GpuClass, first_failure
 
 MODELS = ("V100", "P100", "K80")
 CC = {"V100": (7, 0), "P100": (6, 0), "K80": (3, 7)}
 POLICIES = ("fifo", "priority", "las", "default", "fifo_perf")
+ACCOUNTS = ("x", "y")
 
 
 @st.composite
 def snapshots(draw: st.DrawFn) -> Snapshot:
     n_nodes = draw(st.integers(1, 5))
-    nodes = tuple(NodeView(f"n{i}", online=draw(st.booleans()) or i == 0) for i in range(n_nodes))
+    nodes = tuple(
+        NodeView(
+            f"n{i}",
+            online=draw(st.booleans()) or i == 0,
+            owner=draw(st.sampled_from((None, *ACCOUNTS))),
+            isolation=draw(st.sampled_from(tuple(Isolation))),
+            runtimes=draw(st.sampled_from(((), ("podman",), ("docker", "podman")))),
+            accepts_unisolated=draw(st.booleans()),
+        )
+        for i in range(n_nodes)
+    )
     gpus = []
     for node in nodes:
         for k in range(draw(st.integers(0, 4))):
@@ -53,7 +65,7 @@ def job_lists(draw: st.DrawFn, snap: Snapshot) -> list[JobRequest]:
         jobs.append(
             JobRequest(
                 id=f"j{i}",
-                account=draw(st.sampled_from(("x", "y"))),
+                account=draw(st.sampled_from(ACCOUNTS)),
                 gpu_count=draw(st.integers(1, 3)) if not running else 1,
                 min_memory_mb=draw(st.sampled_from((0, 16000))),
                 gpu_models=draw(st.sampled_from(((), ("V100",), ("P100", "K80")))),
@@ -64,6 +76,9 @@ def job_lists(draw: st.DrawFn, snap: Snapshot) -> list[JobRequest]:
                 max_price=draw(st.sampled_from((None, Decimal("2")))),
                 attained_service_s=draw(st.floats(0, 1e5)),
                 running_on=running,
+                isolation=draw(st.sampled_from(tuple(Isolation))),
+                owners=draw(st.sampled_from(((), ("x",), ("x", "y")))),
+                needs_runtime=draw(st.integers(0, 3)) == 0,
             )
         )
     return jobs
@@ -81,7 +96,7 @@ def test_plan_invariants(case: tuple[Snapshot, list[JobRequest], str, int]) -> N
     snap, jobs, policy, seed = case
     p = plan(snap, jobs, policy, seed=seed)
     gpus = {g.id: g for g in snap.gpus}
-    online = {n.id: n.online for n in snap.nodes}
+    nodes = {n.id: n for n in snap.nodes}
     by_id = {j.id: j for j in jobs}
     reclaimable = {g for j in jobs for g in j.running_on}
     used: list[str] = []
@@ -90,6 +105,7 @@ def test_plan_invariants(case: tuple[Snapshot, list[JobRequest], str, int]) -> N
         assert len(pl.gpu_ids) == job.gpu_count
         for gid in pl.gpu_ids:
             g = gpus[gid]
+            n = nodes[g.node_id]
             # every filter holds for every GPU of every placement
             cls = GpuClass(
                 g.model,
@@ -98,10 +114,20 @@ def test_plan_invariants(case: tuple[Snapshot, list[JobRequest], str, int]) -> N
                 g.price_per_hour,
                 g.healthy,
                 g.drained,
-                online.get(g.node_id, False),
+                n.online,
                 g.power_w,
+                isolation=n.isolation,
+                has_runtime=bool(n.runtimes),
+                private=n.private,
+                owner=n.owner,
             )
             assert first_failure(job, cls, FILTERS) is None
+            # and, stated on their own, the node's isolation, runtimes and owner fit the job
+            assert n.isolation >= job.isolation
+            assert not job.needs_runtime or n.runtimes
+            assert not job.owners or n.owner in job.owners
+            private = n.owner is not None and n.isolation is Isolation.NONE
+            assert not private or n.accepts_unisolated or n.owner == job.account
             assert g.node_id == pl.node_id
             assert not g.busy or gid in reclaimable
         used.extend(pl.gpu_ids)
@@ -129,3 +155,41 @@ def test_plan_is_deterministic(case: tuple[Snapshot, list[JobRequest], str, int]
     assert {k: v.rejections for k, v in a.explanations.items()} == {
         k: v.rejections for k, v in b.explanations.items()
     }
+
+
+@settings(max_examples=120, deadline=None)
+@given(cases())
+def test_explanations_match_a_per_gpu_count(
+    case: tuple[Snapshot, list[JobRequest], str, int],
+) -> None:
+    # Classes share node owners only where no filter reads them, and an owner's view of its
+    # private nodes is derived from a stranger's: neither may change what is counted.
+    snap, jobs, policy, seed = case
+    nodes = {n.id: n for n in snap.nodes}
+    planned = plan(snap, jobs, policy, seed=seed).explanations
+    for job in jobs:
+        expected: dict[str, int] = {}
+        for g in snap.gpus:
+            n = nodes[g.node_id]
+            cls = GpuClass(
+                g.model,
+                g.memory_mb,
+                g.compute_capability,
+                g.price_per_hour,
+                g.healthy,
+                g.drained,
+                n.online,
+                g.power_w,
+                isolation=n.isolation,
+                has_runtime=bool(n.runtimes),
+                private=n.private,
+                owner=n.owner,
+            )
+            why = first_failure(job, cls, FILTERS) or ("busy" if g.busy else None)
+            if why:
+                expected[why] = expected.get(why, 0) + 1
+        # one plan shares views between jobs; its busy counts include GPUs taken in the plan
+        in_plan = {r: n for r, n in planned[job.id].rejections.items() if r != "busy"}
+        assert in_plan == {r: n for r, n in expected.items() if r != "busy"}
+        if not job.running_on:
+            assert explain(snap, job, "fifo").rejections == expected

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 
+from gpunet.core.isolation import Isolation
 from gpunet.core.scheduling.model import JobRequest
 
 
@@ -28,6 +29,14 @@ class GpuClass:
     power_w: float | None
     tier: str | None = None
     reliability: float | None = None
+    # How the node isolates jobs (NodeView), reduced to what the filters look at so that
+    # nodes alike share a class: whether it has any container runtime, whether it runs only
+    # its owner's jobs (unisolated and not accepting strangers'), and its owner, which the
+    # index fills in only where it matters (private nodes, or a job that names owners).
+    isolation: Isolation = Isolation.NONE
+    has_runtime: bool = False
+    private: bool = False
+    owner: str | None = None
 
 
 Filter = Callable[[JobRequest, GpuClass], "str | None"]
@@ -62,6 +71,30 @@ def compute_capability(job: JobRequest, gpu: GpuClass) -> str | None:
     return None
 
 
+def trusted_owner(job: JobRequest, gpu: GpuClass) -> str | None:
+    if job.owners and gpu.owner not in job.owners:
+        return "owner not trusted by the job"
+    return None
+
+
+def isolation_level(job: JobRequest, gpu: GpuClass) -> str | None:
+    if gpu.isolation.rank < job.isolation.rank:
+        return f"isolation {gpu.isolation.value} < required {job.isolation.value}"
+    return None
+
+
+def container_runtime(job: JobRequest, gpu: GpuClass) -> str | None:
+    return "no container runtime" if job.needs_runtime and not gpu.has_runtime else None
+
+
+def owner_only(job: JobRequest, gpu: GpuClass) -> str | None:
+    # Without isolation a job can read and change the host: only the owner's own jobs run
+    # there unless the owner has accepted that risk for strangers' jobs.
+    if gpu.private and gpu.owner != job.account:
+        return "unisolated node runs only its owner's jobs"
+    return None
+
+
 def price_cap(job: JobRequest, gpu: GpuClass) -> str | None:
     # A GPU without a price is free to use; a cap only rejects priced GPUs above it.
     cap, price = job.max_price, gpu.price_per_hour
@@ -80,13 +113,18 @@ def reliability_floor(job: JobRequest, gpu: GpuClass) -> str | None:
 
 # Reasons that change while the fleet stays the same (health, drain, a node going away).
 TRANSIENT_FILTERS: tuple[Filter, ...] = (node_online, healthy, not_drained)
-# Reasons that hold for as long as the fleet's hardware and prices stay the same.
+# Reasons that hold for as long as the fleet's hardware, node settings and prices stay the same.
+# A node's isolation and runtimes change only when its agent reconnects with other settings.
 # The reliability floor is listed here because it depends on the job; the fleet's capacity
 # snapshot (never_fits) carries no reputations, so a job is never rejected for it at submit.
 STATIC_FILTERS: tuple[Filter, ...] = (
     allowed_model,
     enough_memory,
     compute_capability,
+    trusted_owner,
+    isolation_level,
+    container_runtime,
+    owner_only,
     price_cap,
     reliability_floor,
 )

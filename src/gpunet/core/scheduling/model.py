@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+from gpunet.core.isolation import Isolation
+
 
 @dataclass(frozen=True, slots=True)
 class GpuView:
@@ -36,6 +38,22 @@ class NodeView:
     id: str
     online: bool = True
     site: str | None = None
+    # The account that owns the node (same kind of key as JobRequest.account); None: unknown,
+    # and then the node takes anyone's jobs (the simulator's fleets have no owners).
+    owner: str | None = None
+    isolation: Isolation = Isolation.NONE
+    runtimes: tuple[str, ...] = ()  # container runtimes the agent can use, e.g. ("podman",)
+    # An unisolated node runs only its owner's jobs unless the owner accepts the risk.
+    accepts_unisolated: bool = False
+
+    @property
+    def private(self) -> bool:
+        """Runs only its owner's jobs: unisolated, with an owner who does not accept others'."""
+        return (
+            self.owner is not None
+            and self.isolation is Isolation.NONE
+            and not self.accepts_unisolated
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +82,9 @@ class JobRequest:
     throughput_hint: tuple[tuple[str, float], ...] = ()
     # Lowest node reputation (0..1) the job accepts; GPUs of unrated nodes pass.
     min_reliability: float | None = None
+    isolation: Isolation = Isolation.NONE  # the least isolation the job accepts
+    owners: tuple[str, ...] = ()  # run only on nodes of these accounts; empty: any
+    needs_runtime: bool = False  # the job names a container image: the node needs a runtime
 
 
 @dataclass(frozen=True, slots=True)

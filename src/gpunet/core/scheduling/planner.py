@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from gpunet.core.scheduling.filters import (
     BUSY,
@@ -20,7 +20,14 @@ from gpunet.core.scheduling.filters import (
     GpuClass,
     first_failure,
 )
-from gpunet.core.scheduling.model import Explanation, JobRequest, Placement, Plan, Snapshot
+from gpunet.core.scheduling.model import (
+    Explanation,
+    JobRequest,
+    NodeView,
+    Placement,
+    Plan,
+    Snapshot,
+)
 from gpunet.core.scheduling.policies import QUANTUM_S, Policy, get_policy
 from gpunet.core.scheduling.scorers import (
     class_scores,
@@ -32,6 +39,8 @@ from gpunet.core.scheduling.scorers import (
 )
 
 _SCORE_EPS = 1e-9
+_NO_PARTS = (0.0, 0.0, 0.0, 0.0, 0.0)
+_STRANGER = "\x00stranger"  # an account that owns no node
 
 
 @dataclass(slots=True)
@@ -47,14 +56,22 @@ class _ClassState:
 
 
 class FleetIndex:
-    """Free GPUs of a snapshot bucketed by class, node and free count."""
+    """Free GPUs of a snapshot bucketed by class, node and free count.
 
-    def __init__(self, snapshot: Snapshot, reclaim: frozenset[str] = frozenset()) -> None:
-        online = {n.id: n.online for n in snapshot.nodes}
+    A node's owner splits classes only where a filter reads it: on private nodes (which run
+    only their owner's jobs) and, with ``by_owner`` (some job names trusted owners), on all.
+    """
+
+    def __init__(
+        self, snapshot: Snapshot, reclaim: frozenset[str] = frozenset(), by_owner: bool = False
+    ) -> None:
+        nodes = {n.id: n for n in snapshot.nodes}
+        absent = NodeView("", online=False)
         by_key: dict[tuple[object, ...], _ClassState] = {}
         self.gpu_class: dict[str, _ClassState] = {}
         self.gpu_node: dict[str, str] = {}
         for g in snapshot.gpus:
+            n = nodes.get(g.node_id, absent)
             key = (
                 g.model,
                 g.memory_mb,
@@ -62,10 +79,14 @@ class FleetIndex:
                 g.price_per_hour,
                 g.healthy,
                 g.drained,
-                online.get(g.node_id, False),
+                n.online,
                 g.power_w,
                 g.tier,
                 g.reliability,
+                n.isolation,
+                bool(n.runtimes),
+                n.private,
+                n.owner if by_owner or n.private else None,
             )
             st = by_key.get(key)
             if st is None:
@@ -90,8 +111,18 @@ class FleetIndex:
                 not s.cls.healthy,
                 str(s.cls.power_w),
                 str(s.cls.reliability),
+                s.cls.isolation.rank,
+                s.cls.has_runtime,
+                s.cls.private,
+                str(s.cls.owner),
             ),
         )
+        # classes of private nodes by owner: only the owner's jobs see them differently
+        self.private_classes: dict[str, list[int]] = defaultdict(list)
+        for ci, st in enumerate(self.classes):
+            if st.cls.private and st.cls.owner is not None:
+                self.private_classes[st.cls.owner].append(ci)
+        self.private_owners = frozenset(self.private_classes)
         self.models = sorted({s.cls.model for s in self.classes})
         self.total = len(snapshot.gpus)
         for st in self.classes:
@@ -139,13 +170,18 @@ class _JobView:
     scores: list[float]  # per class index: weighted class-level score (0 where infeasible)
     # per class: (throughput, price, energy, tier, reliability) weighted
     parts: list[tuple[float, float, float, float, float]]
+    feasible: list[int]  # class indexes that pass every filter, ascending
+    rejected: dict[str, int]  # GPUs of the other classes by reason (first failing filter)
 
 
 class _Planner:
-    def __init__(self, snapshot: Snapshot, policy: Policy, reclaim: frozenset[str]) -> None:
+    def __init__(
+        self, snapshot: Snapshot, policy: Policy, reclaim: frozenset[str], by_owner: bool
+    ) -> None:
         self.snapshot = snapshot
         self.policy = policy
-        self.index = FleetIndex(snapshot, reclaim)
+        self.by_owner = by_owner
+        self.index = FleetIndex(snapshot, reclaim, by_owner)
         self._views: dict[tuple[object, ...], _JobView] = {}
         self._by_job: dict[str, _JobView] = {}
         # staying on the GPUs a job holds is worth the locality weight plus the share of a
@@ -169,34 +205,47 @@ class _Planner:
             job.min_compute_capability,
             job.max_price,
             job.min_reliability,
+            job.isolation,
+            job.owners,
+            job.needs_runtime,
+            # the account matters only to the owners of nodes that run just their owner's jobs
+            job.account if job.account in self.index.private_owners else None,
         )
         v = self._views.get(key)
         if v is not None:
             return v
         classes = self.index.classes
-        reasons = [first_failure(job, st.cls, FILTERS) for st in classes]
-        feasible = [st.cls for st, r in zip(classes, reasons, strict=True) if r is None]
-        tputs = expected_throughputs(self.snapshot.throughputs, job, self.index.models)
-        cs = iter(class_scores(tputs, feasible))
-        w = self.policy.weights
-        scores: list[float] = []
-        parts: list[tuple[float, float, float, float, float]] = []
+        acct = key[-1]
+        if acct is None:
+            reasons = [first_failure(job, st.cls, FILTERS) for st in classes]
+        else:
+            # an owner of private nodes sees the fleet as a stranger does, except on those nodes
+            reasons = list(self._view(replace(job, account=_STRANGER)).reasons)
+            for ci in self.index.private_classes[acct]:
+                reasons[ci] = first_failure(job, classes[ci].cls, FILTERS)
+        feasible = [ci for ci, r in enumerate(reasons) if r is None]
+        rejected: dict[str, int] = defaultdict(int)
         for st, r in zip(classes, reasons, strict=True):
-            if r is None:
-                c = next(cs)
-                p = (
-                    w.throughput * c.throughput,
-                    w.price * c.price,
-                    w.energy * c.energy,
-                    w.tier * tier_fit(job, st.cls.tier),
-                    w.reliability * reliability(st.cls.reliability),
-                )
-                parts.append(p)
-                scores.append(sum(p))
-            else:
-                parts.append((0.0, 0.0, 0.0, 0.0, 0.0))
-                scores.append(0.0)
-        v = self._views[key] = _JobView(reasons, scores, parts)
+            if r is not None:
+                rejected[r] += st.total
+        tputs = expected_throughputs(self.snapshot.throughputs, job, self.index.models)
+        w = self.policy.weights
+        scores = [0.0] * len(classes)
+        parts = [_NO_PARTS] * len(classes)
+        for ci, c in zip(
+            feasible, class_scores(tputs, [classes[ci].cls for ci in feasible]), strict=True
+        ):
+            cls = classes[ci].cls
+            p = (
+                w.throughput * c.throughput,
+                w.price * c.price,
+                w.energy * c.energy,
+                w.tier * tier_fit(job, cls.tier),
+                w.reliability * reliability(cls.reliability),
+            )
+            parts[ci] = p
+            scores[ci] = sum(p)
+        v = self._views[key] = _JobView(reasons, scores, parts, feasible, dict(rejected))
         return v
 
     def explain_and_choose(
@@ -206,18 +255,15 @@ class _Planner:
         idx = self.index
         view = self.view(job)
         need = max(job.gpu_count, 1)
-        rejections: dict[str, int] = defaultdict(int)
+        rejections: dict[str, int] = defaultdict(int, view.rejected)
         fitting = 0
         best: tuple[int, str, tuple[str, ...], float, float] | None = None
         best_score = float("-inf")
         held = set(job.running_on)
         held_node = idx.gpu_node.get(job.running_on[0]) if job.running_on else None
         w = self.policy.weights
-        for ci, st in enumerate(idx.classes):
-            why = view.reasons[ci]
-            if why is not None:
-                rejections[why] += st.total
-                continue
+        for ci in view.feasible:
+            st = idx.classes[ci]
             if st.total - st.free:
                 rejections[BUSY] += st.total - st.free
             fitting += st.free
@@ -294,7 +340,7 @@ def plan(
     """
     pol = get_policy(policy)
     reclaim = frozenset(g for j in pending for g in j.running_on)
-    pl = _Planner(snapshot, pol, reclaim)
+    pl = _Planner(snapshot, pol, reclaim, by_owner=any(j.owners for j in pending))
     result = Plan()
     placed: list[tuple[JobRequest, int, str, tuple[str, ...], float, float]] = []
     order = pol.order(pending, snapshot, seed)
@@ -353,7 +399,7 @@ def _keep_in_place(
     better free ones, so it is not moved only because the order changed. Type matching then
     moves jobs only where the gain outweighs a restart.
     """
-    pl.index = FleetIndex(snapshot, reclaim)
+    pl.index = FleetIndex(snapshot, reclaim, pl.by_owner)  # the same classes: views stay valid
     idx = pl.index
     jobs = [p[0] for p in placed]
     ordered = [j for j in jobs if j.running_on] + [j for j in jobs if not j.running_on]
@@ -491,7 +537,7 @@ def explain(snapshot: Snapshot, job: JobRequest, policy: str = "default") -> Exp
     """Why ``job`` would or would not be placed on ``snapshot`` right now, on its own:
     every GPU counted once (fitting, or under the first filter it fails) and, when it fits,
     the GPUs the policy's scorers would choose and how they scored."""
-    pl = _Planner(snapshot, get_policy(policy), frozenset(job.running_on))
+    pl = _Planner(snapshot, get_policy(policy), frozenset(job.running_on), bool(job.owners))
     exp, best = pl.explain_and_choose(job)
     if best is not None:
         ci, node, gpus, pk, lc = best
@@ -504,15 +550,16 @@ def explain(snapshot: Snapshot, job: JobRequest, policy: str = "default") -> Exp
 def never_fits(snapshot: Snapshot, job: JobRequest) -> str | None:
     """Why no node of the fleet could ever run ``job`` even with every GPU free, or None.
 
-    Only reasons that last are considered (model, memory, compute capability, price cap, and
-    GPUs of one model on one node); a busy, drained or offline GPU may come back.
+    Only reasons that last are considered (model, memory, compute capability, the node's owner,
+    isolation and runtimes, price cap, and GPUs of one model on one node); a busy, drained or
+    offline GPU may come back.
     """
     if not snapshot.gpus:
         return "the fleet has no GPUs"
     need = max(job.gpu_count, 1)
     per_group: dict[tuple[str, str], int] = defaultdict(int)
     rejections: dict[str, int] = defaultdict(int)
-    idx = FleetIndex(snapshot)
+    idx = FleetIndex(snapshot, by_owner=bool(job.owners))
     for g in snapshot.gpus:
         why = first_failure(job, idx.gpu_class[g.id].cls, STATIC_FILTERS)
         if why:
