@@ -125,7 +125,17 @@ class Network:
         r.raise_for_status()
         return str(r.json()["token"])
 
-    def start_agent(self, name: str, simulate: str, join_token: str) -> Proc:
+    def start_agent(
+        self,
+        name: str,
+        simulate: str,
+        join_token: str,
+        *,
+        extra: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> Proc:
+        """Start agent ``name``; ``extra``: more ``gpunet agent`` flags; ``env``: more
+        environment variables for the agent process."""
         home = self.root / f"agent-{name}"
         p = Proc(
             [
@@ -141,8 +151,9 @@ class Network:
                 "--home",
                 str(home),
                 "-v",
+                *(extra or []),
             ],
-            self.env,
+            {**self.env, **(env or {})},
             self.root / f"agent-{name}.log",
         )
         self.agents[name] = p

@@ -83,11 +83,16 @@ def _enable_v2_controllers(tree: CgroupTree, rel: Path) -> None:
     """On pure v2, limits need the controllers enabled in every ancestor's subtree_control."""
     wanted = {"pids", "memory", "cpu"}
     cur = tree.v2
-    for part in rel.parts:
-        available = set((cur / "cgroup.controllers").read_text().split())
-        with contextlib.suppress(OSError):
-            _write(cur / "cgroup.subtree_control", " ".join(f"+{c}" for c in wanted & available))
+    for part in rel.parts:  # every ancestor of the attempt's cgroup, made on the way down
+        try:
+            available = set((cur / "cgroup.controllers").read_text().split())
+        except OSError:
+            available = set()
+        if wanted & available:
+            with contextlib.suppress(OSError):
+                _write(cur / "cgroup.subtree_control", " ".join(f"+{c}" for c in wanted & available))
         cur = cur / part
+        cur.mkdir(exist_ok=True)
 
 
 class AttemptCgroup:
