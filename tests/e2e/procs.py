@@ -40,6 +40,31 @@ def wait_for(fn: Callable[[], T | None], timeout: float, what: str, every: float
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_exc})")
 
 
+def host_pids_with(marker: str) -> list[int]:
+    """Host pids of the job processes with ``marker`` as one of their arguments (not
+    bubblewrap's: its own command line repeats the job's)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            args = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if os.path.basename(args[0]) not in (b"bwrap", b"setpriv") and marker.encode() in args:
+            out.append(int(entry))
+    return out
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process (not gone, not a zombie)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 class Proc:
     """A gpunet process with its output in a file."""
 

@@ -20,7 +20,7 @@ import pytest
 from gpunet.agent.sandbox import SandboxConfig, probe
 from gpunet.agent.sandbox.cgroups import CgroupTree, agent_parent
 from gpunet.sdk.client import Client
-from tests.e2e.procs import Network, wait_for
+from tests.e2e.procs import Network, alive, host_pids_with, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -85,10 +85,11 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
         n.close()
 
 
-def py_job(code: str, name: str = "attack") -> dict[str, Any]:
+def py_job(code: str, name: str = "attack", marker: str = "") -> dict[str, Any]:
+    """A Python job; ``marker``, an extra argument, finds its process on the host."""
     return {
         "name": name,
-        "command": ["python3", "-c", textwrap.dedent(code)],
+        "command": ["python3", "-c", textwrap.dedent(code), *([marker] if marker else [])],
         "resources": {"gpus": 1},
     }
 
@@ -110,32 +111,6 @@ def run_job(net: Network, spec: dict[str, Any]) -> tuple[dict[str, Any], str]:
     job, logs = finish(net, submit(net, spec))
     print(logs)
     return job, logs
-
-
-def host_pids_with(marker: str) -> list[int]:
-    """Host pids of the job processes whose command line holds ``marker`` (not bubblewrap's,
-    nor the shell that started them: their command lines repeat the job's)."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            args = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if os.path.basename(args[0]) in (b"bwrap", b"sh", b"setpriv"):
-            continue
-        if any(marker.encode() in a for a in args):
-            out.append(int(entry))
-    return out
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def running(net: Network, job_id: str) -> dict[str, Any]:
@@ -189,13 +164,14 @@ def test_attempts_cannot_reach_each_other(net: Network) -> None:
     victim = submit(
         net,
         py_job(
-            f"""
+            """
             import os, time
             open("secret.txt", "w").write("the victim's secret")
             print("ready", flush=True)
-            time.sleep(60)  # {marker}
+            time.sleep(60)
             """,
             name="victim",
+            marker=marker,
         ),
     )
     att = running(net, victim)["attempts"][-1]["id"]

@@ -90,7 +90,9 @@ def _enable_v2_controllers(tree: CgroupTree, rel: Path) -> None:
             available = set()
         if wanted & available:
             with contextlib.suppress(OSError):
-                _write(cur / "cgroup.subtree_control", " ".join(f"+{c}" for c in wanted & available))
+                _write(
+                    cur / "cgroup.subtree_control", " ".join(f"+{c}" for c in wanted & available)
+                )
         cur = cur / part
         cur.mkdir(exist_ok=True)
 

@@ -53,6 +53,7 @@ def _trial(sandbox: Sandbox) -> str | None:
             )
         finally:
             box.close()
+            sandbox.close()
     if r.returncode != 0:
         return (r.stderr.strip() or f"exit code {r.returncode}").splitlines()[-1]
     return None
