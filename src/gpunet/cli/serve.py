@@ -10,7 +10,7 @@ import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 import uvicorn
@@ -78,6 +78,11 @@ SandboxRoOpt = Annotated[
 ]
 
 
+def _refuse(option: str, reason: str) -> NoReturn:
+    err_console.print(f"[red]{option} {reason}[/]")
+    raise typer.Exit(2)
+
+
 def isolation_for(
     agent_dir: Path,
     *,
@@ -92,16 +97,14 @@ def isolation_for(
     """Probe the host's isolation, say what was found, and stop when ``sandbox`` was demanded
     but cannot be had."""
     if isolation not in ("auto", "sandbox", "none"):
-        raise typer.BadParameter("must be auto, sandbox or none", param_hint="--isolation")
+        _refuse("--isolation", f"{isolation!r}: must be auto, sandbox or none")
     if job_network not in ("host", "none"):
-        raise typer.BadParameter("must be host or none", param_hint="--job-network")
+        _refuse("--job-network", f"{job_network!r}: must be host or none")
     ro = [str(p.resolve()) for p in sandbox_ro or []]
     for p in ro:
         for secret in (agent_dir.resolve(), home().resolve()):
             if Path(p) == secret or Path(p) in secret.parents or secret in Path(p).parents:
-                raise typer.BadParameter(
-                    f"{p} overlaps {secret}, which holds tokens", param_hint="--sandbox-ro"
-                )
+                _refuse("--sandbox-ro", f"{p} overlaps {secret}, which holds tokens")
     config = SandboxConfig(
         limits=Limits(
             memory_bytes=int(attempt_memory_gb * 1024**3) if attempt_memory_gb else None,
