@@ -42,6 +42,31 @@ def wait_for(fn: Callable[[], T | None], timeout: float, what: str, every: float
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_exc})")
 
 
+def host_pids_with(marker: str) -> list[int]:
+    """Host pids of the job processes with ``marker`` as one of their arguments (not
+    bubblewrap's: its own command line repeats the job's)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            args = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if os.path.basename(args[0]) not in (b"bwrap", b"setpriv") and marker.encode() in args:
+            out.append(int(entry))
+    return out
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process (not gone, not a zombie)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 class Proc:
     """A gpunet process with its output in a file."""
 
@@ -158,7 +183,17 @@ class Network:
         r.raise_for_status()
         return str(r.json()["token"])
 
-    def start_agent(self, name: str, simulate: str, join_token: str) -> Proc:
+    def start_agent(
+        self,
+        name: str,
+        simulate: str,
+        join_token: str,
+        *,
+        extra: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> Proc:
+        """Start agent ``name``; ``extra``: more ``gpunet agent`` flags; ``env``: more
+        environment variables for the agent process."""
         home = self.root / f"agent-{name}"
         p = Proc(
             [
@@ -175,8 +210,9 @@ class Network:
                 str(home),
                 *(["--ca-file", str(self.tls.ca)] if self.tls else []),
                 "-v",
+                *(extra or []),
             ],
-            self.env,
+            {**self.env, **(env or {})},
             self.root / f"agent-{name}.log",
         )
         self.agents[name] = p

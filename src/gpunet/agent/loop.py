@@ -26,6 +26,7 @@ import httpx
 from gpunet import __version__
 from gpunet.agent import bench, energy, runner
 from gpunet.agent.gpus.base import GpuBackend
+from gpunet.agent.sandbox import Isolation
 from gpunet.core.energy import Meter
 from gpunet.tls import untrusted_message, untrusted_reason
 
@@ -96,6 +97,8 @@ class Agent:
         name: str | None = None,
         site: str | None = None,
         verify: bool | ssl.SSLContext = True,
+        isolation: Isolation | None = None,
+        accepts_unisolated: bool = False,
     ) -> None:
         """``verify``: how to check an https coordinator's certificate (gpunet.tls)."""
         self.url = coordinator.rstrip("/")
@@ -114,6 +117,10 @@ class Agent:
         self.stopping = asyncio.Event()
         self._unsent_xids: dict[int, list[int]] = {}  # XIDs a failed heartbeat did not deliver
         self.benchmark_every_s = 6 * 3600.0  # periodic benchmarks of idle GPUs
+        # how jobs are isolated here; without a sandbox, jobs run as bare processes
+        self.isolation = isolation or Isolation("none", "no sandbox configured")
+        self.sandbox = self.isolation.sandbox
+        self.accepts_unisolated = accepts_unisolated
 
     # ---- connection -------------------------------------------------------------------
     @property
@@ -126,6 +133,9 @@ class Agent:
             "gpus": [g.to_dict() for g in self.backend.discover()],
             "agent_version": __version__,
             "site": self.site,
+            "isolation": self.isolation.level,
+            "runtimes": [],
+            "accepts_unisolated": self.accepts_unisolated and self.isolation.level == "none",
         }
 
     async def _call(self, method: str, path: str, *, token: str | None = None, **kw: Any) -> Any:
@@ -198,7 +208,30 @@ class Agent:
             await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
 
     # ---- loops ------------------------------------------------------------------------
+    def _prepare_home(self) -> None:
+        """The home holds the node token and every attempt's files: the agent's alone."""
+        (self.home / "work").mkdir(parents=True, exist_ok=True)
+        os.chmod(self.home, 0o700)
+        os.chmod(self.home / "work", 0o700)
+
+    def reap_leftovers(self) -> dict[str, list[int]]:
+        """Kill what attempts of an earlier run of this agent left (it may have been killed
+        with -9): their cgroups hold every process they started. Runs before any new work."""
+        if self.sandbox is None:
+            return {}
+        killed = self.sandbox.reap_leftovers(keep=set(self.attempts))
+        for name, pids in killed.items():
+            log.warning(
+                "killed leftovers of attempt %s: %s",
+                name,
+                ", ".join(map(str, pids)) or "no processes",
+            )
+            shutil.rmtree(self.home / "work" / name, ignore_errors=True)
+        return killed
+
     async def run(self) -> None:
+        self._prepare_home()
+        await asyncio.to_thread(self.reap_leftovers)
         await self.connect()
         tasks = [
             asyncio.create_task(c)
@@ -219,6 +252,11 @@ class Agent:
             *(self._stop(a, "agent shutting down") for a in list(self.attempts.values())),
             return_exceptions=True,
         )
+        running = [a.task for a in list(self.attempts.values()) if a.task is not None]
+        if running:  # let them kill their cgroups and remove their files
+            await asyncio.wait(running, timeout=10)
+        if self.sandbox is not None:
+            self.sandbox.close()
         await self.http.aclose()
         self.backend.close()
 
@@ -309,7 +347,7 @@ class Agent:
             try:
                 if spec.get("workdir"):
                     data = await self._call("GET", f"/v1/agent/blobs/{spec['workdir']}")
-                    workdir.mkdir(parents=True, exist_ok=True)
+                    workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
                     runner.unpack(data, workdir)
                 ctx.run = await runner.start(
                     spec,
@@ -317,6 +355,7 @@ class Agent:
                     ctx.info["gpu_indices"],
                     ctx.info,
                     lambda s, d: self._collect(ctx, s, d),
+                    sandbox=self.sandbox,
                 )
             except asyncio.CancelledError:
                 self._report(ctx, "finished", {"exit_code": -15, "reason": "cancelled"})
@@ -333,6 +372,10 @@ class Agent:
             used = energy.report(ctx.meters)
             self._flush_logs(ctx)
             reason = ctx.run.stop_reason
+            if ctx.run.oom_killed and reason is None:
+                reason = "out of memory: killed by the kernel at the attempt's memory limit"
+                ctx.logs.append({"stream": "system", "data": reason + "\n"})
+                self._flush_logs(ctx)
             if reason == "lease lost":
                 self._report(
                     ctx,
@@ -346,6 +389,11 @@ class Agent:
                     {"exit_code": code, "reason": reason or f"exit code {code}", "energy": used},
                 )
         finally:
+            if ctx.run is not None:
+                try:
+                    ctx.run.close()
+                except OSError as exc:
+                    log.warning("could not clean up attempt %s: %s", ctx.id, exc)
             shutil.rmtree(workdir, ignore_errors=True)
 
     def _report(self, ctx: AttemptCtx, kind: str, body: dict[str, Any]) -> None:

@@ -1,11 +1,12 @@
-"""Runs one attempt: its own working directory, its own process group, exactly its GPUs."""
+"""Runs one attempt: its own working directory, environment built from scratch, exactly its
+GPUs; sandboxed (bubblewrap, its own uid and cgroup) when the agent has a sandbox, else a bare
+process group."""
 
 from __future__ import annotations
 
 import asyncio
 import codecs
 import contextlib
-import ctypes
 import os
 import signal
 import sys
@@ -13,30 +14,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from gpunet.agent.sandbox import bwrap
+from gpunet.agent.sandbox.env import job_env
+from gpunet.agent.sandbox.launch import AttemptBox, Sandbox, die_with_agent
 from gpunet.archive import Limits, extract
 
 LogSink = Callable[[str, str], None]  # (stream, text)
 
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_agent() -> None:
-    """In the child: if the agent dies (even by kill -9), the job's leader dies too."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def job_env(
-    spec: dict[str, Any], gpu_indices: list[int], attempt: dict[str, Any]
-) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GPUNET_")}
-    env.update({str(k): str(v) for k, v in (spec.get("env") or {}).items()})
-    env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpu_indices)
-    env["GPUNET_JOB_ID"] = attempt["job_id"]
-    env["GPUNET_ATTEMPT_ID"] = attempt["attempt_id"]
-    env["GPUNET_ATTEMPT_NUMBER"] = str(attempt["number"])
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
+__all__ = ["Run", "argv_of", "job_env", "start", "unpack"]
 
 
 def unpack(archive: bytes, dest: Path, limits: Limits | None = None) -> None:
@@ -50,31 +35,72 @@ def argv_of(spec: dict[str, Any]) -> list[str]:
     return ["/bin/sh", "-c", cmd] if isinstance(cmd, str) else [str(c) for c in cmd]
 
 
+def _own(workdir: Path, uid: int) -> None:
+    """Hand the working directory (and what was unpacked into it) to the attempt's uid."""
+    os.chown(workdir, uid, uid)
+    for root, dirs, files in os.walk(workdir):
+        for name in dirs + files:
+            os.lchown(os.path.join(root, name), uid, uid)
+
+
 class Run:
     """A started attempt."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, pumps: list[asyncio.Task[None]]) -> None:
+    def __init__(
+        self,
+        proc: asyncio.subprocess.Process,
+        pumps: list[asyncio.Task[None]],
+        box: AttemptBox | None = None,
+    ) -> None:
         self.proc = proc
         self.pumps = pumps
+        self.box = box
         self.stop_reason: str | None = None
+        self.oom_killed = False
 
     async def wait(self) -> int:
         code = await self.proc.wait()
+        if self.box is not None:
+            # the leader is gone: whatever it left behind (setsid daemons) goes too
+            await asyncio.to_thread(self.box.kill)
+            self.oom_killed = self.box.oom_killed()
         await asyncio.gather(*self.pumps, return_exceptions=True)
         return code
 
     def signal_group(self, sig: int) -> None:
+        if self.box is not None:
+            # every job process, but not bubblewrap itself: it would SIGKILL the job at once
+            bwraps = {self.proc.pid, *_children(self.proc.pid)}
+            self.box.cgroup.signal_all(sig, skip=bwraps)
+            return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, sig)
 
     async def stop(self, reason: str, grace_s: float = 5.0) -> None:
-        """Terminate the whole process group: SIGTERM, then SIGKILL after the grace."""
+        """SIGTERM the whole attempt, then after the grace kill all of it (its cgroup when
+        sandboxed, else its process group)."""
         self.stop_reason = reason
         self.signal_group(signal.SIGTERM)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.proc.wait(), timeout=grace_s)
         # children that ignored SIGTERM or outlived the leader
-        self.signal_group(signal.SIGKILL)
+        if self.box is not None:
+            await asyncio.to_thread(self.box.kill)
+        else:
+            self.signal_group(signal.SIGKILL)
+
+    def close(self) -> None:
+        """Release what the attempt held: kill its cgroup, remove it, free its uid."""
+        if self.box is not None:
+            self.box.close()
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
 
 
 async def _pump(stream: asyncio.StreamReader, name: str, sink: LogSink) -> None:
@@ -96,21 +122,43 @@ async def start(
     gpu_indices: list[int],
     attempt: dict[str, Any],
     sink: LogSink,
+    sandbox: Sandbox | None = None,
 ) -> Run:
-    workdir.mkdir(parents=True, exist_ok=True)
-    proc = await asyncio.create_subprocess_exec(
-        *argv_of(spec),
-        cwd=workdir,
-        env=job_env(spec, gpu_indices, attempt),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        start_new_session=True,  # its own process group: cancel kills all of it
-        preexec_fn=_die_with_agent if sys.platform.startswith("linux") else None,
-    )
+    workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(workdir, 0o700)
+    box: AttemptBox | None = None
+    preexec: Callable[[], None] | None
+    if sandbox is not None:
+        box = await asyncio.to_thread(sandbox.open, str(attempt["attempt_id"]), spec)
+    try:
+        if box is not None and sandbox is not None:
+            if box.uid is not None:
+                _own(workdir, box.uid)
+            argv = sandbox.argv(argv_of(spec), workdir, gpu_indices, box)
+            env = job_env(spec, gpu_indices, attempt, home=bwrap.WORKSPACE)
+            cwd, preexec = "/", box.preexec
+        else:
+            argv = argv_of(spec)
+            env = job_env(spec, gpu_indices, attempt, home=str(workdir))
+            cwd = str(workdir)
+            preexec = die_with_agent if sys.platform.startswith("linux") else None
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            cwd=cwd,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,  # its own process group: cancel kills all of it
+            preexec_fn=preexec,
+        )
+    except BaseException:
+        if box is not None:
+            box.close()
+        raise
     assert proc.stdout and proc.stderr
     pumps = [
         asyncio.create_task(_pump(proc.stdout, "stdout", sink)),
         asyncio.create_task(_pump(proc.stderr, "stderr", sink)),
     ]
-    return Run(proc, pumps)
+    return Run(proc, pumps, box)

@@ -13,7 +13,7 @@ import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 import uvicorn
@@ -21,6 +21,7 @@ import uvicorn
 from gpunet.agent.gpus.base import GpuBackend
 from gpunet.agent.gpus.simulated import SimulatedBackend, parse_simulate
 from gpunet.agent.loop import Agent, Rejected
+from gpunet.agent.sandbox import Isolation, Limits, SandboxConfig, probe
 from gpunet.cli.output import console, err_console
 from gpunet.config import ClientConfig, home
 from gpunet.core.scheduling.policies import get_policy
@@ -51,6 +52,92 @@ def pick_backend(
                 f"{DEFAULT_SIMULATED}[/]"
             )
         return SimulatedBackend(parse_simulate(DEFAULT_SIMULATED), seed=socket.gethostname())
+
+
+IsolationOpt = Annotated[
+    str,
+    typer.Option(
+        "--isolation",
+        help="how jobs are isolated: auto (sandbox when the host allows it), sandbox (refuse "
+        "to start without it) or none",
+    ),
+]
+AcceptUnisolatedOpt = Annotated[
+    bool,
+    typer.Option(
+        "--accept-unisolated-jobs",
+        help="without isolation, run strangers' jobs too (else only the owner's own jobs)",
+    ),
+]
+AttemptMemoryOpt = Annotated[
+    float | None, typer.Option(help="memory limit per attempt, in GB", min=0.01)
+]
+AttemptPidsOpt = Annotated[int, typer.Option(help="process limit per attempt", min=16)]
+AttemptCpusOpt = Annotated[float | None, typer.Option(help="CPU limit per attempt", min=0.01)]
+JobNetworkOpt = Annotated[
+    str, typer.Option(help="network of sandboxed jobs: host or none (no network at all)")
+]
+SandboxRoOpt = Annotated[
+    list[Path] | None,
+    typer.Option("--sandbox-ro", help="a host path jobs may read (repeatable)"),
+]
+
+
+def _refuse(option: str, reason: str) -> NoReturn:
+    err_console.print(f"[red]{option} {reason}[/]")
+    raise typer.Exit(2)
+
+
+def isolation_for(
+    agent_dir: Path,
+    *,
+    isolation: str,
+    accept_unisolated: bool,
+    attempt_memory_gb: float | None,
+    attempt_pids: int,
+    attempt_cpus: float | None,
+    job_network: str,
+    sandbox_ro: list[Path] | None,
+) -> Isolation:
+    """Probe the host's isolation, say what was found, and stop when ``sandbox`` was demanded
+    but cannot be had."""
+    if isolation not in ("auto", "sandbox", "none"):
+        _refuse("--isolation", f"{isolation!r}: must be auto, sandbox or none")
+    if job_network not in ("host", "none"):
+        _refuse("--job-network", f"{job_network!r}: must be host or none")
+    ro = [str(p.resolve()) for p in sandbox_ro or []]
+    for p in ro:
+        for secret in (agent_dir.resolve(), home().resolve()):
+            if Path(p) == secret or Path(p) in secret.parents or secret in Path(p).parents:
+                _refuse("--sandbox-ro", f"{p} overlaps {secret}, which holds tokens")
+    config = SandboxConfig(
+        limits=Limits(
+            memory_bytes=int(attempt_memory_gb * 1024**3) if attempt_memory_gb else None,
+            pids=attempt_pids,
+            cpus=attempt_cpus,
+        ),
+        network=job_network,
+        ro_extra=ro,
+    )
+    iso = probe(agent_dir, config, want=isolation)
+    if iso.level == "sandbox":
+        console.print(iso.line())
+    else:
+        err_console.print(f"[yellow]{iso.line()}[/]")
+        if isolation == "sandbox":
+            err_console.print("[red]--isolation sandbox: refusing to start without it[/]")
+            raise typer.Exit(1)
+        if accept_unisolated:
+            err_console.print(
+                "[yellow]--accept-unisolated-jobs: strangers' jobs will run here as bare "
+                "processes with this agent's user and access[/]"
+            )
+        else:
+            err_console.print(
+                "[yellow]only the owner's own jobs will run here (no isolation; pass "
+                "--accept-unisolated-jobs to take others' jobs anyway)[/]"
+            )
+    return iso
 
 
 def _logging(verbose: bool) -> None:
@@ -294,6 +381,13 @@ def agent(
             "(default: the system's trusted CAs)"
         ),
     ] = None,
+    isolation: IsolationOpt = "auto",
+    accept_unisolated_jobs: AcceptUnisolatedOpt = False,
+    attempt_memory_gb: AttemptMemoryOpt = None,
+    attempt_pids: AttemptPidsOpt = 4096,
+    attempt_cpus: AttemptCpusOpt = None,
+    job_network: JobNetworkOpt = "host",
+    sandbox_ro: SandboxRoOpt = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Join this machine's GPUs to a coordinator. Dials out only: works behind NAT."""
@@ -302,6 +396,16 @@ def agent(
     if coordinator.startswith("https:"):
         verify = client_context(ca_file)
     agent_dir = agent_home or home() / "agent"
+    iso = isolation_for(
+        agent_dir,
+        isolation=isolation,
+        accept_unisolated=accept_unisolated_jobs,
+        attempt_memory_gb=attempt_memory_gb,
+        attempt_pids=attempt_pids,
+        attempt_cpus=attempt_cpus,
+        job_network=job_network,
+        sandbox_ro=sandbox_ro,
+    )
     backend = pick_backend(simulate, faults=faults or agent_dir / "faults.yaml")
     a = Agent(
         coordinator,
@@ -311,6 +415,8 @@ def agent(
         name=name,
         site=site,
         verify=verify,
+        isolation=iso,
+        accepts_unisolated=accept_unisolated_jobs,
     )
     a.benchmark_every_s = benchmark_every
     console.print(
@@ -331,7 +437,7 @@ def agent(
 
 
 def _local_network(
-    port: int, simulate: str | None, policy: str
+    port: int, simulate: str | None, policy: str, iso: Isolation | None = None
 ) -> tuple[uvicorn.Server, Agent, GpuBackend, str, Path]:
     """A coordinator on SQLite under GPUNET_HOME plus one agent, and a client config."""
     get_policy(policy)
@@ -349,10 +455,21 @@ def _local_network(
         with db.transaction() as s:
             join = issue_token(s, Role.PROVIDER, "local-owner", name="gpunet up: local agent")
     api = f"http://127.0.0.1:{port}"
+    if iso is None:
+        iso = probe(base / "agent", SandboxConfig())
     cfg_path = ClientConfig(api, admin).save()
     backend = pick_backend(simulate)
     srv = _uvicorn(Settings(database_url=url, policy=policy), db, "127.0.0.1", port)
-    a = Agent(api, backend, base / "agent", join_token=join, name=socket.gethostname())
+    a = Agent(
+        api,
+        backend,
+        base / "agent",
+        join_token=join,
+        name=socket.gethostname(),
+        isolation=iso,
+        # the local network is the owner's own: its jobs are the owner's
+        accepts_unisolated=True,
+    )
     return srv, a, backend, api, cfg_path
 
 
@@ -386,12 +503,30 @@ def up(
     policy: Annotated[
         str, typer.Option(help="scheduling policy: default, fifo, priority, las")
     ] = "default",
+    isolation: IsolationOpt = "auto",
+    accept_unisolated_jobs: AcceptUnisolatedOpt = False,
+    attempt_memory_gb: AttemptMemoryOpt = None,
+    attempt_pids: AttemptPidsOpt = 4096,
+    attempt_cpus: AttemptCpusOpt = None,
+    job_network: JobNetworkOpt = "host",
+    sandbox_ro: SandboxRoOpt = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Start a whole local network: a coordinator (SQLite under GPUNET_HOME) and one agent on
     this machine's GPUs. Ctrl-C stops everything."""
     _logging(verbose)
-    srv, a, backend, api, cfg_path = _local_network(port, simulate, policy)
+    iso = isolation_for(
+        home() / "agent",
+        isolation=isolation,
+        accept_unisolated=accept_unisolated_jobs,
+        attempt_memory_gb=attempt_memory_gb,
+        attempt_pids=attempt_pids,
+        attempt_cpus=attempt_cpus,
+        job_network=job_network,
+        sandbox_ro=sandbox_ro,
+    )
+    srv, a, backend, api, cfg_path = _local_network(port, simulate, policy, iso)
+    a.accepts_unisolated = accept_unisolated_jobs
     kind = "simulated " if backend.simulated else ""
     console.print(
         f"gpunet is up: API {api}  ({len(backend.discover())} {kind}GPU(s), data in {home()})"

@@ -1,0 +1,13 @@
+"""The agent's job sandbox: bubblewrap namespaces, a dedicated uid and a cgroup per attempt.
+
+``detect.probe`` finds what the host supports; ``launch.Sandbox`` opens one ``AttemptBox`` per
+attempt; ``bwrap.build_argv`` is the command line; ``env.job_env`` the environment, from
+scratch.
+"""
+
+from gpunet.agent.sandbox.cgroups import Limits
+from gpunet.agent.sandbox.detect import Isolation, probe
+from gpunet.agent.sandbox.env import job_env
+from gpunet.agent.sandbox.launch import AttemptBox, Sandbox, SandboxConfig
+
+__all__ = ["AttemptBox", "Isolation", "Limits", "Sandbox", "SandboxConfig", "job_env", "probe"]

@@ -1,0 +1,33 @@
+"""A job's environment, built from scratch: never the agent's own variables."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+SYSTEM_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
+
+
+def python_bin_dir() -> str:
+    """The agent's Python prefix bin (first on PATH so ``python3`` is the agent's Python)."""
+    return str(Path(sys.prefix) / "bin")
+
+
+def job_env(
+    spec: dict[str, Any], gpu_indices: list[int], attempt: dict[str, Any], home: str
+) -> dict[str, str]:
+    """The spec's ``env``, then gpunet's job variables; ``home`` is the job's HOME and cwd."""
+    env = {
+        "PATH": ":".join((python_bin_dir(), *SYSTEM_PATH)),
+        "HOME": home,
+        "LANG": "C.UTF-8",
+    }
+    env.update({str(k): str(v) for k, v in (spec.get("env") or {}).items()})
+    # set last: a job cannot pretend to be another attempt or widen its GPUs
+    env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpu_indices)
+    env["GPUNET_JOB_ID"] = str(attempt["job_id"])
+    env["GPUNET_ATTEMPT_ID"] = str(attempt["attempt_id"])
+    env["GPUNET_ATTEMPT_NUMBER"] = str(attempt["number"])
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
