@@ -210,6 +210,8 @@ class Network:
                 str(home),
                 *(["--ca-file", str(self.tls.ca)] if self.tls else []),
                 "-v",
+                # the container probe costs a second: only tests of image jobs ask for it
+                *([] if "--containers" in (extra or []) else ["--containers", "off"]),
                 *(extra or []),
             ],
             {**self.env, **(env or {})},

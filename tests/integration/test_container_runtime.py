@@ -6,11 +6,8 @@ container on this machine (also under CI: run pytest with ``-rs`` to see why).
 
 from __future__ import annotations
 
-import io
-import shutil
 import socket
 import subprocess
-import tarfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,55 +21,18 @@ from gpunet.agent.sandbox.container import (
     build_run_argv,
     cleanup_leftovers,
     container_name,
-    detect_podman,
     kill,
     list_agent_containers,
     prepare_workdir,
     read_host_limits,
     runtime_env,
 )
-
-IMAGE = "localhost/gpunet-test:latest"
-APPLETS = ("sh", "cat", "echo", "id", "ls", "seq", "sleep", "test", "touch", "true", "wc")
-
-
-def _busybox_rootfs_tar(busybox: Path) -> bytes:
-    """A root filesystem holding a static busybox and links for the applets the tests use."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for d in ("bin", "etc", "tmp", "workspace", "proc", "sys", "dev"):
-            info = tarfile.TarInfo(d)
-            info.type, info.mode = tarfile.DIRTYPE, 0o1777 if d == "tmp" else 0o755
-            tar.addfile(info)
-        tar.add(str(busybox), arcname="bin/busybox")
-        for applet in APPLETS:
-            link = tarfile.TarInfo(f"bin/{applet}")
-            link.type, link.linkname = tarfile.SYMTYPE, "busybox"
-            tar.addfile(link)
-    return buf.getvalue()
+from tests.container_image import IMAGE, podman_with_test_image
 
 
 @pytest.fixture(scope="module")
 def podman() -> RuntimeInfo:
-    runtime = detect_podman(timeout_s=30)
-    if not runtime.works:
-        pytest.skip(f"podman cannot run containers here: {runtime.reason}")
-    busybox = shutil.which("busybox")
-    if busybox is None:
-        pytest.skip("no busybox to build the test image from (install busybox-static)")
-    head = Path(busybox).read_bytes()[:8192]
-    if b"ld-linux" in head or b"/lib/ld-" in head:
-        pytest.skip(f"{busybox} is dynamically linked; the test image needs busybox-static")
-    exe = runtime.path or "podman"
-    made = subprocess.run(
-        [exe, "import", "-", IMAGE],
-        input=_busybox_rootfs_tar(Path(busybox)),
-        capture_output=True,
-        timeout=60,
-        env=runtime_env(runtime),
-    )
-    assert made.returncode == 0, made.stderr.decode()
-    return runtime
+    return podman_with_test_image()
 
 
 @pytest.fixture

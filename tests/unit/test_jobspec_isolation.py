@@ -82,3 +82,10 @@ def test_errors_name_the_field(body: dict[str, Any], field: str, reason: str) ->
         parse_spec(body)
     assert err.value.field == field
     assert reason in err.value.reason
+
+
+def test_container_isolation_without_an_image_is_refused() -> None:
+    with pytest.raises(ValidationFailed) as exc:
+        parse_spec(spec(resources={"isolation": "container"}))
+    assert exc.value.field == "resources.isolation"
+    assert "needs an image" in exc.value.reason

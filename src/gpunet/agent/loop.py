@@ -27,6 +27,7 @@ from gpunet import __version__
 from gpunet.agent import bench, energy, runner
 from gpunet.agent.gpus.base import GpuBackend
 from gpunet.agent.sandbox import Isolation
+from gpunet.agent.sandbox.image_jobs import ContainerHost
 from gpunet.core.energy import Meter
 from gpunet.tls import untrusted_message, untrusted_reason
 
@@ -99,6 +100,7 @@ class Agent:
         verify: bool | ssl.SSLContext = True,
         isolation: Isolation | None = None,
         accepts_unisolated: bool = False,
+        containers: ContainerHost | None = None,
     ) -> None:
         """``verify``: how to check an https coordinator's certificate (gpunet.tls)."""
         self.url = coordinator.rstrip("/")
@@ -121,6 +123,7 @@ class Agent:
         self.isolation = isolation or Isolation("none", "no sandbox configured")
         self.sandbox = self.isolation.sandbox
         self.accepts_unisolated = accepts_unisolated
+        self.containers = containers  # runs jobs that name an image
 
     # ---- connection -------------------------------------------------------------------
     @property
@@ -133,10 +136,17 @@ class Agent:
             "gpus": [g.to_dict() for g in self.backend.discover()],
             "agent_version": __version__,
             "site": self.site,
-            "isolation": self.isolation.level,
-            "runtimes": [],
+            "isolation": self._level(),
+            "runtimes": [self.containers.runtime.name] if self.containers else [],
             "accepts_unisolated": self.accepts_unisolated and self.isolation.level == "none",
         }
+
+    def _level(self) -> str:
+        """What this node offers strangers: containers count only beside a working sandbox,
+        since jobs without an image still run in the sandbox."""
+        if self.isolation.level == "sandbox" and self.containers is not None:
+            return "container"
+        return self.isolation.level
 
     async def _call(self, method: str, path: str, *, token: str | None = None, **kw: Any) -> Any:
         headers = {"Authorization": f"Bearer {token or self.token}"}
@@ -217,6 +227,9 @@ class Agent:
     def reap_leftovers(self) -> dict[str, list[int]]:
         """Kill what attempts of an earlier run of this agent left (it may have been killed
         with -9): their cgroups hold every process they started. Runs before any new work."""
+        if self.containers is not None:
+            for name in self.containers.reap_leftovers():
+                log.warning("removed leftover container %s", name)
         if self.sandbox is None:
             return {}
         killed = self.sandbox.reap_leftovers(keep=set(self.attempts))
@@ -356,6 +369,7 @@ class Agent:
                     ctx.info,
                     lambda s, d: self._collect(ctx, s, d),
                     sandbox=self.sandbox,
+                    containers=self.containers,
                 )
             except asyncio.CancelledError:
                 self._report(ctx, "finished", {"exit_code": -15, "reason": "cancelled"})

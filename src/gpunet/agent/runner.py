@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from gpunet.agent.sandbox import bwrap
+from gpunet.agent.sandbox.container import NOBODY, prepare_workdir
 from gpunet.agent.sandbox.env import job_env
+from gpunet.agent.sandbox.image_jobs import ContainerHost
 from gpunet.agent.sandbox.launch import AttemptBox, Sandbox, die_with_agent
 from gpunet.archive import Limits, extract
 
@@ -51,15 +53,21 @@ class Run:
         proc: asyncio.subprocess.Process,
         pumps: list[asyncio.Task[None]],
         box: AttemptBox | None = None,
+        container: tuple[ContainerHost, str] | None = None,
     ) -> None:
         self.proc = proc
         self.pumps = pumps
         self.box = box
+        self.container = container  # (runtime host, attempt id) of an image job
         self.stop_reason: str | None = None
         self.oom_killed = False
 
     async def wait(self) -> int:
         code = await self.proc.wait()
+        if self.container is not None:
+            # the client is gone; the container must be too (it may outlive a killed client)
+            host, attempt_id = self.container
+            await asyncio.to_thread(host.remove, attempt_id)
         if self.box is not None:
             # the leader is gone: whatever it left behind (setsid daemons) goes too
             await asyncio.to_thread(self.box.kill)
@@ -68,6 +76,10 @@ class Run:
         return code
 
     def signal_group(self, sig: int) -> None:
+        if self.container is not None:
+            host, attempt_id = self.container
+            host.stop(attempt_id, signal.Signals(sig).name.removeprefix("SIG"))
+            return
         if self.box is not None:
             # every job process, but not bubblewrap itself: it would SIGKILL the job at once
             bwraps = {self.proc.pid, *_children(self.proc.pid)}
@@ -80,11 +92,13 @@ class Run:
         """SIGTERM the whole attempt, then after the grace kill all of it (its cgroup when
         sandboxed, else its process group)."""
         self.stop_reason = reason
-        self.signal_group(signal.SIGTERM)
+        await asyncio.to_thread(self.signal_group, signal.SIGTERM)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.proc.wait(), timeout=grace_s)
         # children that ignored SIGTERM or outlived the leader
-        if self.box is not None:
+        if self.container is not None:
+            await asyncio.to_thread(self.container[0].remove, self.container[1])
+        elif self.box is not None:
             await asyncio.to_thread(self.box.kill)
         else:
             self.signal_group(signal.SIGKILL)
@@ -123,9 +137,12 @@ async def start(
     attempt: dict[str, Any],
     sink: LogSink,
     sandbox: Sandbox | None = None,
+    containers: ContainerHost | None = None,
 ) -> Run:
     workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(workdir, 0o700)
+    if spec.get("image"):
+        return await _start_container(spec, workdir, gpu_indices, attempt, sink, containers)
     box: AttemptBox | None = None
     preexec: Callable[[], None] | None
     if sandbox is not None:
@@ -162,3 +179,36 @@ async def start(
         asyncio.create_task(_pump(proc.stderr, "stderr", sink)),
     ]
     return Run(proc, pumps, box)
+
+
+async def _start_container(
+    spec: dict[str, Any],
+    workdir: Path,
+    gpu_indices: list[int],
+    attempt: dict[str, Any],
+    sink: LogSink,
+    host: ContainerHost | None,
+) -> Run:
+    """An image job: the runtime's client runs attached, so its output is the job's."""
+    if host is None:
+        raise RuntimeError("this node has no working container runtime for an image job")
+    attempt_id = str(attempt["attempt_id"])
+    env = job_env(spec, gpu_indices, attempt, home=bwrap.WORKSPACE)
+    job = host.job(spec, argv_of(spec), workdir, gpu_indices, env, attempt_id)
+    argv = host.argv(job)
+    await asyncio.to_thread(prepare_workdir, workdir, NOBODY)
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        env=host.env(),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+        preexec_fn=die_with_agent if sys.platform.startswith("linux") else None,
+    )
+    assert proc.stdout and proc.stderr
+    pumps = [
+        asyncio.create_task(_pump(proc.stdout, "stdout", sink)),
+        asyncio.create_task(_pump(proc.stderr, "stderr", sink)),
+    ]
+    return Run(proc, pumps, container=(host, attempt_id))

@@ -21,12 +21,13 @@ import uvicorn
 from gpunet.agent.gpus.base import GpuBackend
 from gpunet.agent.gpus.simulated import SimulatedBackend, parse_simulate
 from gpunet.agent.loop import Agent, Rejected
-from gpunet.agent.sandbox import Isolation, Limits, SandboxConfig, probe
+from gpunet.agent.sandbox import Isolation, Limits, SandboxConfig, image_jobs, probe
+from gpunet.agent.sandbox.image_jobs import ContainerHost
 from gpunet.cli.output import console, err_console
 from gpunet.config import ClientConfig, home
 from gpunet.core.scheduling.policies import get_policy
 from gpunet.errors import GpunetError, ValidationFailed
-from gpunet.services.auth import Authenticator, Role, bootstrap_admin, issue_token
+from gpunet.services.auth import ADMIN_ACCOUNT, Authenticator, Role, bootstrap_admin, issue_token
 from gpunet.services.runtime import Runtime, Settings
 from gpunet.store.db import Database
 from gpunet.tls import check_server_pair, client_context, is_loopback
@@ -81,6 +82,35 @@ SandboxRoOpt = Annotated[
     list[Path] | None,
     typer.Option("--sandbox-ro", help="a host path jobs may read (repeatable)"),
 ]
+ContainersOpt = Annotated[
+    str,
+    typer.Option(
+        "--containers",
+        help="run jobs that name an image in podman or docker: auto (when one works) or off",
+    ),
+]
+
+
+def containers_for(
+    agent_dir: Path, mode: str, iso: Isolation, job_network: str
+) -> ContainerHost | None:
+    """Probe for a container runtime (``--containers auto``) and say what was found."""
+    if mode not in ("auto", "off"):
+        _refuse("--containers", f"{mode!r}: must be auto or off")
+    if mode == "off":
+        return None
+    limits = iso.sandbox.config.limits if iso.sandbox else Limits(pids=4096)
+    host, line = image_jobs.find(agent_dir, limits, host_network=job_network == "host")
+    if host is None:
+        err_console.print(f"[yellow]{line}[/]")
+    elif iso.level != "sandbox":
+        err_console.print(
+            f"[yellow]{line}; without a sandbox for jobs that name no image, this node "
+            "offers isolation none[/]"
+        )
+    else:
+        console.print(line)
+    return host
 
 
 def _refuse(option: str, reason: str) -> NoReturn:
@@ -388,6 +418,7 @@ def agent(
     attempt_cpus: AttemptCpusOpt = None,
     job_network: JobNetworkOpt = "host",
     sandbox_ro: SandboxRoOpt = None,
+    containers: ContainersOpt = "auto",
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Join this machine's GPUs to a coordinator. Dials out only: works behind NAT."""
@@ -417,6 +448,7 @@ def agent(
         verify=verify,
         isolation=iso,
         accepts_unisolated=accept_unisolated_jobs,
+        containers=containers_for(agent_dir, containers, iso, job_network),
     )
     a.benchmark_every_s = benchmark_every
     console.print(
@@ -453,7 +485,8 @@ def _local_network(
     join = None
     if not _agent_registered(db, base / "agent"):
         with db.transaction() as s:
-            join = issue_token(s, Role.PROVIDER, "local-owner", name="gpunet up: local agent")
+            # the local GPUs are the local admin's own: its jobs run there even unisolated
+            join = issue_token(s, Role.PROVIDER, ADMIN_ACCOUNT, name="gpunet up: local agent")
     api = f"http://127.0.0.1:{port}"
     if iso is None:
         iso = probe(base / "agent", SandboxConfig())
@@ -510,6 +543,7 @@ def up(
     attempt_cpus: AttemptCpusOpt = None,
     job_network: JobNetworkOpt = "host",
     sandbox_ro: SandboxRoOpt = None,
+    containers: ContainersOpt = "auto",
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Start a whole local network: a coordinator (SQLite under GPUNET_HOME) and one agent on
@@ -527,6 +561,7 @@ def up(
     )
     srv, a, backend, api, cfg_path = _local_network(port, simulate, policy, iso)
     a.accepts_unisolated = accept_unisolated_jobs
+    a.containers = containers_for(home() / "agent", containers, iso, job_network)
     kind = "simulated " if backend.simulated else ""
     console.print(
         f"gpunet is up: API {api}  ({len(backend.discover())} {kind}GPU(s), data in {home()})"

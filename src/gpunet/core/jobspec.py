@@ -107,9 +107,14 @@ class JobSpec(BaseModel):
 
     @model_validator(mode="after")
     def _image_needs_container(self) -> JobSpec:
-        if self.image is None:
-            return self
         r = self.resources
+        if self.image is None:
+            if r.isolation is Isolation.CONTAINER:
+                # a job without an image runs in the node's sandbox, never in a container
+                raise ValidationFailed(
+                    "resources.isolation", "container isolation needs an image (image: ...)"
+                )
+            return self
         if "isolation" in r.model_fields_set and r.isolation is not Isolation.CONTAINER:
             raise ValidationFailed(
                 "resources.isolation",
