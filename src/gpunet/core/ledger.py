@@ -70,6 +70,11 @@ def kind_of(account: str) -> AccountKind:
         raise ValidationFailed("account", f"unknown ledger account {account!r}") from None
 
 
+# Amounts are stored as NUMERIC(20, 6): 14 digits before the point, 6 after.
+AMOUNT_DIGITS = 14
+AMOUNT_LIMIT = Decimal(10) ** AMOUNT_DIGITS
+
+
 def q(amount: Decimal) -> Decimal:
     """Round to one micro-credit, half up."""
     return amount.quantize(QUANTUM, rounding=ROUND_HALF_UP)
@@ -113,6 +118,8 @@ def parse_amount(value: str | Decimal | int, field: str = "amount") -> Decimal:
         raise ValidationFailed(field, f"{value!r} is not a number") from None
     if not d.is_finite():
         raise ValidationFailed(field, f"{value!r} is not a finite number")
+    if abs(d) >= AMOUNT_LIMIT:
+        raise ValidationFailed(field, f"{value!r} is too large: at most {AMOUNT_DIGITS} digits")
     if d != q(d):
         raise ValidationFailed(field, "at most 6 decimal places")
     return q(d)

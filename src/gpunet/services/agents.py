@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -23,24 +23,40 @@ from gpunet.services.jobs import lose_attempt, move_attempt, move_job
 from gpunet.store.db import Database
 from gpunet.store.tables import Attempt, Blob, Gpu, Job, LogChunk, Node
 from gpunet.util import new_id, now
+from gpunet.wire import INT32_MAX, INT64_MAX, Int32
+
+MAX_GPU_INDEX = 1023  # far more GPUs than one node holds; keeps GPU ids within their column
 
 
 class GpuInfo(BaseModel):
-    index: int = Field(ge=0)
-    uuid: str
-    name: str
-    model: str | None = None  # canonical short name when the agent knows it
-    memory_mb: int = Field(gt=0)
-    compute_capability: str = "0.0"
+    index: int = Field(ge=0, le=MAX_GPU_INDEX)
+    uuid: str = Field(max_length=100)
+    name: str = Field(max_length=200)
+    model: str | None = Field(None, max_length=40)  # canonical short name when the agent knows it
+    memory_mb: int = Field(gt=0, le=INT32_MAX)
+    # major.minor as NVIDIA writes it, e.g. "8.0"; "0.0": unknown (taken from the catalog)
+    compute_capability: str = Field("0.0", pattern=r"^[0-9]{1,2}\.[0-9]{1,2}$")
     simulated: bool = False
 
 
 class Registration(BaseModel):
     name: str = Field(min_length=1, max_length=200)
-    gpus: list[GpuInfo]
-    agent_version: str = ""
-    site: str | None = None
-    labels: dict[str, str] = Field(default_factory=dict)
+    gpus: list[GpuInfo] = Field(max_length=MAX_GPU_INDEX + 1)
+    agent_version: str = Field("", max_length=40)
+    site: str | None = Field(None, max_length=100)
+    labels: dict[Annotated[str, Field(max_length=100)], Annotated[str, Field(max_length=200)]] = (
+        Field(default_factory=dict, max_length=64)
+    )
+
+    @field_validator("gpus")
+    @classmethod
+    def _unique_indexes(cls, gpus: list[GpuInfo]) -> list[GpuInfo]:
+        seen: set[int] = set()
+        for g in gpus:
+            if g.index in seen:
+                raise ValueError(f"GPU index {g.index} appears more than once")
+            seen.add(g.index)
+        return gpus
 
 
 class LogLine(BaseModel):
@@ -49,7 +65,7 @@ class LogLine(BaseModel):
 
 
 class Report(BaseModel):
-    fencing_token: int
+    fencing_token: int = Field(ge=0, le=INT64_MAX)
 
 
 class LogReport(Report):
@@ -57,8 +73,8 @@ class LogReport(Report):
 
 
 class FinishReport(Report):
-    exit_code: int | None = None
-    reason: str = ""
+    exit_code: Int32 | None = None
+    reason: str = Field("", max_length=2000)
     lost: bool = False  # the agent stopped it because it could not renew its lease
     energy: list[dict[str, Any]] = Field(default_factory=list)  # per GPU index (agent/energy.py)
 

@@ -5,20 +5,21 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
+from gpunet import wire
 from gpunet.api.deps import Rt, Who
 from gpunet.errors import Forbidden
 from gpunet.services import agents as svc
 from gpunet.services.lifecycle import apply_health
 from gpunet.util import now
 
-router = APIRouter(prefix="/v1/agent", tags=["agent"])
+router = APIRouter(prefix="/v1/agent", tags=["agent"], responses=wire.AUTHENTICATED)
 
 
 @router.post("/register", status_code=201)
@@ -30,7 +31,7 @@ def register(rt: Rt, who: Who, reg: svc.Registration) -> dict[str, Any]:
     return {"node_id": node_id, "token": token, "lease_timeout_s": rt.settings.lease_timeout_s}
 
 
-@router.post("/hello")
+@router.post("/hello", responses=wire.errors(404))
 def hello(rt: Rt, who: Who, reg: svc.Registration) -> dict[str, Any]:
     node_id = svc.hello(rt.db, who, reg, burn_in=rt.settings.burn_in)
     rt.leases.renew(node_id, now(), None)
@@ -41,7 +42,9 @@ def hello(rt: Rt, who: Who, reg: svc.Registration) -> dict[str, Any]:
 
 class Heartbeat(BaseModel):
     gpus: list[dict[str, Any]] = Field(default_factory=list)  # telemetry per GPU index
-    attempts: list[str] = Field(default_factory=list)  # attempts the agent is running
+    attempts: list[Annotated[str, Field(max_length=40)]] = Field(
+        default_factory=list
+    )  # attempts the agent is running
     health: list[dict[str, Any]] = Field(default_factory=list)  # health readings per GPU index
 
 
@@ -97,25 +100,31 @@ async def work(rt: Rt, who: Who, wait: float = Query(20.0, ge=0, le=60)) -> dict
     return found
 
 
-@router.post("/attempts/{attempt_id}/started")
+@router.post("/attempts/{attempt_id}/started", responses=wire.errors(409))
 def started(rt: Rt, who: Who, attempt_id: str, rep: svc.Report) -> dict[str, str]:
     svc.attempt_started(rt.db, who, attempt_id, rep)
     return {"status": "ok"}
 
 
-@router.post("/attempts/{attempt_id}/logs")
+@router.post("/attempts/{attempt_id}/logs", responses=wire.errors(409, 413))
 def logs(rt: Rt, who: Who, attempt_id: str, rep: svc.LogReport) -> dict[str, str]:
     svc.append_logs(rt.db, who, attempt_id, rep)
     return {"status": "ok"}
 
 
-@router.post("/attempts/{attempt_id}/finished")
+@router.post("/attempts/{attempt_id}/finished", responses=wire.errors(409))
 def finished(rt: Rt, who: Who, attempt_id: str, rep: svc.FinishReport) -> dict[str, str]:
     svc.attempt_finished(rt.db, who, attempt_id, rep)
     rt.wakeups.wake_scheduler()
     return {"status": "ok"}
 
 
-@router.get("/blobs/{digest}")
+@router.get(
+    "/blobs/{digest}",
+    response_class=Response,
+    responses={
+        200: {"content": {"application/gzip": {"schema": {"type": "string", "format": "binary"}}}}
+    },
+)
 def blob(rt: Rt, who: Who, digest: str) -> Response:
     return Response(svc.read_blob(rt.db, who, digest), media_type="application/gzip")

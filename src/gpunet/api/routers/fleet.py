@@ -7,11 +7,12 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
+from gpunet import wire
 from gpunet.api.deps import Rt, Who
 from gpunet.services.auth import Role, issue_token
 from gpunet.services.fleet import list_gpus, list_nodes
 
-router = APIRouter(prefix="/v1", tags=["fleet"])
+router = APIRouter(prefix="/v1", tags=["fleet"], responses=wire.AUTHENTICATED)
 
 
 @router.get("/nodes")
@@ -39,7 +40,7 @@ def gpus(rt: Rt, who: Who) -> list[dict[str, Any]]:
 class TokenRequest(BaseModel):
     role: Role
     account: str = Field(min_length=1, max_length=200)
-    name: str = ""
+    name: str = Field("", max_length=200)
 
 
 @router.post("/tokens", status_code=201)
