@@ -33,7 +33,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-EXAMPLES = int(os.environ.get("GPUNET_FUZZ_EXAMPLES", "8"))
+EXAMPLES = int(os.environ.get("GPUNET_FUZZ_EXAMPLES", "6"))
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
@@ -96,11 +96,22 @@ def _tokens(co: Coordinator) -> tuple[dict[str, str], str]:
     return roles, node.token
 
 
+def _describe(exc: BaseException) -> str:
+    """The failure and, for a group (several distinct failures), each of its members."""
+    if isinstance(exc, BaseExceptionGroup):
+        return "\n".join(f"  - {_describe(e)}" for e in exc.exceptions)
+    return f"{type(exc).__name__}: {exc}"
+
+
 def _fuzz_app(url: str) -> None:
     failures: list[str] = []
     with coordinator(url) as co:
         roles, agent = _tokens(co)
         schema = schemathesis.openapi.from_dict(co.c.get("/openapi.json").json())
+        # NUL characters in strings (PostgreSQL refuses them in text) are refused by the
+        # coordinator's request check for every route, tested on its own; leave them out here
+        # so each operation's examples go to its own inputs.
+        schema.config.generation.update(allow_x00=False)
         ops = [result.ok() for result in schema.get_all_operations()]
         assert len(ops) > 30, "the document lost operations"
         for op in ops:
@@ -117,7 +128,7 @@ def _fuzz_app(url: str) -> None:
                     # schemathesis raises its failures as a BaseExceptionGroup
                     except (Exception, BaseExceptionGroup) as exc:  # collect all, report together
                         title = f"{op.method.upper()} {op.path} as {role} ({mode.value})"
-                        failures.append(f"{title}: {exc}")
+                        failures.append(f"{title}:\n{_describe(exc)}")
     assert not failures, "\n\n".join(failures)
 
 

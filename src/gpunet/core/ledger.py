@@ -70,8 +70,10 @@ def kind_of(account: str) -> AccountKind:
         raise ValidationFailed("account", f"unknown ledger account {account!r}") from None
 
 
-# Amounts are stored as NUMERIC(20, 6): 14 digits before the point, 6 after.
-AMOUNT_DIGITS = 14
+# Amounts are stored as NUMERIC(20, 6) on PostgreSQL (14 digits before the point) and as
+# int64 micro-credits on SQLite (about 9.2e12). One amount may have 12 digits before the
+# point, which leaves both stores room for sums of many of them.
+AMOUNT_DIGITS = 12
 AMOUNT_LIMIT = Decimal(10) ** AMOUNT_DIGITS
 
 
@@ -119,7 +121,9 @@ def parse_amount(value: str | Decimal | int, field: str = "amount") -> Decimal:
     if not d.is_finite():
         raise ValidationFailed(field, f"{value!r} is not a finite number")
     if abs(d) >= AMOUNT_LIMIT:
-        raise ValidationFailed(field, f"{value!r} is too large: at most {AMOUNT_DIGITS} digits")
+        raise ValidationFailed(
+            field, f"{value!r} is too large: at most {AMOUNT_DIGITS} digits before the point"
+        )
     if d != q(d):
         raise ValidationFailed(field, "at most 6 decimal places")
     return q(d)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 from pydantic import BaseModel, Field, field_validator
 from sqlalchemy import select
@@ -25,6 +25,7 @@ from gpunet.store.tables import Attempt, Blob, Gpu, Job, LogChunk, Node
 from gpunet.util import new_id, now
 from gpunet.wire import INT32_MAX, INT64_MAX, Int32
 
+MAX_LABELS = 64
 MAX_GPU_INDEX = 1023  # far more GPUs than one node holds; keeps GPU ids within their column
 
 
@@ -44,9 +45,17 @@ class Registration(BaseModel):
     gpus: list[GpuInfo] = Field(max_length=MAX_GPU_INDEX + 1)
     agent_version: str = Field("", max_length=40)
     site: str | None = Field(None, max_length=100)
-    labels: dict[Annotated[str, Field(max_length=100)], Annotated[str, Field(max_length=200)]] = (
-        Field(default_factory=dict, max_length=64)
-    )
+    labels: dict[str, str] = Field(default_factory=dict, max_length=MAX_LABELS)
+
+    @field_validator("labels")
+    @classmethod
+    def _short_labels(cls, labels: dict[str, str]) -> dict[str, str]:
+        for k, v in labels.items():
+            if not 0 < len(k) <= 100:
+                raise ValueError(f"label name {k[:20]!r}... must be 1 to 100 characters")
+            if len(v) > 200:
+                raise ValueError(f"label {k!r} is over 200 characters")
+        return labels
 
     @field_validator("gpus")
     @classmethod

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from gpunet import wire
@@ -40,8 +40,24 @@ def hello(rt: Rt, who: Who, reg: svc.Registration) -> dict[str, Any]:
     return {"node_id": node_id, "lease_timeout_s": rt.settings.lease_timeout_s}
 
 
+# a finite reading: these land in float columns flushed for the whole fleet in one batch, so
+# one bad value from one agent must be refused here, not fail every node's flush
+Reading = Annotated[float | None, Field(None, ge=-1e9, le=1e9, allow_inf_nan=False)]
+
+
+class GpuTelemetry(BaseModel):
+    """One GPU's latest readings; other keys (e.g. energy counters) pass through."""
+
+    model_config = ConfigDict(extra="allow")
+    index: int = Field(ge=0, le=svc.MAX_GPU_INDEX)
+    utilization_pct: Reading = None
+    memory_used_mb: Reading = None
+    temperature_c: Reading = None
+    power_w: Reading = None
+
+
 class Heartbeat(BaseModel):
-    gpus: list[dict[str, Any]] = Field(default_factory=list)  # telemetry per GPU index
+    gpus: list[GpuTelemetry] = Field(default_factory=list)
     attempts: list[Annotated[str, Field(max_length=40)]] = Field(
         default_factory=list
     )  # attempts the agent is running
@@ -54,7 +70,7 @@ async def heartbeat(rt: Rt, who: Who, hb: Heartbeat) -> dict[str, Any]:
     if who.node_id is None:
         raise Forbidden("only an agent's own token may heartbeat")
     was_known = rt.leases.known(who.node_id)
-    gap = rt.leases.renew(who.node_id, now(), hb.gpus)
+    gap = rt.leases.renew(who.node_id, now(), [g.model_dump() for g in hb.gpus])
     if gap:
         rt.metrics.heartbeat_lag.observe(gap)
     if not was_known:  # back after being reaped (or after our restart): online again

@@ -22,7 +22,10 @@ router = APIRouter(prefix="/v1", tags=["jobs"], responses=wire.AUTHENTICATED)
 
 @router.post("/jobs", status_code=201)
 async def submit(
-    rt: Rt, who: Who, body: dict[str, Any], idempotency_key: str | None = Header(None)
+    rt: Rt,
+    who: Who,
+    body: dict[str, Any],
+    idempotency_key: str | None = Header(None, max_length=200),
 ) -> dict[str, Any]:
     """Submit a job spec (the YAML form, as JSON). Rejected at once if it could never run."""
     spec = parse_spec(body)
