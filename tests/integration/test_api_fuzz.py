@@ -16,7 +16,9 @@ The PostgreSQL run (where over-long strings and integer overflows surface) is ma
 
 from __future__ import annotations
 
+import hashlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,11 +64,18 @@ def _send(co: Coordinator, case: Any) -> Any:
     )
 
 
-def _fuzz_operation(co: Coordinator, op: Any, token: str, mode: GenerationMode) -> None:
+def _fuzz_operation(
+    co: Coordinator,
+    op: Any,
+    token: str,
+    mode: GenerationMode,
+    path_ids: dict[str, str] | None = None,
+) -> None:
     strategy = op.as_strategy(
         generation_mode=mode,
         headers=auth(token),
         query=FIXED_QUERY.get((op.method.upper(), op.path)),
+        path_parameters=path_ids,
     )
 
     @settings(
@@ -85,15 +94,36 @@ def _fuzz_operation(co: Coordinator, op: Any, token: str, mode: GenerationMode) 
     run()
 
 
-def _tokens(co: Coordinator) -> tuple[dict[str, str], str]:
+@dataclass
+class World:
+    """Tokens for each role and ids of real objects, so that calls reach past the 404."""
+
+    roles: dict[str, str]
+    agent: str
+    ids: dict[str, str]
+
+
+def _world(co: Coordinator) -> World:
     provider = co.token("provider", "prov")
     node = co.register(provider)
-    roles = {
-        "admin": co.admin,
-        "consumer": co.token("consumer", "alice"),
-        "provider": provider,
-    }
-    return roles, node.token
+    consumer = co.token("consumer", "alice")
+    job = co.submit(consumer)
+    attempt = co.next_start(node)
+    archive = b"not really a tar.gz"
+    digest = "sha256:" + hashlib.sha256(archive).hexdigest()
+    r = co.c.post("/v1/blobs", params={"digest": digest}, content=archive, headers=auth(consumer))
+    assert r.status_code == 201, r.text
+    return World(
+        roles={"admin": co.admin, "consumer": consumer, "provider": provider},
+        agent=node.token,
+        ids={
+            "job_id": job["id"],
+            "attempt_id": attempt["attempt_id"],
+            "gpu_id": f"{node.id}/0",
+            "node_id": node.id,
+            "digest": digest,
+        },
+    )
 
 
 def _describe(exc: BaseException) -> str:
@@ -106,7 +136,7 @@ def _describe(exc: BaseException) -> str:
 def _fuzz_app(url: str) -> None:
     failures: list[str] = []
     with coordinator(url) as co:
-        roles, agent = _tokens(co)
+        world = _world(co)
         schema = schemathesis.openapi.from_dict(co.c.get("/openapi.json").json())
         # NUL characters in strings (PostgreSQL refuses them in text) are refused by the
         # coordinator's request check for every route, tested on its own; leave them out here
@@ -115,19 +145,28 @@ def _fuzz_app(url: str) -> None:
         ops = [result.ok() for result in schema.get_all_operations()]
         assert len(ops) > 30, "the document lost operations"
         for op in ops:
-            tokens = dict(roles)
+            tokens = dict(world.roles)
             if op.path.startswith("/v1/agent/"):
-                tokens["agent"] = agent
+                tokens["agent"] = world.agent
+            names = {p.name for p in op.path_parameters}
+            real = {k: v for k, v in world.ids.items() if k in names} or None
+            runs: list[tuple[GenerationMode, dict[str, str] | None]] = [
+                (GenerationMode.POSITIVE, None),
+                (GenerationMode.NEGATIVE, None),
+            ]
+            if real:
+                runs.append((GenerationMode.POSITIVE, real))
             for role, token in tokens.items():
-                for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+                for mode, path_ids in runs:
                     try:
-                        _fuzz_operation(co, op, token, mode)
+                        _fuzz_operation(co, op, token, mode, path_ids)
                     except Unsatisfiable:
                         # no input to make invalid (no parameters, or a free-form string)
                         assert mode is GenerationMode.NEGATIVE, op.label
                     # schemathesis raises its failures as a BaseExceptionGroup
                     except (Exception, BaseExceptionGroup) as exc:  # collect all, report together
-                        title = f"{op.method.upper()} {op.path} as {role} ({mode.value})"
+                        ids = " with real ids" if path_ids else ""
+                        title = f"{op.method.upper()} {op.path} as {role} ({mode.value}{ids})"
                         failures.append(f"{title}:\n{_describe(exc)}")
     assert not failures, "\n\n".join(failures)
 
