@@ -9,18 +9,20 @@ from starlette.concurrency import run_in_threadpool
 
 from gpunet import wire
 from gpunet.api.deps import Rt, Who
-from gpunet.core.jobspec import parse_spec
+from gpunet.core.jobspec import JobSpec, parse_spec
 from gpunet.loops import metering
 from gpunet.services import jobs as svc
 from gpunet.services.energy import job_energy
 from gpunet.services.scheduling import why
 from gpunet.util import iso
-from gpunet.wire import INT64_MAX
+from gpunet.wire import INT32_MAX
 
 router = APIRouter(prefix="/v1", tags=["jobs"], responses=wire.AUTHENTICATED)
 
 
-@router.post("/jobs", status_code=201)
+# the body is read as a plain mapping so that parse_spec names the bad field its own way; the
+# document still declares the spec
+@router.post("/jobs", status_code=201, openapi_extra=wire.json_body(JobSpec))
 async def submit(
     rt: Rt,
     who: Who,
@@ -68,7 +70,7 @@ def events(rt: Rt, who: Who, job_id: str) -> list[dict[str, Any]]:
 
 @router.get("/jobs/{job_id}/logs")
 def logs(
-    rt: Rt, who: Who, job_id: str, after: int = Query(0, ge=0, le=INT64_MAX)
+    rt: Rt, who: Who, job_id: str, after: int = Query(0, ge=0, le=INT32_MAX)
 ) -> dict[str, Any]:
     job, chunks = svc.logs(rt.db, who, job_id, after)
     return {
