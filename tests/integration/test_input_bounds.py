@@ -115,3 +115,18 @@ def test_heartbeat_telemetry_is_typed(db_url: str) -> None:
             what="the reading to be flushed",
         )
         assert gpu0["node_id"] == node.id
+
+
+def test_empty_idempotency_key(db_url: str) -> None:
+    """An empty key once reached the unique index twice (a 500): it is refused by name."""
+    with coordinator(db_url) as co:
+        co.register(co.token("provider", "prov"))
+        user = auth(co.token("consumer", "alice"))
+        body = {"command": ["true"]}
+        for _ in range(2):
+            r = co.c.post("/v1/jobs", json=body, headers=user | {"Idempotency-Key": ""})
+            _invalid(r, "idempotency-key")
+        first = co.c.post("/v1/jobs", json=body, headers=user | {"Idempotency-Key": "k"})
+        again = co.c.post("/v1/jobs", json=body, headers=user | {"Idempotency-Key": "k"})
+        assert first.status_code == again.status_code == 201
+        assert first.json()["id"] == again.json()["id"]

@@ -94,7 +94,9 @@ def _visible(s: Session, who: Principal, job_id: str) -> Job:
 def submit(db: Database, who: Principal, spec: JobSpec, idempotency_key: str | None) -> Job:
     who.require(Role.CONSUMER)
     with db.transaction() as s:
-        if idempotency_key:
+        # "" is a key like any other: it is stored, so it must be looked up (or the insert
+        # collides with the unique index)
+        if idempotency_key is not None:
             old = s.scalar(
                 select(Job).where(
                     Job.account_id == who.account_id, Job.idempotency_key == idempotency_key

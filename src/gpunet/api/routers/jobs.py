@@ -27,7 +27,7 @@ async def submit(
     rt: Rt,
     who: Who,
     body: dict[str, Any],
-    idempotency_key: str | None = Header(None, max_length=200),
+    idempotency_key: str | None = Header(None, min_length=1, max_length=200),
 ) -> dict[str, Any]:
     """Submit a job spec (the YAML form, as JSON). Rejected at once if it could never run."""
     spec = parse_spec(body)
