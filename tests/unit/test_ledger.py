@@ -37,6 +37,11 @@ def test_float_like_amounts_are_refused() -> None:
         L.parse_amount("1.0000001")
     with pytest.raises(ValidationFailed, match="not a number"):
         L.parse_amount("ten")
+    # past what the store holds: refused before rounding (which would overflow the context)
+    for big in ("1e30", "-1e30", "1000000000000"):
+        with pytest.raises(ValidationFailed, match="too large"):
+            L.parse_amount(big, "price")
+    assert L.parse_amount("999999999999.999999") == D("999999999999.999999")
 
 
 def test_charge_rounds_half_up_to_micro_credits() -> None:

@@ -68,7 +68,12 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
     def healthz() -> dict[str, Any]:
         return {"status": "ok", "version": __version__}
 
-    @app.get("/metrics", tags=["meta"])
+    @app.get(
+        "/metrics",
+        tags=["meta"],
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    )
     def metrics(rt: Rt) -> Response:
         _refresh_gauges(rt)
         return Response(rt.metrics.render(), media_type="text/plain; version=0.0.4")

@@ -70,6 +70,13 @@ def kind_of(account: str) -> AccountKind:
         raise ValidationFailed("account", f"unknown ledger account {account!r}") from None
 
 
+# Amounts are stored as NUMERIC(20, 6) on PostgreSQL (14 digits before the point) and as
+# int64 micro-credits on SQLite (about 9.2e12). One amount may have 12 digits before the
+# point, which leaves both stores room for sums of many of them.
+AMOUNT_DIGITS = 12
+AMOUNT_LIMIT = Decimal(10) ** AMOUNT_DIGITS
+
+
 def q(amount: Decimal) -> Decimal:
     """Round to one micro-credit, half up."""
     return amount.quantize(QUANTUM, rounding=ROUND_HALF_UP)
@@ -113,6 +120,10 @@ def parse_amount(value: str | Decimal | int, field: str = "amount") -> Decimal:
         raise ValidationFailed(field, f"{value!r} is not a number") from None
     if not d.is_finite():
         raise ValidationFailed(field, f"{value!r} is not a finite number")
+    if abs(d) >= AMOUNT_LIMIT:
+        raise ValidationFailed(
+            field, f"{value!r} is too large: at most {AMOUNT_DIGITS} digits before the point"
+        )
     if d != q(d):
         raise ValidationFailed(field, "at most 6 decimal places")
     return q(d)

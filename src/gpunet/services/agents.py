@@ -25,29 +25,54 @@ from gpunet.services.jobs import lose_attempt, move_attempt, move_job
 from gpunet.store.db import Database
 from gpunet.store.tables import Attempt, Blob, Gpu, Job, LogChunk, Node
 from gpunet.util import new_id, now
+from gpunet.wire import INT32_MAX, INT64_MAX, Int32
+
+MAX_LABELS = 64
+MAX_GPU_INDEX = 1023  # far more GPUs than one node holds; keeps GPU ids within their column
 
 
 class GpuInfo(BaseModel):
-    index: int = Field(ge=0)
-    uuid: str
-    name: str
-    model: str | None = None  # canonical short name when the agent knows it
-    memory_mb: int = Field(gt=0)
-    compute_capability: str = "0.0"
+    index: int = Field(ge=0, le=MAX_GPU_INDEX)
+    uuid: str = Field(max_length=100)
+    name: str = Field(max_length=200)
+    model: str | None = Field(None, max_length=40)  # canonical short name when the agent knows it
+    memory_mb: int = Field(gt=0, le=INT32_MAX)
+    # major.minor as NVIDIA writes it, e.g. "8.0"; "0.0": unknown (taken from the catalog)
+    compute_capability: str = Field("0.0", pattern=r"^[0-9]{1,2}\.[0-9]{1,2}$")
     simulated: bool = False
 
 
 class Registration(BaseModel):
     name: str = Field(min_length=1, max_length=200)
-    gpus: list[GpuInfo]
-    agent_version: str = ""
-    site: str | None = None
-    labels: dict[str, str] = Field(default_factory=dict)
+    gpus: list[GpuInfo] = Field(max_length=MAX_GPU_INDEX + 1)
+    agent_version: str = Field("", max_length=40)
+    site: str | None = Field(None, max_length=100)
+    labels: dict[str, str] = Field(default_factory=dict, max_length=MAX_LABELS)
     # how the agent isolates jobs, and the container runtimes it can use (e.g. ["podman"])
     isolation: Isolation = Isolation.NONE
     runtimes: list[str] = Field(default_factory=list, max_length=MAX_RUNTIMES)
     # the owner lets strangers' jobs run on this node without isolation
     accepts_unisolated: bool = False
+
+    @field_validator("labels")
+    @classmethod
+    def _short_labels(cls, labels: dict[str, str]) -> dict[str, str]:
+        for k, v in labels.items():
+            if not 0 < len(k) <= 100:
+                raise ValueError(f"label name {k[:20]!r}... must be 1 to 100 characters")
+            if len(v) > 200:
+                raise ValueError(f"label {k!r} is over 200 characters")
+        return labels
+
+    @field_validator("gpus")
+    @classmethod
+    def _unique_indexes(cls, gpus: list[GpuInfo]) -> list[GpuInfo]:
+        seen: set[int] = set()
+        for g in gpus:
+            if g.index in seen:
+                raise ValueError(f"GPU index {g.index} appears more than once")
+            seen.add(g.index)
+        return gpus
 
     @field_validator("runtimes")
     @classmethod
@@ -74,7 +99,7 @@ class LogLine(BaseModel):
 
 
 class Report(BaseModel):
-    fencing_token: int
+    fencing_token: int = Field(ge=0, le=INT64_MAX)
 
 
 class LogReport(Report):
@@ -82,8 +107,8 @@ class LogReport(Report):
 
 
 class FinishReport(Report):
-    exit_code: int | None = None
-    reason: str = ""
+    exit_code: Int32 | None = None
+    reason: str = Field("", max_length=2000)
     lost: bool = False  # the agent stopped it because it could not renew its lease
     energy: list[dict[str, Any]] = Field(default_factory=list)  # per GPU index (agent/energy.py)
 

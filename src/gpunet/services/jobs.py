@@ -113,7 +113,9 @@ def submit(
     """Queue a job. ``max_queued``: how many queued or assigned jobs one account may have."""
     who.require(Role.CONSUMER)
     with db.transaction() as s:
-        if idempotency_key:
+        # "" is a key like any other: it is stored, so it must be looked up (or the insert
+        # collides with the unique index)
+        if idempotency_key is not None:
             old = s.scalar(
                 select(Job).where(
                     Job.account_id == who.account_id, Job.idempotency_key == idempotency_key

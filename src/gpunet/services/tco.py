@@ -20,9 +20,9 @@ from gpunet.util import now, utc
 
 
 class Purchase(BaseModel):
-    gpu_id: str | None = None
-    model: str | None = None  # every GPU of this model on the caller's nodes
-    price: float = Field(gt=0, description="purchase price per GPU")
+    gpu_id: str | None = Field(None, max_length=80)
+    model: str | None = Field(None, max_length=40)  # every GPU of this model on the caller's nodes
+    price: float = Field(gt=0, le=1e12, allow_inf_nan=False, description="purchase price per GPU")
     purchased_on: date
 
 

@@ -5,20 +5,21 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
+from gpunet import wire
 from gpunet.api.deps import Rt, Who
 from gpunet.errors import Forbidden
 from gpunet.services import agents as svc
 from gpunet.services.lifecycle import apply_health
 from gpunet.util import now
 
-router = APIRouter(prefix="/v1/agent", tags=["agent"])
+router = APIRouter(prefix="/v1/agent", tags=["agent"], responses=wire.AUTHENTICATED)
 
 
 @router.post("/register", status_code=201)
@@ -30,7 +31,7 @@ def register(rt: Rt, who: Who, reg: svc.Registration) -> dict[str, Any]:
     return {"node_id": node_id, "token": token, "lease_timeout_s": rt.settings.lease_timeout_s}
 
 
-@router.post("/hello")
+@router.post("/hello", responses=wire.errors(404))
 def hello(rt: Rt, who: Who, reg: svc.Registration) -> dict[str, Any]:
     node_id = svc.hello(rt.db, who, reg, burn_in=rt.settings.burn_in)
     rt.leases.renew(node_id, now(), None)
@@ -39,9 +40,27 @@ def hello(rt: Rt, who: Who, reg: svc.Registration) -> dict[str, Any]:
     return {"node_id": node_id, "lease_timeout_s": rt.settings.lease_timeout_s}
 
 
+# a finite reading: these land in float columns flushed for the whole fleet in one batch, so
+# one bad value from one agent must be refused here, not fail every node's flush
+Reading = Annotated[float | None, Field(None, ge=-1e9, le=1e9, allow_inf_nan=False)]
+
+
+class GpuTelemetry(BaseModel):
+    """One GPU's latest readings; other keys (e.g. energy counters) pass through."""
+
+    model_config = ConfigDict(extra="allow")
+    index: int = Field(ge=0, le=svc.MAX_GPU_INDEX)
+    utilization_pct: Reading = None
+    memory_used_mb: Reading = None
+    temperature_c: Reading = None
+    power_w: Reading = None
+
+
 class Heartbeat(BaseModel):
-    gpus: list[dict[str, Any]] = Field(default_factory=list)  # telemetry per GPU index
-    attempts: list[str] = Field(default_factory=list)  # attempts the agent is running
+    gpus: list[GpuTelemetry] = Field(default_factory=list)
+    attempts: list[Annotated[str, Field(max_length=40)]] = Field(
+        default_factory=list
+    )  # attempts the agent is running
     health: list[dict[str, Any]] = Field(default_factory=list)  # health readings per GPU index
 
 
@@ -51,7 +70,7 @@ async def heartbeat(rt: Rt, who: Who, hb: Heartbeat) -> dict[str, Any]:
     if who.node_id is None:
         raise Forbidden("only an agent's own token may heartbeat")
     was_known = rt.leases.known(who.node_id)
-    gap = rt.leases.renew(who.node_id, now(), hb.gpus)
+    gap = rt.leases.renew(who.node_id, now(), [g.model_dump() for g in hb.gpus])
     if gap:
         rt.metrics.heartbeat_lag.observe(gap)
     if not was_known:  # back after being reaped (or after our restart): online again
@@ -97,26 +116,32 @@ async def work(rt: Rt, who: Who, wait: float = Query(20.0, ge=0, le=60)) -> dict
     return found
 
 
-@router.post("/attempts/{attempt_id}/started")
+@router.post("/attempts/{attempt_id}/started", responses=wire.errors(409))
 def started(rt: Rt, who: Who, attempt_id: str, rep: svc.Report) -> dict[str, str]:
     svc.attempt_started(rt.db, who, attempt_id, rep)
     return {"status": "ok"}
 
 
-@router.post("/attempts/{attempt_id}/logs")
+@router.post("/attempts/{attempt_id}/logs", responses=wire.errors(409, 413))
 def logs(rt: Rt, who: Who, attempt_id: str, rep: svc.LogReport) -> dict[str, Any]:
     """Store output; ``truncated`` once the attempt's output cap is reached (send no more)."""
     truncated = svc.append_logs(rt.db, who, attempt_id, rep, rt.settings.max_log_bytes)
     return {"status": "ok", "truncated": truncated}
 
 
-@router.post("/attempts/{attempt_id}/finished")
+@router.post("/attempts/{attempt_id}/finished", responses=wire.errors(409))
 def finished(rt: Rt, who: Who, attempt_id: str, rep: svc.FinishReport) -> dict[str, str]:
     svc.attempt_finished(rt.db, who, attempt_id, rep)
     rt.wakeups.wake_scheduler()
     return {"status": "ok"}
 
 
-@router.get("/blobs/{digest}")
+@router.get(
+    "/blobs/{digest}",
+    response_class=Response,
+    responses={
+        200: {"content": {"application/gzip": {"schema": {"type": "string", "format": "binary"}}}}
+    },
+)
 def blob(rt: Rt, who: Who, digest: str) -> Response:
     return Response(svc.read_blob(rt.db, who, digest), media_type="application/gzip")

@@ -6,11 +6,12 @@ from typing import Any
 
 from fastapi import APIRouter
 
+from gpunet import wire
 from gpunet.api.deps import Rt, Who
 from gpunet.services.auth import Role
 from gpunet.services.fleet import list_gpus, list_nodes
 
-router = APIRouter(prefix="/v1", tags=["fleet"])
+router = APIRouter(prefix="/v1", tags=["fleet"], responses=wire.AUTHENTICATED)
 
 
 @router.get("/nodes")

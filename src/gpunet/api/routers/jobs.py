@@ -7,20 +7,29 @@ from typing import Any
 from fastapi import APIRouter, Header, Query, Request
 from starlette.concurrency import run_in_threadpool
 
+from gpunet import wire
 from gpunet.api.deps import Rt, Who
-from gpunet.core.jobspec import parse_spec
+from gpunet.core.jobspec import JobSpec, parse_spec
 from gpunet.loops import metering
 from gpunet.services import jobs as svc
 from gpunet.services.energy import job_energy
 from gpunet.services.scheduling import why
 from gpunet.util import iso
+from gpunet.wire import INT32_MAX
 
-router = APIRouter(prefix="/v1", tags=["jobs"])
+router = APIRouter(prefix="/v1", tags=["jobs"], responses=wire.AUTHENTICATED)
 
 
-@router.post("/jobs", status_code=201)
+# the body is read as a plain mapping so that parse_spec names the bad field its own way; the
+# document still declares the spec
+@router.post(
+    "/jobs", status_code=201, openapi_extra=wire.json_body(JobSpec), responses=wire.errors(429)
+)
 async def submit(
-    rt: Rt, who: Who, body: dict[str, Any], idempotency_key: str | None = Header(None)
+    rt: Rt,
+    who: Who,
+    body: dict[str, Any],
+    idempotency_key: str | None = Header(None, min_length=1, max_length=200),
 ) -> dict[str, Any]:
     """Submit a job spec (the YAML form, as JSON). Rejected at once if it could never run."""
     spec = parse_spec(body)
@@ -35,7 +44,10 @@ async def submit(
 
 @router.get("/jobs")
 def list_jobs(
-    rt: Rt, who: Who, state: str | None = None, limit: int = Query(100, ge=1, le=1000)
+    rt: Rt,
+    who: Who,
+    state: str | None = Query(None, max_length=20),
+    limit: int = Query(100, ge=1, le=1000),
 ) -> list[dict[str, Any]]:
     return [svc.job_dict(j) for j in svc.list_jobs(rt.db, who, state, limit)]
 
@@ -63,7 +75,9 @@ def events(rt: Rt, who: Who, job_id: str) -> list[dict[str, Any]]:
 
 
 @router.get("/jobs/{job_id}/logs")
-def logs(rt: Rt, who: Who, job_id: str, after: int = Query(0, ge=0)) -> dict[str, Any]:
+def logs(
+    rt: Rt, who: Who, job_id: str, after: int = Query(0, ge=0, le=INT32_MAX)
+) -> dict[str, Any]:
     job, chunks = svc.logs(rt.db, who, job_id, after)
     return {
         "job_id": job.id,
@@ -76,7 +90,7 @@ def logs(rt: Rt, who: Who, job_id: str, after: int = Query(0, ge=0)) -> dict[str
     }
 
 
-@router.post("/jobs/{job_id}/cancel")
+@router.post("/jobs/{job_id}/cancel", responses=wire.errors(409))
 def cancel(rt: Rt, who: Who, job_id: str) -> dict[str, Any]:
     job, wake = svc.cancel(rt.db, who, job_id)
     rt.wakeups.wake_nodes(wake)
@@ -110,12 +124,12 @@ def job_why(rt: Rt, who: Who, job_id: str) -> dict[str, Any]:
     }
 
 
-@router.post("/blobs", status_code=201)
+@router.post("/blobs", status_code=201, responses=wire.errors(413, 429))
 async def upload(
     rt: Rt,
     who: Who,
     request: Request,
-    digest: str = Query("", description="sha256:<hex> of the body"),
+    digest: str = Query("", max_length=80, description="sha256:<hex> of the body"),
 ) -> dict[str, Any]:
     """Upload a working-directory archive (tar.gz); answers its content address."""
     limit = rt.settings.max_upload_bytes

@@ -2,25 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
+from gpunet import wire
 from gpunet.api.deps import Rt, Who
 from gpunet.services import energy, tco, tiers
 from gpunet.services import lifecycle as svc
 from gpunet.services.auth import Role
 
-router = APIRouter(prefix="/v1/gpus", tags=["gpus"])
+router = APIRouter(prefix="/v1/gpus", tags=["gpus"], responses=wire.AUTHENTICATED)
 
 
 class Action(BaseModel):
-    action: str = Field(description="drain | activate | maintain | retire | recycle")
+    action: str = Field(max_length=20, description="drain | activate | maintain | retire | recycle")
     reason: str = Field(min_length=1, max_length=2000)
 
 
-@router.post("/{gpu_id:path}/lifecycle")
+@router.post("/{gpu_id:path}/lifecycle", responses=wire.errors(409))
 def act(rt: Rt, who: Who, gpu_id: str, body: Action) -> dict[str, Any]:
     """Move a GPU through its lifecycle (admin, or the provider that owns its node)."""
     out = svc.operate(rt.db, who, gpu_id, body.action, body.reason)
@@ -38,7 +39,7 @@ def show(rt: Rt, who: Who, gpu_id: str) -> dict[str, Any]:
     return out
 
 
-agent_router = APIRouter(prefix="/v1/agent", tags=["agent"])
+agent_router = APIRouter(prefix="/v1/agent", tags=["agent"], responses=wire.AUTHENTICATED)
 
 
 @agent_router.post("/benchmarks")
@@ -47,7 +48,7 @@ def benchmarks(rt: Rt, who: Who, rep: tiers.BenchmarkReport) -> list[dict[str, A
     return tiers.record(rt.db, who, rep)
 
 
-tiers_router = APIRouter(prefix="/v1/tiers", tags=["gpus"])
+tiers_router = APIRouter(prefix="/v1/tiers", tags=["gpus"], responses=wire.AUTHENTICATED)
 
 
 @tiers_router.get("")
@@ -58,10 +59,10 @@ def tier_proposals(rt: Rt, who: Who) -> list[dict[str, Any]]:
 
 
 class ApplyTiers(BaseModel):
-    gpu_ids: list[str] | None = None  # None: every proposed move
+    gpu_ids: list[Annotated[str, Field(max_length=80)]] | None = None  # None: every proposed move
 
 
-@tiers_router.post("/apply")
+@tiers_router.post("/apply", responses=wire.errors(404, 409))
 def apply_tiers(rt: Rt, who: Who, body: ApplyTiers) -> list[dict[str, Any]]:
     """Apply the proposed moves (admin); answers the moves applied."""
     out = tiers.apply(rt.db, who, body.gpu_ids)
@@ -69,7 +70,7 @@ def apply_tiers(rt: Rt, who: Who, body: ApplyTiers) -> list[dict[str, Any]]:
     return out
 
 
-energy_router = APIRouter(prefix="/v1/energy", tags=["gpus"])
+energy_router = APIRouter(prefix="/v1/energy", tags=["gpus"], responses=wire.AUTHENTICATED)
 
 
 @energy_router.get("")
@@ -78,10 +79,10 @@ def energy_by_owner(rt: Rt, who: Who) -> list[dict[str, Any]]:
     return energy.by_owner(rt.db, who)
 
 
-economics_router = APIRouter(prefix="/v1", tags=["gpus"])
+economics_router = APIRouter(prefix="/v1", tags=["gpus"], responses=wire.AUTHENTICATED)
 
 
-@economics_router.post("/gpus-purchases")
+@economics_router.post("/gpus-purchases", responses=wire.errors(404))
 def purchases(rt: Rt, who: Who, body: tco.Purchase) -> dict[str, Any]:
     """Record the purchase price and date of a GPU, or of every GPU of a model you own."""
     return {"gpu_ids": tco.record_purchase(rt.db, who, body)}

@@ -5,32 +5,41 @@ Amounts travel as decimal strings (never JSON floats)."""
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
+from gpunet import wire
 from gpunet.api.deps import Rt, Who
 from gpunet.core.ledger import parse_amount
 from gpunet.services import market as svc
 from gpunet.services import offers as offers_svc
 from gpunet.services import reputation as rep_svc
+from gpunet.wire import INT32_MAX
 
-router = APIRouter(prefix="/v1", tags=["market"])
+# an account name, as given in a query
+AccountQuery = Annotated[str | None, Query(max_length=200)]
+
+router = APIRouter(prefix="/v1", tags=["market"], responses=wire.AUTHENTICATED)
 
 
 def _amount(value: str | None, field: str) -> Decimal | None:
     return None if value is None else parse_amount(value, field)
 
 
+# a decimal string: 14 digits, a point and 6 decimals fit in 40 characters with room to spare
+Amount = Annotated[str, Field(max_length=40, description='a decimal string, e.g. "1.5"')]
+
+
 class PriceRequest(BaseModel):
-    gpu_id: str | None = None
-    node_id: str | None = None
-    price: str | None = Field(None, description="credits per GPU-hour; null: free")
-    min_interruptible: str | None = None
+    gpu_id: str | None = Field(None, max_length=80)
+    node_id: str | None = Field(None, max_length=40)
+    price: Amount | None = Field(None, description="credits per GPU-hour; null: free")
+    min_interruptible: Amount | None = None
 
 
-@router.put("/prices")
+@router.put("/prices", responses=wire.errors(404))
 def set_price(rt: Rt, who: Who, req: PriceRequest) -> list[dict[str, Any]]:
     return svc.set_price(
         rt.db,
@@ -42,18 +51,23 @@ def set_price(rt: Rt, who: Who, req: PriceRequest) -> list[dict[str, Any]]:
     )
 
 
-@router.get("/prices/suggest")
-def suggest(rt: Rt, who: Who, gpu_id: str, tier: str | None = None) -> dict[str, Any]:
+@router.get("/prices/suggest", responses=wire.errors(404))
+def suggest(
+    rt: Rt,
+    who: Who,
+    gpu_id: str = Query(max_length=80),
+    tier: str | None = Query(None, max_length=20),
+) -> dict[str, Any]:
     return svc.suggest(rt.db, who, gpu_id, rt.settings.energy_price_per_kwh, tier)
 
 
 class GrantRequest(BaseModel):
     account: str = Field(min_length=1, max_length=200)
-    amount: str
-    memo: str = ""
+    amount: Amount
+    memo: str = Field("", max_length=2000)
 
 
-@router.post("/credits/grant", status_code=201)
+@router.post("/credits/grant", status_code=201, responses=wire.errors(404))
 def grant(rt: Rt, who: Who, req: GrantRequest) -> dict[str, Any]:
     amount = parse_amount(req.amount)
     out = svc.grant_credits(rt.db, who, req.account, amount, req.memo)
@@ -61,18 +75,18 @@ def grant(rt: Rt, who: Who, req: GrantRequest) -> dict[str, Any]:
     return dict(out)
 
 
-@router.get("/balance")
-def balance(rt: Rt, who: Who, account: str | None = None) -> dict[str, Any]:
+@router.get("/balance", responses=wire.errors(404))
+def balance(rt: Rt, who: Who, account: AccountQuery = None) -> dict[str, Any]:
     return svc.get_balance(rt.db, who, account)
 
 
 class QuotaRequest(BaseModel):
     account: str = Field(min_length=1, max_length=200)
-    max_concurrent_gpus: int | None = None
-    monthly_spend: str | None = None
+    max_concurrent_gpus: int | None = Field(None, ge=0, le=INT32_MAX)
+    monthly_spend: Amount | None = None
 
 
-@router.put("/quotas")
+@router.put("/quotas", responses=wire.errors(404))
 def set_quota(rt: Rt, who: Who, req: QuotaRequest) -> dict[str, Any]:
     out = svc.set_quota(
         rt.db,
@@ -91,18 +105,23 @@ def verify(rt: Rt, who: Who) -> dict[str, Any]:
     return {"ok": not problems, "problems": problems}
 
 
-@router.get("/earnings")
-def earnings(rt: Rt, who: Who, account: str | None = None) -> dict[str, Any]:
+@router.get("/earnings", responses=wire.errors(404))
+def earnings(rt: Rt, who: Who, account: AccountQuery = None) -> dict[str, Any]:
     return svc.earnings_statement(rt.db, who, account, rt.settings.energy_price_per_kwh)
 
 
-@router.get("/spend")
-def spend(rt: Rt, who: Who, account: str | None = None) -> dict[str, Any]:
+@router.get("/spend", responses=wire.errors(404))
+def spend(rt: Rt, who: Who, account: AccountQuery = None) -> dict[str, Any]:
     return svc.spend_statement(rt.db, who, account)
 
 
 @router.get("/offers")
-def offers(rt: Rt, who: Who, q: str | None = None, sort: str | None = None) -> list[dict[str, Any]]:
+def offers(
+    rt: Rt,
+    who: Who,
+    q: str | None = Query(None, max_length=1000),
+    sort: str | None = Query(None, max_length=40),
+) -> list[dict[str, Any]]:
     """Every GPU on the market, from every owner, with its node's reliability; ``q`` is a
     query such as ``gpu=A100-80GB memory>=40 price<=1.5`` and ``sort`` a field (``-`` first:
     descending)."""

@@ -2,28 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
+from gpunet import wire
 from gpunet.api.deps import Rt, Who
 from gpunet.services import accounts as accounts_svc
 from gpunet.services import tokens as svc
 from gpunet.services.auth import Role
 
-router = APIRouter(prefix="/v1", tags=["tokens"])
+router = APIRouter(prefix="/v1", tags=["tokens"], responses=wire.AUTHENTICATED)
 
 
 class TokenRequest(BaseModel):
     role: Role
     account: str = Field(min_length=1, max_length=200)
     name: str = Field("", max_length=200)
-    expires: str | None = Field(None, description="lifetime such as 90m, 12h, 30d; null: never")
-    uses: int | None = Field(None, description="agents a join (provider) token may register")
+    expires: str | None = Field(
+        None, max_length=40, description="lifetime such as 90m, 12h, 30d; null: never"
+    )
+    uses: wire.Int32 | None = Field(None, description="agents a join (provider) token may register")
 
 
-@router.post("/tokens", status_code=201)
+@router.post("/tokens", status_code=201, responses=wire.errors(404))
 def create_token(rt: Rt, who: Who, req: TokenRequest) -> dict[str, Any]:
     """Issue a token (admin only); the answer is the only time its secret is shown.
     Provider tokens are join tokens for agents."""
@@ -33,12 +36,14 @@ def create_token(rt: Rt, who: Who, req: TokenRequest) -> dict[str, Any]:
 
 
 @router.get("/tokens")
-def list_tokens(rt: Rt, who: Who, account: str | None = None) -> list[dict[str, Any]]:
+def list_tokens(
+    rt: Rt, who: Who, account: Annotated[str | None, Query(max_length=200)] = None
+) -> list[dict[str, Any]]:
     """Tokens without their secrets: every one (an admin) or the caller's account's."""
     return svc.list_tokens(rt.db, who, account)
 
 
-@router.delete("/tokens/{token_id}")
+@router.delete("/tokens/{token_id}", responses=wire.errors(404, 409))
 def revoke_token(rt: Rt, who: Who, token_id: str) -> dict[str, Any]:
     """Revoke a token (an admin any, an account its own); refused from the next request."""
     return svc.revoke_token(rt.db, rt.auth, who, token_id)
@@ -48,7 +53,7 @@ class AccountRequest(BaseModel):
     name: str = Field(min_length=1, max_length=200)
 
 
-@router.post("/accounts", status_code=201)
+@router.post("/accounts", status_code=201, responses=wire.errors(409))
 def create_account(rt: Rt, who: Who, req: AccountRequest) -> dict[str, Any]:
     return accounts_svc.create_account(rt.db, who, req.name)
 
