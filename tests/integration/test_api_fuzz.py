@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 import schemathesis
-from helpers import Coordinator, auth, coordinator
+from helpers import Coordinator, archive, auth, coordinator
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
@@ -109,9 +109,9 @@ def _world(co: Coordinator) -> World:
     consumer = co.token("consumer", "alice")
     job = co.submit(consumer)
     attempt = co.next_start(node)
-    archive = b"not really a tar.gz"
-    digest = "sha256:" + hashlib.sha256(archive).hexdigest()
-    r = co.c.post("/v1/blobs", params={"digest": digest}, content=archive, headers=auth(consumer))
+    data = archive({"train.py": b"print('hi')\n"})
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    r = co.c.post("/v1/blobs", params={"digest": digest}, content=data, headers=auth(consumer))
     assert r.status_code == 201, r.text
     return World(
         roles={"admin": co.admin, "consumer": consumer, "provider": provider},

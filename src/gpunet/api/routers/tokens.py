@@ -35,7 +35,7 @@ def create_token(rt: Rt, who: Who, req: TokenRequest) -> dict[str, Any]:
     )
 
 
-@router.get("/tokens")
+@router.get("/tokens", responses=wire.errors(404))
 def list_tokens(
     rt: Rt, who: Who, account: Annotated[str | None, Query(max_length=200)] = None
 ) -> list[dict[str, Any]]:

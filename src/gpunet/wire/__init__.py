@@ -1,5 +1,8 @@
 """Models of what travels on the wire, as the OpenAPI document declares them.
 
+This package is the one home of the wire contract: the error envelope and input bounds here,
+and a module per party beside it.
+
 Every error answers as one envelope, ``{"error": {"code", "message", "field"}}`` (see
 ``api/errors.py``); the document declares it for each status an operation can give.
 """
