@@ -216,6 +216,7 @@ def test_consumers_cannot_use_agent_or_admin_endpoints(db_url: str) -> None:
         for what, body in (
             ("started", {}),
             ("finished", {"exit_code": 0}),
+            ("finished", {"exit_code": 0, "lost": True}),  # lost: her GPU time refunded
             ("logs", {"chunks": [{"stream": "stdout", "data": "x"}]}),
         ):
             r = co.c.post(
