@@ -235,6 +235,87 @@ probe("ptrace pid 1", lambda: libc.ptrace(16, 1, None, None) == 0 or (_ for _ in
     assert state in ("S", "R")  # not stopped, not traced
 
 
+def test_job_cannot_make_user_namespaces_or_use_the_keyring(net: Network) -> None:
+    job, logs = run_job(
+        net,
+        py_job(
+            PROBE
+            + """
+import ctypes, platform, subprocess
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+def raw(nr, *args):
+    def call():
+        if libc.syscall(nr, *args) < 0:
+            raise OSError(ctypes.get_errno(), "syscall")
+    return call
+def unshare(flags):
+    def call():
+        if hasattr(os, "unshare"):  # Python 3.12+
+            os.unshare(flags)
+        elif libc.unshare(flags) != 0:
+            raise OSError(ctypes.get_errno(), "unshare")
+    return call
+r = subprocess.run(["/usr/bin/unshare", "-U", "true"], capture_output=True, text=True)
+print("unshare -U exit", r.returncode, r.stderr.strip())
+probe("unshare NEWUSER", unshare(0x10000000))
+probe("unshare FS", unshare(0x200))  # no namespace: allowed
+nr = {"x86_64": {"keyctl": 250, "clone3": 435, "bpf": 321, "setns": 308},
+      "aarch64": {"keyctl": 219, "clone3": 435, "bpf": 280, "setns": 268}}[platform.machine()]
+probe("keyctl", raw(nr["keyctl"], 0, -3, 0))  # KEYCTL_GET_KEYRING_ID, the session keyring
+probe("clone3", raw(nr["clone3"], None, 0))
+probe("bpf", raw(nr["bpf"], 0, None, 0))
+probe("setns", raw(nr["setns"], os.open("/proc/self/ns/user", os.O_RDONLY), 0))
+print("seccomp mode", [ln.split()[1] for ln in open("/proc/self/status")
+                       if ln.startswith("Seccomp:")][0])
+"""
+        ),
+    )
+    assert job["state"] == "succeeded", logs
+    assert "unshare -U exit 1 unshare: unshare failed: Operation not permitted" in logs
+    # without the filter: unshare -U exits 0, unshare NEWUSER and keyctl are OK, and clone3,
+    # bpf and setns (into its own user namespace) fail with EINVAL
+    assert "unshare NEWUSER EPERM" in logs and "unshare FS OK" in logs
+    assert "keyctl EPERM" in logs and "clone3 ENOSYS" in logs and "bpf EPERM" in logs
+    assert "setns EPERM" in logs
+    assert "seccomp mode 2" in logs  # SECCOMP_MODE_FILTER
+    assert "seccomp" in " ".join(net.agents["a1"].output().split())  # the probe line says so
+
+
+def test_ordinary_work_runs_under_the_filter(net: Network) -> None:
+    job, logs = run_job(
+        net,
+        py_job(
+            """
+            import multiprocessing, os, subprocess, threading
+
+            def square(x):
+                return x * x
+
+            if __name__ == "__main__":
+                out = []
+                ts = [threading.Thread(target=out.append, args=(i,)) for i in range(4)]
+                for t in ts:
+                    t.start()
+                for t in ts:
+                    t.join()
+                print("threads", sorted(out))
+                r = subprocess.run(["sh", "-c", "echo ok"], capture_output=True, text=True)
+                print("subprocess", r.stdout.strip())
+                with multiprocessing.Pool(2) as pool:
+                    print("pool", sum(pool.map(square, range(10))))
+                pid = os.fork()
+                if pid == 0:
+                    os._exit(3)
+                print("fork exit", os.waitpid(pid, 0)[1] >> 8)
+            """
+        ),
+    )
+    assert job["state"] == "succeeded", logs
+    assert "threads [0, 1, 2, 3]" in logs and "subprocess ok" in logs
+    assert "pool 285" in logs and "fork exit 3" in logs
+
+
 def daemon_job(marker: str, then_sleep: float) -> dict[str, Any]:
     """Leaves a setsid, double-forked sleeper (``marker`` in its command line), then sleeps."""
     return {

@@ -145,6 +145,7 @@ async def start(
         return await _start_container(spec, workdir, gpu_indices, attempt, sink, containers)
     box: AttemptBox | None = None
     preexec: Callable[[], None] | None
+    pass_fds: tuple[int, ...] = ()
     if sandbox is not None:
         box = await asyncio.to_thread(sandbox.open, str(attempt["attempt_id"]), spec)
     try:
@@ -153,7 +154,7 @@ async def start(
                 _own(workdir, box.uid)
             argv = sandbox.argv(argv_of(spec), workdir, gpu_indices, box)
             env = job_env(spec, gpu_indices, attempt, home=bwrap.WORKSPACE)
-            cwd, preexec = "/", box.preexec
+            cwd, preexec, pass_fds = "/", box.preexec, box.pass_fds
         else:
             argv = argv_of(spec)
             env = job_env(spec, gpu_indices, attempt, home=str(workdir))
@@ -168,11 +169,14 @@ async def start(
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,  # its own process group: cancel kills all of it
             preexec_fn=preexec,
+            pass_fds=pass_fds,  # the seccomp filter, for bubblewrap
         )
     except BaseException:
         if box is not None:
             box.close()
         raise
+    if box is not None:
+        box.spawned()
     assert proc.stdout and proc.stderr
     pumps = [
         asyncio.create_task(_pump(proc.stdout, "stdout", sink)),

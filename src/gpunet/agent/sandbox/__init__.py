@@ -1,8 +1,9 @@
-"""The agent's job sandbox: bubblewrap namespaces, a dedicated uid and a cgroup per attempt.
+"""The agent's job sandbox: bubblewrap namespaces, a dedicated uid and a cgroup per attempt,
+under a seccomp filter.
 
 ``detect.probe`` finds what the host supports; ``launch.Sandbox`` opens one ``AttemptBox`` per
-attempt; ``bwrap.build_argv`` is the command line; ``env.job_env`` the environment, from
-scratch.
+attempt; ``bwrap.build_argv`` is the command line; ``seccomp.program`` the filter;
+``env.job_env`` the environment, from scratch.
 """
 
 from gpunet.agent.sandbox.cgroups import Limits

@@ -58,11 +58,13 @@ def build_argv(
     ro_paths: list[str],
     network: str = "host",
     uid: int | None = None,
+    seccomp_fd: int | None = None,
     bwrap: str = BWRAP,
 ) -> list[str]:
     """The full argv: bwrap, its options, the uid drop (when ``uid``: the agent is root), then
     ``command``. ``ro_paths``: extra host paths shown read-only at the same place (the agent's
-    Python prefix, the owner's ``--sandbox-ro``)."""
+    Python prefix, the owner's ``--sandbox-ro``). ``seccomp_fd``: an inherited fd holding the
+    seccomp filter (``seccomp.program``), installed right before the command runs."""
     if network not in ("host", "none"):
         raise ValueError(f"network {network!r}: must be host or none")
     argv = [
@@ -78,6 +80,8 @@ def build_argv(
         argv += ["--unshare-user", "--disable-userns"]
     if network == "none":
         argv.append("--unshare-net")
+    if seccomp_fd is not None:
+        argv += ["--seccomp", str(seccomp_fd)]
     argv += ["--hostname", "gpunet-job", "--proc", "/proc", "--dev", "/dev"]
     bound: list[str] = []
     for d, target in sorted(host.system.items()):

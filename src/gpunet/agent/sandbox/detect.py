@@ -9,12 +9,13 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from gpunet.agent.sandbox import bwrap
+from gpunet.agent.sandbox import bwrap, seccomp
 from gpunet.agent.sandbox.cgroups import CgroupTree
 from gpunet.agent.sandbox.launch import Sandbox, SandboxConfig
 from gpunet.agent.sandbox.uids import UidPool
 
 INSTALL_HINT = "install it with apt-get install bubblewrap"
+SECCOMP_ON = "seccomp: no user namespaces, keyrings, bpf, mounts"
 
 
 @dataclass
@@ -49,6 +50,7 @@ def _trial(sandbox: Sandbox) -> str | None:
                 text=True,
                 timeout=20,
                 preexec_fn=box.preexec,
+                pass_fds=box.pass_fds,
                 env={"PATH": "/usr/bin:/bin"},
             )
         finally:
@@ -85,8 +87,19 @@ def probe(
         return Isolation("none", f"cgroups unusable: {why}")
     uids = UidPool(uid_first, uid_count) if root else None
     try:
-        sandbox = Sandbox(home, config, tree=tree, uids=uids, bwrap_path=path)
+        filt: bytes | None = seccomp.program()
+        filter_line = SECCOMP_ON
+    except seccomp.UnsupportedArch as exc:
+        filt, filter_line = None, f"no seccomp filter: {exc}"
+    try:
+        sandbox = Sandbox(home, config, tree=tree, uids=uids, bwrap_path=path, seccomp_filter=filt)
         failed = _trial(sandbox)
+        if failed and filt is not None:
+            # a kernel without seccomp filters: the sandbox without one beats none at all
+            sandbox.seccomp_filter = None
+            if _trial(sandbox) is None:
+                filter_line = f"no seccomp filter: bubblewrap could not install it: {failed}"
+                failed = None
     except (OSError, subprocess.SubprocessError) as exc:
         failed = str(exc)
     if failed:
@@ -94,6 +107,7 @@ def probe(
     parts = [_bwrap_version(path)]
     parts.append(uids.describe() if uids else "the agent's own uid (not root)")
     parts.append(tree.describe())
+    parts.append(filter_line)
     if config.network == "none":
         parts.append("no network")
     return Isolation("sandbox", f"({', '.join(parts)})", sandbox)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gpunet.agent.sandbox import bwrap
+from gpunet.agent.sandbox import bwrap, seccomp
 from gpunet.agent.sandbox.cgroups import (
     AttemptCgroup,
     CgroupTree,
@@ -80,14 +80,31 @@ class SandboxConfig:
 
 
 class AttemptBox:
-    """One attempt's uid and cgroup; ``close`` kills what is left, removes it, frees the uid."""
+    """One attempt's uid, cgroup and seccomp filter fd; ``close`` kills what is left, removes
+    it, frees the uid.
 
-    def __init__(self, sandbox: Sandbox, cgroup: AttemptCgroup, uid: int | None) -> None:
+    The leader is started with ``preexec_fn=box.preexec`` and ``pass_fds=box.pass_fds`` (the
+    filter, which bubblewrap reads); ``spawned`` then closes the agent's copy of the fd."""
+
+    def __init__(
+        self, sandbox: Sandbox, cgroup: AttemptCgroup, uid: int | None, seccomp_fd: int | None
+    ) -> None:
         self.sandbox = sandbox
         self.cgroup = cgroup
         self.uid = uid
+        self.seccomp_fd = seccomp_fd
         self.preexec = joiner(cgroup.procs_files())
         self.closed = False
+
+    @property
+    def pass_fds(self) -> tuple[int, ...]:
+        return () if self.seccomp_fd is None else (self.seccomp_fd,)
+
+    def spawned(self) -> None:
+        """The leader has its copy of the filter fd: the agent's goes."""
+        if self.seccomp_fd is not None:
+            fd, self.seccomp_fd = self.seccomp_fd, None
+            os.close(fd)
 
     def kill(self) -> list[int]:
         return self.cgroup.kill()
@@ -99,6 +116,7 @@ class AttemptBox:
         if self.closed:
             return
         self.closed = True
+        self.spawned()
         try:
             self.cgroup.kill()
             self.cgroup.remove()
@@ -108,7 +126,8 @@ class AttemptBox:
 
 
 class Sandbox:
-    """bubblewrap + a uid per attempt (when root) + a cgroup per attempt."""
+    """bubblewrap + a uid per attempt (when root) + a cgroup per attempt + the seccomp filter
+    (``seccomp_filter``: the compiled program, None for none)."""
 
     def __init__(
         self,
@@ -119,8 +138,10 @@ class Sandbox:
         uids: UidPool | None = None,
         host: bwrap.HostView | None = None,
         bwrap_path: str = bwrap.BWRAP,
+        seccomp_filter: bytes | None = None,
     ) -> None:
         self.config = config
+        self.seccomp_filter = seccomp_filter
         self.tree = tree or CgroupTree()
         self.parent = agent_parent(home)
         self.uids = uids
@@ -130,14 +151,19 @@ class Sandbox:
 
     def open(self, attempt_id: str, spec: dict[str, Any]) -> AttemptBox:
         uid = self.uids.acquire() if self.uids is not None else None
+        fd: int | None = None
         try:
+            if self.seccomp_filter is not None:
+                fd = seccomp.pipe_fd(self.seccomp_filter)
             cg = AttemptCgroup(self.tree, self.parent, attempt_id)
             cg.create(effective_limits(self.config.limits, spec))
         except BaseException:
+            if fd is not None:
+                os.close(fd)
             if uid is not None and self.uids is not None:
                 self.uids.release(uid)
             raise
-        return AttemptBox(self, cg, uid)
+        return AttemptBox(self, cg, uid, fd)
 
     def argv(
         self, command: list[str], workdir: Path, gpu_indices: list[int], box: AttemptBox
@@ -150,6 +176,7 @@ class Sandbox:
             ro_paths=self.ro_paths,
             network=self.config.network,
             uid=box.uid,
+            seccomp_fd=box.seccomp_fd,
             bwrap=self.bwrap_path,
         )
 
