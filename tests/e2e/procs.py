@@ -220,6 +220,16 @@ class Network:
         self.agents[name] = p
         return p
 
+    def wait_online(self, count: int = 1, timeout: float = 30) -> None:
+        """Wait until ``count`` agents are online."""
+        wait_for(
+            lambda: (
+                sum(x["status"] == "online" for x in self.cli_json(self.admin, "nodes")) == count
+            ),
+            timeout,
+            f"{count} agent(s) online",
+        )
+
     def agent_credentials(self, name: str) -> dict[str, Any]:
         data: dict[str, Any] = json.loads((self.root / f"agent-{name}" / "agent.json").read_text())
         return data
@@ -276,11 +286,7 @@ def two_agent_network(
         n.start_agent("a1", simulate, n.owner)
         n.start_agent("a2", simulate, n.owner)
         n.user = n.token("consumer", "alice")
-        wait_for(
-            lambda: len([x for x in n.cli_json(n.admin, "nodes") if x["status"] == "online"]) == 2,
-            30,
-            "two agents online",
-        )
+        n.wait_online(2)
         yield n
     except BaseException:
         print(n.logs())

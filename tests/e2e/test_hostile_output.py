@@ -47,11 +47,7 @@ def test_hostile_output_is_kept_escaped_and_capped(tmp_path: Path, db_url: str) 
     ) as n:
         # one node only, so both tenants' reports share its one queue
         n.agents["a2"].stop()
-        wait_for(
-            lambda: sum(x["status"] == "online" for x in n.cli_json(n.admin, "nodes")) == 1,
-            20,
-            "a2 offline",
-        )
+        n.wait_online()
         bob = n.token("consumer", "bob")
         t0 = time.monotonic()
         flood = _api(

@@ -63,11 +63,7 @@ def sandboxed_network(root: Path, db_url: str, lease_timeout: float = 3.0) -> Ne
     n.owner = n.token("provider", "owner")
     n.start_agent("a1", "4xT4", n.owner, extra=AGENT_FLAGS, env={SECRET_VAR: "hunter2"})
     n.user = n.token("consumer", "mallory")
-    wait_for(
-        lambda: [x for x in n.cli_json(n.admin, "nodes") if x["status"] == "online"],
-        30,
-        "the agent online",
-    )
+    n.wait_online()
     return n
 
 

@@ -36,11 +36,7 @@ def net(tmp_path_factory: pytest.TempPathFactory, podman: RuntimeInfo) -> Iterat
         n.owner = n.token("provider", "owner")
         n.start_agent("c1", "2xT4", n.owner, extra=[*AGENT_FLAGS, "--containers", "auto"])
         n.user = n.token("consumer", "carol")
-        wait_for(
-            lambda: [x for x in n.cli_json(n.admin, "nodes") if x["status"] == "online"],
-            30,
-            "the agent online",
-        )
+        n.wait_online()
         yield n
     except BaseException:
         print(n.logs())

@@ -37,14 +37,6 @@ def argv_of(spec: dict[str, Any]) -> list[str]:
     return ["/bin/sh", "-c", cmd] if isinstance(cmd, str) else [str(c) for c in cmd]
 
 
-def _own(workdir: Path, uid: int) -> None:
-    """Hand the working directory (and what was unpacked into it) to the attempt's uid."""
-    os.chown(workdir, uid, uid)
-    for root, dirs, files in os.walk(workdir):
-        for name in dirs + files:
-            os.lchown(os.path.join(root, name), uid, uid)
-
-
 class Run:
     """A started attempt."""
 
@@ -130,6 +122,35 @@ async def _pump(stream: asyncio.StreamReader, name: str, sink: LogSink) -> None:
             return
 
 
+async def _spawn(
+    argv: list[str],
+    env: dict[str, str],
+    sink: LogSink,
+    *,
+    cwd: str | None,
+    preexec: Callable[[], None] | None,
+    pass_fds: tuple[int, ...] = (),
+) -> tuple[asyncio.subprocess.Process, list[asyncio.Task[None]]]:
+    """Start the attempt's first process in a session of its own, its output pumped to ``sink``."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        cwd=cwd,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,  # its own process group: cancel kills all of it
+        preexec_fn=preexec,
+        pass_fds=pass_fds,  # the seccomp filter, for bubblewrap
+    )
+    assert proc.stdout and proc.stderr
+    pumps = [
+        asyncio.create_task(_pump(proc.stdout, "stdout", sink)),
+        asyncio.create_task(_pump(proc.stderr, "stderr", sink)),
+    ]
+    return proc, pumps
+
+
 async def start(
     spec: dict[str, Any],
     workdir: Path,
@@ -151,7 +172,7 @@ async def start(
     try:
         if box is not None and sandbox is not None:
             if box.uid is not None:
-                _own(workdir, box.uid)
+                prepare_workdir(workdir, (box.uid, box.uid))
             argv = sandbox.argv(argv_of(spec), workdir, gpu_indices, box)
             env = job_env(spec, gpu_indices, attempt, home=bwrap.WORKSPACE)
             cwd, preexec, pass_fds = "/", box.preexec, box.pass_fds
@@ -160,28 +181,13 @@ async def start(
             env = job_env(spec, gpu_indices, attempt, home=str(workdir))
             cwd = str(workdir)
             preexec = die_with_agent if sys.platform.startswith("linux") else None
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            cwd=cwd,
-            env=env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,  # its own process group: cancel kills all of it
-            preexec_fn=preexec,
-            pass_fds=pass_fds,  # the seccomp filter, for bubblewrap
-        )
+        proc, pumps = await _spawn(argv, env, sink, cwd=cwd, preexec=preexec, pass_fds=pass_fds)
     except BaseException:
         if box is not None:
             box.close()
         raise
     if box is not None:
         box.spawned()
-    assert proc.stdout and proc.stderr
-    pumps = [
-        asyncio.create_task(_pump(proc.stdout, "stdout", sink)),
-        asyncio.create_task(_pump(proc.stderr, "stderr", sink)),
-    ]
     return Run(proc, pumps, box)
 
 
@@ -201,18 +207,6 @@ async def _start_container(
     job = host.job(spec, argv_of(spec), workdir, gpu_indices, env, attempt_id)
     argv = host.argv(job)
     await asyncio.to_thread(prepare_workdir, workdir, NOBODY)
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        env=host.env(),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        start_new_session=True,
-        preexec_fn=die_with_agent if sys.platform.startswith("linux") else None,
-    )
-    assert proc.stdout and proc.stderr
-    pumps = [
-        asyncio.create_task(_pump(proc.stdout, "stdout", sink)),
-        asyncio.create_task(_pump(proc.stderr, "stderr", sink)),
-    ]
+    preexec = die_with_agent if sys.platform.startswith("linux") else None
+    proc, pumps = await _spawn(argv, host.env(), sink, cwd=None, preexec=preexec)
     return Run(proc, pumps, container=(host, attempt_id))
