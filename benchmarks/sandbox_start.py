@@ -68,7 +68,7 @@ async def main(runs: int, as_json: bool) -> None:
             modes["sandbox"] = (iso.sandbox, None, None)
         else:
             skipped["sandbox"] = iso.line()
-        host, line = image_jobs.find(home, Limits(pids=4096), host_network=False)
+        host, line = image_jobs.find(home, Limits(pids=4096), network="none")
         if host is None:
             skipped["container"] = line
         else:

@@ -14,7 +14,7 @@ import pytest
 from gpunet.agent.sandbox.container import RuntimeInfo, detect_podman, runtime_env
 
 IMAGE = "localhost/gpunet-test:latest"
-APPLETS = ("sh", "cat", "echo", "id", "ls", "seq", "sleep", "test", "touch", "true", "wc")
+APPLETS = ("sh", "cat", "echo", "id", "ls", "seq", "sleep", "test", "touch", "true", "wc", "wget")
 
 
 def _busybox_rootfs_tar(busybox: Path) -> bytes:

@@ -79,7 +79,11 @@ def test_image_job_runs_in_a_container_with_its_workdir(net: Network, tmp_path: 
         {
             "name": "in-a-box",
             "image": IMAGE,
-            "command": "id -u; cat in.txt; ls /sys/class/net; echo out > out.txt; cat out.txt",
+            "command": (
+                "id -u; cat in.txt; echo out > out.txt; cat out.txt;"
+                " echo nets $(ls /sys/class/net);"
+                f" wget -q -T 3 -O - {net.url}/healthz || echo host loopback unreachable"
+            ),
             "resources": {"gpus": 1},
         },
         workdir=tmp_path,
@@ -88,6 +92,10 @@ def test_image_job_runs_in_a_container_with_its_workdir(net: Network, tmp_path: 
     lines = logs.split()
     assert lines[0] == "65534"  # never root
     assert "from the workdir" in logs and "out" in lines
+    # a network of its own (the runtime's bridge), never the host's: the coordinator listening
+    # on the host's loopback is out of reach, and the host's interfaces are not there
+    assert "nets eth0 lo" in logs and "ifb0" not in logs
+    assert "host loopback unreachable" in logs and '"status"' not in logs
 
 
 def test_cancel_removes_the_container(net: Network, podman: RuntimeInfo) -> None:

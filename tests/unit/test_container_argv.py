@@ -86,10 +86,13 @@ def test_limits_clamped_to_the_host() -> None:
     assert "--ulimit=nproc=32768:32768" in f
 
 
-def test_network_none_unless_the_owner_allows_host() -> None:
+def test_network_is_none_or_private_never_the_hosts() -> None:
     assert "--network=none" in flags(build_run_argv(PODMAN, job(), host=HOST, cdi=False))
-    f = flags(build_run_argv(PODMAN, job(host_network=True), host=HOST, cdi=False))
-    assert "--network=host" in f and "--network=none" not in f
+    f = flags(build_run_argv(PODMAN, job(network="private"), host=HOST, cdi=False))
+    assert "--network=bridge" in f and "--network=none" not in f
+    for network in ("private", "none", "host"):
+        argv = build_run_argv(PODMAN, job(network=network), host=HOST, cdi=False)
+        assert "--network=host" not in flags(argv)
 
 
 def test_gpus_by_cdi_name() -> None:

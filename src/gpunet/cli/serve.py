@@ -100,7 +100,10 @@ def containers_for(
     if mode == "off":
         return None
     limits = iso.sandbox.config.limits if iso.sandbox else Limits(pids=4096)
-    host, line = image_jobs.find(agent_dir, limits, host_network=job_network == "host")
+    # a container never shares the host's network: with --job-network host it gets the
+    # runtime's private network (NAT), with none only loopback
+    network = "private" if job_network == "host" else "none"
+    host, line = image_jobs.find(agent_dir, limits, network=network)
     if host is None:
         err_console.print(f"[yellow]{line}[/]")
     elif iso.level != "sandbox":

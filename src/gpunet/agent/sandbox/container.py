@@ -6,8 +6,9 @@ Three parts:
   binary on PATH), its version, and warnings for container runtimes with known escapes.
 - ``build_run_argv``: a pure function from an attempt to the ``podman run`` / ``docker run``
   argv: no capabilities, no new privileges, default seccomp, read-only root, the working
-  directory at /workspace, a non-root user, pids/memory/CPU limits, no network unless the
-  owner allows it, exactly the attempt's GPUs, never ``--privileged``, never a pull.
+  directory at /workspace, a non-root user, pids/memory/CPU limits, a private network (the
+  runtime's bridge) or none, never the host's, exactly the attempt's GPUs, never
+  ``--privileged``, never a pull.
 - ``kill`` / ``remove`` / ``cleanup_leftovers``: stop containers by name or by the agent's
   label, each call bounded in time.
 
@@ -89,7 +90,9 @@ class ContainerJob:
     nofile: int = 65536
     tmp_bytes: int = 1 << 30
     shm_bytes: int | None = None
-    host_network: bool = False
+    # private: the runtime's own network namespace (bridge, NAT); none: loopback only; never
+    # the host's: a job must not reach services bound to the owner's loopback
+    network: str = "none"
 
 
 def container_name(attempt_id: str) -> str:
@@ -170,7 +173,7 @@ def build_run_argv(
         f"--pids-limit={job.pids_limit}",
         f"--ulimit=nofile={nofile}:{nofile}",
         f"--ulimit=nproc={nproc}:{nproc}",
-        "--network=host" if job.host_network else "--network=none",
+        "--network=bridge" if job.network == "private" else "--network=none",
         "--log-driver=none",
     ]
     if runtime.name == "podman":

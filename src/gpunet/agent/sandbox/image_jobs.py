@@ -33,7 +33,7 @@ class ContainerHost:
     runtime: container.RuntimeInfo
     key: str
     limits: Limits = field(default_factory=lambda: Limits(pids=4096))
-    host_network: bool = False
+    network: str = "none"  # private | none
     cdi: bool = False
     host: container.HostLimits = field(default_factory=container.read_host_limits)
 
@@ -62,7 +62,7 @@ class ContainerHost:
             pids_limit=limits.pids or 4096,
             memory_bytes=limits.memory_bytes,
             cpus=limits.cpus,
-            host_network=self.host_network,
+            network=self.network,
         )
 
     def argv(self, job: container.ContainerJob) -> list[str]:
@@ -86,7 +86,7 @@ class ContainerHost:
             return []
 
 
-def find(home: Path, limits: Limits, *, host_network: bool) -> tuple[ContainerHost | None, str]:
+def find(home: Path, limits: Limits, *, network: str) -> tuple[ContainerHost | None, str]:
     """Probe podman, then docker; the host for image jobs (or None) and a line saying why."""
     runtimes = container.detect_runtimes(timeout_s=20)
     rt = container.first_working(runtimes)
@@ -99,6 +99,6 @@ def find(home: Path, limits: Limits, *, host_network: bool) -> tuple[ContainerHo
     if rt.warnings:
         line += "; WARNING: " + "; ".join(rt.warnings)
     host = ContainerHost(
-        rt, agent_key(home), limits, host_network=host_network, cdi=container.cdi_available(rt)
+        rt, agent_key(home), limits, network=network, cdi=container.cdi_available(rt)
     )
     return host, line
