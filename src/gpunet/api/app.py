@@ -18,7 +18,7 @@ from gpunet.api.deps import Rt
 from gpunet.api.guard import BodyGuard
 from gpunet.api.routers import agent, fleet, jobs, lifecycle, market, tokens
 from gpunet.core.jobs import JobState
-from gpunet.loops.background import start_all
+from gpunet.loops.background import start_all, stop_all
 from gpunet.services.fleet import busy_gpu_ids
 from gpunet.services.leases import flush_telemetry, grant_grace
 from gpunet.services.runtime import Runtime, Settings
@@ -39,9 +39,7 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
         try:
             yield
         finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await stop_all(rt, tasks)
             with contextlib.suppress(Exception):
                 flush_telemetry(database, rt.leases)
             database.dispose()

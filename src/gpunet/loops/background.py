@@ -20,7 +20,7 @@ log = logging.getLogger("gpunet.loops")
 async def scheduler_loop(rt: Runtime) -> None:
     """Run a pass whenever something changed (submit, finish, node join) or every interval."""
     ev = rt.wakeups.scheduler
-    while True:
+    while not rt.wakeups.closing:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(ev.wait(), timeout=rt.settings.scheduler_interval_s)
         ev.clear()
@@ -40,7 +40,7 @@ async def scheduler_loop(rt: Runtime) -> None:
 
 
 async def reaper_loop(rt: Runtime) -> None:
-    while True:
+    while not rt.wakeups.closing:
         await asyncio.sleep(rt.settings.reaper_interval_s)
         if rt.wakeups.closing:  # draining: heartbeats cannot reach us, so judge no lease
             return
@@ -57,7 +57,7 @@ async def reaper_loop(rt: Runtime) -> None:
 
 
 async def flush_loop(rt: Runtime) -> None:
-    while True:
+    while not rt.wakeups.closing:
         await asyncio.sleep(rt.settings.telemetry_flush_s)
         try:
             await run_in_threadpool(leases.flush_telemetry, rt.db, rt.leases)
@@ -67,7 +67,7 @@ async def flush_loop(rt: Runtime) -> None:
 
 async def tiers_loop(rt: Runtime) -> None:
     """Automatic tier mode: apply the tier rule's proposals as ``rule:tiers``."""
-    while rt.settings.auto_tiers:
+    while rt.settings.auto_tiers and not rt.wakeups.closing:
         await asyncio.sleep(rt.settings.tier_interval_s)
         try:
             moved = await run_in_threadpool(tiers.apply_as, rt.db, "rule:tiers")
@@ -84,7 +84,7 @@ async def tiers_loop(rt: Runtime) -> None:
 
 async def blob_gc_loop(rt: Runtime) -> None:
     """Delete archives no unfinished job needs, once their grace has passed."""
-    while True:
+    while not rt.wakeups.closing:
         await asyncio.sleep(rt.settings.blob_gc_interval_s)
         try:
             gone = await run_in_threadpool(blobs.collect, rt.db, rt.settings.blob_grace_s)
@@ -93,6 +93,17 @@ async def blob_gc_loop(rt: Runtime) -> None:
             continue
         if gone:
             log.info("collected %d unreferenced archives", len(gone))
+
+
+async def stop_all(rt: Runtime, tasks: list[asyncio.Task[None]], grace_s: float = 10.0) -> None:
+    """Stop the loops. Each also checks ``closing`` at every turn: a cancellation that lands
+    while a pass runs in the thread pool can be absorbed there, and shutdown must not hang."""
+    rt.wakeups.close()
+    for t in tasks:
+        t.cancel()
+    _, stuck = await asyncio.wait(tasks, timeout=grace_s)
+    for t in stuck:
+        log.error("background loop %s did not stop within %.0f s", t.get_coro(), grace_s)
 
 
 def start_all(rt: Runtime) -> list[asyncio.Task[None]]:

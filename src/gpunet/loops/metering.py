@@ -18,7 +18,7 @@ def terms(settings: Settings) -> billing.Terms:
 
 
 async def meter_loop(rt: Runtime) -> None:
-    while True:
+    while not rt.wakeups.closing:
         await asyncio.sleep(rt.settings.meter_interval_s)
         try:
             stopped = await run_in_threadpool(billing.meter_running, rt.db)
