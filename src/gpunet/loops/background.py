@@ -21,8 +21,11 @@ async def scheduler_loop(rt: Runtime) -> None:
     """Run a pass whenever something changed (submit, finish, node join) or every interval."""
     ev = rt.wakeups.scheduler
     while not rt.wakeups.closing:
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation that
+        # lands as the event is set
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(ev.wait(), timeout=rt.settings.scheduler_interval_s)
+            async with asyncio.timeout(rt.settings.scheduler_interval_s):
+                await ev.wait()
         ev.clear()
         t = time.perf_counter()
         try:
