@@ -7,10 +7,12 @@ from typing import Any
 
 import jsonschema_rs
 import pytest
+from fastapi.testclient import TestClient
 from helpers import Coordinator, auth, coordinator, gpu
 from pydantic import BaseModel, TypeAdapter
 
 from gpunet.api.app import create_app
+from gpunet.sdk.client import Client
 from gpunet.services import jobs as jobs_svc
 from gpunet.services import market as market_svc
 from gpunet.services import offers as offers_svc
@@ -175,3 +177,15 @@ def test_real_answers_are_what_the_services_build(db_url: str) -> None:
             _validate(doc, "get", templated, "200", _get(co, token, path))
         tokens = _get(co, co.admin, "/v1/tokens")
         assert all("token" not in t and "token_hash" not in t for t in tokens)
+
+        # the SDK's typed accessors read the same answers as models
+        sdk = Client("http://testserver", consumer)
+        sdk._http.close()
+        sdk._http = TestClient(co.c.app, headers=auth(consumer))
+        typed = sdk.job_model(job["id"])
+        assert typed.state == "succeeded" and typed.attempts[0].gpu_ids == [f"{node.id}/0"]
+        assert typed.energy.gpus[0].joules == 3600.0
+        assert [o.gpu_id for o in sdk.offer_models()] == [f"{node.id}/0"]
+        assert sdk.balance_model().balance == bal["balance"]
+        assert [n.id for n in sdk.node_models()] == [node.id]
+        assert sdk.gpu_resources()[0].attempt_id is None  # not an admin's business

@@ -10,7 +10,8 @@ Times are ISO 8601 strings in UTC; amounts of credits are decimal strings (never
 
 from __future__ import annotations
 
-from typing import Any
+import types
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -18,10 +19,11 @@ from gpunet.core.health import Health
 from gpunet.core.isolation import Isolation
 from gpunet.core.jobs import AttemptState, JobState
 from gpunet.core.lifecycle import GpuState
-from gpunet.services.auth import Role
 
 Time = str  # ISO 8601, UTC
 Money = str  # a decimal string with up to six places, e.g. "1.500000"
+# services.auth.Role's values; spelled here so that the wire contract needs no service code
+Role = Literal["admin", "consumer", "provider", "agent"]
 
 
 class Resource(BaseModel):
@@ -375,3 +377,44 @@ class Account(Resource):
     tokens: int = Field(description="how many live tokens it has")
     nodes: int
     created_at: Time
+
+
+# -- reading answers -----------------------------------------------------------------------
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The model inside ``annotation`` (``X``, ``X | None``, ``list[X]``), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if get_origin(annotation) in (list, Union, types.UnionType):
+        for arg in get_args(annotation):
+            found = _model_in(arg)
+            if found is not None:
+                return found
+    return None
+
+
+def known(model: type[BaseModel], data: Any) -> Any:
+    """``data`` with only the keys ``model`` (and its nested models) names."""
+    if not isinstance(data, dict):
+        return data
+    out: dict[str, Any] = {}
+    for name, field in model.model_fields.items():
+        key = field.alias or name
+        if key not in data:
+            continue
+        value, inner = data[key], _model_in(field.annotation)
+        if inner is not None:
+            value = (
+                [known(inner, v) for v in value] if isinstance(value, list) else known(inner, value)
+            )
+        out[key] = value
+    return out
+
+
+def parse(model: type[M], data: Any) -> M:
+    """Read an answer as ``model``, as a client does: keys it does not know (a newer
+    coordinator may answer more) are skipped rather than refused."""
+    return model.model_validate(known(model, data))
