@@ -17,6 +17,7 @@ from gpunet import errors
 from gpunet.config import ClientConfig
 from gpunet.core.jobspec import JobSpec, parse_spec
 from gpunet.tls import client_context, untrusted_message, untrusted_reason
+from gpunet.wire import resources as R
 
 _BY_CODE: dict[str, type[errors.GpunetError]] = {
     "not_found": errors.NotFound,
@@ -166,6 +167,11 @@ class Client:
     def job(self, job_id: str) -> dict[str, Any]:
         return dict(self._req("GET", f"/v1/jobs/{job_id}"))
 
+    # Typed accessors: the same answers read as wire.resources models (keys a newer
+    # coordinator adds are skipped). The dict methods stay for existing callers.
+    def job_model(self, job_id: str) -> R.Job:
+        return R.parse(R.Job, self.job(job_id))
+
     def events(self, job_id: str) -> list[dict[str, Any]]:
         return list(self._req("GET", f"/v1/jobs/{job_id}/events"))
 
@@ -221,6 +227,13 @@ class Client:
 
     def gpus(self) -> list[dict[str, Any]]:
         return list(self._req("GET", "/v1/gpus"))
+
+    def node_models(self) -> list[R.Node]:
+        return [R.parse(R.Node, n) for n in self.nodes()]
+
+    def gpu_resources(self) -> list[R.Gpu]:
+        """The GPUs as models (``gpu_models`` would read as the GPUs' model names)."""
+        return [R.parse(R.Gpu, g) for g in self.gpus()]
 
     def gpu_action(self, gpu_id: str, action: str, reason: str) -> dict[str, Any]:
         """drain | activate | maintain | retire | recycle a GPU, saying why."""
@@ -315,6 +328,9 @@ class Client:
     def balance(self, account: str | None = None) -> dict[str, Any]:
         return dict(self._req("GET", "/v1/balance", params={"account": account} if account else {}))
 
+    def balance_model(self, account: str | None = None) -> R.Balance:
+        return R.parse(R.Balance, self.balance(account))
+
     def set_quota(
         self, account: str, max_concurrent_gpus: int | None, monthly_spend: str | None
     ) -> dict[str, Any]:
@@ -339,6 +355,9 @@ class Client:
     def offers(self, query: str | None = None, sort: str | None = None) -> list[dict[str, Any]]:
         params = {k: v for k, v in (("q", query), ("sort", sort)) if v}
         return list(self._req("GET", "/v1/offers", params=params))
+
+    def offer_models(self, query: str | None = None, sort: str | None = None) -> list[R.Offer]:
+        return [R.parse(R.Offer, o) for o in self.offers(query, sort)]
 
     def reputation(self, node_id: str) -> dict[str, Any]:
         return dict(self._req("GET", f"/v1/nodes/{node_id}/reputation"))

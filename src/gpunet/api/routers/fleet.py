@@ -10,11 +10,12 @@ from gpunet import wire
 from gpunet.api.deps import Rt, Who
 from gpunet.services.auth import Role
 from gpunet.services.fleet import list_gpus, list_nodes
+from gpunet.wire import resources as R
 
 router = APIRouter(prefix="/v1", tags=["fleet"], responses=wire.AUTHENTICATED)
 
 
-@router.get("/nodes")
+@router.get("/nodes", response_model=list[R.Node])
 def nodes(rt: Rt, who: Who) -> list[dict[str, Any]]:
     with rt.db.sessions() as s:
         out = list_nodes(s)
@@ -23,7 +24,7 @@ def nodes(rt: Rt, who: Who) -> list[dict[str, Any]]:
     return out
 
 
-@router.get("/gpus")
+@router.get("/gpus", response_model=list[R.Gpu])
 def gpus(rt: Rt, who: Who) -> list[dict[str, Any]]:
     with rt.db.sessions() as s:
         out = list_gpus(s)
@@ -36,6 +37,6 @@ def gpus(rt: Rt, who: Who) -> list[dict[str, Any]]:
     return out
 
 
-@router.get("/whoami")
+@router.get("/whoami", response_model=R.Whoami)
 def whoami(who: Who) -> dict[str, Any]:
     return {"role": who.role.value, "account_id": who.account_id, "node_id": who.node_id}

@@ -16,6 +16,7 @@ from gpunet.services.energy import job_energy
 from gpunet.services.scheduling import why
 from gpunet.util import iso
 from gpunet.wire import INT32_MAX
+from gpunet.wire import resources as R
 
 router = APIRouter(prefix="/v1", tags=["jobs"], responses=wire.AUTHENTICATED)
 
@@ -23,7 +24,11 @@ router = APIRouter(prefix="/v1", tags=["jobs"], responses=wire.AUTHENTICATED)
 # the body is read as a plain mapping so that parse_spec names the bad field its own way; the
 # document still declares the spec
 @router.post(
-    "/jobs", status_code=201, openapi_extra=wire.json_body(JobSpec), responses=wire.errors(429)
+    "/jobs",
+    status_code=201,
+    openapi_extra=wire.json_body(JobSpec),
+    responses=wire.errors(429),
+    response_model=R.JobSummary,
 )
 async def submit(
     rt: Rt,
@@ -42,7 +47,7 @@ async def submit(
     return svc.job_dict(job)
 
 
-@router.get("/jobs")
+@router.get("/jobs", response_model=list[R.JobSummary])
 def list_jobs(
     rt: Rt,
     who: Who,
@@ -52,7 +57,8 @@ def list_jobs(
     return [svc.job_dict(j) for j in svc.list_jobs(rt.db, who, state, limit)]
 
 
-@router.get("/jobs/{job_id}")
+# the energy summary names its site factors only when there is one site
+@router.get("/jobs/{job_id}", response_model=R.Job, response_model_exclude_unset=True)
 def show(rt: Rt, who: Who, job_id: str) -> dict[str, Any]:
     job, attempts = svc.get_job(rt.db, who, job_id)
     out = svc.job_dict(job, attempts)
@@ -60,7 +66,7 @@ def show(rt: Rt, who: Who, job_id: str) -> dict[str, Any]:
     return out
 
 
-@router.get("/jobs/{job_id}/events")
+@router.get("/jobs/{job_id}/events", response_model=list[R.JobEvent])
 def events(rt: Rt, who: Who, job_id: str) -> list[dict[str, Any]]:
     return [
         {
@@ -74,7 +80,7 @@ def events(rt: Rt, who: Who, job_id: str) -> list[dict[str, Any]]:
     ]
 
 
-@router.get("/jobs/{job_id}/logs")
+@router.get("/jobs/{job_id}/logs", response_model=R.LogPage)
 def logs(
     rt: Rt, who: Who, job_id: str, after: int = Query(0, ge=0, le=INT32_MAX)
 ) -> dict[str, Any]:
@@ -90,7 +96,7 @@ def logs(
     }
 
 
-@router.post("/jobs/{job_id}/cancel", responses=wire.errors(409))
+@router.post("/jobs/{job_id}/cancel", responses=wire.errors(409), response_model=R.JobSummary)
 def cancel(rt: Rt, who: Who, job_id: str) -> dict[str, Any]:
     job, wake = svc.cancel(rt.db, who, job_id)
     rt.wakeups.wake_nodes(wake)
@@ -98,7 +104,8 @@ def cancel(rt: Rt, who: Who, job_id: str) -> dict[str, Any]:
     return svc.job_dict(job)
 
 
-@router.get("/jobs/{job_id}/why")
+# a job that is not queued answers without the placement analysis
+@router.get("/jobs/{job_id}/why", response_model=R.Explanation, response_model_exclude_unset=True)
 def job_why(rt: Rt, who: Who, job_id: str) -> dict[str, Any]:
     """Why a pending job is not running, and how placement would be chosen."""
     job, exp = why(rt.db, who, job_id, rt.settings.policy, metering.terms(rt.settings))
@@ -124,7 +131,7 @@ def job_why(rt: Rt, who: Who, job_id: str) -> dict[str, Any]:
     }
 
 
-@router.post("/blobs", status_code=201, responses=wire.errors(413, 429))
+@router.post("/blobs", status_code=201, responses=wire.errors(413, 429), response_model=R.BlobRef)
 async def upload(
     rt: Rt,
     who: Who,

@@ -17,6 +17,7 @@ from gpunet.services import market as svc
 from gpunet.services import offers as offers_svc
 from gpunet.services import reputation as rep_svc
 from gpunet.wire import INT32_MAX
+from gpunet.wire import resources as R
 
 # an account name, as given in a query
 AccountQuery = Annotated[str | None, Query(max_length=200)]
@@ -39,7 +40,7 @@ class PriceRequest(BaseModel):
     min_interruptible: Amount | None = None
 
 
-@router.put("/prices", responses=wire.errors(404))
+@router.put("/prices", responses=wire.errors(404), response_model=list[R.Price])
 def set_price(rt: Rt, who: Who, req: PriceRequest) -> list[dict[str, Any]]:
     return svc.set_price(
         rt.db,
@@ -51,7 +52,7 @@ def set_price(rt: Rt, who: Who, req: PriceRequest) -> list[dict[str, Any]]:
     )
 
 
-@router.get("/prices/suggest", responses=wire.errors(404))
+@router.get("/prices/suggest", responses=wire.errors(404), response_model=R.PriceSuggestion)
 def suggest(
     rt: Rt,
     who: Who,
@@ -67,7 +68,7 @@ class GrantRequest(BaseModel):
     memo: str = Field("", max_length=2000)
 
 
-@router.post("/credits/grant", status_code=201, responses=wire.errors(404))
+@router.post("/credits/grant", status_code=201, responses=wire.errors(404), response_model=R.Grant)
 def grant(rt: Rt, who: Who, req: GrantRequest) -> dict[str, Any]:
     amount = parse_amount(req.amount)
     out = svc.grant_credits(rt.db, who, req.account, amount, req.memo)
@@ -75,7 +76,7 @@ def grant(rt: Rt, who: Who, req: GrantRequest) -> dict[str, Any]:
     return dict(out)
 
 
-@router.get("/balance", responses=wire.errors(404))
+@router.get("/balance", responses=wire.errors(404), response_model=R.Balance)
 def balance(rt: Rt, who: Who, account: AccountQuery = None) -> dict[str, Any]:
     return svc.get_balance(rt.db, who, account)
 
@@ -86,7 +87,7 @@ class QuotaRequest(BaseModel):
     monthly_spend: Amount | None = None
 
 
-@router.put("/quotas", responses=wire.errors(404))
+@router.put("/quotas", responses=wire.errors(404), response_model=R.Balance)
 def set_quota(rt: Rt, who: Who, req: QuotaRequest) -> dict[str, Any]:
     out = svc.set_quota(
         rt.db,
@@ -99,23 +100,23 @@ def set_quota(rt: Rt, who: Who, req: QuotaRequest) -> dict[str, Any]:
     return out
 
 
-@router.get("/ledger/verify")
+@router.get("/ledger/verify", response_model=R.LedgerCheck)
 def verify(rt: Rt, who: Who) -> dict[str, Any]:
     problems = svc.verify_ledger(rt.db, who)
     return {"ok": not problems, "problems": problems}
 
 
-@router.get("/earnings", responses=wire.errors(404))
+@router.get("/earnings", responses=wire.errors(404), response_model=R.Earnings)
 def earnings(rt: Rt, who: Who, account: AccountQuery = None) -> dict[str, Any]:
     return svc.earnings_statement(rt.db, who, account, rt.settings.energy_price_per_kwh)
 
 
-@router.get("/spend", responses=wire.errors(404))
+@router.get("/spend", responses=wire.errors(404), response_model=R.Spend)
 def spend(rt: Rt, who: Who, account: AccountQuery = None) -> dict[str, Any]:
     return svc.spend_statement(rt.db, who, account)
 
 
-@router.get("/offers")
+@router.get("/offers", response_model=list[R.Offer])
 def offers(
     rt: Rt,
     who: Who,
@@ -128,6 +129,6 @@ def offers(
     return offers_svc.list_offers(rt.db, who, q, sort)
 
 
-@router.get("/nodes/{node_id}/reputation")
+@router.get("/nodes/{node_id}/reputation", response_model=R.Reputation)
 def reputation(rt: Rt, who: Who, node_id: str) -> dict[str, Any]:
     return rep_svc.node_reputation(rt.db, who, node_id)

@@ -12,6 +12,7 @@ from gpunet.api.deps import Rt, Who
 from gpunet.services import accounts as accounts_svc
 from gpunet.services import tokens as svc
 from gpunet.services.auth import Role
+from gpunet.wire import resources as R
 
 router = APIRouter(prefix="/v1", tags=["tokens"], responses=wire.AUTHENTICATED)
 
@@ -26,7 +27,7 @@ class TokenRequest(BaseModel):
     uses: wire.Int32 | None = Field(None, description="agents a join (provider) token may register")
 
 
-@router.post("/tokens", status_code=201, responses=wire.errors(404))
+@router.post("/tokens", status_code=201, responses=wire.errors(404), response_model=R.TokenCreated)
 def create_token(rt: Rt, who: Who, req: TokenRequest) -> dict[str, Any]:
     """Issue a token (admin only); the answer is the only time its secret is shown.
     Provider tokens are join tokens for agents."""
@@ -35,7 +36,7 @@ def create_token(rt: Rt, who: Who, req: TokenRequest) -> dict[str, Any]:
     )
 
 
-@router.get("/tokens", responses=wire.errors(404))
+@router.get("/tokens", responses=wire.errors(404), response_model=list[R.Token])
 def list_tokens(
     rt: Rt, who: Who, account: Annotated[str | None, Query(max_length=200)] = None
 ) -> list[dict[str, Any]]:
@@ -43,7 +44,7 @@ def list_tokens(
     return svc.list_tokens(rt.db, who, account)
 
 
-@router.delete("/tokens/{token_id}", responses=wire.errors(404, 409))
+@router.delete("/tokens/{token_id}", responses=wire.errors(404, 409), response_model=R.Token)
 def revoke_token(rt: Rt, who: Who, token_id: str) -> dict[str, Any]:
     """Revoke a token (an admin any, an account its own); refused from the next request."""
     return svc.revoke_token(rt.db, rt.auth, who, token_id)
@@ -53,12 +54,12 @@ class AccountRequest(BaseModel):
     name: str = Field(min_length=1, max_length=200)
 
 
-@router.post("/accounts", status_code=201, responses=wire.errors(409))
+@router.post("/accounts", status_code=201, responses=wire.errors(409), response_model=R.Account)
 def create_account(rt: Rt, who: Who, req: AccountRequest) -> dict[str, Any]:
     return accounts_svc.create_account(rt.db, who, req.name)
 
 
-@router.get("/accounts")
+@router.get("/accounts", response_model=list[R.Account])
 def list_accounts(rt: Rt, who: Who) -> list[dict[str, Any]]:
     """Accounts with the roles of their live tokens and their node counts."""
     return accounts_svc.list_accounts(rt.db, who)
