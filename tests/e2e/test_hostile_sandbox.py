@@ -7,6 +7,7 @@ Needs root, bubblewrap and writable cgroups; skipped without them, failed under 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -20,6 +21,7 @@ import pytest
 from gpunet.agent.sandbox import SandboxConfig, probe
 from gpunet.agent.sandbox.cgroups import CgroupTree, agent_parent
 from gpunet.sdk.client import Client
+from tests.conftest import pg_database
 from tests.e2e.procs import Network, alive, host_pids_with, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -67,18 +69,26 @@ def sandboxed_network(root: Path, db_url: str, lease_timeout: float = 3.0) -> Ne
     return n
 
 
-@pytest.fixture(scope="module")
-def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def net(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Network]:
+    """The attacks run against a network on each database (reports and state go through it)."""
     root = tmp_path_factory.mktemp("hostile")
-    n = Network(root, "")  # for close() and logs() if the start fails
-    try:
-        n = sandboxed_network(root, f"sqlite:///{root / 'home' / 'gpunet.db'}")
-        yield n
-    except BaseException:
-        print(n.logs())
-        raise
-    finally:
-        n.close()
+    with contextlib.ExitStack() as stack:
+        if request.param == "sqlite":
+            url = f"sqlite:///{root / 'home' / 'gpunet.db'}"
+        else:
+            url = stack.enter_context(pg_database())
+        n = Network(root, "")  # for close() and logs() if the start fails
+        try:
+            n = sandboxed_network(root, url)
+            yield n
+        except BaseException:
+            print(n.logs())
+            raise
+        finally:
+            n.close()
 
 
 def py_job(code: str, name: str = "attack", marker: str = "") -> dict[str, Any]:
@@ -130,14 +140,16 @@ def probe(label, fn):
 def test_job_cannot_read_tokens_or_the_agents_environment(net: Network) -> None:
     agent_json = net.root / "agent-a1" / "agent.json"
     admin_token = net.root / "home" / "admin-token"
-    db = net.root / "home" / "gpunet.db"
-    assert agent_json.exists() and admin_token.exists() and db.exists()
+    secrets = [agent_json, admin_token]
+    if net.db_url.startswith("sqlite"):  # the database itself holds every job's env secrets
+        secrets.append(net.root / "home" / "gpunet.db")
+    assert all(p.exists() for p in secrets)
     job, logs = run_job(
         net,
         py_job(
             PROBE
             + f"""
-for p in {[str(agent_json), str(admin_token), str(db)]!r}:
+for p in {[str(p) for p in secrets]!r}:
     probe("read " + p, lambda: open(p).read())
 probe("list /home", lambda: os.listdir("/home"))
 print("env", sorted(os.environ))
@@ -146,7 +158,7 @@ print("uid", os.getuid(), "cwd", os.getcwd(), "home", os.environ["HOME"])
         ),
     )
     assert job["state"] == "succeeded", logs
-    for p in (agent_json, admin_token, db):
+    for p in secrets:
         assert f"read {p} ENOENT" in logs
     assert "list /home ENOENT" in logs
     assert SECRET_VAR not in logs and "hunter2" not in logs
