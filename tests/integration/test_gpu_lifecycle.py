@@ -209,7 +209,8 @@ def test_a_failed_soak_drains_the_gpu(db_url: str) -> None:
             json={"results": [{"index": 0, "values": {"bf16_tflops": "fast"}}]},
             headers=node.headers,
         )
-        assert r.status_code == 422 and r.json()["error"]["field"] == "results"
+        assert r.status_code == 422
+        assert r.json()["error"]["field"] == "results.0.values.bf16_tflops"
         r = c.c.post("/v1/agent/benchmarks", json={"results": []}, headers=auth(c.admin))
         assert r.status_code == 403
 
