@@ -149,7 +149,7 @@ def test_throttling_degrades_and_recovers_and_bad_readings_name_the_field(db_url
             json={"health": [{"index": 0, "nvlink_links_down": "two"}]},
             headers=node.headers,
         )
-        assert r.status_code == 422 and r.json()["error"]["field"] == "health.nvlink_links_down"
+        assert r.status_code == 422 and r.json()["error"]["field"] == "health.0.nvlink_links_down"
 
 
 def _bench(c: Coordinator, node: Any, results: list[dict[str, Any]], kind: str = "burn_in") -> Any:
