@@ -11,6 +11,7 @@ import httpx
 
 from gpunet.agent.gpus.simulated import SimulatedBackend, parse_simulate
 from gpunet.agent.loop import Agent, AttemptCtx
+from gpunet.wire.agent import EnergyUse, FinishReport, LogLine, LogReport, Report, StartItem
 
 
 class FakeCoordinator:
@@ -39,7 +40,16 @@ def _agent(tmp_path: Path, fake: FakeCoordinator) -> Agent:
 
 
 def _ctx(a: Agent, att: str) -> AttemptCtx:
-    ctx = AttemptCtx({"attempt_id": att, "fencing_token": 1, "gpu_indices": [0]})
+    item = StartItem(
+        attempt_id=att,
+        job_id="job-1",
+        fencing_token=1,
+        number=1,
+        gpu_indices=[0],
+        gpu_ids=["node-1/0"],
+        spec={},
+    )
+    ctx = AttemptCtx(item)
     a.attempts[att] = ctx
     return ctx
 
@@ -58,8 +68,8 @@ async def _drain(a: Agent, fake: FakeCoordinator, count: int) -> None:
         await a.http.aclose()
 
 
-def _report(a: Agent, ctx: AttemptCtx, kind: str, body: dict[str, Any]) -> None:
-    a._report(ctx, kind, body)
+def _logs(ctx: AttemptCtx, data: str) -> LogReport:
+    return LogReport(fencing_token=ctx.token, chunks=[LogLine(stream="stdout", data=data)])
 
 
 def test_a_refused_report_is_dropped_and_later_ones_flow(tmp_path: Path) -> None:
@@ -67,10 +77,10 @@ def test_a_refused_report_is_dropped_and_later_ones_flow(tmp_path: Path) -> None
     fake = FakeCoordinator({f"{base}/a1/logs": [422], f"{base}/a1/started": [500, 413]})
     a = _agent(tmp_path, fake)
     one, two = _ctx(a, "a1"), _ctx(a, "a2")
-    _report(a, one, "logs", {"chunks": [{"stream": "stdout", "data": "bad"}]})
-    _report(a, one, "started", {})
-    _report(a, two, "logs", {"chunks": [{"stream": "stdout", "data": "fine"}]})
-    _report(a, one, "logs", {"chunks": [{"stream": "stdout", "data": "after"}]})
+    a._report(one, _logs(one, "bad"))
+    a._report(one, Report(fencing_token=one.token))
+    a._report(two, _logs(two, "fine"))
+    a._report(one, _logs(one, "after"))
     asyncio.run(_drain(a, fake, 5))
     assert [(p.removeprefix(base), s) for p, s, _ in fake.seen] == [
         ("/a1/logs", 422),  # dropped, not retried
@@ -87,8 +97,8 @@ def test_a_refused_finished_report_is_replaced_by_a_minimal_one(tmp_path: Path) 
     fake = FakeCoordinator({f"{base}/a1/finished": [422]})
     a = _agent(tmp_path, fake)
     ctx = _ctx(a, "a1")
-    energy = [{"index": 0, "joules": "not a number"}]
-    _report(a, ctx, "finished", {"exit_code": 3, "reason": "odd\x00", "energy": energy})
+    energy = [EnergyUse(index=0, joules=12.5)]
+    a._report(ctx, FinishReport(fencing_token=1, exit_code=3, reason="odd", energy=energy))
     asyncio.run(_drain(a, fake, 2))
     assert [s for _, s, _ in fake.seen] == [422, 200]
     assert fake.seen[1][2] == {
@@ -96,6 +106,7 @@ def test_a_refused_finished_report_is_replaced_by_a_minimal_one(tmp_path: Path) 
         "exit_code": 3,
         "lost": False,
         "reason": "the coordinator refused the full report",
+        "energy": [],
     }
     assert "a1" not in a.attempts  # the attempt ended
 
@@ -111,9 +122,9 @@ def test_stale_and_unknown_attempts_are_orphaned_as_before(tmp_path: Path) -> No
     )
     a = _agent(tmp_path, fake)
     one, two, three = _ctx(a, "a1"), _ctx(a, "a2"), _ctx(a, "a3")
-    _report(a, one, "started", {})
-    _report(a, two, "finished", {"exit_code": 0})
-    _report(a, three, "finished", {"exit_code": 0})
+    a._report(one, Report(fencing_token=1))
+    a._finish(two, 0, "exit code 0")
+    a._finish(three, 0, "exit code 0")
     asyncio.run(_drain(a, fake, 4))
     assert [s for _, s, _ in fake.seen] == [409, 404, 422, 422]  # the minimal one only once
     assert one.orphaned and "a1" in a.attempts
@@ -124,7 +135,8 @@ def test_stale_and_unknown_attempts_are_orphaned_as_before(tmp_path: Path) -> No
 def test_output_past_the_cap_is_dropped_by_the_agent(tmp_path: Path) -> None:
     a = _agent(tmp_path, FakeCoordinator({}))
     ctx = _ctx(a, "a1")
-    ctx.info["max_log_bytes"] = 100
+    assert isinstance(ctx.info, StartItem)
+    ctx.info.max_log_bytes = 100
     for _ in range(5):
         a._collect(ctx, "stdout", "x" * 60)
     assert [len(c["data"]) for c in ctx.logs] == [60, 60]  # the crossing piece still goes
@@ -140,8 +152,10 @@ def test_big_output_is_split_into_bounded_reports(tmp_path: Path) -> None:
     a._collect(ctx, "stderr", "b" * 10)
     a._collect(ctx, "stdout", "c" * 200_000)
     a._flush_logs(ctx)
-    bodies = [a.reports.get_nowait()[2] for _ in range(a.reports.qsize())]
-    assert all(sum(len(c["data"]) for c in b["chunks"]) <= 64 * 1024 for b in bodies)
-    joined = "".join(c["data"] for b in bodies for c in b["chunks"])
+    bodies = [a.reports.get_nowait()[1] for _ in range(a.reports.qsize())]
+    assert all(isinstance(b, LogReport) for b in bodies)
+    logs = [b for b in bodies if isinstance(b, LogReport)]
+    assert all(sum(len(c.data) for c in b.chunks) <= 64 * 1024 for b in logs)
+    joined = "".join(c.data for b in logs for c in b.chunks)
     assert joined == "a" * 100_000 + "b" * 10 + "c" * 200_000
     asyncio.run(a.http.aclose())

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from gpunet.core.benchmark import METRICS, BenchmarkResult, simulated_result
+from gpunet.wire.agent import MAX_REASON_CHARS, BenchmarkReport, BenchmarkRun
 
 if TYPE_CHECKING:
     from gpunet.agent.loop import Agent
@@ -100,6 +101,18 @@ def run_one(backend: Any, index: int, model: str | None) -> BenchmarkResult:
     return measured(index)
 
 
+def to_wire(r: BenchmarkResult) -> BenchmarkRun:
+    """A result as the agent reports it (over-long reasons cut to the protocol's bound)."""
+    return BenchmarkRun(
+        index=r.index,
+        values=dict(r.values),
+        unmeasured={k: v[:MAX_REASON_CHARS] for k, v in r.unmeasured.items()},
+        soak_runs=r.soak_runs,
+        soak_errors=r.soak_errors,
+        simulated=r.simulated,
+    )
+
+
 async def benchmark_loop(agent: Agent) -> None:
     """Burn-in at start, then every ``agent.benchmark_every_s`` on the GPUs that are idle."""
     models = {g.index: g.model for g in agent.backend.discover()}
@@ -109,11 +122,12 @@ async def benchmark_loop(agent: Agent) -> None:
         results = []
         for i in idle:
             r = await asyncio.to_thread(run_one, agent.backend, i, models[i])
-            results.append(r.to_dict())
+            results.append(to_wire(r))
         if results:
             try:
+                report = BenchmarkReport(kind=kind, results=results)
                 await agent._call(
-                    "POST", "/v1/agent/benchmarks", json={"kind": kind, "results": results}
+                    "POST", "/v1/agent/benchmarks", json=report.model_dump(mode="json")
                 )
                 kind = "periodic"
             except Exception as exc:  # the next round tries again

@@ -4,10 +4,10 @@ heartbeat's telemetry, and at the end; the totals go with the attempt's finished
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from gpunet.agent.gpus.base import GpuBackend, Telemetry
 from gpunet.core.energy import Meter, Sample, step
+from gpunet.wire.agent import EnergyUse
 
 
 def sample(meters: dict[int, Meter], telemetry: list[Telemetry], at: float | None = None) -> None:
@@ -24,5 +24,18 @@ def start(backend: GpuBackend, indices: list[int], busy: set[int]) -> dict[int, 
     return meters
 
 
-def report(meters: dict[int, Meter]) -> list[dict[str, Any]]:
-    return [{"index": i, **m.to_dict()} for i, m in sorted(meters.items())]
+def report(meters: dict[int, Meter]) -> list[EnergyUse]:
+    """The meters as the attempt's finished report carries them."""
+    return [
+        EnergyUse(
+            index=i,
+            joules=round(m.joules, 3),
+            method=m.method,
+            resets=m.resets,
+            samples=m.samples,
+            seconds=round(m.seconds, 3),
+            counter_start_j=m.first.counter_j if m.first else None,
+            counter_end_j=m.last.counter_j if m.last else None,
+        )
+        for i, m in sorted(meters.items())
+    ]

@@ -19,9 +19,10 @@ import ssl
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
+from pydantic import BaseModel, ValidationError
 
 from gpunet import __version__
 from gpunet.agent import bench, energy, runner
@@ -29,12 +30,33 @@ from gpunet.agent.gpus.base import GpuBackend
 from gpunet.agent.sandbox import Isolation
 from gpunet.agent.sandbox.image_jobs import ContainerHost
 from gpunet.core.energy import Meter
+from gpunet.core.isolation import Isolation as Level
 from gpunet.tls import untrusted_message, untrusted_reason
+from gpunet.wire.agent import (
+    MAX_REASON_CHARS,
+    EnergyUse,
+    FinishReport,
+    HealthReport,
+    Heartbeat,
+    HeartbeatAnswer,
+    Hello,
+    LogLine,
+    LogReport,
+    LogsAccepted,
+    Registered,
+    Registration,
+    Report,
+    StartItem,
+    StopItem,
+    Work,
+)
 
 log = logging.getLogger("gpunet.agent")
 
 LOG_SLICE = 32 * 1024  # characters of output per log chunk
 LOG_REPORT_CHARS = 64 * 1024  # characters of output per log report
+
+A = TypeVar("A", bound=BaseModel)
 
 
 class Rejected(Exception):
@@ -54,9 +76,14 @@ class Rejected(Exception):
             return f"HTTP {self.status}: {self.body[:300]}"
 
 
+class BadAnswer(Exception):
+    """A 2xx answer that does not match the agent protocol (a coordinator of another version)."""
+
+
 @dataclass
 class AttemptCtx:
-    info: dict[str, Any]
+    # what the coordinator sent: an attempt to start, or only to stop (never started here)
+    info: StartItem | StopItem
     run: runner.Run | None = None
     orphaned: bool = False  # the coordinator no longer counts it: drop its reports
     logs: list[dict[str, str]] = field(default_factory=list)
@@ -67,11 +94,19 @@ class AttemptCtx:
 
     @property
     def id(self) -> str:
-        return str(self.info["attempt_id"])
+        return self.info.attempt_id
 
     @property
     def token(self) -> int:
-        return int(self.info["fencing_token"])
+        return self.info.fencing_token
+
+    @property
+    def gpu_indices(self) -> list[int]:
+        return self.info.gpu_indices if isinstance(self.info, StartItem) else []
+
+    @property
+    def max_log_bytes(self) -> int | None:
+        return self.info.max_log_bytes if isinstance(self.info, StartItem) else None
 
 
 def with_unsent_xids(
@@ -114,7 +149,7 @@ class Agent:
         self.lease_timeout_s = 30.0
         self.last_renewed = time.monotonic()
         self.attempts: dict[str, AttemptCtx] = {}
-        self.reports: asyncio.Queue[tuple[str, str, dict[str, Any]]] = asyncio.Queue()
+        self.reports: asyncio.Queue[tuple[str, Report]] = asyncio.Queue()
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=70.0), verify=verify)
         self.stopping = asyncio.Event()
         self._unsent_xids: dict[int, list[int]] = {}  # XIDs a failed heartbeat did not deliver
@@ -131,15 +166,15 @@ class Agent:
         return self.home / "agent.json"
 
     def _registration(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "gpus": [g.to_dict() for g in self.backend.discover()],
-            "agent_version": __version__,
-            "site": self.site,
-            "isolation": self._level(),
-            "runtimes": [self.containers.runtime.name] if self.containers else [],
-            "accepts_unisolated": self.accepts_unisolated and self.isolation.level == "none",
-        }
+        return Registration(
+            name=self.name,
+            gpus=[g.to_wire() for g in self.backend.discover()],
+            agent_version=__version__,
+            site=self.site,
+            isolation=Level(self._level()),
+            runtimes=[self.containers.runtime.name] if self.containers else [],
+            accepts_unisolated=self.accepts_unisolated and self.isolation.level == "none",
+        ).model_dump(mode="json")
 
     def _level(self) -> str:
         """What this node offers strangers: containers count only beside a working sandbox,
@@ -161,6 +196,16 @@ class Agent:
             else r.content
         )
 
+    async def _ask(
+        self, answer: type[A], method: str, path: str, *, token: str | None = None, **kw: Any
+    ) -> A:
+        """Call the coordinator and read its answer as ``answer``."""
+        res = await self._call(method, path, token=token, **kw)
+        try:
+            return answer.model_validate(res)
+        except ValidationError as exc:
+            raise BadAnswer(f"{method} {path}: the answer does not match: {exc}") from None
+
     async def connect(self) -> None:
         """Register (join token) or re-connect (saved node token), retrying with backoff."""
         saved = self._load_credentials()
@@ -170,8 +215,10 @@ class Agent:
                 if saved:
                     self.node_id, self.token = saved["node_id"], saved["token"]
                     try:
-                        res = await self._call("POST", "/v1/agent/hello", json=self._registration())
-                        self.lease_timeout_s = float(res["lease_timeout_s"])
+                        hello = await self._ask(
+                            Hello, "POST", "/v1/agent/hello", json=self._registration()
+                        )
+                        self.lease_timeout_s = hello.lease_timeout_s
                         log.info("reconnected as %s", self.node_id)
                         break
                     except Rejected as exc:
@@ -180,11 +227,15 @@ class Agent:
                         saved = None  # the coordinator forgot us: join afresh
                 if not self.join_token:
                     raise SystemExit("no saved credentials and no --join-token")
-                res = await self._call(
-                    "POST", "/v1/agent/register", token=self.join_token, json=self._registration()
+                res = await self._ask(
+                    Registered,
+                    "POST",
+                    "/v1/agent/register",
+                    token=self.join_token,
+                    json=self._registration(),
                 )
-                self.node_id, self.token = res["node_id"], res["token"]
-                self.lease_timeout_s = float(res["lease_timeout_s"])
+                self.node_id, self.token = res.node_id, res.token
+                self.lease_timeout_s = res.lease_timeout_s
                 self._save_credentials()
                 log.info("registered as %s", self.node_id)
                 break
@@ -274,7 +325,7 @@ class Agent:
         self.backend.close()
 
     def _busy_indices(self) -> set[int]:
-        return {i for a in self.attempts.values() for i in a.info["gpu_indices"]}
+        return {i for a in self.attempts.values() for i in a.gpu_indices}
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -286,26 +337,28 @@ class Agent:
                 for running in self.attempts.values():
                     if running.meters:
                         energy.sample(running.meters, readings)
-                tele = [t.to_dict() for t in readings]
                 health = with_unsent_xids(self.backend.health(busy), self._unsent_xids)
                 self._unsent_xids = {}
-                res = await self._call(
+                beat = Heartbeat(
+                    gpus=[t.to_wire() for t in readings],
+                    attempts=[a.id for a in self.attempts.values() if not a.orphaned],
+                    health=health_reports(health),
+                )
+                res = await self._ask(
+                    HeartbeatAnswer,
                     "POST",
                     "/v1/agent/heartbeat",
-                    json={
-                        "gpus": tele,
-                        "attempts": [a.id for a in self.attempts.values() if not a.orphaned],
-                        "health": health,
-                    },
+                    json=beat.model_dump(mode="json"),
                 )
                 self.last_renewed = time.monotonic()
-                self.lease_timeout_s = float(res.get("lease_timeout_s", self.lease_timeout_s))
-                for att_id in res.get("stop", []):
+                self.lease_timeout_s = res.lease_timeout_s
+                for att_id in res.stop:
                     ctx = self.attempts.get(att_id)
                     if ctx:
                         ctx.orphaned = True
                         await self._stop(ctx, "the coordinator no longer counts this attempt")
-            except (httpx.TransportError, Rejected) as exc:
+            except (httpx.TransportError, Rejected, BadAnswer, ValidationError) as exc:
+                # ValidationError: a reading out of the protocol's bounds; the next may pass
                 log.warning("heartbeat failed: %s", exc)
                 # XIDs are events, read once: keep them for the next heartbeat
                 self._unsent_xids = {r["index"]: list(r["xids"]) for r in health if r.get("xids")}
@@ -326,26 +379,24 @@ class Agent:
         delay = 0.2
         while True:
             try:
-                work = await self._call("GET", "/v1/agent/work", params={"wait": 20})
+                work = await self._ask(Work, "GET", "/v1/agent/work", params={"wait": 20})
                 delay = 0.2
-            except (httpx.TransportError, Rejected) as exc:
+            except (httpx.TransportError, Rejected, BadAnswer) as exc:
                 log.warning("work poll failed: %s", exc)
                 await asyncio.sleep(delay + random.random() * delay)
                 delay = min(delay * 2, 5.0)
                 continue
-            for info in work.get("start", []):
-                if info["attempt_id"] not in self.attempts:
+            for info in work.start:
+                if info.attempt_id not in self.attempts:
                     ctx = AttemptCtx(info)
                     self.attempts[ctx.id] = ctx
                     ctx.task = asyncio.create_task(self._run_attempt(ctx))
-            for item in work.get("stop", []):
-                known = self.attempts.get(item["attempt_id"])
+            for item in work.stop:
+                known = self.attempts.get(item.attempt_id)
                 if known is not None:
                     await self._stop(known, "cancelled")
                 else:  # cancelled before we ever started it: confirm so its GPUs free up
-                    self._report(
-                        AttemptCtx(item), "finished", {"exit_code": -15, "reason": "cancelled"}
-                    )
+                    self._finish(AttemptCtx(item), -15, "cancelled")
 
     async def _stop(self, ctx: AttemptCtx, reason: str) -> None:
         if ctx.run is not None and ctx.run.proc.returncode is None:
@@ -354,7 +405,9 @@ class Agent:
             ctx.task.cancel()
 
     async def _run_attempt(self, ctx: AttemptCtx) -> None:
-        spec = ctx.info["spec"]
+        item = ctx.info
+        assert isinstance(item, StartItem)  # only attempts to start are run
+        spec = item.spec
         workdir = self.home / "work" / ctx.id
         try:
             try:
@@ -365,22 +418,22 @@ class Agent:
                 ctx.run = await runner.start(
                     spec,
                     workdir,
-                    ctx.info["gpu_indices"],
-                    ctx.info,
+                    item.gpu_indices,
+                    item.model_dump(mode="json"),
                     lambda s, d: self._collect(ctx, s, d),
                     sandbox=self.sandbox,
                     containers=self.containers,
                 )
             except asyncio.CancelledError:
-                self._report(ctx, "finished", {"exit_code": -15, "reason": "cancelled"})
+                self._finish(ctx, -15, "cancelled")
                 return
             except Exception as exc:  # a bad archive or command: the attempt fails
                 ctx.logs.append({"stream": "system", "data": f"could not start: {exc}\n"})
                 self._flush_logs(ctx)
-                self._report(ctx, "finished", {"exit_code": 127, "reason": f"start failed: {exc}"})
+                self._finish(ctx, 127, f"start failed: {exc}")
                 return
-            ctx.meters = energy.start(self.backend, ctx.info["gpu_indices"], self._busy_indices())
-            self._report(ctx, "started", {})
+            ctx.meters = energy.start(self.backend, item.gpu_indices, self._busy_indices())
+            self._report(ctx, Report(fencing_token=ctx.token))
             code = await ctx.run.wait()
             energy.sample(ctx.meters, self.backend.telemetry(self._busy_indices()))
             used = energy.report(ctx.meters)
@@ -391,17 +444,9 @@ class Agent:
                 ctx.logs.append({"stream": "system", "data": reason + "\n"})
                 self._flush_logs(ctx)
             if reason == "lease lost":
-                self._report(
-                    ctx,
-                    "finished",
-                    {"exit_code": code, "lost": True, "reason": reason, "energy": used},
-                )
+                self._finish(ctx, code, reason, lost=True, energy=used)
             else:
-                self._report(
-                    ctx,
-                    "finished",
-                    {"exit_code": code, "reason": reason or f"exit code {code}", "energy": used},
-                )
+                self._finish(ctx, code, reason or f"exit code {code}", energy=used)
         finally:
             if ctx.run is not None:
                 try:
@@ -410,12 +455,31 @@ class Agent:
                     log.warning("could not clean up attempt %s: %s", ctx.id, exc)
             shutil.rmtree(workdir, ignore_errors=True)
 
-    def _report(self, ctx: AttemptCtx, kind: str, body: dict[str, Any]) -> None:
+    def _report(self, ctx: AttemptCtx, rep: Report) -> None:
         if ctx.orphaned:
-            if kind == "finished":
+            if isinstance(rep, FinishReport):
                 self.attempts.pop(ctx.id, None)
             return
-        self.reports.put_nowait((ctx.id, kind, {"fencing_token": ctx.token, **body}))
+        self.reports.put_nowait((ctx.id, rep))
+
+    def _finish(
+        self,
+        ctx: AttemptCtx,
+        exit_code: int | None,
+        reason: str,
+        *,
+        lost: bool = False,
+        energy: list[EnergyUse] | None = None,
+    ) -> None:
+        """Report the attempt ended (the reason cut to what the coordinator keeps)."""
+        rep = FinishReport(
+            fencing_token=ctx.token,
+            exit_code=exit_code,
+            reason=reason[:MAX_REASON_CHARS],
+            lost=lost,
+            energy=energy or [],
+        )
+        self._report(ctx, rep)
 
     def _collect(self, ctx: AttemptCtx, stream: str, data: str) -> None:
         """Keep output for the coordinator until its cap for the attempt (sent with the work)
@@ -425,8 +489,8 @@ class Agent:
             return
         ctx.logs.append({"stream": stream, "data": data})
         ctx.log_sent += len(data.encode("utf-8", "surrogatepass"))
-        cap = ctx.info.get("max_log_bytes")
-        if isinstance(cap, int) and ctx.log_sent > cap:
+        cap = ctx.max_log_bytes
+        if cap is not None and ctx.log_sent > cap:
             ctx.output_closed = True
 
     def _flush_logs(self, ctx: AttemptCtx) -> None:
@@ -447,15 +511,15 @@ class Agent:
         ctx.logs.clear()
         # several reports rather than one huge one: each stays far below the body cap even
         # when every character needs a 6-byte JSON escape
-        batch: list[dict[str, str]] = []
+        batch: list[LogLine] = []
         size = 0
         for c in chunks:
             if batch and size + len(c["data"]) > LOG_REPORT_CHARS:
-                self._report(ctx, "logs", {"chunks": batch})
+                self._report(ctx, LogReport(fencing_token=ctx.token, chunks=batch))
                 batch, size = [], 0
-            batch.append(c)
+            batch.append(LogLine(stream=c["stream"], data=c["data"]))
             size += len(c["data"])
-        self._report(ctx, "logs", {"chunks": batch})
+        self._report(ctx, LogReport(fencing_token=ctx.token, chunks=batch))
 
     async def _log_flush_loop(self) -> None:
         while True:
@@ -467,13 +531,18 @@ class Agent:
         """Deliver reports in order; retry while the coordinator is away (5xx, no answer).
         A 4xx is final for that report, so one bad report never blocks the ones after it."""
         while True:
-            att_id, kind, body = await self.reports.get()
+            att_id, rep = await self.reports.get()
+            kind = report_kind(rep)
             delay = 0.2
             shrunk = False
             while True:
                 try:
-                    res = await self._call("POST", f"/v1/agent/attempts/{att_id}/{kind}", json=body)
-                    if kind == "logs" and isinstance(res, dict) and res.get("truncated"):
+                    res = await self._call(
+                        "POST",
+                        f"/v1/agent/attempts/{att_id}/{kind}",
+                        json=rep.model_dump(mode="json"),
+                    )
+                    if isinstance(rep, LogReport) and logs_truncated(res):
                         ctx = self.attempts.get(att_id)
                         if ctx is not None:
                             ctx.output_closed = True  # the coordinator keeps no more output
@@ -487,9 +556,9 @@ class Agent:
                             ctx.orphaned = True
                             await self._stop(ctx, "rejected by the coordinator")
                         break
-                    if kind != "finished":
+                    if not isinstance(rep, FinishReport):
                         break  # this report is dropped; the attempt goes on
-                    body, shrunk = minimal_finish(body), True  # the attempt must still end
+                    rep, shrunk = minimal_finish(rep), True  # the attempt must still end
                 except httpx.TransportError as exc:
                     log.warning("report %s of %s failed (%s); retrying", kind, att_id, exc)
                     await asyncio.sleep(delay)
@@ -498,13 +567,42 @@ class Agent:
                 self.attempts.pop(att_id, None)
 
 
-def minimal_finish(body: dict[str, Any]) -> dict[str, Any]:
+def report_kind(rep: Report) -> str:
+    """The report's name in its path: /v1/agent/attempts/{id}/{kind}."""
+    if isinstance(rep, FinishReport):
+        return "finished"
+    if isinstance(rep, LogReport):
+        return "logs"
+    return "started"
+
+
+def logs_truncated(answer: Any) -> bool:
+    """Whether the coordinator's answer to a log report says it keeps no more output. An
+    answer that cannot be read says nothing: the report was accepted all the same."""
+    try:
+        return LogsAccepted.model_validate(answer).truncated
+    except ValidationError:
+        return False
+
+
+def health_reports(readings: list[dict[str, Any]]) -> list[HealthReport]:
+    """The backend's readings as the heartbeat carries them; one that is out of the protocol's
+    bounds is left out (and logged) rather than fail the heartbeat that renews the lease."""
+    out = []
+    for r in readings:
+        try:
+            out.append(HealthReport.model_validate(r))
+        except ValidationError as exc:
+            log.warning("health reading of GPU %s left out: %s", r.get("index"), exc)
+    return out
+
+
+def minimal_finish(rep: FinishReport) -> FinishReport:
     """A finished report the coordinator refused, cut to what ends the attempt: its fencing
     token, exit code and lost flag."""
-    code = body.get("exit_code")
-    return {
-        "fencing_token": body["fencing_token"],
-        "exit_code": code if isinstance(code, int) and not isinstance(code, bool) else None,
-        "lost": body.get("lost") is True,
-        "reason": "the coordinator refused the full report",
-    }
+    return FinishReport(
+        fencing_token=rep.fencing_token,
+        exit_code=rep.exit_code,
+        lost=rep.lost,
+        reason="the coordinator refused the full report",
+    )

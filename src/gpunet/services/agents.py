@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from pydantic import BaseModel, Field, field_validator
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from gpunet.catalog import catalog, resolve_model
-from gpunet.core.isolation import MAX_RUNTIMES, Isolation, check_runtimes
 from gpunet.core.jobs import (
     ACTIVE_ATTEMPT_STATES,
     AttemptState,
@@ -17,7 +13,6 @@ from gpunet.core.jobs import (
     attempt_state_for_exit,
     job_state_for_exit,
 )
-from gpunet.core.text import lossless
 from gpunet.errors import Forbidden, NotFound, StaleFencingToken
 from gpunet.services import billing
 from gpunet.services.auth import Principal, Role, consume_join_use, issue_token
@@ -25,59 +20,16 @@ from gpunet.services.jobs import lose_attempt, move_attempt, move_job
 from gpunet.store.db import Database
 from gpunet.store.tables import Attempt, Blob, Gpu, Job, LogChunk, Node
 from gpunet.util import new_id, now
-from gpunet.wire import INT32_MAX, INT64_MAX, Int32
-
-MAX_LABELS = 64
-MAX_GPU_INDEX = 1023  # far more GPUs than one node holds; keeps GPU ids within their column
-
-
-class GpuInfo(BaseModel):
-    index: int = Field(ge=0, le=MAX_GPU_INDEX)
-    uuid: str = Field(max_length=100)
-    name: str = Field(max_length=200)
-    model: str | None = Field(None, max_length=40)  # canonical short name when the agent knows it
-    memory_mb: int = Field(gt=0, le=INT32_MAX)
-    # major.minor as NVIDIA writes it, e.g. "8.0"; "0.0": unknown (taken from the catalog)
-    compute_capability: str = Field("0.0", pattern=r"^[0-9]{1,2}\.[0-9]{1,2}$")
-    simulated: bool = False
-
-
-class Registration(BaseModel):
-    name: str = Field(min_length=1, max_length=200)
-    gpus: list[GpuInfo] = Field(max_length=MAX_GPU_INDEX + 1)
-    agent_version: str = Field("", max_length=40)
-    site: str | None = Field(None, max_length=100)
-    labels: dict[str, str] = Field(default_factory=dict, max_length=MAX_LABELS)
-    # how the agent isolates jobs, and the container runtimes it can use (e.g. ["podman"])
-    isolation: Isolation = Isolation.NONE
-    runtimes: list[str] = Field(default_factory=list, max_length=MAX_RUNTIMES)
-    # the owner lets strangers' jobs run on this node without isolation
-    accepts_unisolated: bool = False
-
-    @field_validator("labels")
-    @classmethod
-    def _short_labels(cls, labels: dict[str, str]) -> dict[str, str]:
-        for k, v in labels.items():
-            if not 0 < len(k) <= 100:
-                raise ValueError(f"label name {k[:20]!r}... must be 1 to 100 characters")
-            if len(v) > 200:
-                raise ValueError(f"label {k!r} is over 200 characters")
-        return labels
-
-    @field_validator("gpus")
-    @classmethod
-    def _unique_indexes(cls, gpus: list[GpuInfo]) -> list[GpuInfo]:
-        seen: set[int] = set()
-        for g in gpus:
-            if g.index in seen:
-                raise ValueError(f"GPU index {g.index} appears more than once")
-            seen.add(g.index)
-        return gpus
-
-    @field_validator("runtimes")
-    @classmethod
-    def _runtimes(cls, v: list[str]) -> list[str]:
-        return check_runtimes(v)
+from gpunet.wire.agent import (
+    FinishReport,
+    GpuInfo,
+    LogReport,
+    Registration,
+    Report,
+    StartItem,
+    StopItem,
+    Work,
+)
 
 
 def _apply_settings(node: Node, reg: Registration) -> None:
@@ -85,32 +37,6 @@ def _apply_settings(node: Node, reg: Registration) -> None:
     node.isolation = reg.isolation.value
     node.runtimes = list(reg.runtimes)
     node.accepts_unisolated = reg.accepts_unisolated
-
-
-class LogLine(BaseModel):
-    stream: str = Field(pattern="^(stdout|stderr|system)$")
-    data: str
-
-    @field_validator("data")
-    @classmethod
-    def _storable(cls, v: str) -> str:
-        # job output is whatever a job printed: keep it, escaped, rather than fail the report
-        return lossless(v)
-
-
-class Report(BaseModel):
-    fencing_token: int = Field(ge=0, le=INT64_MAX)
-
-
-class LogReport(Report):
-    chunks: list[LogLine]
-
-
-class FinishReport(Report):
-    exit_code: Int32 | None = None
-    reason: str = Field("", max_length=2000)
-    lost: bool = False  # the agent stopped it because it could not renew its lease
-    energy: list[dict[str, Any]] = Field(default_factory=list)  # per GPU index (agent/energy.py)
 
 
 def _sync_gpus(s: Session, node: Node, gpus: list[GpuInfo], burn_in: bool = False) -> None:
@@ -219,7 +145,7 @@ def check_reported(db: Database, who: Principal, attempt_ids: list[str]) -> list
     return [a for a in attempt_ids if rows.get(a) not in keep]
 
 
-def work_for(db: Database, who: Principal, max_log_bytes: int | None = None) -> dict[str, Any]:
+def work_for(db: Database, who: Principal, max_log_bytes: int | None = None) -> Work:
     """Attempts this node should start, and ones it should stop. ``max_log_bytes`` tells the
     agent how much output of each attempt will be kept, so it sends no more."""
     with db.sessions() as s:
@@ -234,28 +160,29 @@ def work_for(db: Database, who: Principal, max_log_bytes: int | None = None) -> 
                 )
             )
         )
-        start, stop = [], []
+        start: list[StartItem] = []
+        stop: list[StopItem] = []
         for att, job in rows:
             if att.state == AttemptState.STOPPING.value:
-                stop.append({"attempt_id": att.id, "fencing_token": att.fencing_token})
+                stop.append(StopItem(attempt_id=att.id, fencing_token=att.fencing_token))
                 continue
             workdir = job.spec.get("workdir")
             start.append(
-                {
-                    "attempt_id": att.id,
-                    "job_id": job.id,
-                    "fencing_token": att.fencing_token,
-                    "number": att.number,
-                    "gpu_indices": att.gpu_indices,
-                    "gpu_ids": att.gpu_ids,
-                    "spec": job.spec,
-                    "workdir_size": s.scalar(select(Blob.size).where(Blob.digest == workdir))
+                StartItem(
+                    attempt_id=att.id,
+                    job_id=job.id,
+                    fencing_token=att.fencing_token,
+                    number=att.number,
+                    gpu_indices=att.gpu_indices,
+                    gpu_ids=att.gpu_ids,
+                    spec=job.spec,
+                    workdir_size=s.scalar(select(Blob.size).where(Blob.digest == workdir))
                     if workdir
                     else None,
-                    "max_log_bytes": max_log_bytes,
-                }
+                    max_log_bytes=max_log_bytes,
+                )
             )
-        return {"start": start, "stop": stop}
+        return Work(start=start, stop=stop)
 
 
 def _fenced(s: Session, who: Principal, attempt_id: str, token: int) -> tuple[Attempt, Job]:

@@ -15,39 +15,32 @@ from gpunet.services.auth import Principal, Role
 from gpunet.store.db import Database
 from gpunet.store.tables import Attempt, AttemptEnergy, Gpu, Node
 from gpunet.util import now
+from gpunet.wire.agent import EnergyUse
 
 
-def record_energy(s: Session, att: Attempt, entries: list[dict[str, Any]]) -> None:
+def record_energy(s: Session, att: Attempt, entries: list[EnergyUse]) -> None:
     """Store an attempt's per-GPU energy (from its finished report)."""
     by_index = dict(zip(att.gpu_indices, att.gpu_ids, strict=False))
     for e in entries:
-        try:
-            gpu_id = by_index[int(e["index"])]
-            joules = float(e["joules"])
-        except (KeyError, TypeError, ValueError):
+        gpu_id = by_index.get(e.index)
+        if gpu_id is None:
             raise ValidationFailed(
                 "energy", "each entry needs an index of the attempt's GPUs and joules"
-            ) from None
-        if joules < 0:
-            raise ValidationFailed("energy", "joules cannot be negative")
+            )
         s.merge(
             AttemptEnergy(
                 attempt_id=att.id,
                 gpu_id=gpu_id,
-                joules=joules,
-                method=str(e.get("method", "counter"))[:20],
-                resets=int(e.get("resets", 0)),
-                samples=int(e.get("samples", 0)),
-                seconds=float(e.get("seconds", 0.0)),
-                counter_start_j=_num(e.get("counter_start_j")),
-                counter_end_j=_num(e.get("counter_end_j")),
+                joules=e.joules,
+                method=e.method,
+                resets=e.resets,
+                samples=e.samples,
+                seconds=e.seconds,
+                counter_start_j=e.counter_start_j,
+                counter_end_j=e.counter_end_j,
                 at=now(),
             )
         )
-
-
-def _num(v: Any) -> float | None:
-    return None if v is None else float(v)
 
 
 def _labels(s: Session, node_ids: set[str]) -> dict[str, dict[str, Any]]:

@@ -5,41 +5,33 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 
 from gpunet.catalog import catalog
 from gpunet.core.benchmark import BenchmarkResult, drift, percentiles, score, throughput
 from gpunet.core.lifecycle import SCHEDULABLE, TRANSITIONS, GpuState, move
 from gpunet.core.tiers import RETIRE, Proposal, TierInput, propose
-from gpunet.errors import Forbidden, ValidationFailed
+from gpunet.errors import Forbidden
 from gpunet.services.auth import Principal, Role
 from gpunet.services.lifecycle import _event, apply_move
 from gpunet.store.db import Database
 from gpunet.store.tables import Gpu, GpuBenchmark, GpuEvent
 from gpunet.util import iso, now
+from gpunet.wire.agent import BenchmarkReport, BenchmarkRun
 
 BENCH_RULE = "rule:benchmark"
 TIER_RULE = "rule:tiers"
 
 
-class BenchmarkReport(BaseModel):
-    kind: str = Field("periodic", pattern="^(burn_in|periodic)$")
-    results: list[dict[str, Any]]
-
-
-def _parse(d: dict[str, Any]) -> BenchmarkResult:
-    try:
-        return BenchmarkResult(
-            index=int(d["index"]),
-            values={str(k): float(v) for k, v in (d.get("values") or {}).items()},
-            unmeasured={str(k): str(v) for k, v in (d.get("unmeasured") or {}).items()},
-            soak_runs=int(d.get("soak_runs", 0)),
-            soak_errors=int(d.get("soak_errors", 0)),
-            simulated=bool(d.get("simulated", False)),
-        )
-    except (KeyError, TypeError, ValueError):
-        raise ValidationFailed("results", "each result needs an index and numeric values") from None
+def _parse(r: BenchmarkRun) -> BenchmarkResult:
+    return BenchmarkResult(
+        index=r.index,
+        values=dict(r.values),
+        unmeasured=dict(r.unmeasured),
+        soak_runs=r.soak_runs,
+        soak_errors=r.soak_errors,
+        simulated=r.simulated,
+    )
 
 
 def record(db: Database, who: Principal, rep: BenchmarkReport) -> list[dict[str, Any]]:
@@ -201,4 +193,4 @@ def benchmarks_of(db: Database, gpu_id: str) -> list[dict[str, Any]]:
     ]
 
 
-__all__ = ["BenchmarkReport", "Proposal", "apply", "benchmarks_of", "proposals", "record"]
+__all__ = ["Proposal", "apply", "benchmarks_of", "proposals", "record"]

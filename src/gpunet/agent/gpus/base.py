@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Protocol
+
+from gpunet.wire.agent import GpuInfo, GpuTelemetry
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,8 +18,17 @@ class DiscoveredGpu:
     compute_capability: str
     simulated: bool
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def to_wire(self) -> GpuInfo:
+        """As the agent registers it."""
+        return GpuInfo(
+            index=self.index,
+            uuid=self.uuid,
+            name=self.name,
+            model=self.model,
+            memory_mb=self.memory_mb,
+            compute_capability=self.compute_capability,
+            simulated=self.simulated,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,8 +40,16 @@ class Telemetry:
     power_w: float | None
     energy_j: float | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def to_wire(self) -> GpuTelemetry:
+        """As the agent's heartbeat carries it."""
+        return GpuTelemetry(
+            index=self.index,
+            utilization_pct=self.utilization_pct,
+            memory_used_mb=self.memory_used_mb,
+            temperature_c=self.temperature_c,
+            power_w=self.power_w,
+            energy_j=self.energy_j,
+        )
 
 
 class GpuBackend(Protocol):

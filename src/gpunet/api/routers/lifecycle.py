@@ -12,6 +12,7 @@ from gpunet.api.deps import Rt, Who
 from gpunet.services import energy, tco, tiers
 from gpunet.services import lifecycle as svc
 from gpunet.services.auth import Role
+from gpunet.wire.agent import BenchmarkReport, BenchmarkScore
 
 router = APIRouter(prefix="/v1/gpus", tags=["gpus"], responses=wire.AUTHENTICATED)
 
@@ -42,8 +43,8 @@ def show(rt: Rt, who: Who, gpu_id: str) -> dict[str, Any]:
 agent_router = APIRouter(prefix="/v1/agent", tags=["agent"], responses=wire.AUTHENTICATED)
 
 
-@agent_router.post("/benchmarks")
-def benchmarks(rt: Rt, who: Who, rep: tiers.BenchmarkReport) -> list[dict[str, Any]]:
+@agent_router.post("/benchmarks", response_model=list[BenchmarkScore])
+def benchmarks(rt: Rt, who: Who, rep: BenchmarkReport) -> list[dict[str, Any]]:
     """An agent reports benchmark results; answers each GPU's score."""
     return tiers.record(rt.db, who, rep)
 

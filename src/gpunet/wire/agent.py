@@ -1,0 +1,268 @@
+"""The agent protocol: every request an agent sends and every answer the coordinator gives.
+
+The coordinator validates requests with these models and declares its answers with them; the
+agent builds its requests and reads the answers with the same models, so both sides change
+together. Requests keep the bounds the coordinator enforces; answers ignore fields they do not
+know, so an agent keeps working against a newer coordinator.
+
+This module imports nothing of the coordinator's stack (api, services, store): the agent is a
+separate process and loads it on its own.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from gpunet.core.isolation import MAX_RUNTIMES, Isolation, check_runtimes
+from gpunet.core.text import lossless
+from gpunet.wire import INT32_MAX, INT64_MAX, Int32, Int64
+
+MAX_LABELS = 64
+MAX_GPU_INDEX = 1023  # far more GPUs than one node holds; keeps GPU ids within their column
+MAX_REASON_CHARS = 2000  # a finished attempt's reason, a metric's "why not measured"
+
+# a finite reading: these land in float columns flushed for the whole fleet in one batch, so
+# one bad value from one agent must be refused here, not fail every node's flush
+Reading = Annotated[float | None, Field(None, ge=-1e9, le=1e9, allow_inf_nan=False)]
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class Answer(BaseModel):
+    """Base of the coordinator's answers: fields a newer coordinator adds are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+# ---- registration and hello ------------------------------------------------------------------
+class GpuInfo(BaseModel):
+    """One GPU as the agent discovered it."""
+
+    index: int = Field(ge=0, le=MAX_GPU_INDEX)
+    uuid: str = Field(max_length=100)
+    name: str = Field(max_length=200)
+    model: str | None = Field(None, max_length=40)  # canonical short name when the agent knows it
+    memory_mb: int = Field(gt=0, le=INT32_MAX)
+    # major.minor as NVIDIA writes it, e.g. "8.0"; "0.0": unknown (taken from the catalog)
+    compute_capability: str = Field("0.0", pattern=r"^[0-9]{1,2}\.[0-9]{1,2}$")
+    simulated: bool = False
+
+
+class Registration(BaseModel):
+    """What a node says about itself when it registers (join token) or says hello (its own)."""
+
+    name: str = Field(min_length=1, max_length=200)
+    gpus: list[GpuInfo] = Field(max_length=MAX_GPU_INDEX + 1)
+    agent_version: str = Field("", max_length=40)
+    site: str | None = Field(None, max_length=100)
+    labels: dict[str, str] = Field(default_factory=dict, max_length=MAX_LABELS)
+    # how the agent isolates jobs, and the container runtimes it can use (e.g. ["podman"])
+    isolation: Isolation = Isolation.NONE
+    runtimes: list[str] = Field(default_factory=list, max_length=MAX_RUNTIMES)
+    # the owner lets strangers' jobs run on this node without isolation
+    accepts_unisolated: bool = False
+
+    @field_validator("labels")
+    @classmethod
+    def _short_labels(cls, labels: dict[str, str]) -> dict[str, str]:
+        for k, v in labels.items():
+            if not 0 < len(k) <= 100:
+                raise ValueError(f"label name {k[:20]!r}... must be 1 to 100 characters")
+            if len(v) > 200:
+                raise ValueError(f"label {k!r} is over 200 characters")
+        return labels
+
+    @field_validator("gpus")
+    @classmethod
+    def _unique_indexes(cls, gpus: list[GpuInfo]) -> list[GpuInfo]:
+        seen: set[int] = set()
+        for g in gpus:
+            if g.index in seen:
+                raise ValueError(f"GPU index {g.index} appears more than once")
+            seen.add(g.index)
+        return gpus
+
+    @field_validator("runtimes")
+    @classmethod
+    def _runtimes(cls, v: list[str]) -> list[str]:
+        return check_runtimes(v)
+
+
+class Registered(Answer):
+    """A new node's id and its own token (shown once)."""
+
+    node_id: str
+    token: str
+    lease_timeout_s: float = Field(description="renew the lease (heartbeat) within this")
+
+
+class Hello(Answer):
+    """A known node is online again."""
+
+    node_id: str
+    lease_timeout_s: float
+
+
+# ---- heartbeat -------------------------------------------------------------------------------
+class GpuTelemetry(BaseModel):
+    """One GPU's latest readings; other keys (e.g. energy counters) pass through."""
+
+    model_config = ConfigDict(extra="allow")
+    index: int = Field(ge=0, le=MAX_GPU_INDEX)
+    utilization_pct: Reading = None
+    memory_used_mb: Reading = None
+    temperature_c: Reading = None
+    power_w: Reading = None
+    # the GPU's total-energy counter (joules since the driver loaded): it only grows
+    energy_j: float | None = Field(None, allow_inf_nan=False)
+
+
+class HealthReport(BaseModel):
+    """One GPU's health counters (core.health.HealthReading); None: not measured. Keys this
+    coordinator does not know pass through (they are ignored by its rules)."""
+
+    model_config = ConfigDict(extra="allow")
+    index: int = Field(ge=0, le=MAX_GPU_INDEX)
+    ecc_uncorrected_volatile: Int64 | None = None
+    ecc_corrected_volatile: Int64 | None = None
+    ecc_uncorrected_aggregate: Int64 | None = None
+    ecc_corrected_aggregate: Int64 | None = None
+    ecc_sram_uncorrected_aggregate: Int64 | None = None
+    retired_pages_sbe: Int64 | None = None
+    retired_pages_dbe: Int64 | None = None
+    retired_pages_pending: bool | None = None
+    row_remap_pending: bool | None = None
+    row_remap_failure: bool | None = None
+    row_remap_uncorrectable: Int64 | None = None
+    xids: list[Int64] = Field(default_factory=list, max_length=10_000)  # since the last one
+    throttle_reasons: Int64 | None = None  # NVML clocks-event reasons bitmask
+    temperature_c: Reading = None
+    slowdown_temp_c: Reading = None
+    nvlink_links_down: Int32 | None = None
+
+
+class Heartbeat(BaseModel):
+    """Renews the node's lease, with the GPUs' readings and the attempts the agent runs."""
+
+    gpus: list[GpuTelemetry] = Field(default_factory=list)
+    attempts: list[Annotated[str, Field(max_length=40)]] = Field(
+        default_factory=list
+    )  # attempts the agent is running
+    health: list[HealthReport] = Field(default_factory=list)  # health readings per GPU index
+
+
+class HeartbeatAnswer(Answer):
+    stop: list[str] = Field(description="attempts the agent runs that it must stop")
+    lease_timeout_s: float
+
+
+# ---- work ------------------------------------------------------------------------------------
+class StartItem(Answer):
+    """An attempt this node must start."""
+
+    attempt_id: str
+    job_id: str
+    fencing_token: int = Field(description="goes with every report about this attempt")
+    number: int = Field(description="the attempt's number within its job (1, 2, ...)")
+    gpu_indices: list[int]
+    gpu_ids: list[str]
+    spec: dict[str, Any] = Field(description="the job's spec as it was submitted")
+    workdir_size: int | None = Field(None, description="bytes of the job's archive, if any")
+    max_log_bytes: int | None = Field(None, description="output kept per attempt; send no more")
+
+
+class StopItem(Answer):
+    """An attempt this node must stop (cancelled), or confirm finished if it never started."""
+
+    attempt_id: str
+    fencing_token: int
+
+
+class Work(Answer):
+    """Attempts to start and to stop; both empty when the long poll ran out."""
+
+    start: list[StartItem] = Field(default_factory=list)
+    stop: list[StopItem] = Field(default_factory=list)
+
+
+# ---- attempt reports -------------------------------------------------------------------------
+class Report(BaseModel):
+    """An attempt report: fenced by the attempt's current token."""
+
+    fencing_token: int = Field(ge=0, le=INT64_MAX)
+
+
+class LogLine(BaseModel):
+    stream: str = Field(pattern="^(stdout|stderr|system)$")
+    data: str
+
+    @field_validator("data")
+    @classmethod
+    def _storable(cls, v: str) -> str:
+        # job output is whatever a job printed: keep it, escaped, rather than fail the report
+        return lossless(v)
+
+
+class LogReport(Report):
+    chunks: list[LogLine]
+
+
+class EnergyUse(BaseModel):
+    """What one GPU used during an attempt, as the agent metered it (core.energy.Meter)."""
+
+    index: int = Field(ge=0, le=MAX_GPU_INDEX)
+    joules: float = Field(ge=0, allow_inf_nan=False)
+    method: str = Field("counter", max_length=20, description="counter | integrated | mixed")
+    resets: Int32 = 0
+    samples: Int32 = 0
+    seconds: Finite = 0.0
+    counter_start_j: Finite | None = None
+    counter_end_j: Finite | None = None
+
+
+class FinishReport(Report):
+    exit_code: Int32 | None = None
+    reason: str = Field("", max_length=MAX_REASON_CHARS)
+    lost: bool = False  # the agent stopped it because it could not renew its lease
+    energy: list[EnergyUse] = Field(default_factory=list, max_length=MAX_GPU_INDEX + 1)
+
+
+class Accepted(Answer):
+    status: str = "ok"
+
+
+class LogsAccepted(Accepted):
+    truncated: bool = Field(description="the attempt's output cap is reached: send no more")
+
+
+# ---- benchmarks ------------------------------------------------------------------------------
+class BenchmarkRun(BaseModel):
+    """One benchmark run on one GPU (core.benchmark.BenchmarkResult)."""
+
+    index: int = Field(ge=0, le=MAX_GPU_INDEX)
+    values: dict[Annotated[str, Field(max_length=40)], Finite] = Field(
+        default_factory=dict, max_length=64
+    )  # metric -> measured value
+    unmeasured: dict[
+        Annotated[str, Field(max_length=40)], Annotated[str, Field(max_length=MAX_REASON_CHARS)]
+    ] = Field(default_factory=dict, max_length=64)  # metric -> why not
+    soak_runs: Int32 = 0
+    soak_errors: Int32 = 0
+    simulated: bool = False
+
+
+class BenchmarkReport(BaseModel):
+    kind: str = Field("periodic", pattern="^(burn_in|periodic)$")
+    results: list[BenchmarkRun] = Field(max_length=MAX_GPU_INDEX + 1)
+
+
+class BenchmarkScore(Answer):
+    """A GPU's score for the run it reported (core.benchmark.Score)."""
+
+    gpu_id: str
+    score_pct: float | None = Field(description="headline matmul rate as % of its reference")
+    per_metric: dict[str, dict[str, Any]]
+    flagged: bool
+    reasons: list[str]
+    soak_failed: bool
