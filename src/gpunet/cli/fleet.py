@@ -6,8 +6,9 @@ from typing import Annotated
 
 import typer
 
-from gpunet.cli.output import print_json, table
+from gpunet.cli.output import Column, model_table, print_json
 from gpunet.sdk.client import Client
+from gpunet.wire import resources as R
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
 
@@ -15,59 +16,56 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
 def nodes(json_out: JsonOpt = False) -> None:
     """The nodes of the network."""
     with Client() as client:
-        rows = client.nodes()
-    if json_out:
-        print_json(rows)
-        return
-    table(
-        rows,
-        [
-            ("id", "NODE"),
-            ("name", "NAME"),
-            ("status", "STATUS"),
-            ("gpus", "GPUS"),
-            ("gpus_busy", "BUSY"),
-            ("gpu_models", "MODELS"),
-            ("owner", "OWNER"),
-            ("isolation", "ISOLATION"),
-            ("runtimes", "RUNTIMES"),
-            ("reliability", "RELIABILITY"),
-            ("simulated", "SIMULATED"),
-            ("last_heartbeat_at", "LAST HEARTBEAT"),
-        ],
-    )
+        if json_out:
+            print_json(client.nodes())
+            return
+        rows = client.node_models()
+    model_table(rows, NODE_COLUMNS)
+
+
+NODE_COLUMNS: list[Column[R.Node]] = [
+    ("NODE", lambda n: n.id),
+    ("NAME", lambda n: n.name),
+    ("STATUS", lambda n: n.status),
+    ("GPUS", lambda n: n.gpus),
+    ("BUSY", lambda n: n.gpus_busy),
+    ("MODELS", lambda n: n.gpu_models),
+    ("OWNER", lambda n: n.owner),
+    ("ISOLATION", lambda n: n.isolation),
+    ("RUNTIMES", lambda n: n.runtimes),
+    ("RELIABILITY", lambda n: n.reliability),
+    ("SIMULATED", lambda n: n.simulated),
+    ("LAST HEARTBEAT", lambda n: n.last_heartbeat_at),
+]
 
 
 def gpus(json_out: JsonOpt = False) -> None:
     """Every GPU with live telemetry (utilization, memory, temperature, power)."""
     with Client() as client:
-        rows = client.gpus()
-    if json_out:
-        print_json(rows)
-        return
-    for r in rows:
-        r["memory"] = f"{(r['memory_used_mb'] or 0) / 1000:.1f}/{r['memory_mb'] / 1000:.0f} GB"
-        r["state"] = (
-            r["lifecycle_state"]
-            if r.get("lifecycle_state") not in (None, "active")
-            else "unhealthy"
-            if not r["healthy"]
-            else "drained"
-            if r["drained"]
-            else "busy"
-            if r["busy"]
-            else "idle"
-        )
-    table(
-        rows,
-        [
-            ("id", "GPU"),
-            ("model", "MODEL"),
-            ("state", "STATE"),
-            ("utilization_pct", "UTIL %"),
-            ("memory", "MEMORY"),
-            ("temperature_c", "TEMP C"),
-            ("power_w", "POWER W"),
-            ("simulated", "SIMULATED"),
-        ],
-    )
+        if json_out:
+            print_json(client.gpus())
+            return
+        rows = client.gpu_resources()
+    model_table(rows, GPU_COLUMNS)
+
+
+def gpu_state(g: R.Gpu) -> str:
+    """One word for a GPU: its lifecycle state unless active, else unhealthy, drained, busy
+    or idle."""
+    if g.lifecycle_state != "active":
+        return str(g.lifecycle_state)
+    if not g.healthy:
+        return "unhealthy"
+    return "drained" if g.drained else "busy" if g.busy else "idle"
+
+
+GPU_COLUMNS: list[Column[R.Gpu]] = [
+    ("GPU", lambda g: g.id),
+    ("MODEL", lambda g: g.model),
+    ("STATE", gpu_state),
+    ("UTIL %", lambda g: g.utilization_pct),
+    ("MEMORY", lambda g: f"{(g.memory_used_mb or 0) / 1000:.1f}/{g.memory_mb / 1000:.0f} GB"),
+    ("TEMP C", lambda g: g.temperature_c),
+    ("POWER W", lambda g: g.power_w),
+    ("SIMULATED", lambda g: g.simulated),
+]

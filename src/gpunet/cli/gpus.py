@@ -9,6 +9,7 @@ import typer
 from gpunet.cli import fleet
 from gpunet.cli.output import console, fmt, print_json, table
 from gpunet.sdk.client import Client
+from gpunet.wire import resources as R
 
 gpus_app = typer.Typer(
     help="GPUs: list them, drain/activate/retire/recycle them, show a GPU's timeline.",
@@ -172,12 +173,14 @@ def tiers(
     )
 
 
-def energy_line(e: dict[str, Any]) -> str:
+def energy_line(e: R.EnergySummary | dict[str, Any]) -> str:
     """'0.42 kWh GPU, 0.66 kWh facility (PUE 1.58), 0.31 kg CO2e, cost 0.08'."""
-    pue = f" (PUE {e['pue']:g})" if "pue" in e else ""
+    if isinstance(e, dict):
+        e = R.parse(R.EnergySummary, e)
+    pue = f" (PUE {e.pue:g})" if e.pue is not None else ""
     return (
-        f"{e['gpu_kwh']:.4g} kWh GPU, {e['facility_kwh']:.4g} kWh facility{pue}, "
-        f"{e['co2e_kg']:.4g} kg CO2e, cost {e['cost']:.4g}"
+        f"{e.gpu_kwh:.4g} kWh GPU, {e.facility_kwh:.4g} kWh facility{pue}, "
+        f"{e.co2e_kg:.4g} kg CO2e, cost {e.cost:.4g}"
     )
 
 

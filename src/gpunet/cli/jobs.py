@@ -10,9 +10,10 @@ from typing import Annotated, Any
 import typer
 import yaml
 
-from gpunet.cli.output import console, err_console, print_json, styled_state, table
+from gpunet.cli.output import Column, console, err_console, model_table, print_json, styled_state
 from gpunet.errors import ValidationFailed
 from gpunet.sdk.client import TERMINAL, Client
+from gpunet.wire import resources as R
 
 jobs_app = typer.Typer(
     help="List and inspect jobs.", invoke_without_command=True, no_args_is_help=False
@@ -156,15 +157,15 @@ def run(
         _finish(client, job_id)
 
 
-JOB_COLUMNS = [
-    ("id", "ID"),
-    ("name", "NAME"),
-    ("state", "STATE"),
-    ("gpus", "GPUS"),
-    ("exit_code", "EXIT"),
-    ("created_at", "SUBMITTED"),
-    ("started_at", "STARTED"),
-    ("finished_at", "ENDED"),
+JOB_COLUMNS: list[Column[R.JobSummary]] = [
+    ("ID", lambda j: j.id),
+    ("NAME", lambda j: j.name),
+    ("STATE", lambda j: styled_state(j.state)),
+    ("GPUS", lambda j: j.gpus),
+    ("EXIT", lambda j: j.exit_code),
+    ("SUBMITTED", lambda j: j.created_at),
+    ("STARTED", lambda j: j.started_at),
+    ("ENDED", lambda j: j.finished_at),
 ]
 
 
@@ -179,58 +180,59 @@ def jobs_list(
     if ctx.invoked_subcommand:
         return
     with Client() as client:
-        rows = client.jobs(state, limit)
-    if json_out:
-        print_json(rows)
-        return
-    for r in rows:
-        r["state"] = styled_state(r["state"])
-    table(rows, JOB_COLUMNS)
+        if json_out:
+            print_json(client.jobs(state, limit))
+            return
+        jobs = client.job_models(state, limit)
+    model_table(jobs, JOB_COLUMNS)
 
 
 @jobs_app.command("show")
 def jobs_show(job_id: str, json_out: JsonOpt = False) -> None:
     """A job in full: state, exit code, times, node and GPUs, attempts."""
     with Client() as client:
-        job = client.job(job_id)
-    if json_out:
-        print_json(job)
-        return
-    console.print(f"[bold]{job['id']}[/] {job['name']}  {styled_state(job['state'])}")
-    for key in (
-        "exit_code",
-        "reason",
-        "node_id",
-        "gpu_ids",
-        "created_at",
-        "started_at",
-        "finished_at",
-        "retries_used",
-        "max_retries",
-    ):
-        console.print(f"  {key:13} {job.get(key) if job.get(key) not in (None, []) else '-'}")
-    cmd = job["spec"]["command"]
+        if json_out:
+            print_json(client.job(job_id))
+            return
+        job = client.job_model(job_id)
+    show_job(job)
+
+
+def show_job(job: R.Job) -> None:
+    """`gpunet jobs show`: the job's fields, what it asks of its node, energy, attempts."""
+    console.print(f"[bold]{job.id}[/] {job.name}  {styled_state(job.state)}")
+    fields: list[tuple[str, Any]] = [
+        ("exit_code", job.exit_code),
+        ("reason", job.reason),
+        ("node_id", job.node_id),
+        ("gpu_ids", job.gpu_ids),
+        ("created_at", job.created_at),
+        ("started_at", job.started_at),
+        ("finished_at", job.finished_at),
+        ("retries_used", job.retries_used),
+        ("max_retries", job.max_retries),
+    ]
+    for key, value in fields:
+        console.print(f"  {key:13} {value if value not in (None, []) else '-'}")
+    cmd = job.spec["command"]
     console.print(f"  {'command':13} {cmd if isinstance(cmd, str) else ' '.join(cmd)}")
-    for line in placement_terms(job["spec"]):
+    for line in placement_terms(job.spec):
         console.print(f"  {line}")
-    if job.get("energy", {}).get("gpus"):
+    if job.energy.gpus:
         from gpunet.cli.gpus import energy_line
 
-        console.print(f"  {'energy':13} {energy_line(job['energy'])}")
-    if job.get("attempts"):
-        table(
-            job["attempts"],
-            [
-                ("number", "#"),
-                ("id", "ATTEMPT"),
-                ("node_id", "NODE"),
-                ("gpu_ids", "GPUS"),
-                ("state", "STATE"),
-                ("exit_code", "EXIT"),
-                ("reason", "REASON"),
-            ],
-            title="attempts",
-        )
+        console.print(f"  {'energy':13} {energy_line(job.energy)}")
+    if job.attempts:
+        attempt_columns: list[Column[R.Attempt]] = [
+            ("#", lambda a: a.number),
+            ("ATTEMPT", lambda a: a.id),
+            ("NODE", lambda a: a.node_id),
+            ("GPUS", lambda a: a.gpu_ids),
+            ("STATE", lambda a: a.state),
+            ("EXIT", lambda a: a.exit_code),
+            ("REASON", lambda a: a.reason),
+        ]
+        model_table(job.attempts, attempt_columns, title="attempts")
 
 
 def placement_terms(spec: dict[str, Any]) -> list[str]:
@@ -256,29 +258,34 @@ def placement_terms(spec: dict[str, Any]) -> list[str]:
 def jobs_events(job_id: str, json_out: JsonOpt = False) -> None:
     """Every state transition of a job, timestamped."""
     with Client() as client:
-        rows = client.events(job_id)
-    if json_out:
-        print_json(rows)
-        return
-    table(
-        rows, [("at", "AT"), ("from", "FROM"), ("to", "TO"), ("reason", "REASON"), ("actor", "BY")]
-    )
+        if json_out:
+            print_json(client.events(job_id))
+            return
+        events = client.event_models(job_id)
+    columns: list[Column[R.JobEvent]] = [
+        ("AT", lambda e: e.at),
+        ("FROM", lambda e: e.from_),
+        ("TO", lambda e: e.to),
+        ("REASON", lambda e: e.reason),
+        ("BY", lambda e: e.actor),
+    ]
+    model_table(events, columns)
 
 
 @jobs_app.command("why")
 def jobs_why(job_id: str, json_out: JsonOpt = False) -> None:
     """Why a pending job is not running, and where it would go."""
     with Client() as client:
-        res = client.why(job_id)
-    if json_out:
-        print_json(res)
-        return
-    console.print(f"{res['job_id']} ({res['state']}): {res['summary']}")
-    if res.get("note"):
-        console.print(f"  {res['note']}")
-    if res.get("would_place"):
-        wp = res["would_place"]
-        console.print(f"  next placement: {wp['node_id']} GPUs {','.join(wp['gpu_ids'])}")
+        if json_out:
+            print_json(client.why(job_id))
+            return
+        res = client.why_model(job_id)
+    console.print(f"{res.job_id} ({res.state}): {res.summary}")
+    if res.note:
+        console.print(f"  {res.note}")
+    if res.would_place:
+        wp = res.would_place
+        console.print(f"  next placement: {wp.node_id} GPUs {','.join(wp.gpu_ids)}")
 
 
 def logs(

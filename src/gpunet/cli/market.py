@@ -8,9 +8,10 @@ from typing import Annotated, Any
 
 import typer
 
-from gpunet.cli.output import console, print_json, table
+from gpunet.cli.output import Column, console, model_table, print_json, table
 from gpunet.errors import ValidationFailed
 from gpunet.sdk.client import Client
+from gpunet.wire import resources as R
 
 price_app = typer.Typer(help="Price your GPUs (credits per GPU-hour).", no_args_is_help=True)
 credits_app = typer.Typer(help="Grant credits to accounts (admin).", no_args_is_help=True)
@@ -91,15 +92,15 @@ def credits_grant(
 def balance(account: AccountOpt = None, json_out: JsonOpt = False) -> None:
     """Your credits: spendable balance and what running attempts hold."""
     with Client() as client:
-        res = client.balance(account)
-    if json_out:
-        print_json(res)
-        return
-    console.print(f"{res['account']}: balance {res['balance']}, held {res['held']}")
-    if res["max_concurrent_gpus"] is not None or res["monthly_spend"] is not None:
+        if json_out:
+            print_json(client.balance(account))
+            return
+        res = client.balance_model(account)
+    console.print(f"{res.account}: balance {res.balance}, held {res.held}")
+    if res.max_concurrent_gpus is not None or res.monthly_spend is not None:
         console.print(
-            f"  quota: {res['max_concurrent_gpus'] or 'any'} GPUs at once, "
-            f"{res['monthly_spend'] or 'no cap on'} spend per month"
+            f"  quota: {res.max_concurrent_gpus or 'any'} GPUs at once, "
+            f"{res.monthly_spend or 'no cap on'} spend per month"
         )
 
 
@@ -218,32 +219,28 @@ def offers(
     json_out: JsonOpt = False,
 ) -> None:
     """GPUs on the market from every owner, with price and the node's reliability."""
+    q = " ".join(query or []) or None
     with Client() as client:
-        rows = client.offers(" ".join(query or []) or None, sort)
-    if json_out:
-        print_json(rows)
-        return
-    for r in rows:
-        r["memory"] = f"{r['memory_gb']:g} GB"
-        r["price"] = r["price_per_hour"] or "free"
-        r["rel"] = "-" if r["reliability"] is None else f"{r['reliability']:.2f}"
-    table(
-        rows,
-        [
-            ("gpu_id", "GPU"),
-            ("model", "MODEL"),
-            ("memory", "MEMORY"),
-            ("price", "PRICE/H"),
-            ("rel", "RELIABILITY"),
-            ("tier", "TIER"),
-            ("site", "SITE"),
-            ("owner", "OWNER"),
-            ("isolation", "ISOLATION"),
-            ("runtimes", "RUNTIMES"),
-            ("state", "STATE"),
-        ],
-        title=f"{len(rows)} offer(s)",
-    )
+        if json_out:
+            print_json(client.offers(q, sort))
+            return
+        rows = client.offer_models(q, sort)
+    model_table(rows, OFFER_COLUMNS, title=f"{len(rows)} offer(s)")
+
+
+OFFER_COLUMNS: list[Column[R.Offer]] = [
+    ("GPU", lambda o: o.gpu_id),
+    ("MODEL", lambda o: o.model),
+    ("MEMORY", lambda o: f"{o.memory_gb:g} GB"),
+    ("PRICE/H", lambda o: o.price_per_hour or "free"),
+    ("RELIABILITY", lambda o: "-" if o.reliability is None else f"{o.reliability:.2f}"),
+    ("TIER", lambda o: o.tier),
+    ("SITE", lambda o: o.site),
+    ("OWNER", lambda o: o.owner),
+    ("ISOLATION", lambda o: o.isolation),
+    ("RUNTIMES", lambda o: o.runtimes),
+    ("STATE", lambda o: o.state),
+]
 
 
 def reputation(

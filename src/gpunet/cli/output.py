@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from rich.console import Console
 from rich.table import Table
 
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
+
+M = TypeVar("M")
+Column = tuple[str, Callable[[M], Any]]
 
 
 def print_json(data: Any) -> None:
@@ -20,11 +23,25 @@ def print_json(data: Any) -> None:
 def table(
     rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]], title: str | None = None
 ) -> None:
+    _print_table(
+        [header for _, header in columns], [[r.get(key) for key, _ in columns] for r in rows], title
+    )
+
+
+def model_table(rows: Sequence[M], columns: Sequence[Column[M]], title: str | None = None) -> None:
+    """A table of typed answers: each column is (header, what it shows of a row), so the type
+    checker sees every field a table reads."""
+    _print_table(
+        [header for header, _ in columns], [[get(r) for _, get in columns] for r in rows], title
+    )
+
+
+def _print_table(headers: Sequence[str], cells: Sequence[Sequence[Any]], title: str | None) -> None:
     t = Table(title=title, show_lines=False, header_style="bold")
-    for _, header in columns:
+    for header in headers:
         t.add_column(header)
-    for r in rows:
-        t.add_row(*(fmt(r.get(key)) for key, _ in columns))
+    for row in cells:
+        t.add_row(*(fmt(v) for v in row))
     console.print(t)
 
 

@@ -172,6 +172,15 @@ class Client:
     def job_model(self, job_id: str) -> R.Job:
         return R.parse(R.Job, self.job(job_id))
 
+    def job_models(self, state: str | None = None, limit: int = 100) -> list[R.JobSummary]:
+        return [R.parse(R.JobSummary, j) for j in self.jobs(state, limit)]
+
+    def event_models(self, job_id: str) -> list[R.JobEvent]:
+        return [R.parse(R.JobEvent, e) for e in self.events(job_id)]
+
+    def why_model(self, job_id: str) -> R.Explanation:
+        return R.parse(R.Explanation, self.why(job_id))
+
     def events(self, job_id: str) -> list[dict[str, Any]]:
         return list(self._req("GET", f"/v1/jobs/{job_id}/events"))
 
