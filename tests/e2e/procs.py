@@ -265,6 +265,18 @@ class Network:
 
 
 @contextmanager
+def logs_on_failure(n: Network) -> Iterator[Network]:
+    """Close the network's processes at the end; print their log tails when the body fails."""
+    try:
+        yield n
+    except BaseException:
+        print(n.logs())
+        raise
+    finally:
+        n.close()
+
+
+@contextmanager
 def two_agent_network(
     root: Path,
     db_url: str,
@@ -278,7 +290,7 @@ def two_agent_network(
     and a consumer token (``user``); ``prepare`` runs before the agents start. Prints every
     process's log tail when the test fails."""
     n = Network(root, db_url, lease_timeout=lease_timeout, server_args=server_args)
-    try:
+    with logs_on_failure(n):
         n.start_coordinator()
         n.owner = n.token("provider", "owner")
         if prepare is not None:
@@ -288,8 +300,3 @@ def two_agent_network(
         n.user = n.token("consumer", "alice")
         n.wait_online(2)
         yield n
-    except BaseException:
-        print(n.logs())
-        raise
-    finally:
-        n.close()

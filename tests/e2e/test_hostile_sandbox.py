@@ -22,7 +22,7 @@ from gpunet.agent.sandbox import SandboxConfig, probe
 from gpunet.agent.sandbox.cgroups import CgroupTree, agent_parent
 from gpunet.sdk.client import Client
 from tests.conftest import pg_database
-from tests.e2e.procs import Network, alive, host_pids_with, wait_for
+from tests.e2e.procs import Network, alive, host_pids_with, logs_on_failure, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -57,16 +57,14 @@ def _needs_sandbox() -> None:
     pytest.skip(why)
 
 
-def sandboxed_network(root: Path, db_url: str, lease_timeout: float = 3.0) -> Network:
+def start_sandboxed(n: Network) -> None:
     """A coordinator and one sandboxed agent ``a1`` with 4 simulated GPUs; the agent's own
     environment holds a secret that no job may see."""
-    n = Network(root, db_url, lease_timeout=lease_timeout)
     n.start_coordinator()
     n.owner = n.token("provider", "owner")
     n.start_agent("a1", "4xT4", n.owner, extra=AGENT_FLAGS, env={SECRET_VAR: "hunter2"})
     n.user = n.token("consumer", "mallory")
     n.wait_online()
-    return n
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
@@ -80,15 +78,9 @@ def net(
             url = f"sqlite:///{root / 'home' / 'gpunet.db'}"
         else:
             url = stack.enter_context(pg_database())
-        n = Network(root, "")  # for close() and logs() if the start fails
-        try:
-            n = sandboxed_network(root, url)
-            yield n
-        except BaseException:
-            print(n.logs())
-            raise
-        finally:
-            n.close()
+        n = stack.enter_context(logs_on_failure(Network(root, url)))
+        start_sandboxed(n)
+        yield n
 
 
 def py_job(code: str, name: str = "attack", marker: str = "") -> dict[str, Any]:
@@ -418,9 +410,8 @@ def test_memory_hog_is_oom_killed_and_the_result_says_so(net: Network) -> None:
 
 
 def test_kill9_agent_restart_kills_what_its_attempts_left(tmp_path: Path, db_url: str) -> None:
-    net = Network(tmp_path, "")
-    try:
-        net = sandboxed_network(tmp_path, db_url, lease_timeout=10.0)
+    with logs_on_failure(Network(tmp_path, db_url, lease_timeout=10.0)) as net:
+        start_sandboxed(net)
         marker = "7003"
         job_id = submit(net, daemon_job(marker, then_sleep=120))
         att = running(net, job_id)["attempts"][-1]["id"]
@@ -438,8 +429,3 @@ def test_kill9_agent_restart_kills_what_its_attempts_left(tmp_path: Path, db_url
             "the agent to log what it killed",
         )
         assert not (tmp_path / "agent-a1" / "work" / att).exists()
-    except BaseException:
-        print(net.logs())
-        raise
-    finally:
-        net.close()

@@ -15,7 +15,7 @@ import pytest
 from gpunet.agent.sandbox.container import RuntimeInfo, runtime_env
 from gpunet.sdk.client import Client
 from tests.container_image import IMAGE, podman_with_test_image
-from tests.e2e.procs import Network, wait_for
+from tests.e2e.procs import Network, logs_on_failure, wait_for
 from tests.e2e.test_hostile_sandbox import AGENT_FLAGS, _needs_sandbox
 
 pytestmark = pytest.mark.e2e
@@ -31,18 +31,13 @@ def podman() -> RuntimeInfo:
 def net(tmp_path_factory: pytest.TempPathFactory, podman: RuntimeInfo) -> Iterator[Network]:
     root = tmp_path_factory.mktemp("images")
     n = Network(root, f"sqlite:///{root / 'home' / 'gpunet.db'}")
-    try:
+    with logs_on_failure(n):
         n.start_coordinator()
         n.owner = n.token("provider", "owner")
         n.start_agent("c1", "2xT4", n.owner, extra=[*AGENT_FLAGS, "--containers", "auto"])
         n.user = n.token("consumer", "carol")
         n.wait_online()
         yield n
-    except BaseException:
-        print(n.logs())
-        raise
-    finally:
-        n.close()
 
 
 def _run(

@@ -17,6 +17,25 @@ POLICIES = ("fifo", "priority", "las", "default", "fifo_perf")
 ACCOUNTS = ("x", "y")
 
 
+def gpu_class(g: GpuView, n: NodeView) -> GpuClass:
+    """The class of one GPU, built here from the view (not with the planner's own key), so
+    the properties check the planner's indexing too."""
+    return GpuClass(
+        g.model,
+        g.memory_mb,
+        g.compute_capability,
+        g.price_per_hour,
+        g.healthy,
+        g.drained,
+        n.online,
+        g.power_w,
+        isolation=n.isolation,
+        has_runtime=bool(n.runtimes),
+        private=n.private,
+        owner=n.owner,
+    )
+
+
 @st.composite
 def snapshots(draw: st.DrawFn) -> Snapshot:
     n_nodes = draw(st.integers(1, 5))
@@ -107,20 +126,7 @@ def test_plan_invariants(case: tuple[Snapshot, list[JobRequest], str, int]) -> N
             g = gpus[gid]
             n = nodes[g.node_id]
             # every filter holds for every GPU of every placement
-            cls = GpuClass(
-                g.model,
-                g.memory_mb,
-                g.compute_capability,
-                g.price_per_hour,
-                g.healthy,
-                g.drained,
-                n.online,
-                g.power_w,
-                isolation=n.isolation,
-                has_runtime=bool(n.runtimes),
-                private=n.private,
-                owner=n.owner,
-            )
+            cls = gpu_class(g, n)
             assert first_failure(job, cls, FILTERS) is None
             # and, stated on their own, the node's isolation, runtimes and owner fit the job
             assert n.isolation >= job.isolation
@@ -171,20 +177,7 @@ def test_explanations_match_a_per_gpu_count(
         expected: dict[str, int] = {}
         for g in snap.gpus:
             n = nodes[g.node_id]
-            cls = GpuClass(
-                g.model,
-                g.memory_mb,
-                g.compute_capability,
-                g.price_per_hour,
-                g.healthy,
-                g.drained,
-                n.online,
-                g.power_w,
-                isolation=n.isolation,
-                has_runtime=bool(n.runtimes),
-                private=n.private,
-                owner=n.owner,
-            )
+            cls = gpu_class(g, n)
             why = first_failure(job, cls, FILTERS) or ("busy" if g.busy else None)
             if why:
                 expected[why] = expected.get(why, 0) + 1
