@@ -105,6 +105,7 @@ def test_a_refused_finished_report_is_replaced_by_a_minimal_one(tmp_path: Path) 
         "fencing_token": 1,
         "exit_code": 3,
         "lost": False,
+        "reclaimed": False,
         "reason": "the coordinator refused the full report",
         "energy": [],
     }

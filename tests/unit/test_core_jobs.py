@@ -88,6 +88,7 @@ def test_expected_paths_are_allowed() -> None:
         [J.QUEUED, J.ASSIGNED, J.RUNNING, J.LOST, J.QUEUED, J.ASSIGNED, J.FAILED],
         [J.QUEUED, J.ASSIGNED, J.LOST, J.FAILED],
         [J.QUEUED, J.CANCELLED],
+        [J.QUEUED, J.ASSIGNED, J.RUNNING, J.QUEUED, J.ASSIGNED, J.SUCCEEDED],  # preempted
     ):
         for src, dst in zip(path, path[1:], strict=False):
             check_job_move(src, dst)
@@ -95,12 +96,17 @@ def test_expected_paths_are_allowed() -> None:
         [A.ASSIGNED, A.RUNNING, A.STOPPING, A.CANCELLED],
         [A.ASSIGNED, A.RUNNING, A.LOST],
         [A.ASSIGNED, A.STOPPING, A.LOST],
+        [A.ASSIGNED, A.RUNNING, A.STOPPING, A.PREEMPTED],
+        [A.ASSIGNED, A.RUNNING, A.PREEMPTED],  # the owner took the GPU back
+        [A.RUNNING, A.STOPPING, A.SUCCEEDED],  # it finished before the preemption signal
     ):
         for src, dst in zip(path, path[1:], strict=False):
             check_attempt_move(src, dst)
-    # a stopping attempt cannot be reported as a success
+    # a stopping attempt cannot run again, and a preempted one is over
     with pytest.raises(Conflict):
-        check_attempt_move(A.STOPPING, A.SUCCEEDED)
+        check_attempt_move(A.STOPPING, A.RUNNING)
+    with pytest.raises(Conflict):
+        check_attempt_move(A.PREEMPTED, A.RUNNING)
     # a queued job cannot start running without being assigned
     with pytest.raises(Conflict):
         check_job_move(J.QUEUED, J.RUNNING)

@@ -91,6 +91,7 @@ def test_a_finished_report_carries_the_meters_as_the_coordinator_stores_them() -
         "exit_code": 0,
         "reason": "the coordinator refused the full report",
         "lost": False,
+        "reclaimed": False,
         "energy": [],
     }
 

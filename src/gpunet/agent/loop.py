@@ -31,6 +31,7 @@ from gpunet.agent.sandbox import Isolation
 from gpunet.agent.sandbox.image_jobs import ContainerHost
 from gpunet.core.energy import Meter
 from gpunet.core.isolation import Isolation as Level
+from gpunet.core.jobs import CANCEL_GRACE_S
 from gpunet.tls import untrusted_message, untrusted_reason
 from gpunet.wire.agent import (
     MAX_REASON_CHARS,
@@ -150,6 +151,7 @@ class Agent:
         self.last_renewed = time.monotonic()
         self.attempts: dict[str, AttemptCtx] = {}
         self.reports: asyncio.Queue[tuple[str, Report]] = asyncio.Queue()
+        self._stoppers: set[asyncio.Task[None]] = set()  # graceful stops in progress
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=70.0), verify=verify)
         self.stopping = asyncio.Event()
         self._unsent_xids: dict[int, list[int]] = {}  # XIDs a failed heartbeat did not deliver
@@ -393,14 +395,21 @@ class Agent:
                     ctx.task = asyncio.create_task(self._run_attempt(ctx))
             for item in work.stop:
                 known = self.attempts.get(item.attempt_id)
+                why = item.reason or ("cancelled" if item.kind == "cancel" else item.kind)
                 if known is not None:
-                    await self._stop(known, "cancelled")
-                else:  # cancelled before we ever started it: confirm so its GPUs free up
-                    self._finish(AttemptCtx(item), -15, "cancelled")
+                    # the stop (SIGTERM, the grace to save a checkpoint, SIGKILL) runs on its
+                    # own: one job's grace must not hold up this node's other work
+                    stopper = asyncio.create_task(self._stop(known, why, item.grace_s))
+                    self._stoppers.add(stopper)
+                    stopper.add_done_callback(self._stoppers.discard)
+                else:  # stopped before we ever started it: confirm so its GPUs free up
+                    self._finish(AttemptCtx(item), -15, why)
 
-    async def _stop(self, ctx: AttemptCtx, reason: str) -> None:
+    async def _stop(self, ctx: AttemptCtx, reason: str, grace_s: float = CANCEL_GRACE_S) -> None:
         if ctx.run is not None and ctx.run.proc.returncode is None:
-            await ctx.run.stop(reason)
+            if ctx.run.stop_reason is not None:
+                return  # already stopping: the first stop's grace stands
+            await ctx.run.stop(reason, grace_s)
         elif ctx.run is None and ctx.task is not None and not ctx.task.done():
             ctx.task.cancel()
 
@@ -599,10 +608,11 @@ def health_reports(readings: list[dict[str, Any]]) -> list[HealthReport]:
 
 def minimal_finish(rep: FinishReport) -> FinishReport:
     """A finished report the coordinator refused, cut to what ends the attempt: its fencing
-    token, exit code and lost flag."""
+    token, exit code and what ended it (lost, reclaimed)."""
     return FinishReport(
         fencing_token=rep.fencing_token,
         exit_code=rep.exit_code,
         lost=rep.lost,
+        reclaimed=rep.reclaimed,
         reason="the coordinator refused the full report",
     )

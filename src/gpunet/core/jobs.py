@@ -25,13 +25,35 @@ class AttemptState(StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     LOST = "lost"
+    # the network stopped it and its job went back to the queue without using a retry:
+    # a preemption, the owner taking the GPU back, or the job asking to be run again
+    PREEMPTED = "preempted"
+
+
+class StopKind(StrEnum):
+    """Why the coordinator asks an agent to stop an attempt: what happens to its job after."""
+
+    CANCEL = "cancel"  # the user cancelled the job: it ends
+    PREEMPT = "preempt"  # higher-priority work takes the GPUs: the job is re-queued
+
+
+# A job that exits with this code has saved its checkpoint and asks to be run again (as
+# HTCondor's checkpoint_exit_code): its job goes back to the queue without using a retry.
+REQUEUE_EXIT_CODE = 85
+
+# Seconds a job gets between SIGTERM and SIGKILL when the network stops it (preemption, owner
+# reclaim, lease margin) unless its spec says otherwise (checkpoint.grace_s); a user's cancel
+# gets CANCEL_GRACE_S.
+DEFAULT_GRACE_S = 30.0
+CANCEL_GRACE_S = 5.0
 
 
 J = JobState
 JOB_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     J.QUEUED: frozenset({J.ASSIGNED, J.CANCELLED, J.FAILED}),
-    J.ASSIGNED: frozenset({J.RUNNING, J.SUCCEEDED, J.FAILED, J.CANCELLED, J.LOST}),
-    J.RUNNING: frozenset({J.SUCCEEDED, J.FAILED, J.CANCELLED, J.LOST}),
+    J.ASSIGNED: frozenset({J.QUEUED, J.RUNNING, J.SUCCEEDED, J.FAILED, J.CANCELLED, J.LOST}),
+    # -> QUEUED: its attempt was preempted or reclaimed, or it asked to be run again
+    J.RUNNING: frozenset({J.QUEUED, J.SUCCEEDED, J.FAILED, J.CANCELLED, J.LOST}),
     J.LOST: frozenset({J.QUEUED, J.FAILED, J.CANCELLED}),
     J.SUCCEEDED: frozenset(),
     J.FAILED: frozenset(),
@@ -40,13 +62,17 @@ JOB_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
 
 A = AttemptState
 ATTEMPT_TRANSITIONS: dict[AttemptState, frozenset[AttemptState]] = {
-    A.ASSIGNED: frozenset({A.RUNNING, A.STOPPING, A.SUCCEEDED, A.FAILED, A.CANCELLED, A.LOST}),
-    A.RUNNING: frozenset({A.STOPPING, A.SUCCEEDED, A.FAILED, A.CANCELLED, A.LOST}),
-    A.STOPPING: frozenset({A.CANCELLED, A.LOST}),
+    A.ASSIGNED: frozenset(
+        {A.RUNNING, A.STOPPING, A.SUCCEEDED, A.FAILED, A.CANCELLED, A.LOST, A.PREEMPTED}
+    ),
+    A.RUNNING: frozenset({A.STOPPING, A.SUCCEEDED, A.FAILED, A.CANCELLED, A.LOST, A.PREEMPTED}),
+    # a stopped attempt may still report success: it finished before the signal arrived
+    A.STOPPING: frozenset({A.CANCELLED, A.LOST, A.PREEMPTED, A.SUCCEEDED, A.FAILED}),
     A.SUCCEEDED: frozenset(),
     A.FAILED: frozenset(),
     A.CANCELLED: frozenset(),
     A.LOST: frozenset(),
+    A.PREEMPTED: frozenset(),
 }
 
 TERMINAL_JOB_STATES = frozenset(s for s, nxt in JOB_TRANSITIONS.items() if not nxt)

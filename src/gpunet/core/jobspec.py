@@ -20,6 +20,7 @@ from pydantic import (
 
 from gpunet.catalog import resolve_model
 from gpunet.core.isolation import Isolation, check_image
+from gpunet.core.jobs import DEFAULT_GRACE_S
 from gpunet.errors import ValidationFailed
 
 _CC = re.compile(r"^(\d+)\.(\d+)$")
@@ -74,6 +75,23 @@ class Resources(BaseModel):
         return int(m.group(1)), int(m.group(2))
 
 
+class Checkpoint(BaseModel):
+    """How the job's checkpoint directory ($GPUNET_CHECKPOINT_DIR) is saved and restored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    interval_s: float | None = Field(
+        None, ge=10, le=7 * 86400, description="upload the directory this often; None: only on stop"
+    )
+    grace_s: float = Field(
+        DEFAULT_GRACE_S,
+        ge=0,
+        le=3600,
+        description="seconds between SIGTERM and SIGKILL when the network stops the job",
+    )
+    keep: int = Field(3, ge=1, le=100, description="complete checkpoints kept per job")
+
+
 class JobSpec(BaseModel):
     """A job: what to run and what it needs."""
 
@@ -98,6 +116,14 @@ class JobSpec(BaseModel):
     )
     image: str | None = Field(
         None, description="container image to run the command in; implies isolation container"
+    )
+    checkpoint: Checkpoint = Field(
+        default_factory=Checkpoint,  # type: ignore[arg-type]
+        description="saving $GPUNET_CHECKPOINT_DIR; the next attempt starts from the latest",
+    )
+    interruptible: bool = Field(
+        False,
+        description="may be preempted by other work; pays the owner's interruptible price",
     )
 
     @field_validator("image")
@@ -142,6 +168,13 @@ class JobSpec(BaseModel):
         if isinstance(self.command, str):
             return ["/bin/sh", "-c", self.command]
         return list(self.command)
+
+
+def grace_of(spec: dict[str, Any]) -> float:
+    """Seconds between SIGTERM and SIGKILL when the network stops a job of this (stored) spec."""
+    ck = spec.get("checkpoint") or {}
+    grace = ck.get("grace_s") if isinstance(ck, dict) else None
+    return float(grace) if isinstance(grace, int | float) else DEFAULT_GRACE_S
 
 
 def _loc(err: Any) -> str:

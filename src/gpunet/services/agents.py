@@ -8,15 +8,19 @@ from sqlalchemy.orm import Session
 from gpunet.catalog import catalog, resolve_model
 from gpunet.core.jobs import (
     ACTIVE_ATTEMPT_STATES,
+    CANCEL_GRACE_S,
+    REQUEUE_EXIT_CODE,
     AttemptState,
     JobState,
+    StopKind,
     attempt_state_for_exit,
     job_state_for_exit,
 )
+from gpunet.core.jobspec import grace_of
 from gpunet.errors import Forbidden, NotFound, StaleFencingToken
 from gpunet.services import billing
 from gpunet.services.auth import Principal, Role, consume_join_use, issue_token
-from gpunet.services.jobs import lose_attempt, move_attempt, move_job
+from gpunet.services.jobs import lose_attempt, move_attempt, move_job, requeue_attempt
 from gpunet.store.db import Database
 from gpunet.store.tables import Attempt, Blob, Gpu, Job, LogChunk, Node
 from gpunet.util import new_id, now
@@ -164,7 +168,16 @@ def work_for(db: Database, who: Principal, max_log_bytes: int | None = None) -> 
         stop: list[StopItem] = []
         for att, job in rows:
             if att.state == AttemptState.STOPPING.value:
-                stop.append(StopItem(attempt_id=att.id, fencing_token=att.fencing_token))
+                kind = StopKind(att.stop_kind or StopKind.CANCEL)
+                stop.append(
+                    StopItem(
+                        attempt_id=att.id,
+                        fencing_token=att.fencing_token,
+                        kind=kind.value,
+                        grace_s=CANCEL_GRACE_S if kind is StopKind.CANCEL else grace_of(job.spec),
+                        reason=att.reason,
+                    )
+                )
                 continue
             workdir = job.spec.get("workdir")
             start.append(
@@ -273,9 +286,24 @@ def attempt_finished(db: Database, who: Principal, attempt_id: str, rep: FinishR
         if rep.lost or rep.exit_code is None:
             lose_attempt(s, att, rep.reason or "the agent lost its lease", att.node_id)
             return
-        if att.state == AttemptState.STOPPING.value:
+        stopping = att.state == AttemptState.STOPPING.value
+        if stopping and att.stop_kind == StopKind.PREEMPT.value and rep.exit_code != 0:
+            requeue_attempt(s, att, att.reason or "preempted", att.node_id)
+            return
+        if stopping and att.stop_kind != StopKind.PREEMPT.value:
             move_attempt(att, AttemptState.CANCELLED, reason="stopped after cancel")
             billing.close_charge(s, att, lost=False)
+            return
+        if rep.exit_code != 0 and rep.reclaimed:
+            requeue_attempt(s, att, rep.reason or "the GPU's owner took it back", att.node_id)
+            return
+        if rep.exit_code == REQUEUE_EXIT_CODE:
+            requeue_attempt(
+                s,
+                att,
+                f"exit code {REQUEUE_EXIT_CODE}: checkpointed, asked to be run again",
+                att.node_id,
+            )
             return
         move_attempt(att, attempt_state_for_exit(rep.exit_code), reason=rep.reason)
         billing.close_charge(s, att, lost=False)

@@ -15,6 +15,7 @@ from gpunet.core.jobs import (
     ACTIVE_ATTEMPT_STATES,
     AttemptState,
     JobState,
+    StopKind,
     after_lost,
     check_attempt_move,
     check_job_move,
@@ -89,6 +90,28 @@ def lose_attempt(s: Session, att: Attempt, reason: str, actor: str) -> JobState 
         actor=actor,
     )
     return nxt
+
+
+def stop_attempt(att: Attempt, kind: StopKind, reason: str) -> None:
+    """Ask the attempt's agent to stop it (delivered with its next work poll): a cancel ends
+    the job, a preemption re-queues it once the agent confirms (see ``requeue_attempt``)."""
+    move_attempt(att, AttemptState.STOPPING, reason=reason)
+    att.stop_kind = kind.value
+
+
+def requeue_attempt(s: Session, att: Attempt, reason: str, actor: str) -> bool:
+    """The network stopped the attempt (preempted, reclaimed by the GPU's owner, or the job
+    asked to be run again): bill the time it ran, and put its job back in the queue without
+    using a retry. Returns whether the job was re-queued (it may have been cancelled)."""
+    move_attempt(att, AttemptState.PREEMPTED, reason=reason)
+    billing.close_charge(s, att, lost=False)
+    job = s.get(Job, att.job_id, with_for_update=True)
+    if job is None or JobState(job.state) not in (JobState.ASSIGNED, JobState.RUNNING):
+        return False
+    if job.current_attempt_id == att.id:
+        job.current_attempt_id = None
+    move_job(s, job, JobState.QUEUED, reason=reason, actor=actor)
+    return True
 
 
 def _visible(s: Session, who: Principal, job_id: str) -> Job:
@@ -239,7 +262,7 @@ def cancel(db: Database, who: Principal, job_id: str) -> tuple[Job, list[str]]:
                 AttemptState.ASSIGNED,
                 AttemptState.RUNNING,
             ):
-                move_attempt(att, AttemptState.STOPPING, reason="job cancelled")
+                stop_attempt(att, StopKind.CANCEL, "job cancelled")
                 wake.append(att.node_id)
         return job, wake
 

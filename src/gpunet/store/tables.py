@@ -252,6 +252,8 @@ class Attempt(Base):
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
     log_bytes: Mapped[int] = mapped_column(BigInteger, default=0)  # stored output, for the cap
     log_truncated: Mapped[bool] = mapped_column(Boolean, default=False)
+    # while stopping: why (core.jobs.StopKind), which decides where its job goes next
+    stop_kind: Mapped[str | None] = mapped_column(String(20), default=None)
 
 
 class LogChunk(Base):

@@ -173,10 +173,16 @@ class StartItem(Answer):
 
 
 class StopItem(Answer):
-    """An attempt this node must stop (cancelled), or confirm finished if it never started."""
+    """An attempt this node must stop, or confirm finished if it never started.
+
+    ``kind`` says why (core.jobs.StopKind): ``cancel`` ends the job, ``preempt`` re-queues it.
+    The agent sends SIGTERM, waits ``grace_s`` (the job saves its checkpoint), then kills."""
 
     attempt_id: str
     fencing_token: int
+    kind: str = Field("cancel", description="cancel | preempt")
+    grace_s: float = Field(5.0, description="seconds between SIGTERM and SIGKILL")
+    reason: str = Field("", description="shown in the attempt's log")
 
 
 class Work(Answer):
@@ -225,6 +231,8 @@ class FinishReport(Report):
     exit_code: Int32 | None = None
     reason: str = Field("", max_length=MAX_REASON_CHARS)
     lost: bool = False  # the agent stopped it because it could not renew its lease
+    # the agent stopped it because the GPU's owner took it back: re-queue the job, bill the time
+    reclaimed: bool = False
     energy: list[EnergyUse] = Field(default_factory=list, max_length=MAX_GPU_INDEX + 1)
 
 
