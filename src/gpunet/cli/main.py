@@ -10,6 +10,7 @@ from typing import Annotated
 import click
 import typer
 
+from gpunet import __version__
 from gpunet.cli import access, fleet, gpus, jobs, market, report, serve, sim
 from gpunet.cli.output import err_console
 from gpunet.errors import GpunetError
@@ -18,7 +19,6 @@ app = typer.Typer(
     help="gpunet: pool GPUs from many owners and run AI work on the best fit.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
 )
 
 app.command()(serve.up)
@@ -48,8 +48,20 @@ app.command()(market.reputation)
 app.add_typer(report.report_app, name="report")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"gpunet {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
     ca_file: Annotated[
         Path | None,
         typer.Option(
