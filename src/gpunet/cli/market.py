@@ -136,10 +136,9 @@ def ledger_verify(json_out: JsonOpt = False) -> None:
         raise typer.Exit(1)
 
 
-def _csv(rows: list[dict[str, Any]]) -> None:
-    if not rows:
-        return
-    w = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]))
+def _csv(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    """Rows as CSV; an empty statement still prints its header."""
+    w = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]) if rows else columns)
     w.writeheader()
     w.writerows(rows)
 
@@ -161,7 +160,7 @@ def _statement(
     if json_out:
         print_json(res)
     elif csv_out:
-        _csv(res[rows_key])
+        _csv(res[rows_key], [key for key, _ in columns])
     else:
         table(res[rows_key], columns, title=title)
 

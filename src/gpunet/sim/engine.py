@@ -126,8 +126,12 @@ def _prepare(trace: list[TraceJob], fleet: Fleet, table: dict[str, dict[str, flo
             raise ValidationFailed(f"trace job {t.id}", f"no throughputs for job class {cls!r}")
         rate = {m: row[m] for m in models if row.get(m, 0) > 0}
         if not rate:
+            known = sorted({m for r in table.values() for m, v in r.items() if v > 0})
             raise ValidationFailed(
-                f"trace job {t.id}", f"no GPU model of the fleet has a throughput for {cls!r}"
+                f"trace job {t.id}",
+                f"no GPU model of the fleet ({', '.join(models)}) has a throughput for {cls!r} "
+                f"(the table covers {', '.join(known) or 'no models'}); pass --throughputs FILE "
+                f"with this class's throughput on your models",
             )
         why = never_fits(probe, JobRequest(t.id, t.account, t.gpu_count, gpu_models=tuple(rate)))
         if why:

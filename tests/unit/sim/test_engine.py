@@ -113,3 +113,10 @@ def test_bad_inputs_name_the_field() -> None:
     with pytest.raises(ValidationFailed) as e:
         simulate(TWO_JOBS, TWO_TYPES, TABLE, SimConfig(round_s=0))
     assert e.value.field == "round"
+
+
+def test_a_fleet_the_table_does_not_cover_names_the_models_and_the_way_out() -> None:
+    with pytest.raises(ValidationFailed) as e:
+        simulate(TWO_JOBS, parse_fleet("1xH100"), TABLE, SimConfig())
+    msg = e.value.message
+    assert "(H100-80GB)" in msg and "K80, V100" in msg and "--throughputs" in msg
