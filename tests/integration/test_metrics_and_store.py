@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 from helpers import auth, coordinator, gpu, wait_for
 from sqlalchemy import inspect, select
@@ -97,3 +98,70 @@ def test_migrations_apply_on_a_fresh_store_and_are_idempotent(db_url: str) -> No
         assert bootstrap_admin(db2) is None
     finally:
         db2.dispose()
+
+
+def test_metrics_carry_each_gpus_readings_and_the_networks_totals(db_url: str) -> None:
+    with coordinator(db_url) as co:
+        provider = co.token("provider", "prov")
+        node = co.register(provider, [gpu(0), gpu(1)])
+        user = co.token("consumer", "alice")
+        # one credit per GPU-second, and credits to pay for it
+        r = co.c.put(
+            "/v1/prices", json={"node_id": node.id, "price": "3600"}, headers=auth(provider)
+        )
+        assert r.status_code == 200, r.text
+        r = co.c.post(
+            "/v1/credits/grant",
+            json={"account": "alice", "amount": "10000"},
+            headers=auth(co.admin),
+        )
+        assert r.status_code == 201, r.text
+        beat = {
+            "attempts": [],
+            "gpus": [
+                {"index": 0, "utilization_pct": 87.5, "memory_used_mb": 1024, "power_w": 250.0},
+                {"index": 1, "temperature_c": 41.0},
+            ],
+        }
+        assert co.c.post("/v1/agent/heartbeat", json=beat, headers=node.headers).status_code == 200
+        ok = co.submit(user, {"command": ["true"]})
+        att = co.next_start(node)
+        assert att["job_id"] == ok["id"]
+        assert co.report(node, att, "started").status_code == 200
+        time.sleep(1.2)  # at least one whole second billed
+        r = co.report(
+            node,
+            att,
+            "finished",
+            exit_code=0,
+            energy=[{"index": att["gpu_indices"][0], "joules": 12.5}],
+        )
+        assert r.status_code == 200, r.text
+        bad = co.submit(user, {"command": ["false"], "max_retries": 0})
+        att = co.next_start(node)
+        assert att["job_id"] == bad["id"]
+        assert co.report(node, att, "finished", exit_code=None, lost=True).status_code == 200
+
+        g0 = f'gpu="{node.id}/0",model="A100-80GB",node="{node.id}"'
+        g1 = f'gpu="{node.id}/1",model="A100-80GB",node="{node.id}"'
+
+        def flushed() -> str | None:
+            text = co.c.get("/metrics").text
+            return text if f"gpunet_gpu_utilization_percent{{{g0}}}" in text else None
+
+        text = wait_for(flushed, what="the telemetry flush")
+        assert _metric(text, "gpunet_gpu_utilization_percent", g0) == 87.5
+        assert _metric(text, "gpunet_gpu_memory_used_bytes", g0) == 1024 * 1024 * 1024
+        assert _metric(text, "gpunet_gpu_power_watts", g0) == 250.0
+        assert _metric(text, "gpunet_gpu_temperature_celsius", g1) == 41.0
+        assert f"gpunet_gpu_temperature_celsius{{{g0}}}" not in text  # never reported
+        assert _metric(text, "gpunet_gpu_healthy", g0) == 1
+        assert _metric(text, "gpunet_gpu_online", g1) == 1
+        used = _metric(text, "gpunet_gpu_job_energy_joules_total", g0)
+        used += _metric(text, "gpunet_gpu_job_energy_joules_total", g1)
+        assert used == 12.5
+        assert _metric(text, "gpunet_jobs_submitted_total") == 2
+        assert _metric(text, "gpunet_jobs_finished_total", 'result="succeeded"') == 1
+        assert _metric(text, "gpunet_jobs_finished_total", 'result="failed"') == 1
+        assert _metric(text, "gpunet_attempts_lost_total") == 1
+        assert _metric(text, "gpunet_credits_charged_total") >= 1  # whole seconds at 1/s

@@ -9,7 +9,6 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import Response
-from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 
 from gpunet import __version__
@@ -17,13 +16,10 @@ from gpunet.api import errors
 from gpunet.api.deps import Rt
 from gpunet.api.guard import BodyGuard
 from gpunet.api.routers import agent, fleet, jobs, lifecycle, market, tokens
-from gpunet.core.jobs import JobState
 from gpunet.loops.background import start_all, stop_all
-from gpunet.services.fleet import busy_gpu_ids
 from gpunet.services.leases import flush_telemetry, grant_grace
 from gpunet.services.runtime import Runtime, Settings
 from gpunet.store.db import Database
-from gpunet.store.tables import Gpu, Job, Node
 
 
 def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
@@ -80,37 +76,6 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
 
 
 def _refresh_gauges(rt: Runtime) -> None:
-    m = rt.metrics
-    with rt.db.sessions() as s:
-        counts = dict(s.execute(select(Job.state, func.count()).group_by(Job.state)).all())
-        for st in JobState:
-            m.jobs.labels(state=st.value).set(counts.get(st.value, 0))
-        nodes = dict(s.execute(select(Node.status, func.count()).group_by(Node.status)).all())
-        for status in ("online", "offline"):
-            m.nodes.labels(status=status).set(nodes.get(status, 0))
-        busy = busy_gpu_ids(s)
-        gpus = list(
-            s.execute(
-                select(Gpu.id, Gpu.healthy, Gpu.drained, Node.status).join(
-                    Node, Node.id == Gpu.node_id
-                )
-            )
-        )
-    by = {"busy": 0, "idle": 0, "unhealthy": 0, "drained": 0, "offline": 0}
-    for gid, healthy, drained, status in gpus:
-        key = (
-            "offline"
-            if status != "online"
-            else "unhealthy"
-            if not healthy
-            else "drained"
-            if drained
-            else "busy"
-            if gid in busy
-            else "idle"
-        )
-        by[key] += 1
-    for k, v in by.items():
-        m.gpus.labels(state=k).set(v)
+    """The in-memory gauges; the store's series are read by StoreCollector at the scrape."""
     lags = rt.leases.lags()
-    m.heartbeat_lag_max.set(max(lags) if lags else 0)
+    rt.metrics.heartbeat_lag_max.set(max(lags) if lags else 0)

@@ -8,9 +8,6 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_late
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.jobs = Gauge("gpunet_jobs", "Jobs by state", ["state"], registry=self.registry)
-        self.gpus = Gauge("gpunet_gpus", "GPUs by state", ["state"], registry=self.registry)
-        self.nodes = Gauge("gpunet_nodes", "Nodes by status", ["status"], registry=self.registry)
         self.heartbeat_lag = Histogram(
             "gpunet_heartbeat_interval_seconds",
             "Seconds between consecutive heartbeats of a node",

@@ -13,6 +13,7 @@ from typing import Any
 from gpunet.archive import Limits
 from gpunet.services.auth import Authenticator
 from gpunet.services.metrics import Metrics
+from gpunet.services.metrics_store import StoreCollector
 from gpunet.store.db import Database
 
 
@@ -164,4 +165,5 @@ class Runtime:
         self.leases = LeaseBook()
         self.wakeups = Wakeups()
         self.metrics = Metrics()
+        self.metrics.registry.register(StoreCollector(db))  # per-GPU series and totals
         self.health_seen: dict[str, str] = {}  # node -> its last health readings, as judged
