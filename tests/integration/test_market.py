@@ -12,6 +12,7 @@ from gpunet.core.ledger import charge_for, fee_split, metered_seconds
 from gpunet.store.tables import Attempt, AttemptCharge, LedgerTxn
 from gpunet.util import utc
 from tests.integration.helpers import Coordinator, Node, auth, coordinator, wait_for
+from tests.integration.helpers import gpu as gpu_info
 
 D = Decimal
 
@@ -231,3 +232,41 @@ def test_long_attempts_are_settled_periodically_and_stopped_out_of_credits(db_ur
         earn = _get(c, "/v1/earnings", provider)
         assert earn["total_revenue"] == "0.090000"
         assert _get(c, "/v1/ledger/verify", c.admin) == {"ok": True, "problems": []}
+
+
+def test_a_kilowatt_hour_costs_the_same_in_earnings_prices_and_job_energy(db_url: str) -> None:
+    """The site's tariff x PUE prices energy everywhere: earnings, the suggested price's floor
+    and a job's energy cost use one rule, from the node's site labels."""
+    with coordinator(db_url) as c:
+        user = c.token("consumer", "alice")
+        provider = c.token("provider", "owner1")
+        site = {"pue": "2", "tariff_per_kwh": "0.25"}  # 0.5 per GPU kWh
+        node = c.register(provider, [gpu_info(0)], labels=site)
+        r = c.c.put("/v1/prices", json={"node_id": node.id, "price": "3.6"}, headers=auth(provider))
+        assert r.status_code == 200, r.text
+        grant = {"account": "alice", "amount": "10"}
+        assert c.c.post("/v1/credits/grant", json=grant, headers=auth(c.admin)).status_code == 201
+        c.submit(user, {"name": "t", "command": ["true"]})
+        att = c.next_start(node)
+        assert c.report(node, att, "started").status_code == 200
+        _backdate_start(c, att["attempt_id"], 3600)  # one hour sold
+        joules = 400.0 * 3600  # the A100's 400 W rated power for that hour: 0.4 kWh
+        r = c.report(node, att, "finished", exit_code=0, energy=[{"index": 0, "joules": joules}])
+        assert r.status_code == 200, r.text
+
+        (row,) = _get(c, "/v1/earnings", provider)["gpus"]
+        hours = D(row["seconds_sold"]) / 3600  # 3600 s and the few the test took
+        assert D(row["energy_cost"]) == (hours * D("0.2")).quantize(D("0.000001"))
+        floor = _get(c, f"/v1/prices/suggest?gpu_id={node.id}/0", provider)
+        assert D(floor["energy_cost_per_hour"]) == D("0.2")
+        job_energy = _get(c, f"/v1/jobs/{att['job_id']}", user)["energy"]
+        assert job_energy is not None and D(str(job_energy["cost"])) == D("0.2")
+
+
+def test_site_labels_that_are_not_numbers_are_refused(db_url: str) -> None:
+    with coordinator(db_url) as c:
+        provider = c.token("provider", "owner1")
+        body = {"name": "n", "gpus": [gpu_info(0)], "labels": {"pue": "high"}}
+        r = c.c.post("/v1/agent/register", json=body, headers=auth(provider))
+        assert r.status_code == 422
+        assert r.json()["error"]["field"].startswith("labels")

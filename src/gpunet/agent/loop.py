@@ -137,14 +137,17 @@ class Agent:
         isolation: Isolation | None = None,
         accepts_unisolated: bool = False,
         containers: ContainerHost | None = None,
+        labels: dict[str, str] | None = None,
     ) -> None:
-        """``verify``: how to check an https coordinator's certificate (gpunet.tls)."""
+        """``verify``: how to check an https coordinator's certificate (gpunet.tls);
+        ``labels``: what the node says of itself, e.g. its site's PUE and tariff."""
         self.url = coordinator.rstrip("/")
         self.backend = backend
         self.home = home
         self.join_token = join_token
         self.name = name or socket.gethostname()
         self.site = site
+        self.labels = dict(labels or {})
         self.node_id: str | None = None
         self.token: str | None = None
         self.lease_timeout_s = 30.0
@@ -173,6 +176,7 @@ class Agent:
             gpus=[g.to_wire() for g in self.backend.discover()],
             agent_version=__version__,
             site=self.site,
+            labels=self.labels,
             isolation=Level(self._level()),
             runtimes=[self.containers.runtime.name] if self.containers else [],
             accepts_unisolated=self.accepts_unisolated and self.isolation.level == "none",

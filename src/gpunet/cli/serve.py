@@ -390,6 +390,17 @@ def _tls_pair(
     return None
 
 
+def site_labels(
+    pue: float | None, tariff: float | None, grid: float | None, country: str | None
+) -> dict[str, str]:
+    """The node labels that give its site's energy figures (core.energy.site_from_labels)."""
+    given = {"pue": pue, "tariff_per_kwh": tariff, "grid_gco2e_per_kwh": grid}
+    labels = {k: f"{v:g}" for k, v in given.items() if v is not None}
+    if country:
+        labels["country"] = country.upper()
+    return labels
+
+
 def agent(
     coordinator: Annotated[str, typer.Option(help="coordinator URL")],
     join_token: Annotated[str | None, typer.Option(help="provider join token (first run)")] = None,
@@ -400,6 +411,22 @@ def agent(
     name: Annotated[str | None, typer.Option(help="node name (default: hostname)")] = None,
     agent_home: Annotated[Path | None, typer.Option("--home", help="agent state directory")] = None,
     site: Annotated[str | None, typer.Option(help="site label, e.g. eu-west")] = None,
+    site_pue: Annotated[
+        float | None,
+        typer.Option(help="the site's PUE, facility power / IT power (default 1.58)", min=1.0),
+    ] = None,
+    site_tariff: Annotated[
+        float | None,
+        typer.Option(help="electricity price per kWh at the site (default 0.1175)", min=0.0),
+    ] = None,
+    site_grid: Annotated[
+        float | None,
+        typer.Option(help="grid carbon intensity, gCO2e per kWh (default: world average)", min=0),
+    ] = None,
+    site_country: Annotated[
+        str | None,
+        typer.Option(help="ISO 3166 alpha-3 country, for its grid carbon intensity, e.g. FRA"),
+    ] = None,
     faults: Annotated[
         Path | None,
         typer.Option(help="fault profile for simulated GPUs (default: HOME/faults.yaml)"),
@@ -452,6 +479,7 @@ def agent(
         isolation=iso,
         accepts_unisolated=accept_unisolated_jobs,
         containers=containers_for(agent_dir, containers, iso, job_network),
+        labels=site_labels(site_pue, site_tariff, site_grid, site_country),
     )
     a.benchmark_every_s = benchmark_every
     console.print(

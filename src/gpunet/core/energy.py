@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 from dataclasses import dataclass, replace
+from decimal import Decimal
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -151,6 +152,13 @@ def site_from_labels(labels: dict[str, Any]) -> Site:
     return Site(pue, grid, tariff, tuple(sources))
 
 
+def gpu_kwh_price(site: Site) -> Decimal:
+    """What one kilowatt-hour drawn by a GPU costs at ``site``: the tariff times the PUE (the
+    facility's cooling and power overhead on top of the GPU's own draw). The one rule every
+    energy cost uses: earnings, the suggested price's floor, job energy and the TCO report."""
+    return Decimal(str(site.tariff_per_kwh)) * Decimal(str(site.pue))
+
+
 def footprint(gpu_joules: float, site: Site) -> dict[str, Any]:
     """GPU energy -> facility energy (x PUE) -> CO2e and cost."""
     kwh = gpu_joules / J_PER_KWH
@@ -159,7 +167,7 @@ def footprint(gpu_joules: float, site: Site) -> dict[str, Any]:
         "gpu_kwh": round(kwh, 6),
         "facility_kwh": round(facility, 6),
         "co2e_kg": round(facility * site.grid_gco2e_per_kwh / 1000, 6),
-        "cost": round(facility * site.tariff_per_kwh, 6),
+        "cost": round(kwh * float(gpu_kwh_price(site)), 6),
         "pue": site.pue,
         "grid_gco2e_per_kwh": site.grid_gco2e_per_kwh,
         "tariff_per_kwh": site.tariff_per_kwh,

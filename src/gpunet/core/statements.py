@@ -28,10 +28,13 @@ def _share(amount: Decimal, part: Decimal, whole: Decimal) -> Decimal:
 
 
 def earnings(
-    charges: list[ChargeView], power_w: dict[str, float | None], price_per_kwh: Decimal
+    charges: list[ChargeView],
+    power_w: dict[str, float | None],
+    price_per_kwh: dict[str, Decimal],
 ) -> list[dict[str, object]]:
     """Per GPU: hours sold, revenue (the owner's share), energy cost and margin. A charge is
-    split over its GPUs in proportion to their prices. Energy is charged for sold hours."""
+    split over its GPUs in proportion to their prices. Energy is charged for sold hours, at
+    each GPU's own kWh price (``core.energy.gpu_kwh_price`` of its site; 0 when missing)."""
     rows: dict[str, dict[str, Decimal]] = {}
     for c in charges:
         rate = sum(c.gpu_prices.values(), ZERO)
@@ -43,7 +46,8 @@ def earnings(
     for gid in sorted(rows):
         r = rows[gid]
         hours = r["seconds"] / 3600
-        energy = q(hours * energy_cost_per_hour(power_w.get(gid), price_per_kwh))
+        kwh_price = price_per_kwh.get(gid, ZERO)
+        energy = q(hours * energy_cost_per_hour(power_w.get(gid), kwh_price))
         out.append(
             {
                 "gpu_id": gid,

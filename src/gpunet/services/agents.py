@@ -37,10 +37,12 @@ from gpunet.wire.agent import (
 
 
 def _apply_settings(node: Node, reg: Registration) -> None:
-    """Store what the agent says about isolation: every (re)connect may change it."""
+    """Store what the agent says about isolation and its site: every (re)connect may change
+    it."""
     node.isolation = reg.isolation.value
     node.runtimes = list(reg.runtimes)
     node.accepts_unisolated = reg.accepts_unisolated
+    node.labels = dict(reg.labels)  # the site's energy figures among them: the owner's say
 
 
 def _sync_gpus(s: Session, node: Node, gpus: list[GpuInfo], burn_in: bool = False) -> None:

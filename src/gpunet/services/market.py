@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from gpunet.catalog import catalog
 from gpunet.core import ledger as L
+from gpunet.core.energy import gpu_kwh_price, site_from_labels
 from gpunet.core.pricing import energy_cost_per_hour, reference_prices, suggest_price
 from gpunet.core.statements import ChargeView, earnings, spend
 from gpunet.errors import Forbidden, NotFound, ValidationFailed
@@ -88,14 +89,18 @@ def _price_dict(g: Gpu) -> dict[str, Any]:
     }
 
 
-def suggest(
-    db: Database, who: Principal, gpu_id: str, price_per_kwh: Decimal, tier: str | None
-) -> dict[str, Any]:
+def _kwh_prices(s: Session, node_ids: set[str]) -> dict[str, Decimal]:
+    """Node id -> what a GPU's kilowatt-hour costs at its site (core.energy.gpu_kwh_price)."""
+    rows = s.execute(select(Node.id, Node.labels).where(Node.id.in_(node_ids)))
+    return {nid: gpu_kwh_price(site_from_labels(dict(labels or {}))) for nid, labels in rows}
+
+
+def suggest(db: Database, who: Principal, gpu_id: str, tier: str | None) -> dict[str, Any]:
     with db.sessions() as s:
         (g,) = _owned_gpus(s, who, gpu_id, None)
         spec = catalog().get(g.model)
         power = g.power_w or (spec.tdp_w if spec else None)
-        energy = energy_cost_per_hour(power, price_per_kwh)
+        energy = energy_cost_per_hour(power, _kwh_prices(s, {g.node_id})[g.node_id])
         # the GPU's own standing: its latest benchmark score and its tier (unless asked for one)
         score = s.scalar(
             select(GpuBenchmark.score_pct)
@@ -254,20 +259,21 @@ def _charges(s: Session, **where: str) -> list[ChargeView]:
     ]
 
 
-def earnings_statement(
-    db: Database, who: Principal, account: str | None, price_per_kwh: Decimal
-) -> dict[str, Any]:
+def earnings_statement(db: Database, who: Principal, account: str | None) -> dict[str, Any]:
     with db.sessions() as s:
         acct = _target(s, who, account)
         charges = _charges(s, owner_account_id=acct.id)
         gids = {g for c in charges for g in c.gpu_prices}
         power: dict[str, float | None] = {}
-        for gid, model, pw in s.execute(
-            select(Gpu.id, Gpu.model, Gpu.power_w).where(Gpu.id.in_(gids))
+        node_of: dict[str, str] = {}
+        for gid, node_id, model, pw in s.execute(
+            select(Gpu.id, Gpu.node_id, Gpu.model, Gpu.power_w).where(Gpu.id.in_(gids))
         ):
             spec = catalog().get(model)
             power[gid] = pw or (spec.tdp_w if spec else None)
-        rows = earnings(charges, power, price_per_kwh)
+            node_of[gid] = node_id
+        by_node = _kwh_prices(s, set(node_of.values()))
+        rows = earnings(charges, power, {gid: by_node[nid] for gid, nid in node_of.items()})
         return {
             "account": acct.name,
             "gpus": rows,

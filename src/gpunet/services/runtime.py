@@ -27,11 +27,11 @@ class Settings:
     reaper_interval_s: float = 1.0
     telemetry_flush_s: float = 2.0
     # market: the network's cut of each sale, credits held per attempt (in hours of its
-    # price), how often running attempts are settled, and the energy price for statements
+    # price), and how often running attempts are settled (energy is priced per node site:
+    # core.energy.gpu_kwh_price)
     network_fee: Decimal = Decimal("0.10")
     hold_hours: Decimal = Decimal("1")
     meter_interval_s: float = 300.0
-    energy_price_per_kwh: Decimal = Decimal("0.15")
     burn_in: bool = False  # new GPUs wait for a passing burn-in benchmark before taking work
     auto_tiers: bool = False  # apply proposed tier moves without an operator
     tier_interval_s: float = 300.0

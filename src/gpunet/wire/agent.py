@@ -20,6 +20,8 @@ from gpunet.core.text import lossless
 from gpunet.wire import INT32_MAX, INT64_MAX, Int32, Int64
 
 MAX_LABELS = 64
+# site labels that hold numbers (core.energy.site_from_labels)
+SITE_NUMBERS = frozenset({"pue", "tariff_per_kwh", "grid_gco2e_per_kwh"})
 MAX_GPU_INDEX = 1023  # far more GPUs than one node holds; keeps GPU ids within their column
 MAX_REASON_CHARS = 2000  # a finished attempt's reason, a metric's "why not measured"
 
@@ -71,6 +73,13 @@ class Registration(BaseModel):
                 raise ValueError(f"label name {k[:20]!r}... must be 1 to 100 characters")
             if len(v) > 200:
                 raise ValueError(f"label {k!r} is over 200 characters")
+        for k in SITE_NUMBERS & labels.keys():  # read as numbers by core.energy
+            try:
+                ok = 0 <= float(labels[k]) < 1e6
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ValueError(f"label {k!r} must be a number >= 0, not {labels[k][:20]!r}")
         return labels
 
     @field_validator("gpus")

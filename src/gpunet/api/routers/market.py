@@ -59,7 +59,7 @@ def suggest(
     gpu_id: str = Query(max_length=80),
     tier: str | None = Query(None, max_length=20),
 ) -> dict[str, Any]:
-    return svc.suggest(rt.db, who, gpu_id, rt.settings.energy_price_per_kwh, tier)
+    return svc.suggest(rt.db, who, gpu_id, tier)
 
 
 class GrantRequest(BaseModel):
@@ -108,7 +108,7 @@ def verify(rt: Rt, who: Who) -> dict[str, Any]:
 
 @router.get("/earnings", responses=wire.errors(404), response_model=R.Earnings)
 def earnings(rt: Rt, who: Who, account: AccountQuery = None) -> dict[str, Any]:
-    return svc.earnings_statement(rt.db, who, account, rt.settings.energy_price_per_kwh)
+    return svc.earnings_statement(rt.db, who, account)
 
 
 @router.get("/spend", responses=wire.errors(404), response_model=R.Spend)
