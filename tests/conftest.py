@@ -18,8 +18,20 @@ import pytest
 PG_ADMIN = os.environ.get("GPUNET_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def missing(what: str) -> None:
+    """A test's system requirement is missing: skip it, saying why; under CI, fail it (CI
+    installs every requirement, so a missing one is a broken CI, not a reason to skip)."""
+    if in_ci():
+        pytest.fail(f"required in CI: {what}")
+    pytest.skip(what)
+
+
 def _pg_unavailable(reason: str) -> None:
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+    if in_ci():
         pytest.fail(f"PostgreSQL is required in CI but unreachable: {reason}")
     pytest.skip(f"PostgreSQL unreachable: {reason}")
 

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
+import subprocess
 import time
+from pathlib import Path
 
-from helpers import auth, coordinator, gpu, wait_for
+from helpers import Coordinator, auth, coordinator, gpu, wait_for
 from sqlalchemy import inspect, select
 
 from gpunet.services.auth import bootstrap_admin
 from gpunet.store.db import Database
 from gpunet.store.tables import Base, Token
+from tests.conftest import missing
 
 
 def _metric(text: str, name: str, labels: str = "") -> float:
@@ -18,6 +23,16 @@ def _metric(text: str, name: str, labels: str = "") -> float:
     m = re.search(pattern, text, re.M)
     assert m, f"{name}{{{labels}}} not in /metrics"
     return float(m.group(1))
+
+
+def _scrape_once_flushed(co: Coordinator, marker: str) -> str:
+    """/metrics once the heartbeats' telemetry reached the store (it is flushed in batches)."""
+
+    def flushed() -> str | None:
+        text = co.c.get("/metrics").text
+        return text if marker in text else None
+
+    return wait_for(flushed, what="the telemetry flush")
 
 
 def test_metrics_expose_jobs_gpus_heartbeats_and_scheduling(db_url: str) -> None:
@@ -119,7 +134,13 @@ def test_metrics_carry_each_gpus_readings_and_the_networks_totals(db_url: str) -
         beat = {
             "attempts": [],
             "gpus": [
-                {"index": 0, "utilization_pct": 87.5, "memory_used_mb": 1024, "power_w": 250.0},
+                {
+                    "index": 0,
+                    "utilization_pct": 87.5,
+                    "memory_used_mb": 1024,
+                    "power_w": 250.0,
+                    "energy_j": 5000.0,
+                },
                 {"index": 1, "temperature_c": 41.0},
             ],
         }
@@ -142,14 +163,14 @@ def test_metrics_carry_each_gpus_readings_and_the_networks_totals(db_url: str) -
         assert att["job_id"] == bad["id"]
         assert co.report(node, att, "finished", exit_code=None, lost=True).status_code == 200
 
-        g0 = f'gpu="{node.id}/0",model="A100-80GB",node="{node.id}"'
-        g1 = f'gpu="{node.id}/1",model="A100-80GB",node="{node.id}"'
+        def series(i: int) -> str:
+            return (
+                f'gpu="{node.id}/{i}",index="{i}",model="A100-80GB",node="{node.id}",owner="prov"'
+            )
 
-        def flushed() -> str | None:
-            text = co.c.get("/metrics").text
-            return text if f"gpunet_gpu_utilization_percent{{{g0}}}" in text else None
+        g0, g1 = series(0), series(1)
 
-        text = wait_for(flushed, what="the telemetry flush")
+        text = _scrape_once_flushed(co, f"gpunet_gpu_utilization_percent{{{g0}}}")
         assert _metric(text, "gpunet_gpu_utilization_percent", g0) == 87.5
         assert _metric(text, "gpunet_gpu_memory_used_bytes", g0) == 1024 * 1024 * 1024
         assert _metric(text, "gpunet_gpu_power_watts", g0) == 250.0
@@ -157,6 +178,10 @@ def test_metrics_carry_each_gpus_readings_and_the_networks_totals(db_url: str) -
         assert f"gpunet_gpu_temperature_celsius{{{g0}}}" not in text  # never reported
         assert _metric(text, "gpunet_gpu_healthy", g0) == 1
         assert _metric(text, "gpunet_gpu_online", g1) == 1
+        assert _metric(text, "gpunet_gpu_energy_joules_total", g0) == 5000.0
+        assert f"gpunet_gpu_energy_joules_total{{{g1}}}" not in text  # no counter reported
+        assert _metric(text, "gpunet_gpu_health_status", g0 + ',status="healthy"') == 1
+        assert _metric(text, "gpunet_gpu_lifecycle_stage", g0 + ',stage="active"') == 1
         used = _metric(text, "gpunet_gpu_job_energy_joules_total", g0)
         used += _metric(text, "gpunet_gpu_job_energy_joules_total", g1)
         assert used == 12.5
@@ -165,3 +190,47 @@ def test_metrics_carry_each_gpus_readings_and_the_networks_totals(db_url: str) -
         assert _metric(text, "gpunet_jobs_finished_total", 'result="failed"') == 1
         assert _metric(text, "gpunet_attempts_lost_total") == 1
         assert _metric(text, "gpunet_credits_charged_total") >= 1  # whole seconds at 1/s
+
+
+def test_metrics_pass_promtool(db_url: str) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        missing("promtool is not installed (apt-get install prometheus)")
+    with coordinator(db_url) as co:
+        node = co.register(co.token("provider", "prov"), [gpu(0)])
+        beat = {"gpus": [{"index": 0, "utilization_pct": 10.0, "energy_j": 1.0}]}
+        assert co.c.post("/v1/agent/heartbeat", json=beat, headers=node.headers).status_code == 200
+        co.submit(co.token("consumer", "alice"), {"command": ["true"]})
+        text = co.c.get("/metrics").text
+    out = subprocess.run(
+        [str(promtool), "check", "metrics"], input=text, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "gpunet_gpu_healthy" in text
+
+
+def test_the_grafana_dashboard_reads_only_series_the_coordinator_exports(db_url: str) -> None:
+    dash = json.loads(
+        (Path(__file__).parents[2] / "docs" / "grafana" / "gpunet-fleet.json").read_text()
+    )
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    exprs += [v["query"]["query"] for v in dash["templating"]["list"] if v["type"] == "query"]
+    wanted = {name for e in exprs for name in re.findall(r"gpunet_[a-z_]+", e)}
+    with coordinator(db_url) as co:
+        node = co.register(co.token("provider", "prov"), [gpu(0)])
+        beat = {
+            "gpus": [
+                {
+                    "index": 0,
+                    "utilization_pct": 1.0,
+                    "memory_used_mb": 1.0,
+                    "temperature_c": 30.0,
+                    "power_w": 50.0,
+                    "energy_j": 1.0,
+                }
+            ]
+        }
+        assert co.c.post("/v1/agent/heartbeat", json=beat, headers=node.headers).status_code == 200
+        text = _scrape_once_flushed(co, "gpunet_gpu_power_watts{")
+    exported = set(re.findall(r"^(gpunet_[a-z_]+)[{ ]", text, re.M))
+    assert wanted and wanted <= exported, sorted(wanted - exported)

@@ -7,7 +7,7 @@ charges are never deleted."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -17,9 +17,9 @@ from sqlalchemy import func, select
 from gpunet.core.jobs import TERMINAL_JOB_STATES, AttemptState, JobState
 from gpunet.services.fleet import busy_gpu_ids
 from gpunet.store.db import Database
-from gpunet.store.tables import Attempt, AttemptCharge, AttemptEnergy, Gpu, Job, Node
+from gpunet.store.tables import Account, Attempt, AttemptCharge, AttemptEnergy, Gpu, Job, Node
 
-_GPU_LABELS = ["gpu", "node", "model"]
+_GPU_LABELS = ["gpu", "node", "index", "model", "owner"]
 
 # (metric name, help, Gpu column, multiplier to the metric's unit)
 _TELEMETRY = (
@@ -33,14 +33,25 @@ _TELEMETRY = (
 class StoreCollector(Collector):
     """A Prometheus collector that reads the store when scraped."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, energy_counters: Callable[[], dict[str, float]]) -> None:
+        """``energy_counters``: GPU id -> its energy counter (joules since its driver loaded),
+        as the last heartbeat reported it."""
         self.db = db
+        self.energy_counters = energy_counters
 
     def collect(self) -> Iterator[Metric]:
         with self.db.sessions() as s:
             gpus = list(s.scalars(select(Gpu).order_by(Gpu.id)))
             busy = busy_gpu_ids(s)
-            statuses = dict(s.execute(select(Node.id, Node.status)).all())
+            nodes = list(
+                s.execute(
+                    select(Node.id, Node.status, Account.name).join(
+                        Account, Account.id == Node.account_id
+                    )
+                )
+            )
+            statuses = {nid: status for nid, status, _ in nodes}
+            owners = {nid: owner for nid, _, owner in nodes}
             online = {nid for nid, status in statuses.items() if status == "online"}
             energy = dict(
                 s.execute(
@@ -57,7 +68,10 @@ class StoreCollector(Collector):
             )
             charged = s.scalar(select(func.coalesce(func.sum(AttemptCharge.charged), 0)))
         yield from _counts(jobs, statuses, gpus, busy, online)
-        yield from _gpu_series(gpus, busy, online, energy)
+        labels = {
+            g.id: [g.id, g.node_id, str(g.index), g.model, owners.get(g.node_id, "")] for g in gpus
+        }
+        yield from _gpu_series(gpus, labels, busy, online, energy, self.energy_counters())
         submitted = CounterMetricFamily(
             "gpunet_jobs_submitted", "Jobs submitted since the network started"
         )
@@ -112,7 +126,12 @@ def _counts(
 
 
 def _gpu_series(
-    gpus: list[Gpu], busy: dict[str, str], online: set[str], energy: dict[str, float]
+    gpus: list[Gpu],
+    labels: dict[str, list[str]],
+    busy: dict[str, str],
+    online: set[str],
+    energy: dict[str, float],
+    counters: dict[str, float],
 ) -> Iterator[Metric]:
     """One series per GPU and reading; a reading never reported is left out, not zero."""
     for name, doc, column, scale in _TELEMETRY:
@@ -120,8 +139,13 @@ def _gpu_series(
         for g in gpus:
             value = getattr(g, column)
             if value is not None:
-                fam.add_metric([g.id, g.node_id, g.model], float(value) * scale)
+                fam.add_metric(labels[g.id], float(value) * scale)
         yield fam
+    counter = CounterMetricFamily(
+        "gpunet_gpu_energy_joules",
+        "The GPU's energy counter (since its driver loaded), as last reported",
+        labels=_GPU_LABELS,
+    )
     used = CounterMetricFamily(
         "gpunet_gpu_job_energy_joules", "Energy the GPU used for jobs", labels=_GPU_LABELS
     )
@@ -134,10 +158,24 @@ def _gpu_series(
     up = GaugeMetricFamily(
         "gpunet_gpu_online", "1 while the GPU's node is online, else 0", labels=_GPU_LABELS
     )
+    health = GaugeMetricFamily(
+        "gpunet_gpu_health_status",
+        "The GPU's health status (healthy, degraded, failed): 1 for the current one",
+        labels=[*_GPU_LABELS, "status"],
+    )
+    stage = GaugeMetricFamily(
+        "gpunet_gpu_lifecycle_stage",
+        "The GPU's lifecycle stage (burn_in, active, drained, ...): 1 for the current one",
+        labels=[*_GPU_LABELS, "stage"],
+    )
     for g in gpus:
-        labels = [g.id, g.node_id, g.model]
-        used.add_metric(labels, float(energy.get(g.id) or 0.0))
-        healthy.add_metric(labels, 1.0 if g.healthy else 0.0)
-        held.add_metric(labels, 1.0 if g.id in busy else 0.0)
-        up.add_metric(labels, 1.0 if g.node_id in online else 0.0)
-    yield from (used, healthy, held, up)
+        lab = labels[g.id]
+        if g.id in counters:
+            counter.add_metric(lab, counters[g.id])
+        used.add_metric(lab, float(energy.get(g.id) or 0.0))
+        healthy.add_metric(lab, 1.0 if g.healthy else 0.0)
+        held.add_metric(lab, 1.0 if g.id in busy else 0.0)
+        up.add_metric(lab, 1.0 if g.node_id in online else 0.0)
+        health.add_metric([*lab, g.health_status], 1.0)
+        stage.add_metric([*lab, g.lifecycle_state], 1.0)
+    yield from (counter, used, healthy, held, up, health, stage)

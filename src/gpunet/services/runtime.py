@@ -98,6 +98,16 @@ class LeaseBook:
                 lease.flushed = True
             return out
 
+    def energy_counters(self) -> dict[str, float]:
+        """GPU id -> the energy counter its node's last heartbeat reported."""
+        with self._lock:
+            return {
+                f"{node_id}/{r['index']}": float(r["energy_j"])
+                for node_id, lease in self._leases.items()
+                for r in lease.telemetry
+                if r.get("energy_j") is not None and "index" in r
+            }
+
     def lags(self) -> list[float]:
         t = time.monotonic()
         with self._lock:
@@ -165,5 +175,6 @@ class Runtime:
         self.leases = LeaseBook()
         self.wakeups = Wakeups()
         self.metrics = Metrics()
-        self.metrics.registry.register(StoreCollector(db))  # per-GPU series and totals
+        # per-GPU series and totals
+        self.metrics.registry.register(StoreCollector(db, self.leases.energy_counters))
         self.health_seen: dict[str, str] = {}  # node -> its last health readings, as judged
