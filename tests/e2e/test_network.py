@@ -167,6 +167,13 @@ def test_cancel_kills_the_whole_process_group(net: Network, tmp_path: Path) -> N
     job_id = net.cli_json(user, "submit", str(spec))["id"]
     # jobs cannot write to the host (sandboxed agents): watch the child in the host's /proc
     child = wait_for(lambda: host_pids_with(marker), 20, "the child to run")[0]
+    # `gpunet status` shows the running job and the fleet around it
+    st = net.cli_json(user, "status")
+    assert st["role"] == "consumer" and st["version"]
+    assert [(j["id"], j["state"]) for j in st["jobs"]] == [(job_id, "running")]
+    assert st["fleet"]["nodes_online"] == 2 and st["fleet"]["gpus"].get("busy") == 1
+    text = net.cli(user, "status")
+    assert text.returncode == 0 and job_id in text.stdout and "2/2 nodes online" in text.stdout
     r = net.cli(user, "cancel", job_id)
     assert r.returncode == 0, r.stderr
     job = wait_for(

@@ -11,7 +11,7 @@ import click
 import typer
 
 from gpunet import __version__
-from gpunet.cli import access, fleet, gpus, jobs, market, report, serve, sim
+from gpunet.cli import access, fleet, gpus, jobs, market, report, serve, sim, status
 from gpunet.cli.output import err_console
 from gpunet.errors import GpunetError
 
@@ -25,6 +25,7 @@ app.command()(serve.up)
 app.command()(serve.demo)
 app.command()(serve.server)
 app.command()(serve.agent)
+app.command()(status.status)
 app.command()(jobs.submit)
 app.command(context_settings={"allow_interspersed_args": False})(jobs.run)
 app.add_typer(jobs.jobs_app, name="jobs")

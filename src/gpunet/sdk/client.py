@@ -306,6 +306,10 @@ class Client:
     def create_account(self, name: str) -> dict[str, Any]:
         return dict(self._req("POST", "/v1/accounts", json={"name": name}))
 
+    def healthz(self) -> dict[str, Any]:
+        """The coordinator's status and version (needs no token)."""
+        return dict(self._req("GET", "/healthz"))
+
     def whoami(self) -> dict[str, Any]:
         return dict(self._req("GET", "/v1/whoami"))
 
