@@ -26,6 +26,17 @@ def _gpunet(*args: str) -> subprocess.CompletedProcess[str]:
         (("jobs", "show"), "Missing argument 'JOB_ID'"),
         (("run", "--gpus", "two", "--", "true"), "'two' is not a valid integer"),
         (("nodes", "--bogus"), "No such option"),
+        # one per command group
+        (("jobs", "why"), "Missing argument 'JOB_ID'"),
+        (("gpus", "drain"), "Missing argument 'GPU_ID'"),
+        (("tokens", "revoke"), "Missing argument 'TOKEN_ID'"),
+        (("accounts", "create"), "Missing argument 'NAME'"),
+        (("sim", "run", "--policy"), "'--policy' requires an argument"),
+        (("price", "set", "--bogus"), "No such option '--bogus'"),
+        (("credits", "grant", "--account"), "'--account' requires an argument"),
+        (("quota", "set", "--gpus", "x"), "'x' is not a valid integer"),
+        (("ledger", "verify", "--bogus"), "No such option '--bogus'"),
+        (("report", "tco", "--bogus"), "No such option '--bogus'"),
     ],
 )
 def test_usage_errors_name_the_problem_without_a_traceback(
