@@ -25,6 +25,7 @@ from gpunet.sim import (
     simulate,
 )
 from gpunet.sim.generate import generate as generate_trace
+from gpunet.sim.table import table_for, trace_classes
 from gpunet.sim.traces import write_gavel_trace, write_jsonl
 
 app = typer.Typer(help="Simulate the scheduler on job traces (Gavel or gpunet format).")
@@ -41,7 +42,7 @@ ThroughputsOpt = Annotated[
     typer.Option(
         "--throughputs",
         help="CSV job_type,scale_factor,worker_type,steps_per_second"
-        " (default: Gavel's measurements)",
+        " (default: Gavel's measurements; other GPUs modelled, see `gpunet sim throughputs`)",
     ),
 ]
 RoundOpt = Annotated[float, typer.Option("--round", help="round length in seconds")]
@@ -89,7 +90,13 @@ def _run_one(
         policy=policy, round_s=round_s, preemption_cost_s=cost, window=_window(window), seed=seed
     )
     fl = parse_fleet(fleet, per_node)
-    table = load_throughputs(throughputs)
+    done = table_for(load_throughputs(throughputs), fl, trace_classes(jobs))
+    table = done.table
+    if done.modelled:
+        err.print(
+            f"{len(done.modelled)} throughputs modelled from GPU specs (the rest measured); "
+            "see gpunet sim throughputs"
+        )
     if not show_progress:
         result = simulate(jobs, fl, table, cfg)
     else:
@@ -259,3 +266,49 @@ def generate(
 
     n = _guard(go)
     err.print(f"wrote {n} jobs to {output}")
+
+
+@app.command()
+def throughputs(
+    fleet: FleetOpt,
+    throughputs: ThroughputsOpt = None,
+    trace: Annotated[
+        Path | None, typer.Option("--trace", help="only the classes this trace uses")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print rows as JSON")] = False,
+) -> None:
+    """The throughput table a run on FLEET uses: measured or modelled, class by class."""
+
+    def go() -> list[dict[str, str | float]]:
+        fl = parse_fleet(fleet)
+        classes = trace_classes(read_trace(trace)) if trace is not None else None
+        done = table_for(load_throughputs(throughputs), fl, classes)
+        modelled = set(done.modelled)
+        keys = classes if classes is not None else sorted(done.table)
+        return [
+            {
+                "class": cls,
+                "model": m,
+                "steps_per_second": done.table[cls][m],
+                "source": "modelled" if (cls, m) in modelled else "measured",
+            }
+            for cls in keys
+            for m in fl.models
+            if done.table.get(cls, {}).get(m, 0) > 0
+        ]
+
+    rows = _guard(go)
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    t = Table(title=f"throughputs on {fleet}")
+    for col in ("class", "model", "steps/s", "source"):
+        t.add_column(col, justify="right" if col == "steps/s" else "left")
+    for r in rows:
+        t.add_row(
+            str(r["class"]),
+            str(r["model"]),
+            f"{float(r['steps_per_second']):.4g}",
+            str(r["source"]),
+        )
+    out.print(t)
