@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from gpunet.errors import GpunetError, ValidationFailed
+from gpunet.sdk.client import Client
 from gpunet.sim import (
     SimConfig,
     load_throughputs,
@@ -24,6 +25,7 @@ from gpunet.sim import (
     read_trace,
     simulate,
 )
+from gpunet.sim.export import from_export, write_csv
 from gpunet.sim.generate import generate as generate_trace
 from gpunet.sim.table import table_for, trace_classes
 from gpunet.sim.traces import write_gavel_trace, write_jsonl
@@ -312,3 +314,40 @@ def throughputs(
             str(r["source"]),
         )
     out.print(t)
+
+
+@app.command()
+def export(
+    output: Annotated[
+        Path, typer.Option("--out", help="trace to write (.csv, or .jsonl for gpunet's format)")
+    ] = Path("trace.csv"),
+    fleet_out: Annotated[
+        Path | None, typer.Option("--fleet-out", help="also write the fleet spec to this file")
+    ] = None,
+    throughputs: ThroughputsOpt = None,
+) -> None:
+    """Write the network's finished jobs as a trace and print its fleet spec (admin).
+
+    Replay it, or ask what-if: gpunet sim run --trace trace.csv --fleet "<fleet>,4xH100-80GB"
+    """
+
+    def go() -> tuple[int, str, list[str]]:
+        table = load_throughputs(throughputs)
+        with Client() as client:
+            data = client.sim_export()
+        done = from_export(data, table)
+        if not done.jobs:
+            raise ValidationFailed("jobs", "the network has no finished jobs that ran")
+        if output.suffix == ".jsonl":
+            write_jsonl([e.trace for e in done.jobs], output)
+        else:
+            write_csv(done.jobs, output)
+        if fleet_out is not None:
+            fleet_out.write_text(done.fleet + "\n")
+        return len(done.jobs), done.fleet, done.skipped
+
+    n, fleet, skipped = _guard(go)
+    for why in skipped:
+        err.print(f"left out: {why}")
+    err.print(f"wrote {n} jobs to {output}; replay with --fleet {fleet!r}")
+    typer.echo(fleet)

@@ -306,6 +306,10 @@ class Client:
     def create_account(self, name: str) -> dict[str, Any]:
         return dict(self._req("POST", "/v1/accounts", json={"name": name}))
 
+    def sim_export(self) -> R.SimExport:
+        """The fleet and finished jobs, for replaying in the simulator (admin)."""
+        return R.parse(R.SimExport, self._req("GET", "/v1/sim/export"))
+
     def whoami(self) -> dict[str, Any]:
         return dict(self._req("GET", "/v1/whoami"))
 
