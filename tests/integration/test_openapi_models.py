@@ -50,6 +50,7 @@ OPERATIONS: dict[tuple[str, str, str], type[BaseModel] | list[type[BaseModel]]] 
     ("delete", "/v1/tokens/{token_id}", "200"): R.Token,
     ("post", "/v1/accounts", "201"): R.Account,
     ("get", "/v1/accounts", "200"): [R.Account],
+    ("get", "/v1/sim/export", "200"): R.SimExport,
 }
 
 

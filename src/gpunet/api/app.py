@@ -15,7 +15,7 @@ from gpunet import __version__
 from gpunet.api import errors
 from gpunet.api.deps import Rt
 from gpunet.api.guard import BodyGuard
-from gpunet.api.routers import agent, fleet, jobs, lifecycle, market, tokens
+from gpunet.api.routers import agent, fleet, jobs, lifecycle, market, sim, tokens
 from gpunet.loops.background import start_all, stop_all
 from gpunet.services.leases import flush_telemetry, grant_grace
 from gpunet.services.runtime import Runtime, Settings
@@ -55,6 +55,7 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
         lifecycle.economics_router,
         market.router,
         tokens.router,
+        sim.router,
     ):
         app.include_router(r)
 

@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from gpunet.errors import GpunetError, ValidationFailed
+from gpunet.sdk.client import Client
 from gpunet.sim import (
     SimConfig,
     load_throughputs,
@@ -24,7 +25,9 @@ from gpunet.sim import (
     read_trace,
     simulate,
 )
+from gpunet.sim.export import from_export, write_csv
 from gpunet.sim.generate import generate as generate_trace
+from gpunet.sim.table import table_for, trace_classes
 from gpunet.sim.traces import write_gavel_trace, write_jsonl
 
 app = typer.Typer(help="Simulate the scheduler on job traces (Gavel or gpunet format).")
@@ -41,7 +44,7 @@ ThroughputsOpt = Annotated[
     typer.Option(
         "--throughputs",
         help="CSV job_type,scale_factor,worker_type,steps_per_second"
-        " (default: Gavel's measurements)",
+        " (default: Gavel's measurements; other GPUs modelled, see `gpunet sim throughputs`)",
     ),
 ]
 RoundOpt = Annotated[float, typer.Option("--round", help="round length in seconds")]
@@ -89,7 +92,13 @@ def _run_one(
         policy=policy, round_s=round_s, preemption_cost_s=cost, window=_window(window), seed=seed
     )
     fl = parse_fleet(fleet, per_node)
-    table = load_throughputs(throughputs)
+    done = table_for(load_throughputs(throughputs), fl, trace_classes(jobs))
+    table = done.table
+    if done.modelled:
+        err.print(
+            f"{len(done.modelled)} throughputs modelled from GPU specs (the rest measured); "
+            "see gpunet sim throughputs"
+        )
     if not show_progress:
         result = simulate(jobs, fl, table, cfg)
     else:
@@ -259,3 +268,86 @@ def generate(
 
     n = _guard(go)
     err.print(f"wrote {n} jobs to {output}")
+
+
+@app.command()
+def throughputs(
+    fleet: FleetOpt,
+    throughputs: ThroughputsOpt = None,
+    trace: Annotated[
+        Path | None, typer.Option("--trace", help="only the classes this trace uses")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print rows as JSON")] = False,
+) -> None:
+    """The throughput table a run on FLEET uses: measured or modelled, class by class."""
+
+    def go() -> list[dict[str, str | float]]:
+        fl = parse_fleet(fleet)
+        classes = trace_classes(read_trace(trace)) if trace is not None else None
+        done = table_for(load_throughputs(throughputs), fl, classes)
+        modelled = set(done.modelled)
+        keys = classes if classes is not None else sorted(done.table)
+        return [
+            {
+                "class": cls,
+                "model": m,
+                "steps_per_second": done.table[cls][m],
+                "source": "modelled" if (cls, m) in modelled else "measured",
+            }
+            for cls in keys
+            for m in fl.models
+            if done.table.get(cls, {}).get(m, 0) > 0
+        ]
+
+    rows = _guard(go)
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    t = Table(title=f"throughputs on {fleet}")
+    for col in ("class", "model", "steps/s", "source"):
+        t.add_column(col, justify="right" if col == "steps/s" else "left")
+    for r in rows:
+        t.add_row(
+            str(r["class"]),
+            str(r["model"]),
+            f"{float(r['steps_per_second']):.4g}",
+            str(r["source"]),
+        )
+    out.print(t)
+
+
+@app.command()
+def export(
+    output: Annotated[
+        Path, typer.Option("--out", help="trace to write (.csv, or .jsonl for gpunet's format)")
+    ] = Path("trace.csv"),
+    fleet_out: Annotated[
+        Path | None, typer.Option("--fleet-out", help="also write the fleet spec to this file")
+    ] = None,
+    throughputs: ThroughputsOpt = None,
+) -> None:
+    """Write the network's finished jobs as a trace and print its fleet spec (admin).
+
+    Replay it, or ask what-if: gpunet sim run --trace trace.csv --fleet "<fleet>,4xH100-80GB"
+    """
+
+    def go() -> tuple[int, str, list[str]]:
+        table = load_throughputs(throughputs)
+        with Client() as client:
+            data = client.sim_export()
+        done = from_export(data, table)
+        if not done.jobs:
+            raise ValidationFailed("jobs", "the network has no finished jobs that ran")
+        if output.suffix == ".jsonl":
+            write_jsonl([e.trace for e in done.jobs], output)
+        else:
+            write_csv(done.jobs, output)
+        if fleet_out is not None:
+            fleet_out.write_text(done.fleet + "\n")
+        return len(done.jobs), done.fleet, done.skipped
+
+    n, fleet, skipped = _guard(go)
+    for why in skipped:
+        err.print(f"left out: {why}")
+    err.print(f"wrote {n} jobs to {output}; replay with --fleet {fleet!r}")
+    typer.echo(fleet)

@@ -310,6 +310,10 @@ class Client:
         """The coordinator's status and version (needs no token)."""
         return dict(self._req("GET", "/healthz"))
 
+    def sim_export(self) -> R.SimExport:
+        """The fleet and finished jobs, for replaying in the simulator (admin)."""
+        return R.parse(R.SimExport, self._req("GET", "/v1/sim/export"))
+
     def whoami(self) -> dict[str, Any]:
         return dict(self._req("GET", "/v1/whoami"))
 

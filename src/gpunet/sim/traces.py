@@ -78,6 +78,8 @@ def _parse_csv(text: str, source: str) -> list[TraceJob]:
                 job_class=r["job_type"],
                 gpu_count=int(_num(r["scale_factor"], where, "scale_factor")),
                 total_steps=_num(r["total_steps"], where, "total_steps"),
+                priority=int(_num(r.get("priority") or "0", where, "priority")),
+                account=r.get("account") or "default",
             )
         )
     return jobs

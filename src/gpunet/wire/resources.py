@@ -379,6 +379,38 @@ class Account(Resource):
     created_at: Time
 
 
+# -- the simulator -------------------------------------------------------------------------
+
+
+class SimFleetEntry(Resource):
+    model: str
+    count: int = Field(description="GPUs of this model in service (not retired or recycled)")
+
+
+class SimExportJob(Resource):
+    """A finished job that ran, as ``gpunet sim export`` turns it into a trace job."""
+
+    id: str
+    account_id: str
+    priority: int
+    state: JobState
+    submitted_at: Time
+    arrival_s: float = Field(description="seconds after the first exported job was submitted")
+    gpu_count: int
+    job_class: str | None = Field(description="the spec's job_class, if it set one")
+    gpu_model: str | None = Field(description="model of the GPUs its last attempt ran on")
+    running_s: float = Field(description="seconds its attempts ran, summed")
+    attempts: int
+    jct_s: float = Field(description="seconds from submission to its end")
+
+
+class SimExport(Resource):
+    """The network's fleet and job history, for replaying in the simulator."""
+
+    fleet: list[SimFleetEntry]
+    jobs: list[SimExportJob]
+
+
 # -- reading answers -----------------------------------------------------------------------
 
 M = TypeVar("M", bound=BaseModel)
