@@ -25,7 +25,7 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from gpunet import __version__
-from gpunet.agent import bench, energy, runner
+from gpunet.agent import bench, energy, owner, runner
 from gpunet.agent.gpus.base import GpuBackend
 from gpunet.agent.sandbox import Isolation
 from gpunet.agent.sandbox.image_jobs import ContainerHost
@@ -92,6 +92,7 @@ class AttemptCtx:
     meters: dict[int, Meter] = field(default_factory=dict)  # energy per GPU index
     log_sent: int = 0  # bytes of output collected for the coordinator
     output_closed: bool = False  # past the coordinator's cap: further output is dropped
+    reclaimed: bool = False  # stopped because the GPU's owner took it back (agent/owner.py)
 
     @property
     def id(self) -> str:
@@ -137,8 +138,10 @@ class Agent:
         isolation: Isolation | None = None,
         accepts_unisolated: bool = False,
         containers: ContainerHost | None = None,
+        owner_policy: owner.OwnerPolicy | None = None,
     ) -> None:
-        """``verify``: how to check an https coordinator's certificate (gpunet.tls)."""
+        """``verify``: how to check an https coordinator's certificate (gpunet.tls).
+        ``owner_policy``: how the GPUs' owner takes them back; None: never."""
         self.url = coordinator.rstrip("/")
         self.backend = backend
         self.home = home
@@ -161,6 +164,10 @@ class Agent:
         self.sandbox = self.isolation.sandbox
         self.accepts_unisolated = accepts_unisolated
         self.containers = containers  # runs jobs that name an image
+        self.owner = (
+            owner.OwnerWatcher(owner_policy, len(backend.discover())) if owner_policy else None
+        )
+        self.beat_now = asyncio.Event()  # send a heartbeat now (an owner-busy flag changed)
 
     # ---- connection -------------------------------------------------------------------
     @property
@@ -310,6 +317,8 @@ class Agent:
                 bench.benchmark_loop(self),
             )
         ]
+        if self.owner is not None:
+            tasks.append(asyncio.create_task(owner.owner_loop(self, self.owner)))
         await self.stopping.wait()
         for t in tasks:
             t.cancel()
@@ -342,7 +351,7 @@ class Agent:
                 health = with_unsent_xids(self.backend.health(busy), self._unsent_xids)
                 self._unsent_xids = {}
                 beat = Heartbeat(
-                    gpus=[t.to_wire() for t in readings],
+                    gpus=owner.mark(self.owner, [t.to_wire() for t in readings]),
                     attempts=[a.id for a in self.attempts.values() if not a.orphaned],
                     health=health_reports(health),
                 )
@@ -364,7 +373,9 @@ class Agent:
                 log.warning("heartbeat failed: %s", exc)
                 # XIDs are events, read once: keep them for the next heartbeat
                 self._unsent_xids = {r["index"]: list(r["xids"]) for r in health if r.get("xids")}
-            await asyncio.sleep(interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.beat_now.wait(), timeout=interval)
+            self.beat_now.clear()
 
     async def _lease_watch(self) -> None:
         """Stop every attempt when the lease cannot be renewed: the coordinator will have
@@ -418,6 +429,11 @@ class Agent:
         assert isinstance(item, StartItem)  # only attempts to start are run
         spec = item.spec
         workdir = self.home / "work" / ctx.id
+        why = owner.blocked(self.owner, item.gpu_indices)
+        if why is not None:  # assigned just before the owner took the GPU back: never start
+            ctx.reclaimed = True
+            self._finish(ctx, -15, why)
+            return
         try:
             try:
                 if spec.get("workdir"):
@@ -486,6 +502,7 @@ class Agent:
             exit_code=exit_code,
             reason=reason[:MAX_REASON_CHARS],
             lost=lost,
+            reclaimed=ctx.reclaimed,
             energy=energy or [],
         )
         self._report(ctx, rep)

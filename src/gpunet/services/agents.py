@@ -295,6 +295,7 @@ def attempt_finished(db: Database, who: Principal, attempt_id: str, rep: FinishR
             billing.close_charge(s, att, lost=False)
             return
         if rep.exit_code != 0 and rep.reclaimed:
+            att.reclaimed = True  # the owner's right, not a host fault (services/reputation)
             requeue_attempt(s, att, rep.reason or "the GPU's owner took it back", att.node_id)
             return
         if rep.exit_code == REQUEUE_EXIT_CODE:
