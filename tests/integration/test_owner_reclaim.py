@@ -96,6 +96,9 @@ def test_a_reclaim_is_not_a_lost_attempt_in_the_reputation(db_url: str) -> None:
         shown = c.job(user, job["id"])
         assert shown["retries_used"] == 0 and shown["state"] in ("queued", "assigned")
 
+        # marked owner-busy with the report, before any telemetry: not placed there again
+        assert _gpus(c, c.admin)[f"{desk.id}/0"]["owner_busy"] is True
+        _beat(c, desk, {0: False})  # the agent: the owner left and the idle period passed
         att2 = c.next_start(desk)  # re-queued without a retry, placed again
         after = score()
         parts = {p["name"]: p for p in after["components"]}
@@ -103,9 +106,10 @@ def test_a_reclaim_is_not_a_lost_attempt_in_the_reputation(db_url: str) -> None:
         assert "1 of 2 attempts reclaimed by the GPU's owner" in after["explanation"]
         assert parts["availability"]["value"] < 1.0
         assert parts["availability"]["weight"] < parts["host_faults"]["weight"]
-        assert parts["host_faults"]["value"] > {p["name"]: p for p in fresh["components"]}[
-            "host_faults"
-        ]["value"]  # a reclaim is no fault: the clean attempts count for the node
+        assert (
+            parts["host_faults"]["value"]
+            > {p["name"]: p for p in fresh["components"]}["host_faults"]["value"]
+        )  # a reclaim is no fault: the clean attempts count for the node
         # the second attempt lost to its host: a fault, which costs more
         assert c.report(desk, att2, "started").status_code == 200
         r = c.report(desk, att2, "finished", exit_code=None, lost=True, reason="host died")
