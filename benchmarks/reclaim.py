@@ -51,7 +51,9 @@ JOBS = {
         "signal.signal(signal.SIGTERM, term)\n"
         "time.sleep(600)\n"
     ),
-    "stubborn": "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(600)\n",
+    "stubborn": (
+        "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(600)\n"
+    ),
 }
 
 
