@@ -5,13 +5,16 @@ reclaimed; a bad owner option is refused naming it."""
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+import httpx
 from typer.testing import CliRunner
 
-from gpunet.agent import owner
+from gpunet.agent import bench, owner
 from gpunet.agent.gpus.simulated import SimulatedBackend
 from gpunet.agent.loop import Agent, AttemptCtx
 from gpunet.cli.main import app
@@ -122,3 +125,30 @@ def test_bad_owner_options_are_refused_naming_them() -> None:
         app, ["agent", "--coordinator", "http://127.0.0.1:9", "--owner-policy", "idle=never"]
     )
     assert r.exit_code == 2 and "--owner-policy" in r.output and "idle='never'" in r.output
+
+
+def test_benchmarks_leave_owner_busy_gpus_alone(tmp_path: Path) -> None:
+    a, faults = _agent(tmp_path)
+    assert a.owner is not None
+    faults.write_text("gpus:\n  0:\n    owner_process: true\n")
+    a.owner.update(a.backend.gpu_processes(), set())
+    sent: list[dict[str, Any]] = []
+
+    def coordinator(request: httpx.Request) -> httpx.Response:
+        sent.append(json.loads(request.content))
+        return httpx.Response(200, json={"status": "ok"})
+
+    a.token = "node-token"
+    a.http = httpx.AsyncClient(transport=httpx.MockTransport(coordinator))
+
+    async def scenario() -> None:
+        task = asyncio.create_task(bench.benchmark_loop(a))
+        for _ in range(400):
+            if sent:
+                break
+            await asyncio.sleep(0.025)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(scenario())
+    assert [r["index"] for r in sent[0]["results"]] == [1]
