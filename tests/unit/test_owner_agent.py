@@ -152,3 +152,28 @@ def test_benchmarks_leave_owner_busy_gpus_alone(tmp_path: Path) -> None:
 
     asyncio.run(scenario())
     assert [r["index"] for r in sent[0]["results"]] == [1]
+
+
+def test_a_reclaim_while_the_archive_downloads_reports_the_owners_reason(tmp_path: Path) -> None:
+    a, _ = _agent(tmp_path)
+
+    async def slow_coordinator(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(30)  # the archive never arrives before the reclaim
+        return httpx.Response(200, content=b"")
+
+    a.token = "node-token"
+    a.http = httpx.AsyncClient(transport=httpx.MockTransport(slow_coordinator))
+
+    async def scenario() -> None:
+        (a.home / "work").mkdir(parents=True)
+        ctx = _ctx(a, {"command": ["true"], "workdir": "sha256-abc"})
+        ctx.task = asyncio.create_task(a._run_attempt(ctx))
+        await asyncio.sleep(0.2)
+        owner.reclaim(a, ctx, owner.WINDOW_REASON)
+        await asyncio.wait_for(asyncio.gather(ctx.task, return_exceptions=True), timeout=10)
+        await a.http.aclose()
+
+    asyncio.run(scenario())
+    (rep,) = _reports(a)
+    assert isinstance(rep, FinishReport)
+    assert rep.reclaimed and rep.exit_code == -15 and rep.reason == owner.WINDOW_REASON

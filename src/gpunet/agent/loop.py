@@ -93,6 +93,7 @@ class AttemptCtx:
     log_sent: int = 0  # bytes of output collected for the coordinator
     output_closed: bool = False  # past the coordinator's cap: further output is dropped
     reclaimed: bool = False  # stopped because the GPU's owner took it back (agent/owner.py)
+    stop_reason: str | None = None  # why it was stopped before it started, when not cancelled
 
     @property
     def id(self) -> str:
@@ -450,7 +451,7 @@ class Agent:
                     containers=self.containers,
                 )
             except asyncio.CancelledError:
-                self._finish(ctx, -15, "cancelled")
+                self._finish(ctx, -15, ctx.stop_reason or "cancelled")
                 return
             except Exception as exc:  # a bad archive or command: the attempt fails
                 ctx.logs.append({"stream": "system", "data": f"could not start: {exc}\n"})

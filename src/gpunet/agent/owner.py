@@ -441,6 +441,7 @@ def reclaim(agent: Agent, ctx: AttemptCtx, reason: str) -> None:
     """Ask the attempt to checkpoint (SIGTERM and its spec's grace), then stop it; it is
     reported finished with ``reclaimed``, so its job is re-queued and billed for what ran."""
     ctx.reclaimed = True
+    ctx.stop_reason = reason  # the reason, should it be stopped before it started
     grace = grace_of(ctx.info.spec) if isinstance(ctx.info, StartItem) else 0.0
     log.warning("%s: stopping attempt %s (grace %.0fs)", reason, ctx.id, grace)
     stopper = asyncio.create_task(agent._stop(ctx, reason, grace))
