@@ -84,6 +84,7 @@ def test_offers_are_public_filtered_and_sorted(db_url: str) -> None:
             "host_faults",
             "benchmark",
             "incidents",
+            "availability",
         ]
         assert "neutral prior" in body["explanation"]
         assert c.c.get("/v1/nodes/nope/reputation", headers=auth(user)).status_code == 404

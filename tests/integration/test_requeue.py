@@ -29,6 +29,9 @@ def test_requeue_exit_code_and_reclaim_requeue_without_using_retries(db_url: str
         assert co.report(node, att2, "started").status_code == 200
         r = co.report(node, att2, "finished", exit_code=-15, reclaimed=True, reason="owner")
         assert r.status_code == 200, r.text
+        # the reclaim marks the GPU owner-busy until the agent's telemetry says the owner left
+        beat = {"attempts": [], "gpus": [{"index": 0, "owner_busy": False}]}
+        assert co.c.post("/v1/agent/heartbeat", json=beat, headers=node.headers).is_success
 
         att3 = co.next_start(node)  # still no retry used: max_retries 0 would have failed it
         assert co.report(node, att3, "started").status_code == 200

@@ -118,7 +118,9 @@ async def benchmark_loop(agent: Agent) -> None:
     models = {g.index: g.model for g in agent.backend.discover()}
     kind = "burn_in"
     while True:
-        idle = [i for i in models if i not in agent._busy_indices()]
+        # a GPU its owner is using is theirs: no benchmark disturbs them
+        owned = agent.owner.busy_indices() if agent.owner is not None else set()
+        idle = [i for i in models if i not in agent._busy_indices() and i not in owned]
         results = []
         for i in idle:
             r = await asyncio.to_thread(run_one, agent.backend, i, models[i])

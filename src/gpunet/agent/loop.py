@@ -25,7 +25,7 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from gpunet import __version__
-from gpunet.agent import bench, energy, runner
+from gpunet.agent import bench, energy, owner, runner
 from gpunet.agent.gpus.base import GpuBackend
 from gpunet.agent.sandbox import Isolation
 from gpunet.agent.sandbox.image_jobs import ContainerHost
@@ -92,6 +92,8 @@ class AttemptCtx:
     meters: dict[int, Meter] = field(default_factory=dict)  # energy per GPU index
     log_sent: int = 0  # bytes of output collected for the coordinator
     output_closed: bool = False  # past the coordinator's cap: further output is dropped
+    reclaimed: bool = False  # stopped because the GPU's owner took it back (agent/owner.py)
+    stop_reason: str | None = None  # why it was stopped before it started, when not cancelled
 
     @property
     def id(self) -> str:
@@ -138,9 +140,11 @@ class Agent:
         accepts_unisolated: bool = False,
         containers: ContainerHost | None = None,
         labels: dict[str, str] | None = None,
+        owner_policy: owner.OwnerPolicy | None = None,
     ) -> None:
         """``verify``: how to check an https coordinator's certificate (gpunet.tls);
-        ``labels``: what the node says of itself, e.g. its site's PUE and tariff."""
+        ``labels``: what the node says of itself, e.g. its site's PUE and tariff;
+        ``owner_policy``: how the GPUs' owner takes them back (None: never)."""
         self.url = coordinator.rstrip("/")
         self.backend = backend
         self.home = home
@@ -164,6 +168,10 @@ class Agent:
         self.sandbox = self.isolation.sandbox
         self.accepts_unisolated = accepts_unisolated
         self.containers = containers  # runs jobs that name an image
+        self.owner = (
+            owner.OwnerWatcher(owner_policy, len(backend.discover())) if owner_policy else None
+        )
+        self.beat_now = asyncio.Event()  # send a heartbeat now (an owner-busy flag changed)
 
     # ---- connection -------------------------------------------------------------------
     @property
@@ -314,6 +322,8 @@ class Agent:
                 bench.benchmark_loop(self),
             )
         ]
+        if self.owner is not None:
+            tasks.append(asyncio.create_task(owner.owner_loop(self, self.owner)))
         await self.stopping.wait()
         for t in tasks:
             t.cancel()
@@ -346,7 +356,7 @@ class Agent:
                 health = with_unsent_xids(self.backend.health(busy), self._unsent_xids)
                 self._unsent_xids = {}
                 beat = Heartbeat(
-                    gpus=[t.to_wire() for t in readings],
+                    gpus=owner.mark(self.owner, [t.to_wire() for t in readings]),
                     attempts=[a.id for a in self.attempts.values() if not a.orphaned],
                     health=health_reports(health),
                 )
@@ -368,7 +378,9 @@ class Agent:
                 log.warning("heartbeat failed: %s", exc)
                 # XIDs are events, read once: keep them for the next heartbeat
                 self._unsent_xids = {r["index"]: list(r["xids"]) for r in health if r.get("xids")}
-            await asyncio.sleep(interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.beat_now.wait(), timeout=interval)
+            self.beat_now.clear()
 
     async def _lease_watch(self) -> None:
         """Stop every attempt when the lease cannot be renewed: the coordinator will have
@@ -422,6 +434,11 @@ class Agent:
         assert isinstance(item, StartItem)  # only attempts to start are run
         spec = item.spec
         workdir = self.home / "work" / ctx.id
+        why = owner.blocked(self.owner, item.gpu_indices)
+        if why is not None:  # assigned just before the owner took the GPU back: never start
+            ctx.reclaimed = True
+            self._finish(ctx, -15, why)
+            return
         try:
             try:
                 if spec.get("workdir"):
@@ -438,7 +455,7 @@ class Agent:
                     containers=self.containers,
                 )
             except asyncio.CancelledError:
-                self._finish(ctx, -15, "cancelled")
+                self._finish(ctx, -15, ctx.stop_reason or "cancelled")
                 return
             except Exception as exc:  # a bad archive or command: the attempt fails
                 ctx.logs.append({"stream": "system", "data": f"could not start: {exc}\n"})
@@ -490,6 +507,7 @@ class Agent:
             exit_code=exit_code,
             reason=reason[:MAX_REASON_CHARS],
             lost=lost,
+            reclaimed=ctx.reclaimed,
             energy=energy or [],
         )
         self._report(ctx, rep)

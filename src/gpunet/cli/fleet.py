@@ -56,7 +56,9 @@ def gpu_state(g: R.Gpu) -> str:
         return str(g.lifecycle_state)
     if not g.healthy:
         return "unhealthy"
-    return "drained" if g.drained else "busy" if g.busy else "idle"
+    if g.drained:
+        return "drained"
+    return "owner_busy" if g.owner_busy else "busy" if g.busy else "idle"
 
 
 GPU_COLUMNS: list[Column[R.Gpu]] = [

@@ -208,8 +208,9 @@ def offers(
         typer.Argument(
             help="terms FIELD OP VALUE, e.g. gpu=A100-80GB memory>=40 price<=1.5 "
             "reliability>=0.95 site=eu-west tier=training isolation>=sandbox runtime=podman "
-            "owner=alice (fields: gpu memory price reliability site tier state available node "
-            "cc simulated isolation runtime owner; ops: = != >= <= > <)"
+            "owner=alice owner_busy=no (fields: gpu memory price reliability site tier state "
+            "available owner_busy node cc simulated isolation runtime owner; "
+            "ops: = != >= <= > <)"
         ),
     ] = None,
     sort: Annotated[

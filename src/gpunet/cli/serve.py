@@ -21,6 +21,7 @@ import uvicorn
 from gpunet.agent.gpus.base import GpuBackend
 from gpunet.agent.gpus.simulated import SimulatedBackend, parse_simulate
 from gpunet.agent.loop import Agent, Rejected
+from gpunet.agent.owner import OwnerPolicy, parse_policy
 from gpunet.agent.sandbox import Isolation, Limits, SandboxConfig, image_jobs, probe
 from gpunet.agent.sandbox.image_jobs import ContainerHost
 from gpunet.cli.output import console, err_console
@@ -89,6 +90,34 @@ ContainersOpt = Annotated[
         help="run jobs that name an image in podman or docker: auto (when one works) or off",
     ),
 ]
+
+OwnerPolicyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--owner-policy",
+        help="when the owner takes GPUs back: idle=5m (owner-free time before tenant work), "
+        "hook-every=30s, hook-timeout=10s, processes=yes|no; or off (docs/owners.md)",
+    ),
+]
+OwnerHookOpt = Annotated[
+    str | None,
+    typer.Option("--owner-hook", help="a command run periodically; exit 0 means the owner is busy"),
+]
+AvailableOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--available",
+        help='when tenants may use the GPUs, local time, e.g. "Mon-Fri 19:00-07:00; Sat-Sun"',
+    ),
+]
+
+
+def owner_policy_for(text: str | None, hook: str | None, available: str | None) -> OwnerPolicy:
+    """The owner policy from the agent's options; a bad one is refused naming its option."""
+    try:
+        return parse_policy(text, hook=hook, available=available)
+    except ValidationFailed as exc:
+        _refuse(f"--{exc.field}", exc.reason)
 
 
 def containers_for(
@@ -449,10 +478,14 @@ def agent(
     job_network: JobNetworkOpt = "host",
     sandbox_ro: SandboxRoOpt = None,
     containers: ContainersOpt = "auto",
+    owner_policy: OwnerPolicyOpt = None,
+    owner_hook: OwnerHookOpt = None,
+    available: AvailableOpt = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Join this machine's GPUs to a coordinator. Dials out only: works behind NAT."""
     _logging(verbose)
+    policy = owner_policy_for(owner_policy, owner_hook, available)
     verify: bool | ssl.SSLContext = True
     if coordinator.startswith("https:"):
         verify = client_context(ca_file)
@@ -480,6 +513,7 @@ def agent(
         accepts_unisolated=accept_unisolated_jobs,
         containers=containers_for(agent_dir, containers, iso, job_network),
         labels=site_labels(site_pue, site_tariff, site_grid, site_country),
+        owner_policy=policy,
     )
     a.benchmark_every_s = benchmark_every
     console.print(

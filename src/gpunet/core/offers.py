@@ -32,7 +32,7 @@ OPS: dict[str, Callable[[Any, Any], bool]] = {
     "<": operator.lt,
 }
 _TERM = re.compile(r"^([A-Za-z_]+)(>=|<=|!=|=|>|<)(.*)$")
-STATES = ("idle", "busy", "unhealthy", "drained", "offline")
+STATES = ("idle", "busy", "owner_busy", "unhealthy", "drained", "offline")
 _TRUE = {"true", "yes", "1"}
 _FALSE = {"false", "no", "0"}
 
@@ -53,6 +53,7 @@ FIELDS: dict[str, _Field] = {
     "tier": _Field("tier", "text", "duty tier: training | inference | secondary"),
     "state": _Field("state", "state", " | ".join(STATES)),
     "available": _Field("available", "bool", "free to take work now: yes | no"),
+    "owner_busy": _Field("owner_busy", "bool", "its owner is using it: yes | no"),
     "node": _Field("node_id", "text", "node id"),
     "cc": _Field("compute_capability", "cc", "compute capability, e.g. 8.0"),
     "simulated": _Field("simulated", "bool", "a simulated GPU: yes | no"),

@@ -1,6 +1,6 @@
 """Node reputation: an open, explainable score in [0, 1] from a node's recent history.
 
-Four components, each a value in [0, 1] with a weight and a one-line explanation:
+Five components, each a value in [0, 1] with a weight and a one-line explanation:
 
 - ``uptime``: the share of the window the node was online.
 - ``host_faults``: the share of the node's attempts that were *not* lost to the host (a lost
@@ -8,6 +8,10 @@ Four components, each a value in [0, 1] with a weight and a one-line explanation
 - ``benchmark``: how consistent each GPU's benchmark scores are over its runs (1 - the mean
   coefficient of variation, scaled so that a spread of ``CV_ZERO`` or more scores 0).
 - ``incidents``: health events to degraded or failed in the window, per GPU.
+- ``availability``: the share of the node's attempts its owner did *not* take back (an owner
+  reclaiming a GPU is the deal owners are offered, not a fault: a reclaimed attempt is
+  re-queued, billed for the time it ran and never counts as lost; but a node whose owner
+  reclaims often is a worse place to run, so this component falls, with a smaller weight).
 
 Every component is smoothed with a neutral prior worth a few observations, so a node without
 history starts at the prior (and its explanation says so) and one event moves it by a bounded
@@ -32,6 +36,7 @@ WEIGHTS: dict[str, float] = {
     "host_faults": 0.35,
     "benchmark": 0.15,
     "incidents": 0.2,
+    "availability": 0.1,
 }
 
 
@@ -63,6 +68,7 @@ class NodeHistory:
     gpus: int = 0
     incidents: int = 0
     benchmarks: tuple[BenchStats, ...] = ()
+    reclaimed: int = 0  # attempts stopped because the owner took the GPU back
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,9 +135,21 @@ def _incidents(h: NodeHistory) -> Component:
     return Component("incidents", value, WEIGHTS["incidents"], why)
 
 
+def _availability(h: NodeHistory) -> Component:
+    n = max(h.attempts, 0)
+    taken = min(max(h.reclaimed, 0), n)
+    # the prior is full availability: no node is marked down for reclaims it never made
+    value = _clip((n - taken + PRIOR_ATTEMPTS) / (n + PRIOR_ATTEMPTS))
+    if n == 0:
+        why = "no attempts yet: nothing reclaimed"
+    else:
+        why = f"{taken} of {n} attempts reclaimed by the GPU's owner (not counted as faults)"
+    return Component("availability", value, WEIGHTS["availability"], why)
+
+
 def reputation(h: NodeHistory) -> Reputation:
     """The node's score and its explained components."""
-    parts = (_uptime(h), _host_faults(h), _benchmark(h), _incidents(h))
+    parts = (_uptime(h), _host_faults(h), _benchmark(h), _incidents(h), _availability(h))
     total_w = sum(c.weight for c in parts)
     score = _clip(sum(c.value * c.weight for c in parts) / total_w)
     return Reputation(score, parts)

@@ -21,6 +21,7 @@ from gpunet.errors import Forbidden, NotFound, StaleFencingToken
 from gpunet.services import billing
 from gpunet.services.auth import Principal, Role, consume_join_use, issue_token
 from gpunet.services.jobs import lose_attempt, move_attempt, move_job, requeue_attempt
+from gpunet.services.owners import owner_took_back
 from gpunet.store.db import Database
 from gpunet.store.tables import Attempt, Blob, Gpu, Job, LogChunk, Node
 from gpunet.util import new_id, now
@@ -297,6 +298,7 @@ def attempt_finished(db: Database, who: Principal, attempt_id: str, rep: FinishR
             billing.close_charge(s, att, lost=False)
             return
         if rep.exit_code != 0 and rep.reclaimed:
+            owner_took_back(s, att)
             requeue_attempt(s, att, rep.reason or "the GPU's owner took it back", att.node_id)
             return
         if rep.exit_code == REQUEUE_EXIT_CODE:

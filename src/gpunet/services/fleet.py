@@ -55,6 +55,7 @@ def fleet_snapshot(s: Session, *, all_free: bool = False, now: float | None = No
         Gpu.power_w,
         Gpu.tier,
         Gpu.price_per_hour,
+        Gpu.owner_busy,
     )
     if all_free:
         cols = cols.where(Gpu.lifecycle_state.notin_(GONE_STATES))
@@ -91,6 +92,7 @@ def fleet_snapshot(s: Session, *, all_free: bool = False, now: float | None = No
                 tier=tier,
                 price_per_hour=price,
                 reliability=rel.get(node_id),
+                owner_busy=False if all_free else owner_busy,
             )
             for (
                 gid,
@@ -105,6 +107,7 @@ def fleet_snapshot(s: Session, *, all_free: bool = False, now: float | None = No
                 power,
                 tier,
                 price,
+                owner_busy,
             ) in gpus
         ),
         now=now,
@@ -182,6 +185,7 @@ def gpu_dict(g: Gpu, holder: str | None = None) -> dict[str, Any]:
         "healthy": g.healthy,
         "drained": g.drained,
         "busy": holder is not None,
+        "owner_busy": g.owner_busy,
         "attempt_id": holder,
         "utilization_pct": g.utilization_pct,
         "memory_used_mb": g.memory_used_mb,

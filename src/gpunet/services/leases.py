@@ -68,6 +68,7 @@ def flush_telemetry(db: Database, leases: LeaseBook) -> int:
             "mem": t.get("memory_used_mb"),
             "temp": t.get("temperature_c"),
             "power": t.get("power_w"),
+            "owner": bool(t.get("owner_busy")),
             "at": lease.seen_at,
         }
         for n, lease in batch.items()
@@ -89,6 +90,7 @@ def flush_telemetry(db: Database, leases: LeaseBook) -> int:
                     memory_used_mb=bindparam("mem"),
                     temperature_c=bindparam("temp"),
                     power_w=bindparam("power"),
+                    owner_busy=bindparam("owner"),
                     telemetry_at=bindparam("at"),
                 ),
                 gpu_rows,

@@ -21,6 +21,8 @@ def _state(g: Any, online: bool, busy: bool) -> str:
         return "unhealthy"
     if g.drained:
         return "drained"
+    if g.owner_busy:
+        return "owner_busy"
     return "busy" if busy else "idle"
 
 
@@ -64,6 +66,7 @@ def list_offers(
                     "site": node.site,
                     "state": state,
                     "available": state == "idle",
+                    "owner_busy": g.owner_busy,
                     "simulated": g.simulated,
                     "owner": owners.get(node.account_id),
                     "isolation": node.isolation,

@@ -42,10 +42,11 @@ def node_histories(
     nodes = s.execute(nq).all()
     ids = [n[0] for n in nodes]
     lost = case((Attempt.state == AttemptState.LOST.value, 1), else_=0)
+    reclaimed = case((Attempt.reclaimed.is_(True), 1), else_=0)
     attempts = {
-        nid: (int(total), int(n_lost or 0))
-        for nid, total, n_lost in s.execute(
-            select(Attempt.node_id, func.count(), func.sum(lost))
+        nid: (int(total), int(n_lost or 0), int(n_reclaimed or 0))
+        for nid, total, n_lost, n_reclaimed in s.execute(
+            select(Attempt.node_id, func.count(), func.sum(lost), func.sum(reclaimed))
             .where(Attempt.node_id.in_(ids), Attempt.created_at >= since)
             .group_by(Attempt.node_id)
         )
@@ -89,12 +90,13 @@ def node_histories(
         if status != "online":
             last = max(utc(last_hb) or start, start)
             down = max((at - last).total_seconds(), 0.0)
-        total, n_lost = attempts.get(nid, (0, 0))
+        total, n_lost, n_reclaimed = attempts.get(nid, (0, 0, 0))
         out[nid] = NodeHistory(
             observed_s=observed,
             downtime_s=min(down, observed),
             attempts=total,
             lost=n_lost,
+            reclaimed=n_reclaimed,
             gpus=int(gpus.get(nid, 0)),
             incidents=int(incidents.get(nid, 0)),
             benchmarks=tuple(benches.get(nid, ())),

@@ -119,6 +119,8 @@ class Gpu(Base):
     temperature_c: Mapped[float | None] = mapped_column(Float, default=None)
     power_w: Mapped[float | None] = mapped_column(Float, default=None)
     telemetry_at: Mapped[datetime | None] = mapped_column(default=None)
+    # the owner is using it (agent/owner.py), from the latest flushed heartbeat
+    owner_busy: Mapped[bool] = mapped_column(Boolean, default=False)
     # market: the owner's price per GPU-hour (None: free) and floor for interruptible work
     price_per_hour: Mapped[Decimal | None] = mapped_column(Money(), default=None)
     min_interruptible_price: Mapped[Decimal | None] = mapped_column(Money(), default=None)
@@ -254,6 +256,8 @@ class Attempt(Base):
     log_truncated: Mapped[bool] = mapped_column(Boolean, default=False)
     # while stopping: why (core.jobs.StopKind), which decides where its job goes next
     stop_kind: Mapped[str | None] = mapped_column(String(20), default=None)
+    # stopped because the GPU's owner took it back (counted apart from host faults)
+    reclaimed: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class LogChunk(Base):

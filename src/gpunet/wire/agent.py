@@ -125,6 +125,8 @@ class GpuTelemetry(BaseModel):
     power_w: Reading = None
     # the GPU's total-energy counter (joules since the driver loaded): it only grows
     energy_j: float | None = Field(None, allow_inf_nan=False)
+    # the GPU's owner is using it (or it is outside the owner's windows): no tenant work
+    owner_busy: bool = False
 
 
 class HealthReport(BaseModel):

@@ -207,6 +207,7 @@ class Gpu(Resource):
     healthy: bool
     drained: bool
     busy: bool
+    owner_busy: bool = Field(False, description="its owner is using it: it takes no tenant work")
     attempt_id: str | None = Field(description="the attempt holding it (shown to admins only)")
     utilization_pct: float | None
     memory_used_mb: float | None
@@ -320,8 +321,9 @@ class Offer(Resource):
     reliability: float | None
     tier: str | None
     site: str | None
-    state: str = Field(description="idle | busy | drained | unhealthy | offline")
+    state: str = Field(description="idle | busy | owner_busy | drained | unhealthy | offline")
     available: bool
+    owner_busy: bool = Field(False, description="its owner is using it: it takes no tenant work")
     simulated: bool
     owner: str | None
     isolation: Isolation

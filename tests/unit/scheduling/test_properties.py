@@ -33,6 +33,7 @@ def gpu_class(g: GpuView, n: NodeView) -> GpuClass:
         has_runtime=bool(n.runtimes),
         private=n.private,
         owner=n.owner,
+        owner_busy=g.owner_busy,
     )
 
 
@@ -64,6 +65,7 @@ def snapshots(draw: st.DrawFn) -> Snapshot:
                     busy=draw(st.booleans()),
                     healthy=draw(st.integers(0, 9)) > 0,
                     drained=draw(st.integers(0, 9)) == 0,
+                    owner_busy=draw(st.integers(0, 9)) == 0,
                     price_per_hour=draw(st.sampled_from((None, Decimal("1"), Decimal("3")))),
                 )
             )

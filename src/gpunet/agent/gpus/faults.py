@@ -11,6 +11,8 @@ or a demo can make a GPU fail, throttle or overheat while it runs.
         benchmark_pct: 60             # benchmarks run at 60% of the model's reference
         soak_errors: 1                # repeated benchmark runs disagree
         no_energy_counter: true       # no total-energy counter: energy is integrated power
+        owner_process: true           # the owner runs a process on it (pid 999999 unless
+        owner_pids: [4242]            # owner_pids names them): see agent/owner.py
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from gpunet.core.health import HealthReading, load_rules
 
 log = logging.getLogger("gpunet.agent")
 BENCH_KEYS = {"benchmark_pct", "soak_errors", "no_energy_counter"}
+OWNER_KEYS = {"owner_process", "owner_pids"}
+SIM_OWNER_PID = 999_999  # the pid a simulated owner process shows with (no real process)
 _COUNTERS = {f.name for f in fields(HealthReading)} - {"index", "xids"}
 
 
@@ -69,7 +73,7 @@ class FaultProfile:
                 f = dict(faults or {})
                 if "throttle" in f:
                     f["throttle_reasons"] = throttle_mask(list(f.pop("throttle") or []))
-                unknown = set(f) - _COUNTERS - BENCH_KEYS - {"xids"}
+                unknown = set(f) - _COUNTERS - BENCH_KEYS - OWNER_KEYS - {"xids"}
                 if unknown:
                     raise ValueError(f"unknown fault keys {sorted(unknown)} for GPU {idx}")
                 data[int(idx)] = f
@@ -88,6 +92,14 @@ class FaultProfile:
         sent = self._xids_sent.get(index, 0)
         self._xids_sent[index] = len(listed)
         return listed[sent:]
+
+    def owner_pids(self, index: int) -> list[int]:
+        """Pids of the simulated owner processes on GPU ``index``."""
+        f = self.faults(index)
+        pids = [int(p) for p in f.get("owner_pids") or []]
+        if f.get("owner_process") and not pids:
+            pids = [SIM_OWNER_PID]
+        return pids
 
     def reading(self, index: int, base: dict[str, Any]) -> dict[str, Any]:
         """A health reading: the simulated GPU's clean counters, with the faults laid over."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
+from gpunet.agent import owner
 from gpunet.agent.gpus import nvml_health
 from gpunet.agent.gpus.base import DiscoveredGpu, Telemetry
 from gpunet.catalog import model_from_nvml_name
@@ -85,6 +86,10 @@ class NvmlBackend:
                 )
             )
         return out
+
+    def gpu_processes(self) -> dict[int, list[int]]:
+        """Pids of the compute and graphics processes on each GPU."""
+        return {i: owner.nvml_processes(self._nv, h) for i, h in enumerate(self._handles())}
 
     def health(self, busy: set[int]) -> list[dict[str, Any]]:
         xids = self._xids.drain()

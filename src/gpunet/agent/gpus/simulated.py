@@ -113,6 +113,11 @@ class SimulatedBackend:
             )
         return out
 
+    def gpu_processes(self) -> dict[int, list[int]]:
+        """The owner processes the fault profile puts on each GPU (attempts on simulated GPUs
+        show no GPU processes)."""
+        return {i: self.faults.owner_pids(i) for i in range(len(self.models))}
+
     def health(self, busy: set[int]) -> list[dict[str, Any]]:
         """Clean counters of a healthy simulated GPU, with the fault profile laid over them."""
         clean = {

@@ -37,6 +37,7 @@ class GpuClass:
     has_runtime: bool = False
     private: bool = False
     owner: str | None = None
+    owner_busy: bool = False
 
 
 Filter = Callable[[JobRequest, GpuClass], "str | None"]
@@ -52,6 +53,14 @@ def healthy(job: JobRequest, gpu: GpuClass) -> str | None:
 
 def not_drained(job: JobRequest, gpu: GpuClass) -> str | None:
     return "drained" if gpu.drained else None
+
+
+OWNER_BUSY = "owner is using it"
+
+
+def owner_free(job: JobRequest, gpu: GpuClass) -> str | None:
+    # the owner took the GPU back (agent/owner.py): it stays theirs until they leave it idle
+    return OWNER_BUSY if gpu.owner_busy else None
 
 
 def allowed_model(job: JobRequest, gpu: GpuClass) -> str | None:
@@ -111,8 +120,9 @@ def reliability_floor(job: JobRequest, gpu: GpuClass) -> str | None:
     return None
 
 
-# Reasons that change while the fleet stays the same (health, drain, a node going away).
-TRANSIENT_FILTERS: tuple[Filter, ...] = (node_online, healthy, not_drained)
+# Reasons that change while the fleet stays the same (health, drain, a node going away, the
+# GPU's owner taking it back).
+TRANSIENT_FILTERS: tuple[Filter, ...] = (node_online, healthy, not_drained, owner_free)
 # Reasons that hold for as long as the fleet's hardware, node settings and prices stay the same.
 # A node's isolation and runtimes change only when its agent reconnects with other settings.
 # The reliability floor is listed here because it depends on the job; the fleet's capacity

@@ -29,6 +29,7 @@ class GpuView:
     power_w: float | None = None  # measured or rated board power; None: the catalog's TDP
     tier: str | None = None  # duty tier (training | inference | secondary); None: unassigned
     reliability: float | None = None  # the node's reputation, 0..1 (core/reputation.py)
+    owner_busy: bool = False  # its owner is using it (agent/owner.py): no tenant work
 
 
 @dataclass(frozen=True, slots=True)

@@ -87,6 +87,7 @@ class FleetIndex:
                 bool(n.runtimes),
                 n.private,
                 n.owner if by_owner or n.private else None,
+                g.owner_busy,
             )
             st = by_key.get(key)
             if st is None:
@@ -115,6 +116,7 @@ class FleetIndex:
                 s.cls.has_runtime,
                 s.cls.private,
                 str(s.cls.owner),
+                s.cls.owner_busy,
             ),
         )
         # classes of private nodes by owner: only the owner's jobs see them differently
