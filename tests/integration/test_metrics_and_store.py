@@ -178,6 +178,8 @@ def test_metrics_carry_each_gpus_readings_and_the_networks_totals(db_url: str) -
         assert f"gpunet_gpu_temperature_celsius{{{g0}}}" not in text  # never reported
         assert _metric(text, "gpunet_gpu_healthy", g0) == 1
         assert _metric(text, "gpunet_gpu_online", g1) == 1
+        assert _metric(text, "gpunet_gpu_owner_busy", g1) == 0
+        assert _metric(text, "gpunet_gpus", 'state="owner_busy"') == 0
         assert _metric(text, "gpunet_gpu_energy_joules_total", g0) == 5000.0
         assert f"gpunet_gpu_energy_joules_total{{{g1}}}" not in text  # no counter reported
         assert _metric(text, "gpunet_gpu_health_status", g0 + ',status="healthy"') == 1

@@ -109,7 +109,7 @@ def _counts(
     by_status.add_metric(["online"], float(len(online)))
     by_status.add_metric(["offline"], float(len(statuses) - len(online)))
     yield by_status
-    by = dict.fromkeys(("busy", "idle", "unhealthy", "drained", "offline"), 0)
+    by = dict.fromkeys(("busy", "idle", "owner_busy", "unhealthy", "drained", "offline"), 0)
     for g in gpus:
         if g.node_id not in online:
             by["offline"] += 1
@@ -117,6 +117,8 @@ def _counts(
             by["unhealthy"] += 1
         elif g.drained:
             by["drained"] += 1
+        elif g.owner_busy:  # as `gpunet gpus` says, even while a tenant's attempt stops
+            by["owner_busy"] += 1
         else:
             by["busy" if g.id in busy else "idle"] += 1
     fam = GaugeMetricFamily("gpunet_gpus", "GPUs by state", labels=["state"])
@@ -158,6 +160,11 @@ def _gpu_series(
     up = GaugeMetricFamily(
         "gpunet_gpu_online", "1 while the GPU's node is online, else 0", labels=_GPU_LABELS
     )
+    owner = GaugeMetricFamily(
+        "gpunet_gpu_owner_busy",
+        "1 while the GPU's owner uses it (no tenant work starts there), else 0",
+        labels=_GPU_LABELS,
+    )
     health = GaugeMetricFamily(
         "gpunet_gpu_health_status",
         "The GPU's health status (healthy, degraded, failed): 1 for the current one",
@@ -176,6 +183,7 @@ def _gpu_series(
         healthy.add_metric(lab, 1.0 if g.healthy else 0.0)
         held.add_metric(lab, 1.0 if g.id in busy else 0.0)
         up.add_metric(lab, 1.0 if g.node_id in online else 0.0)
+        owner.add_metric(lab, 1.0 if g.owner_busy else 0.0)
         health.add_metric([*lab, g.health_status], 1.0)
         stage.add_metric([*lab, g.lifecycle_state], 1.0)
-    yield from (counter, used, healthy, held, up, health, stage)
+    yield from (counter, used, healthy, held, up, owner, health, stage)
