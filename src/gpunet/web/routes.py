@@ -23,6 +23,7 @@ from gpunet.web.session import COOKIE, Session, Sessions, csrf_ok, same_origin, 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
 templates.env.globals["version"] = __version__
+templates.env.trim_blocks = templates.env.lstrip_blocks = True  # no blank lines per loop turn
 
 router = APIRouter(include_in_schema=False)
 

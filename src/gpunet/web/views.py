@@ -28,8 +28,8 @@ TERMINAL = {JobState.SUCCEEDED.value, JobState.FAILED.value, JobState.CANCELLED.
 def fleet(rt: Runtime, who: Principal) -> dict[str, Any]:
     """Nodes and GPUs as ``GET /v1/nodes`` and ``GET /v1/gpus`` answer them to ``who``."""
     with rt.db.sessions() as s:
-        nodes = list_nodes(s)
         gpus = list_gpus(s)
+        nodes = list_nodes(s, gpus)
     if who.role is Role.PROVIDER:
         nodes = [n for n in nodes if n["account_id"] == who.account_id]
         mine = {n["id"] for n in nodes}
