@@ -253,8 +253,9 @@ def screenshots(browser: Any, url: str, admin: str, root: Path, out: Path) -> No
         time.sleep(6)
         cli("credits", "grant", "50", "--account", "alice")
         cli("price", "set", "1.2", "--node", _node_of(cli, "rack-a"), token=owner)
+        cli("price", "set", "0.8", "--node", _node_of(cli, "rack-b"), token=owner)
         for i in range(3):
-            prog = f"import time; print('epoch {i}: loss 0.{9 - i}'); time.sleep(2)"
+            prog = f"import time; print('epoch {i}: loss 0.{9 - i}'); time.sleep(4)"
             cli("run", "--name", f"train-{i}", "--", "python3", "-c", prog, token=user)
         a100 = ["--gpus", "2", "--gpu-model", "A100-80GB"]
         cli("run", "--detach", "--name", "long", *a100, "--", "sleep", "60", token=user)
@@ -267,13 +268,13 @@ def screenshots(browser: Any, url: str, admin: str, root: Path, out: Path) -> No
         shots = [
             (admin_page, "/", "fleet"),
             (admin_page, f"/gpus/{gid}", "gpu"),
-            (admin_page, "/money", "money-admin"),
             (admin_page, "/tco", "tco"),
         ]
         user_page = signed_in_page(browser, url, user)
         jobs = json.loads(cli("jobs", "--json", token=user))
         done = next(j for j in jobs if j["name"] == "train-2")
         shots += [(user_page, "/jobs", "jobs"), (user_page, f"/jobs/{done['id']}", "job")]
+        shots += [(signed_in_page(browser, url, owner), "/money", "money-owner")]
         for page, path, name in shots:
             page.goto(url + path, wait_until="networkidle")
             page.screenshot(path=str(out / f"{name}.png"), full_page=False)
