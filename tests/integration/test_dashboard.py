@@ -55,6 +55,10 @@ def test_sign_in_keeps_the_session_in_a_strict_httponly_cookie(db_url: str) -> N
         assert 'name="token"' not in home.text and "Fleet" in home.text
         assert home.headers["content-security-policy"].startswith("default-src 'self'")
 
+        tls = TestClient(co.c.app, base_url="https://testserver", follow_redirects=False)
+        cookie = tls.post("/signin", data={"token": co.admin}).headers["set-cookie"]
+        assert "Secure" in cookie and "HttpOnly" in cookie
+
 
 def test_sign_in_refuses_other_sites_node_tokens_and_revoked_tokens(db_url: str) -> None:
     with coordinator(db_url) as co:
