@@ -141,10 +141,13 @@ def test_fleet_pages_show_what_the_api_shows_to_each_role(db_url: str) -> None:
         ab = sign_in(co, alice)
         assert f'href="/gpus/{n1.id}/0"' not in ab.get("/").text
         assert ab.get(f"/gpus/{n1.id}/0").status_code == 404
+        assert ab.get(f"/gpus/{n1.id}/0/benchmarks.svg").status_code == 404
         # a provider opens its own GPU, not another owner's
         pb = sign_in(co, p1)
         assert pb.get(f"/gpus/{n1.id}/0").status_code == 200
         assert pb.get(f"/gpus/{n2.id}/0").status_code == 404
+        assert pb.get(f"/gpus/{n2.id}/0/panel").status_code == 404
+        assert pb.get(f"/gpus/{n1.id}/0/benchmarks.svg").status_code == 200
 
 
 def test_admin_drains_a_gpu_from_its_page_and_sees_the_event(db_url: str) -> None:

@@ -156,7 +156,7 @@ def fleet_table(request: Request) -> Response:
 
 @router.get("/gpus/{gpu_id:path}/benchmarks.svg")
 def gpu_benchmarks_svg(request: Request, gpu_id: str) -> Response:
-    return _svg(request, lambda rt, who: plots.benchmarks(views.gpu(rt, who, gpu_id)["benchmarks"]))
+    return _svg(request, lambda rt, who: plots.benchmarks(views.gpu_benchmarks(rt, who, gpu_id)))
 
 
 @router.get("/gpus/{gpu_id:path}/panel")

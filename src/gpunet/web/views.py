@@ -63,6 +63,12 @@ def gpu(rt: Runtime, who: Principal, gpu_id: str) -> dict[str, Any]:
     return out
 
 
+def gpu_benchmarks(rt: Runtime, who: Principal, gpu_id: str) -> list[dict[str, Any]]:
+    """A GPU's benchmark scores, to whoever may open its page."""
+    g = life.timeline(rt.db, who, gpu_id)  # the page's access rule
+    return tiers.benchmarks_of(rt.db, g["id"])
+
+
 def _why(rt: Runtime, who: Principal, job_id: str) -> dict[str, Any] | None:
     job, exp = why(rt.db, who, job_id, rt.settings.policy, metering.terms(rt.settings))
     if exp is None:
