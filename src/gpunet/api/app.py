@@ -20,6 +20,7 @@ from gpunet.loops.background import start_all, stop_all
 from gpunet.services.leases import flush_telemetry, grant_grace
 from gpunet.services.runtime import Runtime, Settings
 from gpunet.store.db import Database
+from gpunet.web import install as install_dashboard
 
 
 def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
@@ -58,6 +59,7 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
         sim.router,
     ):
         app.include_router(r)
+    install_dashboard(app)  # the web dashboard at /, outside the OpenAPI document
 
     @app.get("/healthz", tags=["meta"])
     def healthz() -> dict[str, Any]:

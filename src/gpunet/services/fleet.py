@@ -207,13 +207,16 @@ def list_gpus(s: Session) -> list[dict[str, Any]]:
     ]
 
 
-def list_nodes(s: Session) -> list[dict[str, Any]]:
-    gpus = list_gpus(s)
+def list_nodes(s: Session, gpus: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Every node with a summary of its GPUs (``gpus``: ``list_gpus(s)``, when already read)."""
+    by_node: dict[str, list[dict[str, Any]]] = {}
+    for g in list_gpus(s) if gpus is None else gpus:
+        by_node.setdefault(g["node_id"], []).append(g)
     rel = reliabilities(s)
     names: dict[str, str] = {aid: name for aid, name in s.execute(select(Account.id, Account.name))}
     out = []
     for n in s.scalars(select(Node).order_by(Node.registered_at)):
-        mine = [g for g in gpus if g["node_id"] == n.id]
+        mine = by_node.get(n.id, [])
         out.append(
             {
                 "id": n.id,
