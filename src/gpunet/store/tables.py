@@ -254,6 +254,8 @@ class Attempt(Base):
     log_truncated: Mapped[bool] = mapped_column(Boolean, default=False)
     # while stopping: why (core.jobs.StopKind), which decides where its job goes next
     stop_kind: Mapped[str | None] = mapped_column(String(20), default=None)
+    # a preempted attempt: the job it makes room for (that job waits until the GPUs are free)
+    preempted_for: Mapped[str | None] = mapped_column(String(40), default=None)
 
 
 class LogChunk(Base):

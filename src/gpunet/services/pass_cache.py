@@ -1,0 +1,115 @@
+"""What the scheduler pass keeps between passes, so an unchanged queue costs little.
+
+* Each job's scheduler view (its spec validated once: specs never change after submit).
+* Node reputations (five 7-day aggregates) and each account's decayed recent GPU use, both
+  refreshed after ``ttl_s``: a score a few seconds old orders and filters jobs just as well.
+
+One cache per database (a weak map), so tests and tools that open several stores stay apart.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from gpunet.core.jobspec import JobSpec
+from gpunet.core.scheduling import JobRequest
+from gpunet.core.scheduling.fairshare import Usage, decayed_gpu_seconds
+from gpunet.services.fleet import account_ids, job_request
+from gpunet.services.reputation import reliabilities
+from gpunet.store.db import Database
+from gpunet.store.tables import Attempt, Job
+
+TTL_S = 30.0
+# fair share forgets use older than this many half-lives (2^-8 < 0.4%)
+HALF_LIVES_KEPT = 8
+MAX_REQUESTS = 100_000
+
+
+class PassCache:
+    def __init__(self, ttl_s: float = TTL_S) -> None:
+        self.ttl_s = ttl_s
+        self._requests: dict[str, JobRequest] = {}
+        self._rel: tuple[float, dict[str, float]] | None = None
+        self._usage: tuple[float, float, dict[str, float]] | None = None
+
+    def requests(self, s: Session, job_ids: Iterable[str]) -> dict[str, JobRequest]:
+        """Job id -> its scheduler view; specs are read and validated only for new jobs."""
+        ids = list(dict.fromkeys(job_ids))
+        missing = [j for j in ids if j not in self._requests]
+        if missing:
+            if len(self._requests) + len(missing) > MAX_REQUESTS:
+                self._requests.clear()
+            rows = list(
+                s.execute(
+                    select(Job.id, Job.account_id, Job.spec, Job.priority, Job.created_at).where(
+                        Job.id.in_(missing)
+                    )
+                )
+            )
+            specs = {jid: JobSpec.model_validate(spec) for jid, _a, spec, _p, _c in rows}
+            owners = account_ids(s, (n for sp in specs.values() for n in sp.resources.owners))
+            for jid, acct, _spec, prio, created in rows:
+                self._requests[jid] = job_request(
+                    jid,
+                    acct,
+                    specs[jid],
+                    priority=prio,
+                    submitted_at=_ts(created),
+                    owner_ids=owners,
+                )
+        return {j: self._requests[j] for j in ids if j in self._requests}
+
+    def forget(self, job_ids: Iterable[str]) -> None:
+        for j in job_ids:
+            self._requests.pop(j, None)
+
+    def reliabilities(self, s: Session) -> dict[str, float]:
+        t = time.monotonic()
+        if self._rel is None or t - self._rel[0] > self.ttl_s:
+            self._rel = (t, reliabilities(s))
+        return self._rel[1]
+
+    def usage(self, s: Session, now: float, half_life_s: float) -> dict[str, float]:
+        """Account -> GPU-seconds of its attempts, decayed with ``half_life_s``."""
+        t = time.monotonic()
+        if self._usage is None or t - self._usage[0] > self.ttl_s or self._usage[1] != half_life_s:
+            self._usage = (t, half_life_s, account_usage(s, now, half_life_s))
+        return self._usage[2]
+
+
+def account_usage(s: Session, now: float, half_life_s: float) -> dict[str, float]:
+    """Decayed GPU-seconds per account from its attempts (one query)."""
+    since = datetime.fromtimestamp(now, UTC) - timedelta(seconds=HALF_LIVES_KEPT * half_life_s)
+    rows = s.execute(
+        select(Job.account_id, Attempt.gpu_ids, Attempt.started_at, Attempt.finished_at)
+        .join(Job, Job.id == Attempt.job_id)
+        .where(
+            Attempt.started_at.is_not(None),
+            or_(Attempt.finished_at.is_(None), Attempt.finished_at >= since),
+        )
+    )
+    spans = [
+        Usage(acct, len(gids or ()), _ts(start), now if end is None else _ts(end))
+        for acct, gids, start, end in rows
+    ]
+    return decayed_gpu_seconds(spans, now, half_life_s)
+
+
+def _ts(at: datetime) -> float:
+    return (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()
+
+
+_CACHES: weakref.WeakKeyDictionary[Database, PassCache] = weakref.WeakKeyDictionary()
+
+
+def cache_for(db: Database) -> PassCache:
+    c = _CACHES.get(db)
+    if c is None:
+        c = _CACHES[db] = PassCache()
+    return c
