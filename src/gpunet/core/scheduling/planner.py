@@ -365,8 +365,12 @@ def plan(
         # the waiting jobs of its rank, so only a job that outranks it can take its GPUs
         order.sort(key=lambda j: (*(-r for r in admission.rank(j)), not j.running_on))
     admit = Tally(snapshot) if snapshot.accounts else None
+    held = _Held(pl.index, order) if snapshot.keep_running else None
     for job in order:
-        exp, best = pl.explain_and_choose(job, admit)
+        if held is not None:
+            exp, best = held.choose(pl, job, admit)
+        else:
+            exp, best = pl.explain_and_choose(job, admit)
         result.explanations[job.id] = exp
         if best is None:
             continue
@@ -375,7 +379,7 @@ def plan(
         if admit is not None:
             admit.commit(job, pl.index.classes[ci].cls.rate_for(job), len(gpus))
         placed.append((job, ci, node, gpus, pk, lc))
-    if pol.match_types and reclaim:
+    if pol.match_types and reclaim and held is None:
         placed = _keep_in_place(pl, snapshot, reclaim, placed)
     # with keep_running a job that holds GPUs stays exactly where it is: no type matching
     # or yielding moves it
@@ -420,6 +424,80 @@ def plan(
             if by is not None:
                 result.preempted_for[job.id] = by
     return result
+
+
+class _Held:
+    """The live rule (``Snapshot.keep_running``): GPUs of running jobs stay reserved for them;
+    a waiting job takes them only when no free GPUs fit it and it outranks their holder, and
+    then from the lowest rank first."""
+
+    def __init__(self, index: FleetIndex, order: Sequence[JobRequest]) -> None:
+        self.index = index
+        self.running = {j.id: j for j in order if j.running_on}
+        self.reserved: dict[str, JobRequest] = {}
+        for j in self.running.values():
+            self._take(j.running_on)
+            self.reserved[j.id] = j
+
+    def _groups(self, gpu_ids: Sequence[str]) -> dict[tuple[int, str], list[str]]:
+        idx = self.index
+        out: dict[tuple[int, str], list[str]] = defaultdict(list)
+        ci_of = {id(st): ci for ci, st in enumerate(idx.classes)}
+        for g in gpu_ids:
+            st = idx.gpu_class[g]
+            if st.usable:
+                out[(ci_of[id(st)], idx.gpu_node[g])].append(g)
+        return out
+
+    def _take(self, gpu_ids: Sequence[str]) -> None:
+        for (ci, node), gs in self._groups(gpu_ids).items():
+            st = self.index.classes[ci]
+            free = set(st.free_by_node.get(node, ()))
+            gs = [g for g in gs if g in free]
+            if gs:
+                self.index.take(st, node, gs)
+
+    def _give_back(self, gpu_ids: Sequence[str]) -> None:
+        for (ci, node), gs in self._groups(gpu_ids).items():
+            self.index.give_back(self.index.classes[ci], node, gs)
+
+    def choose(
+        self, pl: _Planner, job: JobRequest, admit: Tally | None
+    ) -> tuple[Explanation, tuple[int, str, tuple[str, ...], float, float] | None]:
+        if job.id in self.running:
+            if job.id not in self.reserved:  # a job that outranks it took (some of) its GPUs
+                exp = Explanation(job.id, self.index.total, 0, {})
+                exp.note = "its GPUs go to a job that outranks it"
+                return exp, None
+            # its own GPUs, reserved for it until now
+            del self.reserved[job.id]
+            mine = [g for g in job.running_on if self.index.gpu_class[g].usable]
+            self._give_back(mine)
+            exp, best = pl.explain_and_choose(job, admit)
+            if best is None:
+                self._take(mine)  # nobody else gets them in this pass
+            return exp, best
+        exp, best = pl.explain_and_choose(job, admit)
+        if best is not None:
+            return exp, best
+        victims = sorted(
+            (r for r in self.reserved.values() if admission.outranks(job, r)),
+            key=lambda r: admission.rank(r),
+        )
+        levels = sorted({admission.rank(r) for r in victims})
+        for level in levels:
+            freed = [g for r in victims if admission.rank(r) <= level for g in r.running_on]
+            self._give_back(freed)
+            exp2, best2 = pl.explain_and_choose(job, admit)
+            taken = set(best2[2]) if best2 is not None else set()
+            self._take([g for g in freed if g not in taken])
+            if best2 is not None:
+                # the chosen GPUs stay free in the index: the caller takes them
+                for r in victims:
+                    if taken.intersection(r.running_on):
+                        self.reserved.pop(r.id, None)
+                return exp2, best2
+        return exp, best
 
 
 def _admit_again(
