@@ -206,23 +206,6 @@ def job_request(
     )
 
 
-def requests_for(s: Session, jobs: list[Job]) -> list[JobRequest]:
-    """The scheduler's view of stored jobs, with their trusted owners resolved to ids."""
-    specs = [JobSpec.model_validate(j.spec) for j in jobs]
-    ids = account_ids(s, (n for sp in specs for n in sp.resources.owners))
-    return [
-        job_request(
-            j.id,
-            j.account_id,
-            sp,
-            priority=j.priority,
-            submitted_at=j.created_at.timestamp(),
-            owner_ids=ids,
-        )
-        for j, sp in zip(jobs, specs, strict=True)
-    ]
-
-
 def gpu_dict(g: Gpu, holder: str | None = None) -> dict[str, Any]:
     return {
         "id": g.id,
