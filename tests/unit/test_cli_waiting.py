@@ -54,3 +54,31 @@ def test_on_a_terminal_the_spinner_is_used_and_nothing_is_printed_per_poll() -> 
         "running"
     )
     assert lines == []
+
+
+def test_run_interruptible_submits_an_interruptible_spec(monkeypatch: Any) -> None:
+    from typer.testing import CliRunner
+
+    from gpunet.cli import jobs as cli_jobs
+    from gpunet.cli.main import app
+
+    sent: list[dict[str, Any]] = []
+
+    class Recorder:
+        def __enter__(self) -> Recorder:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+        def submit(self, spec: dict[str, Any], workdir: object = None) -> dict[str, Any]:
+            sent.append(spec)
+            return {"id": "job1", "name": spec["name"], "state": "queued"}
+
+    monkeypatch.setattr(cli_jobs, "Client", Recorder)
+    runner = CliRunner()
+    r = runner.invoke(app, ["run", "--interruptible", "--detach", "--", "python3", "t.py"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["run", "--detach", "--", "python3", "t.py"])
+    assert r.exit_code == 0, r.output
+    assert [s.get("interruptible", False) for s in sent] == [True, False]

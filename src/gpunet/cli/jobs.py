@@ -103,6 +103,10 @@ def run(
     owner: Annotated[
         list[str] | None, typer.Option(help="run only on nodes of this account (repeat)")
     ] = None,
+    interruptible: Annotated[
+        bool,
+        typer.Option(help="may be preempted by other work; pays the interruptible price"),
+    ] = False,
 ) -> None:
     """Run a command on the network: `gpunet run --gpus 1 -- python train.py`."""
     envs: dict[str, str] = {}
@@ -123,6 +127,8 @@ def run(
             "min_gpu_memory_gb": min_gpu_memory_gb,
         },
     }
+    if interruptible:
+        spec["interruptible"] = True
     if max_price is not None:
         spec["max_price"] = max_price
     if min_reliability is not None:
