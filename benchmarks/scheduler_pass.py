@@ -12,7 +12,9 @@ statements each pass sends (a SQLAlchemy ``before_cursor_execute`` listener):
 * the warm placing pass: the placed attempts end (their state only) and the next pass fills
   the GPUs again, with whatever the previous passes left in caches.
 
-Each size runs on ``--runs`` fresh stores; the figures are medians. The first run of a process
+Each size runs on ``--runs`` fresh stores; the figures are medians, wall time and this
+process's CPU time (which excludes a PostgreSQL server's work but is steadier on a shared
+machine). The first run of a process
 also builds the default policy's Gittins table (about 0.6 s, once per process).
 
     python benchmarks/scheduler_pass.py --sizes 10,100,1000 --runs 3
@@ -147,18 +149,20 @@ def one_run(kind: str, pg_url: str, queued: int, idle_passes: int) -> dict[str, 
         populate(db, queued)
         counter = StatementCounter(db)
         terms = billing.Terms()
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         res = scheduling.tick(db, "default", terms)
-        place_s = time.perf_counter() - t
+        place_s, place_cpu = time.perf_counter() - t, time.process_time() - c
         place_n = counter.n
         placed = len(res.assigned)
         idle_n: list[int] = []
         idle_s: list[float] = []
+        idle_cpu: list[float] = []
         for _ in range(idle_passes):
             counter.n = 0
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             again = scheduling.tick(db, "default", terms)
             idle_s.append(time.perf_counter() - t)
+            idle_cpu.append(time.process_time() - c)
             idle_n.append(counter.n)
             assert not again.assigned, "an idle pass placed a job"
         # the placed attempts end (state only: no settlement), freeing every GPU; the next
@@ -167,18 +171,21 @@ def one_run(kind: str, pg_url: str, queued: int, idle_passes: int) -> dict[str, 
             s.execute(update(Attempt).where(Attempt.state == "assigned").values(state="succeeded"))
             s.execute(update(Job).where(Job.state == "assigned").values(state="succeeded"))
         counter.n = 0
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         warm = scheduling.tick(db, "default", terms)
-        warm_s = time.perf_counter() - t
+        warm_s, warm_cpu = time.perf_counter() - t, time.process_time() - c
         return {
             "placed": placed,
             "warm_placed": len(warm.assigned),
             "warm_statements": counter.n,
             "warm_ms": warm_s * 1000,
+            "warm_cpu_ms": warm_cpu * 1000,
             "place_statements": place_n,
             "place_ms": place_s * 1000,
+            "place_cpu_ms": place_cpu * 1000,
             "idle_statements": statistics.median(idle_n),
             "idle_ms": statistics.median(idle_s) * 1000,
+            "idle_cpu_ms": statistics.median(idle_cpu) * 1000,
         }
 
 
@@ -201,11 +208,13 @@ def main() -> None:
         out.append(med)
         if not args.json:
             print(
-                f"{size:>6} queued: placing pass {med['placed']:.0f} placed, "
-                f"{med['place_statements']:.0f} statements, {med['place_ms']:.1f} ms; "
-                f"warm placing pass {med['warm_placed']:.0f} placed, "
-                f"{med['warm_statements']:.0f} statements, {med['warm_ms']:.1f} ms; "
-                f"idle pass {med['idle_statements']:.0f} statements, {med['idle_ms']:.1f} ms",
+                f"{size:>6} queued: "
+                + "; ".join(
+                    f"{label} {med[k + '_statements']:.0f} statements, "
+                    f"{med[k + '_ms']:.1f} ms ({med[k + '_cpu_ms']:.1f} ms CPU)"
+                    for label, k in (("placing", "place"), ("warm", "warm"), ("idle", "idle"))
+                )
+                + f"; placed {med['placed']:.0f} then {med['warm_placed']:.0f}",
                 flush=True,
             )
     if args.json:

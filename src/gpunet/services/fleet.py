@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import select
@@ -113,7 +113,7 @@ def fleet_snapshot(
     # Rounded to two places so that nodes of similar standing share GPU classes.
     if reliability is None:
         reliability = {} if all_free else reliabilities(s)
-    rel = {n: round(r, 2) for n, r in reliability.items()}
+    rel = _rounded(reliability)
     return Snapshot(
         nodes=tuple(
             NodeView(
@@ -163,6 +163,18 @@ def fleet_snapshot(
         now=now,
         **extra,
     )
+
+
+def _rounded(reliability: Mapping[str, float]) -> dict[str, float]:
+    # rounded to two places so that nodes of similar standing share GPU classes
+    return {n: round(r, 2) for n, r in reliability.items()}
+
+
+def with_reliability(snapshot: Snapshot, reliability: Mapping[str, float]) -> Snapshot:
+    """``snapshot`` with each GPU's node reputation filled in."""
+    rel = _rounded(reliability)
+    gpus = tuple(replace(g, reliability=rel.get(g.node_id)) for g in snapshot.gpus)
+    return replace(snapshot, gpus=gpus)
 
 
 def account_ids(s: Session, names: Iterable[str]) -> dict[str, str]:

@@ -21,7 +21,7 @@ from gpunet.core.jobs import AttemptState, JobState, StopKind
 from gpunet.core.scheduling import Explanation, JobRequest, Plan, Snapshot, explain, plan
 from gpunet.services import billing
 from gpunet.services.auth import Principal
-from gpunet.services.fleet import Holder, fleet_snapshot, holders
+from gpunet.services.fleet import Holder, fleet_snapshot, holders, with_reliability
 from gpunet.services.jobs import _visible, move_job, stop_attempt
 from gpunet.services.pass_cache import cache_for
 from gpunet.store.db import Database
@@ -79,11 +79,10 @@ def tick(
         }
         busy = {g: h.attempt_id for h in held for g in h.gpu_ids}
         clock = time.time()
-        snapshot = fleet_snapshot(
-            s, now=clock, busy=busy, reliability=cache.reliabilities(s), keep_running=True
-        )
+        snapshot = fleet_snapshot(s, now=clock, busy=busy, reliability={}, keep_running=True)
         if not pending or (not preemptible and not _free_gpu_exists(snapshot)):
-            return result  # nothing could start: no account or usage is read
+            return result  # nothing could start: no reputation, account or usage is read
+        snapshot = with_reliability(snapshot, cache.reliabilities(s))
         in_use: dict[str, int] = defaultdict(int)
         for h in held:
             in_use[h.account_id] += len(h.gpu_ids)
