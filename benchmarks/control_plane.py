@@ -624,7 +624,9 @@ WATCHED = {
     "attempt_finished",
     "check_reported",
     "_queued_since",
-    "requests_for",
+    "requests",
+    "holders",
+    "account_views",
 }
 
 

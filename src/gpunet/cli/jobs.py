@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,8 +10,9 @@ import typer
 import yaml
 
 from gpunet.cli.output import Column, console, err_console, model_table, print_json, styled_state
+from gpunet.cli.waiting import wait_until_started
 from gpunet.errors import ValidationFailed
-from gpunet.sdk.client import TERMINAL, Client
+from gpunet.sdk.client import Client
 from gpunet.wire import resources as R
 
 jobs_app = typer.Typer(
@@ -74,6 +74,7 @@ def submit(
                 f"submitted [bold]{job['id']}[/] ({job['name']}): {styled_state(job['state'])}"
             )
         if follow:
+            wait_until_started(client, job["id"])
             _stream_logs(client, job["id"])
             _finish(client, job["id"])
 
@@ -102,6 +103,10 @@ def run(
     owner: Annotated[
         list[str] | None, typer.Option(help="run only on nodes of this account (repeat)")
     ] = None,
+    interruptible: Annotated[
+        bool,
+        typer.Option(help="may be preempted by other work; pays the interruptible price"),
+    ] = False,
 ) -> None:
     """Run a command on the network: `gpunet run --gpus 1 -- python train.py`."""
     envs: dict[str, str] = {}
@@ -122,6 +127,8 @@ def run(
             "min_gpu_memory_gb": min_gpu_memory_gb,
         },
     }
+    if interruptible:
+        spec["interruptible"] = True
     if max_price is not None:
         spec["max_price"] = max_price
     if min_reliability is not None:
@@ -139,17 +146,7 @@ def run(
         if detach:
             console.print(job_id)
             return
-        with err_console.status(f"{job_id} queued, waiting for a GPU...") as status:
-            while True:
-                j = client.job(job_id)
-                if j["state"] in {"running"} | TERMINAL:
-                    break
-                if j["state"] == "queued":
-                    why = client.why(job_id)
-                    status.update(f"{job_id} queued: {why['summary']}")
-                else:
-                    status.update(f"{job_id} {j['state']}...")
-                time.sleep(0.3)
+        wait_until_started(client, job_id)
         j = client.job(job_id)
         if j.get("node_id"):
             err_console.print(f"{job_id} running on {j['node_id']} GPUs {','.join(j['gpu_ids'])}")

@@ -33,6 +33,18 @@ def quota_block(
     return None
 
 
+def credits_block(
+    balance: Decimal, hold: Decimal, rate: Decimal, hold_hours: Decimal
+) -> str | None:
+    """Why an account with ``balance`` credits cannot place a hold of ``hold``, or None."""
+    if hold > 0 and balance < hold:
+        return (
+            f"waiting for credits: starting holds {hold} ({hold_hours} h at {rate}/h) "
+            f"but the balance is {balance}"
+        )
+    return None
+
+
 def never_fits_quota(max_gpus: int | None, gpus: int) -> str | None:
     """A job that asks more GPUs than its account may ever hold at once can never start."""
     if max_gpus is not None and gpus > max_gpus:

@@ -30,7 +30,12 @@ async def scheduler_loop(rt: Runtime) -> None:
         t = time.perf_counter()
         try:
             result = await run_in_threadpool(
-                scheduling.tick, rt.db, rt.settings.policy, metering.terms(rt.settings)
+                lambda: scheduling.tick(
+                    rt.db,
+                    rt.settings.policy,
+                    metering.terms(rt.settings),
+                    half_life_s=rt.settings.fair_share_half_life_s,
+                )
             )
         except Exception:
             log.exception("scheduler pass failed")

@@ -11,26 +11,26 @@ closing mark.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from sqlalchemy import func, select
+from sqlalchemy import func, literal, select
 from sqlalchemy.orm import Session
 
 from gpunet.core import ledger as L
-from gpunet.core.jobs import ACTIVE_ATTEMPT_STATES, AttemptState, JobState
-from gpunet.core.quotas import QuotaUse, never_fits_quota, quota_block
+from gpunet.core.jobs import AttemptState, JobState
+from gpunet.core.quotas import never_fits_quota
+from gpunet.core.scheduling.model import AccountView
 from gpunet.store.db import Database
 from gpunet.store.tables import (
     AccountQuota,
     Attempt,
     AttemptCharge,
-    Gpu,
     Job,
     LedgerPosting,
     LedgerTxn,
-    Node,
 )
 from gpunet.util import now, utc
 
@@ -65,24 +65,66 @@ def month_start(at: datetime) -> datetime:
     return at.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
 
 
-def quota_use(s: Session, account_id: str, at: datetime) -> QuotaUse:
-    """What an account uses now: GPUs of its active attempts, and credits committed this
-    month (charged, plus still held by running attempts)."""
-    active = [st.value for st in ACTIVE_ATTEMPT_STATES]
-    gpus = s.execute(
-        select(Attempt.gpu_ids)
-        .join(Job, Job.id == Attempt.job_id)
-        .where(Job.account_id == account_id, Attempt.state.in_(active))
-    ).all()
-    rows = s.execute(
-        select(AttemptCharge.attempt_id, AttemptCharge.charged, AttemptCharge.settled_at).where(
-            AttemptCharge.payer_account_id == account_id,
-            AttemptCharge.created_at >= month_start(at),
+def account_views(
+    s: Session, gpus_in_use: Mapping[str, int], account_ids: Iterable[str], at: datetime
+) -> dict[str, AccountView]:
+    """What admission (core/scheduling/admission.py) needs of each account, in at most four
+    grouped queries whatever the number of accounts: wallet balances, quotas, and for the
+    accounts with a monthly budget the credits committed this month (charged, plus still held
+    by attempts not yet settled). ``gpus_in_use``: GPUs of each account's active attempts."""
+    ids = sorted(set(account_ids))
+    if not ids:
+        return {}
+    wallets = {L.wallet(a): a for a in ids}
+    bal: dict[str, Decimal] = {
+        wallets[acct]: L.q(Decimal(total))
+        for acct, total in s.execute(
+            select(LedgerPosting.account, func.sum(LedgerPosting.amount))
+            .where(LedgerPosting.account.in_(list(wallets)))
+            .group_by(LedgerPosting.account)
         )
-    ).all()
-    spent = sum((c for _, c, _ in rows), L.ZERO)
-    held = sum((balance(s, L.hold_account(a)) for a, _, settled in rows if settled is None), L.ZERO)
-    return QuotaUse(gpus=sum(len(g) for (g,) in gpus), month_spend=spent + held)
+        if total is not None
+    }
+    quotas = {
+        q.account_id: q
+        for q in s.scalars(select(AccountQuota).where(AccountQuota.account_id.in_(ids)))
+    }
+    budgeted = [a for a, q in quotas.items() if q.monthly_spend is not None]
+    spent: dict[str, Decimal] = {}
+    if budgeted:
+        since = month_start(at)
+        for acct, charged in s.execute(
+            select(AttemptCharge.payer_account_id, func.sum(AttemptCharge.charged))
+            .where(AttemptCharge.payer_account_id.in_(budgeted), AttemptCharge.created_at >= since)
+            .group_by(AttemptCharge.payer_account_id)
+        ):
+            spent[acct] = spent.get(acct, L.ZERO) + L.q(Decimal(charged or 0))
+        for acct, held in s.execute(
+            select(AttemptCharge.payer_account_id, func.sum(LedgerPosting.amount))
+            .join(
+                LedgerPosting,
+                LedgerPosting.account == literal(L.hold_account("")) + AttemptCharge.attempt_id,
+            )
+            .where(
+                AttemptCharge.payer_account_id.in_(budgeted),
+                AttemptCharge.created_at >= since,
+                AttemptCharge.settled_at.is_(None),
+            )
+            .group_by(AttemptCharge.payer_account_id)
+        ):
+            spent[acct] = spent.get(acct, L.ZERO) + L.q(Decimal(held or 0))
+    out = {}
+    for a in ids:
+        q = quotas.get(a)
+        out[a] = AccountView(
+            id=a,
+            balance=bal.get(a, L.ZERO),
+            max_gpus=q.max_concurrent_gpus if q else None,
+            gpus_in_use=gpus_in_use.get(a, 0),
+            monthly_budget=q.monthly_spend if q else None,
+            month_spend=spent.get(a, L.ZERO),
+        )
+    return out
 
 
 def never_fits(s: Session, account_id: str, gpus: int) -> str | None:
@@ -91,45 +133,22 @@ def never_fits(s: Session, account_id: str, gpus: int) -> str | None:
     return never_fits_quota(quota.max_concurrent_gpus if quota else None, gpus)
 
 
-def start_blocker(s: Session, job: Job, gpu_ids: list[str], terms: Terms) -> str | None:
-    """Why ``job`` may not start on ``gpu_ids`` now (quota or credits), or None."""
-    rate = rate_of(s, gpu_ids)
-    hold = L.hold_amount(rate, terms.hold_hours)
-    quota = s.get(AccountQuota, job.account_id)
-    if quota is not None:
-        why = quota_block(
-            quota.max_concurrent_gpus,
-            quota.monthly_spend,
-            quota_use(s, job.account_id, now()),
-            len(gpu_ids),
-            hold,
-        )
-        if why:
-            return why
-    if hold > L.ZERO:
-        have = balance(s, L.wallet(job.account_id))
-        if have < hold:
-            return (
-                f"waiting for credits: starting on {','.join(gpu_ids)} holds {hold} "
-                f"({terms.hold_hours} h at {rate}/h) but the balance is {have}"
-            )
-    return None
-
-
-def rate_of(s: Session, gpu_ids: list[str]) -> Decimal:
-    prices = s.scalars(select(Gpu.price_per_hour).where(Gpu.id.in_(gpu_ids)))
-    return sum((p for p in prices if p is not None), L.ZERO)
-
-
-def open_charge(s: Session, att: Attempt, job: Job, terms: Terms) -> None:
-    """Fix the attempt's terms and hold its credits (a no-op on free GPUs)."""
-    gpus = list(s.scalars(select(Gpu).where(Gpu.id.in_(list(att.gpu_ids)))))
-    prices = {g.id: g.price_per_hour for g in gpus if g.price_per_hour is not None}
-    if not prices:
+def open_charge(
+    s: Session,
+    att: Attempt,
+    job: Job,
+    terms: Terms,
+    prices: Mapping[str, Decimal | None],
+    owner: str,
+) -> None:
+    """Fix the attempt's terms and hold its credits (a no-op on free GPUs). ``prices``: what
+    the job pays per hour on each of its GPUs (GpuView.rate_for: an interruptible job pays
+    the interruptible price where the owner set one), as the scheduler's snapshot saw them;
+    ``owner``: the node's account."""
+    priced = {gid: p for gid, p in prices.items() if p is not None}
+    if not priced:
         return
-    rate = sum(prices.values(), L.ZERO)
-    owner = s.scalar(select(Node.account_id).where(Node.id == att.node_id))
-    assert owner is not None
+    rate = sum(priced.values(), L.ZERO)
     held = L.hold_amount(rate, terms.hold_hours)
     s.flush()  # the attempt row exists before the charge that refers to it
     s.add(
@@ -139,7 +158,7 @@ def open_charge(s: Session, att: Attempt, job: Job, terms: Terms) -> None:
             payer_account_id=job.account_id,
             owner_account_id=owner,
             node_id=att.node_id,
-            gpu_prices={gid: str(p) for gid, p in prices.items()},
+            gpu_prices={gid: str(p) for gid, p in priced.items()},
             rate_per_hour=rate,
             fee_rate=terms.fee_rate,
             held=held,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import select
@@ -27,9 +28,55 @@ def busy_gpu_ids(s: Session) -> dict[str, str]:
     return {gid: att_id for att_id, gids in held for gid in gids}
 
 
-def fleet_snapshot(s: Session, *, all_free: bool = False, now: float | None = None) -> Snapshot:
+@dataclass(frozen=True, slots=True)
+class Holder:
+    """An attempt that holds GPUs (assigned, running or stopping), with its job's account."""
+
+    attempt_id: str
+    job_id: str
+    account_id: str
+    node_id: str
+    gpu_ids: tuple[str, ...]
+    state: str
+    stop_kind: str | None
+    preempted_for: str | None
+
+
+def holders(s: Session) -> list[Holder]:
+    """Every attempt that holds GPUs, in one query."""
+    rows = s.execute(
+        select(
+            Attempt.id,
+            Attempt.job_id,
+            Job.account_id,
+            Attempt.node_id,
+            Attempt.gpu_ids,
+            Attempt.state,
+            Attempt.stop_kind,
+            Attempt.preempted_for,
+        )
+        .join(Job, Job.id == Attempt.job_id)
+        .where(Attempt.state.in_([st.value for st in GPU_HOLDING_ATTEMPT_STATES]))
+    )
+    return [
+        Holder(aid, jid, acct, node, tuple(gids or ()), st, kind, pf)
+        for aid, jid, acct, node, gids, st, kind, pf in rows
+    ]
+
+
+def fleet_snapshot(
+    s: Session,
+    *,
+    all_free: bool = False,
+    now: float | None = None,
+    busy: Mapping[str, str] | None = None,
+    reliability: Mapping[str, float] | None = None,
+    **extra: Any,
+) -> Snapshot:
     """Build the scheduler's snapshot. ``all_free``: every node online and idle (the fleet's
-    capacity, used to reject jobs that could never run). ``now``: the clock, for aging."""
+    capacity, used to reject jobs that could never run). ``now``: the clock, for aging.
+    ``busy`` (GPU id -> attempt) and ``reliability`` (node id -> score): already known, not
+    read again; ``extra``: other Snapshot fields (accounts, account_usage...)."""
     # plain rows, not ORM objects: this runs on every submit and every scheduler pass
     nodes = s.execute(
         select(
@@ -56,14 +103,18 @@ def fleet_snapshot(s: Session, *, all_free: bool = False, now: float | None = No
         Gpu.tier,
         Gpu.price_per_hour,
         Gpu.owner_busy,
+        Gpu.min_interruptible_price,
     )
     if all_free:
         cols = cols.where(Gpu.lifecycle_state.notin_(GONE_STATES))
     gpus: list[Any] = list(s.execute(cols))
-    busy = {} if all_free else busy_gpu_ids(s)
+    if busy is None:
+        busy = {} if all_free else busy_gpu_ids(s)
     # the capacity snapshot carries no reputations: a floor never rejects a job at submit.
     # Rounded to two places so that nodes of similar standing share GPU classes.
-    rel = {} if all_free else {n: round(r, 2) for n, r in reliabilities(s).items()}
+    if reliability is None:
+        reliability = {} if all_free else reliabilities(s)
+    rel = _rounded(reliability)
     return Snapshot(
         nodes=tuple(
             NodeView(
@@ -93,6 +144,7 @@ def fleet_snapshot(s: Session, *, all_free: bool = False, now: float | None = No
                 price_per_hour=price,
                 reliability=rel.get(node_id),
                 owner_busy=False if all_free else owner_busy,
+                interruptible_price=interruptible,
             )
             for (
                 gid,
@@ -108,10 +160,24 @@ def fleet_snapshot(s: Session, *, all_free: bool = False, now: float | None = No
                 tier,
                 price,
                 owner_busy,
+                interruptible,
             ) in gpus
         ),
         now=now,
+        **extra,
     )
+
+
+def _rounded(reliability: Mapping[str, float]) -> dict[str, float]:
+    # rounded to two places so that nodes of similar standing share GPU classes
+    return {n: round(r, 2) for n, r in reliability.items()}
+
+
+def with_reliability(snapshot: Snapshot, reliability: Mapping[str, float]) -> Snapshot:
+    """``snapshot`` with each GPU's node reputation filled in."""
+    rel = _rounded(reliability)
+    gpus = tuple(replace(g, reliability=rel.get(g.node_id)) for g in snapshot.gpus)
+    return replace(snapshot, gpus=gpus)
 
 
 def account_ids(s: Session, names: Iterable[str]) -> dict[str, str]:
@@ -151,24 +217,8 @@ def job_request(
         isolation=r.isolation,
         owners=tuple(sorted(ids.get(n, f"?{n}") for n in r.owners)),
         needs_runtime=spec.image is not None,
+        interruptible=spec.interruptible,
     )
-
-
-def requests_for(s: Session, jobs: list[Job]) -> list[JobRequest]:
-    """The scheduler's view of stored jobs, with their trusted owners resolved to ids."""
-    specs = [JobSpec.model_validate(j.spec) for j in jobs]
-    ids = account_ids(s, (n for sp in specs for n in sp.resources.owners))
-    return [
-        job_request(
-            j.id,
-            j.account_id,
-            sp,
-            priority=j.priority,
-            submitted_at=j.created_at.timestamp(),
-            owner_ids=ids,
-        )
-        for j, sp in zip(jobs, specs, strict=True)
-    ]
 
 
 def gpu_dict(g: Gpu, holder: str | None = None) -> dict[str, Any]:

@@ -32,6 +32,8 @@ class Settings:
     network_fee: Decimal = Decimal("0.10")
     hold_hours: Decimal = Decimal("1")
     meter_interval_s: float = 300.0
+    # fair share: an account's past GPU use counts half as much after this long
+    fair_share_half_life_s: float = 24 * 3600.0
     burn_in: bool = False  # new GPUs wait for a passing burn-in benchmark before taking work
     auto_tiers: bool = False  # apply proposed tier moves without an operator
     tier_interval_s: float = 300.0

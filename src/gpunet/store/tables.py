@@ -258,6 +258,8 @@ class Attempt(Base):
     stop_kind: Mapped[str | None] = mapped_column(String(20), default=None)
     # stopped because the GPU's owner took it back (counted apart from host faults)
     reclaimed: Mapped[bool] = mapped_column(Boolean, default=False)
+    # a preempted attempt: the job it makes room for (that job waits until the GPUs are free)
+    preempted_for: Mapped[str | None] = mapped_column(String(40), default=None)
 
 
 class LogChunk(Base):

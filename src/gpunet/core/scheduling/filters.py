@@ -38,6 +38,13 @@ class GpuClass:
     private: bool = False
     owner: str | None = None
     owner_busy: bool = False
+    interruptible_price: Decimal | None = None  # None: interruptible work pays the price
+
+    def rate_for(self, job: JobRequest) -> Decimal | None:
+        """Per GPU-hour ``job`` pays here (GpuView.rate_for); None: free."""
+        if job.interruptible and self.interruptible_price is not None:
+            return self.interruptible_price
+        return self.price_per_hour
 
 
 Filter = Callable[[JobRequest, GpuClass], "str | None"]
@@ -106,7 +113,7 @@ def owner_only(job: JobRequest, gpu: GpuClass) -> str | None:
 
 def price_cap(job: JobRequest, gpu: GpuClass) -> str | None:
     # A GPU without a price is free to use; a cap only rejects priced GPUs above it.
-    cap, price = job.max_price, gpu.price_per_hour
+    cap, price = job.max_price, gpu.rate_for(job)
     if cap is not None and price is not None and price > cap:
         return "over price cap"
     return None

@@ -30,6 +30,15 @@ class GpuView:
     tier: str | None = None  # duty tier (training | inference | secondary); None: unassigned
     reliability: float | None = None  # the node's reputation, 0..1 (core/reputation.py)
     owner_busy: bool = False  # its owner is using it (agent/owner.py): no tenant work
+    # the owner's price per GPU-hour for interruptible work; None: the on-demand price
+    interruptible_price: Decimal | None = None
+
+    def rate_for(self, interruptible: bool) -> Decimal | None:
+        """What a job pays per hour here: interruptible work pays the interruptible price
+        where the owner set one, else the on-demand price (None: free)."""
+        if interruptible and self.interruptible_price is not None:
+            return self.interruptible_price
+        return self.price_per_hour
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +95,22 @@ class JobRequest:
     isolation: Isolation = Isolation.NONE  # the least isolation the job accepts
     owners: tuple[str, ...] = ()  # run only on nodes of these accounts; empty: any
     needs_runtime: bool = False  # the job names a container image: the node needs a runtime
+    # may be stopped for other work (and pays the interruptible price); see admission.rank
+    interruptible: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AccountView:
+    """An account's money and limits when the snapshot was taken, for admission.
+
+    ``balance`` None: credits are not checked (free fleets, the simulator)."""
+
+    id: str
+    balance: Decimal | None = None  # wallet credits
+    max_gpus: int | None = None  # quota: concurrent GPUs
+    gpus_in_use: int = 0  # GPUs held by the account's active attempts
+    monthly_budget: Decimal | None = None
+    month_spend: Decimal = Decimal(0)  # charged this calendar month plus still held
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +131,14 @@ class Snapshot:
     # Seconds of progress a job loses when stopped and restarted (checkpoint and reload).
     # Round-based policies weigh it before preempting a job listed with running_on.
     preemption_cost_s: float = 0.0
+    # Admission: accounts whose credits, quota and budget are checked (others are not), and
+    # the hours of an attempt's rate held when it starts (core/ledger.hold_amount).
+    accounts: dict[str, AccountView] = field(default_factory=dict)
+    hold_hours: Decimal = Decimal(1)
+    # Live rule: a job listed with running_on keeps its GPUs unless a job that outranks it
+    # (admission.rank: priority, then on-demand over interruptible) needs them; it is never
+    # moved. The simulator leaves this off and lets its policy move and preempt freely.
+    keep_running: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,4 +175,6 @@ class Plan:
 
     placements: list[Placement] = field(default_factory=list)
     preemptions: list[str] = field(default_factory=list)  # job ids to stop and re-queue
+    # preempted job id -> the job placed on (some of) the GPUs it held, where one is
+    preempted_for: dict[str, str] = field(default_factory=dict)
     explanations: dict[str, Explanation] = field(default_factory=dict)

@@ -12,6 +12,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
+from gpunet.core.scheduling import admission
+from gpunet.core.scheduling.admission import Tally
 from gpunet.core.scheduling.filters import (
     BUSY,
     FILTERS,
@@ -88,6 +90,7 @@ class FleetIndex:
                 n.private,
                 n.owner if by_owner or n.private else None,
                 g.owner_busy,
+                g.interruptible_price,
             )
             st = by_key.get(key)
             if st is None:
@@ -117,6 +120,7 @@ class FleetIndex:
                 s.cls.private,
                 str(s.cls.owner),
                 s.cls.owner_busy,
+                str(s.cls.interruptible_price),
             ),
         )
         # classes of private nodes by owner: only the owner's jobs see them differently
@@ -210,6 +214,7 @@ class _Planner:
             job.isolation,
             job.owners,
             job.needs_runtime,
+            job.interruptible,  # the price it pays, against its cap
             # the account matters only to the owners of nodes that run just their owner's jobs
             job.account if job.account in self.index.private_owners else None,
         )
@@ -251,9 +256,11 @@ class _Planner:
         return v
 
     def explain_and_choose(
-        self, job: JobRequest
+        self, job: JobRequest, admit: Tally | None = None
     ) -> tuple[Explanation, tuple[int, str, tuple[str, ...], float, float] | None]:
-        """Count rejections, then pick the best (class, node, gpus, packing, locality)."""
+        """Count rejections, then pick the best (class, node, gpus, packing, locality).
+        ``admit``: the admission tally; free GPUs of a class the job's account cannot start
+        on count under its reason (the last filter)."""
         idx = self.index
         view = self.view(job)
         need = max(job.gpu_count, 1)
@@ -264,10 +271,17 @@ class _Planner:
         held = set(job.running_on)
         held_node = idx.gpu_node.get(job.running_on[0]) if job.running_on else None
         w = self.policy.weights
+        pinned = self.snapshot.keep_running and bool(job.running_on)
+        blocked = ""
         for ci in view.feasible:
             st = idx.classes[ci]
             if st.total - st.free:
                 rejections[BUSY] += st.total - st.free
+            why = admit.check(job, st.cls.rate_for(job), need) if admit and st.free else None
+            if why is not None:
+                rejections[admission.short(why)] += st.free
+                blocked = blocked or why
+                continue
             fitting += st.free
             if st.free < need:
                 continue
@@ -276,7 +290,7 @@ class _Planner:
                 free_here = st.free_by_node.get(held_node, [])
                 if held.issubset(free_here):
                     cands.append((held_node, tuple(sorted(held)), len(free_here), need))
-            fit = idx.best_fit_node(st, need)
+            fit = None if pinned else idx.best_fit_node(st, need)
             if fit is not None:
                 node, k = fit
                 cands.append((node, tuple(st.free_by_node[node][:need]), k, 0))
@@ -288,7 +302,9 @@ class _Planner:
                     best_score = score
                     best = (ci, node, gpus, pk, lc)
         exp = Explanation(job.id, idx.total, fitting, dict(rejections))
-        if best is None and fitting >= need:
+        if best is None and blocked and fitting < need:
+            exp.note = blocked
+        elif best is None and fitting >= need:
             exp.note = f"no single node has {need} free GPUs of one model that fit this job"
         elif best is None and fitting:
             exp.note = f"needs {need} GPUs; only {fitting} that fit are free"
@@ -346,23 +362,41 @@ def plan(
     result = Plan()
     placed: list[tuple[JobRequest, int, str, tuple[str, ...], float, float]] = []
     order = pol.order(pending, snapshot, seed)
+    if snapshot.keep_running:
+        # by rank first (stable: the policy's order inside a rank); a running job goes before
+        # the waiting jobs of its rank, so only a job that outranks it can take its GPUs
+        order.sort(key=lambda j: (*(-r for r in admission.rank(j)), not j.running_on))
+    admit = Tally(snapshot) if snapshot.accounts else None
+    held = _Held(pl.index, order) if snapshot.keep_running else None
     for job in order:
-        exp, best = pl.explain_and_choose(job)
+        if held is not None:
+            exp, best = held.choose(pl, job, admit)
+        else:
+            exp, best = pl.explain_and_choose(job, admit)
         result.explanations[job.id] = exp
         if best is None:
             continue
         ci, node, gpus, pk, lc = best
         pl.index.take(pl.index.classes[ci], node, gpus)
+        if admit is not None:
+            admit.commit(job, pl.index.classes[ci].cls.rate_for(job), len(gpus))
         placed.append((job, ci, node, gpus, pk, lc))
-    if pol.match_types and reclaim:
+    if pol.match_types and reclaim and held is None:
         placed = _keep_in_place(pl, snapshot, reclaim, placed)
+    # with keep_running a job that holds GPUs stays exactly where it is: no type matching
+    # or yielding moves it
+    fixed = [p for p in placed if snapshot.keep_running and p[0].running_on]
+    placed = [p for p in placed if not (snapshot.keep_running and p[0].running_on)]
     first_choice = {job.id: ci for job, ci, *_ in placed}
     if pol.match_types:
         placed = _match_types(pl, placed)
     chosen = set(first_choice)
     if pol.min_efficiency > 0:
-        placed = _yield_slow_slots(pl, placed, order, pol.min_efficiency)
+        movable = [j for j in order if not (snapshot.keep_running and j.running_on)]
+        placed = _yield_slow_slots(pl, placed, movable, pol.min_efficiency)
         first_choice.update({job.id: ci for job, ci, *_ in placed if job.id not in first_choice})
+    first_choice.update({job.id: ci for job, ci, *_ in fixed})
+    placed = fixed + placed
     for job_id in chosen - {job.id for job, *_ in placed}:
         result.explanations[job_id].note = (
             f"yielded the GPUs it would get to a later job that runs there at least "
@@ -370,6 +404,8 @@ def plan(
             if pol.min_efficiency > 0
             else "no room once jobs that hold GPUs kept them"
         )
+    if admit is not None:
+        placed = _admit_again(pl, snapshot, order, placed, result)
     for job, ci, node, gpus, pk, lc in placed:
         exp = result.explanations[job.id]
         n_cands = sum(1 for r in pl.view(job).reasons if r is None)
@@ -382,10 +418,114 @@ def plan(
             )
         result.placements.append(pl.record(job, exp, ci, node, gpus, pk, lc, note))
     kept = {p.job_id: set(p.gpu_ids) for p in result.placements}
+    taker = {g: p.job_id for p in result.placements for g in p.gpu_ids}
     for job in pending:
         if job.running_on and kept.get(job.id) != set(job.running_on):
             result.preemptions.append(job.id)
+            by = next((taker[g] for g in job.running_on if taker.get(g, job.id) != job.id), None)
+            if by is not None:
+                result.preempted_for[job.id] = by
     return result
+
+
+class _Held:
+    """The live rule (``Snapshot.keep_running``): GPUs of running jobs stay reserved for them;
+    a waiting job takes them only when no free GPUs fit it and it outranks their holder, and
+    then from the lowest rank first."""
+
+    def __init__(self, index: FleetIndex, order: Sequence[JobRequest]) -> None:
+        self.index = index
+        self.running = {j.id: j for j in order if j.running_on}
+        self.reserved: dict[str, JobRequest] = {}
+        for j in self.running.values():
+            self._take(j.running_on)
+            self.reserved[j.id] = j
+
+    def _groups(self, gpu_ids: Sequence[str]) -> dict[tuple[int, str], list[str]]:
+        idx = self.index
+        out: dict[tuple[int, str], list[str]] = defaultdict(list)
+        ci_of = {id(st): ci for ci, st in enumerate(idx.classes)}
+        for g in gpu_ids:
+            st = idx.gpu_class[g]
+            if st.usable:
+                out[(ci_of[id(st)], idx.gpu_node[g])].append(g)
+        return out
+
+    def _take(self, gpu_ids: Sequence[str]) -> None:
+        for (ci, node), gs in self._groups(gpu_ids).items():
+            st = self.index.classes[ci]
+            free = set(st.free_by_node.get(node, ()))
+            gs = [g for g in gs if g in free]
+            if gs:
+                self.index.take(st, node, gs)
+
+    def _give_back(self, gpu_ids: Sequence[str]) -> None:
+        for (ci, node), gs in self._groups(gpu_ids).items():
+            self.index.give_back(self.index.classes[ci], node, gs)
+
+    def choose(
+        self, pl: _Planner, job: JobRequest, admit: Tally | None
+    ) -> tuple[Explanation, tuple[int, str, tuple[str, ...], float, float] | None]:
+        if job.id in self.running:
+            if job.id not in self.reserved:  # a job that outranks it took (some of) its GPUs
+                exp = Explanation(job.id, self.index.total, 0, {})
+                exp.note = "its GPUs go to a job that outranks it"
+                return exp, None
+            # its own GPUs, reserved for it until now
+            del self.reserved[job.id]
+            mine = [g for g in job.running_on if self.index.gpu_class[g].usable]
+            self._give_back(mine)
+            exp, best = pl.explain_and_choose(job, admit)
+            if best is None:
+                self._take(mine)  # nobody else gets them in this pass
+            return exp, best
+        exp, best = pl.explain_and_choose(job, admit)
+        if best is not None:
+            return exp, best
+        victims = sorted(
+            (r for r in self.reserved.values() if admission.outranks(job, r)),
+            key=lambda r: admission.rank(r),
+        )
+        levels = sorted({admission.rank(r) for r in victims})
+        for level in levels:
+            freed = [g for r in victims if admission.rank(r) <= level for g in r.running_on]
+            self._give_back(freed)
+            exp2, best2 = pl.explain_and_choose(job, admit)
+            taken = set(best2[2]) if best2 is not None else set()
+            self._take([g for g in freed if g not in taken])
+            if best2 is not None:
+                # the chosen GPUs stay free in the index: the caller takes them
+                for r in victims:
+                    if taken.intersection(r.running_on):
+                        self.reserved.pop(r.id, None)
+                return exp2, best2
+        return exp, best
+
+
+def _admit_again(
+    pl: _Planner,
+    snapshot: Snapshot,
+    order: list[JobRequest],
+    placed: list[tuple[JobRequest, int, str, tuple[str, ...], float, float]],
+    result: Plan,
+) -> list[tuple[JobRequest, int, str, tuple[str, ...], float, float]]:
+    """Admission once more on the final placements, in policy order: type matching and
+    yielding may have moved a job to dearer GPUs or given a slot to a job never admitted."""
+    rank = {j.id: i for i, j in enumerate(order)}
+    tally = Tally(snapshot)
+    out = []
+    for p in sorted(placed, key=lambda p: rank[p[0].id]):
+        job, ci, _node, gpus, _pk, _lc = p
+        price = pl.index.classes[ci].cls.rate_for(job)
+        why = tally.check(job, price, len(gpus))
+        if why is not None:
+            exp = result.explanations[job.id]
+            exp.note = why
+            exp.rejections[admission.short(why)] = len(gpus)
+            continue
+        tally.commit(job, price, len(gpus))
+        out.append(p)
+    return out
 
 
 def _keep_in_place(
@@ -540,7 +680,7 @@ def explain(snapshot: Snapshot, job: JobRequest, policy: str = "default") -> Exp
     every GPU counted once (fitting, or under the first filter it fails) and, when it fits,
     the GPUs the policy's scorers would choose and how they scored."""
     pl = _Planner(snapshot, get_policy(policy), frozenset(job.running_on), bool(job.owners))
-    exp, best = pl.explain_and_choose(job)
+    exp, best = pl.explain_and_choose(job, Tally(snapshot) if snapshot.accounts else None)
     if best is not None:
         ci, node, gpus, pk, lc = best
         st = pl.index.classes[ci]

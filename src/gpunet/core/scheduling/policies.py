@@ -5,8 +5,10 @@
   account that used least going first (fair share).
 - ``las``: heterogeneity-aware least attained service: the job with the least work done
   (in seconds of its fastest GPU type) first, then GPU types matched to relative speedups.
-- ``default``: gpunet's policy for low average completion time: Gittins index of attained
-  work under the public job-size distribution, aged so that no job starves, then type matching.
+- ``default``: gpunet's policy for low average completion time: priority first, on-demand
+  before interruptible work, then the Gittins index of attained work under the public job-size
+  distribution, aged so that no job starves and weighed by each account's fair share of recent
+  use (``Snapshot.account_usage``), then type matching.
 - ``fifo_perf`` (alias ``gavel-compat``): FIFO on the fastest free GPU type, as Gavel's
   ``fifo_perf``; used by the simulator to check itself against Gavel's published numbers.
 """
@@ -107,12 +109,27 @@ AGING_S = 2 * 3600.0
 QUANTUM_S = 360.0
 
 
+def share_factors(jobs: Sequence[JobRequest], usage: dict[str, float]) -> dict[str, float]:
+    """Fair share for the default policy: an account's jobs have their index divided by
+    1 + (its recent use / the mean recent use of the accounts waiting here), so an account
+    that used twice the mean has its index cut to a third; no recorded use changes nothing."""
+    accts = {j.account for j in jobs}
+    used = [usage.get(a, 0.0) for a in accts]
+    mean = sum(used) / len(used) if used else 0.0
+    if mean <= 0:
+        return {}
+    return {a: 1.0 + usage.get(a, 0.0) / mean for a in accts}
+
+
 def order_default(jobs: Sequence[JobRequest], snapshot: Snapshot, seed: int) -> list[JobRequest]:
+    """Priority high to low, then on-demand before interruptible work, then the Gittins index
+    (aged, and weighed by the account's fair share)."""
     table = gittins_table(snapshot.size_samples)
     now = snapshot.now
     sticky = 1.0 + snapshot.preemption_cost_s / QUANTUM_S
+    share = share_factors(jobs, snapshot.account_usage)
 
-    def key(job: JobRequest) -> tuple[float, float, int, str]:
+    def key(job: JobRequest) -> tuple[int, bool, float, float, int, str]:
         work = _work(job)
         index = table.index(work)
         if now is not None:
@@ -121,7 +138,15 @@ def order_default(jobs: Sequence[JobRequest], snapshot: Snapshot, seed: int) -> 
             index *= 1.0 + waited / AGING_S
         if job.running_on:
             index *= sticky
-        return (-index, job.submitted_at, _tiebreak(seed, job.id), job.id)
+        index /= share.get(job.account, 1.0)
+        return (
+            -job.priority,
+            job.interruptible,
+            -index,
+            job.submitted_at,
+            _tiebreak(seed, job.id),
+            job.id,
+        )
 
     return sorted(jobs, key=key)
 

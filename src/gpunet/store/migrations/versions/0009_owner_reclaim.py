@@ -1,14 +1,14 @@
 """Owners take their GPUs back: a GPU's owner-busy flag, reclaimed attempts
 
 Revision ID: 0009_owner_reclaim
-Revises: 0005_never_lose_work
+Revises: 0008_preemption
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0009_owner_reclaim"
-down_revision = "0005_never_lose_work"
+down_revision = "0008_preemption"
 branch_labels = None
 depends_on = None
 

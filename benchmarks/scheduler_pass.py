@@ -1,0 +1,225 @@
+"""Scheduler pass cost in the store: SQL statements and time per pass, by queue length.
+
+Builds a fresh store (SQLite in a temporary directory, or a fresh PostgreSQL database that is
+dropped afterwards) holding one consumer account with credits, a GPU quota and a monthly
+budget, a fleet of priced GPUs, and N queued one-GPU jobs of that account. Then it runs the
+coordinator's scheduler pass (``services.scheduling.tick``) in process and counts the SQL
+statements each pass sends (a SQLAlchemy ``before_cursor_execute`` listener):
+
+* the placing pass: the first pass, which fills every free GPU;
+* idle passes: later passes with every GPU busy and the queue still full (what the loop runs
+  every interval while nothing changes); the figure is their median;
+* the warm placing pass: the placed attempts end (their state only) and the next pass fills
+  the GPUs again, with whatever the previous passes left in caches.
+
+Each size runs on ``--runs`` fresh stores; the figures are medians, wall time and this
+process's CPU time (which excludes a PostgreSQL server's work but is steadier on a shared
+machine). The first run of a process
+also builds the default policy's Gittins table (about 0.6 s, once per process).
+
+    python benchmarks/scheduler_pass.py --sizes 10,100,1000 --runs 3
+    python benchmarks/scheduler_pass.py --database postgres \\
+        --pg-url postgresql://postgres@127.0.0.1:5432/postgres
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, event, text, update
+
+from gpunet.core import ledger as L
+from gpunet.services import billing, scheduling
+from gpunet.store.db import Database, normalize_url
+from gpunet.store.tables import Account, AccountQuota, Attempt, Gpu, Job, JobEvent, Node
+
+NODES = 4
+GPUS_PER_NODE = 4
+
+
+class StatementCounter:
+    def __init__(self, db: Database) -> None:
+        self.n = 0
+        event.listen(db.engine, "before_cursor_execute", self._count)
+
+    def _count(self, *_args: Any) -> None:
+        self.n += 1
+
+
+def populate(db: Database, queued: int) -> None:
+    at = datetime.now(UTC) - timedelta(minutes=5)
+    with db.transaction() as s:
+        s.add(Account(id="acct_owner", name="owner", created_at=at))
+        s.add(Account(id="acct_user", name="user", created_at=at))
+        s.flush()
+        s.add(
+            AccountQuota(
+                account_id="acct_user", max_concurrent_gpus=10_000, monthly_spend=Decimal("1000000")
+            )
+        )
+        for n in range(NODES):
+            nid = f"node{n}"
+            s.add(
+                Node(
+                    id=nid,
+                    name=nid,
+                    account_id="acct_owner",
+                    registered_at=at,
+                    last_heartbeat_at=at,
+                    simulated=True,
+                    accepts_unisolated=True,
+                )
+            )
+            s.flush()
+            for i in range(GPUS_PER_NODE):
+                s.add(
+                    Gpu(
+                        id=f"{nid}/{i}",
+                        node_id=nid,
+                        index=i,
+                        uuid=f"GPU-{nid}-{i}",
+                        model="A100-80GB",
+                        name="Simulated A100-80GB",
+                        memory_mb=80_000,
+                        cc_major=8,
+                        cc_minor=0,
+                        simulated=True,
+                        price_per_hour=Decimal("2"),
+                    )
+                )
+        s.flush()
+        billing.post(s, L.grant("acct_user", Decimal("1000000"), "grant:bench"))
+        spec = {"name": "bench", "command": ["true"], "resources": {"gpus": 1}}
+        for k in range(queued):
+            jid = f"job{k:06d}"
+            s.add(
+                Job(
+                    id=jid,
+                    account_id="acct_user",
+                    name="bench",
+                    spec=spec,
+                    state="queued",
+                    priority=0,
+                    gpu_count=1,
+                    max_retries=0,
+                    created_at=at + timedelta(seconds=k),
+                )
+            )
+            s.add(JobEvent(job_id=jid, from_state=None, to_state="queued", at=at, reason="b"))
+
+
+@contextlib.contextmanager
+def store(kind: str, pg_url: str) -> Iterator[Database]:
+    if kind == "sqlite":
+        with tempfile.TemporaryDirectory() as d:
+            db = Database(f"sqlite:///{Path(d) / 'bench.db'}")
+            try:
+                yield db
+            finally:
+                db.dispose()
+        return
+    name = f"gpunet_bench_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(normalize_url(pg_url), isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+    db = Database(pg_url.rsplit("/", 1)[0] + f"/{name}")
+    try:
+        yield db
+    finally:
+        db.dispose()
+        with admin.connect() as c:
+            c.execute(text(f'DROP DATABASE "{name}"'))
+        admin.dispose()
+
+
+def one_run(kind: str, pg_url: str, queued: int, idle_passes: int) -> dict[str, Any]:
+    with store(kind, pg_url) as db:
+        db.migrate()
+        populate(db, queued)
+        counter = StatementCounter(db)
+        terms = billing.Terms()
+        t, c = time.perf_counter(), time.process_time()
+        res = scheduling.tick(db, "default", terms)
+        place_s, place_cpu = time.perf_counter() - t, time.process_time() - c
+        place_n = counter.n
+        placed = len(res.assigned)
+        idle_n: list[int] = []
+        idle_s: list[float] = []
+        idle_cpu: list[float] = []
+        for _ in range(idle_passes):
+            counter.n = 0
+            t, c = time.perf_counter(), time.process_time()
+            again = scheduling.tick(db, "default", terms)
+            idle_s.append(time.perf_counter() - t)
+            idle_cpu.append(time.process_time() - c)
+            idle_n.append(counter.n)
+            assert not again.assigned, "an idle pass placed a job"
+        # the placed attempts end (state only: no settlement), freeing every GPU; the next
+        # pass places again with warm caches, as a busy coordinator does
+        with db.transaction() as s:
+            s.execute(update(Attempt).where(Attempt.state == "assigned").values(state="succeeded"))
+            s.execute(update(Job).where(Job.state == "assigned").values(state="succeeded"))
+        counter.n = 0
+        t, c = time.perf_counter(), time.process_time()
+        warm = scheduling.tick(db, "default", terms)
+        warm_s, warm_cpu = time.perf_counter() - t, time.process_time() - c
+        return {
+            "placed": placed,
+            "warm_placed": len(warm.assigned),
+            "warm_statements": counter.n,
+            "warm_ms": warm_s * 1000,
+            "warm_cpu_ms": warm_cpu * 1000,
+            "place_statements": place_n,
+            "place_ms": place_s * 1000,
+            "place_cpu_ms": place_cpu * 1000,
+            "idle_statements": statistics.median(idle_n),
+            "idle_ms": statistics.median(idle_s) * 1000,
+            "idle_cpu_ms": statistics.median(idle_cpu) * 1000,
+        }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="10,100,1000", help="queued jobs, comma separated")
+    ap.add_argument("--runs", type=int, default=3, help="fresh stores per size (medians)")
+    ap.add_argument("--idle-passes", type=int, default=5)
+    ap.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite")
+    ap.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    out = []
+    for size in (int(x) for x in args.sizes.split(",")):
+        runs = [
+            one_run(args.database, args.pg_url, size, args.idle_passes) for _ in range(args.runs)
+        ]
+        med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        med["queued"] = size
+        out.append(med)
+        if not args.json:
+            print(
+                f"{size:>6} queued: "
+                + "; ".join(
+                    f"{label} {med[k + '_statements']:.0f} statements, "
+                    f"{med[k + '_ms']:.1f} ms ({med[k + '_cpu_ms']:.1f} ms CPU)"
+                    for label, k in (("placing", "place"), ("warm", "warm"), ("idle", "idle"))
+                )
+                + f"; placed {med['placed']:.0f} then {med['warm_placed']:.0f}",
+                flush=True,
+            )
+    if args.json:
+        print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""What the scheduler pass keeps between passes, so an unchanged queue costs little.
+
+* Each job's scheduler view (its spec validated once: specs never change after submit).
+* Node reputations (five 7-day aggregates), recomputed only when one query over their inputs
+  shows a change (a node joined or changed status, an attempt was lost, a health event or a
+  benchmark was recorded), and at least every ``ttl_s`` as uptime drifts.
+* Each account's decayed recent GPU use, refreshed after ``ttl_s``: use a few seconds old
+  orders jobs just as well.
+
+One cache per database (a weak map), so tests and tools that open several stores stay apart.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session
+
+from gpunet.core.jobs import AttemptState
+from gpunet.core.jobspec import JobSpec
+from gpunet.core.scheduling import JobRequest
+from gpunet.core.scheduling.fairshare import Usage, decayed_gpu_seconds
+from gpunet.services.fleet import account_ids, job_request
+from gpunet.services.reputation import reliabilities
+from gpunet.store.db import Database
+from gpunet.store.tables import Attempt, GpuBenchmark, GpuEvent, Job, Node
+
+TTL_S = 30.0
+# fair share forgets use older than this many half-lives (2^-8 < 0.4%)
+HALF_LIVES_KEPT = 8
+MAX_REQUESTS = 100_000
+
+
+class PassCache:
+    def __init__(self, ttl_s: float = TTL_S) -> None:
+        self.ttl_s = ttl_s
+        self._requests: dict[str, JobRequest] = {}
+        self._rel: tuple[float, tuple[object, ...], dict[str, float]] | None = None
+        self._usage: tuple[float, float, dict[str, float]] | None = None
+
+    def requests(self, s: Session, job_ids: Iterable[str]) -> dict[str, JobRequest]:
+        """Job id -> its scheduler view; specs are read and validated only for new jobs."""
+        ids = list(dict.fromkeys(job_ids))
+        missing = [j for j in ids if j not in self._requests]
+        if missing:
+            if len(self._requests) + len(missing) > MAX_REQUESTS:
+                self._requests.clear()
+            rows = list(
+                s.execute(
+                    select(Job.id, Job.account_id, Job.spec, Job.priority, Job.created_at).where(
+                        Job.id.in_(missing)
+                    )
+                )
+            )
+            specs = {jid: JobSpec.model_validate(spec) for jid, _a, spec, _p, _c in rows}
+            owners = account_ids(s, (n for sp in specs.values() for n in sp.resources.owners))
+            for jid, acct, _spec, prio, created in rows:
+                self._requests[jid] = job_request(
+                    jid,
+                    acct,
+                    specs[jid],
+                    priority=prio,
+                    submitted_at=_ts(created),
+                    owner_ids=owners,
+                )
+        return {j: self._requests[j] for j in ids if j in self._requests}
+
+    def forget(self, job_ids: Iterable[str]) -> None:
+        for j in job_ids:
+            self._requests.pop(j, None)
+
+    def reliabilities(self, s: Session) -> dict[str, float]:
+        """Node id -> reputation, recomputed when a node joins or changes status, an attempt
+        is lost, a health event or benchmark is recorded (one cheap query tells), and at
+        least every ``ttl_s`` (uptime drifts with time)."""
+        t = time.monotonic()
+        fp = tuple(s.execute(_REPUTATION_INPUTS).one())
+        if self._rel is None or t - self._rel[0] > self.ttl_s or self._rel[1] != fp:
+            self._rel = (t, fp, reliabilities(s))
+        return self._rel[2]
+
+    def usage(self, s: Session, now: float, half_life_s: float) -> dict[str, float]:
+        """Account -> GPU-seconds of its attempts, decayed with ``half_life_s``."""
+        t = time.monotonic()
+        if self._usage is None or t - self._usage[0] > self.ttl_s or self._usage[1] != half_life_s:
+            self._usage = (t, half_life_s, account_usage(s, now, half_life_s))
+        return self._usage[2]
+
+
+# What node reputations are computed from changes only when one of these does.
+_REPUTATION_INPUTS = select(
+    select(func.count()).select_from(Node).scalar_subquery(),
+    select(func.count()).select_from(Node).where(Node.status == "online").scalar_subquery(),
+    select(func.count())
+    .select_from(Attempt)
+    .where(Attempt.state == AttemptState.LOST.value)
+    .scalar_subquery(),
+    select(func.max(GpuEvent.id)).scalar_subquery(),
+    select(func.max(GpuBenchmark.id)).scalar_subquery(),
+)
+
+
+def account_usage(s: Session, now: float, half_life_s: float) -> dict[str, float]:
+    """Decayed GPU-seconds per account from its attempts (one query)."""
+    since = datetime.fromtimestamp(now, UTC) - timedelta(seconds=HALF_LIVES_KEPT * half_life_s)
+    rows = s.execute(
+        select(Job.account_id, Attempt.gpu_ids, Attempt.started_at, Attempt.finished_at)
+        .join(Job, Job.id == Attempt.job_id)
+        .where(
+            Attempt.started_at.is_not(None),
+            or_(Attempt.finished_at.is_(None), Attempt.finished_at >= since),
+        )
+    )
+    spans = [
+        Usage(acct, len(gids or ()), _ts(start), now if end is None else _ts(end))
+        for acct, gids, start, end in rows
+    ]
+    return decayed_gpu_seconds(spans, now, half_life_s)
+
+
+def _ts(at: datetime) -> float:
+    return (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()
+
+
+_CACHES: weakref.WeakKeyDictionary[Database, PassCache] = weakref.WeakKeyDictionary()
+
+
+def cache_for(db: Database) -> PassCache:
+    c = _CACHES.get(db)
+    if c is None:
+        c = _CACHES[db] = PassCache()
+    return c

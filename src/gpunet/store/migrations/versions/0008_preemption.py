@@ -1,0 +1,23 @@
+"""Preemption: the job a preempted attempt makes room for
+
+Revision ID: 0008_preemption
+Revises: 0005_never_lose_work
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0008_preemption"
+down_revision = "0005_never_lose_work"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("attempts") as b:
+        b.add_column(sa.Column("preempted_for", sa.String(40), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("attempts") as b:
+        b.drop_column("preempted_for")
