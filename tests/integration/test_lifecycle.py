@@ -164,7 +164,15 @@ def test_cancel_of_running_job_asks_the_agent_to_stop(db_url: str) -> None:
             assert time.monotonic() - t0 < 5, "the long-poll was not woken by the cancel"
         assert work == {
             "start": [],
-            "stop": [{"attempt_id": att["attempt_id"], "fencing_token": att["fencing_token"]}],
+            "stop": [
+                {
+                    "attempt_id": att["attempt_id"],
+                    "fencing_token": att["fencing_token"],
+                    "kind": "cancel",  # the job ends; a preemption would re-queue it
+                    "grace_s": 5.0,
+                    "reason": "job cancelled",
+                }
+            ],
         }
         shown = co.job(user, job["id"])
         assert shown["state"] == "cancelled"
