@@ -10,6 +10,7 @@ import contextlib
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -53,9 +54,21 @@ class Run:
         self.container = container  # (runtime host, attempt id) of an image job
         self.stop_reason: str | None = None
         self.oom_killed = False
+        # the attempt's running time on this host's monotonic clock: from the spawn of its
+        # first process to that process's exit (what the tenant is billed, core.billing_time)
+        self.spawned_mono = time.monotonic()
+        self.exited_mono: float | None = None
+
+    @property
+    def runtime_s(self) -> float:
+        """Seconds the attempt has run (so far, or in all once it exited)."""
+        end = self.exited_mono if self.exited_mono is not None else time.monotonic()
+        return max(0.0, end - self.spawned_mono)
 
     async def wait(self) -> int:
         code = await self.proc.wait()
+        if self.exited_mono is None:
+            self.exited_mono = time.monotonic()
         if self.container is not None:
             # the client is gone; the container must be too (it may outlive a killed client)
             host, attempt_id = self.container

@@ -254,6 +254,9 @@ class Attempt(Base):
     log_truncated: Mapped[bool] = mapped_column(Boolean, default=False)
     # while stopping: why (core.jobs.StopKind), which decides where its job goes next
     stop_kind: Mapped[str | None] = mapped_column(String(20), default=None)
+    # seconds it ran on its agent's monotonic clock (FinishReport.runtime_s): what it is billed,
+    # within the coordinator's bounds (core.billing_time)
+    runtime_s: Mapped[float | None] = mapped_column(Float, default=None)
 
 
 class LogChunk(Base):
