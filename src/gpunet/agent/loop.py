@@ -472,7 +472,7 @@ class Agent:
                 reason = "out of memory: killed by the kernel at the attempt's memory limit"
                 ctx.logs.append({"stream": "system", "data": reason + "\n"})
                 self._flush_logs(ctx)
-            if reason == "lease lost":
+            if reason == "lease lost" and code != 0:  # a success stays one (late, maybe)
                 self._finish(ctx, code, reason, lost=True, energy=used)
             else:
                 self._finish(ctx, code, reason or f"exit code {code}", energy=used)
