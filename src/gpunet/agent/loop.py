@@ -296,8 +296,9 @@ class Agent:
             for name in self.containers.reap_leftovers():
                 log.warning("removed leftover container %s", name)
         if self.sandbox is None:
-            return {}
-        killed = self.sandbox.reap_leftovers(keep=set(self.attempts))
+            killed = runner.reap_bare_leftovers(self.home / "work", keep=set(self.attempts))
+        else:
+            killed = self.sandbox.reap_leftovers(keep=set(self.attempts))
         for name, pids in killed.items():
             log.warning(
                 "killed leftovers of attempt %s: %s",
