@@ -147,6 +147,7 @@ class Journal:
     # ---- file ---------------------------------------------------------------------------
     def _fileno(self) -> int:
         if self._fd is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         return self._fd
 
