@@ -6,9 +6,13 @@ import asyncio
 import json
 from pathlib import Path
 
+import httpx
+
 from gpunet.agent.answers import Answers, Backoff
+from gpunet.agent.gpus.simulated import SimulatedBackend, parse_simulate
 from gpunet.agent.journal import COMPACT_AFTER_LINES, JOURNAL_FILE, Journal, read_lines
 from gpunet.agent.lease import margin, stop_after, stop_grace
+from gpunet.agent.loop import Agent
 from gpunet.wire.agent import FinishReport, LogLine, LogReport, Report
 
 
@@ -106,3 +110,51 @@ def test_the_agent_is_done_stopping_a_margin_before_the_lease_lapses() -> None:
     for lease in (3.0, 30.0, 120.0):
         assert 0 < stop_after(lease) < stop_after(lease) + stop_grace(lease) < lease
         assert margin(lease) >= 0.15 * lease - 1e-9
+
+
+def test_a_restarted_agent_replays_its_journal_then_says_hello_with_its_finishes(
+    tmp_path: Path,
+) -> None:
+    url = "http://coordinator.test"
+    (tmp_path / "agent.json").write_text(
+        json.dumps({"coordinator": url, "node_id": "node-1", "token": "t"})
+    )
+    # what the killed run left: a1's start, output and finish; a2's finish
+    old = Journal(tmp_path)
+    old.open()
+    old.append("a1", "started", Report(fencing_token=1).model_dump(mode="json"), sync=True)
+    logs = LogReport(fencing_token=1, chunks=[LogLine(stream="stdout", data="x")])
+    old.append("a1", "logs", logs.model_dump(mode="json"), sync=False)
+    old.append("a1", "finished", _finish(1), sync=True)
+    old.append("a2", "finished", _finish(2, 3), sync=True)
+    seen: list[tuple[str, dict[str, object]]] = []
+
+    def coordinator(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        seen.append((request.url.path, body))
+        if request.url.path == "/v1/agent/hello":
+            return httpx.Response(200, json={"node_id": "node-1", "lease_timeout_s": 30})
+        return httpx.Response(200, json={"status": "ok", "truncated": False})
+
+    agent = Agent(url, SimulatedBackend(parse_simulate("1xA100-80GB")), tmp_path)
+    agent.http = httpx.AsyncClient(transport=httpx.MockTransport(coordinator))
+
+    async def restart() -> None:
+        agent.journal.open()
+        await agent.connect()
+        await agent.http.aclose()
+
+    asyncio.run(restart())
+    assert [p for p, _ in seen] == [
+        "/v1/agent/attempts/a1/started",
+        "/v1/agent/attempts/a1/logs",
+        "/v1/agent/hello",
+    ]
+    finished = seen[2][1]["finished"]
+    assert isinstance(finished, list)
+    assert [(f["attempt_id"], f["exit_code"], f["runtime_s"]) for f in finished] == [
+        ("a1", 0, 1.5),
+        ("a2", 3, 1.5),
+    ]
+    assert agent.journal.pending() == []
+    assert (tmp_path / JOURNAL_FILE).read_bytes() == b""
