@@ -4,11 +4,12 @@ while the agent was cut off; the bill is the agent's measured running time withi
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 from decimal import Decimal as D
 from typing import Any
 
-from helpers import Coordinator, Node, auth, coordinator, gpu
+from helpers import Coordinator, Node, auth, coordinator, gpu, wait_for
 
 from gpunet.core.ledger import charge_for, metered_seconds
 from gpunet.services.leases import node_lost
@@ -78,6 +79,22 @@ def _start(c: Coordinator, node: Node) -> dict[str, Any]:
     return att
 
 
+def _start_any(c: Coordinator, nodes: list[Node]) -> tuple[Node, dict[str, Any]]:
+    """The node the scheduler handed the next attempt to, and that attempt (started)."""
+
+    def poll() -> tuple[Node, dict[str, Any]] | None:
+        for node in nodes:
+            found = c.work(node)
+            if found["start"]:
+                return node, found["start"][0]
+        time.sleep(0.05)
+        return None
+
+    node, att = wait_for(poll, poll=0, what="an attempt on any node")
+    assert c.report(node, att, "started").status_code == 200
+    return node, att
+
+
 def test_a_late_success_before_the_retry_started_is_kept(db_url: str) -> None:
     with coordinator(db_url) as c:
         _, a = _market(c, "a")
@@ -133,13 +150,15 @@ def test_a_late_success_before_the_retry_started_is_kept(db_url: str) -> None:
 
 def test_after_the_retry_started_a_late_success_is_a_discarded_duplicate(db_url: str) -> None:
     with coordinator(db_url) as c:
-        _, a = _market(c, "a")
+        # both nodes priced before any work exists (a node seen unpriced would run it free)
+        _, one = _market(c, "a")
+        _, two = _market(c, "b")
         user = _user(c)
         job = c.submit(user, {"command": ["true"], "max_retries": 3})
-        first = _start(c, a)
+        a, first = _start_any(c, [one, two])
+        b = two if a is one else one
         _backdate(c, first["attempt_id"], 60)
         _lose(c, a)
-        _, b = _market(c, "b")
         retry = _start(c, b)
         r = c.report(a, first, "finished", exit_code=0, runtime_s=5.0)
         assert r.status_code == 200, r.text
