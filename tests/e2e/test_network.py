@@ -111,14 +111,17 @@ def test_kill9_agent_requeues_job_and_rejects_late_report(net: Network, tmp_path
     assert done["node_id"] != node
     assert [a["state"] for a in done["attempts"]] == ["lost", "succeeded"]
     assert done["retries_used"] == 1
-    # the killed attempt's late report is refused: the fencing token is stale
-    r = httpx.post(
-        f"{net.url}/v1/agent/attempts/{old_attempt['id']}/finished",
-        json={"fencing_token": 1, "exit_code": 0},
-        headers={"Authorization": f"Bearer {creds['token']}"},
-        timeout=10,
-    )
+    # the killed attempt's late failure is refused: the fencing token is stale
+    late = f"{net.url}/v1/agent/attempts/{old_attempt['id']}/finished"
+    bearer = {"Authorization": f"Bearer {creds['token']}"}
+    r = httpx.post(late, json={"fencing_token": 1, "exit_code": 1}, headers=bearer, timeout=10)
     assert r.status_code == 409 and r.json()["error"]["code"] == "stale_fencing_token"
+    # a late success after the retry ran is recorded as a discarded duplicate
+    r = httpx.post(late, json={"fencing_token": 1, "exit_code": 0}, headers=bearer, timeout=10)
+    assert r.status_code == 200, r.text
+    assert net.cli_json(user, "jobs", "show", job_id)["state"] == "succeeded"
+    events = net.cli_json(user, "jobs", "events", job_id)
+    assert any("duplicate discarded" in e["reason"] for e in events)
     nodes = {n["id"]: n for n in net.cli_json(net.admin, "nodes")}
     assert nodes[node]["status"] == "offline"
 

@@ -211,6 +211,7 @@ def test_long_attempts_are_settled_periodically_and_stopped_out_of_credits(db_ur
         _backdate_start(c, att["attempt_id"], 30)
 
         def billed() -> AttemptCharge | None:
+            c.heartbeat(node, [att["attempt_id"]])  # interim bills up to the last heartbeat
             with c.db.sessions() as s:
                 ch = s.get(AttemptCharge, att["attempt_id"])
             return ch if ch is not None and ch.billed_seconds >= 30 else None
@@ -223,7 +224,12 @@ def test_long_attempts_are_settled_periodically_and_stopped_out_of_credits(db_ur
             "0.036"
         )
         _backdate_start(c, att["attempt_id"], 200)  # now far more than the credits left
-        wait_for(lambda: c.job(user, job["id"])["state"] == "failed", what="the stop")
+
+        def stopped() -> bool:
+            c.heartbeat(node, [att["attempt_id"]])  # the node is alive, its attempt running
+            return bool(c.job(user, job["id"])["state"] == "failed")
+
+        wait_for(stopped, what="the stop")
         assert "out of credits" in c.job(user, job["id"])["reason"]
         assert c.work(node)["stop"][0]["attempt_id"] == att["attempt_id"]
         assert c.report(node, att, "finished", exit_code=-9).status_code == 200

@@ -108,6 +108,7 @@ def test_a_refused_finished_report_is_replaced_by_a_minimal_one(tmp_path: Path) 
         "reclaimed": False,
         "reason": "the coordinator refused the full report",
         "energy": [],
+        "runtime_s": None,
     }
     assert "a1" not in a.attempts  # the attempt ended
 

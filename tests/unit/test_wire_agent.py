@@ -93,6 +93,7 @@ def test_a_finished_report_carries_the_meters_as_the_coordinator_stores_them() -
         "lost": False,
         "reclaimed": False,
         "energy": [],
+        "runtime_s": None,
     }
 
 

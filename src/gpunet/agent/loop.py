@@ -25,8 +25,10 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from gpunet import __version__
-from gpunet.agent import bench, energy, owner, runner
+from gpunet.agent import bench, energy, lease, owner, runner
+from gpunet.agent.answers import Answers, Backoff
 from gpunet.agent.gpus.base import GpuBackend
+from gpunet.agent.journal import Journal
 from gpunet.agent.sandbox import Isolation
 from gpunet.agent.sandbox.image_jobs import ContainerHost
 from gpunet.core.energy import Meter
@@ -34,13 +36,16 @@ from gpunet.core.isolation import Isolation as Level
 from gpunet.core.jobs import CANCEL_GRACE_S
 from gpunet.tls import untrusted_message, untrusted_reason
 from gpunet.wire.agent import (
+    MAX_HELLO_FINISHED,
     MAX_REASON_CHARS,
     EnergyUse,
+    FinishedAttempt,
     FinishReport,
     HealthReport,
     Heartbeat,
     HeartbeatAnswer,
     Hello,
+    HelloRequest,
     LogLine,
     LogReport,
     LogsAccepted,
@@ -157,7 +162,10 @@ class Agent:
         self.lease_timeout_s = 30.0
         self.last_renewed = time.monotonic()
         self.attempts: dict[str, AttemptCtx] = {}
-        self.reports: asyncio.Queue[tuple[str, Report]] = asyncio.Queue()
+        # (attempt id, report, its journal sequence number), delivered in order
+        self.reports: asyncio.Queue[tuple[str, Report, int]] = asyncio.Queue()
+        self.journal = Journal(home)  # reports survive the agent's death (agent.journal)
+        self.answers = Answers()  # resets retry backoff whenever the coordinator answers
         self._stoppers: set[asyncio.Task[None]] = set()  # graceful stops in progress
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=70.0), verify=verify)
         self.stopping = asyncio.Event()
@@ -200,6 +208,7 @@ class Agent:
     async def _call(self, method: str, path: str, *, token: str | None = None, **kw: Any) -> Any:
         headers = {"Authorization": f"Bearer {token or self.token}"}
         r = await self.http.request(method, self.url + path, headers=headers, **kw)
+        self.answers.answered()
         if r.status_code >= 500:
             raise httpx.TransportError(f"coordinator answered {r.status_code}")
         if r.status_code >= 400:
@@ -229,9 +238,10 @@ class Agent:
                 if saved:
                     self.node_id, self.token = saved["node_id"], saved["token"]
                     try:
-                        hello = await self._ask(
-                            Hello, "POST", "/v1/agent/hello", json=self._registration()
-                        )
+                        await self._replay_journal()
+                        body, carried = self._hello_body()
+                        hello = await self._ask(Hello, "POST", "/v1/agent/hello", json=body)
+                        self.journal.ack_all(carried)  # settled with the hello
                         self.lease_timeout_s = hello.lease_timeout_s
                         log.info("reconnected as %s", self.node_id)
                         break
@@ -250,6 +260,8 @@ class Agent:
                 )
                 self.node_id, self.token = res.node_id, res.token
                 self.lease_timeout_s = res.lease_timeout_s
+                # reports of an earlier registration concern attempts this node no longer has
+                self.journal.ack_all([e.seq for e in self.journal.pending()])
                 self._save_credentials()
                 log.info("registered as %s", self.node_id)
                 break
@@ -296,8 +308,9 @@ class Agent:
             for name in self.containers.reap_leftovers():
                 log.warning("removed leftover container %s", name)
         if self.sandbox is None:
-            return {}
-        killed = self.sandbox.reap_leftovers(keep=set(self.attempts))
+            killed = runner.reap_bare_leftovers(self.home / "work", keep=set(self.attempts))
+        else:
+            killed = self.sandbox.reap_leftovers(keep=set(self.attempts))
         for name, pids in killed.items():
             log.warning(
                 "killed leftovers of attempt %s: %s",
@@ -309,8 +322,11 @@ class Agent:
 
     async def run(self) -> None:
         self._prepare_home()
+        self.journal.open()
         await asyncio.to_thread(self.reap_leftovers)
-        await self.connect()
+        await self.connect()  # delivers what the journal holds before any new work
+        for e in self.journal.pending():  # finish reports the hello had no room for
+            self.reports.put_nowait((e.attempt_id, e.report(), e.seq))
         tasks = [
             asyncio.create_task(c)
             for c in (
@@ -338,6 +354,7 @@ class Agent:
         if self.sandbox is not None:
             self.sandbox.close()
         await self.http.aclose()
+        self.journal.close()
         self.backend.close()
 
     def _busy_indices(self) -> set[int]:
@@ -383,15 +400,19 @@ class Agent:
             self.beat_now.clear()
 
     async def _lease_watch(self) -> None:
-        """Stop every attempt when the lease cannot be renewed: the coordinator will have
-        re-queued them elsewhere, and two copies must not run."""
+        """Stop every attempt when the lease cannot be renewed, a margin before the coordinator
+        re-queues them elsewhere (agent.lease): two copies must not run."""
         while True:
-            await asyncio.sleep(0.5)
-            if time.monotonic() - self.last_renewed > self.lease_timeout_s:
+            await asyncio.sleep(min(0.5, self.lease_timeout_s / 20))
+            if time.monotonic() - self.last_renewed > lease.stop_after(self.lease_timeout_s):
                 for ctx in list(self.attempts.values()):
                     if ctx.run and ctx.run.stop_reason is None:
-                        log.warning("lease lapsed: stopping %s", ctx.id)
-                        await self._stop(ctx, "lease lost")
+                        log.warning("lease lapsing: stopping %s", ctx.id)
+                        stopper = asyncio.create_task(
+                            self._stop(ctx, "lease lost", lease.stop_grace(self.lease_timeout_s))
+                        )
+                        self._stoppers.add(stopper)
+                        stopper.add_done_callback(self._stoppers.discard)
 
     async def _work_loop(self) -> None:
         delay = 0.2
@@ -473,7 +494,7 @@ class Agent:
                 reason = "out of memory: killed by the kernel at the attempt's memory limit"
                 ctx.logs.append({"stream": "system", "data": reason + "\n"})
                 self._flush_logs(ctx)
-            if reason == "lease lost":
+            if reason == "lease lost" and code != 0:  # a success stays one (late, maybe)
                 self._finish(ctx, code, reason, lost=True, energy=used)
             else:
                 self._finish(ctx, code, reason or f"exit code {code}", energy=used)
@@ -490,7 +511,11 @@ class Agent:
             if isinstance(rep, FinishReport):
                 self.attempts.pop(ctx.id, None)
             return
-        self.reports.put_nowait((ctx.id, rep))
+        kind = report_kind(rep)
+        # start and finish reports decide billing and whether the job runs again: on disk
+        # before they are queued; output is only flushed
+        seq = self.journal.append(ctx.id, kind, rep.model_dump(mode="json"), sync=kind != "logs")
+        self.reports.put_nowait((ctx.id, rep, seq))
 
     def _finish(
         self,
@@ -501,7 +526,9 @@ class Agent:
         lost: bool = False,
         energy: list[EnergyUse] | None = None,
     ) -> None:
-        """Report the attempt ended (the reason cut to what the coordinator keeps)."""
+        """Report the attempt ended (the reason cut to what the coordinator keeps), with the
+        time it ran on this host's monotonic clock (what its tenant is billed)."""
+        ran = ctx.run is not None and ctx.run.exited_mono is not None
         rep = FinishReport(
             fencing_token=ctx.token,
             exit_code=exit_code,
@@ -509,6 +536,7 @@ class Agent:
             lost=lost,
             reclaimed=ctx.reclaimed,
             energy=energy or [],
+            runtime_s=ctx.run.runtime_s if ran and ctx.run is not None else None,
         )
         self._report(ctx, rep)
 
@@ -559,43 +587,70 @@ class Agent:
                 self._flush_logs(ctx)
 
     async def _report_loop(self) -> None:
-        """Deliver reports in order; retry while the coordinator is away (5xx, no answer).
-        A 4xx is final for that report, so one bad report never blocks the ones after it."""
+        """Deliver reports in order; each is marked done in the journal once answered."""
         while True:
-            att_id, rep = await self.reports.get()
-            kind = report_kind(rep)
-            delay = 0.2
-            shrunk = False
-            while True:
-                try:
-                    res = await self._call(
-                        "POST",
-                        f"/v1/agent/attempts/{att_id}/{kind}",
-                        json=rep.model_dump(mode="json"),
-                    )
-                    if isinstance(rep, LogReport) and logs_truncated(res):
-                        ctx = self.attempts.get(att_id)
-                        if ctx is not None:
-                            ctx.output_closed = True  # the coordinator keeps no more output
-                    break
-                except Rejected as exc:
-                    log.warning("report %s of %s rejected: %s", kind, att_id, exc)
-                    if exc.status in (404, 409) or shrunk:
-                        # stale fencing token or unknown attempt: it is not ours any more
-                        ctx = self.attempts.get(att_id)
-                        if ctx is not None:
-                            ctx.orphaned = True
-                            await self._stop(ctx, "rejected by the coordinator")
-                        break
-                    if not isinstance(rep, FinishReport):
-                        break  # this report is dropped; the attempt goes on
-                    rep, shrunk = minimal_finish(rep), True  # the attempt must still end
-                except httpx.TransportError as exc:
-                    log.warning("report %s of %s failed (%s); retrying", kind, att_id, exc)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
-            if kind == "finished":
+            att_id, rep, seq = await self.reports.get()
+            if not await self._deliver(att_id, rep):
+                return  # shutting down: the journal keeps it for the next run
+            self.journal.ack(seq)
+            if isinstance(rep, FinishReport):
                 self.attempts.pop(att_id, None)
+
+    async def _deliver(self, att_id: str, rep: Report) -> bool:
+        """Send one report; retry while the coordinator is away (5xx, no answer), backing off
+        until it answers anything. A 4xx is final for that report, so one bad report never
+        blocks the ones after it. Returns False only if the agent stops first."""
+        kind = report_kind(rep)
+        backoff = Backoff(self.answers)
+        shrunk = False
+        while not self.stopping.is_set():
+            try:
+                res = await self._call(
+                    "POST",
+                    f"/v1/agent/attempts/{att_id}/{kind}",
+                    json=rep.model_dump(mode="json"),
+                )
+                if isinstance(rep, LogReport) and logs_truncated(res):
+                    ctx = self.attempts.get(att_id)
+                    if ctx is not None:
+                        ctx.output_closed = True  # the coordinator keeps no more output
+                return True
+            except Rejected as exc:
+                log.warning("report %s of %s rejected: %s", kind, att_id, exc)
+                if exc.status in (404, 409) or shrunk:
+                    # stale fencing token or unknown attempt: it is not ours any more
+                    ctx = self.attempts.get(att_id)
+                    if ctx is not None:
+                        ctx.orphaned = True
+                        await self._stop(ctx, "rejected by the coordinator")
+                    return True
+                if not isinstance(rep, FinishReport):
+                    return True  # this report is dropped; the attempt goes on
+                rep, shrunk = minimal_finish(rep), True  # the attempt must still end
+            except httpx.TransportError as exc:
+                log.warning("report %s of %s failed (%s); retrying", kind, att_id, exc)
+                await backoff.pause()
+        return False
+
+    async def _replay_journal(self) -> None:
+        """Before the hello: deliver, in order, the start and output reports an earlier run of
+        this agent journaled but never got answered (finish reports ride with the hello)."""
+        for e in self.journal.pending():
+            if e.kind == "finished":
+                continue
+            if not await self._deliver(e.attempt_id, e.report()):
+                return
+            self.journal.ack(e.seq)
+
+    def _hello_body(self) -> tuple[dict[str, Any], list[int]]:
+        """The hello: this node's registration and the journaled finish reports (attempts that
+        ended while the agent was cut off); returns it and the journal entries it carries."""
+        fins = [e for e in self.journal.pending() if e.kind == "finished"][:MAX_HELLO_FINISHED]
+        body = HelloRequest.model_validate(
+            self._registration()
+            | {"finished": [FinishedAttempt(attempt_id=e.attempt_id, **e.body) for e in fins]}
+        )
+        return body.model_dump(mode="json"), [e.seq for e in fins]
 
 
 def report_kind(rep: Report) -> str:
@@ -630,11 +685,12 @@ def health_reports(readings: list[dict[str, Any]]) -> list[HealthReport]:
 
 def minimal_finish(rep: FinishReport) -> FinishReport:
     """A finished report the coordinator refused, cut to what ends the attempt: its fencing
-    token, exit code and what ended it (lost, reclaimed)."""
+    token, exit code, what ended it (lost, reclaimed) and how long it ran."""
     return FinishReport(
         fencing_token=rep.fencing_token,
         exit_code=rep.exit_code,
         lost=rep.lost,
         reclaimed=rep.reclaimed,
         reason="the coordinator refused the full report",
+        runtime_s=rep.runtime_s,
     )

@@ -10,6 +10,7 @@ import contextlib
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,9 @@ from gpunet.archive import Limits, extract
 
 LogSink = Callable[[str, str], None]  # (stream, text)
 
-__all__ = ["Run", "argv_of", "job_env", "start", "unpack"]
+__all__ = ["Run", "argv_of", "job_env", "reap_bare_leftovers", "start", "unpack"]
+
+SESSION_SUFFIX = ".session"  # beside a bare attempt's workdir: its session, for leftovers
 
 
 def unpack(archive: bytes, dest: Path, limits: Limits | None = None) -> None:
@@ -53,9 +56,22 @@ class Run:
         self.container = container  # (runtime host, attempt id) of an image job
         self.stop_reason: str | None = None
         self.oom_killed = False
+        # the attempt's running time on this host's monotonic clock: from the spawn of its
+        # first process to that process's exit (what the tenant is billed, core.billing_time)
+        self.spawned_mono = time.monotonic()
+        self.exited_mono: float | None = None
+        self.session_file: Path | None = None  # a bare attempt's record (reap_bare_leftovers)
+
+    @property
+    def runtime_s(self) -> float:
+        """Seconds the attempt has run (so far, or in all once it exited)."""
+        end = self.exited_mono if self.exited_mono is not None else time.monotonic()
+        return max(0.0, end - self.spawned_mono)
 
     async def wait(self) -> int:
         code = await self.proc.wait()
+        if self.exited_mono is None:
+            self.exited_mono = time.monotonic()
         if self.container is not None:
             # the client is gone; the container must be too (it may outlive a killed client)
             host, attempt_id = self.container
@@ -64,6 +80,9 @@ class Run:
             # the leader is gone: whatever it left behind (setsid daemons) goes too
             await asyncio.to_thread(self.box.kill)
             self.oom_killed = self.box.oom_killed()
+        elif self.session_file is not None:
+            # a bare attempt: what the leader left in its session goes too (and its pipes close)
+            await asyncio.to_thread(_kill_session, self.proc.pid, 0)
         await asyncio.gather(*self.pumps, return_exceptions=True)
         return code
 
@@ -96,9 +115,63 @@ class Run:
             self.signal_group(signal.SIGKILL)
 
     def close(self) -> None:
-        """Release what the attempt held: kill its cgroup, remove it, free its uid."""
+        """Release what the attempt held: kill its cgroup, remove it, free its uid (sandboxed);
+        kill what is left of its session (bare)."""
         if self.box is not None:
             self.box.close()
+        if self.session_file is not None:
+            # the session's number is not reused while any of its processes lives
+            _kill_session(self.proc.pid, 0)
+            self.session_file.unlink(missing_ok=True)
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def _start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (/proc/PID/stat field 22)."""
+    st = _stat(pid)
+    return int(st[19]) if st else None
+
+
+def _kill_session(sid: int, since: int) -> list[int]:
+    """SIGKILL every process of session ``sid`` started at or after ``since`` (clock ticks
+    since boot: a later session that reused the number started after the recorded one's
+    processes, but so would its own, so the window is the agent's restart only)."""
+    killed = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        st = _stat(int(entry))
+        # fields after the name: state ppid pgrp session ... starttime (index 19)
+        if st is None or int(st[3]) != sid or int(st[19]) < since:
+            continue
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(int(entry), signal.SIGKILL)
+            killed.append(int(entry))
+    return killed
+
+
+def reap_bare_leftovers(work: Path, keep: set[str] | None = None) -> dict[str, list[int]]:
+    """Kill what bare (unsandboxed) attempts of an earlier run of the agent left: the leader
+    died with the agent (parent-death signal), but its children did not. Each attempt ran in
+    a session of its own, recorded beside its workdir; returns the pids killed by attempt."""
+    killed: dict[str, list[int]] = {}
+    for rec in sorted(work.glob("*" + SESSION_SUFFIX)):
+        name = rec.name.removesuffix(SESSION_SUFFIX)
+        if keep and name in keep:
+            continue
+        try:
+            sid, since = (int(x) for x in rec.read_text().split())
+        except (OSError, ValueError):
+            sid = since = 0
+        killed[name] = _kill_session(sid, since) if sid > 1 else []
+        rec.unlink(missing_ok=True)
+    return killed
 
 
 def _children(pid: int) -> list[int]:
@@ -188,7 +261,14 @@ async def start(
         raise
     if box is not None:
         box.spawned()
-    return Run(proc, pumps, box)
+    run = Run(proc, pumps, box)
+    if box is None and sys.platform.startswith("linux"):
+        # its own session (start_new_session): recorded, so an agent killed with -9 can kill
+        # the leader's children when it restarts (the cgroup does this for sandboxed ones)
+        rec = workdir.parent / (workdir.name + SESSION_SUFFIX)
+        rec.write_text(f"{proc.pid} {_start_time(proc.pid) or 0}\n")
+        run.session_file = rec
+    return run
 
 
 async def _start_container(

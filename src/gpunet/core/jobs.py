@@ -50,7 +50,8 @@ CANCEL_GRACE_S = 5.0
 
 J = JobState
 JOB_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
-    J.QUEUED: frozenset({J.ASSIGNED, J.CANCELLED, J.FAILED}),
+    # -> SUCCEEDED: a lost attempt's success arrived late, before the retry was assigned
+    J.QUEUED: frozenset({J.ASSIGNED, J.CANCELLED, J.FAILED, J.SUCCEEDED}),
     J.ASSIGNED: frozenset({J.QUEUED, J.RUNNING, J.SUCCEEDED, J.FAILED, J.CANCELLED, J.LOST}),
     # -> QUEUED: its attempt was preempted or reclaimed, or it asked to be run again
     J.RUNNING: frozenset({J.QUEUED, J.SUCCEEDED, J.FAILED, J.CANCELLED, J.LOST}),
@@ -71,7 +72,8 @@ ATTEMPT_TRANSITIONS: dict[AttemptState, frozenset[AttemptState]] = {
     A.SUCCEEDED: frozenset(),
     A.FAILED: frozenset(),
     A.CANCELLED: frozenset(),
-    A.LOST: frozenset(),
+    # a lost attempt whose success arrives late, before its job's retry started, is kept
+    A.LOST: frozenset({A.SUCCEEDED}),
     A.PREEMPTED: frozenset(),
 }
 

@@ -21,7 +21,7 @@ async def meter_loop(rt: Runtime) -> None:
     while not rt.wakeups.closing:
         await asyncio.sleep(rt.settings.meter_interval_s)
         try:
-            stopped = await run_in_threadpool(billing.meter_running, rt.db)
+            stopped = await run_in_threadpool(billing.meter_running, rt.db, rt.leases.heard_at)
         except Exception:
             log.exception("metering pass failed")
             continue

@@ -1,4 +1,12 @@
-"""What agents do: register, heartbeat, receive work, report attempts (fenced)."""
+"""What agents do: register, heartbeat, receive work, report attempts (fenced).
+
+Reports are fenced by the attempt's token: a report about an attempt that is no longer current
+is refused (409), with one exception. A success reported for an attempt that was declared lost
+(its lease lapsed while the finished process's report was on its way) is kept if its job's
+retry has not started: the retry, if only assigned, is cancelled and the job succeeds with the
+late attempt's result. Once the retry runs, the late success is recorded as a discarded
+duplicate (a job event, and ``gpunet_late_successes_total{outcome="discarded"}``).
+"""
 
 from __future__ import annotations
 
@@ -17,17 +25,20 @@ from gpunet.core.jobs import (
     job_state_for_exit,
 )
 from gpunet.core.jobspec import grace_of
-from gpunet.errors import Forbidden, NotFound, StaleFencingToken
+from gpunet.errors import Forbidden, GpunetError, NotFound, StaleFencingToken
 from gpunet.services import billing
 from gpunet.services.auth import Principal, Role, consume_join_use, issue_token
 from gpunet.services.jobs import lose_attempt, move_attempt, move_job, requeue_attempt
 from gpunet.services.owners import owner_took_back
 from gpunet.store.db import Database
-from gpunet.store.tables import Attempt, Blob, Gpu, Job, LogChunk, Node
+from gpunet.store.tables import Attempt, Blob, Gpu, Job, JobEvent, LogChunk, Node
 from gpunet.util import new_id, now
 from gpunet.wire.agent import (
+    MAX_REASON_CHARS,
+    FinishedAttempt,
     FinishReport,
     GpuInfo,
+    HelloRequest,
     LogReport,
     Registration,
     Report,
@@ -111,10 +122,22 @@ def _own_node(s: Session, who: Principal) -> Node:
     return node
 
 
-def hello(db: Database, who: Principal, reg: Registration, *, burn_in: bool = False) -> str:
-    """A known agent (re)connects: refresh its GPUs and mark it online."""
+# how a finish report was taken (counted in /metrics)
+SETTLED, LATE_KEPT, LATE_DISCARDED = "settled", "kept", "discarded"
+
+
+def hello(
+    db: Database, who: Principal, reg: Registration, *, burn_in: bool = False
+) -> tuple[str, list[str]]:
+    """A known agent (re)connects: settle the attempts that finished while it was cut off
+    (``HelloRequest.finished``), refresh its GPUs and mark it online. Returns the node id and
+    how each carried finish was taken (SETTLED, LATE_KEPT, LATE_DISCARDED; refused ones left
+    out)."""
+    outcomes: list[str] = []
     with db.transaction() as s:
         node = _own_node(s, who)
+        if isinstance(reg, HelloRequest):
+            outcomes = [o for f in reg.finished if (o := _carried(s, who, f)) is not None]
         node.agent_version, node.status, node.last_heartbeat_at = reg.agent_version, "online", now()
         node.simulated = any(g.simulated for g in reg.gpus)
         _apply_settings(node, reg)
@@ -126,7 +149,17 @@ def hello(db: Database, who: Principal, reg: Registration, *, burn_in: bool = Fa
             select(Attempt).where(Attempt.node_id == node.id, Attempt.state.in_(started))
         ):
             lose_attempt(s, att, "the agent restarted", node.id)
-        return node.id
+        return node.id, outcomes
+
+
+def _carried(s: Session, who: Principal, f: FinishedAttempt) -> str | None:
+    """Settle one finish report a hello carried; a stale or unknown one is skipped, as its
+    own report would have been refused."""
+    try:
+        with s.begin_nested():  # a refused report leaves nothing behind
+            return _take_finish(s, who, f.attempt_id, f)
+    except GpunetError:
+        return None
 
 
 def mark_online(db: Database, node_id: str) -> None:
@@ -278,48 +311,136 @@ def append_logs(
         return bool(att.log_truncated)
 
 
-def attempt_finished(db: Database, who: Principal, attempt_id: str, rep: FinishReport) -> None:
+def attempt_finished(db: Database, who: Principal, attempt_id: str, rep: FinishReport) -> str:
+    """Settle an attempt's end; returns how it was taken (SETTLED, LATE_KEPT, LATE_DISCARDED)."""
     with db.transaction() as s:
-        att, job = _fenced(s, who, attempt_id, rep.fencing_token)
-        att.exit_code = rep.exit_code
-        if rep.energy:
-            from gpunet.services.energy import record_energy
+        return _take_finish(s, who, attempt_id, rep)
 
-            record_energy(s, att, rep.energy)
-        if rep.lost or rep.exit_code is None:
-            lose_attempt(s, att, rep.reason or "the agent lost its lease", att.node_id)
-            return
-        stopping = att.state == AttemptState.STOPPING.value
-        if stopping and att.stop_kind == StopKind.PREEMPT.value and rep.exit_code != 0:
-            requeue_attempt(s, att, att.reason or "preempted", att.node_id)
-            return
-        if stopping and att.stop_kind != StopKind.PREEMPT.value:
-            move_attempt(att, AttemptState.CANCELLED, reason="stopped after cancel")
-            billing.close_charge(s, att, lost=False)
-            return
-        if rep.exit_code != 0 and rep.reclaimed:
-            owner_took_back(s, att)
-            requeue_attempt(s, att, rep.reason or "the GPU's owner took it back", att.node_id)
-            return
-        if rep.exit_code == REQUEUE_EXIT_CODE:
-            requeue_attempt(
-                s,
-                att,
-                f"exit code {REQUEUE_EXIT_CODE}: checkpointed, asked to be run again",
-                att.node_id,
-            )
-            return
-        move_attempt(att, attempt_state_for_exit(rep.exit_code), reason=rep.reason)
-        billing.close_charge(s, att, lost=False)
-        job.exit_code = rep.exit_code
-        if JobState(job.state) in (JobState.ASSIGNED, JobState.RUNNING):
-            move_job(
-                s,
-                job,
-                job_state_for_exit(rep.exit_code),
-                reason=rep.reason or f"exit code {rep.exit_code}",
+
+def _take_finish(s: Session, who: Principal, attempt_id: str, rep: FinishReport) -> str:
+    late = _late_success(s, who, attempt_id, rep)
+    if late is not None:
+        return late
+    _settle_finish(s, who, attempt_id, rep)
+    return SETTLED
+
+
+def _late_success(s: Session, who: Principal, attempt_id: str, rep: FinishReport) -> str | None:
+    """A success reported for this node's lost attempt (its lease lapsed, its job re-queued):
+    kept while the job's retry has not started, else recorded as a discarded duplicate. None:
+    not such a report (the usual fencing applies)."""
+    att = s.get(Attempt, attempt_id, with_for_update=True)
+    if (
+        att is None
+        or att.node_id != who.node_id
+        or att.fencing_token != rep.fencing_token
+        or att.state != AttemptState.LOST.value
+        or rep.exit_code != 0
+        or rep.lost
+    ):
+        return None
+    if att.exit_code == 0:
+        return SETTLED  # a repeat of a late success already taken: answered, not counted
+    job = s.get(Job, att.job_id, with_for_update=True)
+    assert job is not None
+    retry = (
+        s.get(Attempt, job.current_attempt_id, with_for_update=True)
+        if job.current_attempt_id
+        else None
+    )
+    waiting = job.state == JobState.QUEUED.value or (
+        job.state == JobState.ASSIGNED.value
+        and retry is not None
+        and retry.state == AttemptState.ASSIGNED.value
+    )
+    if not waiting and (retry is None or retry.id == att.id):
+        return None  # the job was not re-queued (no retries left, or cancelled): fenced
+    arrived = now()
+    att.exit_code = 0
+    att.runtime_s = rep.runtime_s
+    if rep.energy:
+        from gpunet.services.energy import record_energy
+
+        record_energy(s, att, rep.energy)
+    if not waiting:
+        why = (
+            f"duplicate discarded: attempt {att.id} succeeded but its report arrived after its "
+            f"lease lapsed and the job had moved on ({job.state}"
+            + (f", attempt {retry.id} {retry.state}" if retry is not None else "")
+            + "); nothing more is billed for it"
+        )
+        att.reason = why[:MAX_REASON_CHARS]
+        s.add(
+            JobEvent(
+                job_id=job.id,
+                from_state=job.state,
+                to_state=job.state,
+                at=arrived,
+                reason=why,
                 actor=att.node_id,
             )
+        )
+        return LATE_DISCARDED
+    if retry is not None:  # assigned, not started: it is not needed any more
+        move_attempt(retry, AttemptState.CANCELLED, reason=f"attempt {att.id} succeeded late")
+        billing.close_charge(s, retry, lost=False)
+    move_attempt(att, AttemptState.SUCCEEDED, reason="succeeded; its report arrived late")
+    billing.bill_late_success(s, att, arrived)
+    job.current_attempt_id = att.id
+    job.exit_code = 0
+    move_job(
+        s,
+        job,
+        JobState.SUCCEEDED,
+        reason=f"attempt {att.id} succeeded; its report arrived after its lease lapsed"
+        + (f" (attempt {retry.id} cancelled before it started)" if retry is not None else ""),
+        actor=att.node_id,
+    )
+    return LATE_KEPT
+
+
+def _settle_finish(s: Session, who: Principal, attempt_id: str, rep: FinishReport) -> None:
+    att, job = _fenced(s, who, attempt_id, rep.fencing_token)
+    att.exit_code = rep.exit_code
+    att.runtime_s = rep.runtime_s
+    if rep.energy:
+        from gpunet.services.energy import record_energy
+
+        record_energy(s, att, rep.energy)
+    if rep.lost or rep.exit_code is None:
+        lose_attempt(s, att, rep.reason or "the agent lost its lease", att.node_id)
+        return
+    stopping = att.state == AttemptState.STOPPING.value
+    if stopping and att.stop_kind == StopKind.PREEMPT.value and rep.exit_code != 0:
+        requeue_attempt(s, att, att.reason or "preempted", att.node_id)
+        return
+    if stopping and att.stop_kind != StopKind.PREEMPT.value:
+        move_attempt(att, AttemptState.CANCELLED, reason="stopped after cancel")
+        billing.close_charge(s, att, lost=False)
+        return
+    if rep.exit_code != 0 and rep.reclaimed:
+        owner_took_back(s, att)
+        requeue_attempt(s, att, rep.reason or "the GPU's owner took it back", att.node_id)
+        return
+    if rep.exit_code == REQUEUE_EXIT_CODE:
+        requeue_attempt(
+            s,
+            att,
+            f"exit code {REQUEUE_EXIT_CODE}: checkpointed, asked to be run again",
+            att.node_id,
+        )
+        return
+    move_attempt(att, attempt_state_for_exit(rep.exit_code), reason=rep.reason)
+    billing.close_charge(s, att, lost=False)
+    job.exit_code = rep.exit_code
+    if JobState(job.state) in (JobState.ASSIGNED, JobState.RUNNING):
+        move_job(
+            s,
+            job,
+            job_state_for_exit(rep.exit_code),
+            reason=rep.reason or f"exit code {rep.exit_code}",
+            actor=att.node_id,
+        )
 
 
 def read_blob(db: Database, who: Principal, digest: str) -> bytes:

@@ -7,11 +7,19 @@ lost). Each transaction's ``ref`` is unique in the store: an attempt has one hol
 late report or a restarted coordinator can never bill twice. A final settlement that moves
 nothing (a free hold, nothing left) is still written, with no postings, as the attempt's
 closing mark.
+
+How many seconds are billed (core.billing_time): the running time the attempt's agent measured
+on its monotonic clock, never more than the coordinator's wall time from assigning the attempt
+to receiving its final report, never less than what interim settlements already billed (those
+run only up to the node's last heartbeat). So neither side can inflate the bill: a coordinator
+restart or a report stuck in the network bills nothing extra, and an agent cannot claim more
+time than the coordinator saw pass. A lost attempt whose success arrives late and is kept is
+billed its measured time anew (``bill_late_success``), as far as the payer's wallet covers it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -20,6 +28,7 @@ from sqlalchemy import func, literal, select
 from sqlalchemy.orm import Session
 
 from gpunet.core import ledger as L
+from gpunet.core.billing_time import billable_seconds, interim_seconds
 from gpunet.core.jobs import AttemptState, JobState
 from gpunet.core.quotas import never_fits_quota
 from gpunet.core.scheduling.model import AccountView
@@ -176,12 +185,26 @@ def _locked_charge(s: Session, attempt_id: str) -> AttemptCharge | None:
     return s.get(AttemptCharge, attempt_id, with_for_update=True, populate_existing=True)
 
 
-def _running_seconds(att: Attempt, until: datetime) -> int:
-    if att.started_at is None:
-        return 0
-    started = utc(att.started_at)
-    assert started is not None
-    return L.metered_seconds((utc(until) - started).total_seconds())  # type: ignore[operator]
+def _seconds_between(start: datetime | None, end: datetime) -> float:
+    if start is None:
+        return 0.0
+    return (utc(end) - utc(start)).total_seconds()  # type: ignore[operator]
+
+
+def final_seconds(att: Attempt, billed: int, until: datetime) -> int:
+    """Seconds to bill for an attempt whose final report arrived at ``until``: its measured
+    running time within the coordinator's bounds (core.billing_time)."""
+    # the ceiling counts from the first moment the coordinator knew of the attempt
+    first = min(
+        (t for t in (utc(att.created_at), utc(att.started_at)) if t is not None),
+        default=None,
+    )
+    return billable_seconds(
+        att.runtime_s,
+        ceiling_s=_seconds_between(first, until),
+        observed_s=_seconds_between(att.started_at, until),
+        floor_s=billed,
+    )
 
 
 def close_charge(s: Session, att: Attempt, *, lost: bool, reason: str = "") -> None:
@@ -208,7 +231,7 @@ def close_charge(s: Session, att: Attempt, *, lost: bool, reason: str = "") -> N
         )
         ch.outcome = AttemptState.LOST.value
     else:
-        seconds = max(ch.billed_seconds, _running_seconds(att, att.finished_at or now()))
+        seconds = final_seconds(att, ch.billed_seconds, att.finished_at or now())
         _settle(s, ch, att.id, seconds, hold, ref, final=True)
         ch.outcome = att.state
     ch.settled_at = now()
@@ -242,14 +265,22 @@ def _settle(
     ch.fee += st.fee
 
 
-def meter(s: Session, att: Attempt) -> bool:
-    """Interim settlement of a running attempt: bill its seconds so far and top its hold back
-    up from the payer's wallet. Returns False when the hold is spent and cannot be refilled
-    (the caller stops the attempt: its payer is out of credits)."""
+def meter(s: Session, att: Attempt, last_seen: datetime | None) -> bool:
+    """Interim settlement of a running attempt: bill its seconds so far, up to its node's last
+    heartbeat (``last_seen``; None: not heard from since this coordinator started, so nothing
+    is billed now), and top its hold back up from the payer's wallet. Returns False when the
+    hold is spent and cannot be refilled (the caller stops the attempt: out of credits)."""
     ch = _locked_charge(s, att.id)
     if ch is None or ch.settled_at is not None or att.state != AttemptState.RUNNING.value:
         return True
-    seconds = _running_seconds(att, now())
+    if att.started_at is None or last_seen is None:
+        return True
+    at = now()
+    seconds = L.metered_seconds(
+        interim_seconds(
+            _seconds_between(att.started_at, at), _seconds_between(att.started_at, last_seen)
+        )
+    )
     if seconds <= ch.billed_seconds:
         return True
     hold = balance(s, L.hold_account(att.id))
@@ -268,9 +299,12 @@ def meter(s: Session, att: Attempt) -> bool:
     return left > L.ZERO
 
 
-def meter_running(db: Database) -> dict[str, str]:
-    """Settle every running priced attempt so far; stop those whose payer ran out of credits.
-    Returns {attempt id: node id} of the attempts told to stop."""
+def meter_running(
+    db: Database, last_seen: Callable[[str], datetime | None] = lambda node_id: None
+) -> dict[str, str]:
+    """Settle every running priced attempt so far (up to ``last_seen(node id)``, its node's
+    last heartbeat); stop those whose payer ran out of credits. Returns {attempt id: node id}
+    of the attempts told to stop."""
     from gpunet.services.jobs import move_attempt, move_job  # jobs imports this module
 
     stopped: dict[str, str] = {}
@@ -286,7 +320,7 @@ def meter_running(db: Database) -> dict[str, str]:
             )
         )
         for att in atts:
-            if meter(s, att):
+            if meter(s, att, last_seen(att.node_id)):
                 continue
             job = s.get(Job, att.job_id, with_for_update=True)
             if job is not None and job.state in (JobState.ASSIGNED.value, JobState.RUNNING.value):
@@ -294,3 +328,36 @@ def meter_running(db: Database) -> dict[str, str]:
             move_attempt(att, AttemptState.STOPPING, reason="out of credits")
             stopped[att.id] = att.node_id
     return stopped
+
+
+def bill_late_success(s: Session, att: Attempt, until: datetime) -> None:
+    """A lost attempt (its hold refunded) turned out to have succeeded and is kept: its payer
+    pays the measured running time after all. A fresh hold (``late-hold:``) is taken from the
+    wallet, as far as it covers what is due beyond interim settlements before the loss, and
+    settled at once (``late:``) to the owner and the network: every transaction balances and
+    the hold ends empty."""
+    ch = _locked_charge(s, att.id)
+    if ch is None or ch.outcome != AttemptState.LOST.value:
+        return
+    seconds = final_seconds(att, ch.billed_seconds, until)
+    due = max(L.charge_for(seconds, ch.rate_per_hour) - ch.charged, L.ZERO)
+    amount = min(due, balance(s, L.wallet(ch.payer_account_id)))
+    if amount > L.ZERO:
+        post(s, L.place_hold(ch.payer_account_id, att.id, amount, f"late-hold:{att.id}"), att.id)
+    st = L.settle(
+        ref=f"late:{att.id}",
+        payer=ch.payer_account_id,
+        owner=ch.owner_account_id,
+        attempt_id=att.id,
+        hold_balance=amount,
+        charge=amount,
+        fee_rate=ch.fee_rate,
+        final=True,
+    )
+    post(s, st.txn, att.id)
+    ch.billed_seconds = seconds
+    ch.charged += st.charged
+    ch.owner_share += st.owner_share
+    ch.fee += st.fee
+    ch.outcome = att.state
+    ch.settled_at = now()

@@ -354,6 +354,7 @@ def job_dict(job: Job, attempts: list[Attempt] | None = None) -> dict[str, Any]:
                 "reason": a.reason,
                 "started_at": iso(a.started_at),
                 "finished_at": iso(a.finished_at),
+                "runtime_s": a.runtime_s,  # as its agent measured it: what was billed
             }
             for a in attempts
         ]

@@ -21,7 +21,7 @@ def grant_grace(db: Database, leases: LeaseBook) -> None:
         online = list(s.scalars(select(Node.id).where(Node.status == "online")))
     at = now()
     for node_id in online:
-        leases.renew(node_id, at, None)
+        leases.renew(node_id, at, None, heard=False)
 
 
 def node_lost(db: Database, node_id: str, reason: str) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 
 class Metrics:
@@ -31,6 +31,20 @@ class Metrics:
             buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5),
             registry=self.registry,
         )
+
+        self.late_successes = Counter(
+            "gpunet_late_successes",
+            "Successes reported after their attempt's lease lapsed: kept (the job's retry had "
+            "not started) or discarded as duplicates (it had)",
+            ["outcome"],
+            registry=self.registry,
+        )
+
+    def count_finishes(self, outcomes: list[str]) -> None:
+        """Count the late successes among how finish reports were taken (services.agents)."""
+        for o in outcomes:
+            if o in ("kept", "discarded"):
+                self.late_successes.labels(o).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -62,6 +62,7 @@ class Lease:
     seen_at: datetime
     telemetry: list[dict[str, Any]] = field(default_factory=list)
     flushed: bool = False
+    heard_at: datetime | None = None  # the node's last request (None: a grace lease only)
 
 
 class LeaseBook:
@@ -72,13 +73,31 @@ class LeaseBook:
         self._leases: dict[str, Lease] = {}
         self._lock = threading.Lock()
 
-    def renew(self, node_id: str, at: datetime, telemetry: list[dict[str, Any]] | None) -> float:
-        """Record a heartbeat; return seconds since the previous one (0 for the first)."""
+    def renew(
+        self,
+        node_id: str,
+        at: datetime,
+        telemetry: list[dict[str, Any]] | None,
+        *,
+        heard: bool = True,
+    ) -> float:
+        """Record a heartbeat; return seconds since the previous one (0 for the first).
+        ``heard``: the node itself spoke (not a grace lease granted at our start)."""
         t = time.monotonic()
         with self._lock:
             old = self._leases.get(node_id)
-            self._leases[node_id] = Lease(t, at, telemetry or (old.telemetry if old else []))
+            heard_at = at if heard else (old.heard_at if old else None)
+            self._leases[node_id] = Lease(
+                t, at, telemetry or (old.telemetry if old else []), heard_at=heard_at
+            )
         return t - old.seen_mono if old else 0.0
+
+    def heard_at(self, node_id: str) -> datetime | None:
+        """When the node was last heard from since this coordinator started (None: not yet):
+        the latest moment its attempts are known to have been running (interim billing)."""
+        with self._lock:
+            lease = self._leases.get(node_id)
+            return lease.heard_at if lease else None
 
     def expired(self, timeout_s: float) -> list[str]:
         cutoff = time.monotonic() - timeout_s

@@ -261,6 +261,10 @@ class Attempt(Base):
     # a preempted attempt: the job it makes room for (that job waits until the GPUs are free)
     preempted_for: Mapped[str | None] = mapped_column(String(40), default=None)
 
+    # seconds it ran on its agent's monotonic clock (FinishReport.runtime_s): what it is billed,
+    # within the coordinator's bounds (core.billing_time)
+    runtime_s: Mapped[float | None] = mapped_column(Float, default=None)
+
 
 class LogChunk(Base):
     __tablename__ = "log_chunks"

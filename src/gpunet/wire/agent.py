@@ -245,6 +245,26 @@ class FinishReport(Report):
     # the agent stopped it because the GPU's owner took it back: re-queue the job, bill the time
     reclaimed: bool = False
     energy: list[EnergyUse] = Field(default_factory=list, max_length=MAX_GPU_INDEX + 1)
+    # seconds the attempt ran, on the agent's monotonic clock (spawn to exit); the bill uses
+    # it within the coordinator's bounds (core.billing_time). None: never started, or an
+    # older agent
+    runtime_s: float | None = Field(None, ge=0, le=1e9, allow_inf_nan=False)
+
+
+class FinishedAttempt(FinishReport):
+    """An attempt that ended while the agent was cut off, carried by its next hello."""
+
+    attempt_id: str = Field(max_length=40)
+
+
+MAX_HELLO_FINISHED = 1024
+
+
+class HelloRequest(Registration):
+    """A known node's hello: its registration, and the attempts that finished while it was
+    cut off from the coordinator (its journaled finish reports), settled before it is online."""
+
+    finished: list[FinishedAttempt] = Field(default_factory=list, max_length=MAX_HELLO_FINISHED)
 
 
 class Accepted(Answer):

@@ -47,6 +47,9 @@ class Attempt(Resource):
     reason: str
     started_at: Time | None
     finished_at: Time | None
+    runtime_s: float | None = Field(
+        None, description="seconds it ran, as its agent measured them (what is billed)"
+    )
 
 
 class JobSummary(Resource):

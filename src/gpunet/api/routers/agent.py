@@ -22,6 +22,7 @@ from gpunet.wire.agent import (
     Heartbeat,
     HeartbeatAnswer,
     Hello,
+    HelloRequest,
     LogReport,
     LogsAccepted,
     Registered,
@@ -43,9 +44,11 @@ def register(rt: Rt, who: Who, reg: Registration) -> Registered:
 
 
 @router.post("/hello", response_model=Hello, responses=wire.errors(404))
-def hello(rt: Rt, who: Who, reg: Registration) -> Hello:
-    """A registered node (re)connects with its own token: its GPUs and settings refresh."""
-    node_id = svc.hello(rt.db, who, reg, burn_in=rt.settings.burn_in)
+def hello(rt: Rt, who: Who, reg: HelloRequest) -> Hello:
+    """A registered node (re)connects with its own token: the attempts that finished while it
+    was cut off are settled, its GPUs and settings refresh."""
+    node_id, outcomes = svc.hello(rt.db, who, reg, burn_in=rt.settings.burn_in)
+    rt.metrics.count_finishes(outcomes)
     rt.leases.renew(node_id, now(), None)
     rt.wakeups.wake_nodes([node_id])  # it may have assigned attempts to pick up again
     rt.wakeups.wake_scheduler()
@@ -124,7 +127,8 @@ def logs(rt: Rt, who: Who, attempt_id: str, rep: LogReport) -> LogsAccepted:
 @router.post("/attempts/{attempt_id}/finished", response_model=Accepted, responses=wire.errors(409))
 def finished(rt: Rt, who: Who, attempt_id: str, rep: FinishReport) -> Accepted:
     """The attempt ended: its exit code, or lost, and the energy its GPUs used."""
-    svc.attempt_finished(rt.db, who, attempt_id, rep)
+    outcome = svc.attempt_finished(rt.db, who, attempt_id, rep)
+    rt.metrics.count_finishes([outcome])
     rt.wakeups.wake_scheduler()
     return Accepted()
 

@@ -1,14 +1,14 @@
 """Preemption: the job a preempted attempt makes room for
 
 Revision ID: 0008_preemption
-Revises: 0005_never_lose_work
+Revises: 0007_exact_billing
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0008_preemption"
-down_revision = "0005_never_lose_work"
+down_revision = "0007_exact_billing"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,23 @@
+"""Exact billing: the running time each attempt's agent measured
+
+Revision ID: 0007_exact_billing
+Revises: 0005_never_lose_work
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0007_exact_billing"
+down_revision = "0005_never_lose_work"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("attempts") as b:
+        b.add_column(sa.Column("runtime_s", sa.Float(), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("attempts") as b:
+        b.drop_column("runtime_s")
