@@ -30,6 +30,19 @@ class AttemptState(StrEnum):
     PREEMPTED = "preempted"
 
 
+class LostCause(StrEnum):
+    """Why an attempt was lost; it decides whether a success reported late may still count."""
+
+    LEASE = "lease"  # its node fell silent past the lease
+    AGENT_RESTART = "agent_restart"  # its agent restarted (its processes died with it)
+    AGENT = "agent"  # its agent stopped it, e.g. for a lease it could not renew
+    GPU_FAILED = "gpu_failed"  # its GPU failed (health): what it computed is not trusted
+
+
+# losses of contact: the attempt may have finished all the same, so a late success counts
+CONTACT_LOST = frozenset({LostCause.LEASE, LostCause.AGENT_RESTART, LostCause.AGENT})
+
+
 class StopKind(StrEnum):
     """Why the coordinator asks an agent to stop an attempt: what happens to its job after."""
 

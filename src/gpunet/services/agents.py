@@ -17,9 +17,11 @@ from gpunet.catalog import catalog, resolve_model
 from gpunet.core.jobs import (
     ACTIVE_ATTEMPT_STATES,
     CANCEL_GRACE_S,
+    CONTACT_LOST,
     REQUEUE_EXIT_CODE,
     AttemptState,
     JobState,
+    LostCause,
     StopKind,
     attempt_state_for_exit,
     job_state_for_exit,
@@ -148,7 +150,7 @@ def hello(
         for att in s.scalars(
             select(Attempt).where(Attempt.node_id == node.id, Attempt.state.in_(started))
         ):
-            lose_attempt(s, att, "the agent restarted", node.id)
+            lose_attempt(s, att, "the agent restarted", node.id, LostCause.AGENT_RESTART)
         return node.id, outcomes
 
 
@@ -335,6 +337,7 @@ def _late_success(s: Session, who: Principal, attempt_id: str, rep: FinishReport
         or att.node_id != who.node_id
         or att.fencing_token != rep.fencing_token
         or att.state != AttemptState.LOST.value
+        or att.lost_cause not in CONTACT_LOST
         or rep.exit_code != 0
         or rep.lost
     ):
@@ -408,7 +411,7 @@ def _settle_finish(s: Session, who: Principal, attempt_id: str, rep: FinishRepor
 
         record_energy(s, att, rep.energy)
     if rep.lost or rep.exit_code is None:
-        lose_attempt(s, att, rep.reason or "the agent lost its lease", att.node_id)
+        lose_attempt(s, att, rep.reason or "the agent lost its lease", att.node_id, LostCause.AGENT)
         return
     stopping = att.state == AttemptState.STOPPING.value
     if stopping and att.stop_kind == StopKind.PREEMPT.value and rep.exit_code != 0:

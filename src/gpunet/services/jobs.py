@@ -15,6 +15,7 @@ from gpunet.core.jobs import (
     ACTIVE_ATTEMPT_STATES,
     AttemptState,
     JobState,
+    LostCause,
     StopKind,
     after_lost,
     check_attempt_move,
@@ -68,9 +69,12 @@ def move_attempt(attempt: Attempt, dst: AttemptState, *, reason: str = "") -> No
         attempt.finished_at = now()
 
 
-def lose_attempt(s: Session, att: Attempt, reason: str, actor: str) -> JobState | None:
+def lose_attempt(
+    s: Session, att: Attempt, reason: str, actor: str, cause: LostCause
+) -> JobState | None:
     """An attempt died with its host (or lease): re-queue its job while retries remain."""
     move_attempt(att, AttemptState.LOST, reason=reason)
+    att.lost_cause = cause.value
     billing.close_charge(s, att, lost=True, reason=reason)
     job = s.get(Job, att.job_id, with_for_update=True)
     if job is None or JobState(job.state) not in (JobState.ASSIGNED, JobState.RUNNING):

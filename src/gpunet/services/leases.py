@@ -6,7 +6,7 @@ from typing import cast
 
 from sqlalchemy import Table, bindparam, select, update
 
-from gpunet.core.jobs import ACTIVE_ATTEMPT_STATES, JobState
+from gpunet.core.jobs import ACTIVE_ATTEMPT_STATES, JobState, LostCause
 from gpunet.services.jobs import lose_attempt
 from gpunet.services.runtime import LeaseBook
 from gpunet.store.db import Database
@@ -41,7 +41,9 @@ def node_lost(db: Database, node_id: str, reason: str) -> int:
             )
         )
         for att in atts:
-            requeued += lose_attempt(s, att, reason, "lease reaper") is JobState.QUEUED
+            requeued += (
+                lose_attempt(s, att, reason, "lease reaper", LostCause.LEASE) is JobState.QUEUED
+            )
     return requeued
 
 

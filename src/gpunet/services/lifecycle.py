@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from gpunet.core.health import Health, HealthReading, Verdict, evaluate
-from gpunet.core.jobs import AttemptState
+from gpunet.core.jobs import AttemptState, LostCause
 from gpunet.core.lifecycle import SCHEDULABLE, GpuState, Move, move, operator_move
 from gpunet.errors import NotFound, ValidationFailed
 from gpunet.services.auth import Principal, Role
@@ -121,7 +121,7 @@ def _react(s: Session, g: Gpu, v: Verdict) -> int:
             apply_move(s, g, move(state, GpuState.DRAINED, f"health failed: {why}", HEALTH_RULE))
         if v.stop_running:
             for att in _holding(s, g.node_id, g.id):
-                lose_attempt(s, att, f"GPU {g.id} failed: {why}", HEALTH_RULE)
+                lose_attempt(s, att, f"GPU {g.id} failed: {why}", HEALTH_RULE, LostCause.GPU_FAILED)
                 stopped += 1
     elif v.status is Health.DEGRADED and state is GpuState.ACTIVE:
         apply_move(s, g, move(state, GpuState.DEGRADED, f"health degraded: {why}", HEALTH_RULE))

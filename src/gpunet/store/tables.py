@@ -264,6 +264,8 @@ class Attempt(Base):
     # seconds it ran on its agent's monotonic clock (FinishReport.runtime_s): what it is billed,
     # within the coordinator's bounds (core.billing_time)
     runtime_s: Mapped[float | None] = mapped_column(Float, default=None)
+    # a lost attempt: why (core.jobs.LostCause)
+    lost_cause: Mapped[str | None] = mapped_column(String(20), default=None)
 
 
 class LogChunk(Base):

@@ -1,4 +1,4 @@
-"""Exact billing: the running time each attempt's agent measured
+"""Exact billing: the running time each attempt's agent measured, and why an attempt was lost
 
 Revision ID: 0007_exact_billing
 Revises: 0005_never_lose_work
@@ -16,8 +16,10 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table("attempts") as b:
         b.add_column(sa.Column("runtime_s", sa.Float(), nullable=True))
+        b.add_column(sa.Column("lost_cause", sa.String(20), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("attempts") as b:
+        b.drop_column("lost_cause")
         b.drop_column("runtime_s")
