@@ -190,7 +190,9 @@ def test_metrics_carry_each_gpus_readings_and_the_networks_totals(db_url: str) -
         assert _metric(text, "gpunet_jobs_submitted_total") == 2
         assert _metric(text, "gpunet_jobs_finished_total", 'result="succeeded"') == 1
         assert _metric(text, "gpunet_jobs_finished_total", 'result="failed"') == 1
-        assert _metric(text, "gpunet_attempts_lost_total") == 1
+        assert _metric(text, "gpunet_attempts_lost_total", 'cause="agent"') == 1
+        assert _metric(text, "gpunet_attempts_lost_total", 'cause="lease"') == 0
+        assert _metric(text, "gpunet_attempts_requeued_total", 'cause="preempted"') == 0
         assert _metric(text, "gpunet_credits_charged_total") >= 1  # whole seconds at 1/s
 
 

@@ -42,6 +42,9 @@ def test_requeue_exit_code_and_reclaim_requeue_without_using_retries(db_url: str
         assert states == ["preempted", "preempted", "succeeded"]
         reasons = [e["reason"] for e in co.events(user, job["id"]) if e["to"] == "queued"]
         assert any(f"exit code {REQUEUE_EXIT_CODE}" in r for r in reasons)
+        text = co.c.get("/metrics").text
+        assert 'gpunet_attempts_requeued_total{cause="requeue_exit"} 1.0' in text
+        assert 'gpunet_attempts_requeued_total{cause="reclaimed"} 1.0' in text
         assert "owner" in reasons
 
 

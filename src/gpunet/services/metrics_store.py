@@ -14,7 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
-from gpunet.core.jobs import TERMINAL_JOB_STATES, AttemptState, JobState
+from gpunet.core.jobs import TERMINAL_JOB_STATES, AttemptState, JobState, LostCause, StopKind
 from gpunet.services.fleet import busy_gpu_ids
 from gpunet.store.db import Database
 from gpunet.store.tables import Account, Attempt, AttemptCharge, AttemptEnergy, Gpu, Job, Node
@@ -61,10 +61,19 @@ class StoreCollector(Collector):
                 ).all()
             )
             jobs = dict(s.execute(select(Job.state, func.count()).group_by(Job.state)).all())
-            lost = s.scalar(
-                select(func.count())
-                .select_from(Attempt)
-                .where(Attempt.state == AttemptState.LOST.value)
+            lost = dict(
+                s.execute(
+                    select(Attempt.lost_cause, func.count())
+                    .where(Attempt.state == AttemptState.LOST.value)
+                    .group_by(Attempt.lost_cause)
+                ).all()
+            )
+            requeued = list(
+                s.execute(
+                    select(Attempt.stop_kind, Attempt.reclaimed, func.count())
+                    .where(Attempt.state == AttemptState.PREEMPTED.value)
+                    .group_by(Attempt.stop_kind, Attempt.reclaimed)
+                )
             )
             charged = s.scalar(select(func.coalesce(func.sum(AttemptCharge.charged), 0)))
         yield from _counts(jobs, statuses, gpus, busy, online)
@@ -84,10 +93,32 @@ class StoreCollector(Collector):
             finished.add_metric([state.value], float(jobs.get(state.value, 0)))
         yield finished
         lost_c = CounterMetricFamily(
-            "gpunet_attempts_lost", "Attempts lost with their node (kill, crash, lease lapse)"
+            "gpunet_attempts_lost",
+            "Attempts lost, by cause (lease, agent_restart, agent, gpu_failed)",
+            labels=["cause"],
         )
-        lost_c.add_metric([], float(lost or 0))
+        for lost_cause in LostCause:
+            lost_c.add_metric([lost_cause.value], float(lost.get(lost_cause.value, 0)))
         yield lost_c
+        stopped = CounterMetricFamily(
+            "gpunet_attempts_requeued",
+            "Attempts the network stopped and re-queued without using a retry, by cause "
+            "(preempted, reclaimed by the GPU's owner, requeue_exit: the job exited 85)",
+            labels=["cause"],
+        )
+        by_cause = dict.fromkeys(("preempted", "reclaimed", "requeue_exit"), 0)
+        for kind, reclaimed, n in requeued:
+            cause = (
+                "reclaimed"
+                if reclaimed
+                else "preempted"
+                if kind == StopKind.PREEMPT.value
+                else "requeue_exit"
+            )
+            by_cause[cause] += n
+        for cause, n in by_cause.items():
+            stopped.add_metric([cause], float(n))
+        yield stopped
         credits = CounterMetricFamily("gpunet_credits_charged", "Credits charged for GPU time")
         credits.add_metric([], float(Decimal(charged or 0)))
         yield credits
