@@ -16,7 +16,7 @@ from gpunet import __version__
 from gpunet.api import errors
 from gpunet.api.deps import Rt
 from gpunet.api.guard import BodyGuard
-from gpunet.api.routers import agent, fleet, jobs, lifecycle, market, tokens
+from gpunet.api.routers import agent, checkpoints, fleet, jobs, lifecycle, market, tokens
 from gpunet.core.jobs import JobState
 from gpunet.loops.background import start_all, stop_all
 from gpunet.services.fleet import busy_gpu_ids
@@ -59,6 +59,8 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
         lifecycle.economics_router,
         market.router,
         tokens.router,
+        checkpoints.router,
+        checkpoints.agent_router,
     ):
         app.include_router(r)
 

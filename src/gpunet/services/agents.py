@@ -164,6 +164,8 @@ def work_for(db: Database, who: Principal, max_log_bytes: int | None = None) -> 
                 )
             )
         )
+        from gpunet.services.checkpoints import latest as latest_checkpoint
+
         start: list[StartItem] = []
         stop: list[StopItem] = []
         for att, job in rows:
@@ -193,6 +195,7 @@ def work_for(db: Database, who: Principal, max_log_bytes: int | None = None) -> 
                     if workdir
                     else None,
                     max_log_bytes=max_log_bytes,
+                    checkpoint=latest_checkpoint(s, job.id),
                 )
             )
         return Work(start=start, stop=stop)
