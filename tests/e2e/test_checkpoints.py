@@ -132,3 +132,29 @@ def test_exit_85_checkpoints_and_runs_again(net: Network, tmp_path: Path) -> Non
     assert "continued from 5" in out, out
     [ck] = net.cli_json(net.user, "jobs", "checkpoints", job_id)
     assert ck["attempt_id"] == done["attempts"][0]["id"]
+
+
+def test_a_stopped_attempt_uploads_what_it_saved_on_sigterm(net: Network, tmp_path: Path) -> None:
+    program = textwrap.dedent("""
+        import os, signal, sys, time
+        path = os.path.join(os.environ["GPUNET_CHECKPOINT_DIR"], "state")
+
+        def save_and_exit(*_):
+            with open(path + ".tmp", "w") as f:
+                f.write("saved on SIGTERM")
+            os.replace(path + ".tmp", path)
+            sys.exit(0)
+
+        signal.signal(signal.SIGTERM, save_and_exit)
+        with open(path, "w") as f:
+            f.write("running")
+        print("ready", flush=True)
+        time.sleep(120)
+    """)
+    job_id = _submit(net, tmp_path, 'name: stopped\ncommand: ["python3", "job.py"]\n', program)
+    wait_for(lambda: "ready" in _output(net, job_id), 30, "the job to start")
+    assert net.cli(net.user, "cancel", job_id).returncode == 0
+    [ck] = wait_for(
+        lambda: net.cli_json(net.user, "jobs", "checkpoints", job_id), 30, "the final upload"
+    )
+    assert ck["files"] == 1 and ck["size"] == len("saved on SIGTERM")

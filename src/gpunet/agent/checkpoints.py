@@ -299,6 +299,9 @@ class Sync:
             await self.upload()
         except CheckpointError as exc:
             self.note(f"checkpoint upload failed: {exc}")
+        except Exception as exc:  # an upload must never take the attempt down with it
+            log.exception("checkpoint upload of %s failed", self.attempt_id)
+            self.note(f"checkpoint upload failed: {exc}")
 
     def start_periodic(self, interval_s: float | None) -> None:
         """Upload every ``interval_s`` seconds while the attempt runs."""
@@ -327,6 +330,12 @@ class Sync:
         """Make the (empty, or restored) checkpoint directory before the job starts. A
         checkpoint that cannot be restored whole raises CheckpointError: the job must not
         silently start over from nothing."""
+        try:
+            await self._restore(ref)
+        except OSError as exc:  # e.g. this node's disk is full: another node may do better
+            raise CheckpointError(f"{exc.strerror or exc}") from None
+
+    async def _restore(self, ref: CheckpointRef | None) -> None:
         staging = self.directory.with_name(self.directory.name + ".restore")
         await asyncio.to_thread(shutil.rmtree, staging, True)
         if ref is None or not ref.files:
