@@ -4,6 +4,7 @@ incremental uploads, a file changed after it was hashed, restore and a tampered 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -118,3 +119,36 @@ def test_a_file_changed_after_hashing_is_never_part_of_a_checkpoint(
         asyncio.run(run())
         listed = co.c.get(f"/v1/jobs/{att['job']['id']}/checkpoints", headers=auth(user)).json()
         assert listed == []
+
+
+def test_a_file_replaced_by_rename_after_hashing_is_sent_as_hashed(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with coordinator(db_url, checkpoint_dir=str(tmp_path / "store")) as co:
+        user, node, att = _setup(co)
+        d = tmp_path / "w" / "ck"
+        d.mkdir(parents=True)
+        (d / "count").write_bytes(b"41")
+        real = ac.open_inside
+
+        def job_renames_meanwhile(root: Path, rel: str) -> int:
+            (d / "count.tmp").write_bytes(b"42")
+            os.replace(d / "count.tmp", d / "count")  # the job's next step, done right
+            return real(root, rel)
+
+        monkeypatch.setattr(ac, "open_inside", job_renames_meanwhile)
+        notes: list[str] = []
+
+        async def run() -> None:
+            s = _sync(co, node, att, d, notes)
+            done = await s.upload()
+            assert done is not None and done.size == 2
+            assert not s.snapshots.exists()
+            await s.http.aclose()
+
+        asyncio.run(run())
+        start = co.work(node)["start"][0]
+        [f] = start["checkpoint"]["files"]
+        assert f["digest"] == "sha256:" + hashlib.sha256(b"41").hexdigest()
+        got = co.c.get(f"/v1/agent/checkpoints/objects/{f['digest']}", headers=node.headers)
+        assert got.content == b"41"

@@ -67,10 +67,14 @@ class Scan:
     files: list[FileEntry] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # not regular files: symlinks, FIFOs...
     total: int = 0
+    # path -> a hard link to the very inode that was hashed, in a directory of the agent's own:
+    # a job that replaces the file (write, then rename) after the walk does not change what is
+    # sent; one that writes in place makes the store refuse the object
+    snapshot: dict[str, Path] = field(default_factory=dict)
 
 
-# (size, mtime_ns, ctime_ns, inode) -> digest: unchanged files are not hashed again
-Cache = dict[str, tuple[tuple[int, int, int, int], str]]
+# path -> ((size, mtime_ns, inode), digest): unchanged files are not hashed again
+Cache = dict[str, tuple[tuple[int, int, int], str]]
 
 
 def _hash_fd(fd: int) -> str:
@@ -81,13 +85,19 @@ def _hash_fd(fd: int) -> str:
 
 
 def scan(
-    root: Path, cache: Cache | None = None, max_files: int = MAX_FILES, max_bytes: int = MAX_BYTES
+    root: Path,
+    cache: Cache | None = None,
+    max_files: int = MAX_FILES,
+    max_bytes: int = MAX_BYTES,
+    snapshot: Path | None = None,
 ) -> Scan:
     """The regular files under ``root`` with their digests, sizes and modes. Symlinks and
     anything else that is not a regular file or directory are skipped (and named); more than
-    ``max_files`` files or ``max_bytes`` bytes raise CheckpointError."""
+    ``max_files`` files or ``max_bytes`` bytes raise CheckpointError. With ``snapshot`` (an
+    empty directory of the agent's own on the same filesystem) each file is hard-linked there
+    first and hashed through the link (``Scan.snapshot``)."""
     out = Scan()
-    cache = {} if cache is None else cache
+    walk = _Walk(out, {} if cache is None else cache, max_files, max_bytes, snapshot)
     try:
         fd = os.open(root, _DIR_FLAGS)
     except FileNotFoundError:
@@ -95,16 +105,24 @@ def scan(
     except OSError as exc:
         raise CheckpointError(f"cannot open the checkpoint directory: {exc.strerror}") from None
     try:
-        _walk(fd, "", 0, out, cache, max_files, max_bytes)
+        _walk(fd, "", 0, walk)
     finally:
         os.close(fd)
     out.files.sort(key=lambda e: e.path)
     return out
 
 
-def _walk(
-    dir_fd: int, prefix: str, depth: int, out: Scan, cache: Cache, max_files: int, max_bytes: int
-) -> None:
+@dataclass
+class _Walk:
+    out: Scan
+    cache: Cache
+    max_files: int
+    max_bytes: int
+    snapshot: Path | None
+
+
+def _walk(dir_fd: int, prefix: str, depth: int, w: _Walk) -> None:
+    out, cache, max_files, max_bytes = w.out, w.cache, w.max_files, w.max_bytes
     if depth > MAX_DEPTH:
         raise CheckpointError(f"{prefix or '.'}: directories nested deeper than {MAX_DEPTH}")
     with os.scandir(dir_fd) as it:
@@ -122,15 +140,20 @@ def _walk(
                 out.skipped.append(rel + "/")  # swapped for a link, or gone
                 continue
             try:
-                _walk(sub, rel + "/", depth + 1, out, cache, max_files, max_bytes)
+                _walk(sub, rel + "/", depth + 1, w)
             finally:
                 os.close(sub)
             continue
         if not stat.S_ISREG(st.st_mode) or check_path(rel) is not None:
             out.skipped.append(rel)
             continue
+        link = _link(w.snapshot, dir_fd, name, len(out.files) + len(out.skipped))
         try:
-            fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
+            if link is not None:
+                fd = os.open(link, _FILE_FLAGS)
+                out.snapshot[rel] = link
+            else:
+                fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.ENOENT, errno.ENXIO):
                 out.skipped.append(rel)
@@ -146,13 +169,27 @@ def _walk(
             out.total += st.st_size
             if out.total > max_bytes:
                 raise CheckpointError(f"the checkpoint directory holds more than {max_bytes} bytes")
-            sig = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+            # not ctime: the snapshot's link changes it
+            sig = (st.st_size, st.st_mtime_ns, st.st_ino)
             hit = cache.get(rel)
             digest = hit[1] if hit and hit[0] == sig else _hash_fd(fd)
             cache[rel] = (sig, digest)
             out.files.append(FileEntry(rel, digest, st.st_size, stat.S_IMODE(st.st_mode)))
         finally:
             os.close(fd)
+
+
+def _link(snapshot: Path | None, dir_fd: int, name: str, n: int) -> Path | None:
+    """A hard link to ``name`` (the entry itself, never a link's target) in the snapshot
+    directory, or None without one or when the filesystem refuses."""
+    if snapshot is None:
+        return None
+    dest = snapshot / str(n)
+    try:
+        os.link(name, dest, src_dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:
+        return None
+    return dest
 
 
 def open_inside(root: Path, rel: str) -> int:
@@ -217,9 +254,25 @@ class Sync:
         raise AssertionError("unreachable")
 
     # ---- upload ------------------------------------------------------------------------
+    @property
+    def snapshots(self) -> Path:
+        """The agent's own directory beside the attempt's working directory (same filesystem,
+        out of the job's sight) that holds the links of one upload."""
+        workdir = self.directory.parent
+        return workdir.with_name(workdir.name + ".ckpt-upload")
+
     async def upload(self) -> CheckpointCommitted | None:
         """Upload the directory as one checkpoint (None when it holds no file)."""
-        found = await asyncio.to_thread(scan, self.directory, self.cache)
+        snap = self.snapshots
+        await asyncio.to_thread(shutil.rmtree, snap, True)
+        snap.mkdir(mode=0o700)
+        try:
+            return await self._upload(snap)
+        finally:
+            await asyncio.to_thread(shutil.rmtree, snap, True)
+
+    async def _upload(self, snap: Path) -> CheckpointCommitted | None:
+        found = await asyncio.to_thread(scan, self.directory, self.cache, snapshot=snap)
         if found.skipped:
             self.note(
                 f"checkpoint: skipped {len(found.skipped)} entries that are not regular files "
@@ -247,7 +300,7 @@ class Sync:
             e = by_digest.get(digest)
             if e is None:
                 raise CheckpointError(f"the coordinator asked for an unknown object {digest}")
-            await self._put(created.checkpoint_id, e)
+            await self._put(created.checkpoint_id, e, found.snapshot.get(e.path))
             sent += e.size
         r = await self._request(
             "POST",
@@ -261,13 +314,15 @@ class Sync:
         )
         return done
 
-    async def _put(self, checkpoint_id: str, e: FileEntry) -> None:
+    async def _put(self, checkpoint_id: str, e: FileEntry, link: Path | None = None) -> None:
         path = (
             f"/v1/agent/attempts/{self.attempt_id}/checkpoints/{checkpoint_id}/objects/{e.digest}"
         )
         for attempt in range(TRIES):
             try:
-                fd = await asyncio.to_thread(open_inside, self.directory, e.path)
+                fd = await asyncio.to_thread(
+                    open_inside, *((link.parent, link.name) if link else (self.directory, e.path))
+                )
             except OSError as exc:
                 raise CheckpointError(f"{e.path}: {exc.strerror}") from None
             try:
@@ -309,9 +364,13 @@ class Sync:
             self.periodic = asyncio.create_task(self._every(interval_s))
 
     async def _every(self, interval_s: float) -> None:
+        # a fixed cadence: an upload's own duration does not stretch the interval
+        loop = asyncio.get_running_loop()
+        due = loop.time() + interval_s
         while True:
-            await asyncio.sleep(interval_s)
+            await asyncio.sleep(max(0.0, due - loop.time()))
             await self._upload_logged()
+            due = max(due + interval_s, loop.time())
 
     async def stop_periodic(self) -> None:
         if self.periodic is not None:
