@@ -175,10 +175,10 @@ async def one_run(url: str, node: str, att: dict[str, Any], d: Path, pid: int) -
         put_s = 0.0
         real_put = sync._put
 
-        async def timed_put(ck: str, e: Any) -> None:
+        async def timed_put(ck: str, e: Any, link: Path | None = None) -> None:
             nonlocal put_s
             t = time.perf_counter()
-            await real_put(ck, e)
+            await real_put(ck, e, link)
             put_s += time.perf_counter() - t
 
         sync._put = timed_put  # type: ignore[method-assign]
