@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import tarfile
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -172,6 +173,8 @@ def coordinator(url: str, **settings: Any) -> Iterator[Coordinator]:
     db.migrate()
     admin = bootstrap_admin(db)
     assert admin is not None
-    app = create_app(fast_settings(url, **settings), db=db)
-    with TestClient(app) as client:
-        yield Coordinator(client, db, admin)
+    with tempfile.TemporaryDirectory(prefix="gpunet-ckpt-") as ckpt:
+        settings.setdefault("checkpoint_dir", ckpt)  # never the user's GPUNET_HOME
+        app = create_app(fast_settings(url, **settings), db=db)
+        with TestClient(app) as client:
+            yield Coordinator(client, db, admin)

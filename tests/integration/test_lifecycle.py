@@ -174,13 +174,14 @@ def test_cancel_of_running_job_asks_the_agent_to_stop(db_url: str) -> None:
                 }
             ],
         }
+        # while it stops, the attempt is still the node's: a heartbeat does not orphan it (an
+        # orphan's finish report would be dropped, and the attempt would hold its GPUs)
+        assert co.heartbeat(node, [att["attempt_id"]])["stop"] == []
         shown = co.job(user, job["id"])
         assert shown["state"] == "cancelled"
         assert shown["attempts"][0]["state"] == "stopping"
         # asking again still shows it, until the agent confirms
         assert co.work(node, wait=5)["stop"] == work["stop"]
-        # the heartbeat also tells the agent to stop it
-        assert co.heartbeat(node, [att["attempt_id"]])["stop"] == [att["attempt_id"]]
 
         # the GPU stays held until the agent confirms the process is gone
         gpus = co.c.get("/v1/gpus", headers=auth(co.admin)).json()

@@ -88,7 +88,14 @@ def test_only_the_attempts_own_gpus_are_device_bound() -> None:
 def test_job_env_is_built_from_scratch(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SECRET_AGENT_VAR", "hunter2")
     monkeypatch.setenv("GPUNET_TOKEN", "node-token")
-    spec = {"env": {"MY_VAR": "1", "GPUNET_ATTEMPT_ID": "forged", "CUDA_VISIBLE_DEVICES": "0,1,2"}}
+    spec = {
+        "env": {
+            "MY_VAR": "1",
+            "GPUNET_ATTEMPT_ID": "forged",
+            "CUDA_VISIBLE_DEVICES": "0,1,2",
+            "GPUNET_CHECKPOINT_DIR": "/etc",
+        }
+    }
     env = job_env(spec, [3], ATTEMPT, home="/workspace")
     assert "SECRET_AGENT_VAR" not in env and "GPUNET_TOKEN" not in env
     assert "hunter2" not in env.values()
@@ -97,11 +104,12 @@ def test_job_env_is_built_from_scratch(monkeypatch: pytest.MonkeyPatch) -> None:
     assert env["GPUNET_JOB_ID"] == "j1" and env["GPUNET_ATTEMPT_NUMBER"] == "2"
     assert env["HOME"] == "/workspace" and env["LANG"] == "C.UTF-8"
     assert env["PYTHONUNBUFFERED"] == "1"
+    assert env["GPUNET_CHECKPOINT_DIR"] == "/workspace/.gpunet-checkpoint"
     path = env["PATH"].split(":")
     assert path[0] == str(Path(sys.prefix) / "bin") and "/usr/bin" in path
     assert set(env) == {
         "PATH", "HOME", "LANG", "MY_VAR", "CUDA_VISIBLE_DEVICES", "GPUNET_JOB_ID",
-        "GPUNET_ATTEMPT_ID", "GPUNET_ATTEMPT_NUMBER", "PYTHONUNBUFFERED",
+        "GPUNET_ATTEMPT_ID", "GPUNET_ATTEMPT_NUMBER", "PYTHONUNBUFFERED", "GPUNET_CHECKPOINT_DIR",
     }  # fmt: skip
 
 

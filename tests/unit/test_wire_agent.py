@@ -164,8 +164,21 @@ def test_the_document_declares_every_agent_answer() -> None:
         ("post", "/v1/agent/attempts/{attempt_id}/logs"): ("200", "LogsAccepted"),
         ("post", "/v1/agent/attempts/{attempt_id}/finished"): ("200", "Accepted"),
         ("post", "/v1/agent/benchmarks"): ("200", "BenchmarkScore"),
+        ("post", "/v1/agent/attempts/{attempt_id}/checkpoints"): ("201", "CheckpointCreated"),
+        (
+            "put",
+            "/v1/agent/attempts/{attempt_id}/checkpoints/{checkpoint_id}/objects/{digest}",
+        ): ("200", "Accepted"),
+        (
+            "post",
+            "/v1/agent/attempts/{attempt_id}/checkpoints/{checkpoint_id}/commit",
+        ): ("200", "CheckpointCommitted"),
     }
-    assert set(expected) | {("get", "/v1/agent/blobs/{digest}")} == set(agent_ops)
+    binary = {
+        ("get", "/v1/agent/blobs/{digest}"),
+        ("get", "/v1/agent/checkpoints/objects/{digest}"),
+    }
+    assert set(expected) | binary == set(agent_ops)
     for key, (status, model) in expected.items():
         schema = agent_ops[key]["responses"][status]["content"]["application/json"]["schema"]
         assert model in json.dumps(schema), (key, schema)

@@ -25,7 +25,7 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from gpunet import __version__
-from gpunet.agent import bench, energy, lease, owner, runner
+from gpunet.agent import bench, checkpoints, energy, lease, owner, runner
 from gpunet.agent.answers import Answers, Backoff
 from gpunet.agent.gpus.base import GpuBackend
 from gpunet.agent.journal import Journal
@@ -460,12 +460,21 @@ class Agent:
             ctx.reclaimed = True
             self._finish(ctx, -15, why)
             return
+        ckpt = self._checkpoints(ctx, workdir)
         try:
             try:
                 if spec.get("workdir"):
                     data = await self._call("GET", f"/v1/agent/blobs/{spec['workdir']}")
                     workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
                     runner.unpack(data, workdir)
+                try:
+                    await ckpt.restore(item.checkpoint)
+                except checkpoints.CheckpointError as exc:
+                    # never start over silently: the job goes back to the queue (a retry)
+                    ctx.logs.append({"stream": "system", "data": f"restore failed: {exc}\n"})
+                    self._flush_logs(ctx)
+                    self._finish(ctx, None, f"checkpoint restore failed: {exc}", lost=True)
+                    return
                 ctx.run = await runner.start(
                     spec,
                     workdir,
@@ -485,7 +494,11 @@ class Agent:
                 return
             ctx.meters = energy.start(self.backend, item.gpu_indices, self._busy_indices())
             self._report(ctx, Report(fencing_token=ctx.token))
+            ckpt.start_periodic(checkpoints.interval_of(spec))
             code = await ctx.run.wait()
+            await ckpt.stop_periodic()
+            if checkpoints.final_wanted(ctx.run.stop_reason, code, ctx.orphaned):
+                await ckpt.final()
             energy.sample(ctx.meters, self.backend.telemetry(self._busy_indices()))
             used = energy.report(ctx.meters)
             self._flush_logs(ctx)
@@ -499,12 +512,29 @@ class Agent:
             else:
                 self._finish(ctx, code, reason or f"exit code {code}", energy=used)
         finally:
+            await ckpt.stop_periodic()
             if ctx.run is not None:
                 try:
                     ctx.run.close()
                 except OSError as exc:
                     log.warning("could not clean up attempt %s: %s", ctx.id, exc)
             shutil.rmtree(workdir, ignore_errors=True)
+
+    def _checkpoints(self, ctx: AttemptCtx, workdir: Path) -> checkpoints.Sync:
+        """The attempt's checkpoint directory, synced with the coordinator's store."""
+
+        def note(line: str) -> None:
+            self._collect(ctx, "system", line + "\n")
+
+        return checkpoints.Sync(
+            http=self.http,
+            url=self.url,
+            headers=lambda: {"Authorization": f"Bearer {self.token}"},
+            attempt_id=ctx.id,
+            fencing_token=ctx.token,
+            directory=checkpoints.directory_of(workdir),
+            note=note,
+        )
 
     def _report(self, ctx: AttemptCtx, rep: Report) -> None:
         if ctx.orphaned:

@@ -26,6 +26,8 @@ from gpunet.services.runtime import Runtime
 
 UPLOAD_PATH = "/v1/blobs"
 LOG_REPORT = re.compile(r"^/v1/agent/attempts/[^/]+/logs$")
+# checkpoint objects stream through to the store (never buffered here), each under its own cap
+CHECKPOINT_OBJECT = re.compile(r"^/v1/agent/attempts/[^/]+/checkpoints/[^/]+/objects/[^/]+$")
 OUTPUT_FIELD = re.compile(r"^chunks\[\d+\]\.data$")
 MAX_IDEMPOTENCY_KEY = 200
 
@@ -92,6 +94,9 @@ class BodyGuard:
             return
 
         settings = self.rt.settings
+        if scope.get("method") == "PUT" and CHECKPOINT_OBJECT.match(path):
+            await self._stream_object(scope, receive, send, settings.checkpoint_quota_bytes)
+            return
         upload = path == UPLOAD_PATH and scope.get("method") == "POST"
         cap = settings.max_upload_bytes if upload else settings.max_body_bytes
         raw_length = _header(scope, b"content-length")
@@ -128,6 +133,22 @@ class BodyGuard:
                     (k, v) for k, v in scope["headers"] if k.lower() != b"content-length"
                 ] + [(b"content-length", str(len(body)).encode())]
         await self.app(scope, _replay(body, receive), send)
+
+    async def _stream_object(self, scope: Scope, receive: Receive, send: Send, cap: int) -> None:
+        """A checkpoint object: authenticated before any byte is read, its declared length
+        checked, then passed on as it streams; past the cap the app sees the client leave."""
+        try:
+            await self._authenticate(scope)
+        except GpunetError as exc:
+            await _answer(send, exc.status_code, exc.code, exc.message, exc.field)
+            return
+        raw_length = _header(scope, b"content-length")
+        length = int(raw_length) if raw_length and raw_length.isdigit() else None
+        if length is not None and length > cap:
+            msg = f"body: the limit for a checkpoint object is {cap} bytes (got {length})"
+            await _answer(send, 413, "too_large", msg, "body")
+            return
+        await self.app(scope, _counted(receive, cap), send)
 
     async def _authenticate(self, scope: Scope) -> None:
         auth = _header(scope, b"authorization") or b""
@@ -181,6 +202,22 @@ class BodyGuard:
 
 def _no(_: str) -> bool:
     return False
+
+
+def _counted(receive: Receive, cap: int) -> Receive:
+    """``receive`` that ends the request as a disconnect once more than ``cap`` bytes came."""
+    size = 0
+
+    async def counted() -> Message:
+        nonlocal size
+        msg = await receive()
+        if msg["type"] == "http.request":
+            size += len(msg.get("body", b""))
+            if size > cap:
+                return {"type": "http.disconnect"}
+        return msg
+
+    return counted
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

@@ -269,6 +269,24 @@ def jobs_events(job_id: str, json_out: JsonOpt = False) -> None:
     model_table(events, columns)
 
 
+@jobs_app.command("checkpoints")
+def jobs_checkpoints(job_id: str, json_out: JsonOpt = False) -> None:
+    """The job's complete checkpoints, newest first (its next attempt starts from the first)."""
+    with Client() as client:
+        if json_out:
+            print_json(client.checkpoints(job_id))
+            return
+        found = client.checkpoint_models(job_id)
+    columns: list[Column[R.Checkpoint]] = [
+        ("ID", lambda c: c.id),
+        ("SAVED", lambda c: c.completed_at or ""),
+        ("ATTEMPT", lambda c: c.attempt_id),
+        ("FILES", lambda c: str(c.files)),
+        ("BYTES", lambda c: str(c.size)),
+    ]
+    model_table(found, columns)
+
+
 @jobs_app.command("why")
 def jobs_why(job_id: str, json_out: JsonOpt = False) -> None:
     """Why a pending job is not running, and where it would go."""

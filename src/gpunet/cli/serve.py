@@ -365,6 +365,13 @@ def server(
     max_queued_jobs: Annotated[
         int, typer.Option(help="queued and assigned jobs per account", min=1)
     ] = Settings.max_queued_jobs,
+    checkpoint_dir: Annotated[
+        Path | None,
+        typer.Option(help="where job checkpoints are stored; default: GPUNET_HOME/checkpoints"),
+    ] = None,
+    checkpoint_quota_bytes: Annotated[
+        int, typer.Option(help="bytes of checkpoint files per account", min=0)
+    ] = Settings.checkpoint_quota_bytes,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run the coordinator (migrations are applied at start). On any address but loopback it
@@ -388,6 +395,8 @@ def server(
         max_upload_bytes=max_upload_bytes,
         blob_quota_bytes=blob_quota_bytes,
         max_queued_jobs=max_queued_jobs,
+        checkpoint_dir=str(checkpoint_dir or home() / "checkpoints"),
+        checkpoint_quota_bytes=checkpoint_quota_bytes,
     )
     scheme = "https" if tls else "http"
     console.print(f"gpunet coordinator on {scheme}://{host}:{port} ({db.engine.dialect.name})")

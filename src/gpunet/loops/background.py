@@ -103,6 +103,30 @@ async def blob_gc_loop(rt: Runtime) -> None:
             log.info("collected %d unreferenced archives", len(gone))
 
 
+async def checkpoint_gc_loop(rt: Runtime) -> None:
+    """Drop torn checkpoint uploads and finished jobs' checkpoints; delete unused objects."""
+    from gpunet.services import checkpoints
+
+    st = rt.settings
+    while not rt.wakeups.closing:
+        await asyncio.sleep(st.blob_gc_interval_s)
+        try:
+            dropped, gone = await run_in_threadpool(
+                lambda: checkpoints.collect(
+                    rt.db,
+                    rt.checkpoints,
+                    pending_grace_s=st.checkpoint_pending_s,
+                    retention_s=st.checkpoint_retention_s,
+                    object_grace_s=st.checkpoint_object_grace_s,
+                )
+            )
+        except Exception:
+            log.exception("checkpoint collection failed")
+            continue
+        if dropped or gone:
+            log.info("dropped %d checkpoints, deleted %d objects", dropped, gone)
+
+
 async def stop_all(rt: Runtime, tasks: list[asyncio.Task[None]], grace_s: float = 10.0) -> None:
     """Stop the loops. Each also checks ``closing`` at every turn: a cancellation that lands
     while a pass runs in the thread pool can be absorbed there, and shutdown must not hang."""
@@ -124,5 +148,6 @@ def start_all(rt: Runtime) -> list[asyncio.Task[None]]:
             metering.meter_loop,
             tiers_loop,
             blob_gc_loop,
+            checkpoint_gc_loop,
         )
     ]

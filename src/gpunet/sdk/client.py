@@ -181,6 +181,13 @@ class Client:
     def why_model(self, job_id: str) -> R.Explanation:
         return R.parse(R.Explanation, self.why(job_id))
 
+    def checkpoints(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's complete checkpoints, newest first."""
+        return list(self._req("GET", f"/v1/jobs/{job_id}/checkpoints"))
+
+    def checkpoint_models(self, job_id: str) -> list[R.Checkpoint]:
+        return [R.parse(R.Checkpoint, c) for c in self.checkpoints(job_id)]
+
     def events(self, job_id: str) -> list[dict[str, Any]]:
         return list(self._req("GET", f"/v1/jobs/{job_id}/events"))
 

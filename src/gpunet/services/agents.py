@@ -183,7 +183,9 @@ def check_reported(db: Database, who: Principal, attempt_ids: list[str]) -> list
                 )
             ).all()
         )
-    keep = {AttemptState.ASSIGNED.value, AttemptState.RUNNING.value}
+    # a stopping attempt is still this node's: its stop and grace come with the work poll,
+    # and its finish report (a preemption's checkpoint, a cancel's exit) is still awaited
+    keep = {s.value for s in ACTIVE_ATTEMPT_STATES}
     return [a for a in attempt_ids if rows.get(a) not in keep]
 
 
@@ -202,6 +204,8 @@ def work_for(db: Database, who: Principal, max_log_bytes: int | None = None) -> 
                 )
             )
         )
+        from gpunet.services.checkpoints import latest as latest_checkpoint
+
         start: list[StartItem] = []
         stop: list[StopItem] = []
         for att, job in rows:
@@ -231,6 +235,7 @@ def work_for(db: Database, who: Principal, max_log_bytes: int | None = None) -> 
                     if workdir
                     else None,
                     max_log_bytes=max_log_bytes,
+                    checkpoint=latest_checkpoint(s, job.id),
                 )
             )
         return Work(start=start, stop=stop)

@@ -8,10 +8,12 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 from gpunet.archive import Limits
 from gpunet.services.auth import Authenticator
+from gpunet.services.checkpoint_store import CheckpointStore
 from gpunet.services.metrics import Metrics
 from gpunet.services.metrics_store import StoreCollector
 from gpunet.store.db import Database
@@ -47,6 +49,15 @@ class Settings:
     max_queued_jobs: int = 10_000  # queued + assigned jobs per account
     blob_grace_s: float = 3600.0  # unreferenced archives are kept this long
     blob_gc_interval_s: float = 300.0
+    # checkpoints (docs/checkpoints.md): where the store keeps objects (default: a
+    # ``checkpoints`` folder under GPUNET_HOME), bytes of objects per account, files per
+    # checkpoint, how long torn uploads, finished jobs' checkpoints and unused objects stay
+    checkpoint_dir: str | None = None
+    checkpoint_quota_bytes: int = 50 * 1024**3
+    checkpoint_max_files: int = 10_000
+    checkpoint_pending_s: float = 3600.0
+    checkpoint_retention_s: float = 7 * 86400.0
+    checkpoint_object_grace_s: float = 600.0
 
     def archive_limits(self) -> Limits:
         return Limits(
@@ -199,3 +210,15 @@ class Runtime:
         # per-GPU series and totals
         self.metrics.registry.register(StoreCollector(db, self.leases.energy_counters))
         self.health_seen: dict[str, str] = {}  # node -> its last health readings, as judged
+        self._checkpoints: CheckpointStore | None = None
+
+    @property
+    def checkpoints(self) -> CheckpointStore:
+        """The checkpoint store, made on first use (most coordinators' tests never need it)."""
+        if self._checkpoints is None:
+            from gpunet.config import home
+            from gpunet.services.checkpoint_store import FileCheckpointStore
+
+            root = self.settings.checkpoint_dir
+            self._checkpoints = FileCheckpointStore(Path(root) if root else home() / "checkpoints")
+        return self._checkpoints

@@ -328,3 +328,32 @@ class AccountQuota(Base):
     account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
     max_concurrent_gpus: Mapped[int | None] = mapped_column(Integer, default=None)
     monthly_spend: Mapped[Decimal | None] = mapped_column(Money(), default=None)
+
+
+class Checkpoint(Base):
+    """One upload of a job's checkpoint directory: ``pending`` until every file arrived and
+    was verified, then ``complete`` in one commit. Only complete ones are listed and restored."""
+
+    __tablename__ = "checkpoints"
+    __table_args__ = (Index("ix_checkpoints_job_state", "job_id", "state"),)
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"))
+    attempt_id: Mapped[str] = mapped_column(String(40))
+    account_id: Mapped[str] = mapped_column(String(40), index=True)
+    state: Mapped[str] = mapped_column(String(20))  # pending | complete
+    files: Mapped[int] = mapped_column(Integer)
+    size: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime]
+    completed_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class CheckpointFile(Base):
+    """One regular file of a checkpoint: its path in the directory and its content's digest
+    (the object in the checkpoint store, per account)."""
+
+    __tablename__ = "checkpoint_files"
+    checkpoint_id: Mapped[str] = mapped_column(ForeignKey("checkpoints.id"), primary_key=True)
+    path: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    digest: Mapped[str] = mapped_column(String(80), index=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    mode: Mapped[int] = mapped_column(Integer)

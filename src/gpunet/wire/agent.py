@@ -181,6 +181,9 @@ class StartItem(Answer):
     spec: dict[str, Any] = Field(description="the job's spec as it was submitted")
     workdir_size: int | None = Field(None, description="bytes of the job's archive, if any")
     max_log_bytes: int | None = Field(None, description="output kept per attempt; send no more")
+    checkpoint: CheckpointRef | None = Field(
+        None, description="the job's latest complete checkpoint: restore it before starting"
+    )
 
 
 class StopItem(Answer):
@@ -305,3 +308,45 @@ class BenchmarkScore(Answer):
     flagged: bool
     reasons: list[str]
     soak_failed: bool
+
+
+# ---- checkpoints -----------------------------------------------------------------------------
+class CheckpointFile(BaseModel):
+    """One regular file of a checkpoint directory (path relative to it, '/'-separated)."""
+
+    path: str = Field(min_length=1, max_length=1024)
+    digest: str = Field(pattern=r"^sha256:[0-9a-f]{64}$")
+    size: int = Field(ge=0, le=INT64_MAX)
+    mode: int = Field(0o644, ge=0, le=0o7777)
+
+
+class CheckpointManifest(Report):
+    """A checkpoint the agent is about to upload: every file of the directory."""
+
+    files: list[CheckpointFile] = Field(max_length=10_000)
+
+
+class CheckpointCreated(Answer):
+    """The checkpoint is pending: upload the objects it lacks, then commit."""
+
+    checkpoint_id: str
+    missing: list[str] = Field(default_factory=list, description="digests the store lacks")
+
+
+class CheckpointCommitted(Answer):
+    """The checkpoint is complete: the job's next attempt starts from it."""
+
+    checkpoint_id: str
+    files: int
+    size: int
+
+
+class CheckpointRef(Answer):
+    """A complete checkpoint to restore: its files, each fetched by digest."""
+
+    id: str
+    files: list[CheckpointFile] = Field(default_factory=list)
+
+
+StartItem.model_rebuild()
+Work.model_rebuild()

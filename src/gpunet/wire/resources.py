@@ -124,6 +124,18 @@ class JobEvent(Resource):
     actor: str = Field(description="the token (or loop) that made the change")
 
 
+class Checkpoint(Resource):
+    """A complete checkpoint of a job's $GPUNET_CHECKPOINT_DIR."""
+
+    id: str
+    job_id: str
+    attempt_id: str = Field(description="the attempt that uploaded it")
+    files: int
+    size: int = Field(description="bytes of its files")
+    created_at: Time
+    completed_at: Time | None
+
+
 class LogChunk(Resource):
     id: int = Field(description="increasing; ask for the chunks after the last one seen")
     attempt_id: str

@@ -6,6 +6,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from gpunet.core.checkpoints import SUBDIR as CHECKPOINT_SUBDIR
+
 SYSTEM_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
 
 
@@ -29,5 +31,7 @@ def job_env(
     env["GPUNET_JOB_ID"] = str(attempt["job_id"])
     env["GPUNET_ATTEMPT_ID"] = str(attempt["attempt_id"])
     env["GPUNET_ATTEMPT_NUMBER"] = str(attempt["number"])
+    # saved to the coordinator and restored into the next attempt (docs/checkpoints.md)
+    env["GPUNET_CHECKPOINT_DIR"] = f"{home}/{CHECKPOINT_SUBDIR}"
     env["PYTHONUNBUFFERED"] = "1"
     return env

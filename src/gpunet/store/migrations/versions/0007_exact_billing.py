@@ -1,14 +1,14 @@
 """Exact billing: the running time each attempt's agent measured, and why an attempt was lost
 
 Revision ID: 0007_exact_billing
-Revises: 0005_never_lose_work
+Revises: 0006_checkpoints
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0007_exact_billing"
-down_revision = "0005_never_lose_work"
+down_revision = "0006_checkpoints"
 branch_labels = None
 depends_on = None
 

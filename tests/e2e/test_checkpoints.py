@@ -1,0 +1,160 @@
+"""End to end: jobs that keep their progress in $GPUNET_CHECKPOINT_DIR survive the loss of
+their node (periodic uploads) and ask to be run again with exit 85 (upload on exit). Real
+processes, on SQLite and PostgreSQL; agents use whatever isolation the host allows."""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.procs import Network, two_agent_network, wait_for
+
+pytestmark = pytest.mark.e2e
+
+# counts steps into its checkpoint directory, one every 0.2 s, the count written atomically
+# (a temporary name, then a rename); resumes from the count it finds
+COUNTER = textwrap.dedent("""
+    import os, sys, time
+    path = os.path.join(os.environ["GPUNET_CHECKPOINT_DIR"], "count")
+    total = int(sys.argv[1])
+    n = int(open(path).read()) if os.path.exists(path) else 0
+    print(f"attempt {os.environ['GPUNET_ATTEMPT_NUMBER']} resumes at {n}", flush=True)
+    while n < total:
+        time.sleep(0.2)
+        n += 1
+        with open(path + ".tmp", "w") as f:
+            f.write(str(n))
+        os.replace(path + ".tmp", path)
+    print(f"final count {n}", flush=True)
+""")
+
+
+@pytest.fixture
+def net(tmp_path: Path, db_url: str) -> Iterator[Network]:
+    with two_agent_network(tmp_path, db_url, "1xA100-80GB", lease_timeout=3.0) as n:
+        yield n
+
+
+def _submit(net: Network, tmp_path: Path, spec: str, program: str) -> str:
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "job.py").write_text(program)
+    f = tmp_path / "job.yaml"
+    f.write_text(textwrap.dedent(spec))
+    return str(net.cli_json(net.user, "submit", str(f), "--workdir", str(work))["id"])
+
+
+def _output(net: Network, job_id: str) -> str:
+    r = net.cli(net.user, "logs", job_id)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def test_job_resumes_from_its_checkpoint_after_its_node_is_killed(
+    net: Network, tmp_path: Path
+) -> None:
+    total = 150
+    job_id = _submit(
+        net,
+        tmp_path,
+        f"""
+        name: counter
+        command: ["python3", "job.py", "{total}"]
+        checkpoint: {{interval_s: 10}}
+        max_retries: 2
+        """,
+        COUNTER,
+    )
+    wait_for(
+        lambda: net.cli_json(net.user, "jobs", "show", job_id)["state"] == "running",
+        30,
+        "the job to run",
+    )
+    saved = wait_for(
+        lambda: net.cli_json(net.user, "jobs", "checkpoints", job_id),
+        30,
+        "a periodic checkpoint",
+    )
+    assert saved[0]["files"] == 1
+    # the node that runs the attempt which saved it
+    job = net.cli_json(net.user, "jobs", "show", job_id)
+    node = next(a["node_id"] for a in job["attempts"] if a["id"] == saved[0]["attempt_id"])
+    victim = next(n for n in net.agents if net.agent_credentials(n)["node_id"] == node)
+    net.agents[victim].kill9()
+
+    done = wait_for(
+        lambda: (j := net.cli_json(net.user, "jobs", "show", job_id))["state"] == "succeeded" and j,
+        90,
+        "the job to finish on the other node",
+    )
+    assert done["attempts"][-1]["node_id"] != node, done["attempts"]
+    assert [a["state"] for a in done["attempts"]] == ["lost", "succeeded"], done["attempts"]
+    out = _output(net, job_id)
+    resumed = [int(m) for m in re.findall(r"attempt 2 resumes at (\d+)", out)]
+    assert len(resumed) == 1 and 0 < resumed[0] < total, out
+    assert re.findall(r"final count (\d+)", out) == [str(total)], out
+    assert "restored: 1 files" in out
+
+
+def test_exit_85_checkpoints_and_runs_again(net: Network, tmp_path: Path) -> None:
+    program = textwrap.dedent("""
+        import os, sys
+        path = os.path.join(os.environ["GPUNET_CHECKPOINT_DIR"], "count")
+        if not os.path.exists(path):
+            with open(path, "w") as f:
+                f.write("5")
+            print("saved 5, asking to run again", flush=True)
+            sys.exit(85)
+        print(f"continued from {open(path).read()}", flush=True)
+    """)
+    job_id = _submit(
+        net,
+        tmp_path,
+        """
+        name: again
+        command: ["python3", "job.py"]
+        max_retries: 0
+        """,
+        program,
+    )
+    done = wait_for(
+        lambda: (j := net.cli_json(net.user, "jobs", "show", job_id))["state"] == "succeeded" and j,
+        60,
+        "the job to run again and succeed",
+    )
+    assert [a["state"] for a in done["attempts"]] == ["preempted", "succeeded"]
+    assert done["retries_used"] == 0
+    out = _output(net, job_id)
+    assert "continued from 5" in out, out
+    [ck] = net.cli_json(net.user, "jobs", "checkpoints", job_id)
+    assert ck["attempt_id"] == done["attempts"][0]["id"]
+
+
+def test_a_stopped_attempt_uploads_what_it_saved_on_sigterm(net: Network, tmp_path: Path) -> None:
+    program = textwrap.dedent("""
+        import os, signal, sys, time
+        path = os.path.join(os.environ["GPUNET_CHECKPOINT_DIR"], "state")
+
+        def save_and_exit(*_):
+            with open(path + ".tmp", "w") as f:
+                f.write("saved on SIGTERM")
+            os.replace(path + ".tmp", path)
+            sys.exit(0)
+
+        signal.signal(signal.SIGTERM, save_and_exit)
+        with open(path, "w") as f:
+            f.write("running")
+        print("ready", flush=True)
+        time.sleep(120)
+    """)
+    job_id = _submit(net, tmp_path, 'name: stopped\ncommand: ["python3", "job.py"]\n', program)
+    wait_for(lambda: "ready" in _output(net, job_id), 30, "the job to start")
+    assert net.cli(net.user, "cancel", job_id).returncode == 0
+    [ck] = wait_for(
+        lambda: net.cli_json(net.user, "jobs", "checkpoints", job_id), 30, "the final upload"
+    )
+    assert ck["files"] == 1 and ck["size"] == len("saved on SIGTERM")
