@@ -34,18 +34,13 @@ from typing import Any
 
 import httpx
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from gpunet.agent import checkpoints as ac
 from gpunet.wire.agent import CheckpointRef
+from tests.e2e.procs import free_port  # noqa: E402
 
 MiB = 1024 * 1024
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def rss_kib(pid: int, field: str = "VmRSS") -> int:

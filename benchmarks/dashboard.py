@@ -25,7 +25,6 @@ import os
 import platform
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.e2e.procs import free_port  # noqa: E402
 
 TARGET_S = 1.0
 CHROMIUM = os.environ.get("GPUNET_CHROMIUM", "/usr/bin/chromium")
@@ -80,12 +83,6 @@ def tree_cpu_s(root: int) -> float:
         total += v[1] if v else 0.0
         todo.extend(children.get(pid, []))
     return total
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.contextmanager

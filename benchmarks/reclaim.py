@@ -26,19 +26,21 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.e2e.procs import free_port, wait_for  # noqa: E402
 
 T = TypeVar("T")
 
@@ -55,25 +57,6 @@ JOBS = {
         "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(600)\n"
     ),
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(fn: Callable[[], T | None], timeout: float, what: str, every: float = 0.02) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            v = fn()
-            if v:
-                return v
-        except (httpx.HTTPError, OSError, ValueError):
-            pass
-        time.sleep(every)
-    raise SystemExit(f"timed out after {timeout:g}s waiting for {what}")
 
 
 def pids_with(marker: str) -> list[int]:

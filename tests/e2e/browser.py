@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import pytest
+from tests.conftest import missing as requirement_missing
 
 CHROMIUM = os.environ.get("GPUNET_CHROMIUM", "/usr/bin/chromium")
 
@@ -29,11 +29,8 @@ def missing() -> str | None:
 
 def require_browser() -> None:
     why = missing()
-    if why is None:
-        return
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"a browser is required in CI: {why}")
-    pytest.skip(why)
+    if why is not None:
+        requirement_missing(f"a browser: {why}")
 
 
 @contextmanager
