@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -32,7 +32,14 @@ class Resources(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    gpus: int = Field(1, ge=1, le=64, description="GPUs on one node")
+    gpus: int = Field(1, ge=1, le=64, description="GPUs on each node")
+    nodes: int = Field(1, ge=1, le=64, description="nodes, started together or not at all (a gang)")
+    site: str | None = Field(
+        None,
+        min_length=1,
+        max_length=100,
+        description="run only in this site; a gang's nodes always share one",
+    )
     min_gpu_memory_gb: float = Field(0, ge=0, description="per GPU, in GB")
     gpu_models: list[str] = Field(default_factory=list, description="allowed models; empty: any")
     min_compute_capability: str | None = Field(None, description='e.g. "8.0"')
@@ -124,6 +131,10 @@ class JobSpec(BaseModel):
     interruptible: bool = Field(
         False,
         description="may be preempted by other work; pays the owner's interruptible price",
+    )
+    launcher: Literal["none", "ray"] = Field(
+        "none",
+        description="ray: start a Ray cluster on the job's nodes and run the command on its head",
     )
 
     @field_validator("image")

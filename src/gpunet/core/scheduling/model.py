@@ -97,6 +97,10 @@ class JobRequest:
     needs_runtime: bool = False  # the job names a container image: the node needs a runtime
     # may be stopped for other work (and pays the interruptible price); see admission.rank
     interruptible: bool = False
+    # A gang: node_count nodes with gpu_count GPUs each, started together or not at all,
+    # all in one site (``site`` when the job names one, else the planner's pick).
+    node_count: int = 1
+    site: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,10 +147,22 @@ class Snapshot:
 
 @dataclass(frozen=True, slots=True)
 class Placement:
+    """Where a job starts. ``node_id``/``gpu_ids`` are rank 0's; a gang (JobRequest.node_count
+    > 1) also lists every member, rank order, rank 0 first, in ``members``."""
+
     job_id: str
     node_id: str
     gpu_ids: tuple[str, ...]
     score: float = 0.0
+    members: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (node_id, gpu_ids) per rank
+
+    def ranks(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        """(node_id, gpu_ids) for each rank: the members, or the one node of a plain job."""
+        return self.members or ((self.node_id, self.gpu_ids),)
+
+    @property
+    def all_gpu_ids(self) -> tuple[str, ...]:
+        return tuple(g for _, gpus in self.ranks() for g in gpus)
 
 
 @dataclass(slots=True)
