@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 
 from gpunet.core.serving.autoscale import (
@@ -20,7 +22,9 @@ from gpunet.errors import ValidationFailed
 P = ScalingPolicy(target_inflight=3, min_replicas=1, max_replicas=10)
 
 
-def feed(policy: ScalingPolicy, state: ScalerState, pairs: list[tuple[float, int]]) -> ScalerState:
+def feed(
+    policy: ScalingPolicy, state: ScalerState, pairs: Sequence[tuple[float, int]]
+) -> ScalerState:
     for t, n in pairs:
         state = observe(policy, state, Sample(t, n))
     return state

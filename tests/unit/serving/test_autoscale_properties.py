@@ -46,7 +46,9 @@ steps = st.lists(
 
 @settings(max_examples=300, deadline=None)
 @given(policies(), steps)
-def test_decisions_keep_their_promises(policy: ScalingPolicy, trace: list) -> None:  # type: ignore[type-arg]
+def test_decisions_keep_their_promises(
+    policy: ScalingPolicy, trace: list[tuple[float, int, int, bool, str]]
+) -> None:
     t = 0.0
     state = initial_state(t, desired=policy.min_replicas)
     last_active = t  # kept here, apart from the scaler's own record
