@@ -1,7 +1,8 @@
 """A small model server for a gpunet service, with dynamic batching.
 
 The model is generated, never downloaded: a fixed random projection (seeded) of hashed word
-features, used two ways:
+features, 16,384 inputs to 1,024 outputs (64 MiB of weights, more than a CPU cache holds,
+as with real models), used two ways:
 
 * ``POST /v1/embeddings``: the projection of a text, scaled to unit length;
 * ``POST /v1/completions``: greedy generation over a made-up vocabulary (one word per output
@@ -54,7 +55,7 @@ CONTEXT_WORDS = 8  # a generated word depends on the last this many words
 class TinyModel:
     """``features``-wide hashed word counts times a ``features x dim`` ternary matrix."""
 
-    def __init__(self, features: int = 8192, dim: int = 512, seed: int = 0) -> None:
+    def __init__(self, features: int = 16384, dim: int = 1024, seed: int = 0) -> None:
         rng = np.random.default_rng(seed)
         self.features = features
         self.dim = dim
@@ -182,8 +183,8 @@ def create_app(
     batching: bool = True,
     max_batch: int = 32,
     max_wait_ms: float = 2.0,
-    features: int = 8192,
-    dim: int = 512,
+    features: int = 16384,
+    dim: int = 1024,
 ) -> FastAPI:
     state: dict[str, Any] = {}
 
@@ -220,8 +221,8 @@ def create_app(
             "data": [{"id": MODEL, "object": "model", "created": 0, "owned_by": "gpunet"}],
         }
 
-    @app.post("/v1/embeddings", response_model=None)
-    async def embeddings(req: EmbeddingRequest) -> JSONResponse | dict[str, Any]:
+    @app.post("/v1/embeddings")
+    async def embeddings(req: EmbeddingRequest) -> JSONResponse:
         if bad := unknown(req.model):
             return bad
         model: TinyModel = state["model"]
@@ -235,12 +236,15 @@ def create_app(
                 {"object": "embedding", "index": i, "embedding": (v / norm if norm else v).tolist()}
             )
         tokens = sum(len(WORD.findall(t)) for t in texts)
-        return {
-            "object": "list",
-            "data": data,
-            "model": MODEL,
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-        }
+        # a JSONResponse is serialized by json.dumps alone (no per-float encoder pass)
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": data,
+                "model": MODEL,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            }
+        )
 
     async def generate(prompt: str, max_tokens: int) -> AsyncIterator[str]:
         model: TinyModel = state["model"]
@@ -302,8 +306,8 @@ def main() -> None:
     ap.add_argument("--no-batching", action="store_true", help="run every model call alone")
     ap.add_argument("--max-batch", type=int, default=32, help="calls in one batch at most")
     ap.add_argument("--max-wait-ms", type=float, default=2.0, help="collect a batch this long")
-    ap.add_argument("--features", type=int, default=8192, help="the model's input width")
-    ap.add_argument("--dim", type=int, default=512, help="the model's output width")
+    ap.add_argument("--features", type=int, default=16384, help="the model's input width")
+    ap.add_argument("--dim", type=int, default=1024, help="the model's output width")
     a = ap.parse_args()
     app = create_app(not a.no_batching, a.max_batch, a.max_wait_ms, a.features, a.dim)
     uvicorn.run(app, host=a.host, port=a.port, log_level="warning", access_log=False)
