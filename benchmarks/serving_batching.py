@@ -176,6 +176,40 @@ def one_run(args: argparse.Namespace, concurrencies: list[int], tmp: Path) -> di
     return out
 
 
+MODEL_COST = """
+import json, sys, time
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+from server import TinyModel
+m = TinyModel()
+x = np.stack([m.features_of(f"request {i} about gpus") for i in range(32)])
+out = {}
+for b in (1, 8, 32):
+    m.project(x[:b])
+    n = max(4, 256 // b)
+    t = time.process_time()
+    for _ in range(n):
+        m.project(x[:b])
+    out[b] = (time.process_time() - t) / n / b * 1000
+print(json.dumps(out))
+"""
+
+
+def model_cost() -> dict[str, float]:
+    """CPU milliseconds per model call at batch 1, 8 and 32, the model alone (no HTTP): what
+    batching saves in the model, apart from the server's other costs and the load."""
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    r = subprocess.run(
+        [sys.executable, "-c", MODEL_COST, str(SERVER.parent)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    )
+    return {k: round(v, 3) for k, v in json.loads(r.stdout).items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--concurrency", default="1,8,32", help="comma-separated")
@@ -228,6 +262,7 @@ def main() -> None:
         "runs": args.runs,
         "medians": medians,
         "throughput_over_single": ratios,
+        "model_cpu_ms_per_call_by_batch": model_cost(),
         "per_run": runs,
     }
     if args.json:
@@ -248,6 +283,7 @@ def main() -> None:
                 f"{m['requests_per_server_cpu_s']:>9.0f}"
             )
     print("throughput over single:", ratios)
+    print("model alone, CPU ms per call by batch size:", result["model_cpu_ms_per_call_by_batch"])
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ as with real models), used two ways:
 
 * ``POST /v1/embeddings``: the projection of a text, scaled to unit length;
 * ``POST /v1/completions``: greedy generation over a made-up vocabulary (one word per output
-  dimension; the next word is the largest dimension of the last words' projection). Its text
+  dimension; the next word is the largest dimension of the last words' projection, skipping
+  words among the last four). Its text
   means nothing; it has the shape and the cost profile of a real one: one model call per
   generated token, streamed as Server-Sent Events with ``"stream": true``.
 
@@ -188,18 +189,28 @@ def create_app(
 ) -> FastAPI:
     state: dict[str, Any] = {}
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        model = TinyModel(features, dim)
+    async def load() -> None:
+        # off the event loop: the server answers (503 on /healthz) while the model loads,
+        # as a real one does for the seconds or minutes its weights take
+        model = await asyncio.to_thread(TinyModel, features, dim)
         batcher = Batcher(model, max_batch if batching else 1, max_wait_ms if batching else 0)
         batcher.start()
         state.update(model=model, batcher=batcher)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loading = asyncio.create_task(load())
         yield
-        await batcher.stop()
+        loading.cancel()
+        if "batcher" in state:
+            await state["batcher"].stop()
 
     app = FastAPI(title="gpunet example model server", lifespan=lifespan)
 
     def unknown(name: str | None) -> JSONResponse | None:
+        """An error for a model name this server does not serve, or while it loads."""
+        if "batcher" not in state:
+            return error(503, "The model is loading", "model_loading")
         if name is not None and name != MODEL:
             return error(404, f"The model {name!r} does not exist", "model_not_found")
         return None
@@ -212,7 +223,7 @@ def create_app(
 
     @app.get("/stats")
     async def stats() -> dict[str, Any]:
-        return dict(state["batcher"].stats())
+        return dict(state["batcher"].stats()) if "batcher" in state else {"loading": True}
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
