@@ -33,6 +33,8 @@ class Replica:
 
 @dataclass(frozen=True, slots=True)
 class Choice:
+    """The replica chosen for a request, and why."""
+
     replica: str
     reason: str
     affinity: bool  # whether the key's preferred replica was taken
