@@ -9,7 +9,16 @@ from typing import Annotated, Any
 import typer
 import yaml
 
-from gpunet.cli.output import Column, console, err_console, model_table, print_json, styled_state
+from gpunet.cli import formats
+from gpunet.cli.output import (
+    Column,
+    console,
+    err_console,
+    fmt,
+    model_table,
+    print_json,
+    styled_state,
+)
 from gpunet.cli.waiting import wait_until_started
 from gpunet.errors import ValidationFailed
 from gpunet.sdk.client import Client
@@ -158,11 +167,12 @@ JOB_COLUMNS: list[Column[R.JobSummary]] = [
     ("ID", lambda j: j.id),
     ("NAME", lambda j: j.name),
     ("STATE", lambda j: styled_state(j.state)),
+    ("ACCOUNT", lambda j: j.account or j.account_id),
     ("GPUS", lambda j: j.gpus),
     ("EXIT", lambda j: j.exit_code),
-    ("SUBMITTED", lambda j: j.created_at),
-    ("STARTED", lambda j: j.started_at),
-    ("ENDED", lambda j: j.finished_at),
+    ("SUBMITTED", lambda j: formats.when(j.created_at)),
+    ("STARTED", lambda j: formats.when(j.started_at)),
+    ("ENDED", lambda j: formats.when(j.finished_at)),
 ]
 
 
@@ -198,19 +208,20 @@ def jobs_show(job_id: str, json_out: JsonOpt = False) -> None:
 def show_job(job: R.Job) -> None:
     """`gpunet jobs show`: the job's fields, what it asks of its node, energy, attempts."""
     console.print(f"[bold]{job.id}[/] {job.name}  {styled_state(job.state)}")
-    fields: list[tuple[str, Any]] = [
-        ("exit_code", job.exit_code),
-        ("reason", job.reason),
-        ("node_id", job.node_id),
-        ("gpu_ids", job.gpu_ids),
-        ("created_at", job.created_at),
-        ("started_at", job.started_at),
-        ("finished_at", job.finished_at),
-        ("retries_used", job.retries_used),
-        ("max_retries", job.max_retries),
+    fields: list[tuple[str, str]] = [
+        ("account", job.account or job.account_id),
+        ("exit_code", fmt(job.exit_code)),
+        ("reason", job.reason or "-"),
+        ("node_id", fmt(job.node_id)),
+        ("gpu_ids", formats.items(job.gpu_ids)),
+        ("created_at", formats.when(job.created_at)),
+        ("started_at", formats.when(job.started_at)),
+        ("finished_at", formats.when(job.finished_at)),
+        ("retries_used", str(job.retries_used)),
+        ("max_retries", str(job.max_retries)),
     ]
     for key, value in fields:
-        console.print(f"  {key:13} {value if value not in (None, []) else '-'}")
+        console.print(f"  {key:13} {value}", markup=False, highlight=False)
     cmd = job.spec["command"]
     console.print(f"  {'command':13} {cmd if isinstance(cmd, str) else ' '.join(cmd)}")
     for line in placement_terms(job.spec):
@@ -224,9 +235,11 @@ def show_job(job: R.Job) -> None:
             ("#", lambda a: a.number),
             ("ATTEMPT", lambda a: a.id),
             ("NODE", lambda a: a.node_id),
-            ("GPUS", lambda a: a.gpu_ids),
+            ("GPUS", lambda a: formats.items(a.gpu_ids)),
             ("STATE", lambda a: a.state),
             ("EXIT", lambda a: a.exit_code),
+            ("STARTED", lambda a: formats.when(a.started_at)),
+            ("RAN", lambda a: formats.duration(a.runtime_s)),
             ("REASON", lambda a: a.reason),
         ]
         model_table(job.attempts, attempt_columns, title="attempts")
@@ -243,8 +256,8 @@ def placement_terms(spec: dict[str, Any]) -> list[str]:
     if res.get("owners"):
         out.append(f"{'owners':13} {', '.join(res['owners'])}")
     asks = [
-        f"{res['cpus']:g} CPUs" if res.get("cpus") else "",
-        f"{res['memory_gb']:g} GB memory" if res.get("memory_gb") else "",
+        f"{formats.significant(res['cpus'])} CPUs" if res.get("cpus") else "",
+        f"{formats.gb(res['memory_gb'])} memory" if res.get("memory_gb") else "",
     ]
     if any(asks):
         out.append(f"{'requests':13} {', '.join(a for a in asks if a)}")
@@ -260,7 +273,7 @@ def jobs_events(job_id: str, json_out: JsonOpt = False) -> None:
             return
         events = client.event_models(job_id)
     columns: list[Column[R.JobEvent]] = [
-        ("AT", lambda e: e.at),
+        ("AT", lambda e: formats.when(e.at)),
         ("FROM", lambda e: e.from_),
         ("TO", lambda e: e.to),
         ("REASON", lambda e: e.reason),
@@ -279,10 +292,10 @@ def jobs_checkpoints(job_id: str, json_out: JsonOpt = False) -> None:
         found = client.checkpoint_models(job_id)
     columns: list[Column[R.Checkpoint]] = [
         ("ID", lambda c: c.id),
-        ("SAVED", lambda c: c.completed_at or ""),
+        ("SAVED", lambda c: formats.when(c.completed_at)),
         ("ATTEMPT", lambda c: c.attempt_id),
         ("FILES", lambda c: str(c.files)),
-        ("BYTES", lambda c: str(c.size)),
+        ("SIZE", lambda c: formats.size(c.size)),
     ]
     model_table(found, columns)
 
