@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import shlex
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 import yaml
+from rich.text import Text
 
 from gpunet.cli import formats
 from gpunet.cli.output import (
@@ -47,11 +50,74 @@ def load_spec_file(path: Path) -> dict[str, Any]:
     return data
 
 
+def files_referred(spec: dict[str, Any], folder: Path) -> list[str]:
+    """The arguments of the spec's command that name files in ``folder`` (e.g. ``train.py``
+    next to the YAML): the job needs that folder as its working directory."""
+    cmd = spec.get("command")
+    try:
+        args = shlex.split(cmd) if isinstance(cmd, str) else [str(a) for a in cmd or []]
+    except ValueError:  # an unbalanced quote: the coordinator names that error
+        return []
+    found = []
+    for arg in args:
+        if not arg or arg.startswith("-") or os.path.isabs(arg):
+            continue
+        try:
+            if (folder / arg).is_file():
+                found.append(arg)
+        except OSError:  # a name too long for the filesystem is no file of the folder
+            continue
+    return found
+
+
 def _stream_logs(client: Client, job_id: str) -> None:
     for chunk in client.follow_logs(job_id):
         out = sys.stderr if chunk["stream"] == "stderr" else sys.stdout
         out.write(chunk["data"])
         out.flush()
+
+
+def _follow(client: Client, job_id: str, *, say_where: bool = False) -> None:
+    """Wait for the job, stream its logs, exit with its result; Ctrl-C asks what to do."""
+    try:
+        wait_until_started(client, job_id)
+        if say_where:
+            j = client.job(job_id)
+            if j.get("node_id"):
+                where = f"{j['node_id']} GPUs {formats.items(j['gpu_ids'])}"
+                err_console.print(f"{job_id} running on {where}", markup=False, highlight=False)
+        _stream_logs(client, job_id)
+    except KeyboardInterrupt:
+        interrupted(job_id, interactive=sys.stdin.isatty())
+    _finish(client, job_id)
+
+
+def interrupted(job_id: str, *, interactive: bool) -> NoReturn:
+    """Ctrl-C while following a job: the job runs on (and bills) unless it is cancelled.
+
+    On a terminal, ask: 'y' or a second Ctrl-C cancels it, anything else detaches. Without a
+    terminal nobody can answer: say how to reattach and how to cancel, and exit 130.
+    """
+    say = err_console.print
+    if interactive:
+        try:
+            answer = err_console.input(Text(f"\ncancel job {job_id}? [y/N] "))
+        except KeyboardInterrupt:
+            answer = "y"
+            say("")
+        except EOFError:
+            answer = ""
+        if answer.strip().lower() in {"y", "yes"}:
+            with Client() as client:
+                job = client.cancel(job_id)
+            say(f"{job_id}: {styled_state(job['state'])}")
+            raise typer.Exit(130)
+    else:
+        say("")
+    say(f"{job_id} keeps running, detached from it.", markup=False, highlight=False)
+    say(f"  reattach: gpunet logs -f {job_id}", markup=False, highlight=False)
+    say(f"  cancel:   gpunet cancel {job_id}", markup=False, highlight=False)
+    raise typer.Exit(130)
 
 
 def _finish(client: Client, job_id: str) -> None:
@@ -72,8 +138,17 @@ def submit(
     follow: Annotated[bool, typer.Option("--follow", "-f", help="stream logs until done")] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Submit a job from a YAML spec."""
+    """Submit a job from a YAML spec. Without --workdir, a command that names files next to
+    the YAML (e.g. `python3 train.py`) gets the YAML's folder as its working directory."""
     spec = load_spec_file(file)
+    if workdir is None and files_referred(spec, file.parent):
+        workdir = file.parent
+        err_console.print(
+            f"uploading the folder of {file.name} as the working directory "
+            "(--workdir to choose another)",
+            markup=False,
+            highlight=False,
+        )
     with Client() as client:
         job = client.submit(spec, workdir=workdir)
         if json_out:
@@ -83,9 +158,7 @@ def submit(
                 f"submitted [bold]{job['id']}[/] ({job['name']}): {styled_state(job['state'])}"
             )
         if follow:
-            wait_until_started(client, job["id"])
-            _stream_logs(client, job["id"])
-            _finish(client, job["id"])
+            _follow(client, job["id"])
 
 
 def run(
@@ -155,12 +228,7 @@ def run(
         if detach:
             console.print(job_id)
             return
-        wait_until_started(client, job_id)
-        j = client.job(job_id)
-        if j.get("node_id"):
-            err_console.print(f"{job_id} running on {j['node_id']} GPUs {','.join(j['gpu_ids'])}")
-        _stream_logs(client, job_id)
-        _finish(client, job_id)
+        _follow(client, job_id, say_where=True)
 
 
 JOB_COLUMNS: list[Column[R.JobSummary]] = [
