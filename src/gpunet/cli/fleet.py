@@ -7,20 +7,24 @@ from typing import Annotated
 import typer
 
 from gpunet.cli import formats
-from gpunet.cli.output import Column, model_table, print_json
+from gpunet.cli.output import Column, model_table, print_ids, print_json
 from gpunet.sdk.client import Client
 from gpunet.wire import resources as R
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="print only the ids, one a line")]
 
 
-def nodes(json_out: JsonOpt = False) -> None:
+def nodes(json_out: JsonOpt = False, quiet: QuietOpt = False) -> None:
     """The nodes of the network."""
     with Client() as client:
         if json_out:
             print_json(client.nodes())
             return
         rows = client.node_models()
+    if quiet:
+        print_ids(n.id for n in rows)
+        return
     model_table(rows, NODE_COLUMNS)
 
 

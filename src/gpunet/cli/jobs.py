@@ -19,6 +19,7 @@ from gpunet.cli.output import (
     err_console,
     fmt,
     model_table,
+    print_ids,
     print_json,
     styled_state,
 )
@@ -32,6 +33,7 @@ jobs_app = typer.Typer(
 )
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="print only the ids, one a line")]
 
 
 def load_spec_file(path: Path) -> dict[str, Any]:
@@ -250,6 +252,7 @@ def jobs_list(
     state: Annotated[str | None, typer.Option(help="only jobs in this state")] = None,
     limit: Annotated[int, typer.Option(help="at most this many")] = 50,
     json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """List your jobs (newest first)."""
     if ctx.invoked_subcommand:
@@ -259,6 +262,9 @@ def jobs_list(
             print_json(client.jobs(state, limit))
             return
         jobs = client.job_models(state, limit)
+    if quiet:
+        print_ids(j.id for j in jobs)
+        return
     model_table(jobs, JOB_COLUMNS)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -22,6 +22,12 @@ Column = tuple[str, Callable[[M], Any]]
 
 def print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, default=str))
+
+
+def print_ids(ids: Iterable[str]) -> None:
+    """``--quiet``: one id a line, for ``$(...)`` in a shell."""
+    for i in ids:
+        print(i)
 
 
 # a column of a table of dicts: (key, header), or (key, header, how its value is written)
