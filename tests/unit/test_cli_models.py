@@ -13,7 +13,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from gpunet.cli import fleet, jobs, market, output
+from gpunet.cli import fleet, gpus, jobs, market, output
 from gpunet.cli.main import app
 from gpunet.sdk.client import Client
 from gpunet.wire import resources as R
@@ -180,6 +180,16 @@ ANSWERS: dict[str, Any] = {
     "/v1/gpus": [GPU],
     "/v1/offers": [OFFER],
     "/v1/balance": BALANCE,
+    "/v1/energy": [
+        {
+            "account": "alice",
+            "account_id": "acct-2",
+            **{k: v for k, v in JOB["energy"].items() if k != "gpus"},
+            "gpus": [
+                {"gpu_id": "node-1/0", **{k: v for k, v in JOB["energy"].items() if k != "gpus"}}
+            ],
+        }
+    ],
 }
 
 
@@ -202,7 +212,7 @@ def _coordinator(answers: dict[str, Any]) -> Callable[[], Client]:
 def answers(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """The CLI talks to a coordinator answering as this client knows it, or with added keys."""
     out = ANSWERS if request.param == "current" else {k: _newer(v) for k, v in ANSWERS.items()}
-    for module in (jobs, fleet, market):
+    for module in (jobs, fleet, market, gpus):
         monkeypatch.setattr(module, "Client", _coordinator(out))
     monkeypatch.setattr(output.console, "width", 250)  # every column fits: no wrapping
     return out
@@ -404,3 +414,11 @@ def test_a_view_renders_from_a_parsed_model(capsys: pytest.CaptureFixture[str]) 
     assert out.splitlines()[0] == "job-1 train  failed"
     assert "  exit_code     3" in out.splitlines()
     assert "added_later" not in out
+
+
+@pytest.mark.usefixtures("answers")
+def test_energy_names_the_owner() -> None:
+    rows = _table(_cli("gpus", "energy"))
+    assert rows[1] == ["alice", "1 kWh GPU, 1.5 kWh facility (PUE 1.5), 0.3 kg CO2e, cost 0.225"]
+    assert rows[2][0] == "node-1/0"
+    assert "acct-2" not in str(rows)
