@@ -98,6 +98,10 @@ def _validate(doc: dict[str, Any], method: str, path: str, status: str, body: An
     TypeAdapter(list[want[0]] if isinstance(want, list) else want).validate_python(body)  # type: ignore[valid-type]
 
 
+def bal_id(co: Coordinator, token: str) -> str:
+    return str(_get(co, token, "/v1/balance")["account_id"])
+
+
 def _get(co: Coordinator, token: str, path: str, **params: Any) -> Any:
     r = co.c.get(path, params=params, headers=auth(token))
     assert r.status_code == 200, r.text
@@ -131,7 +135,7 @@ def test_real_answers_are_what_the_services_build(db_url: str) -> None:
         shown = _get(co, consumer, f"/v1/jobs/{job['id']}")
         _validate(doc, "get", "/v1/jobs/{job_id}", "200", shown)
         row, attempts = jobs_svc.get_job(co.db, who, job["id"])
-        built = jobs_svc.job_dict(row, attempts)
+        built = jobs_svc.job_dict(row, attempts, account="alice")  # the route joins the name
         built["energy"] = job_energy(co.db, [a.id for a in attempts])
         assert shown == built  # every key the service builds, with the same values
         assert shown["state"] == "succeeded" and shown["attempts"][0]["node_id"] == node.id
@@ -155,6 +159,12 @@ def test_real_answers_are_what_the_services_build(db_url: str) -> None:
         answered = _get(co, co.admin, "/v1/gpus")
         _validate(doc, "get", "/v1/gpus", "200", answered)
         assert answered == gpus and answered[0]["price_per_hour"] == "2.000000"
+        assert answered[0]["owner"] == "owner"  # listings name accounts, not ids
+        listed = _get(co, consumer, "/v1/jobs")
+        _validate(doc, "get", "/v1/jobs", "200", listed)
+        assert [j["account"] for j in listed] == ["alice"] and shown["account"] == "alice"
+        me = _get(co, consumer, "/v1/whoami")
+        assert me["account"] == "alice" and me["account_id"] == bal_id(co, consumer)
 
         offers = _get(co, consumer, "/v1/offers")
         _validate(doc, "get", "/v1/offers", "200", offers)

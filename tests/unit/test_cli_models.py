@@ -4,14 +4,16 @@ what an answer holds, skip keys a newer coordinator adds, and ``--json`` stays t
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import re
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import pytest
 from typer.testing import CliRunner
 
-from gpunet.cli import fleet, jobs, market, output
+from gpunet.cli import fleet, gpus, jobs, market, output
 from gpunet.cli.main import app
 from gpunet.sdk.client import Client
 from gpunet.wire import resources as R
@@ -35,6 +37,7 @@ SUMMARY = {
     "name": "train",
     "state": "succeeded",
     "account_id": "acct-1",
+    "account": "bob",
     "priority": 0,
     "gpus": 1,
     "exit_code": 0,
@@ -116,6 +119,7 @@ GPU = {
     "healthy": True,
     "drained": False,
     "busy": True,
+    "owner": "alice",
     "attempt_id": None,
     "utilization_pct": 93.0,
     "memory_used_mb": 41000.0,
@@ -176,6 +180,16 @@ ANSWERS: dict[str, Any] = {
     "/v1/gpus": [GPU],
     "/v1/offers": [OFFER],
     "/v1/balance": BALANCE,
+    "/v1/energy": [
+        {
+            "account": "alice",
+            "account_id": "acct-2",
+            **{k: v for k, v in JOB["energy"].items() if k != "gpus"},
+            "gpus": [
+                {"gpu_id": "node-1/0", **{k: v for k, v in JOB["energy"].items() if k != "gpus"}}
+            ],
+        }
+    ],
 }
 
 
@@ -198,10 +212,22 @@ def _coordinator(answers: dict[str, Any]) -> Callable[[], Client]:
 def answers(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """The CLI talks to a coordinator answering as this client knows it, or with added keys."""
     out = ANSWERS if request.param == "current" else {k: _newer(v) for k, v in ANSWERS.items()}
-    for module in (jobs, fleet, market):
+    for module in (jobs, fleet, market, gpus):
         monkeypatch.setattr(module, "Client", _coordinator(out))
     monkeypatch.setattr(output.console, "width", 250)  # every column fits: no wrapping
     return out
+
+
+@pytest.fixture(autouse=True)
+def _local_zone(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Tables print local time with its zone: one hour east of UTC here (a POSIX rule, so no
+    time zone database is needed)."""
+    monkeypatch.setenv("TZ", "CET-1")
+    monkeypatch.delenv("GPUNET_UTC", raising=False)
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
 
 
 def _cli(*args: str) -> str:
@@ -222,16 +248,34 @@ def _table(out: str) -> list[list[str]]:
 @pytest.mark.usefixtures("answers")
 def test_jobs_table() -> None:
     header, row = _table(_cli("jobs"))
-    assert header == ["ID", "NAME", "STATE", "GPUS", "EXIT", "SUBMITTED", "STARTED", "ENDED"]
+    assert header == [
+        "ID",
+        "NAME",
+        "STATE",
+        "ACCOUNT",
+        "GPUS",
+        "EXIT",
+        "SUBMITTED",
+        "STARTED",
+        "ENDED",
+    ]
     assert row == [
         "job-1",
         "train",
         "succeeded",
+        "bob",
         "1",
         "0",
-        "2026-01-01 00:00:00",
-        "2026-01-01 00:00:00",
-        "2026-01-01 00:01:00",
+        "2026-01-01 01:00:00 CET",
+        "2026-01-01 01:00:00 CET",
+        "2026-01-01 01:01:00 CET",
+    ]
+    # --utc (or GPUNET_UTC=1) prints the same instants in UTC, saying so
+    header, row = _table(_cli("--utc", "jobs"))
+    assert row[6:] == [
+        "2026-01-01 00:00:00 UTC",
+        "2026-01-01 00:00:00 UTC",
+        "2026-01-01 00:01:00 UTC",
     ]
 
 
@@ -240,20 +284,52 @@ def test_jobs_show() -> None:
     out = _cli("jobs", "show", "job-1")
     lines = out.splitlines()
     assert lines[0] == "job-1 train  succeeded"
-    assert "  reason        " in lines and "  node_id       -" in lines
+    assert "  account       bob" in lines
+    assert "  reason        -" in lines and "  node_id       -" in lines
     assert "  gpu_ids       -" in lines and "  max_retries   2" in lines
+    assert "  started_at    2026-01-01 01:00:00 CET" in lines
     assert "  command       python train.py" in lines
     assert "  energy        1 kWh GPU, 1.5 kWh facility (PUE 1.5), 0.3 kg CO2e, cost 0.225" in lines
     header, row = _table(out)
-    assert header == ["#", "ATTEMPT", "NODE", "GPUS", "STATE", "EXIT", "REASON"]
-    assert row == ["1", "att-1", "node-1", "node-1/0", "succeeded", "0", "exited"]
+    assert header == ["#", "ATTEMPT", "NODE", "GPUS", "STATE", "EXIT", "STARTED", "RAN", "REASON"]
+    assert row == [
+        "1",
+        "att-1",
+        "node-1",
+        "node-1/0",
+        "succeeded",
+        "0",
+        "2026-01-01 01:00:00 CET",
+        "-",
+        "exited",
+    ]
+
+
+@pytest.mark.usefixtures("answers")
+def test_jobs_show_prints_no_python_list_and_no_exponent() -> None:
+    """Every number in `jobs show` has its kind's format: no ``['a']`` and no ``2e-06``."""
+    tiny = JOB | {
+        "gpu_ids": ["node-1/0", "node-1/1"],
+        "node_id": "node-1",
+        "energy": JOB["energy"] | {"gpu_kwh": 2e-06, "facility_kwh": 3e-06, "co2e_kg": 1e-06},
+        "spec": JOB["spec"] | {"resources": {"gpus": 2, "cpus": 8.0, "memory_gb": 64.0}},
+    }
+    job = R.parse(R.Job, tiny)
+    with output.console.capture() as cap:
+        jobs.show_job(job)
+    out = cap.get()
+    assert "[" not in out and "]" not in out, out
+    assert not re.search(r"\d[eE][-+]?\d", out), out
+    assert "  gpu_ids       node-1/0, node-1/1" in out.splitlines()
+    assert "0.000002 kWh GPU" in out and "0.000001 kg CO2e" in out
+    assert "8 CPUs, 64 GB memory" in out
 
 
 @pytest.mark.usefixtures("answers")
 def test_jobs_events_and_why() -> None:
     header, first, second = _table(_cli("jobs", "events", "job-1"))
     assert header == ["AT", "FROM", "TO", "REASON", "BY"]
-    assert first == ["2026-01-01 00:00:00", "-", "queued", "submitted", "tok-1"]
+    assert first == ["2026-01-01 01:00:00 CET", "-", "queued", "submitted", "tok-1"]
     assert second[1:3] == ["queued", "assigned"]
     assert _cli("jobs", "why", "job-2").splitlines() == [
         "job-2 (queued): 0 of 4 GPUs fit",
@@ -275,13 +351,22 @@ def test_nodes_gpus_offers_balance() -> None:
         "OWNER": "alice",
         "ISOLATION": "container",
         "RUNTIMES": "podman",
-        "RELIABILITY": "1.0",
+        "RELIABILITY": "97.0%",
         "SIMULATED": "yes",
-        "LAST HEARTBEAT": "2026-01-01 00:01:00",
+        "LAST HEARTBEAT": "2026-01-01 01:01:00 CET",
     }
     header, row = _table(_cli("gpus"))
-    assert header == ["GPU", "MODEL", "STATE", "UTIL %", "MEMORY", "TEMP C", "POWER W", "SIMULATED"]
-    assert row == ["node-1/0", "A100-80GB", "busy", "93.0", "41.0/80 GB", "61.0", "250.0", "yes"]
+    assert dict(zip(header, row, strict=True)) == {
+        "GPU": "node-1/0",
+        "MODEL": "A100-80GB",
+        "STATE": "busy",
+        "OWNER": "alice",
+        "UTIL": "93.0%",
+        "MEMORY": "41 GB of 80 GB",
+        "TEMP C": "61",
+        "POWER W": "250",
+        "SIMULATED": "yes",
+    }
     out = _cli("offers")
     assert "1 offer(s)" in out
     header, row = _table(out)
@@ -289,8 +374,8 @@ def test_nodes_gpus_offers_balance() -> None:
         "GPU": "node-1/0",
         "MODEL": "A100-80GB",
         "MEMORY": "80 GB",
-        "PRICE/H": "free",
-        "RELIABILITY": "0.97",
+        "PRICE": "free",
+        "RELIABILITY": "96.6%",
         "TIER": "training",
         "SITE": "eu-west",
         "OWNER": "alice",
@@ -299,7 +384,7 @@ def test_nodes_gpus_offers_balance() -> None:
         "STATE": "idle",
     }
     assert _cli("balance").splitlines() == [
-        "bob: balance 98.500000, held 1.500000",
+        "bob: balance 98.50, held 1.50",
         "  quota: 4 GPUs at once, no cap on spend per month",
     ]
 
@@ -329,3 +414,11 @@ def test_a_view_renders_from_a_parsed_model(capsys: pytest.CaptureFixture[str]) 
     assert out.splitlines()[0] == "job-1 train  failed"
     assert "  exit_code     3" in out.splitlines()
     assert "added_later" not in out
+
+
+@pytest.mark.usefixtures("answers")
+def test_energy_names_the_owner() -> None:
+    rows = _table(_cli("gpus", "energy"))
+    assert rows[1] == ["alice", "1 kWh GPU, 1.5 kWh facility (PUE 1.5), 0.3 kg CO2e, cost 0.225"]
+    assert rows[2][0] == "node-1/0"
+    assert "acct-2" not in str(rows)

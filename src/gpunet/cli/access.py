@@ -7,7 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
-from gpunet.cli.output import console, print_json, table
+from gpunet.cli import formats
+from gpunet.cli.output import DictColumn, console, print_json, table
 from gpunet.config import ClientConfig
 from gpunet.sdk.client import Client
 
@@ -19,17 +20,17 @@ accounts_app = typer.Typer(
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
 
-TOKEN_COLUMNS = [
+TOKEN_COLUMNS: list[DictColumn] = [
     ("id", "ID"),
     ("role", "ROLE"),
     ("account", "ACCOUNT"),
     ("name", "NAME"),
     ("state", "STATE"),
-    ("created_at", "CREATED"),
-    ("expires_at", "EXPIRES"),
+    ("created_at", "CREATED", formats.when),
+    ("expires_at", "EXPIRES", formats.when),
     ("uses_left", "USES LEFT"),
-    ("last_used_at", "LAST USED"),
-    ("revoked_at", "REVOKED"),
+    ("last_used_at", "LAST USED", formats.when),
+    ("revoked_at", "REVOKED", formats.when),
 ]
 
 
@@ -100,10 +101,10 @@ def accounts(ctx: typer.Context, json_out: JsonOpt = False) -> None:
         [
             ("name", "ACCOUNT"),
             ("id", "ID"),
-            ("roles", "ROLES"),
+            ("roles", "ROLES", formats.items),
             ("tokens", "LIVE TOKENS"),
             ("nodes", "NODES"),
-            ("created_at", "CREATED"),
+            ("created_at", "CREATED", formats.when),
         ],
     )
 
@@ -135,4 +136,5 @@ def login(
     with Client(url, token, ca_file=ca) as client:
         me = client.whoami()
     path = ClientConfig(url.rstrip("/"), token, ca).save()
-    console.print(f"logged in to {url} as {me['role']} (account {me['account_id']}); saved {path}")
+    acct = me.get("account") or me["account_id"]
+    console.print(f"logged in to {url} as {me['role']} (account {acct}); saved {path}")

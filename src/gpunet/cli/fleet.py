@@ -6,20 +6,25 @@ from typing import Annotated
 
 import typer
 
-from gpunet.cli.output import Column, model_table, print_json
+from gpunet.cli import formats
+from gpunet.cli.output import Column, model_table, print_ids, print_json
 from gpunet.sdk.client import Client
 from gpunet.wire import resources as R
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="print only the ids, one a line")]
 
 
-def nodes(json_out: JsonOpt = False) -> None:
+def nodes(json_out: JsonOpt = False, quiet: QuietOpt = False) -> None:
     """The nodes of the network."""
     with Client() as client:
         if json_out:
             print_json(client.nodes())
             return
         rows = client.node_models()
+    if quiet:
+        print_ids(n.id for n in rows)
+        return
     model_table(rows, NODE_COLUMNS)
 
 
@@ -29,13 +34,13 @@ NODE_COLUMNS: list[Column[R.Node]] = [
     ("STATUS", lambda n: n.status),
     ("GPUS", lambda n: n.gpus),
     ("BUSY", lambda n: n.gpus_busy),
-    ("MODELS", lambda n: n.gpu_models),
-    ("OWNER", lambda n: n.owner),
+    ("MODELS", lambda n: formats.items(n.gpu_models)),
+    ("OWNER", lambda n: n.owner or n.account_id),
     ("ISOLATION", lambda n: n.isolation),
-    ("RUNTIMES", lambda n: n.runtimes),
-    ("RELIABILITY", lambda n: n.reliability),
+    ("RUNTIMES", lambda n: formats.items(n.runtimes)),
+    ("RELIABILITY", lambda n: formats.fraction(n.reliability)),
     ("SIMULATED", lambda n: n.simulated),
-    ("LAST HEARTBEAT", lambda n: n.last_heartbeat_at),
+    ("LAST HEARTBEAT", lambda n: formats.when(n.last_heartbeat_at)),
 ]
 
 
@@ -65,9 +70,15 @@ GPU_COLUMNS: list[Column[R.Gpu]] = [
     ("GPU", lambda g: g.id),
     ("MODEL", lambda g: g.model),
     ("STATE", gpu_state),
-    ("UTIL %", lambda g: g.utilization_pct),
-    ("MEMORY", lambda g: f"{(g.memory_used_mb or 0) / 1000:.1f}/{g.memory_mb / 1000:.0f} GB"),
-    ("TEMP C", lambda g: g.temperature_c),
-    ("POWER W", lambda g: g.power_w),
+    ("OWNER", lambda g: g.owner),
+    ("UTIL", lambda g: formats.percent(g.utilization_pct)),
+    (
+        "MEMORY",
+        lambda g: (
+            f"{formats.gb((g.memory_used_mb or 0) / 1000)} of {formats.gb(g.memory_mb / 1000)}"
+        ),
+    ),
+    ("TEMP C", lambda g: formats.number(g.temperature_c, 0)),
+    ("POWER W", lambda g: formats.number(g.power_w, 0)),
     ("SIMULATED", lambda g: g.simulated),
 ]

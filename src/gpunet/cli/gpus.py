@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from gpunet.cli import fleet
+from gpunet.cli import fleet, formats
 from gpunet.cli.output import console, fmt, print_json, table
 from gpunet.sdk.client import Client
 from gpunet.wire import resources as R
@@ -81,8 +81,8 @@ def show(gpu_id: GpuArg, json_out: JsonOpt = False) -> None:
         ("state", g["lifecycle_state"]),
         ("tier", g["tier"]),
         ("health", g["health_status"]),
-        ("first seen", g["first_seen"]),
-        ("busy", f"{g['busy_s']:.0f} s over {len(g['attempts'])} attempt(s)"),
+        ("first seen", formats.when(g["first_seen"])),
+        ("busy", f"{formats.duration(g['busy_s'])} over {len(g['attempts'])} attempt(s)"),
     ]
     for k, v in rows:
         console.print(f"  {k:11} {fmt(v)}")
@@ -91,15 +91,16 @@ def show(gpu_id: GpuArg, json_out: JsonOpt = False) -> None:
     if g.get("tco"):
         t = g["tco"]
         console.print(
-            f"  {'cost':11} {t['cost_per_hour']}/h, per useful GPU-hour "
-            f"{t['cost_per_useful_hour']}, rent {t['rent_per_hour']}/h: {t['recommendation']}"
+            f"  {'cost':11} {formats.per_hour(t['cost_per_hour'])}, per useful GPU-hour "
+            f"{formats.credits(t['cost_per_useful_hour'])}, "
+            f"rent {formats.per_hour(t['rent_per_hour'])}: {t['recommendation']}"
         )
     for r in g["health_reasons"]:
         console.print(f"  {'':11} [red]{r}[/]")
     table(
         g["events"],
         [
-            ("at", "AT"),
+            ("at", "AT", formats.when),
             ("kind", "KIND"),
             ("from", "FROM"),
             ("to", "TO"),
@@ -114,10 +115,10 @@ def show(gpu_id: GpuArg, json_out: JsonOpt = False) -> None:
         table(
             g["benchmarks"],
             [
-                ("at", "AT"),
+                ("at", "AT", formats.when),
                 ("kind", "KIND"),
-                ("score_pct", "SCORE %"),
-                ("drift_pp", "DRIFT pp"),
+                ("score_pct", "SCORE", formats.percent),
+                ("drift_pp", "DRIFT pp", lambda v: formats.number(v, 1)),
                 ("flagged", "FLAGGED"),
                 ("note", "NOTE"),
             ],
@@ -130,8 +131,8 @@ def show(gpu_id: GpuArg, json_out: JsonOpt = False) -> None:
                 ("attempt_id", "ATTEMPT"),
                 ("job_id", "JOB"),
                 ("state", "STATE"),
-                ("started_at", "STARTED"),
-                ("seconds", "SECONDS"),
+                ("started_at", "STARTED", formats.when),
+                ("seconds", "RAN", formats.duration),
                 ("reason", "REASON"),
             ],
             title="work",
@@ -162,9 +163,9 @@ def tiers(
         [
             ("gpu_id", "GPU"),
             ("model", "MODEL"),
-            ("score_pct", "SCORE %"),
-            ("fleet_percentile", "FLEET PCTL"),
-            ("drift_pp", "DRIFT pp"),
+            ("score_pct", "SCORE", formats.percent),
+            ("fleet_percentile", "FLEET PCTL", lambda v: formats.number(v, 0)),
+            ("drift_pp", "DRIFT pp", lambda v: formats.number(v, 1)),
             ("current", "TIER"),
             ("proposed", "PROPOSED"),
             ("why", "REASONS"),
@@ -177,10 +178,10 @@ def energy_line(e: R.EnergySummary | dict[str, Any]) -> str:
     """'0.42 kWh GPU, 0.66 kWh facility (PUE 1.58), 0.31 kg CO2e, cost 0.08'."""
     if isinstance(e, dict):
         e = R.parse(R.EnergySummary, e)
-    pue = f" (PUE {e.pue:g})" if e.pue is not None else ""
+    pue = f" (PUE {formats.significant(e.pue)})" if e.pue is not None else ""
     return (
-        f"{e.gpu_kwh:.4g} kWh GPU, {e.facility_kwh:.4g} kWh facility{pue}, "
-        f"{e.co2e_kg:.4g} kg CO2e, cost {e.cost:.4g}"
+        f"{formats.kwh(e.gpu_kwh)} GPU, {formats.kwh(e.facility_kwh)} facility{pue}, "
+        f"{formats.co2e(e.co2e_kg)}, cost {formats.credits(e.cost)}"
     )
 
 
@@ -194,7 +195,8 @@ def energy(json_out: JsonOpt = False) -> None:
         return
     flat = []
     for o in rows:
-        flat.append({"who": o["account_id"], "line": energy_line(o)})
+        who = o.get("account") or o["account_id"]
+        flat.append({"who": who, "line": energy_line(o)})
         flat += [{"who": f"  {g['gpu_id']}", "line": energy_line(g)} for g in o["gpus"]]
     table(flat, [("who", "OWNER / GPU"), ("line", "ENERGY")], title="energy")
 

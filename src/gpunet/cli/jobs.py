@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import os
+import shlex
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 import yaml
+from rich.text import Text
 
-from gpunet.cli.output import Column, console, err_console, model_table, print_json, styled_state
+from gpunet.cli import formats
+from gpunet.cli.output import (
+    Column,
+    console,
+    err_console,
+    fmt,
+    model_table,
+    print_ids,
+    print_json,
+    styled_state,
+)
 from gpunet.cli.waiting import wait_until_started
 from gpunet.errors import ValidationFailed
 from gpunet.sdk.client import Client
@@ -20,6 +33,7 @@ jobs_app = typer.Typer(
 )
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="print only the ids, one a line")]
 
 
 def load_spec_file(path: Path) -> dict[str, Any]:
@@ -38,11 +52,74 @@ def load_spec_file(path: Path) -> dict[str, Any]:
     return data
 
 
+def files_referred(spec: dict[str, Any], folder: Path) -> list[str]:
+    """The arguments of the spec's command that name files in ``folder`` (e.g. ``train.py``
+    next to the YAML): the job needs that folder as its working directory."""
+    cmd = spec.get("command")
+    try:
+        args = shlex.split(cmd) if isinstance(cmd, str) else [str(a) for a in cmd or []]
+    except ValueError:  # an unbalanced quote: the coordinator names that error
+        return []
+    found = []
+    for arg in args:
+        if not arg or arg.startswith("-") or os.path.isabs(arg):
+            continue
+        try:
+            if (folder / arg).is_file():
+                found.append(arg)
+        except OSError:  # a name too long for the filesystem is no file of the folder
+            continue
+    return found
+
+
 def _stream_logs(client: Client, job_id: str) -> None:
     for chunk in client.follow_logs(job_id):
         out = sys.stderr if chunk["stream"] == "stderr" else sys.stdout
         out.write(chunk["data"])
         out.flush()
+
+
+def _follow(client: Client, job_id: str, *, say_where: bool = False) -> None:
+    """Wait for the job, stream its logs, exit with its result; Ctrl-C asks what to do."""
+    try:
+        wait_until_started(client, job_id)
+        if say_where:
+            j = client.job(job_id)
+            if j.get("node_id"):
+                where = f"{j['node_id']} GPUs {formats.items(j['gpu_ids'])}"
+                err_console.print(f"{job_id} running on {where}", markup=False, highlight=False)
+        _stream_logs(client, job_id)
+    except KeyboardInterrupt:
+        interrupted(job_id, interactive=sys.stdin.isatty())
+    _finish(client, job_id)
+
+
+def interrupted(job_id: str, *, interactive: bool) -> NoReturn:
+    """Ctrl-C while following a job: the job runs on (and bills) unless it is cancelled.
+
+    On a terminal, ask: 'y' or a second Ctrl-C cancels it, anything else detaches. Without a
+    terminal nobody can answer: say how to reattach and how to cancel, and exit 130.
+    """
+    say = err_console.print
+    if interactive:
+        try:
+            answer = err_console.input(Text(f"\ncancel job {job_id}? [y/N] "))
+        except KeyboardInterrupt:
+            answer = "y"
+            say("")
+        except EOFError:
+            answer = ""
+        if answer.strip().lower() in {"y", "yes"}:
+            with Client() as client:
+                job = client.cancel(job_id)
+            say(f"{job_id}: {styled_state(job['state'])}")
+            raise typer.Exit(130)
+    else:
+        say("")
+    say(f"{job_id} keeps running, detached from it.", markup=False, highlight=False)
+    say(f"  reattach: gpunet logs -f {job_id}", markup=False, highlight=False)
+    say(f"  cancel:   gpunet cancel {job_id}", markup=False, highlight=False)
+    raise typer.Exit(130)
 
 
 def _finish(client: Client, job_id: str) -> None:
@@ -63,8 +140,17 @@ def submit(
     follow: Annotated[bool, typer.Option("--follow", "-f", help="stream logs until done")] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Submit a job from a YAML spec."""
+    """Submit a job from a YAML spec. Without --workdir, a command that names files next to
+    the YAML (e.g. `python3 train.py`) gets the YAML's folder as its working directory."""
     spec = load_spec_file(file)
+    if workdir is None and files_referred(spec, file.parent):
+        workdir = file.parent
+        err_console.print(
+            f"uploading the folder of {file.name} as the working directory "
+            "(--workdir to choose another)",
+            markup=False,
+            highlight=False,
+        )
     with Client() as client:
         job = client.submit(spec, workdir=workdir)
         if json_out:
@@ -74,9 +160,7 @@ def submit(
                 f"submitted [bold]{job['id']}[/] ({job['name']}): {styled_state(job['state'])}"
             )
         if follow:
-            wait_until_started(client, job["id"])
-            _stream_logs(client, job["id"])
-            _finish(client, job["id"])
+            _follow(client, job["id"])
 
 
 def run(
@@ -146,23 +230,19 @@ def run(
         if detach:
             console.print(job_id)
             return
-        wait_until_started(client, job_id)
-        j = client.job(job_id)
-        if j.get("node_id"):
-            err_console.print(f"{job_id} running on {j['node_id']} GPUs {','.join(j['gpu_ids'])}")
-        _stream_logs(client, job_id)
-        _finish(client, job_id)
+        _follow(client, job_id, say_where=True)
 
 
 JOB_COLUMNS: list[Column[R.JobSummary]] = [
     ("ID", lambda j: j.id),
     ("NAME", lambda j: j.name),
     ("STATE", lambda j: styled_state(j.state)),
+    ("ACCOUNT", lambda j: j.account or j.account_id),
     ("GPUS", lambda j: j.gpus),
     ("EXIT", lambda j: j.exit_code),
-    ("SUBMITTED", lambda j: j.created_at),
-    ("STARTED", lambda j: j.started_at),
-    ("ENDED", lambda j: j.finished_at),
+    ("SUBMITTED", lambda j: formats.when(j.created_at)),
+    ("STARTED", lambda j: formats.when(j.started_at)),
+    ("ENDED", lambda j: formats.when(j.finished_at)),
 ]
 
 
@@ -172,6 +252,7 @@ def jobs_list(
     state: Annotated[str | None, typer.Option(help="only jobs in this state")] = None,
     limit: Annotated[int, typer.Option(help="at most this many")] = 50,
     json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """List your jobs (newest first)."""
     if ctx.invoked_subcommand:
@@ -181,6 +262,9 @@ def jobs_list(
             print_json(client.jobs(state, limit))
             return
         jobs = client.job_models(state, limit)
+    if quiet:
+        print_ids(j.id for j in jobs)
+        return
     model_table(jobs, JOB_COLUMNS)
 
 
@@ -198,19 +282,20 @@ def jobs_show(job_id: str, json_out: JsonOpt = False) -> None:
 def show_job(job: R.Job) -> None:
     """`gpunet jobs show`: the job's fields, what it asks of its node, energy, attempts."""
     console.print(f"[bold]{job.id}[/] {job.name}  {styled_state(job.state)}")
-    fields: list[tuple[str, Any]] = [
-        ("exit_code", job.exit_code),
-        ("reason", job.reason),
-        ("node_id", job.node_id),
-        ("gpu_ids", job.gpu_ids),
-        ("created_at", job.created_at),
-        ("started_at", job.started_at),
-        ("finished_at", job.finished_at),
-        ("retries_used", job.retries_used),
-        ("max_retries", job.max_retries),
+    fields: list[tuple[str, str]] = [
+        ("account", job.account or job.account_id),
+        ("exit_code", fmt(job.exit_code)),
+        ("reason", job.reason or "-"),
+        ("node_id", fmt(job.node_id)),
+        ("gpu_ids", formats.items(job.gpu_ids)),
+        ("created_at", formats.when(job.created_at)),
+        ("started_at", formats.when(job.started_at)),
+        ("finished_at", formats.when(job.finished_at)),
+        ("retries_used", str(job.retries_used)),
+        ("max_retries", str(job.max_retries)),
     ]
     for key, value in fields:
-        console.print(f"  {key:13} {value if value not in (None, []) else '-'}")
+        console.print(f"  {key:13} {value}", markup=False, highlight=False)
     cmd = job.spec["command"]
     console.print(f"  {'command':13} {cmd if isinstance(cmd, str) else ' '.join(cmd)}")
     for line in placement_terms(job.spec):
@@ -224,9 +309,11 @@ def show_job(job: R.Job) -> None:
             ("#", lambda a: a.number),
             ("ATTEMPT", lambda a: a.id),
             ("NODE", lambda a: a.node_id),
-            ("GPUS", lambda a: a.gpu_ids),
+            ("GPUS", lambda a: formats.items(a.gpu_ids)),
             ("STATE", lambda a: a.state),
             ("EXIT", lambda a: a.exit_code),
+            ("STARTED", lambda a: formats.when(a.started_at)),
+            ("RAN", lambda a: formats.duration(a.runtime_s)),
             ("REASON", lambda a: a.reason),
         ]
         model_table(job.attempts, attempt_columns, title="attempts")
@@ -243,8 +330,8 @@ def placement_terms(spec: dict[str, Any]) -> list[str]:
     if res.get("owners"):
         out.append(f"{'owners':13} {', '.join(res['owners'])}")
     asks = [
-        f"{res['cpus']:g} CPUs" if res.get("cpus") else "",
-        f"{res['memory_gb']:g} GB memory" if res.get("memory_gb") else "",
+        f"{formats.significant(res['cpus'])} CPUs" if res.get("cpus") else "",
+        f"{formats.gb(res['memory_gb'])} memory" if res.get("memory_gb") else "",
     ]
     if any(asks):
         out.append(f"{'requests':13} {', '.join(a for a in asks if a)}")
@@ -260,7 +347,7 @@ def jobs_events(job_id: str, json_out: JsonOpt = False) -> None:
             return
         events = client.event_models(job_id)
     columns: list[Column[R.JobEvent]] = [
-        ("AT", lambda e: e.at),
+        ("AT", lambda e: formats.when(e.at)),
         ("FROM", lambda e: e.from_),
         ("TO", lambda e: e.to),
         ("REASON", lambda e: e.reason),
@@ -279,10 +366,10 @@ def jobs_checkpoints(job_id: str, json_out: JsonOpt = False) -> None:
         found = client.checkpoint_models(job_id)
     columns: list[Column[R.Checkpoint]] = [
         ("ID", lambda c: c.id),
-        ("SAVED", lambda c: c.completed_at or ""),
+        ("SAVED", lambda c: formats.when(c.completed_at)),
         ("ATTEMPT", lambda c: c.attempt_id),
         ("FILES", lambda c: str(c.files)),
-        ("BYTES", lambda c: str(c.size)),
+        ("SIZE", lambda c: formats.size(c.size)),
     ]
     model_table(found, columns)
 

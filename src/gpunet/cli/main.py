@@ -11,7 +11,7 @@ import click
 import typer
 
 from gpunet import __version__
-from gpunet.cli import access, fleet, gpus, jobs, market, report, serve, sim, status
+from gpunet.cli import access, fleet, formats, gpus, jobs, market, report, serve, sim, status
 from gpunet.cli.output import err_console
 from gpunet.errors import GpunetError
 
@@ -71,7 +71,16 @@ def _options(
             "(also GPUNET_CA_FILE, or saved by `gpunet login`)",
         ),
     ] = None,
+    utc: Annotated[
+        bool,
+        typer.Option(
+            "--utc",
+            help="print timestamps in UTC instead of local time (also GPUNET_UTC=1)",
+        ),
+    ] = False,
 ) -> None:
+    if utc:
+        os.environ[formats.UTC_ENV] = "1"  # read by every timestamp the commands print
     if ca_file is not None:
         # every command builds its Client from the environment: this reaches them all
         os.environ["GPUNET_CA_FILE"] = str(ca_file.expanduser())

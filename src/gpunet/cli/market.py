@@ -8,7 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
-from gpunet.cli.output import Column, console, model_table, print_json, table
+from gpunet.cli import formats
+from gpunet.cli.output import Column, DictColumn, console, model_table, print_json, table
 from gpunet.errors import ValidationFailed
 from gpunet.sdk.client import Client
 from gpunet.wire import resources as R
@@ -51,8 +52,8 @@ def price_set(
         [
             ("gpu_id", "GPU"),
             ("model", "MODEL"),
-            ("price_per_hour", "PRICE/H"),
-            ("min_interruptible_price", "MIN INTERRUPTIBLE/H"),
+            ("price_per_hour", "PRICE", formats.per_hour),
+            ("min_interruptible_price", "MIN INTERRUPTIBLE", formats.per_hour),
         ],
     )
 
@@ -69,8 +70,10 @@ def price_suggest(
     if json_out:
         print_json(res)
         return
-    console.print(f"{res['gpu_id']} ({res['model']}): {res['suggested_price']}/h")
-    console.print(f"  {res['explanation']}; energy cost {res['energy_cost_per_hour']}/h")
+    console.print(f"{res['gpu_id']} ({res['model']}): {formats.per_hour(res['suggested_price'])}")
+    console.print(
+        f"  {res['explanation']}; energy cost {formats.per_hour(res['energy_cost_per_hour'])}"
+    )
 
 
 @credits_app.command("grant")
@@ -86,7 +89,7 @@ def credits_grant(
     if json_out:
         print_json(res)
     else:
-        console.print(f"{account}: balance {res['balance']}")
+        console.print(f"{account}: balance {formats.credits(res['balance'])}")
 
 
 def balance(account: AccountOpt = None, json_out: JsonOpt = False) -> None:
@@ -96,11 +99,13 @@ def balance(account: AccountOpt = None, json_out: JsonOpt = False) -> None:
             print_json(client.balance(account))
             return
         res = client.balance_model(account)
-    console.print(f"{res.account}: balance {res.balance}, held {res.held}")
+    console.print(
+        f"{res.account}: balance {formats.credits(res.balance)}, held {formats.credits(res.held)}"
+    )
     if res.max_concurrent_gpus is not None or res.monthly_spend is not None:
+        monthly = "no cap on" if res.monthly_spend is None else formats.credits(res.monthly_spend)
         console.print(
-            f"  quota: {res.max_concurrent_gpus or 'any'} GPUs at once, "
-            f"{res.monthly_spend or 'no cap on'} spend per month"
+            f"  quota: {res.max_concurrent_gpus or 'any'} GPUs at once, {monthly} spend per month"
         )
 
 
@@ -117,7 +122,8 @@ def quota_set(
     if json_out:
         print_json(res)
     else:
-        console.print(f"{account}: {gpus or 'any'} GPUs at once, {monthly or 'no cap'} a month")
+        cap = "no cap" if monthly is None else formats.credits(monthly)
+        console.print(f"{account}: {gpus or 'any'} GPUs at once, {cap} a month")
 
 
 @ledger_app.command("verify")
@@ -151,7 +157,7 @@ def _one_format(json_out: bool, csv_out: bool) -> None:
 def _statement(
     res: dict[str, Any],
     rows_key: str,
-    columns: list[tuple[str, str]],
+    columns: list[DictColumn],
     title: str,
     json_out: bool,
     csv_out: bool,
@@ -160,7 +166,7 @@ def _statement(
     if json_out:
         print_json(res)
     elif csv_out:
-        _csv(res[rows_key], [key for key, _ in columns])
+        _csv(res[rows_key], [c[0] for c in columns])
     else:
         table(res[rows_key], columns, title=title)
 
@@ -172,14 +178,14 @@ def earnings(
     _one_format(json_out, csv_out)
     with Client() as client:
         res = client.earnings(account)
-    columns = [
+    columns: list[DictColumn] = [
         ("gpu_id", "GPU"),
-        ("hours_sold", "HOURS SOLD"),
-        ("revenue", "REVENUE"),
-        ("energy_cost", "ENERGY COST"),
-        ("margin", "MARGIN"),
+        ("hours_sold", "SOLD", formats.hours),
+        ("revenue", "REVENUE", formats.credits),
+        ("energy_cost", "ENERGY COST", formats.credits),
+        ("margin", "MARGIN", formats.credits),
     ]
-    title = f"earnings of {res['account']}: {res['total_revenue']}"
+    title = f"earnings of {res['account']}: {formats.credits(res['total_revenue'])}"
     _statement(res, "gpus", columns, title, json_out, csv_out)
 
 
@@ -188,16 +194,16 @@ def spend(account: AccountOpt = None, json_out: JsonOpt = False, csv_out: CsvOpt
     _one_format(json_out, csv_out)
     with Client() as client:
         res = client.spend(account)
-    columns = [
+    columns: list[DictColumn] = [
         ("job_id", "JOB"),
         ("attempts", "ATTEMPTS"),
         ("refunded_attempts", "REFUNDED"),
-        ("gpu_seconds", "GPU-SECONDS"),
-        ("charged", "CHARGED"),
+        ("gpu_seconds", "GPU TIME", formats.duration),
+        ("charged", "CHARGED", formats.credits),
     ]
     title = (
-        f"spend of {res['account']}: {res['total_charged']} "
-        f"(balance {res['balance']}, held {res['held']})"
+        f"spend of {res['account']}: {formats.credits(res['total_charged'])} "
+        f"(balance {formats.credits(res['balance'])}, held {formats.credits(res['held'])})"
     )
     _statement(res, "jobs", columns, title, json_out, csv_out)
 
@@ -231,14 +237,14 @@ def offers(
 OFFER_COLUMNS: list[Column[R.Offer]] = [
     ("GPU", lambda o: o.gpu_id),
     ("MODEL", lambda o: o.model),
-    ("MEMORY", lambda o: f"{o.memory_gb:g} GB"),
-    ("PRICE/H", lambda o: o.price_per_hour or "free"),
-    ("RELIABILITY", lambda o: "-" if o.reliability is None else f"{o.reliability:.2f}"),
+    ("MEMORY", lambda o: formats.gb(o.memory_gb)),
+    ("PRICE", lambda o: formats.per_hour(o.price_per_hour)),
+    ("RELIABILITY", lambda o: formats.fraction(o.reliability)),
     ("TIER", lambda o: o.tier),
     ("SITE", lambda o: o.site),
     ("OWNER", lambda o: o.owner),
     ("ISOLATION", lambda o: o.isolation),
-    ("RUNTIMES", lambda o: o.runtimes),
+    ("RUNTIMES", lambda o: formats.items(o.runtimes)),
     ("STATE", lambda o: o.state),
 ]
 
@@ -252,8 +258,13 @@ def reputation(
     if json_out:
         print_json(res)
         return
-    console.print(f"node {res['node_id']}: reputation {res['score']:.2f}")
+    console.print(f"node {res['node_id']}: reputation {formats.fraction(res['score'])}")
     table(
         res["components"],
-        [("name", "COMPONENT"), ("value", "VALUE"), ("weight", "WEIGHT"), ("explanation", "WHY")],
+        [
+            ("name", "COMPONENT"),
+            ("value", "VALUE", formats.fraction),
+            ("weight", "WEIGHT", formats.fraction),
+            ("explanation", "WHY"),
+        ],
     )

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+from decimal import Decimal
 from typing import Any, TypeVar
 
 from rich.console import Console
 from rich.table import Table
+
+from gpunet.cli import formats
 
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
@@ -20,11 +24,25 @@ def print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, default=str))
 
 
+def print_ids(ids: Iterable[str]) -> None:
+    """``--quiet``: one id a line, for ``$(...)`` in a shell."""
+    for i in ids:
+        print(i)
+
+
+# a column of a table of dicts: (key, header), or (key, header, how its value is written)
+DictColumn = tuple[str, str] | tuple[str, str, Callable[[Any], str]]
+
+
 def table(
-    rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]], title: str | None = None
+    rows: Sequence[dict[str, Any]], columns: Sequence[DictColumn], title: str | None = None
 ) -> None:
+    """A table of dicts; a column's third element, when given, formats its values (see
+    ``gpunet.cli.formats``)."""
     _print_table(
-        [header for _, header in columns], [[r.get(key) for key, _ in columns] for r in rows], title
+        [c[1] for c in columns],
+        [[c[2](r.get(c[0])) if len(c) == 3 else r.get(c[0]) for c in columns] for r in rows],
+        title,
     )
 
 
@@ -46,18 +64,23 @@ def _print_table(headers: Sequence[str], cells: Sequence[Sequence[Any]], title: 
 
 
 def fmt(v: Any) -> str:
+    """A cell or value nobody formatted on purpose: a float to one decimal place, a list as
+    ``a, b``, an ISO timestamp in local time with its zone (the rules of ``formats``)."""
     if v is None:
         return "-"
     if isinstance(v, bool):
         return "yes" if v else "no"
     if isinstance(v, float):
-        return f"{v:.1f}"
-    if isinstance(v, list):
-        return ",".join(str(x) for x in v) or "-"
+        return formats.number(v, 1)
+    if isinstance(v, Decimal):  # the wire's decimals are amounts of credits
+        return formats.credits(v)
+    if isinstance(v, list | tuple):
+        return formats.items(v)
+    if isinstance(v, datetime):
+        return formats.when(v)
     s = str(v)
-    # ISO timestamps: seconds are enough in a table
-    if len(s) > 19 and s[4:5] == "-" and s[10:11] == "T":
-        return s[:19].replace("T", " ")
+    if formats.looks_like_time(s):
+        return formats.when(s)
     return s
 
 

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from gpunet.cli import formats
 from gpunet.cli.output import console, print_json, table
 from gpunet.sdk.client import Client
 
@@ -34,12 +35,12 @@ def tco(
         [
             ("gpu_id", "GPU"),
             ("model", "MODEL"),
-            ("capital_per_hour", "CAPITAL/h"),
-            ("energy_per_hour", "ENERGY/h"),
-            ("space_per_hour", "SPACE/h"),
-            ("utilization", "UTIL"),
-            ("cost_per_useful_hour", "PER USEFUL h"),
-            ("rent_per_hour", "RENT/h"),
+            ("capital_per_hour", "CAPITAL", formats.per_hour),
+            ("energy_per_hour", "ENERGY", formats.per_hour),
+            ("space_per_hour", "SPACE", formats.per_hour),
+            ("utilization", "UTIL", formats.fraction),
+            ("cost_per_useful_hour", "PER USEFUL h", formats.credits),
+            ("rent_per_hour", "RENT", formats.per_hour),
             ("recommendation", "RECOMMEND"),
         ],
         title="cost of ownership (USD)",
@@ -50,8 +51,9 @@ def tco(
             console.print(f"    {line}")
     f = rep["fleet"]
     console.print(
-        f"fleet: {f['gpus']} GPUs, {f['cost_per_hour']}/h, utilization {f['utilization']:.0%}, "
-        f"per useful GPU-hour {f['cost_per_useful_hour']}"
+        f"fleet: {f['gpus']} GPUs, {formats.per_hour(f['cost_per_hour'])}, "
+        f"utilization {formats.fraction(f['utilization'])}, "
+        f"per useful GPU-hour {formats.credits(f['cost_per_useful_hour'])}"
     )
     if png is not None:
         console.print(f"plot written to {png}")

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from gpunet.cli import formats
 from gpunet.errors import GpunetError, ValidationFailed
 from gpunet.sdk.client import Client
 from gpunet.sim import (
@@ -122,7 +123,9 @@ def _run_one(
 
 
 def _fmt_h(seconds: object) -> str:
-    return "-" if not isinstance(seconds, float) or math.isnan(seconds) else f"{seconds / 3600:.2f}"
+    if not isinstance(seconds, float) or math.isnan(seconds):
+        return "-"
+    return formats.significant(seconds / 3600)
 
 
 def _table(rows: list[dict[str, float | int | str]]) -> Table:
@@ -149,9 +152,9 @@ def _table(rows: list[dict[str, float | int | str]]) -> Table:
             _fmt_h(m["p99_jct_s"]),
             _fmt_h(m["floor_avg_jct_s"]),
             _fmt_h(m["makespan_s"]),
-            f"{float(m['utilization']):.3f}",
+            formats.fraction(m["utilization"]),
             str(m["preemptions"]),
-            f"{float(m['decision_time_s']) * 1000:.3f}",
+            formats.significant(float(m["decision_time_s"]) * 1000),
         )
     return t
 
@@ -310,7 +313,7 @@ def throughputs(
         t.add_row(
             str(r["class"]),
             str(r["model"]),
-            f"{float(r['steps_per_second']):.4g}",
+            formats.significant(r["steps_per_second"], 4),
             str(r["source"]),
         )
     out.print(t)

@@ -7,8 +7,9 @@ from typing import Annotated, Any
 
 import typer
 
+from gpunet.cli import formats
 from gpunet.cli.fleet import gpu_state
-from gpunet.cli.output import console, fmt, print_json
+from gpunet.cli.output import console, print_json
 from gpunet.errors import Forbidden
 from gpunet.sdk.client import Client
 from gpunet.wire import resources as R
@@ -37,7 +38,10 @@ def status(json_out: JsonOpt = False) -> None:
     console.print(f"coordinator {summary['coordinator']} (gpunet {summary['version']})")
     console.print(f"signed in as {summary['account']} ({summary['role']})")
     if balance is not None:
-        console.print(f"balance {fmt(balance.balance)} credits, {fmt(balance.held)} held")
+        console.print(
+            f"balance {formats.credits(balance.balance)} credits, "
+            f"{formats.credits(balance.held)} held"
+        )
     by_state = Counter(j.state.value for j in jobs)
     console.print(
         "your jobs: " + ", ".join(f"{by_state.get(s, 0)} {s}" for s in ACTIVE)
@@ -69,7 +73,9 @@ def _summary(
     return {
         "coordinator": url,
         "version": health.get("version"),
-        "account": balance.account if balance is not None else who["account_id"],
+        "account": balance.account
+        if balance is not None
+        else who.get("account") or who["account_id"],
         "role": who["role"],
         "balance": None if balance is None else str(balance.balance),
         "held": None if balance is None else str(balance.held),

@@ -27,6 +27,17 @@ def account_by_name(s: Session, name: str, field: str = "account") -> Account:
     return acct
 
 
+def account_names(db: Database, ids: set[str] | None = None) -> dict[str, str]:
+    """Account names by id (of ``ids`` only, when given): one query for a whole listing."""
+    q = select(Account.id, Account.name)
+    if ids is not None:
+        if not ids:
+            return {}
+        q = q.where(Account.id.in_(ids))
+    with db.sessions() as s:
+        return {aid: name for aid, name in s.execute(q)}
+
+
 def create_account(db: Database, who: Principal, name: str) -> dict[str, Any]:
     who.require(Role.ADMIN)
     name = name.strip()

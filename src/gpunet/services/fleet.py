@@ -251,9 +251,13 @@ def gpu_dict(g: Gpu, holder: str | None = None) -> dict[str, Any]:
 
 
 def list_gpus(s: Session) -> list[dict[str, Any]]:
+    """Every GPU, with the name of its node's owner (listings show names, not ids)."""
     busy = busy_gpu_ids(s)
+    q = select(Node.id, Account.name).join(Account, Account.id == Node.account_id)
+    owners: dict[str, str] = {node_id: name for node_id, name in s.execute(q)}
     return [
-        gpu_dict(g, busy.get(g.id)) for g in s.scalars(select(Gpu).order_by(Gpu.node_id, Gpu.index))
+        gpu_dict(g, busy.get(g.id)) | {"owner": owners.get(g.node_id)}
+        for g in s.scalars(select(Gpu).order_by(Gpu.node_id, Gpu.index))
     ]
 
 

@@ -327,7 +327,10 @@ def _check_quota(s: Session, account_id: str, size: int, quota: int) -> None:
         )
 
 
-def job_dict(job: Job, attempts: list[Attempt] | None = None) -> dict[str, Any]:
+def job_dict(
+    job: Job, attempts: list[Attempt] | None = None, account: str | None = None
+) -> dict[str, Any]:
+    """A job as the wire shows it; ``account``: its account's name, when the caller read it."""
     from gpunet.util import iso
 
     d: dict[str, Any] = {
@@ -335,6 +338,7 @@ def job_dict(job: Job, attempts: list[Attempt] | None = None) -> dict[str, Any]:
         "name": job.name,
         "state": job.state,
         "account_id": job.account_id,
+        "account": account,
         "priority": job.priority,
         "gpus": job.gpu_count,
         "exit_code": job.exit_code,

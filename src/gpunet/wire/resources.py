@@ -59,6 +59,7 @@ class JobSummary(Resource):
     name: str
     state: JobState
     account_id: str
+    account: str | None = Field(None, description="the account's name")
     priority: int
     gpus: int = Field(description="how many GPUs the job asks for")
     exit_code: int | None
@@ -223,6 +224,7 @@ class Gpu(Resource):
     drained: bool
     busy: bool
     owner_busy: bool = Field(False, description="its owner is using it: it takes no tenant work")
+    owner: str | None = Field(None, description="the name of the account owning its node")
     attempt_id: str | None = Field(description="the attempt holding it (shown to admins only)")
     utilization_pct: float | None
     memory_used_mb: float | None
@@ -239,6 +241,7 @@ class Gpu(Resource):
 class Whoami(Resource):
     role: Role
     account_id: str
+    account: str | None = Field(None, description="the account's name")
     node_id: str | None = Field(description="an agent token's node")
 
 

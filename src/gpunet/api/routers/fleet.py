@@ -8,6 +8,7 @@ from fastapi import APIRouter
 
 from gpunet import wire
 from gpunet.api.deps import Rt, Who
+from gpunet.services.accounts import account_names
 from gpunet.services.auth import Role
 from gpunet.services.fleet import list_gpus, list_nodes
 from gpunet.wire import resources as R
@@ -38,5 +39,10 @@ def gpus(rt: Rt, who: Who) -> list[dict[str, Any]]:
 
 
 @router.get("/whoami", response_model=R.Whoami)
-def whoami(who: Who) -> dict[str, Any]:
-    return {"role": who.role.value, "account_id": who.account_id, "node_id": who.node_id}
+def whoami(rt: Rt, who: Who) -> dict[str, Any]:
+    return {
+        "role": who.role.value,
+        "account_id": who.account_id,
+        "account": account_names(rt.db, {who.account_id}).get(who.account_id),
+        "node_id": who.node_id,
+    }

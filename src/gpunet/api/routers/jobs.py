@@ -12,8 +12,10 @@ from gpunet.api.deps import Rt, Who
 from gpunet.core.jobspec import JobSpec, parse_spec
 from gpunet.loops import metering
 from gpunet.services import jobs as svc
+from gpunet.services.accounts import account_names
 from gpunet.services.energy import job_energy
 from gpunet.services.scheduling import why
+from gpunet.store.tables import Attempt, Job
 from gpunet.util import iso
 from gpunet.wire import INT32_MAX
 from gpunet.wire import resources as R
@@ -44,7 +46,13 @@ async def submit(
         )
     )
     rt.wakeups.wake_scheduler()
-    return svc.job_dict(job)
+    return _with_account(rt, job)
+
+
+def _with_account(rt: Rt, job: Job, attempts: list[Attempt] | None = None) -> dict[str, Any]:
+    """The job's answer with its account's name (listings show names, not ids)."""
+    names = account_names(rt.db, {job.account_id})
+    return svc.job_dict(job, attempts, account=names.get(job.account_id))
 
 
 @router.get("/jobs", response_model=list[R.JobSummary])
@@ -54,14 +62,16 @@ def list_jobs(
     state: str | None = Query(None, max_length=20),
     limit: int = Query(100, ge=1, le=1000),
 ) -> list[dict[str, Any]]:
-    return [svc.job_dict(j) for j in svc.list_jobs(rt.db, who, state, limit)]
+    jobs = svc.list_jobs(rt.db, who, state, limit)
+    names = account_names(rt.db, {j.account_id for j in jobs})
+    return [svc.job_dict(j, account=names.get(j.account_id)) for j in jobs]
 
 
 # the energy summary names its site factors only when there is one site
 @router.get("/jobs/{job_id}", response_model=R.Job, response_model_exclude_unset=True)
 def show(rt: Rt, who: Who, job_id: str) -> dict[str, Any]:
     job, attempts = svc.get_job(rt.db, who, job_id)
-    out = svc.job_dict(job, attempts)
+    out = _with_account(rt, job, attempts)
     out["energy"] = job_energy(rt.db, [a.id for a in attempts])
     return out
 
@@ -101,7 +111,7 @@ def cancel(rt: Rt, who: Who, job_id: str) -> dict[str, Any]:
     job, wake = svc.cancel(rt.db, who, job_id)
     rt.wakeups.wake_nodes(wake)
     rt.wakeups.wake_scheduler()
-    return svc.job_dict(job)
+    return _with_account(rt, job)
 
 
 # a job that is not queued answers without the placement analysis

@@ -11,6 +11,7 @@ from gpunet import wire
 from gpunet.api.deps import Rt, Who
 from gpunet.services import energy, tco, tiers
 from gpunet.services import lifecycle as svc
+from gpunet.services.accounts import account_names
 from gpunet.services.auth import Role
 from gpunet.wire.agent import BenchmarkReport, BenchmarkScore
 
@@ -77,7 +78,9 @@ energy_router = APIRouter(prefix="/v1/energy", tags=["gpus"], responses=wire.AUT
 @energy_router.get("")
 def energy_by_owner(rt: Rt, who: Who) -> list[dict[str, Any]]:
     """GPU and facility energy, CO2e and cost per owner and per GPU (providers: their own)."""
-    return energy.by_owner(rt.db, who)
+    rows = energy.by_owner(rt.db, who)
+    names = account_names(rt.db, {r["account_id"] for r in rows})
+    return [{"account": names.get(r["account_id"]), **r} for r in rows]
 
 
 economics_router = APIRouter(prefix="/v1", tags=["gpus"], responses=wire.AUTHENTICATED)
