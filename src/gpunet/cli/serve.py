@@ -31,6 +31,7 @@ from gpunet.errors import GpunetError, ValidationFailed
 from gpunet.services.auth import ADMIN_ACCOUNT, Authenticator, Role, bootstrap_admin, issue_token
 from gpunet.services.runtime import Runtime, Settings
 from gpunet.store.db import Database
+from gpunet.store.lockfile import hold_sqlite_lock
 from gpunet.tls import check_server_pair, client_context, is_loopback
 
 DEFAULT_SIMULATED = "2xA100-80GB"
@@ -241,6 +242,7 @@ def _write_admin_token(token: str) -> Path:
 
 
 def _prepare(database_url: str) -> tuple[Database, str | None]:
+    hold_sqlite_lock(database_url)  # a second coordinator on one SQLite file is refused
     db = Database(database_url)
     db.migrate()
     _restrict_sqlite(database_url)
