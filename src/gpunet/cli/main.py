@@ -71,7 +71,17 @@ def _options(
             "(also GPUNET_CA_FILE, or saved by `gpunet login`)",
         ),
     ] = None,
+    coordinator: Annotated[
+        str | None,
+        typer.Option(
+            "--coordinator",
+            help="coordinator URL, or several replicas' URL1,URL2 tried in turn "
+            "(also GPUNET_URL; default: the one saved by `gpunet login`)",
+        ),
+    ] = None,
 ) -> None:
+    if coordinator:
+        os.environ["GPUNET_URL"] = coordinator
     if ca_file is not None:
         # every command builds its Client from the environment: this reaches them all
         os.environ["GPUNET_CA_FILE"] = str(ca_file.expanduser())

@@ -442,7 +442,9 @@ def site_labels(
 
 
 def agent(
-    coordinator: Annotated[str, typer.Option(help="coordinator URL")],
+    coordinator: Annotated[
+        str, typer.Option(help="coordinator URL, or several replicas' URL1,URL2 (fail-over)")
+    ],
     join_token: Annotated[str | None, typer.Option(help="provider join token (first run)")] = None,
     simulate: Annotated[
         str | None,
