@@ -399,6 +399,7 @@ def server(
         max_queued_jobs=max_queued_jobs,
         checkpoint_dir=str(checkpoint_dir or home() / "checkpoints"),
         checkpoint_quota_bytes=checkpoint_quota_bytes,
+        replica=f"{socket.gethostname()}:{port}",  # its name among replicas (docs/replicas.md)
     )
     scheme = "https" if tls else "http"
     console.print(f"gpunet coordinator on {scheme}://{host}:{port} ({db.engine.dialect.name})")
