@@ -93,6 +93,24 @@ def _proc_cpu_s(pid: int) -> float | None:
         return None
 
 
+def _db_backends(db_name: str) -> dict[int, float]:
+    """CPU seconds of each PostgreSQL backend serving ``db_name`` on this machine (its
+    process title names the database), so the database's own cost can be told apart."""
+    out: dict[int, float] = {}
+    if not db_name:
+        return out
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            title = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
+            if title.startswith(b"postgres:") and f" {db_name} ".encode() in title + b" ":
+                cpu = _proc_cpu_s(int(entry))
+                if cpu is not None:
+                    out[int(entry)] = cpu
+    return out
+
+
 def _machine_busy() -> tuple[float, float] | None:
     """(busy jiffies, total jiffies) over all cores, from /proc/stat."""
     try:
@@ -107,8 +125,9 @@ class CpuMeter:
     """CPU used by the coordinator and by this load generator between start() and stop(),
     as a percentage of one core; and the whole machine's busy share."""
 
-    def __init__(self, server_pid: int | list[int]) -> None:
+    def __init__(self, server_pid: int | list[int], db_name: str = "") -> None:
         self.server_pids = server_pid if isinstance(server_pid, list) else [server_pid]
+        self.db_name = db_name  # PostgreSQL: also count its backends for this database
 
     def _srv(self) -> float | None:
         times = [_proc_cpu_s(p) for p in self.server_pids]
@@ -117,18 +136,25 @@ class CpuMeter:
     def start(self) -> None:
         self.t = time.perf_counter()
         self.srv = self._srv()
+        self.db = _db_backends(self.db_name)
         self.me = time.process_time()
         self.mach = _machine_busy()
 
     def stop(self) -> dict[str, float | None]:
         dt = time.perf_counter() - self.t
         srv = self._srv()
+        db = _db_backends(self.db_name)
         mach = _machine_busy()
         out: dict[str, float | None] = {
             "server_cpu_pct": None
             if srv is None or self.srv is None
             else round(100 * (srv - self.srv) / dt, 1),
             "loadgen_cpu_pct": round(100 * (time.process_time() - self.me) / dt, 1),
+            "server_cpu_s": None if srv is None or self.srv is None else round(srv - self.srv, 3),
+            "database_cpu_s": round(sum(c - self.db.get(p, 0.0) for p, c in db.items()), 3)
+            if self.db_name
+            else None,
+            "phase_s": round(dt, 2),
             "machine_busy_pct": None,
             "other_cpu_pct": None,
         }
@@ -792,7 +818,8 @@ async def run_once(args: argparse.Namespace, db_url: str, workdir: Path) -> dict
         reg_s = await fleet.register(join["token"])
         fleet.start()
         await asyncio.sleep(min(2.0, args.heartbeat_interval))  # long-polls parked
-        meter = CpuMeter([c.pid for c in replicas])
+        db_name = "" if db_url.startswith("sqlite") else urlsplit(db_url).path.lstrip("/")
+        meter = CpuMeter([c.pid for c in replicas], db_name)
         prof: dict[str, Any] | None = None
         async with (
             Profiler(coord.pid, workdir / "latency.prof")
@@ -876,6 +903,16 @@ def report(args: argparse.Namespace, runs: list[dict[str, Any]], version: str) -
         "heartbeat_phase_machine_busy_pct": _median([x["machine_busy_pct"] for x in hb]),
         "heartbeat_phase_other_cpu_pct": _median([x.get("other_cpu_pct") for x in hb]),
         "latency_phase_server_cpu_pct": _median([r["latency"]["server_cpu_pct"] for r in runs]),
+        # costs for the capacity model (docs/replicas.md): CPU per job placed and run (submit,
+        # pass, work poll, started, finished, with the fleet's heartbeats meanwhile), and the
+        # database's CPU per job and per heartbeat (PostgreSQL only)
+        "server_cpu_ms_per_job": _median([_per(r["latency"], "server_cpu_s", 1e3) for r in runs]),
+        "database_cpu_ms_per_job": _median(
+            [_per(r["latency"], "database_cpu_s", 1e3) for r in runs]
+        ),
+        "database_cpu_us_per_heartbeat": _median(
+            [_per(r["heartbeats"], "database_cpu_s", 1e6, count="accepted") for r in runs]
+        ),
     }
     targets = {
         "submit_to_assignment_p50_ms": {
@@ -917,6 +954,11 @@ def report(args: argparse.Namespace, runs: list[dict[str, Any]], version: str) -
         "limits": limits(med, os.cpu_count() or 1),
         "runs": runs,
     }
+
+
+def _per(phase: dict[str, Any], key: str, unit: float, count: str = "assigned") -> float | None:
+    v, n = phase.get(key), phase.get(count)
+    return None if v is None or not n else round(v * unit / n, 2)
 
 
 def _le(v: float | None, bound: float) -> bool:

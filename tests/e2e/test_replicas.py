@@ -158,6 +158,8 @@ def test_replicas_share_the_work_and_survive_the_leader(tmp_path: Path, pg_url: 
         # `gpunet status` and /metrics say who leads
         st = n.cli_json(n.user, "status")
         assert st["leader"] == names[follow]
+        text = " ".join(n.cli(n.user, "status").stdout.split())
+        assert f"collection): {names[follow]}, epoch {st['leader_epoch']}" in text
         metrics = httpx.get(n.urls[follow] + "/metrics", timeout=5).text
         assert f'gpunet_leader{{loop="scheduler",replica="{names[follow]}"}} 1.0' in metrics
         metrics = httpx.get(n.urls[lead] + "/metrics", timeout=5).text
