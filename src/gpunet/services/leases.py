@@ -122,7 +122,9 @@ def last_heard(db: Database, leases: LeaseBook) -> Callable[[str], datetime | No
 def flush_telemetry(db: Database, leases: LeaseBook) -> int:
     """Write the latest heartbeat times and GPU telemetry in one transaction, as two batched
     UPDATEs (no rows loaded: this runs every few seconds for the whole fleet)."""
-    batch = leases.take_unflushed()
+    # in id order: row locks taken in one order by every replica's flush and by the
+    # scheduler's node locks cannot deadlock
+    batch = dict(sorted(leases.take_unflushed().items()))
     if not batch:
         return 0
     node_rows = [{"nid": n, "at": lease.seen_at} for n, lease in batch.items()]

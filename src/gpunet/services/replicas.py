@@ -164,14 +164,17 @@ class Bus:
         deliver: Callable[[bool, list[str]], None],
         leads: Callable[[], bool],
         reconnected: Callable[[], None],
+        forget: Callable[[str], None] | None = None,
     ) -> None:
         self.db = db
         self.replica = replica
         self.deliver = deliver
         self.leads = leads
         self.reconnected = reconnected  # missed notifications: wake every local long-poll
+        self.forget = forget  # a token revoked on another replica leaves this one's cache
         self.enabled = db.is_postgres
-        self._out: queue.Queue[tuple[bool, list[str]] | None] = queue.Queue()
+        # (wake the scheduler?, node ids to wake, token hashes to forget)
+        self._out: queue.Queue[tuple[bool, list[str], list[str]] | None] = queue.Queue()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.sent = 0
@@ -196,10 +199,15 @@ class Bus:
             return
         if scheduler and self.leads() and not nodes:
             return  # the leader's own scheduler was woken locally
-        self._out.put((scheduler, list(nodes)))
+        self._out.put((scheduler, list(nodes), []))
 
-    def _payloads(self, scheduler: bool, nodes: set[str]) -> list[str]:
-        out: list[str] = []
+    def publish_forget(self, token_hash: str) -> None:
+        """A token was revoked here: the other replicas drop it from their caches."""
+        if self.enabled:
+            self._out.put((False, [], [token_hash]))
+
+    def _payloads(self, scheduler: bool, nodes: set[str], tokens: set[str]) -> list[str]:
+        out: list[str] = [json.dumps({"r": self.replica, "t": [t]}) for t in sorted(tokens)]
         chunk: list[str] = []
         size = 0
         for n in sorted(nodes):
@@ -220,7 +228,7 @@ class Bus:
             item = self._out.get()
             if item is None:
                 break
-            scheduler, nodes = item[0], set(item[1])
+            scheduler, nodes, tokens = item[0], set(item[1]), set(item[2])
             while True:  # coalesce whatever else is queued already
                 try:
                     more = self._out.get_nowait()
@@ -230,10 +238,11 @@ class Bus:
                     self._stop.set()
                     break
                 scheduler, nodes = scheduler or more[0], nodes | set(more[1])
+                tokens |= set(more[2])
             try:
                 if conn is None or conn.closed:
                     conn = psycopg.connect(_dsn(self.db), autocommit=True, connect_timeout=5)
-                for p in self._payloads(scheduler, nodes):
+                for p in self._payloads(scheduler, nodes, tokens):
                     conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, p))
                     self.sent += 1
             except psycopg.Error as exc:
@@ -266,7 +275,11 @@ class Bus:
         if msg.get("r") == self.replica:
             return
         self.received += 1
-        self.deliver(bool(msg.get("s")), [str(n) for n in msg.get("n") or []])
+        if self.forget is not None:
+            for t in msg.get("t") or []:
+                self.forget(str(t))
+        if msg.get("s") or msg.get("n"):
+            self.deliver(bool(msg.get("s")), [str(n) for n in msg.get("n") or []])
 
 
 __all__ = ["SINGLETON_LOOPS", "Bus", "Deposed", "Leadership"]

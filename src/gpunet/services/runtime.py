@@ -264,8 +264,10 @@ class Runtime:
             deliver=self.wakeups.deliver,
             leads=lambda: self.leadership.is_leader,
             reconnected=self.wakeups.wake_all_local,
+            forget=self.auth.drop,
         )
         self.wakeups.publish = self.bus.publish
+        self.auth.on_forget = self.bus.publish_forget
         self.metrics = Metrics()
         # per-GPU series and totals
         self.metrics.registry.register(StoreCollector(db, self.leases.energy_counters))
