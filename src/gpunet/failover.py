@@ -80,9 +80,14 @@ def _resendable(request: httpx.Request) -> bool:
 class FailoverTransport(httpx.BaseTransport):
     """The synchronous transport (SDK, CLI)."""
 
-    def __init__(self, coordinators: Coordinators, verify: bool | ssl.SSLContext = True) -> None:
+    def __init__(
+        self,
+        coordinators: Coordinators,
+        verify: bool | ssl.SSLContext = True,
+        inner: httpx.BaseTransport | None = None,
+    ) -> None:
         self.coordinators = coordinators
-        self._inner = httpx.HTTPTransport(verify=verify)
+        self._inner = inner or httpx.HTTPTransport(verify=verify)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         order = self.coordinators.order()
@@ -115,9 +120,14 @@ class FailoverTransport(httpx.BaseTransport):
 class AsyncFailoverTransport(httpx.AsyncBaseTransport):
     """The asynchronous transport (the agent)."""
 
-    def __init__(self, coordinators: Coordinators, verify: bool | ssl.SSLContext = True) -> None:
+    def __init__(
+        self,
+        coordinators: Coordinators,
+        verify: bool | ssl.SSLContext = True,
+        inner: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         self.coordinators = coordinators
-        self._inner = httpx.AsyncHTTPTransport(verify=verify)
+        self._inner = inner or httpx.AsyncHTTPTransport(verify=verify)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         order = self.coordinators.order()
