@@ -261,7 +261,7 @@ class Bus:
                     conn.execute(f"LISTEN {CHANNEL}")
                     self.reconnected()
                     while not self._stop.is_set():
-                        for n in conn.notifies(timeout=1.0):
+                        for n in conn.notifies(timeout=0.25):  # short: a stop is seen soon
                             self._take(n.payload)
             except psycopg.Error as exc:
                 log.warning("wake-up listener lost its connection: %s", exc)
