@@ -11,6 +11,10 @@ work like the real agent does. Two phases are measured:
 * heartbeat ceiling: every agent sends heartbeats back to back, as fast as the coordinator
   answers them; the figure is accepted heartbeats per second over the phase.
 
+With ``--replicas N`` (PostgreSQL), N coordinators share the database (docs/replicas.md): the
+agents are spread over them (agent k talks to replica k mod N), jobs are submitted to them in
+turn, and the CPU figures are the replicas' sum.
+
 The coordinator's and this process's CPU use are sampled during each phase (from /proc) so the
 report can say which side was saturated; ``--profile`` adds a py-spy sample of the coordinator
 during an extra heartbeat phase (needs ``py-spy``).
@@ -18,6 +22,7 @@ during an extra heartbeat phase (needs ``py-spy``).
     python benchmarks/control_plane.py --agents 200 --database sqlite
     python benchmarks/control_plane.py --agents 200 --database postgres \\
         --pg-url postgresql://postgres@127.0.0.1:5432/postgres --runs 3 --json
+    python benchmarks/control_plane.py --agents 200 --database postgres --replicas 2
 """
 
 from __future__ import annotations
@@ -88,6 +93,24 @@ def _proc_cpu_s(pid: int) -> float | None:
         return None
 
 
+def _db_backends(db_name: str) -> dict[int, float]:
+    """CPU seconds of each PostgreSQL backend serving ``db_name`` on this machine (its
+    process title names the database), so the database's own cost can be told apart."""
+    out: dict[int, float] = {}
+    if not db_name:
+        return out
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            title = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
+            if title.startswith(b"postgres:") and f" {db_name} ".encode() in title + b" ":
+                cpu = _proc_cpu_s(int(entry))
+                if cpu is not None:
+                    out[int(entry)] = cpu
+    return out
+
+
 def _machine_busy() -> tuple[float, float] | None:
     """(busy jiffies, total jiffies) over all cores, from /proc/stat."""
     try:
@@ -102,24 +125,36 @@ class CpuMeter:
     """CPU used by the coordinator and by this load generator between start() and stop(),
     as a percentage of one core; and the whole machine's busy share."""
 
-    def __init__(self, server_pid: int) -> None:
-        self.server_pid = server_pid
+    def __init__(self, server_pid: int | list[int], db_name: str = "") -> None:
+        self.server_pids = server_pid if isinstance(server_pid, list) else [server_pid]
+        self.db_name = db_name  # PostgreSQL: also count its backends for this database
+
+    def _srv(self) -> float | None:
+        times = [_proc_cpu_s(p) for p in self.server_pids]
+        return None if any(t is None for t in times) else sum(t or 0.0 for t in times)
 
     def start(self) -> None:
         self.t = time.perf_counter()
-        self.srv = _proc_cpu_s(self.server_pid)
+        self.srv = self._srv()
+        self.db = _db_backends(self.db_name)
         self.me = time.process_time()
         self.mach = _machine_busy()
 
     def stop(self) -> dict[str, float | None]:
         dt = time.perf_counter() - self.t
-        srv = _proc_cpu_s(self.server_pid)
+        srv = self._srv()
+        db = _db_backends(self.db_name)
         mach = _machine_busy()
         out: dict[str, float | None] = {
             "server_cpu_pct": None
             if srv is None or self.srv is None
             else round(100 * (srv - self.srv) / dt, 1),
             "loadgen_cpu_pct": round(100 * (time.process_time() - self.me) / dt, 1),
+            "server_cpu_s": None if srv is None or self.srv is None else round(srv - self.srv, 3),
+            "database_cpu_s": round(sum(c - self.db.get(p, 0.0) for p, c in db.items()), 3)
+            if self.db_name
+            else None,
+            "phase_s": round(dt, 2),
             "machine_busy_pct": None,
             "other_cpu_pct": None,
         }
@@ -204,7 +239,8 @@ class Coordinator:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.home = home
-        self.log = (home / "server.log").open("wb")
+        self.log_path = home / f"server-{self.port}.log"
+        self.log = self.log_path.open("wb")
         env = {**os.environ, "GPUNET_HOME": str(home)}
         cmd = [
             *gpunet_command(),
@@ -249,7 +285,7 @@ class Coordinator:
     def tail(self, n: int = 30) -> str:
         self.log.flush()
         with contextlib.suppress(OSError):
-            lines = (self.home / "server.log").read_text(errors="replace").splitlines()
+            lines = self.log_path.read_text(errors="replace").splitlines()
             return "\n".join(lines[-n:])
         return ""
 
@@ -312,6 +348,7 @@ class RawConnection:
 class SimAgent:
     index: int
     gpus: int
+    url: str = ""  # the replica it talks to
     node_id: str = ""
     token: str = ""
     running: dict[str, int] = field(default_factory=dict)  # attempt id -> fencing token
@@ -356,6 +393,10 @@ class SimAgent:
             "attempts": list(self.running),
         }
 
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
     def raw_heartbeat(self, port: int) -> bytes:
         body = json.dumps(self.heartbeat(), separators=(",", ":")).encode()
         return (
@@ -368,12 +409,12 @@ class SimAgent:
 class Fleet:
     """N simulated agents sharing two httpx clients (long-polls; everything else)."""
 
-    def __init__(self, url: str, n: int, gpus: int, job_runtime_s: float) -> None:
-        self.url = url
-        self.agents = [SimAgent(i, gpus) for i in range(n)]
+    def __init__(self, urls: list[str], n: int, gpus: int, job_runtime_s: float) -> None:
+        self.urls = urls
+        self.agents = [SimAgent(i, gpus, urls[i % len(urls)]) for i in range(n)]
         limits = httpx.Limits(max_connections=n + 16, max_keepalive_connections=n + 16)
-        self.poll_http = httpx.AsyncClient(base_url=url, limits=limits, timeout=40.0)
-        self.http = httpx.AsyncClient(base_url=url, limits=limits, timeout=30.0)
+        self.poll_http = httpx.AsyncClient(limits=limits, timeout=40.0)
+        self.http = httpx.AsyncClient(limits=limits, timeout=30.0)
         self.job_runtime_s = job_runtime_s
         self.received: dict[str, float] = {}  # job id -> perf_counter when an agent got it
         self.errors: Counter[str] = Counter()
@@ -389,7 +430,7 @@ class Fleet:
         async def one(a: SimAgent) -> None:
             async with sem:
                 r = await self.http.post(
-                    "/v1/agent/register",
+                    a.url + "/v1/agent/register",
                     json=a.registration(),
                     headers={"Authorization": f"Bearer {join_token}"},
                 )
@@ -421,7 +462,7 @@ class Fleet:
                 t = time.perf_counter()
                 try:
                     r = await self.http.post(
-                        "/v1/agent/heartbeat", json=a.heartbeat(), headers=a.headers()
+                        a.url + "/v1/agent/heartbeat", json=a.heartbeat(), headers=a.headers()
                     )
                     if r.status_code == 200:
                         self.hb_latencies.append(time.perf_counter() - t)
@@ -435,7 +476,7 @@ class Fleet:
         while True:
             try:
                 r = await self.poll_http.get(
-                    "/v1/agent/work", params={"wait": 20}, headers=a.headers()
+                    a.url + "/v1/agent/work", params={"wait": 20}, headers=a.headers()
                 )
             except httpx.HTTPError as exc:
                 self.errors[f"work {type(exc).__name__}"] += 1
@@ -463,7 +504,7 @@ class Fleet:
     async def _report(self, a: SimAgent, attempt_id: str, what: str, body: dict[str, Any]) -> None:
         try:
             r = await self.http.post(
-                f"/v1/agent/attempts/{attempt_id}/{what}", json=body, headers=a.headers()
+                f"{a.url}/v1/agent/attempts/{attempt_id}/{what}", json=body, headers=a.headers()
             )
             if r.status_code != 200:
                 self.errors[f"{what} {r.status_code}"] += 1
@@ -494,10 +535,11 @@ async def latency_phase(
     headers = {"Authorization": f"Bearer {consumer}"}
     fleet.hb_latencies.clear()
 
-    async def submit() -> None:
+    async def submit(i: int) -> None:
         t0 = time.perf_counter()
+        url = fleet.urls[i % len(fleet.urls)]  # replicas in turn
         try:
-            r = await fleet.http.post("/v1/jobs", json=JOB_BODY, headers=headers)
+            r = await fleet.http.post(url + "/v1/jobs", json=JOB_BODY, headers=headers)
         except httpx.HTTPError as exc:
             errors[f"submit {type(exc).__name__}"] += 1
             return
@@ -514,7 +556,7 @@ async def latency_phase(
         delay = start + i / rate - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        pending.append(asyncio.create_task(submit()))
+        pending.append(asyncio.create_task(submit(i)))
     await asyncio.gather(*pending)
     deadline = time.perf_counter() + 30.0
     while time.perf_counter() < deadline and any(j not in fleet.received for j in submitted):
@@ -536,7 +578,7 @@ async def latency_phase(
 
 
 async def heartbeat_phase(
-    fleet: Fleet, duration: float, meter: CpuMeter, client: str, port: int
+    fleet: Fleet, duration: float, meter: CpuMeter, client: str
 ) -> dict[str, Any]:
     """Every agent heartbeats back to back for ``duration`` seconds."""
     fleet.pause_heartbeats.set()  # the interval loops stand aside; these replace them
@@ -547,8 +589,8 @@ async def heartbeat_phase(
 
     async def blast(a: SimAgent) -> None:
         nonlocal ok
-        conn = RawConnection(port) if client == "raw" else None
-        raw = a.raw_heartbeat(port)
+        conn = RawConnection(a.port) if client == "raw" else None
+        raw = a.raw_heartbeat(a.port)
         body = a.heartbeat()
         try:
             while True:
@@ -561,7 +603,7 @@ async def heartbeat_phase(
                     else:
                         status = (
                             await fleet.http.post(
-                                "/v1/agent/heartbeat", json=body, headers=a.headers()
+                                a.url + "/v1/agent/heartbeat", json=body, headers=a.headers()
                             )
                         ).status_code
                 except (OSError, asyncio.IncompleteReadError, httpx.HTTPError) as exc:
@@ -753,9 +795,13 @@ class Profiler:
 
 async def run_once(args: argparse.Namespace, db_url: str, workdir: Path) -> dict[str, Any]:
     coord = Coordinator(db_url, workdir, args.lease_timeout)
+    others: list[Coordinator] = []
     fleet: Fleet | None = None
     try:
         admin = await asyncio.to_thread(coord.wait_ready)
+        for _ in range(args.replicas - 1):  # after the first: it migrated and made the admin
+            others.append(Coordinator(db_url, workdir, args.lease_timeout))
+            await asyncio.to_thread(others[-1].wait_ready)
         async with httpx.AsyncClient(base_url=coord.url, timeout=30.0) as c:
             h = {"Authorization": f"Bearer {admin}"}
 
@@ -766,12 +812,14 @@ async def run_once(args: argparse.Namespace, db_url: str, workdir: Path) -> dict
 
             join = await token("provider", "bench-provider")
             cons = await token("consumer", "bench-consumer")
-        fleet = Fleet(coord.url, args.agents, args.gpus_per_agent, args.job_runtime)
+        replicas = [coord, *others]
+        fleet = Fleet([c.url for c in replicas], args.agents, args.gpus_per_agent, args.job_runtime)
         fleet.hb_interval_s = args.heartbeat_interval
         reg_s = await fleet.register(join["token"])
         fleet.start()
         await asyncio.sleep(min(2.0, args.heartbeat_interval))  # long-polls parked
-        meter = CpuMeter(coord.pid)
+        db_name = "" if db_url.startswith("sqlite") else urlsplit(db_url).path.lstrip("/")
+        meter = CpuMeter([c.pid for c in replicas], db_name)
         prof: dict[str, Any] | None = None
         async with (
             Profiler(coord.pid, workdir / "latency.prof")
@@ -785,7 +833,7 @@ async def run_once(args: argparse.Namespace, db_url: str, workdir: Path) -> dict
             if args.profile
             else contextlib.nullcontext()
         ) as p2:
-            hb = await heartbeat_phase(fleet, args.duration, meter, args.hb_client, coord.port)
+            hb = await heartbeat_phase(fleet, args.duration, meter, args.hb_client)
         if p1 is not None and p2 is not None:
             prof = {"latency": p1.summary(), "heartbeats": p2.summary()}
         errors = dict(fleet.errors)
@@ -795,12 +843,14 @@ async def run_once(args: argparse.Namespace, db_url: str, workdir: Path) -> dict
             "heartbeats": hb,
             "profile": prof,
             "agent_errors": errors,
-            "server_alive": coord.proc.poll() is None,
+            "server_alive": all(c.proc.poll() is None for c in replicas),
         }
     finally:
         if fleet is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(fleet.stop(), timeout=15)
+        for c in others:
+            c.stop()
         coord.stop()
 
 
@@ -853,6 +903,16 @@ def report(args: argparse.Namespace, runs: list[dict[str, Any]], version: str) -
         "heartbeat_phase_machine_busy_pct": _median([x["machine_busy_pct"] for x in hb]),
         "heartbeat_phase_other_cpu_pct": _median([x.get("other_cpu_pct") for x in hb]),
         "latency_phase_server_cpu_pct": _median([r["latency"]["server_cpu_pct"] for r in runs]),
+        # costs for the capacity model (docs/replicas.md): CPU per job placed and run (submit,
+        # pass, work poll, started, finished, with the fleet's heartbeats meanwhile), and the
+        # database's CPU per job and per heartbeat (PostgreSQL only)
+        "server_cpu_ms_per_job": _median([_per(r["latency"], "server_cpu_s", 1e3) for r in runs]),
+        "database_cpu_ms_per_job": _median(
+            [_per(r["latency"], "database_cpu_s", 1e3) for r in runs]
+        ),
+        "database_cpu_us_per_heartbeat": _median(
+            [_per(r["heartbeats"], "database_cpu_s", 1e6, count="accepted") for r in runs]
+        ),
     }
     targets = {
         "submit_to_assignment_p50_ms": {
@@ -877,6 +937,7 @@ def report(args: argparse.Namespace, runs: list[dict[str, Any]], version: str) -
         "database": args.database,
         "database_version": version,
         "agents": args.agents,
+        "replicas": args.replicas,
         "gpus_per_agent": args.gpus_per_agent,
         "settings": {
             "duration_s": args.duration,
@@ -893,6 +954,11 @@ def report(args: argparse.Namespace, runs: list[dict[str, Any]], version: str) -
         "limits": limits(med, os.cpu_count() or 1),
         "runs": runs,
     }
+
+
+def _per(phase: dict[str, Any], key: str, unit: float, count: str = "assigned") -> float | None:
+    v, n = phase.get(key), phase.get(count)
+    return None if v is None or not n else round(v * unit / n, 2)
 
 
 def _le(v: float | None, bound: float) -> bool:
@@ -935,7 +1001,10 @@ def print_summary(res: dict[str, Any]) -> None:
         f"{m['os']}, Python {m['python']}"
     )
     print(f"  database  : {res['database']} ({res['database_version']})")
-    print(f"  fleet     : {res['agents']} simulated agents x {res['gpus_per_agent']} GPUs")
+    print(
+        f"  fleet     : {res['agents']} simulated agents x {res['gpus_per_agent']} GPUs, "
+        f"{res['replicas']} coordinator replica(s)"
+    )
     s = res["settings"]
     print(
         f"  settings  : {s['jobs']} jobs at {s['submit_rate_per_s']:g}/s, heartbeat every "
@@ -1057,8 +1126,16 @@ def main() -> None:
         help="sample the coordinator with py-spy during both phases (py-spy "
         "takes CPU too: figures from a profiled run read a little low)",
     )
+    p.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="coordinator replicas on one database (more than one needs --database postgres)",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     args = p.parse_args()
+    if args.replicas > 1 and args.database != "postgres":
+        p.error("--replicas above 1 needs --database postgres (SQLite serves one coordinator)")
     if args.agents < 1 or args.runs < 1 or args.jobs < 1 or args.submit_rate <= 0:
         p.error("--agents, --runs, --jobs and --submit-rate must be positive")
     with contextlib.suppress(OSError, ValueError):  # many sockets: one per agent, twice

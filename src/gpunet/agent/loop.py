@@ -34,6 +34,7 @@ from gpunet.agent.sandbox.image_jobs import ContainerHost
 from gpunet.core.energy import Meter
 from gpunet.core.isolation import Isolation as Level
 from gpunet.core.jobs import CANCEL_GRACE_S
+from gpunet.failover import AsyncFailoverTransport, Coordinators, split_urls
 from gpunet.tls import untrusted_message, untrusted_reason
 from gpunet.wire.agent import (
     MAX_HELLO_FINISHED,
@@ -150,7 +151,9 @@ class Agent:
         """``verify``: how to check an https coordinator's certificate (gpunet.tls);
         ``labels``: what the node says of itself, e.g. its site's PUE and tariff;
         ``owner_policy``: how the GPUs' owner takes them back (None: never)."""
-        self.url = coordinator.rstrip("/")
+        # ``URL1,URL2``: replicas of one network; requests fail over between them
+        self.coordinators = Coordinators(split_urls(coordinator))
+        self.url = self.coordinators.urls[0]  # requests to it go to the replica in use
         self.backend = backend
         self.home = home
         self.join_token = join_token
@@ -167,7 +170,13 @@ class Agent:
         self.journal = Journal(home)  # reports survive the agent's death (agent.journal)
         self.answers = Answers()  # resets retry backoff whenever the coordinator answers
         self._stoppers: set[asyncio.Task[None]] = set()  # graceful stops in progress
-        self.http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=70.0), verify=verify)
+        self.http = httpx.AsyncClient(
+            timeout=httpx.Timeout(10.0, read=70.0),
+            verify=verify,
+            transport=AsyncFailoverTransport(self.coordinators, verify)
+            if len(self.coordinators.urls) > 1
+            else None,
+        )
         self.stopping = asyncio.Event()
         self._unsent_xids: dict[int, list[int]] = {}  # XIDs a failed heartbeat did not deliver
         self.benchmark_every_s = 6 * 3600.0  # periodic benchmarks of idle GPUs
@@ -279,7 +288,7 @@ class Agent:
             data = json.loads(self._cred_file.read_text())
         except (OSError, ValueError):
             return None
-        return data if data.get("coordinator") == self.url else None
+        return data if data.get("coordinator") in self.coordinators.urls else None
 
     def _save_credentials(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)

@@ -32,11 +32,13 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
         await run_in_threadpool(database.migrate)
         grant_grace(database, rt.leases)
         rt.wakeups.bind(asyncio.get_running_loop())
+        rt.bus.start()  # wake-ups to and from other replicas (PostgreSQL)
         tasks = start_all(rt)
         try:
             yield
         finally:
             await stop_all(rt, tasks)
+            await run_in_threadpool(rt.bus.stop)
             with contextlib.suppress(Exception):
                 flush_telemetry(database, rt.leases)
             database.dispose()
@@ -65,7 +67,8 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
 
     @app.get("/healthz", tags=["meta"])
     def healthz() -> dict[str, Any]:
-        return {"status": "ok", "version": __version__}
+        # which replica answered, and which one leads the singleton loops (docs/replicas.md)
+        return {"status": "ok", "version": __version__, **rt.leadership.view()}
 
     @app.get(
         "/metrics",

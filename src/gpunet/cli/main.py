@@ -78,9 +78,19 @@ def _options(
             help="print timestamps in UTC instead of local time (also GPUNET_UTC=1)",
         ),
     ] = False,
+    coordinator: Annotated[
+        str | None,
+        typer.Option(
+            "--coordinator",
+            help="coordinator URL, or several replicas' URL1,URL2 tried in turn "
+            "(also GPUNET_URL; default: the one saved by `gpunet login`)",
+        ),
+    ] = None,
 ) -> None:
     if utc:
         os.environ[formats.UTC_ENV] = "1"  # read by every timestamp the commands print
+    if coordinator:
+        os.environ["GPUNET_URL"] = coordinator
     if ca_file is not None:
         # every command builds its Client from the environment: this reaches them all
         os.environ["GPUNET_CA_FILE"] = str(ca_file.expanduser())

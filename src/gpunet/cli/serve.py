@@ -31,6 +31,7 @@ from gpunet.errors import GpunetError, ValidationFailed
 from gpunet.services.auth import ADMIN_ACCOUNT, Authenticator, Role, bootstrap_admin, issue_token
 from gpunet.services.runtime import Runtime, Settings
 from gpunet.store.db import Database
+from gpunet.store.lockfile import hold_sqlite_lock
 from gpunet.tls import check_server_pair, client_context, is_loopback
 
 DEFAULT_SIMULATED = "2xA100-80GB"
@@ -241,6 +242,7 @@ def _write_admin_token(token: str) -> Path:
 
 
 def _prepare(database_url: str) -> tuple[Database, str | None]:
+    hold_sqlite_lock(database_url)  # a second coordinator on one SQLite file is refused
     db = Database(database_url)
     db.migrate()
     _restrict_sqlite(database_url)
@@ -397,6 +399,7 @@ def server(
         max_queued_jobs=max_queued_jobs,
         checkpoint_dir=str(checkpoint_dir or home() / "checkpoints"),
         checkpoint_quota_bytes=checkpoint_quota_bytes,
+        replica=f"{socket.gethostname()}:{port}",  # its name among replicas (docs/replicas.md)
     )
     scheme = "https" if tls else "http"
     console.print(f"gpunet coordinator on {scheme}://{host}:{port} ({db.engine.dialect.name})")
@@ -440,7 +443,9 @@ def site_labels(
 
 
 def agent(
-    coordinator: Annotated[str, typer.Option(help="coordinator URL")],
+    coordinator: Annotated[
+        str, typer.Option(help="coordinator URL, or several replicas' URL1,URL2 (fail-over)")
+    ],
     join_token: Annotated[str | None, typer.Option(help="provider join token (first run)")] = None,
     simulate: Annotated[
         str | None,

@@ -36,6 +36,13 @@ def status(json_out: JsonOpt = False) -> None:
         print_json(summary)
         return
     console.print(f"coordinator {summary['coordinator']} (gpunet {summary['version']})")
+    if summary["replica"]:
+        leader = summary["leader"] or "none elected yet"
+        epoch = f", epoch {summary['leader_epoch']}" if summary["leader_epoch"] else ""
+        console.print(
+            f"replica {summary['replica']}; leader (scheduler, reaper, metering, tiers, "
+            f"collection): {leader}{epoch}"
+        )
     console.print(f"signed in as {summary['account']} ({summary['role']})")
     if balance is not None:
         console.print(
@@ -73,6 +80,10 @@ def _summary(
     return {
         "coordinator": url,
         "version": health.get("version"),
+        # replicas (docs/replicas.md): the one that answered, the one running the singleton loops
+        "replica": health.get("replica"),
+        "leader": health.get("leader"),
+        "leader_epoch": health.get("epoch"),
         "account": balance.account
         if balance is not None
         else who.get("account") or who["account_id"],

@@ -1,5 +1,9 @@
 """The coordinator's background loops: scheduler, lease reaper, telemetry flush, archive
-collection."""
+collection.
+
+Every replica flushes the heartbeats it heard; only the leader (services.replicas) runs the
+singleton loops: the leadership loop starts them when this replica is elected and cancels
+them when it is deposed (a pass already in a thread is refused by fencing)."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from gpunet.loops import metering
 from gpunet.services import blobs, leases, scheduling, tiers
+from gpunet.services.replicas import Deposed
 from gpunet.services.runtime import Runtime
 
 log = logging.getLogger("gpunet.loops")
@@ -35,8 +40,13 @@ async def scheduler_loop(rt: Runtime) -> None:
                     rt.settings.policy,
                     metering.terms(rt.settings),
                     half_life_s=rt.settings.fair_share_half_life_s,
+                    fence=rt.leadership.fence,
                 )
             )
+        except Deposed as exc:
+            log.warning("scheduler pass refused: %s", exc)
+            await asyncio.sleep(0.5)
+            continue
         except Exception:
             log.exception("scheduler pass failed")
             await asyncio.sleep(0.5)
@@ -54,8 +64,17 @@ async def reaper_loop(rt: Runtime) -> None:
             return
         try:
             gone = await run_in_threadpool(
-                leases.reap, rt.db, rt.leases, rt.settings.lease_timeout_s
+                lambda: leases.reap(
+                    rt.db,
+                    rt.leases,
+                    rt.settings.lease_timeout_s,
+                    fence=rt.leadership.fence,
+                    leading_since=rt.leadership.since,
+                )
             )
+        except Deposed as exc:
+            log.warning("lease reaper refused: %s", exc)
+            continue
         except Exception:
             log.exception("lease reaper failed")
             continue
@@ -138,16 +157,44 @@ async def stop_all(rt: Runtime, tasks: list[asyncio.Task[None]], grace_s: float 
         log.error("background loop %s did not stop within %.0f s", t.get_coro(), grace_s)
 
 
+SINGLETONS = (
+    scheduler_loop,
+    reaper_loop,
+    metering.meter_loop,
+    tiers_loop,
+    blob_gc_loop,
+    checkpoint_gc_loop,
+)
+
+
+async def leadership_loop(rt: Runtime) -> None:
+    """Run the singleton loops while this replica leads (always, on SQLite)."""
+    led: list[asyncio.Task[None]] = []
+    try:
+        while not rt.wakeups.closing:
+            try:
+                leads = await run_in_threadpool(rt.leadership.check)
+            except Exception:
+                log.exception("leader election failed")
+                leads = False
+            if leads and not led:
+                led = [asyncio.create_task(f(rt)) for f in SINGLETONS]
+                rt.wakeups.wake_all_local()  # a new leader looks at everything once
+            elif not leads and led:
+                log.warning("replica %s no longer leads: stopping its singleton loops", rt.replica)
+                for t in led:
+                    t.cancel()
+                await asyncio.wait(led, timeout=5)
+                led = []
+            rt.metrics.set_leader(rt.leadership.view())
+            await asyncio.sleep(rt.settings.leader_check_s)
+    finally:
+        for t in led:
+            t.cancel()
+        if led:
+            await asyncio.wait(led, timeout=5)
+        await run_in_threadpool(rt.leadership.close)
+
+
 def start_all(rt: Runtime) -> list[asyncio.Task[None]]:
-    return [
-        asyncio.create_task(f(rt))
-        for f in (
-            scheduler_loop,
-            reaper_loop,
-            flush_loop,
-            metering.meter_loop,
-            tiers_loop,
-            blob_gc_loop,
-            checkpoint_gc_loop,
-        )
-    ]
+    return [asyncio.create_task(f(rt)) for f in (leadership_loop, flush_loop)]

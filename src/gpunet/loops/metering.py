@@ -7,7 +7,7 @@ import logging
 
 from starlette.concurrency import run_in_threadpool
 
-from gpunet.services import billing
+from gpunet.services import billing, leases
 from gpunet.services.runtime import Runtime, Settings
 
 log = logging.getLogger("gpunet.loops")
@@ -21,7 +21,9 @@ async def meter_loop(rt: Runtime) -> None:
     while not rt.wakeups.closing:
         await asyncio.sleep(rt.settings.meter_interval_s)
         try:
-            stopped = await run_in_threadpool(billing.meter_running, rt.db, rt.leases.heard_at)
+            stopped = await run_in_threadpool(
+                lambda: billing.meter_running(rt.db, leases.last_heard(rt.db, rt.leases))
+            )
         except Exception:
             log.exception("metering pass failed")
             continue

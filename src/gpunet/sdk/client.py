@@ -16,6 +16,7 @@ import httpx
 from gpunet import errors
 from gpunet.config import ClientConfig
 from gpunet.core.jobspec import JobSpec, parse_spec
+from gpunet.failover import Coordinators, FailoverTransport, split_urls
 from gpunet.tls import client_context, untrusted_message, untrusted_reason
 from gpunet.wire import resources as R
 
@@ -96,19 +97,30 @@ class Client:
                     "GPUNET_URL and GPUNET_TOKEN"
                 )
             url, token = url or cfg.url, token or cfg.token
-        self.url = url.rstrip("/")
+        # several URLs (``URL1,URL2``): replicas of one network, tried in turn (gpunet.failover)
+        self.coordinators = Coordinators(split_urls(url))
+        given = ",".join(self.coordinators.urls)
         if verify is None:
             if ca_file is None:
                 cfg = cfg or ClientConfig.load()
-                saved = cfg.ca_file if cfg and cfg.url.rstrip("/") == self.url else None
+                saved = cfg.ca_file if cfg and cfg.url.rstrip("/") == given else None
                 ca_file = os.environ.get("GPUNET_CA_FILE") or saved
-            verify = client_context(ca_file) if self.url.startswith("https:") else True
+            https = any(u.startswith("https:") for u in self.coordinators.urls)
+            verify = client_context(ca_file) if https else True
         self._http = httpx.Client(
-            base_url=self.url,
+            base_url=self.coordinators.urls[0],
             timeout=timeout,
             headers={"Authorization": f"Bearer {token}"},
             verify=verify,
+            transport=FailoverTransport(self.coordinators, verify)
+            if len(self.coordinators.urls) > 1
+            else None,
         )
+
+    @property
+    def url(self) -> str:
+        """The coordinator in use (of several replicas: the one that answered last)."""
+        return self.coordinators.current
 
     def close(self) -> None:
         self._http.close()
@@ -126,7 +138,8 @@ class Client:
             reason = untrusted_reason(exc)
             if reason is not None:
                 raise errors.GpunetError(untrusted_message(self.url, reason)) from None
-            raise errors.GpunetError(f"cannot reach the coordinator at {self.url}: {exc}") from None
+            urls = ", ".join(self.coordinators.urls)
+            raise errors.GpunetError(f"cannot reach the coordinator at {urls}: {exc}") from None
         _raise_for(r)
         return r.json()
 

@@ -6,6 +6,7 @@ import hashlib
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -138,6 +139,8 @@ class Authenticator:
         self._cache: dict[str, tuple[float, Principal]] = {}  # hash -> (deadline, principal)
         self._forgets = 0  # bumped by forget(): a store read older than that must not cache
         self._lock = threading.Lock()
+        # tells the other replicas to drop it too (services.replicas.Bus)
+        self.on_forget: Callable[[str], None] | None = None
 
     def cached(self, token: str | None) -> Principal | None:
         """The principal from the cache alone (no store access), or None when the token is
@@ -152,6 +155,12 @@ class Authenticator:
 
     def forget(self, token_hash: str) -> None:
         """Drop a token from the cache: its next request is checked against the store."""
+        self.drop(token_hash)
+        if self.on_forget is not None:
+            self.on_forget(token_hash)
+
+    def drop(self, token_hash: str) -> None:
+        """Drop a token from this replica's cache only (another replica revoked it)."""
         with self._lock:
             self._cache.pop(token_hash, None)
             self._forgets += 1

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from gpunet.services.replicas import SINGLETON_LOOPS
 
 
 class Metrics:
@@ -39,6 +43,26 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+
+        self.leader = Gauge(
+            "gpunet_leader",
+            "1 for each singleton loop this replica runs as the elected leader, else 0",
+            ["replica", "loop"],
+            registry=self.registry,
+        )
+        self.leader_epoch = Gauge(
+            "gpunet_leader_epoch",
+            "The fencing epoch of the current leader, as this replica last read it",
+            registry=self.registry,
+        )
+
+    def set_leader(self, view: dict[str, Any]) -> None:
+        """Which loops this replica leads (services.replicas.Leadership.view)."""
+        leads = set(view["leads"])
+        for loop in SINGLETON_LOOPS:
+            self.leader.labels(view["replica"], loop).set(1 if loop in leads else 0)
+        if view["epoch"] is not None:
+            self.leader_epoch.set(view["epoch"])
 
     def count_finishes(self, outcomes: list[str]) -> None:
         """Count the late successes among how finish reports were taken (services.agents)."""

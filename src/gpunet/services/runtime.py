@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -16,6 +18,7 @@ from gpunet.services.auth import Authenticator
 from gpunet.services.checkpoint_store import CheckpointStore
 from gpunet.services.metrics import Metrics
 from gpunet.services.metrics_store import StoreCollector
+from gpunet.services.replicas import Bus, Leadership
 from gpunet.store.db import Database
 
 
@@ -27,7 +30,11 @@ class Settings:
     max_upload_bytes: int = 64 * 1024 * 1024
     scheduler_interval_s: float = 1.0
     reaper_interval_s: float = 1.0
-    telemetry_flush_s: float = 2.0
+    # heartbeat times and telemetry reach the store in batches this often; the leader's
+    # reaper reads other replicas' heartbeats from there (docs/replicas.md)
+    telemetry_flush_s: float = 1.0
+    replica: str = ""  # this coordinator's name among replicas (default: host-pid)
+    leader_check_s: float = 1.0  # how often a replica tries to lead, or proves it still does
     # market: the network's cut of each sale, credits held per attempt (in hours of its
     # price), and how often running attempts are settled (energy is priced per node site:
     # core.energy.gpu_kwh_price)
@@ -115,6 +122,12 @@ class LeaseBook:
         with self._lock:
             return [n for n, lease in self._leases.items() if lease.seen_mono < cutoff]
 
+    def fresh(self, timeout_s: float) -> set[str]:
+        """Nodes this coordinator heard from (or granted a lease) within ``timeout_s``."""
+        cutoff = time.monotonic() - timeout_s
+        with self._lock:
+            return {n for n, lease in self._leases.items() if lease.seen_mono >= cutoff}
+
     def forget(self, node_id: str) -> None:
         with self._lock:
             self._leases.pop(node_id, None)
@@ -124,8 +137,14 @@ class LeaseBook:
             return node_id in self._leases
 
     def take_unflushed(self) -> dict[str, Lease]:
+        """Leases renewed by their node since the last flush (a grace lease granted at our
+        start is not a heartbeat: other replicas must not take it for one)."""
         with self._lock:
-            out = {n: lease for n, lease in self._leases.items() if not lease.flushed}
+            out = {
+                n: lease
+                for n, lease in self._leases.items()
+                if not lease.flushed and lease.heard_at is not None
+            }
             for lease in out.values():
                 lease.flushed = True
             return out
@@ -157,6 +176,8 @@ class Wakeups:
         # nodes whose last work query came back empty and that nothing has woken since: their
         # long-polls can wait without asking the store (idle polls then cost no query)
         self.quiet: set[str] = set()
+        # tells the other replicas (services.replicas.Bus): (scheduler?, node ids)
+        self.publish: Any = None
 
     def close(self) -> None:
         """The coordinator is stopping: release every long-poll now."""
@@ -188,6 +209,8 @@ class Wakeups:
     def wake_nodes(self, node_ids: list[str]) -> None:
         for n in node_ids:
             self._call(self._wake, n)
+        if node_ids and self.publish is not None:
+            self.publish(False, list(node_ids))  # their long-polls may wait on another replica
 
     def _wake(self, node_id: str) -> None:
         self.quiet.discard(node_id)
@@ -195,6 +218,33 @@ class Wakeups:
 
     def wake_scheduler(self) -> None:
         self._call(self.scheduler.set)
+        if self.publish is not None:
+            self.publish(True, [])  # the leader may be another replica
+
+    def deliver(self, scheduler: bool, node_ids: list[str]) -> None:
+        """Wake-ups another replica sent: wake what waits here (from any thread)."""
+        if scheduler:
+            self._call(self.scheduler.set)
+        for n in node_ids:
+            self._call(self._wake_if_here, n)
+
+    def _wake_if_here(self, node_id: str) -> None:
+        self.quiet.discard(node_id)
+        ev = self.nodes.get(node_id)
+        if ev is not None:
+            ev.set()
+
+    def wake_all_local(self) -> None:
+        """Wake-ups may have been missed (the listener reconnected): every long-poll here
+        asks the store again, and the scheduler runs a pass."""
+
+        def everyone() -> None:
+            self.quiet.clear()
+            for ev in self.nodes.values():
+                ev.set()
+            self.scheduler.set()
+
+        self._call(everyone)
 
 
 class Runtime:
@@ -206,6 +256,18 @@ class Runtime:
         self.auth = Authenticator(db)
         self.leases = LeaseBook()
         self.wakeups = Wakeups()
+        self.replica = settings.replica or f"{socket.gethostname()}-{os.getpid()}"
+        self.leadership = Leadership(db, self.replica)
+        self.bus = Bus(
+            db,
+            self.replica,
+            deliver=self.wakeups.deliver,
+            leads=lambda: self.leadership.is_leader,
+            reconnected=self.wakeups.wake_all_local,
+            forget=self.auth.drop,
+        )
+        self.wakeups.publish = self.bus.publish
+        self.auth.on_forget = self.bus.publish_forget
         self.metrics = Metrics()
         # per-GPU series and totals
         self.metrics.registry.register(StoreCollector(db, self.leases.energy_counters))

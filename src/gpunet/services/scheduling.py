@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
@@ -53,8 +53,10 @@ def tick(
     terms: billing.Terms | None = None,
     *,
     half_life_s: float = DEFAULT_HALF_LIFE_S,
+    fence: Callable[[Session], None] | None = None,
 ) -> TickResult:
-    """Place queued jobs and stop the interruptible attempts the plan preempts."""
+    """Place queued jobs and stop the interruptible attempts the plan preempts. ``fence``
+    refuses the pass's writes unless this replica still leads (services.replicas)."""
     terms = terms or billing.Terms()
     cache = cache_for(db)
     result = TickResult([], [], [])
@@ -93,6 +95,8 @@ def tick(
             account_usage=cache.usage(s, clock, half_life_s),
         )
         p = plan(snapshot, [*pending, *preemptible.values()], policy)
+        if fence is not None:
+            fence(s)
         _apply(s, p, snapshot, reqs, held, terms, result)
     return result
 
@@ -136,7 +140,7 @@ def _apply(
         for j in s.scalars(
             select(Job)
             .where(Job.id.in_([pl.job_id for pl in todo]), Job.state == JobState.QUEUED.value)
-            .with_for_update()
+            .with_for_update(skip_locked=True)  # a job being cancelled waits for the next pass
         )
     }
     since = _queued_since(s, list(jobs))

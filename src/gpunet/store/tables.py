@@ -357,3 +357,14 @@ class CheckpointFile(Base):
     digest: Mapped[str] = mapped_column(String(80), index=True)
     size: Mapped[int] = mapped_column(BigInteger)
     mode: Mapped[int] = mapped_column(Integer)
+
+
+class CoordinatorLeader(Base):
+    """The one row naming the replica that runs the singleton loops, and its fencing epoch
+    (incremented at each election: a deposed leader's writes are refused, docs/replicas.md)."""
+
+    __tablename__ = "coordinator_leader"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    epoch: Mapped[int] = mapped_column(BigInteger)
+    replica: Mapped[str | None] = mapped_column(String, default=None)
+    elected_at: Mapped[datetime | None] = mapped_column(default=None)
