@@ -218,6 +218,8 @@ def job_request(
         owners=tuple(sorted(ids.get(n, f"?{n}") for n in r.owners)),
         needs_runtime=spec.image is not None,
         interruptible=spec.interruptible,
+        node_count=r.nodes,
+        site=r.site,
     )
 
 

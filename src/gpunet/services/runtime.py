@@ -206,6 +206,7 @@ class Runtime:
         self.auth = Authenticator(db)
         self.leases = LeaseBook()
         self.wakeups = Wakeups()
+        db.on_commit_wake = self.wakeups.wake_nodes  # e.g. a broken gang's members, to stop
         self.metrics = Metrics()
         # per-GPU series and totals
         self.metrics.registry.register(StoreCollector(db, self.leases.energy_counters))

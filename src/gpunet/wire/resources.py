@@ -50,6 +50,8 @@ class Attempt(Resource):
     runtime_s: float | None = Field(
         None, description="seconds it ran, as its agent measured them (what is billed)"
     )
+    rank: int = Field(0, description="its rank in its gang (a job on several nodes); 0 else")
+    gang_size: int = Field(1, description="members of its gang, all of one number; 1: no gang")
 
 
 class JobSummary(Resource):
@@ -60,7 +62,7 @@ class JobSummary(Resource):
     state: JobState
     account_id: str
     priority: int
-    gpus: int = Field(description="how many GPUs the job asks for")
+    gpus: int = Field(description="how many GPUs the job asks for on each node")
     exit_code: int | None
     reason: str = Field(description="why the job is in its state, e.g. a failure's cause")
     retries_used: int
