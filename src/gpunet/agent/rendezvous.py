@@ -47,6 +47,10 @@ async def serve(gang: GangInfo, job_id: str, number: int, timeout_s: float | Non
                     arrived.add(rank)
                     writer.write(b"ok\n")
                     await writer.drain()
+                    # the member hangs up first: the closed connection's TIME_WAIT stays on its
+                    # side, so the port is free at once for the job's own rendezvous
+                    with contextlib.suppress(TimeoutError, OSError):
+                        await asyncio.wait_for(reader.read(), timeout=2)
                     if arrived == want:
                         all_in.set()
                     return

@@ -269,19 +269,39 @@ def events(db: Database, who: Principal, job_id: str) -> list[JobEvent]:
 
 
 def logs(
-    db: Database, who: Principal, job_id: str, after: int, limit: int = 1000
+    db: Database,
+    who: Principal,
+    job_id: str,
+    after: int,
+    limit: int = 1000,
+    *,
+    rank: int | None = None,
 ) -> tuple[Job, list[LogChunk]]:
+    """A page of the job's output; ``rank``: only that gang rank's (a plain job is rank 0)."""
     with db.sessions() as s:
         job = _visible(s, who, job_id)
-        rows = list(
-            s.scalars(
-                select(LogChunk)
-                .where(LogChunk.job_id == job_id, LogChunk.id > after)
-                .order_by(LogChunk.id)
-                .limit(limit)
+        q = select(LogChunk).where(LogChunk.job_id == job_id, LogChunk.id > after)
+        if rank is not None:
+            q = q.where(
+                LogChunk.attempt_id.in_(
+                    select(Attempt.id).where(Attempt.job_id == job_id, Attempt.rank == rank)
+                )
             )
-        )
+        rows = list(s.scalars(q.order_by(LogChunk.id).limit(limit)))
         return job, rows
+
+
+def gang_ranks(db: Database, job_id: str) -> dict[str, int]:
+    """Attempt id -> its rank, for the attempts of a job that ran as a gang (else empty)."""
+    with db.sessions() as s:
+        return {
+            aid: r
+            for aid, r in s.execute(
+                select(Attempt.id, Attempt.rank).where(
+                    Attempt.job_id == job_id, Attempt.gang_size > 1
+                )
+            )
+        }
 
 
 def cancel(db: Database, who: Principal, job_id: str) -> tuple[Job, list[str]]:

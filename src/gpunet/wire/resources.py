@@ -143,6 +143,7 @@ class LogChunk(Resource):
     attempt_id: str
     stream: str = Field(description="stdout | stderr | system")
     data: str
+    rank: int | None = Field(None, description="its attempt's rank, for a gang's output")
 
 
 class LogPage(Resource):

@@ -82,14 +82,25 @@ def events(rt: Rt, who: Who, job_id: str) -> list[dict[str, Any]]:
 
 @router.get("/jobs/{job_id}/logs", response_model=R.LogPage)
 def logs(
-    rt: Rt, who: Who, job_id: str, after: int = Query(0, ge=0, le=INT32_MAX)
+    rt: Rt,
+    who: Who,
+    job_id: str,
+    after: int = Query(0, ge=0, le=INT32_MAX),
+    rank: int | None = Query(None, ge=0, le=1000, description="only this gang rank's output"),
 ) -> dict[str, Any]:
-    job, chunks = svc.logs(rt.db, who, job_id, after)
+    job, chunks = svc.logs(rt.db, who, job_id, after, rank=rank)
+    ranks = svc.gang_ranks(rt.db, job_id) if chunks else {}
     return {
         "job_id": job.id,
         "state": job.state,
         "chunks": [
-            {"id": c.id, "attempt_id": c.attempt_id, "stream": c.stream, "data": c.data}
+            {
+                "id": c.id,
+                "attempt_id": c.attempt_id,
+                "stream": c.stream,
+                "data": c.data,
+                "rank": ranks.get(c.attempt_id),
+            }
             for c in chunks
         ],
         "next": chunks[-1].id if chunks else after,
