@@ -1,0 +1,164 @@
+"""End to end: a job on two nodes runs a real `torchrun` (torch's CPU build, gloo) on three
+agents with simulated GPUs; it all-reduces a tensor and trains a tiny model, rank 0 saving its
+checkpoint. Killing one member's agent with -9 stops the other member within seconds; the job
+is re-queued as a whole and completes on the two nodes left, from its checkpoint."""
+
+from __future__ import annotations
+
+import re
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import missing
+from tests.e2e.procs import Network, logs_on_failure, wait_for
+
+pytestmark = pytest.mark.e2e
+
+TRAIN = textwrap.dedent("""
+    import os, sys, time
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    total, pause = int(sys.argv[1]), float(sys.argv[2])
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    t = torch.tensor([rank + 1.0])
+    dist.all_reduce(t)
+    print(f"allreduce rank={rank} world={world} sum={t.item():g}", flush=True)
+
+    path = os.path.join(os.environ["GPUNET_CHECKPOINT_DIR"], "state.pt")
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    step = 0
+    if os.path.exists(path):  # every member restores the job's checkpoint
+        state = torch.load(path)
+        model.load_state_dict(state["model"])
+        step = state["step"]
+    print(f"rank {rank} attempt {os.environ['GPUNET_ATTEMPT_NUMBER']} resumes at {step}",
+          flush=True)
+    ddp = DDP(model)
+    while step < total:
+        x = torch.randn(16, 4)
+        loss = ((ddp(x) - x.sum(1, keepdim=True)) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        step += 1
+        if rank == 0:  # rank 0's directory is the job's checkpoint
+            torch.save({"model": model.state_dict(), "step": step}, path + ".tmp")
+            os.replace(path + ".tmp", path)
+        print(f"rank {rank} step {step} loss {loss.item():.4f}", flush=True)
+        time.sleep(pause)
+    dist.destroy_process_group()
+    print(f"rank {rank} done at {step}", flush=True)
+""")
+
+COMMAND = (
+    "torchrun --nnodes $NNODES --node-rank $NODE_RANK --nproc-per-node $GPUS_PER_NODE "
+    "--master-addr $MASTER_ADDR --master-port $MASTER_PORT train.py {total} {pause}"
+)
+
+
+@pytest.fixture
+def net(tmp_path: Path, db_url: str) -> Iterator[Network]:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        missing("torch (pip install torch==2.13.0: the CPU build)")
+    n = Network(tmp_path, db_url, lease_timeout=3.0)
+    with logs_on_failure(n):
+        n.start_coordinator()
+        n.owner = n.token("provider", "owner")
+        for name in ("a1", "a2", "a3"):
+            # whatever isolation the host allows; strangers' jobs taken either way
+            n.start_agent(name, "1xA100-80GB", n.owner, extra=["--accept-unisolated-jobs"])
+        n.user = n.token("consumer", "alice")
+        n.wait_online(3)
+        yield n
+
+
+def _show(net: Network, job_id: str) -> dict[str, Any]:
+    return dict(net.cli_json(net.user, "jobs", "show", job_id))
+
+
+def _members(job: dict[str, Any], number: int) -> list[dict[str, Any]]:
+    return sorted((a for a in job["attempts"] if a["number"] == number), key=lambda a: a["rank"])
+
+
+def test_a_torchrun_gang_survives_the_loss_of_a_member(net: Network, tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "train.py").write_text(TRAIN)
+    spec = tmp_path / "job.yaml"
+    spec.write_text(
+        textwrap.dedent(f"""
+            name: ddp
+            command: "{COMMAND.format(total=70, pause=0.3)}"
+            resources: {{nodes: 2, gpus: 1}}
+            checkpoint: {{interval_s: 10}}
+            max_retries: 2
+        """)
+    )
+    job_id = str(net.cli_json(net.user, "submit", str(spec), "--workdir", str(work))["id"])
+
+    def running() -> dict[str, Any] | None:
+        j = _show(net, job_id)
+        assert j["state"] not in ("failed", "succeeded", "cancelled"), j
+        return j if j["state"] == "running" else None
+
+    job = wait_for(running, 60, "both members to run")
+    first = _members(job, 1)
+    assert [a["rank"] for a in first] == [0, 1] and first[0]["node_id"] != first[1]["node_id"]
+
+    def both_ranks_logged() -> bool:
+        out = net.cli(net.user, "logs", job_id).stdout
+        return all(f"[rank {r}] rank {r} step 2 " in out for r in (0, 1))
+
+    wait_for(both_ranks_logged, 60, "both ranks' training output")
+    out = net.cli(net.user, "logs", job_id).stdout
+    assert "[rank 0] allreduce rank=0 world=2 sum=3" in out, out
+    assert "[rank 1] allreduce rank=1 world=2 sum=3" in out, out
+    only1 = net.cli(net.user, "logs", job_id, "--rank", "1").stdout
+    assert "rank 1 step" in only1 and "rank 0 step" not in only1, only1
+
+    wait_for(
+        lambda: net.cli_json(net.user, "jobs", "checkpoints", job_id), 30, "rank 0's checkpoint"
+    )
+    victim_node = first[1]["node_id"]
+    victim = next(n for n in net.agents if net.agent_credentials(n)["node_id"] == victim_node)
+    net.agents[victim].kill9()
+    killed = time.monotonic()
+
+    def head_stopped() -> dict[str, Any] | None:
+        j = _show(net, job_id)
+        head = _members(j, 1)[0]
+        return j if head["state"] not in ("assigned", "running", "stopping") else None
+
+    job = wait_for(head_stopped, 15, "the other member to stop")
+    stopped_in = time.monotonic() - killed
+    assert stopped_in <= 10, stopped_in
+    head, lost = _members(job, 1)
+    assert lost["state"] == "lost" and head["state"] == "cancelled", job["attempts"]
+    assert "rank 1" in head["reason"] and "lost" in head["reason"], head
+
+    def done() -> dict[str, Any] | None:
+        j = _show(net, job_id)
+        assert j["state"] not in ("failed", "cancelled"), j
+        return j if j["state"] == "succeeded" else None
+
+    job = wait_for(done, 90, "the job to complete on the two nodes left")
+    second = _members(job, 2)
+    assert {a["node_id"] for a in second}.isdisjoint({victim_node})
+    assert [a["state"] for a in second] == ["succeeded", "succeeded"]
+    out = net.cli(net.user, "logs", job_id).stdout
+    resumed = [int(m) for m in re.findall(r"rank 0 attempt 2 resumes at (\d+)", out)]
+    assert len(resumed) == 1 and resumed[0] > 0, out
+    assert re.search(r"rank 1 attempt 2 resumes at (\d+)", out), out
+    assert "[rank 0] rank 0 done at 70" in out and "[rank 1] rank 1 done at 70" in out, out
