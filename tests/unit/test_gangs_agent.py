@@ -91,6 +91,19 @@ def test_members_get_torchrun_ready_variables_the_job_cannot_override() -> None:
     assert (env["NNODES"], env["NODE_RANK"], env["GPUS_PER_NODE"]) == ("2", "1", "2")
     assert env["WORLD_SIZE"] == "4" and env["GPUNET_NODE_ADDRS"] == "10.0.0.5,10.0.0.6"
     assert env["FOO"] == "bar"
+    assert "GLOO_SOCKET_IFNAME" not in env  # 10.0.0.6 is no address of this host
+
+    local = item.model_copy(
+        update={
+            "gang": GangInfo(
+                rank=1, addrs=["127.0.0.1", "127.0.0.1"], master_port=29511, gpus_per_node=2
+            ),
+            "spec": {"command": ["true"], "env": {"NCCL_SOCKET_IFNAME": "eth9"}},
+        }
+    )
+    env = job_env(local.spec, local.gpu_indices, attempt_vars(local), home="/workspace")
+    assert env["GLOO_SOCKET_IFNAME"] == rendezvous.interface_of("127.0.0.1") == "lo"
+    assert env["NCCL_SOCKET_IFNAME"] == "eth9"  # the job's own choice stands
 
     plain = item.model_copy(update={"gang": None})
     env = job_env(plain.spec, plain.gpu_indices, attempt_vars(plain), home="/workspace")

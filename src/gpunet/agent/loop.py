@@ -717,6 +717,13 @@ def attempt_vars(item: StartItem) -> dict[str, Any]:
         d["gang_env"] = gang_env(
             rank=g.rank, addrs=g.addrs, master_port=g.master_port, gpus_per_node=g.gpus_per_node
         )
+        # collectives between nodes go over the interface of this member's advertise address
+        # (the job's own env may name another)
+        ifname = rendezvous.interface_of(g.addrs[g.rank])
+        own = item.spec.get("env") or {}
+        for var in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME"):
+            if ifname and var not in own:
+                d["gang_env"][var] = ifname
     else:
         d["gang_env"] = gang_env(
             rank=0,

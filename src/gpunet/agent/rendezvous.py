@@ -147,6 +147,29 @@ def default_advertise_addr(coordinator_url: str) -> str:
     return "127.0.0.1"
 
 
+def interface_of(addr: str) -> str | None:
+    """The name of this host's network interface that holds ``addr`` (IPv4; a host name is
+    resolved first), or None. Gloo and NCCL are told to use it: inside the sandbox the
+    host name does not resolve, and they would otherwise fall back to loopback."""
+    import fcntl
+    import struct
+
+    try:
+        want = socket.gethostbyname(addr)
+    except OSError:
+        return None
+    siocgifaddr = 0x8915
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for _, name in socket.if_nameindex():
+            try:
+                raw = fcntl.ioctl(s.fileno(), siocgifaddr, struct.pack("256s", name[:15].encode()))
+            except OSError:
+                continue  # no IPv4 address
+            if socket.inet_ntoa(raw[20:24]) == want:
+                return name
+    return None
+
+
 def free_local_port() -> int:
     """A free TCP port on this host, for a one-node job's MASTER_PORT."""
     with socket.socket() as s:
