@@ -9,6 +9,7 @@ import re
 import textwrap
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -66,13 +67,10 @@ COMMAND = (
 )
 
 
-@pytest.fixture
-def net(tmp_path: Path, db_url: str) -> Iterator[Network]:
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        missing("torch (pip install torch==2.13.0: the CPU build)")
-    n = Network(tmp_path, db_url, lease_timeout=3.0)
+@contextmanager
+def three_agents(root: Path, db_url: str) -> Iterator[Network]:
+    """A coordinator (lease 3 s) and agents a1..a3 with one simulated GPU each."""
+    n = Network(root, db_url, lease_timeout=3.0)
     with logs_on_failure(n):
         n.start_coordinator()
         n.owner = n.token("provider", "owner")
@@ -81,6 +79,16 @@ def net(tmp_path: Path, db_url: str) -> Iterator[Network]:
             n.start_agent(name, "1xA100-80GB", n.owner, extra=["--accept-unisolated-jobs"])
         n.user = n.token("consumer", "alice")
         n.wait_online(3)
+        yield n
+
+
+@pytest.fixture
+def net(tmp_path: Path, db_url: str) -> Iterator[Network]:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        missing("torch (pip install torch==2.13.0: the CPU build)")
+    with three_agents(tmp_path, db_url) as n:
         yield n
 
 
@@ -162,3 +170,85 @@ def test_a_torchrun_gang_survives_the_loss_of_a_member(net: Network, tmp_path: P
     assert len(resumed) == 1 and resumed[0] > 0, out
     assert re.search(r"rank 1 attempt 2 resumes at (\d+)", out), out
     assert "[rank 0] rank 0 done at 70" in out and "[rank 1] rank 1 done at 70" in out, out
+
+
+RAY_DRIVER = textwrap.dedent("""
+    import ray
+
+    ray.init()  # RAY_ADDRESS: the gang's head
+
+    @ray.remote(num_gpus=1)
+    def where() -> str:
+        import time
+        time.sleep(1)  # both run at once: one per node's GPU
+        return ray.get_runtime_context().get_node_id()
+
+    nodes = ray.get([where.remote() for _ in range(2)])
+    alive = sum(n["Alive"] for n in ray.nodes())
+    gpus = ray.cluster_resources().get("GPU")
+    print(f"ray nodes={alive} distinct={len(set(nodes))} gpus={gpus:g}", flush=True)
+""")
+
+
+@pytest.fixture
+def ray_net(tmp_path: Path) -> Iterator[Network]:
+    """Three agents for Ray (the store plays no part in it: SQLite only)."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        # an optional extra the CI does not install (it is huge): a skip even under CI
+        pytest.skip("ray is not installed (pip install gpunet[ray])")
+    with three_agents(tmp_path, f"sqlite:///{tmp_path / 'gpunet.db'}") as n:
+        yield n
+
+
+def test_a_ray_gang_runs_a_remote_function_on_each_node(ray_net: Network, tmp_path: Path) -> None:
+    net = ray_net
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "driver.py").write_text(RAY_DRIVER)
+    r = net.cli(
+        net.user,
+        "run",
+        "--nodes",
+        "2",
+        "--gpus",
+        "1",
+        "--launcher",
+        "ray",
+        "--workdir",
+        str(work),
+        "--max-retries",
+        "0",
+        "--",
+        "python3",
+        "driver.py",
+        timeout=180,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "[rank 0] ray nodes=2 distinct=2 gpus=2" in r.stdout, r.stdout + r.stderr
+    jobs = net.cli_json(net.user, "jobs")
+    job = _show(net, jobs[0]["id"])
+    assert job["state"] == "succeeded"
+    head, worker = _members(job, 1)
+    assert head["state"] == "succeeded" and worker["state"] in ("cancelled", "succeeded")
+
+    def ray_gone() -> bool:  # the members' Ray processes ended with their attempts
+        return not [p for p in host_pids_with_prefix("/tmp/gpunet-ray-att")]
+
+    wait_for(ray_gone, 20, "the gang's Ray processes to end")
+
+
+def host_pids_with_prefix(prefix: str) -> list[int]:
+    """Pids of processes one of whose arguments contains ``prefix``."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if prefix.encode() in args:
+            out.append(int(entry.name))
+    return out

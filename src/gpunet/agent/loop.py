@@ -745,13 +745,19 @@ def launch_spec(item: StartItem) -> dict[str, Any]:
 
 def ray_command(argv: list[str], gang: GangInfo | None) -> list[str]:
     """Rank 0 starts the Ray head on MASTER_PORT with its GPUs, waits until every member's
-    node joined, runs the job's command as the driver (RAY_ADDRESS set) and stops Ray; the
-    other ranks join as workers and serve until the job ends (the coordinator stops them once
-    the head's command finished). Ray must be installed where jobs run (gpunet[ray])."""
+    node joined, then runs the job's command as the driver (RAY_ADDRESS set); the other ranks
+    join as workers and serve until the job ends (the coordinator stops them once the head's
+    command finished; a worker whose head went away ends in success, so only the head's
+    result counts). Each member's Ray keeps its files in a directory of its own, and its
+    daemons are the attempt's processes: they end with it (its cgroup, or its session).
+    Ray must be installed where jobs run (the ``gpunet[ray]`` extra)."""
     import shlex
 
     cmd = " ".join(shlex.quote(a) for a in argv)
-    common = 'export RAY_ADDRESS="$MASTER_ADDR:$MASTER_PORT" RAY_USAGE_STATS_ENABLED=0; '
+    common = (
+        'export RAY_ADDRESS="$MASTER_ADDR:$MASTER_PORT" RAY_USAGE_STATS_ENABLED=0; '
+        'tmp="/tmp/gpunet-ray-$GPUNET_ATTEMPT_ID"; '
+    )
     if gang is None or gang.rank == 0:
         wait = (
             "import ray,os,time;ray.init();n=int(os.environ['NNODES']);"
@@ -761,9 +767,8 @@ def ray_command(argv: list[str], gang: GangInfo | None) -> list[str]:
         )
         script = (
             common + 'ray start --head --node-ip-address="$MASTER_ADDR" --port="$MASTER_PORT" '
-            '--num-gpus="$GPUS_PER_NODE" --include-dashboard=false --disable-usage-stats '
-            "|| exit 1; "
-            "trap 'ray stop --force >/dev/null 2>&1' EXIT; "
+            '--num-gpus="$GPUS_PER_NODE" --temp-dir="$tmp" --include-dashboard=false '
+            "--disable-usage-stats || exit 1; "
             f"python3 -c {shlex.quote(wait)} || exit 1; "
             f"{cmd}"
         )
@@ -771,7 +776,8 @@ def ray_command(argv: list[str], gang: GangInfo | None) -> list[str]:
         me = gang.addrs[gang.rank]
         script = (
             common + f'ray start --address="$RAY_ADDRESS" --node-ip-address={shlex.quote(me)} '
-            '--num-gpus="$GPUS_PER_NODE" --disable-usage-stats --block'
+            '--num-gpus="$GPUS_PER_NODE" --temp-dir="$tmp" --disable-usage-stats --block; '
+            "echo 'gpunet: the Ray head went away; this worker ends'; exit 0"
         )
     return ["/bin/sh", "-c", script]
 
