@@ -490,6 +490,11 @@ class Agent:
                     return
                 if item.gang is not None:
                     try:
+                        if self.sandbox is not None and self.sandbox.config.network == "none":
+                            raise rendezvous.RendezvousFailed(
+                                "rendezvous: this node runs jobs without a network "
+                                "(--job-network none): a member cannot reach its gang"
+                            )
                         await rendezvous.check(item.gang, item.job_id, item.number)
                     except rendezvous.RendezvousFailed as exc:
                         ctx.logs.append({"stream": "system", "data": f"{exc}\n"})
