@@ -1,12 +1,9 @@
 """Gangs through the API: a job on several nodes is applied as one attempt per member, each
-told its rank and peers; it runs, fails and is lost as one unit; each member is billed.
-
-The placements come from a small stand-in for the planner's gang placement (first nodes with
-enough free GPUs), so these tests are about the shell: apply, fencing, teardown, billing."""
+told its rank and peers; it runs, fails and is lost as one unit; each member is billed."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -15,48 +12,12 @@ from helpers import Coordinator, Node, auth, coordinator, gpu, wait_for
 from sqlalchemy import select
 
 from gpunet.core.gangs import DEFAULT_PORTS
-from gpunet.core.scheduling import JobRequest, Placement, Plan, Snapshot
-from gpunet.services import scheduling
 from gpunet.services.leases import node_lost
 from gpunet.store.tables import Attempt, AttemptCharge
 
-REAL_PLAN = scheduling.plan
-
-
-def gang_plan(snapshot: Snapshot, jobs: Sequence[JobRequest], policy: str) -> Plan:
-    """The real planner for plain jobs; a gang gets the first nodes (by id) that have
-    ``gpu_count`` free GPUs each, in one site."""
-    p = REAL_PLAN(snapshot, [j for j in jobs if j.node_count == 1], policy)
-    taken = {g for pl in p.placements for g in pl.all_gpu_ids}
-    online = sorted(n.id for n in snapshot.nodes if n.online)
-    for j in jobs:
-        if j.node_count <= 1:
-            continue
-        members: list[tuple[str, tuple[str, ...]]] = []
-        for nid in online:
-            free = sorted(
-                g.id
-                for g in snapshot.gpus
-                if g.node_id == nid
-                and not g.busy
-                and g.healthy
-                and not g.drained
-                and not g.owner_busy
-                and g.id not in taken
-            )
-            if len(free) >= j.gpu_count:
-                members.append((nid, tuple(free[: j.gpu_count])))
-            if len(members) == j.node_count:
-                break
-        if len(members) == j.node_count:
-            taken.update(g for _, gs in members for g in gs)
-            p.placements.append(Placement(j.id, *members[0], members=tuple(members)))
-    return p
-
 
 @pytest.fixture
-def co(db_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Coordinator]:
-    monkeypatch.setattr(scheduling, "plan", gang_plan)
+def co(db_url: str) -> Iterator[Coordinator]:
     with coordinator(db_url) as c:
         yield c
 
