@@ -207,3 +207,17 @@ def test_each_member_is_billed_and_a_lost_member_is_refunded(co: Coordinator) ->
     assert stopped.billed_seconds <= 11
     check = co.c.get("/v1/ledger/verify", headers=auth(co.admin)).json()
     assert check["ok"], check
+
+
+def test_why_explains_a_gang_that_does_not_fit_yet(co: Coordinator) -> None:
+    n0, n1 = _nodes(co, 2)
+    user = co.token("consumer", "alice")
+    busy = co.submit(user, {"command": ["sleep", "60"], "resources": {"gpus": 2}})
+    wait_for(lambda: co.job(user, busy["id"])["state"] == "assigned", what="the plain job")
+    job = co.submit(user, _gang_spec(resources={"nodes": 2, "gpus": 2}))
+    r = co.c.get(f"/v1/jobs/{job['id']}/why", headers=auth(user))
+    assert r.status_code == 200, r.text
+    why = r.json()
+    assert why["state"] == "queued" and why.get("would_place") is None, why
+    assert "needs 2 nodes" in why["gang"] and "1 such node free" in why["gang"], why
+    assert why["gang"] in why["summary"]

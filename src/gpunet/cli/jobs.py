@@ -352,7 +352,13 @@ def jobs_why(job_id: str, json_out: JsonOpt = False) -> None:
         console.print(f"  {res.note}")
     if res.would_place:
         wp = res.would_place
-        console.print(f"  next placement: {wp.node_id} GPUs {','.join(wp.gpu_ids)}")
+        if wp.members:
+            for rank, m in enumerate(wp.members):
+                console.print(
+                    f"  next placement: rank {rank} {m.node_id} GPUs {','.join(m.gpu_ids)}"
+                )
+        else:
+            console.print(f"  next placement: {wp.node_id} GPUs {','.join(wp.gpu_ids)}")
 
 
 def logs(

@@ -155,9 +155,19 @@ class LogPage(Resource):
     next: int = Field(description="pass as ``after`` for the next page")
 
 
+class Member(Resource):
+    """One member of a gang's placement: its node and GPUs (rank order)."""
+
+    node_id: str
+    gpu_ids: list[str]
+
+
 class Placement(Resource):
     node_id: str
     gpu_ids: list[str]
+    members: list[Member] | None = Field(
+        None, description="a gang: every member, rank order (rank 0 is node_id/gpu_ids)"
+    )
 
 
 class Explanation(Resource):
@@ -174,6 +184,9 @@ class Explanation(Resource):
         None, description="reason -> how many GPUs it rejected (the first failing filter)"
     )
     note: str | None = Field(None, description="what else keeps a placeable job waiting")
+    gang: str | None = Field(
+        None, description="a gang or a job that names a site: what it needs, what each site has"
+    )
     would_place: Placement | None = None
     scores: dict[str, float] | None = Field(None, description="scorer -> weighted score")
 

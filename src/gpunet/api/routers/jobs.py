@@ -135,9 +135,14 @@ def job_why(rt: Rt, who: Who, job_id: str) -> dict[str, Any]:
         "fitting_gpus": exp.fitting_gpus,
         "rejections": exp.rejections,
         "note": exp.note,
+        "gang": exp.gang or None,
         "would_place": None
         if exp.placed is None
-        else {"node_id": exp.placed.node_id, "gpu_ids": list(exp.placed.gpu_ids)},
+        else {
+            "node_id": exp.placed.node_id,
+            "gpu_ids": list(exp.placed.gpu_ids),
+            "members": [{"node_id": n, "gpu_ids": list(g)} for n, g in exp.placed.members] or None,
+        },
         "scores": exp.scores,
     }
 
