@@ -3,6 +3,7 @@ told its rank and peers; it runs, fails and is lost as one unit; each member is 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
@@ -221,3 +222,24 @@ def test_why_explains_a_gang_that_does_not_fit_yet(co: Coordinator) -> None:
     assert why["state"] == "queued" and why.get("would_place") is None, why
     assert "needs 2 nodes" in why["gang"] and "1 such node free" in why["gang"], why
     assert why["gang"] in why["summary"]
+
+
+def test_a_gang_is_not_placed_again_on_the_pair_that_failed_its_check(co: Coordinator) -> None:
+    nodes = _nodes(co, 2)
+    user = co.token("consumer", "alice")
+    job = co.submit(user, _gang_spec(max_retries=3))
+    (n0, a0), (n1, a1) = _by_rank(_starts(co, nodes, 2))
+    why = f"rendezvous: rank 1 cannot reach rank 0 at 10.0.0.1:{a0['gang']['master_port']}"
+    assert co.report(n1, a1, "finished", rendezvous_failed=True, reason=why).is_success
+    assert co.report(n0, a0, "finished", exit_code=-15).is_success  # stopped with it
+    # the two nodes are free again, but they are the pair that failed: the gang waits
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:
+        assert not any(co.work(n)["start"] for n in nodes)
+        time.sleep(0.1)
+    assert co.job(user, job["id"])["state"] == "queued"
+    provider = co.token("provider", "owner1")
+    spare = co.register(provider, [gpu(0)], name="n9", advertise_addr="10.0.0.9")
+    got = _starts(co, [*nodes, spare], 2)
+    assert spare.id in got and len(got) == 2  # with one of the two, not both
+    assert co.job(user, job["id"])["retries_used"] == 1

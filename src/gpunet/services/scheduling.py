@@ -12,13 +12,13 @@ import time
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from gpunet.core.gangs import DEFAULT_PORTS, parse_ports, pick_port
-from gpunet.core.jobs import AttemptState, JobState, StopKind
+from gpunet.core.jobs import AttemptState, JobState, LostCause, StopKind
 from gpunet.core.scheduling import Explanation, JobRequest, Plan, Snapshot, explain, plan
 from gpunet.services import billing, gangs
 from gpunet.services.auth import Principal
@@ -97,6 +97,7 @@ def tick(
             account_usage=cache.usage(s, clock, half_life_s),
         )
         p = plan(snapshot, [*pending, *preemptible.values()], policy)
+        p = _avoid_bad_pairs(s, p, snapshot, reqs, policy)
         _apply(s, p, snapshot, reqs, held, terms, result)
     return result
 
@@ -204,6 +205,68 @@ def _apply(
             actor="scheduler",
         )
         result.waits_s.append(max(0.0, (at - since.get(job.id, at)).total_seconds()))
+
+
+# how long a gang whose rendezvous check failed keeps off the pair of nodes that failed it
+BAD_PAIR_MEMORY_S = 600.0
+
+
+def _bad_pairs(s: Session, job_ids: list[str]) -> dict[str, list[tuple[str, str]]]:
+    """For each job, the (rank 0 node, reporting node) pairs of its gangs whose rendezvous
+    check failed lately (a failing rank 0 pairs with each of its members)."""
+    if not job_ids:
+        return {}
+    since = now() - timedelta(seconds=BAD_PAIR_MEMORY_S)
+    failed = list(
+        s.execute(
+            select(Attempt.job_id, Attempt.number, Attempt.rank, Attempt.node_id).where(
+                Attempt.job_id.in_(job_ids),
+                Attempt.lost_cause == LostCause.RENDEZVOUS.value,
+                Attempt.finished_at >= since,
+            )
+        )
+    )
+    out: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for job_id, number, rank, node in failed:
+        nodes = [m.node_id for m in gangs.members(s, job_id, number)]
+        peers = nodes[1:] if rank == 0 else nodes[:1]
+        out[job_id] += [(p, node) for p in peers if p != node]
+    return out
+
+
+def _avoid_bad_pairs(
+    s: Session, p: Plan, snapshot: Snapshot, reqs: Mapping[str, JobRequest], policy: str
+) -> Plan:
+    """A gang placed again on a pair of nodes whose rendezvous check failed it lately is
+    planned once more without the node that reported the failure (its GPUs shown busy, with
+    those the rest of the plan takes); without another placement it waits for the next pass."""
+    bad = _bad_pairs(s, [pl.job_id for pl in p.placements if len(pl.ranks()) > 1])
+    if not bad:
+        return p
+    keep, redo = [], []
+    for pl in p.placements:
+        nodes = {n for n, _ in pl.ranks()}
+        if any(a in nodes and b in nodes for a, b in bad.get(pl.job_id, ())):
+            redo.append(pl)
+        else:
+            keep.append(pl)
+    if not redo:
+        return p
+    taken = {g for pl in keep for g in pl.all_gpu_ids}
+    for pl in redo:
+        avoid = {b for a, b in bad[pl.job_id]}
+        view = replace(
+            snapshot,
+            gpus=tuple(
+                replace(g, busy=True) if g.id in taken or g.node_id in avoid else g
+                for g in snapshot.gpus
+            ),
+        )
+        again = plan(view, [reqs[pl.job_id]], policy).placements
+        if again:
+            keep.append(again[0])
+            taken.update(again[0].all_gpu_ids)
+    return replace(p, placements=keep)
 
 
 def _gang_ports(s: Session, node_ids: list[str]) -> dict[str, tuple[tuple[int, int], set[int]]]:
