@@ -243,3 +243,40 @@ def test_a_gang_is_not_placed_again_on_the_pair_that_failed_its_check(co: Coordi
     got = _starts(co, [*nodes, spare], 2)
     assert spare.id in got and len(got) == 2  # with one of the two, not both
     assert co.job(user, job["id"])["retries_used"] == 1
+
+
+def test_a_gang_out_of_credits_stops_every_member(db_url: str) -> None:
+    from datetime import timedelta
+
+    from gpunet.services.billing import meter_running
+    from gpunet.util import now, utc
+
+    with coordinator(db_url, hold_hours=Decimal("0.01")) as co:
+        nodes = _nodes(co, 2)
+        provider = co.token("provider", "owner1")
+        for n in nodes:
+            body = {"node_id": n.id, "price": "3.6"}
+            assert co.c.put("/v1/prices", json=body, headers=auth(provider)).is_success
+        user = co.token("consumer", "alice")
+        grant = {"account": "alice", "amount": "0.1"}  # the two holds (0.072), little more
+        assert co.c.post("/v1/credits/grant", json=grant, headers=auth(co.admin)).is_success
+        job = co.submit(user, _gang_spec())
+        (n0, a0), (n1, a1) = _by_rank(_starts(co, nodes, 2))
+        for n, a in ((n0, a0), (n1, a1)):
+            assert co.report(n, a, "started").status_code == 200
+        stopped: dict[str, str] = {}
+        for _ in range(5):  # each interim settlement eats the hold, then what tops it up
+            with co.db.transaction() as s:
+                att = s.get(Attempt, a0["attempt_id"])
+                assert att is not None and att.started_at is not None
+                back = timedelta(seconds=300)
+                att.started_at = utc(att.started_at) - back  # type: ignore[operator]
+                att.created_at = utc(att.created_at) - back  # type: ignore[operator]
+            stopped = meter_running(co.db, lambda node_id: now())
+            if stopped:
+                break
+        assert a0["attempt_id"] in stopped
+        shown = co.job(user, job["id"])
+        assert shown["state"] == "failed" and "out of credits" in shown["reason"]
+        (stop,) = _stop_items(co, n1)
+        assert (stop["attempt_id"], stop["kind"]) == (a1["attempt_id"], "gang")
