@@ -74,6 +74,8 @@ def test_a_gang_is_applied_as_one_attempt_per_member_and_succeeds_when_all_do(
     g0, g1 = a0["gang"], a1["gang"]
     assert (g0["rank"], g1["rank"]) == (0, 1)
     addr = {n.id: f"10.0.0.{i + 1}" for i, n in enumerate(nodes)}
+    listed = co.c.get("/v1/nodes", headers=auth(co.admin)).json()
+    assert {n["id"]: n["advertise_addr"] for n in listed} == addr
     assert g0["addrs"] == g1["addrs"] == [addr[n0.id], addr[n1.id]]  # rank order, advertised
     assert g0["master_port"] == g1["master_port"]
     assert DEFAULT_PORTS[0] <= g0["master_port"] <= DEFAULT_PORTS[1]

@@ -288,6 +288,7 @@ def list_nodes(s: Session, gpus: list[dict[str, Any]] | None = None) -> list[dic
                 "isolation": n.isolation,
                 "runtimes": list(n.runtimes or []),
                 "accepts_unisolated": n.accepts_unisolated,
+                "advertise_addr": n.advertise_addr,
             }
         )
     return out

@@ -221,6 +221,9 @@ class Node(Resource):
     isolation: Isolation
     runtimes: list[str] = Field(description="container runtimes, e.g. podman")
     accepts_unisolated: bool
+    advertise_addr: str | None = Field(
+        None, description="where the other members of a multi-node job reach this node"
+    )
 
 
 class Gpu(Resource):
