@@ -150,7 +150,7 @@ def main() -> None:
             n.start_agent(f"a{i + 1}", "1xA100-80GB", n.owner, extra=["--accept-unisolated-jobs"])
         n.user = n.token("consumer", "bench")
         n.wait_online(args.agents, timeout=120)
-        for size in sizes:
+        for size in sizes if args.trials else []:
             starts[size] = []
             for _ in range(args.trials):
                 starts[size].append(round(start_trial(n, size), 3))
@@ -179,7 +179,9 @@ def main() -> None:
             "teardown_s": {"p50": pct(down, 0.5), "p99": pct(down, 0.99), "max": max(down)},
             "kill_to_lost_s": {"p50": pct(lease, 0.5), "p99": pct(lease, 0.99)},
             "runs": teardowns,
-        },
+        }
+        if teardowns
+        else None,
     }
     print(json.dumps(report, indent=2))
 
