@@ -87,10 +87,15 @@ def order_priority(jobs: Sequence[JobRequest], snapshot: Snapshot, seed: int) ->
     return out
 
 
+def gpus_of(job: JobRequest) -> int:
+    """Every GPU the job uses: a gang's GPUs per node times its nodes."""
+    return max(job.gpu_count, 1) * max(job.node_count, 1)
+
+
 def _work(job: JobRequest) -> float:
     if job.attained_work_s is not None:
         return job.attained_work_s
-    return job.attained_service_s / max(job.gpu_count, 1)
+    return job.attained_service_s / gpus_of(job)
 
 
 def order_las(jobs: Sequence[JobRequest], snapshot: Snapshot, seed: int) -> list[JobRequest]:
@@ -101,6 +106,12 @@ def order_las(jobs: Sequence[JobRequest], snapshot: Snapshot, seed: int) -> list
 # waited is its time in the system not spent running. Long jobs therefore keep a floor on
 # their share instead of waiting behind an endless stream of new short jobs.
 AGING_S = 2 * 3600.0
+
+# Gang size in the default policy: a job of k GPUs (all members of a gang) has its Gittins
+# index divided by k ** SIZE_EXPONENT and ages k ** AGING_EXPONENT times slower. A one-GPU
+# job is ordered as before. Tuned on Gavel-style multi-GPU streams (benchmarks/sim_gavel.py).
+SIZE_EXPONENT = 1.0
+AGING_EXPONENT = 1.0
 
 
 # A job that holds GPUs keeps them unless a waiting job's index is higher by the share of a
@@ -131,11 +142,13 @@ def order_default(jobs: Sequence[JobRequest], snapshot: Snapshot, seed: int) -> 
 
     def key(job: JobRequest) -> tuple[int, bool, float, float, int, str]:
         work = _work(job)
-        index = table.index(work)
+        # completions per second of service, per GPU the job holds: a job of k GPUs is worth
+        # running only if it finishes k times as fast as a one-GPU job would
+        index = table.index(work) / gpus_of(job) ** SIZE_EXPONENT
         if now is not None:
-            ran = job.attained_service_s / max(job.gpu_count, 1)
+            ran = job.attained_service_s / gpus_of(job)
             waited = max(now - job.submitted_at - ran, 0.0)
-            index *= 1.0 + waited / AGING_S
+            index *= 1.0 + waited / (AGING_S * gpus_of(job) ** AGING_EXPONENT)
         if job.running_on:
             index *= sticky
         index /= share.get(job.account, 1.0)
