@@ -162,3 +162,10 @@ def test_a_gangs_output_is_prefixed_by_rank_line_by_line() -> None:
         pre({"rank": None, "stream": "stdout", "data": "plain\n"}),
     ]
     assert "".join(out) == "[rank 0] a\n[rank 0] b[rank 1] x\nc\n[rank 0] d\nplain\n"
+
+
+def test_the_default_advertise_address_is_the_route_to_the_coordinator() -> None:
+    assert rendezvous.default_advertise_addr("http://127.0.0.1:8080") == "127.0.0.1"
+    assert rendezvous.default_advertise_addr("https://localhost") in ("127.0.0.1", "::1")
+    # a name that does not resolve: the loopback rather than a failure at start
+    assert rendezvous.default_advertise_addr("https://no-such-host.invalid") == "127.0.0.1"

@@ -164,7 +164,8 @@ class Agent:
         self.name = name or socket.gethostname()
         self.site = site
         self.labels = dict(labels or {})
-        self.advertise_addr = advertise_addr or rendezvous.default_advertise_addr(self.url)
+        # None: worked out at each (re)connect, so a route that changed is picked up
+        self.advertise_addr = advertise_addr
         self.rendezvous_ports = rendezvous_ports
         self.node_id: str | None = None
         self.token: str | None = None
@@ -205,7 +206,7 @@ class Agent:
             isolation=Level(self._level()),
             runtimes=[self.containers.runtime.name] if self.containers else [],
             accepts_unisolated=self.accepts_unisolated and self.isolation.level == "none",
-            advertise_addr=self.advertise_addr,
+            advertise_addr=self.advertise_addr or rendezvous.default_advertise_addr(self.url),
             rendezvous_ports=self.rendezvous_ports,
         ).model_dump(mode="json")
 
