@@ -10,6 +10,7 @@ import textwrap
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -146,17 +147,18 @@ def test_a_torchrun_gang_survives_the_loss_of_a_member(net: Network, tmp_path: P
     victim_node = first[1]["node_id"]
     victim = next(n for n in net.agents if net.agent_credentials(n)["node_id"] == victim_node)
     net.agents[victim].kill9()
-    killed = time.monotonic()
+    killed = time.time()
 
     def head_stopped() -> dict[str, Any] | None:
         j = _show(net, job_id)
         head = _members(j, 1)[0]
         return j if head["state"] not in ("assigned", "running", "stopping") else None
 
-    job = wait_for(head_stopped, 15, "the other member to stop")
-    stopped_in = time.monotonic() - killed
-    assert stopped_in <= 10, stopped_in
+    job = wait_for(head_stopped, 30, "the other member to stop")
     head, lost = _members(job, 1)
+    # by the coordinator's clock (this host's): the stop confirmed, not when a poll saw it
+    stopped_in = datetime.fromisoformat(head["finished_at"]).timestamp() - killed
+    assert stopped_in <= 10, stopped_in
     assert lost["state"] == "lost" and head["state"] == "cancelled", job["attempts"]
     assert "rank 1" in head["reason"] and "lost" in head["reason"], head
 
