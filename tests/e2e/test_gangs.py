@@ -246,6 +246,10 @@ def test_a_ray_gang_runs_a_remote_function_on_each_node(ray_net: Network, tmp_pa
         return not [p for p in host_pids_with_prefix("/tmp/gpunet-ray-att")]
 
     wait_for(ray_gone, 20, "the gang's Ray processes to end")
+    for a in (head, worker):  # and its files
+        wait_for(
+            lambda a=a: not Path(f"/tmp/gpunet-ray-{a['id']}").exists(), 20, "Ray's files removed"
+        )
 
 
 def host_pids_with_prefix(prefix: str) -> list[int]:

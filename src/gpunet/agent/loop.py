@@ -547,6 +547,8 @@ class Agent:
                 except OSError as exc:
                     log.warning("could not clean up attempt %s: %s", ctx.id, exc)
             shutil.rmtree(workdir, ignore_errors=True)
+            if spec.get("launcher") == "ray":  # its Ray's files (see ray_command)
+                shutil.rmtree(RAY_TMP.format(attempt=ctx.id), ignore_errors=True)
 
     def _checkpoints(self, ctx: AttemptCtx, workdir: Path) -> checkpoints.Sync:
         """The attempt's checkpoint directory, synced with the coordinator's store."""
@@ -749,6 +751,11 @@ def launch_spec(item: StartItem) -> dict[str, Any]:
     return {**spec, "command": ray_command(runner.argv_of(spec), item.gang)}
 
 
+# where a member's Ray keeps its files: short (Ray's socket paths are limited), the attempt's own
+# (removed with the attempt; in the sandbox /tmp is the attempt's anyway)
+RAY_TMP = "/tmp/gpunet-ray-{attempt}"
+
+
 def ray_command(argv: list[str], gang: GangInfo | None) -> list[str]:
     """Rank 0 starts the Ray head on MASTER_PORT with its GPUs, waits until every member's
     node joined, then runs the job's command as the driver (RAY_ADDRESS set); the other ranks
@@ -762,7 +769,7 @@ def ray_command(argv: list[str], gang: GangInfo | None) -> list[str]:
     cmd = " ".join(shlex.quote(a) for a in argv)
     common = (
         'export RAY_ADDRESS="$MASTER_ADDR:$MASTER_PORT" RAY_USAGE_STATS_ENABLED=0; '
-        'tmp="/tmp/gpunet-ray-$GPUNET_ATTEMPT_ID"; '
+        f'tmp="{RAY_TMP.format(attempt="$GPUNET_ATTEMPT_ID")}"; '
     )
     if gang is None or gang.rank == 0:
         wait = (
