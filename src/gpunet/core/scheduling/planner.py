@@ -31,7 +31,7 @@ from gpunet.core.scheduling.model import (
     Plan,
     Snapshot,
 )
-from gpunet.core.scheduling.policies import QUANTUM_S, Policy, get_policy, gpus_of
+from gpunet.core.scheduling.policies import QUANTUM_S, Policy, get_policy
 from gpunet.core.scheduling.scorers import (
     class_scores,
     expected_throughputs,
@@ -46,7 +46,6 @@ _Best = tuple[int, str, tuple[str, ...], float, float]  # class, node, gpus, pac
 _Member = tuple[int, str, tuple[str, ...]]  # a gang member: class index, node, gpu ids
 _NO_PARTS = (0.0, 0.0, 0.0, 0.0, 0.0)
 _STRANGER = "\x00stranger"  # an account that owns no node
-BIG_FIRST = False
 _SITES_SHOWN = 5  # sites named in a gang's explanation
 
 
@@ -775,10 +774,6 @@ def _keep_in_place(
     pl.index = FleetIndex(snapshot, reclaim, pl.by_owner)  # the same classes: views stay valid
     jobs = [p[0] for p in placed]
     ordered = [j for j in jobs if j.running_on] + [j for j in jobs if not j.running_on]
-    if BIG_FIRST:
-        # largest first (first-fit decreasing): small jobs that stay put would otherwise
-        # scatter over the nodes a multi-GPU job chosen in the first pass needs whole
-        ordered.sort(key=lambda j: -gpus_of(j))
     out: list[tuple[JobRequest, int, str, tuple[str, ...], float, float]] = []
     for job in ordered:
         _exp, best = pl.explain_and_choose(job)

@@ -107,11 +107,12 @@ def order_las(jobs: Sequence[JobRequest], snapshot: Snapshot, seed: int) -> list
 # their share instead of waiting behind an endless stream of new short jobs.
 AGING_S = 2 * 3600.0
 
-# Gang size in the default policy: a job of k GPUs (all members of a gang) has its Gittins
-# index divided by k ** SIZE_EXPONENT and ages k ** AGING_EXPONENT times slower. A one-GPU
-# job is ordered as before. Tuned on Gavel-style multi-GPU streams (benchmarks/sim_gavel.py).
-SIZE_EXPONENT = 1.0
-AGING_EXPONENT = 1.0
+# Job size in the default policy's aging: a job of k GPUs (all members of a gang) ages
+# k ** AGING_EXPONENT times slower. Promoting a waiting multi-GPU job pushes out up to k
+# running jobs at once, and on Gavel-style multi-GPU streams (benchmarks/sim_gavel.py) the
+# average JCT fell as the exponent rose up to 3 (dividing the index itself by k did worse).
+# A one-GPU job ages as before.
+AGING_EXPONENT = 3.0
 
 
 # A job that holds GPUs keeps them unless a waiting job's index is higher by the share of a
@@ -142,9 +143,7 @@ def order_default(jobs: Sequence[JobRequest], snapshot: Snapshot, seed: int) -> 
 
     def key(job: JobRequest) -> tuple[int, bool, float, float, int, str]:
         work = _work(job)
-        # completions per second of service, per GPU the job holds: a job of k GPUs is worth
-        # running only if it finishes k times as fast as a one-GPU job would
-        index = table.index(work) / gpus_of(job) ** SIZE_EXPONENT
+        index = table.index(work)
         if now is not None:
             ran = job.attained_service_s / gpus_of(job)
             waited = max(now - job.submitted_at - ran, 0.0)
