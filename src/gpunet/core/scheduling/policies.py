@@ -145,9 +145,10 @@ def order_default(jobs: Sequence[JobRequest], snapshot: Snapshot, seed: int) -> 
         work = _work(job)
         index = table.index(work)
         if now is not None:
-            ran = job.attained_service_s / gpus_of(job)
+            gpus = gpus_of(job)
+            ran = job.attained_service_s / gpus
             waited = max(now - job.submitted_at - ran, 0.0)
-            index *= 1.0 + waited / (AGING_S * gpus_of(job) ** AGING_EXPONENT)
+            index *= 1.0 + waited / (AGING_S if gpus == 1 else AGING_S * gpus**AGING_EXPONENT)
         if job.running_on:
             index *= sticky
         index /= share.get(job.account, 1.0)
