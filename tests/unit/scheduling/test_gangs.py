@@ -13,8 +13,14 @@ from gpunet.core.scheduling import (
     never_fits,
     plan,
 )
+from gpunet.core.scheduling.gittins import gittins_table
 from gpunet.core.scheduling.model import AccountView
-from gpunet.core.scheduling.policies import AGING_EXPONENT, AGING_S, order_default
+from gpunet.core.scheduling.policies import (
+    AGING_EXPONENT,
+    AGING_S,
+    MULTI_GPU_STICKY,
+    order_default,
+)
 
 CC = {"A100-80GB": (8, 0), "V100": (7, 0), "K80": (3, 7)}
 
@@ -189,3 +195,25 @@ def test_default_policy_ages_a_job_by_its_size() -> None:
     # two one-GPU jobs: the one that waited longer goes first, as before
     old = JobRequest("old", "a", gpu_count=1, submitted_at=0.0)
     assert [j.id for j in order_default([small, old], snap, 0)] == ["old", "small"]
+
+
+def test_a_running_multi_gpu_job_is_stickier() -> None:
+    table = gittins_table(())
+    # attained work (s) of a running job and of a waiting job whose index is higher, by less
+    # than MULTI_GPU_STICKY
+    grid = [60.0 * 2**i for i in range(16)]
+    pairs = [
+        (a, b)
+        for a in grid
+        for b in grid
+        if 1.05 < table.index(b) / table.index(a) < MULTI_GPU_STICKY * 0.95
+    ]
+    assert pairs
+    ran, waits = pairs[0]
+    snap = Snapshot((), ())  # no clock: no aging
+    waiting = JobRequest("w", "a", gpu_count=1, attained_work_s=waits, submitted_at=1.0)
+    for gpus, first in ((1, "w"), (4, "r")):
+        running = JobRequest(
+            "r", "a", gpu_count=gpus, attained_work_s=ran, running_on=("x",) * gpus
+        )
+        assert order_default([waiting, running], snap, 0)[0].id == first

@@ -113,6 +113,10 @@ AGING_S = 2 * 3600.0
 # average JCT fell as the exponent rose up to 3 (dividing the index itself by k did worse).
 # A one-GPU job ages as before.
 AGING_EXPONENT = 3.0
+# A running job of several GPUs keeps them unless a waiting job's index is this many times
+# higher: stopping it frees whole nodes that one-GPU jobs then split, and it waits again for
+# whole nodes (on the multi-GPU streams 2 did better than 1 and 4).
+MULTI_GPU_STICKY = 2.0
 
 
 # A job that holds GPUs keeps them unless a waiting job's index is higher by the share of a
@@ -151,6 +155,8 @@ def order_default(jobs: Sequence[JobRequest], snapshot: Snapshot, seed: int) -> 
             index *= 1.0 + waited / (AGING_S if gpus == 1 else AGING_S * gpus**AGING_EXPONENT)
         if job.running_on:
             index *= sticky
+            if gpus_of(job) > 1:
+                index *= MULTI_GPU_STICKY
         index /= share.get(job.account, 1.0)
         return (
             -job.priority,
