@@ -29,11 +29,14 @@ def gpu_class(g: GpuView, n: NodeView) -> GpuClass:
         g.drained,
         n.online,
         g.power_w,
+        tier=g.tier,
+        reliability=g.reliability,
         isolation=n.isolation,
         has_runtime=bool(n.runtimes),
         private=n.private,
         owner=n.owner,
         owner_busy=g.owner_busy,
+        interruptible_price=g.interruptible_price,
     )
 
 

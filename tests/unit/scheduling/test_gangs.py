@@ -13,7 +13,14 @@ from gpunet.core.scheduling import (
     never_fits,
     plan,
 )
+from gpunet.core.scheduling.gittins import gittins_table
 from gpunet.core.scheduling.model import AccountView
+from gpunet.core.scheduling.policies import (
+    AGING_EXPONENT,
+    AGING_S,
+    MULTI_GPU_STICKY,
+    order_default,
+)
 
 CC = {"A100-80GB": (8, 0), "V100": (7, 0), "K80": (3, 7)}
 
@@ -175,3 +182,38 @@ def test_never_fits_wording() -> None:
     assert never_fits(EU_US, JobRequest("j", "a", gpu_count=5)) == (
         "no node in the fleet has 5 GPU(s) of one model that fit this job; the best node has 4"
     )
+
+
+def test_default_policy_ages_a_job_by_its_size() -> None:
+    snap = Snapshot((), (), now=10 * 3600.0)
+    # same attained work; the big job has waited 10 h, the one-GPU job 4 h
+    big = JobRequest("big", "a", gpu_count=4, node_count=2, submitted_at=0.0)
+    small = JobRequest("small", "a", gpu_count=1, submitted_at=6 * 3600.0)
+    # aging 1 + waited / (2 h x 8^3): the big job's 10 h count for less than the small's 4 h
+    assert 1 + 10 * 3600 / (AGING_S * 8**AGING_EXPONENT) < 1 + 4 * 3600 / AGING_S
+    assert [j.id for j in order_default([big, small], snap, 0)] == ["small", "big"]
+    # two one-GPU jobs: the one that waited longer goes first, as before
+    old = JobRequest("old", "a", gpu_count=1, submitted_at=0.0)
+    assert [j.id for j in order_default([small, old], snap, 0)] == ["old", "small"]
+
+
+def test_a_running_multi_gpu_job_is_stickier() -> None:
+    table = gittins_table(())
+    # attained work (s) of a running job and of a waiting job whose index is higher, by less
+    # than MULTI_GPU_STICKY
+    grid = [60.0 * 2**i for i in range(16)]
+    pairs = [
+        (a, b)
+        for a in grid
+        for b in grid
+        if 1.05 < table.index(b) / table.index(a) < MULTI_GPU_STICKY * 0.95
+    ]
+    assert pairs
+    ran, waits = pairs[0]
+    snap = Snapshot((), ())  # no clock: no aging
+    waiting = JobRequest("w", "a", gpu_count=1, attained_work_s=waits, submitted_at=1.0)
+    for gpus, first in ((1, "w"), (4, "r")):
+        running = JobRequest(
+            "r", "a", gpu_count=gpus, attained_work_s=ran, running_on=("x",) * gpus
+        )
+        assert order_default([waiting, running], snap, 0)[0].id == first

@@ -31,7 +31,7 @@ from gpunet.core.scheduling.model import (
     Plan,
     Snapshot,
 )
-from gpunet.core.scheduling.policies import QUANTUM_S, Policy, get_policy, gpus_of
+from gpunet.core.scheduling.policies import QUANTUM_S, Policy, get_policy
 from gpunet.core.scheduling.scorers import (
     class_scores,
     expected_throughputs,
@@ -46,7 +46,6 @@ _Best = tuple[int, str, tuple[str, ...], float, float]  # class, node, gpus, pac
 _Member = tuple[int, str, tuple[str, ...]]  # a gang member: class index, node, gpu ids
 _NO_PARTS = (0.0, 0.0, 0.0, 0.0, 0.0)
 _STRANGER = "\x00stranger"  # an account that owns no node
-BIG_FIRST = False
 _SITES_SHOWN = 5  # sites named in a gang's explanation
 
 
@@ -230,7 +229,10 @@ class _Planner:
         return ((best[0], best[1], best[2]),)
 
     def take(self, job: JobRequest, best: _Best) -> None:
-        for ci, node, gpus in self.members(job, best):
+        if job.node_count <= 1 and job.site is None:
+            self.index.take(self.index.classes[best[0]], best[1], best[2])
+            return
+        for ci, node, gpus in self.gangs[job.id]:
             self.index.take(self.index.classes[ci], node, gpus)
 
     def chosen_gpus(self, job: JobRequest, best: _Best) -> tuple[str, ...]:
@@ -311,7 +313,7 @@ class _Planner:
         """Count rejections, then pick the best (class, node, gpus, packing, locality).
         ``admit``: the admission tally; free GPUs of a class the job's account cannot start
         on count under its reason (the last filter)."""
-        if self.is_gang(job):
+        if job.node_count > 1 or job.site is not None:  # is_gang, inlined: a hot path
             return self._choose_gang(job, admit)
         idx = self.index
         view = self.view(job)
@@ -612,14 +614,17 @@ def plan(
     first_choice = {job.id: ci for job, ci, *_ in placed}
     # gangs (and jobs that name a site) keep the members they chose: exchanging one member's
     # GPUs with a one-node job would split them across sites or models
-    gangs = [p for p in placed if pl.is_gang(p[0])]
-    placed = [p for p in placed if not pl.is_gang(p[0])]
+    gangs = [p for p in placed if p[0].node_count > 1 or p[0].site is not None]
+    if gangs:
+        placed = [p for p in placed if p[0].node_count <= 1 and p[0].site is None]
     if pol.match_types:
         placed = _match_types(pl, placed)
     chosen = set(first_choice)
     if pol.min_efficiency > 0:
         movable = [
-            j for j in order if not (snapshot.keep_running and j.running_on) and not pl.is_gang(j)
+            j
+            for j in order
+            if not (snapshot.keep_running and j.running_on) and j.node_count <= 1 and j.site is None
         ]
         placed = _yield_slow_slots(pl, placed, movable, pol.min_efficiency)
         first_choice.update({job.id: ci for job, ci, *_ in placed if job.id not in first_choice})
@@ -648,8 +653,10 @@ def plan(
                 f"matching swapped it from {was}, where another job gains more"
             )
         result.placements.append(pl.record(job, exp, ci, node, gpus, pk, lc, note))
-    kept = {p.job_id: set(p.all_gpu_ids) for p in result.placements}
-    taker = {g: p.job_id for p in result.placements for g in p.all_gpu_ids}
+    kept = {p.job_id: set(p.all_gpu_ids if p.members else p.gpu_ids) for p in result.placements}
+    taker = {
+        g: p.job_id for p in result.placements for g in (p.all_gpu_ids if p.members else p.gpu_ids)
+    }
     for job in pending:
         if job.running_on and kept.get(job.id) != set(job.running_on):
             result.preemptions.append(job.id)
@@ -775,10 +782,6 @@ def _keep_in_place(
     pl.index = FleetIndex(snapshot, reclaim, pl.by_owner)  # the same classes: views stay valid
     jobs = [p[0] for p in placed]
     ordered = [j for j in jobs if j.running_on] + [j for j in jobs if not j.running_on]
-    if BIG_FIRST:
-        # largest first (first-fit decreasing): small jobs that stay put would otherwise
-        # scatter over the nodes a multi-GPU job chosen in the first pass needs whole
-        ordered.sort(key=lambda j: -gpus_of(j))
     out: list[tuple[JobRequest, int, str, tuple[str, ...], float, float]] = []
     for job in ordered:
         _exp, best = pl.explain_and_choose(job)

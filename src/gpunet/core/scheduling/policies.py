@@ -107,11 +107,16 @@ def order_las(jobs: Sequence[JobRequest], snapshot: Snapshot, seed: int) -> list
 # their share instead of waiting behind an endless stream of new short jobs.
 AGING_S = 2 * 3600.0
 
-# Gang size in the default policy: a job of k GPUs (all members of a gang) has its Gittins
-# index divided by k ** SIZE_EXPONENT and ages k ** AGING_EXPONENT times slower. A one-GPU
-# job is ordered as before. Tuned on Gavel-style multi-GPU streams (benchmarks/sim_gavel.py).
-SIZE_EXPONENT = 1.0
-AGING_EXPONENT = 1.0
+# Job size in the default policy's aging: a job of k GPUs (all members of a gang) ages
+# k ** AGING_EXPONENT times slower. Promoting a waiting multi-GPU job pushes out up to k
+# running jobs at once, and on Gavel-style multi-GPU streams (benchmarks/sim_gavel.py) the
+# average JCT fell as the exponent rose up to 3 (dividing the index itself by k did worse).
+# A one-GPU job ages as before.
+AGING_EXPONENT = 3.0
+# A running job of several GPUs keeps them unless a waiting job's index is this many times
+# higher: stopping it frees whole nodes that one-GPU jobs then split, and it waits again for
+# whole nodes (on the multi-GPU streams 2 did better than 1 and 4).
+MULTI_GPU_STICKY = 2.0
 
 
 # A job that holds GPUs keeps them unless a waiting job's index is higher by the share of a
@@ -142,15 +147,16 @@ def order_default(jobs: Sequence[JobRequest], snapshot: Snapshot, seed: int) -> 
 
     def key(job: JobRequest) -> tuple[int, bool, float, float, int, str]:
         work = _work(job)
-        # completions per second of service, per GPU the job holds: a job of k GPUs is worth
-        # running only if it finishes k times as fast as a one-GPU job would
-        index = table.index(work) / gpus_of(job) ** SIZE_EXPONENT
+        index = table.index(work)
         if now is not None:
-            ran = job.attained_service_s / gpus_of(job)
+            gpus = gpus_of(job)
+            ran = job.attained_service_s / gpus
             waited = max(now - job.submitted_at - ran, 0.0)
-            index *= 1.0 + waited / (AGING_S * gpus_of(job) ** AGING_EXPONENT)
+            index *= 1.0 + waited / (AGING_S if gpus == 1 else AGING_S * gpus**AGING_EXPONENT)
         if job.running_on:
             index *= sticky
+            if gpus_of(job) > 1:
+                index *= MULTI_GPU_STICKY
         index /= share.get(job.account, 1.0)
         return (
             -job.priority,
