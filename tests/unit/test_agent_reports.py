@@ -106,6 +106,7 @@ def test_a_refused_finished_report_is_replaced_by_a_minimal_one(tmp_path: Path) 
         "exit_code": 3,
         "lost": False,
         "reclaimed": False,
+        "rendezvous_failed": False,
         "reason": "the coordinator refused the full report",
         "energy": [],
         "runtime_s": None,

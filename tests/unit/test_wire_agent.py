@@ -92,6 +92,7 @@ def test_a_finished_report_carries_the_meters_as_the_coordinator_stores_them() -
         "reason": "the coordinator refused the full report",
         "lost": False,
         "reclaimed": False,
+        "rendezvous_failed": False,
         "energy": [],
         "runtime_s": None,
     }

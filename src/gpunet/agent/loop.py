@@ -25,13 +25,14 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from gpunet import __version__
-from gpunet.agent import bench, checkpoints, energy, lease, owner, runner
+from gpunet.agent import bench, checkpoints, energy, lease, owner, rendezvous, runner
 from gpunet.agent.answers import Answers, Backoff
 from gpunet.agent.gpus.base import GpuBackend
 from gpunet.agent.journal import Journal
 from gpunet.agent.sandbox import Isolation
 from gpunet.agent.sandbox.image_jobs import ContainerHost
 from gpunet.core.energy import Meter
+from gpunet.core.gangs import gang_env
 from gpunet.core.isolation import Isolation as Level
 from gpunet.core.jobs import CANCEL_GRACE_S
 from gpunet.failover import AsyncFailoverTransport, Coordinators, split_urls
@@ -42,6 +43,7 @@ from gpunet.wire.agent import (
     EnergyUse,
     FinishedAttempt,
     FinishReport,
+    GangInfo,
     HealthReport,
     Heartbeat,
     HeartbeatAnswer,
@@ -147,10 +149,15 @@ class Agent:
         containers: ContainerHost | None = None,
         labels: dict[str, str] | None = None,
         owner_policy: owner.OwnerPolicy | None = None,
+        advertise_addr: str | None = None,
+        rendezvous_ports: str | None = None,
     ) -> None:
         """``verify``: how to check an https coordinator's certificate (gpunet.tls);
         ``labels``: what the node says of itself, e.g. its site's PUE and tariff;
-        ``owner_policy``: how the GPUs' owner takes them back (None: never)."""
+        ``owner_policy``: how the GPUs' owner takes them back (None: never);
+        ``advertise_addr``: where other members of a gang reach this node (default: the
+        address this host reaches the coordinator from); ``rendezvous_ports``: "LOW-HIGH",
+        the ports a gang whose rank 0 runs here may use (default: core.gangs.DEFAULT_PORTS)."""
         # ``URL1,URL2``: replicas of one network; requests fail over between them
         self.coordinators = Coordinators(split_urls(coordinator))
         self.url = self.coordinators.urls[0]  # requests to it go to the replica in use
@@ -160,6 +167,9 @@ class Agent:
         self.name = name or socket.gethostname()
         self.site = site
         self.labels = dict(labels or {})
+        # None: worked out at each (re)connect, so a route that changed is picked up
+        self.advertise_addr = advertise_addr
+        self.rendezvous_ports = rendezvous_ports
         self.node_id: str | None = None
         self.token: str | None = None
         self.lease_timeout_s = 30.0
@@ -205,6 +215,8 @@ class Agent:
             isolation=Level(self._level()),
             runtimes=[self.containers.runtime.name] if self.containers else [],
             accepts_unisolated=self.accepts_unisolated and self.isolation.level == "none",
+            advertise_addr=self.advertise_addr or rendezvous.default_advertise_addr(self.url),
+            rendezvous_ports=self.rendezvous_ports,
         ).model_dump(mode="json")
 
     def _level(self) -> str:
@@ -470,6 +482,8 @@ class Agent:
             self._finish(ctx, -15, why)
             return
         ckpt = self._checkpoints(ctx, workdir)
+        # only a gang's rank 0 saves the job's checkpoint; every member restores it
+        uploads = item.gang is None or item.gang.rank == 0
         try:
             try:
                 if spec.get("workdir"):
@@ -484,11 +498,24 @@ class Agent:
                     self._flush_logs(ctx)
                     self._finish(ctx, None, f"checkpoint restore failed: {exc}", lost=True)
                     return
+                if item.gang is not None:
+                    try:
+                        if self.sandbox is not None and self.sandbox.config.network == "none":
+                            raise rendezvous.RendezvousFailed(
+                                "rendezvous: this node runs jobs without a network "
+                                "(--job-network none): a member cannot reach its gang"
+                            )
+                        await rendezvous.check(item.gang, item.job_id, item.number)
+                    except rendezvous.RendezvousFailed as exc:
+                        ctx.logs.append({"stream": "system", "data": f"{exc}\n"})
+                        self._flush_logs(ctx)
+                        self._finish(ctx, None, str(exc), lost=True, rendezvous_failed=True)
+                        return
                 ctx.run = await runner.start(
-                    spec,
+                    launch_spec(item),
                     workdir,
                     item.gpu_indices,
-                    item.model_dump(mode="json"),
+                    attempt_vars(item),
                     lambda s, d: self._collect(ctx, s, d),
                     sandbox=self.sandbox,
                     containers=self.containers,
@@ -503,10 +530,11 @@ class Agent:
                 return
             ctx.meters = energy.start(self.backend, item.gpu_indices, self._busy_indices())
             self._report(ctx, Report(fencing_token=ctx.token))
-            ckpt.start_periodic(checkpoints.interval_of(spec))
+            if uploads:
+                ckpt.start_periodic(checkpoints.interval_of(spec))
             code = await ctx.run.wait()
             await ckpt.stop_periodic()
-            if checkpoints.final_wanted(ctx.run.stop_reason, code, ctx.orphaned):
+            if uploads and checkpoints.final_wanted(ctx.run.stop_reason, code, ctx.orphaned):
                 await ckpt.final()
             energy.sample(ctx.meters, self.backend.telemetry(self._busy_indices()))
             used = energy.report(ctx.meters)
@@ -528,6 +556,8 @@ class Agent:
                 except OSError as exc:
                     log.warning("could not clean up attempt %s: %s", ctx.id, exc)
             shutil.rmtree(workdir, ignore_errors=True)
+            if spec.get("launcher") == "ray":  # its Ray's files (see ray_command)
+                shutil.rmtree(RAY_TMP.format(attempt=ctx.id), ignore_errors=True)
 
     def _checkpoints(self, ctx: AttemptCtx, workdir: Path) -> checkpoints.Sync:
         """The attempt's checkpoint directory, synced with the coordinator's store."""
@@ -564,6 +594,7 @@ class Agent:
         *,
         lost: bool = False,
         energy: list[EnergyUse] | None = None,
+        rendezvous_failed: bool = False,
     ) -> None:
         """Report the attempt ended (the reason cut to what the coordinator keeps), with the
         time it ran on this host's monotonic clock (what its tenant is billed)."""
@@ -574,6 +605,7 @@ class Agent:
             reason=reason[:MAX_REASON_CHARS],
             lost=lost,
             reclaimed=ctx.reclaimed,
+            rendezvous_failed=rendezvous_failed,
             energy=energy or [],
             runtime_s=ctx.run.runtime_s if ran and ctx.run is not None else None,
         )
@@ -692,6 +724,86 @@ class Agent:
         return body.model_dump(mode="json"), [e.seq for e in fins]
 
 
+def attempt_vars(item: StartItem) -> dict[str, Any]:
+    """What the job's environment is built from (sandbox/env.job_env): the start item, and
+    the torchrun-ready variables: the gang's, or for a one-node job this host alone with a
+    free port."""
+    d = item.model_dump(mode="json")
+    g = item.gang
+    if g is not None:
+        d["gang_env"] = gang_env(
+            rank=g.rank, addrs=g.addrs, master_port=g.master_port, gpus_per_node=g.gpus_per_node
+        )
+        # collectives between nodes go over the interface of this member's advertise address
+        # (the job's own env may name another)
+        ifname = rendezvous.interface_of(g.addrs[g.rank])
+        own = item.spec.get("env") or {}
+        for var in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME"):
+            if ifname and var not in own:
+                d["gang_env"][var] = ifname
+    else:
+        d["gang_env"] = gang_env(
+            rank=0,
+            addrs=["127.0.0.1"],
+            master_port=rendezvous.free_local_port(),
+            gpus_per_node=len(item.gpu_indices),
+        )
+    return d
+
+
+def launch_spec(item: StartItem) -> dict[str, Any]:
+    """The spec the runner starts: the job's own, or for ``launcher: ray`` its command wrapped
+    in a Ray cluster on the gang (docs/distributed.md)."""
+    spec = item.spec
+    if spec.get("launcher") != "ray":
+        return spec
+    return {**spec, "command": ray_command(runner.argv_of(spec), item.gang)}
+
+
+# where a member's Ray keeps its files: short (Ray's socket paths are limited), the attempt's own
+# (removed with the attempt; in the sandbox /tmp is the attempt's anyway)
+RAY_TMP = "/tmp/gpunet-ray-{attempt}"
+
+
+def ray_command(argv: list[str], gang: GangInfo | None) -> list[str]:
+    """Rank 0 starts the Ray head on MASTER_PORT with its GPUs, waits until every member's
+    node joined, then runs the job's command as the driver (RAY_ADDRESS set); the other ranks
+    join as workers and serve until the job ends (the coordinator stops them once the head's
+    command finished; a worker whose head went away ends in success, so only the head's
+    result counts). Each member's Ray keeps its files in a directory of its own, and its
+    daemons are the attempt's processes: they end with it (its cgroup, or its session).
+    Ray must be installed where jobs run (the ``gpunet[ray]`` extra)."""
+    import shlex
+
+    cmd = " ".join(shlex.quote(a) for a in argv)
+    common = (
+        'export RAY_ADDRESS="$MASTER_ADDR:$MASTER_PORT" RAY_USAGE_STATS_ENABLED=0; '
+        f'tmp="{RAY_TMP.format(attempt="$GPUNET_ATTEMPT_ID")}"; '
+    )
+    if gang is None or gang.rank == 0:
+        wait = (
+            "import ray,os,time;ray.init();n=int(os.environ['NNODES']);"
+            "t=time.monotonic()\n"
+            "while sum(x['Alive'] for x in ray.nodes())<n:\n"
+            " assert time.monotonic()-t<120,'ray workers did not join';time.sleep(0.5)"
+        )
+        script = (
+            common + 'ray start --head --node-ip-address="$MASTER_ADDR" --port="$MASTER_PORT" '
+            '--num-gpus="$GPUS_PER_NODE" --temp-dir="$tmp" --include-dashboard=false '
+            "--disable-usage-stats || exit 1; "
+            f"python3 -c {shlex.quote(wait)} || exit 1; "
+            f"{cmd}"
+        )
+    else:
+        me = gang.addrs[gang.rank]
+        script = (
+            common + f'ray start --address="$RAY_ADDRESS" --node-ip-address={shlex.quote(me)} '
+            '--num-gpus="$GPUS_PER_NODE" --temp-dir="$tmp" --disable-usage-stats --block; '
+            "echo 'gpunet: the Ray head went away; this worker ends'; exit 0"
+        )
+    return ["/bin/sh", "-c", script]
+
+
 def report_kind(rep: Report) -> str:
     """The report's name in its path: /v1/agent/attempts/{id}/{kind}."""
     if isinstance(rep, FinishReport):
@@ -730,6 +842,7 @@ def minimal_finish(rep: FinishReport) -> FinishReport:
         exit_code=rep.exit_code,
         lost=rep.lost,
         reclaimed=rep.reclaimed,
+        rendezvous_failed=rep.rendezvous_failed,
         reason="the coordinator refused the full report",
         runtime_s=rep.runtime_s,
     )

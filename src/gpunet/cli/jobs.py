@@ -72,10 +72,11 @@ def files_referred(spec: dict[str, Any], folder: Path) -> list[str]:
     return found
 
 
-def _stream_logs(client: Client, job_id: str) -> None:
-    for chunk in client.follow_logs(job_id):
+def _stream_logs(client: Client, job_id: str, rank: int | None = None) -> None:
+    pre = RankPrefix()
+    for chunk in client.follow_logs(job_id, rank=rank):
         out = sys.stderr if chunk["stream"] == "stderr" else sys.stdout
-        out.write(chunk["data"])
+        out.write(pre(chunk))
         out.flush()
 
 
@@ -84,14 +85,28 @@ def _follow(client: Client, job_id: str, *, say_where: bool = False) -> None:
     try:
         wait_until_started(client, job_id)
         if say_where:
-            j = client.job(job_id)
-            if j.get("node_id"):
-                where = f"{j['node_id']} GPUs {formats.items(j['gpu_ids'])}"
-                err_console.print(f"{job_id} running on {where}", markup=False, highlight=False)
+            _say_where(client.job(job_id))
         _stream_logs(client, job_id)
     except KeyboardInterrupt:
         interrupted(job_id, interactive=sys.stdin.isatty())
     _finish(client, job_id)
+
+
+def _say_where(j: dict[str, Any]) -> None:
+    """Where the job runs: its node and GPUs, or every member of a gang's latest attempt."""
+    members = [a for a in j.get("attempts", []) if a.get("gang_size", 1) > 1]
+    if members:
+        last = max(a["number"] for a in members)
+        where = "; ".join(
+            f"rank {a['rank']} {a['node_id']} GPUs {formats.items(a['gpu_ids'])}"
+            for a in members
+            if a["number"] == last
+        )
+    elif j.get("node_id"):
+        where = f"{j['node_id']} GPUs {formats.items(j['gpu_ids'])}"
+    else:
+        return
+    err_console.print(f"{j['id']} running on {where}", markup=False, highlight=False)
 
 
 def interrupted(job_id: str, *, interactive: bool) -> NoReturn:
@@ -120,6 +135,27 @@ def interrupted(job_id: str, *, interactive: bool) -> NoReturn:
     say(f"  reattach: gpunet logs -f {job_id}", markup=False, highlight=False)
     say(f"  cancel:   gpunet cancel {job_id}", markup=False, highlight=False)
     raise typer.Exit(130)
+
+
+class RankPrefix:
+    """A gang's output, each line prefixed ``[rank N]`` (output of a plain job as it is).
+    Lines may span chunks: a prefix goes only where a rank's line begins."""
+
+    def __init__(self) -> None:
+        self.open: dict[tuple[int, str], bool] = {}  # (rank, stream) -> mid-line
+
+    def __call__(self, chunk: dict[str, Any]) -> str:
+        rank = chunk.get("rank")
+        data = str(chunk["data"])
+        if rank is None:
+            return data
+        key = (int(rank), str(chunk["stream"]))
+        tag = f"[rank {rank}] "
+        out = []
+        for line in data.splitlines(keepends=True):
+            out.append(line if self.open.get(key) else tag + line)
+            self.open[key] = not line.endswith("\n")
+        return "".join(out)
 
 
 def _finish(client: Client, job_id: str) -> None:
@@ -165,7 +201,14 @@ def submit(
 
 def run(
     command: Annotated[list[str], typer.Argument(help="the command, after --")],
-    gpus: Annotated[int, typer.Option(help="GPUs on one node")] = 1,
+    gpus: Annotated[int, typer.Option(help="GPUs on each node")] = 1,
+    nodes: Annotated[
+        int, typer.Option(help="nodes, started together (a gang; torchrun-ready variables)")
+    ] = 1,
+    site: Annotated[str | None, typer.Option(help="run only in this site")] = None,
+    launcher: Annotated[
+        str | None, typer.Option(help="ray: start a Ray cluster on the job's nodes")
+    ] = None,
     gpu_model: Annotated[list[str] | None, typer.Option(help="allowed GPU model (repeat)")] = None,
     min_gpu_memory_gb: Annotated[float, typer.Option(help="per GPU")] = 0,
     name: Annotated[str | None, typer.Option(help="job name")] = None,
@@ -211,6 +254,13 @@ def run(
             "min_gpu_memory_gb": min_gpu_memory_gb,
         },
     }
+    res: dict[str, Any] = spec["resources"]  # type: ignore[assignment]
+    if nodes != 1:
+        res["nodes"] = nodes
+    if site is not None:
+        res["site"] = site
+    if launcher is not None:
+        spec["launcher"] = launcher
     if interruptible:
         spec["interruptible"] = True
     if max_price is not None:
@@ -219,7 +269,6 @@ def run(
         spec["min_reliability"] = min_reliability
     if image is not None:
         spec["image"] = image
-    res: dict[str, Any] = spec["resources"]  # type: ignore[assignment]
     if isolation is not None:
         res["isolation"] = isolation
     if owner:
@@ -305,8 +354,10 @@ def show_job(job: R.Job) -> None:
 
         console.print(f"  {'energy':13} {energy_line(job.energy)}")
     if job.attempts:
+        gang = any(a.gang_size > 1 for a in job.attempts)
         attempt_columns: list[Column[R.Attempt]] = [
             ("#", lambda a: a.number),
+            *([("RANK", lambda a: a.rank)] if gang else []),  # a gang's members
             ("ATTEMPT", lambda a: a.id),
             ("NODE", lambda a: a.node_id),
             ("GPUS", lambda a: formats.items(a.gpu_ids)),
@@ -323,6 +374,12 @@ def placement_terms(spec: dict[str, Any]) -> list[str]:
     """Lines for what a job asks of its node beyond GPUs (shown only when set)."""
     res = spec.get("resources") or {}
     out = []
+    if (res.get("nodes") or 1) > 1:
+        out.append(f"{'nodes':13} {res['nodes']} x {res.get('gpus', 1)} GPU(s), started together")
+    if res.get("site"):
+        out.append(f"{'site':13} {res['site']}")
+    if spec.get("launcher") not in (None, "none"):
+        out.append(f"{'launcher':13} {spec['launcher']}")
     if spec.get("image"):
         out.append(f"{'image':13} {spec['image']}")
     if res.get("isolation") not in (None, "none"):
@@ -387,23 +444,34 @@ def jobs_why(job_id: str, json_out: JsonOpt = False) -> None:
         console.print(f"  {res.note}")
     if res.would_place:
         wp = res.would_place
-        console.print(f"  next placement: {wp.node_id} GPUs {','.join(wp.gpu_ids)}")
+        if wp.members:
+            for rank, m in enumerate(wp.members):
+                console.print(
+                    f"  next placement: rank {rank} {m.node_id} GPUs {','.join(m.gpu_ids)}"
+                )
+        else:
+            console.print(f"  next placement: {wp.node_id} GPUs {','.join(wp.gpu_ids)}")
 
 
 def logs(
     job_id: str,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="until the job ends")] = False,
+    rank: Annotated[
+        int | None,
+        typer.Option(help="a multi-node job: only this rank's output (default: all, prefixed)"),
+    ] = None,
 ) -> None:
     """Print a job's logs."""
     with Client() as client:
         if follow:
-            _stream_logs(client, job_id)
+            _stream_logs(client, job_id, rank)
             return
         after = 0
+        pre = RankPrefix()
         while True:
-            page = client.logs(job_id, after)
+            page = client.logs(job_id, after, rank)
             for c in page["chunks"]:
-                (sys.stderr if c["stream"] == "stderr" else sys.stdout).write(c["data"])
+                (sys.stderr if c["stream"] == "stderr" else sys.stdout).write(pre(c))
             if not page["chunks"]:
                 break
             after = page["next"]

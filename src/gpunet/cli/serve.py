@@ -26,6 +26,7 @@ from gpunet.agent.sandbox import Isolation, Limits, SandboxConfig, image_jobs, p
 from gpunet.agent.sandbox.image_jobs import ContainerHost
 from gpunet.cli.output import console, err_console
 from gpunet.config import ClientConfig, home
+from gpunet.core.gangs import parse_ports
 from gpunet.core.scheduling.policies import get_policy
 from gpunet.errors import GpunetError, ValidationFailed
 from gpunet.services.auth import ADMIN_ACCOUNT, Authenticator, Role, bootstrap_admin, issue_token
@@ -495,6 +496,20 @@ def agent(
     owner_policy: OwnerPolicyOpt = None,
     owner_hook: OwnerHookOpt = None,
     available: AvailableOpt = None,
+    advertise_addr: Annotated[
+        str | None,
+        typer.Option(
+            help="where the other members of a multi-node job reach this machine (default: "
+            "the address it reaches the coordinator from; 127.0.0.1 for a local one)"
+        ),
+    ] = None,
+    rendezvous_ports: Annotated[
+        str | None,
+        typer.Option(
+            help="ports a multi-node job whose rank 0 runs here may use, LOW-HIGH "
+            "(default 29500-29999)"
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Join this machine's GPUs to a coordinator. Dials out only: works behind NAT."""
@@ -528,6 +543,8 @@ def agent(
         containers=containers_for(agent_dir, containers, iso, job_network),
         labels=site_labels(site_pue, site_tariff, site_grid, site_country),
         owner_policy=policy,
+        advertise_addr=advertise_addr,
+        rendezvous_ports=_port_range(rendezvous_ports),
     )
     a.benchmark_every_s = benchmark_every
     console.print(
@@ -545,6 +562,17 @@ def agent(
         asyncio.run(main())
     except Rejected as exc:  # e.g. a join token revoked, expired or used up
         raise GpunetError(f"the coordinator refused this agent: {exc.message}") from None
+
+
+def _port_range(text: str | None) -> str | None:
+    """``--rendezvous-ports`` checked here, so a typo stops the agent with one line."""
+    if text is None:
+        return None
+    try:
+        lo, hi = parse_ports(text)
+    except ValueError as exc:
+        raise ValidationFailed("rendezvous_ports", str(exc)) from None
+    return f"{lo}-{hi}"
 
 
 def _local_network(

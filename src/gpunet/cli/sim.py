@@ -55,7 +55,14 @@ CostOpt = Annotated[
 WindowOpt = Annotated[
     str | None, typer.Option("--window", help="measure jobs FIRST:LAST (0-based, inclusive)")
 ]
-PerNodeOpt = Annotated[int, typer.Option("--gpus-per-node", help="GPUs per simulated node")]
+PerNodeOpt = Annotated[
+    int,
+    typer.Option(
+        "--gpus-per-node",
+        help="GPUs per simulated node; a job larger than a node runs as a gang of nodes"
+        " (4 for Gavel's servers: an 8-GPU job is 2 nodes x 4)",
+    ),
+]
 
 
 def _guard(fn: Callable[[], T]) -> T:
@@ -250,9 +257,13 @@ def generate(
     jobs: Annotated[int, typer.Option("--jobs", help="number of jobs")] = 1000,
     rate: Annotated[float, typer.Option("--rate", help="arrivals per hour")] = 2.0,
     seed: Annotated[int, typer.Option("--seed", help="random seed")] = 0,
-    multi_gpu: Annotated[bool, typer.Option("--multi-gpu", help="gavel: 2/4/8-GPU jobs too")] = (
-        False
-    ),
+    multi_gpu: Annotated[
+        bool,
+        typer.Option(
+            "--multi-gpu",
+            help="gavel: Gavel's multi-GPU mix, scale factors 1/2/4/8 (70/10/15/5 percent)",
+        ),
+    ] = False,
     fmt: Annotated[str, typer.Option("--format", help="jsonl (gpunet) or trace (Gavel)")] = (
         "jsonl"
     ),

@@ -37,6 +37,8 @@ class LostCause(StrEnum):
     AGENT_RESTART = "agent_restart"  # its agent restarted (its processes died with it)
     AGENT = "agent"  # its agent stopped it, e.g. for a lease it could not renew
     GPU_FAILED = "gpu_failed"  # its GPU failed (health): what it computed is not trusted
+    # a gang member could not reach rank 0's rendezvous port (or rank 0 could not open it)
+    RENDEZVOUS = "rendezvous"
 
 
 # losses of contact: the attempt may have finished all the same, so a late success counts
@@ -48,6 +50,9 @@ class StopKind(StrEnum):
 
     CANCEL = "cancel"  # the user cancelled the job: it ends
     PREEMPT = "preempt"  # higher-priority work takes the GPUs: the job is re-queued
+    # another member of its gang ended (failed, lost, reclaimed, preempted, or a Ray head
+    # finished): the job's fate is already decided, this member only has to stop
+    GANG = "gang"
 
 
 # A job that exits with this code has saved its checkpoint and asks to be run again (as

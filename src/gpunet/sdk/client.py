@@ -210,16 +210,25 @@ class Client:
     def cancel(self, job_id: str) -> dict[str, Any]:
         return dict(self._req("POST", f"/v1/jobs/{job_id}/cancel"))
 
-    def logs(self, job_id: str, after: int = 0) -> dict[str, Any]:
-        return dict(self._req("GET", f"/v1/jobs/{job_id}/logs", params={"after": after}))
+    def logs(self, job_id: str, after: int = 0, rank: int | None = None) -> dict[str, Any]:
+        params: dict[str, Any] = {"after": after}
+        if rank is not None:
+            params["rank"] = rank
+        return dict(self._req("GET", f"/v1/jobs/{job_id}/logs", params=params))
 
     def follow_logs(
-        self, job_id: str, *, poll_s: float = 0.3, timeout_s: float | None = None
+        self,
+        job_id: str,
+        *,
+        poll_s: float = 0.3,
+        timeout_s: float | None = None,
+        rank: int | None = None,
     ) -> Iterator[dict[str, Any]]:
-        """Yield log chunks until the job ends (and its last logs are read)."""
+        """Yield log chunks until the job ends (and its last logs are read); ``rank``: only
+        that gang rank's."""
         after, deadline = 0, None if timeout_s is None else time.monotonic() + timeout_s
         while True:
-            page = self.logs(job_id, after)
+            page = self.logs(job_id, after, rank)
             yield from page["chunks"]
             after = page["next"]
             if page["state"] in TERMINAL and not page["chunks"]:

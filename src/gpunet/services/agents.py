@@ -28,9 +28,15 @@ from gpunet.core.jobs import (
 )
 from gpunet.core.jobspec import grace_of
 from gpunet.errors import Forbidden, GpunetError, NotFound, StaleFencingToken
-from gpunet.services import billing
+from gpunet.services import billing, gangs
 from gpunet.services.auth import Principal, Role, consume_join_use, issue_token
-from gpunet.services.jobs import lose_attempt, move_attempt, move_job, requeue_attempt
+from gpunet.services.jobs import (
+    lose_attempt,
+    move_attempt,
+    move_job,
+    requeue_attempt,
+    stop_gang,
+)
 from gpunet.services.owners import owner_took_back
 from gpunet.store.db import Database
 from gpunet.store.tables import Attempt, Blob, Gpu, Job, JobEvent, LogChunk, Node
@@ -39,6 +45,7 @@ from gpunet.wire.agent import (
     MAX_REASON_CHARS,
     FinishedAttempt,
     FinishReport,
+    GangInfo,
     GpuInfo,
     HelloRequest,
     LogReport,
@@ -57,6 +64,8 @@ def _apply_settings(node: Node, reg: Registration) -> None:
     node.runtimes = list(reg.runtimes)
     node.accepts_unisolated = reg.accepts_unisolated
     node.labels = dict(reg.labels)  # the site's energy figures among them: the owner's say
+    node.advertise_addr = reg.advertise_addr
+    node.rendezvous_ports = reg.rendezvous_ports
 
 
 def _sync_gpus(s: Session, node: Node, gpus: list[GpuInfo], burn_in: bool = False) -> None:
@@ -123,6 +132,10 @@ def _own_node(s: Session, who: Principal) -> Node:
         raise NotFound("node not found", field="node_id")
     return node
 
+
+# how long a gang's members may take to reach rank 0's port (fetching the job's files and
+# checkpoint included) before the gang fails and is placed again
+RENDEZVOUS_TIMEOUT_S = 30.0
 
 # how a finish report was taken (counted in /metrics)
 SETTLED, LATE_KEPT, LATE_DISCARDED = "settled", "kept", "discarded"
@@ -211,17 +224,28 @@ def work_for(db: Database, who: Principal, max_log_bytes: int | None = None) -> 
         for att, job in rows:
             if att.state == AttemptState.STOPPING.value:
                 kind = StopKind(att.stop_kind or StopKind.CANCEL)
+                # a broken gang cannot make progress: its members are stopped like a cancel
+                quick = kind in (StopKind.CANCEL, StopKind.GANG)
                 stop.append(
                     StopItem(
                         attempt_id=att.id,
                         fencing_token=att.fencing_token,
                         kind=kind.value,
-                        grace_s=CANCEL_GRACE_S if kind is StopKind.CANCEL else grace_of(job.spec),
+                        grace_s=CANCEL_GRACE_S if quick else grace_of(job.spec),
                         reason=att.reason,
                     )
                 )
                 continue
             workdir = job.spec.get("workdir")
+            gang = None
+            if att.gang_size > 1 and att.master_port is not None:
+                gang = GangInfo(
+                    rank=att.rank,
+                    addrs=gangs.addresses(s, job.id, att.number),
+                    master_port=att.master_port,
+                    gpus_per_node=len(att.gpu_indices),
+                    rendezvous_timeout_s=RENDEZVOUS_TIMEOUT_S,
+                )
             start.append(
                 StartItem(
                     attempt_id=att.id,
@@ -236,21 +260,25 @@ def work_for(db: Database, who: Principal, max_log_bytes: int | None = None) -> 
                     else None,
                     max_log_bytes=max_log_bytes,
                     checkpoint=latest_checkpoint(s, job.id),
+                    gang=gang,
                 )
             )
         return Work(start=start, stop=stop)
 
 
 def _fenced(s: Session, who: Principal, attempt_id: str, token: int) -> tuple[Attempt, Job]:
-    """The attempt, if the report comes from its node and carries the current token."""
+    """The attempt, if the report comes from its node and carries the current token. A
+    member of a gang is current with its gang; a stopping attempt stays current until its
+    agent confirms the stop (a gang's members may be stopping after their job moved on)."""
     att = s.get(Attempt, attempt_id, with_for_update=True)
     if att is None or att.node_id != who.node_id:
         raise NotFound(f"no attempt {attempt_id!r} on this node", field="attempt_id")
     job = s.get(Job, att.job_id, with_for_update=True)
     assert job is not None
+    current = gangs.is_member_of_current(job, att) or att.state == AttemptState.STOPPING.value
     if (
         att.fencing_token != token
-        or job.current_attempt_id != att.id
+        or not current
         or AttemptState(att.state) not in ACTIVE_ATTEMPT_STATES
     ):
         raise StaleFencingToken(
@@ -268,11 +296,20 @@ def attempt_started(db: Database, who: Principal, attempt_id: str, rep: Report) 
             return  # a repeated report
         move_attempt(att, AttemptState.RUNNING)
         att.started_at = now()
-        if job.state == JobState.ASSIGNED.value:
+        if job.state == JobState.ASSIGNED.value and _gang_started(s, att):
             move_job(
                 s, job, JobState.RUNNING, reason=f"started on {att.node_id}", actor=att.node_id
             )
             job.started_at = job.started_at or att.started_at
+
+
+def _gang_started(s: Session, att: Attempt) -> bool:
+    """Whether every member of ``att``'s gang has started (a plain attempt: itself)."""
+    if att.gang_size <= 1:
+        return True
+    s.flush()
+    done = {AttemptState.RUNNING.value, AttemptState.SUCCEEDED.value}
+    return all(m.state in done for m in gangs.members(s, att.job_id, att.number))
 
 
 def truncation_notice(limit: int) -> str:
@@ -345,6 +382,7 @@ def _late_success(s: Session, who: Principal, attempt_id: str, rep: FinishReport
         or att.lost_cause not in CONTACT_LOST
         or rep.exit_code != 0
         or rep.lost
+        or att.gang_size > 1  # a gang's member alone is no result: its job moved on
     ):
         return None
     if att.exit_code == 0:
@@ -415,10 +453,19 @@ def _settle_finish(s: Session, who: Principal, attempt_id: str, rep: FinishRepor
         from gpunet.services.energy import record_energy
 
         record_energy(s, att, rep.energy)
+    stopping = att.state == AttemptState.STOPPING.value
+    if stopping and att.stop_kind == StopKind.GANG.value:
+        # its gang ended with another member, which decided the job's fate: settle this one
+        dst = AttemptState.SUCCEEDED if rep.exit_code == 0 else AttemptState.CANCELLED
+        move_attempt(att, dst, reason=att.reason or "stopped with its gang")
+        billing.close_charge(s, att, lost=False)
+        return
+    if rep.rendezvous_failed:
+        lose_attempt(s, att, rep.reason or "rendezvous failed", att.node_id, LostCause.RENDEZVOUS)
+        return
     if rep.lost or rep.exit_code is None:
         lose_attempt(s, att, rep.reason or "the agent lost its lease", att.node_id, LostCause.AGENT)
         return
-    stopping = att.state == AttemptState.STOPPING.value
     if stopping and att.stop_kind == StopKind.PREEMPT.value and rep.exit_code != 0:
         requeue_attempt(s, att, att.reason or "preempted", att.node_id)
         return
@@ -440,6 +487,8 @@ def _settle_finish(s: Session, who: Principal, attempt_id: str, rep: FinishRepor
         return
     move_attempt(att, attempt_state_for_exit(rep.exit_code), reason=rep.reason)
     billing.close_charge(s, att, lost=False)
+    if att.gang_size > 1 and not _gang_done(s, job, att, rep.exit_code):
+        return
     job.exit_code = rep.exit_code
     if JobState(job.state) in (JobState.ASSIGNED, JobState.RUNNING):
         move_job(
@@ -449,6 +498,24 @@ def _settle_finish(s: Session, who: Principal, attempt_id: str, rep: FinishRepor
             reason=rep.reason or f"exit code {rep.exit_code}",
             actor=att.node_id,
         )
+
+
+def _gang_done(s: Session, job: Job, att: Attempt, exit_code: int) -> bool:
+    """A gang member exited: whether that ends its job. A failure does (the other members
+    are stopped); a success does once every member succeeded, or at once when it is the head
+    of a Ray cluster (``launcher: ray``: the workers only serve it, and are stopped)."""
+    if not gangs.is_member_of_current(job, att):
+        return False
+    if exit_code != 0:
+        stop_gang(s, att, f"gang member rank {att.rank} on {att.node_id} failed: exit {exit_code}")
+        return True
+    if att.rank == 0 and (job.spec or {}).get("launcher") == "ray":
+        stop_gang(s, att, "the Ray head's command finished")
+        return True
+    s.flush()
+    return all(
+        m.state == AttemptState.SUCCEEDED.value for m in gangs.members(s, job.id, att.number)
+    )
 
 
 def read_blob(db: Database, who: Principal, digest: str) -> bytes:

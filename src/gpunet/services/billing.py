@@ -305,7 +305,7 @@ def meter_running(
     """Settle every running priced attempt so far (up to ``last_seen(node id)``, its node's
     last heartbeat); stop those whose payer ran out of credits. Returns {attempt id: node id}
     of the attempts told to stop."""
-    from gpunet.services.jobs import move_attempt, move_job  # jobs imports this module
+    from gpunet.services.jobs import move_attempt, move_job, stop_gang  # jobs imports this
 
     stopped: dict[str, str] = {}
     with db.transaction() as s:
@@ -320,6 +320,8 @@ def meter_running(
             )
         )
         for att in atts:
+            if att.state != AttemptState.RUNNING.value:
+                continue  # stopped with its gang earlier in this pass
             if meter(s, att, last_seen(att.node_id)):
                 continue
             job = s.get(Job, att.job_id, with_for_update=True)
@@ -327,6 +329,7 @@ def meter_running(
                 move_job(s, job, JobState.FAILED, reason="out of credits", actor="metering")
             move_attempt(att, AttemptState.STOPPING, reason="out of credits")
             stopped[att.id] = att.node_id
+            stop_gang(s, att, "the job ran out of credits")  # a gang's other members too
     return stopped
 
 

@@ -218,6 +218,8 @@ def job_request(
         owners=tuple(sorted(ids.get(n, f"?{n}") for n in r.owners)),
         needs_runtime=spec.image is not None,
         interruptible=spec.interruptible,
+        node_count=r.nodes,
+        site=r.site,
     )
 
 
@@ -290,6 +292,7 @@ def list_nodes(s: Session, gpus: list[dict[str, Any]] | None = None) -> list[dic
                 "isolation": n.isolation,
                 "runtimes": list(n.runtimes or []),
                 "accepts_unisolated": n.accepts_unisolated,
+                "advertise_addr": n.advertise_addr,
             }
         )
     return out

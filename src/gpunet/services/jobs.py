@@ -30,7 +30,7 @@ from gpunet.errors import (
     Unschedulable,
     ValidationFailed,
 )
-from gpunet.services import billing
+from gpunet.services import billing, gangs
 from gpunet.services.auth import Principal, Role
 from gpunet.services.fleet import account_ids, fleet_snapshot, job_request
 from gpunet.store.db import Database
@@ -79,6 +79,8 @@ def lose_attempt(
     job = s.get(Job, att.job_id, with_for_update=True)
     if job is None or JobState(job.state) not in (JobState.ASSIGNED, JobState.RUNNING):
         return None
+    if att.gang_size > 1 and not gangs.is_member_of_current(job, att):
+        return None  # a member of an earlier gang of the job: its fate was decided
     move_job(s, job, JobState.LOST, reason=reason, actor=actor)
     nxt = after_lost(job.retries_used, job.max_retries)
     if nxt is JobState.QUEUED:  # a retry is used only when the job is actually re-queued
@@ -88,11 +90,12 @@ def lose_attempt(
         s,
         job,
         nxt,
-        reason="re-queued after a lost attempt"
+        reason=f"re-queued after a lost attempt: {reason}"
         if nxt is JobState.QUEUED
         else f"lost and no retries left (max_retries={job.max_retries})",
         actor=actor,
     )
+    stop_gang(s, att, f"gang member rank {att.rank} on {att.node_id} was lost: {reason}")
     return nxt
 
 
@@ -101,6 +104,19 @@ def stop_attempt(att: Attempt, kind: StopKind, reason: str) -> None:
     the job, a preemption re-queues it once the agent confirms (see ``requeue_attempt``)."""
     move_attempt(att, AttemptState.STOPPING, reason=reason)
     att.stop_kind = kind.value
+
+
+def stop_gang(s: Session, att: Attempt, reason: str) -> list[str]:
+    """``att``'s gang ended with it: stop every other member that still runs (their agents
+    are woken after the commit). Returns their nodes. A plain attempt has no peers."""
+    nodes = []
+    for peer in gangs.active_peers(s, att):
+        if peer.state == AttemptState.STOPPING.value:
+            continue  # already told to stop (a cancel, a preemption of the whole gang)
+        stop_attempt(peer, StopKind.GANG, reason)
+        nodes.append(peer.node_id)
+    gangs.wake_later(s, nodes)
+    return nodes
 
 
 def requeue_attempt(s: Session, att: Attempt, reason: str, actor: str) -> bool:
@@ -112,9 +128,12 @@ def requeue_attempt(s: Session, att: Attempt, reason: str, actor: str) -> bool:
     job = s.get(Job, att.job_id, with_for_update=True)
     if job is None or JobState(job.state) not in (JobState.ASSIGNED, JobState.RUNNING):
         return False
-    if job.current_attempt_id == att.id:
+    if att.gang_size > 1 and not gangs.is_member_of_current(job, att):
+        return False
+    if job.current_attempt_id == att.id or att.gang_size > 1:
         job.current_attempt_id = None
     move_job(s, job, JobState.QUEUED, reason=reason, actor=actor)
+    stop_gang(s, att, f"gang member rank {att.rank} on {att.node_id} stopped: {reason}")
     return True
 
 
@@ -162,6 +181,13 @@ def submit(
                     f"is {max_queued} (max_queued_jobs): wait for some to start",
                     field="queued_jobs",
                 )
+        if spec.image is not None and spec.resources.nodes > 1:
+            # a container's network is private or none: its members could not reach each other
+            raise ValidationFailed(
+                "image",
+                "a job on several nodes cannot name an image yet (containers get no host "
+                "network); run it without one (docs/distributed.md)",
+            )
         if spec.workdir is not None:
             owned = s.get(BlobOwner, (spec.workdir, who.account_id)) is not None
             if not owned and not (who.is_admin and s.get(Blob, spec.workdir) is not None):
@@ -175,7 +201,9 @@ def submit(
             fleet_snapshot(s, all_free=True),
             job_request(job_id, who.account_id, spec, owner_ids=owners),
         )
-        reason = reason or billing.never_fits(s, who.account_id, spec.resources.gpus)
+        reason = reason or billing.never_fits(
+            s, who.account_id, spec.resources.gpus * spec.resources.nodes
+        )
         if reason:
             raise Unschedulable(
                 f"this job can never run on this fleet: {reason}", field="resources"
@@ -223,7 +251,11 @@ def get_job(db: Database, who: Principal, job_id: str) -> tuple[Job, list[Attemp
     with db.sessions() as s:
         job = _visible(s, who, job_id)
         attempts = list(
-            s.scalars(select(Attempt).where(Attempt.job_id == job_id).order_by(Attempt.number))
+            s.scalars(
+                select(Attempt)
+                .where(Attempt.job_id == job_id)
+                .order_by(Attempt.number, Attempt.rank)
+            )
         )
         return job, attempts
 
@@ -237,19 +269,39 @@ def events(db: Database, who: Principal, job_id: str) -> list[JobEvent]:
 
 
 def logs(
-    db: Database, who: Principal, job_id: str, after: int, limit: int = 1000
+    db: Database,
+    who: Principal,
+    job_id: str,
+    after: int,
+    limit: int = 1000,
+    *,
+    rank: int | None = None,
 ) -> tuple[Job, list[LogChunk]]:
+    """A page of the job's output; ``rank``: only that gang rank's (a plain job is rank 0)."""
     with db.sessions() as s:
         job = _visible(s, who, job_id)
-        rows = list(
-            s.scalars(
-                select(LogChunk)
-                .where(LogChunk.job_id == job_id, LogChunk.id > after)
-                .order_by(LogChunk.id)
-                .limit(limit)
+        q = select(LogChunk).where(LogChunk.job_id == job_id, LogChunk.id > after)
+        if rank is not None:
+            q = q.where(
+                LogChunk.attempt_id.in_(
+                    select(Attempt.id).where(Attempt.job_id == job_id, Attempt.rank == rank)
+                )
             )
-        )
+        rows = list(s.scalars(q.order_by(LogChunk.id).limit(limit)))
         return job, rows
+
+
+def gang_ranks(db: Database, job_id: str) -> dict[str, int]:
+    """Attempt id -> its rank, for the attempts of a job that ran as a gang (else empty)."""
+    with db.sessions() as s:
+        return {
+            aid: r
+            for aid, r in s.execute(
+                select(Attempt.id, Attempt.rank).where(
+                    Attempt.job_id == job_id, Attempt.gang_size > 1
+                )
+            )
+        }
 
 
 def cancel(db: Database, who: Principal, job_id: str) -> tuple[Job, list[str]]:
@@ -262,12 +314,14 @@ def cancel(db: Database, who: Principal, job_id: str) -> tuple[Job, list[str]]:
         move_job(s, job, JobState.CANCELLED, reason="cancelled by user", actor=who.token_id)
         if job.current_attempt_id:
             att = s.get(Attempt, job.current_attempt_id)
-            if att is not None and AttemptState(att.state) in (
-                AttemptState.ASSIGNED,
-                AttemptState.RUNNING,
-            ):
-                stop_attempt(att, StopKind.CANCEL, "job cancelled")
-                wake.append(att.node_id)
+            # every member of a gang (a plain job has one)
+            run = [att] if att is not None and att.gang_size <= 1 else []
+            if att is not None and att.gang_size > 1:
+                run = gangs.members(s, job.id, att.number)
+            for a in run:
+                if AttemptState(a.state) in (AttemptState.ASSIGNED, AttemptState.RUNNING):
+                    stop_attempt(a, StopKind.CANCEL, "job cancelled")
+                    wake.append(a.node_id)
         return job, wake
 
 
@@ -363,6 +417,8 @@ def job_dict(
                 "started_at": iso(a.started_at),
                 "finished_at": iso(a.finished_at),
                 "runtime_s": a.runtime_s,  # as its agent measured it: what was billed
+                "rank": a.rank,
+                "gang_size": a.gang_size,
             }
             for a in attempts
         ]

@@ -94,7 +94,7 @@ class StoreCollector(Collector):
         yield finished
         lost_c = CounterMetricFamily(
             "gpunet_attempts_lost",
-            "Attempts lost, by cause (lease, agent_restart, agent, gpu_failed)",
+            "Attempts lost, by cause (lease, agent_restart, agent, gpu_failed, rendezvous)",
             labels=["cause"],
         )
         for lost_cause in LostCause:

@@ -268,6 +268,7 @@ class Runtime:
         )
         self.wakeups.publish = self.bus.publish
         self.auth.on_forget = self.bus.publish_forget
+        db.on_commit_wake = self.wakeups.wake_nodes  # e.g. a broken gang's members, to stop
         self.metrics = Metrics()
         # per-GPU series and totals
         self.metrics.registry.register(StoreCollector(db, self.leases.energy_counters))

@@ -12,14 +12,15 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from gpunet.core.jobs import AttemptState, JobState, StopKind
+from gpunet.core.gangs import DEFAULT_PORTS, parse_ports, pick_port
+from gpunet.core.jobs import AttemptState, JobState, LostCause, StopKind
 from gpunet.core.scheduling import Explanation, JobRequest, Plan, Snapshot, explain, plan
-from gpunet.services import billing
+from gpunet.services import billing, gangs
 from gpunet.services.auth import Principal
 from gpunet.services.fleet import Holder, fleet_snapshot, holders, with_reliability
 from gpunet.services.jobs import _visible, move_job, stop_attempt
@@ -74,10 +75,13 @@ def tick(
         running = [h for h in held if h.state == AttemptState.RUNNING.value]
         reqs = cache.requests(s, [*queued, *(h.job_id for h in running)])
         pending = [reqs[j] for j in queued if j in reqs and j not in making_room]
+        running_on: dict[str, tuple[str, ...]] = defaultdict(tuple)
+        for h in running:  # a gang runs on every member's GPUs
+            running_on[h.job_id] += h.gpu_ids
         preemptible = {
-            h.job_id: replace(reqs[h.job_id], running_on=h.gpu_ids)
-            for h in running
-            if h.job_id in reqs and reqs[h.job_id].interruptible
+            j: replace(reqs[j], running_on=gids)
+            for j, gids in running_on.items()
+            if j in reqs and reqs[j].interruptible
         }
         busy = {g: h.attempt_id for h in held for g in h.gpu_ids}
         clock = time.time()
@@ -95,6 +99,7 @@ def tick(
             account_usage=cache.usage(s, clock, half_life_s),
         )
         p = plan(snapshot, [*pending, *preemptible.values()], policy)
+        p = _avoid_bad_pairs(s, p, snapshot, reqs, policy)
         if fence is not None:
             fence(s)
         _apply(s, p, snapshot, reqs, held, terms, result)
@@ -110,16 +115,18 @@ def _apply(
     terms: billing.Terms,
     result: TickResult,
 ) -> None:
-    by_job = {h.job_id: h for h in held}
+    by_job: dict[str, list[Holder]] = defaultdict(list)
+    for h in held:
+        by_job[h.job_id].append(h)
     _preempt(s, p, reqs, by_job, result)
     starts = [pl for pl in p.placements if pl.job_id not in by_job]  # kept jobs stay as they are
     if not starts:
         return
-    node_ids = sorted({pl.node_id for pl in starts})
+    node_ids = sorted({n for pl in starts for n, _ in pl.ranks()})
     # Lock the nodes' rows before reading their state (an UPDATE locks on both stores: a row
     # lock on PostgreSQL, the write lock on SQLite), so the lease reaper either took a node
     # offline before this read or waits until these attempts are committed and then loses
-    # them: an attempt is never left on an offline node.
+    # them: an attempt is never left on an offline node. A gang locks all its members' nodes.
     s.execute(
         update(Node)
         .where(Node.id.in_(node_ids))
@@ -128,11 +135,16 @@ def _apply(
     )
     online = set(s.scalars(select(Node.id).where(Node.id.in_(node_ids), Node.status == "online")))
     busy = {g for h in holders(s) for g in h.gpu_ids}  # re-read under the lock
-    gpu_ids = [g for pl in starts for g in pl.gpu_ids]
+    gpu_ids = [g for pl in starts for g in pl.all_gpu_ids]
     index = dict(s.execute(select(Gpu.id, Gpu.index).where(Gpu.id.in_(gpu_ids))).all())
     views = {g.id: g for g in snapshot.gpus}
     owners = {n.id: n.owner for n in snapshot.nodes}
-    todo = [pl for pl in starts if pl.node_id in online and not busy.intersection(pl.gpu_ids)]
+    # a gang starts whole or not at all: every member's node online and every GPU free
+    todo = [
+        pl
+        for pl in starts
+        if all(n in online for n, _ in pl.ranks()) and not busy.intersection(pl.all_gpu_ids)
+    ]
     if not todo:
         return
     jobs = {
@@ -144,63 +156,161 @@ def _apply(
         )
     }
     since = _queued_since(s, list(jobs))
+    ports = _gang_ports(s, [pl.node_id for pl in todo if len(pl.ranks()) > 1])
     at = now()
     for pl in todo:
         job = jobs.get(pl.job_id)
-        owner = owners.get(pl.node_id)
-        if job is None or owner is None:
+        ranks = pl.ranks()
+        if job is None or any(owners.get(n) is None for n, _ in ranks):
             continue  # cancelled since the plan was made
+        port = None
+        if len(ranks) > 1:
+            lo_hi, used = ports[pl.node_id]
+            port = pick_port(lo_hi, used)
+            if port is None:
+                continue  # every rendezvous port of rank 0's node is taken: next pass
+            used.add(port)
         job.attempts_made += 1
-        att = Attempt(
-            id=new_id("att"),
-            job_id=job.id,
-            number=job.attempts_made,
-            fencing_token=job.attempts_made,
-            node_id=pl.node_id,
-            gpu_ids=list(pl.gpu_ids),
-            gpu_indices=[index[g] for g in pl.gpu_ids],
-            state=AttemptState.ASSIGNED.value,
-            created_at=at,
-        )
-        s.add(att)
         interruptible = reqs[job.id].interruptible
-        prices = {g: views[g].rate_for(interruptible) for g in pl.gpu_ids}
-        billing.open_charge(s, att, job, terms, prices, owner)
-        job.current_attempt_id = att.id
+        first: Attempt | None = None
+        for rank, (node_id, gids) in enumerate(ranks):
+            att = Attempt(
+                id=new_id("att"),
+                job_id=job.id,
+                number=job.attempts_made,
+                fencing_token=job.attempts_made,
+                node_id=node_id,
+                gpu_ids=list(gids),
+                gpu_indices=[index[g] for g in gids],
+                state=AttemptState.ASSIGNED.value,
+                created_at=at,
+                rank=rank,
+                gang_size=len(ranks),
+                master_port=port,
+            )
+            s.add(att)
+            prices = {g: views[g].rate_for(interruptible) for g in gids}
+            owner = owners[node_id]
+            assert owner is not None
+            billing.open_charge(s, att, job, terms, prices, owner)
+            first = first or att
+            result.assigned.append(att.id)
+            result.nodes.append(node_id)
+        assert first is not None
+        job.current_attempt_id = first.id
+        where = "; ".join(f"{n} GPUs {','.join(g)}" for n, g in ranks)
         move_job(
             s,
             job,
             JobState.ASSIGNED,
-            reason=f"placed on {pl.node_id} GPUs {','.join(pl.gpu_ids)}",
+            reason=f"placed on {where}"
+            if len(ranks) == 1
+            else f"placed as a gang of {len(ranks)} on {where}",
             actor="scheduler",
         )
-        result.assigned.append(att.id)
-        result.nodes.append(pl.node_id)
         result.waits_s.append(max(0.0, (at - since.get(job.id, at)).total_seconds()))
+
+
+# how long a gang whose rendezvous check failed keeps off the pair of nodes that failed it
+BAD_PAIR_MEMORY_S = 600.0
+
+
+def _bad_pairs(s: Session, job_ids: list[str]) -> dict[str, list[tuple[str, str]]]:
+    """For each job, the (rank 0 node, reporting node) pairs of its gangs whose rendezvous
+    check failed lately (a failing rank 0 pairs with each of its members)."""
+    if not job_ids:
+        return {}
+    since = now() - timedelta(seconds=BAD_PAIR_MEMORY_S)
+    failed = list(
+        s.execute(
+            select(Attempt.job_id, Attempt.number, Attempt.rank, Attempt.node_id).where(
+                Attempt.job_id.in_(job_ids),
+                Attempt.lost_cause == LostCause.RENDEZVOUS.value,
+                Attempt.finished_at >= since,
+            )
+        )
+    )
+    out: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for job_id, number, rank, node in failed:
+        nodes = [m.node_id for m in gangs.members(s, job_id, number)]
+        peers = nodes[1:] if rank == 0 else nodes[:1]
+        out[job_id] += [(p, node) for p in peers if p != node]
+    return out
+
+
+def _avoid_bad_pairs(
+    s: Session, p: Plan, snapshot: Snapshot, reqs: Mapping[str, JobRequest], policy: str
+) -> Plan:
+    """A gang placed again on a pair of nodes whose rendezvous check failed it lately is
+    planned once more without the node that reported the failure (its GPUs shown busy, with
+    those the rest of the plan takes); without another placement it waits for the next pass."""
+    bad = _bad_pairs(s, [pl.job_id for pl in p.placements if len(pl.ranks()) > 1])
+    if not bad:
+        return p
+    keep, redo = [], []
+    for pl in p.placements:
+        nodes = {n for n, _ in pl.ranks()}
+        if any(a in nodes and b in nodes for a, b in bad.get(pl.job_id, ())):
+            redo.append(pl)
+        else:
+            keep.append(pl)
+    if not redo:
+        return p
+    taken = {g for pl in keep for g in pl.all_gpu_ids}
+    for pl in redo:
+        avoid = {b for a, b in bad[pl.job_id]}
+        view = replace(
+            snapshot,
+            gpus=tuple(
+                replace(g, busy=True) if g.id in taken or g.node_id in avoid else g
+                for g in snapshot.gpus
+            ),
+        )
+        again = plan(view, [reqs[pl.job_id]], policy).placements
+        if again:
+            keep.append(again[0])
+            taken.update(again[0].all_gpu_ids)
+    return replace(p, placements=keep)
+
+
+def _gang_ports(s: Session, node_ids: list[str]) -> dict[str, tuple[tuple[int, int], set[int]]]:
+    """For each node that will be rank 0 of a gang: its rendezvous port range and the ports
+    its active gangs use."""
+    out: dict[str, tuple[tuple[int, int], set[int]]] = {}
+    for nid, declared in s.execute(
+        select(Node.id, Node.rendezvous_ports).where(Node.id.in_(sorted(set(node_ids))))
+    ):
+        try:
+            lo_hi = parse_ports(declared)
+        except ValueError:
+            lo_hi = DEFAULT_PORTS
+        out[nid] = (lo_hi, gangs.ports_in_use(s, nid))
+    return out
 
 
 def _preempt(
     s: Session,
     p: Plan,
     reqs: Mapping[str, JobRequest],
-    by_job: Mapping[str, Holder],
+    by_job: Mapping[str, list[Holder]],
     result: TickResult,
 ) -> None:
-    """Stop the running attempts the plan gives to a job that outranks them. A preemption
-    with no job taking the GPUs (they went unusable) is not applied: the attempt runs on."""
+    """Stop the running attempts the plan gives to a job that outranks them (every member of
+    a gang). A preemption with no job taking the GPUs (they went unusable) is not applied:
+    the attempt runs on."""
     for job_id in p.preemptions:
         taker = p.preempted_for.get(job_id)
-        h = by_job.get(job_id)
-        if taker is None or h is None:
+        if taker is None or not by_job.get(job_id):
             continue
-        att = s.get(Attempt, h.attempt_id, with_for_update=True, populate_existing=True)
-        if att is None or att.state != AttemptState.RUNNING.value:
-            continue
-        reason = f"preempted by job {taker} (priority {reqs[taker].priority})"
-        stop_attempt(att, StopKind.PREEMPT, reason)
-        att.preempted_for = taker
-        result.preempted.append(att.id)
-        result.nodes.append(att.node_id)
+        for h in by_job[job_id]:
+            att = s.get(Attempt, h.attempt_id, with_for_update=True, populate_existing=True)
+            if att is None or att.state != AttemptState.RUNNING.value:
+                continue
+            reason = f"preempted by job {taker} (priority {reqs[taker].priority})"
+            stop_attempt(att, StopKind.PREEMPT, reason)
+            att.preempted_for = taker
+            result.preempted.append(att.id)
+            result.nodes.append(att.node_id)
 
 
 def _queued_since(s: Session, job_ids: list[str]) -> dict[str, datetime]:

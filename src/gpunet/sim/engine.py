@@ -78,6 +78,8 @@ class _Job:
     rate: dict[str, float]  # work per second on each model of the fleet it can run on
     best: float
     allowed: tuple[str, ...]  # models it may use; empty: all of the fleet's
+    nodes: int = 1  # a gang of `nodes` nodes x per_node GPUs when its GPUs exceed a node's
+    per_node: int = 1
     done: float = 0.0
     attained_s: float = 0.0  # GPU-seconds held
     work_s: float = 0.0  # done / best
@@ -102,7 +104,8 @@ class _Job:
         return JobRequest(
             id=t.id,
             account=t.account,
-            gpu_count=t.gpu_count,
+            gpu_count=self.per_node,
+            node_count=self.nodes,
             priority=t.priority,
             submitted_at=t.arrival_s,
             job_class=self.cls,
@@ -113,11 +116,27 @@ class _Job:
         )
 
 
+def split(gpu_count: int, node_sizes: list[int]) -> tuple[int, int]:
+    """(nodes, GPUs per node) for a job of ``gpu_count`` GPUs on nodes of ``node_sizes``
+    GPUs: one node where a node is large enough, else a gang of the largest node size that
+    divides the count (8 GPUs on nodes of 4: 2 nodes x 4), else one node (which never fits)."""
+    if not node_sizes or gpu_count <= max(node_sizes):
+        return 1, gpu_count
+    for size in sorted(set(node_sizes), reverse=True):
+        if gpu_count % size == 0:
+            return gpu_count // size, size
+    return 1, gpu_count
+
+
 def _prepare(trace: list[TraceJob], fleet: Fleet, table: dict[str, dict[str, float]]) -> list[_Job]:
     if not trace:
         raise ValidationFailed("trace", "the trace has no jobs")
     models = fleet.models
     probe = Snapshot(fleet.nodes, fleet.gpus)
+    sizes: dict[str, dict[str, int]] = {}  # model -> node -> GPUs of that model
+    for g in fleet.gpus:
+        per = sizes.setdefault(g.model, {})
+        per[g.node_id] = per.get(g.node_id, 0) + 1
     jobs = []
     for i, t in enumerate(sorted(trace, key=lambda j: j.arrival_s)):
         cls = class_key(t.job_class, t.gpu_count)
@@ -133,7 +152,9 @@ def _prepare(trace: list[TraceJob], fleet: Fleet, table: dict[str, dict[str, flo
                 f"(the table covers {', '.join(known) or 'no models'}); pass --throughputs FILE "
                 f"with this class's throughput on your models",
             )
-        why = never_fits(probe, JobRequest(t.id, t.account, t.gpu_count, gpu_models=tuple(rate)))
+        nodes, per_node = split(t.gpu_count, [k for m in rate for k in sizes[m].values()])
+        req = JobRequest(t.id, t.account, per_node, gpu_models=tuple(rate), node_count=nodes)
+        why = never_fits(probe, req)
         if why:
             raise ValidationFailed(f"trace job {t.id}", why)
         total = (
@@ -142,7 +163,7 @@ def _prepare(trace: list[TraceJob], fleet: Fleet, table: dict[str, dict[str, flo
         if total <= 0:
             raise ValidationFailed(f"trace job {t.id}", "work must be positive")
         allowed = tuple(sorted(rate)) if len(rate) < len(models) else ()
-        jobs.append(_Job(t, i, cls, total, rate, max(rate.values()), allowed))
+        jobs.append(_Job(t, i, cls, total, rate, max(rate.values()), allowed, nodes, per_node))
     return jobs
 
 
@@ -227,11 +248,11 @@ class _Sim:
                 continue  # kept where it runs
             job = self.waiting.pop(p.job_id)
             cost = self.cfg.preemption_cost_s if job.done > 0 else 0.0
-            job.gpus = p.gpu_ids
-            job.model = self.gpu_model[p.gpu_ids[0]]
+            job.gpus = p.all_gpu_ids
+            job.model = _slowest(job, p.all_gpu_ids, self.gpu_model)
             job.seg_start = now + cost
             job.finish_at = job.seg_start + (job.total - job.done) / job.rate[job.model]
-            for g in p.gpu_ids:
+            for g in job.gpus:
                 self.held[g] = job.trace.id
             self.running[job.trace.id] = job
 
@@ -297,6 +318,12 @@ class _Sim:
 
 def _busy(g: GpuView) -> GpuView:
     return replace(g, busy=True)
+
+
+def _slowest(job: _Job, gpu_ids: tuple[str, ...], gpu_model: dict[str, str]) -> str:
+    """The model a job's GPUs run it at: a gang's members step together, at the pace of the
+    slowest (the planner prefers gangs of one model)."""
+    return min({gpu_model[g] for g in gpu_ids}, key=lambda m: (job.rate[m], m))
 
 
 def _collect(
@@ -399,13 +426,13 @@ def _simulate_gavel(
             t0 = time.perf_counter()
             result = plan(all_free, pending, "fifo_perf", seed=cfg.seed)
             decisions.append(time.perf_counter() - t0)
-            allocation = {p.job_id: p.gpu_ids for p in result.placements}
+            allocation = {p.job_id: p.all_gpu_ids for p in result.placements}
         busy = 0
         for job_id, gpus in allocation.items():
             job = by_id[job_id]
             if job_id not in active:
                 continue
-            model = gpu_model[gpus[0]]
+            model = _slowest(job, gpus, gpu_model)
             rate = job.rate[model]
             steps = min(float(int(rate * cfg.round_s)), job.total - job.done)
             job.seg_start = t

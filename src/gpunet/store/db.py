@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -13,6 +13,7 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+WAKE_KEY = "gpunet.wake_nodes"  # Session.info: nodes to wake after the commit
 
 
 def normalize_url(url: str) -> str:
@@ -64,6 +65,9 @@ class Database:
         self.url = normalize_url(url)
         self.engine = make_engine(url)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # told, after a commit, the nodes a transaction asked to wake (their agents' work
+        # long-polls: e.g. a gang's members to stop); set by the coordinator's runtime
+        self.on_commit_wake: Callable[[list[str]], None] | None = None
 
     @property
     def is_postgres(self) -> bool:
@@ -75,8 +79,12 @@ class Database:
     @contextmanager
     def transaction(self) -> Iterator[Session]:
         """A session whose work commits on success and rolls back on error."""
-        with self.sessions() as session, session.begin():
-            yield session
+        with self.sessions() as session:
+            with session.begin():
+                yield session
+            wake = session.info.pop(WAKE_KEY, None)
+            if wake and self.on_commit_wake is not None:
+                self.on_commit_wake(sorted(wake))
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -97,6 +97,10 @@ class Node(Base):
     runtimes: Mapped[list[Any]] = mapped_column(default=list)  # e.g. ["podman"]
     # an unisolated node runs only its owner's jobs unless the owner accepts the risk
     accepts_unisolated: Mapped[bool] = mapped_column(Boolean, default=False)
+    # where the other members of a gang reach this node (``gpunet agent --advertise-addr``)
+    advertise_addr: Mapped[str | None] = mapped_column(String(255), default=None)
+    # the ports a gang whose rank 0 runs here may rendezvous on, "LOW-HIGH" (None: the default)
+    rendezvous_ports: Mapped[str | None] = mapped_column(String(20), default=None)
 
 
 class Gpu(Base):
@@ -266,6 +270,11 @@ class Attempt(Base):
     runtime_s: Mapped[float | None] = mapped_column(Float, default=None)
     # a lost attempt: why (core.jobs.LostCause)
     lost_cause: Mapped[str | None] = mapped_column(String(20), default=None)
+    # a gang (resources.nodes > 1): one attempt per member, all of one ``number`` and fencing
+    # token, rank 0 being the job's current attempt; the port rank 0 opens for the gang
+    rank: Mapped[int] = mapped_column(Integer, default=0)
+    gang_size: Mapped[int] = mapped_column(Integer, default=1)
+    master_port: Mapped[int | None] = mapped_column(Integer, default=None)
 
 
 class LogChunk(Base):

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from gpunet.core.gangs import parse_ports
 from gpunet.core.isolation import MAX_RUNTIMES, Isolation, check_runtimes
 from gpunet.core.text import lossless
 from gpunet.wire import INT32_MAX, INT64_MAX, Int32, Int64
@@ -64,6 +65,18 @@ class Registration(BaseModel):
     runtimes: list[str] = Field(default_factory=list, max_length=MAX_RUNTIMES)
     # the owner lets strangers' jobs run on this node without isolation
     accepts_unisolated: bool = False
+    # where other members of a gang reach this node (a host name or an IP address), and the
+    # ports a gang whose rank 0 runs here may use ("LOW-HIGH"; None: core.gangs.DEFAULT_PORTS)
+    advertise_addr: str | None = Field(None, min_length=1, max_length=255, pattern=r"^[^\s,]+$")
+    rendezvous_ports: str | None = Field(None, max_length=20)
+
+    @field_validator("rendezvous_ports")
+    @classmethod
+    def _ports(cls, v: str | None) -> str | None:
+        if v is not None:
+            lo, hi = parse_ports(v)
+            return f"{lo}-{hi}"
+        return v
 
     @field_validator("labels")
     @classmethod
@@ -169,6 +182,18 @@ class HeartbeatAnswer(Answer):
 
 
 # ---- work ------------------------------------------------------------------------------------
+class GangInfo(Answer):
+    """This member's place in its gang (a job on several nodes): see docs/distributed.md."""
+
+    rank: int = Field(description="0 is the gang's head: it opens the rendezvous port")
+    addrs: list[str] = Field(description="every member's advertise address, rank order")
+    master_port: int = Field(description="the port rank 0 opens for the gang (MASTER_PORT)")
+    gpus_per_node: int
+    rendezvous_timeout_s: float = Field(
+        30.0, description="how long members may take to reach rank 0 before the gang fails"
+    )
+
+
 class StartItem(Answer):
     """An attempt this node must start."""
 
@@ -181,6 +206,7 @@ class StartItem(Answer):
     spec: dict[str, Any] = Field(description="the job's spec as it was submitted")
     workdir_size: int | None = Field(None, description="bytes of the job's archive, if any")
     max_log_bytes: int | None = Field(None, description="output kept per attempt; send no more")
+    gang: GangInfo | None = Field(None, description="a member of a gang: its rank and peers")
     checkpoint: CheckpointRef | None = Field(
         None, description="the job's latest complete checkpoint: restore it before starting"
     )
@@ -194,7 +220,7 @@ class StopItem(Answer):
 
     attempt_id: str
     fencing_token: int
-    kind: str = Field("cancel", description="cancel | preempt")
+    kind: str = Field("cancel", description="cancel | preempt | gang")
     grace_s: float = Field(5.0, description="seconds between SIGTERM and SIGKILL")
     reason: str = Field("", description="shown in the attempt's log")
 
@@ -247,6 +273,8 @@ class FinishReport(Report):
     lost: bool = False  # the agent stopped it because it could not renew its lease
     # the agent stopped it because the GPU's owner took it back: re-queue the job, bill the time
     reclaimed: bool = False
+    # a gang member never started: rank 0's rendezvous port could not be opened or reached
+    rendezvous_failed: bool = False
     energy: list[EnergyUse] = Field(default_factory=list, max_length=MAX_GPU_INDEX + 1)
     # seconds the attempt ran, on the agent's monotonic clock (spawn to exit); the bill uses
     # it within the coordinator's bounds (core.billing_time). None: never started, or an

@@ -50,6 +50,8 @@ class Attempt(Resource):
     runtime_s: float | None = Field(
         None, description="seconds it ran, as its agent measured them (what is billed)"
     )
+    rank: int = Field(0, description="its rank in its gang (a job on several nodes); 0 else")
+    gang_size: int = Field(1, description="members of its gang, all of one number; 1: no gang")
 
 
 class JobSummary(Resource):
@@ -61,7 +63,7 @@ class JobSummary(Resource):
     account_id: str
     account: str | None = Field(None, description="the account's name")
     priority: int
-    gpus: int = Field(description="how many GPUs the job asks for")
+    gpus: int = Field(description="how many GPUs the job asks for on each node")
     exit_code: int | None
     reason: str = Field(description="why the job is in its state, e.g. a failure's cause")
     retries_used: int
@@ -142,6 +144,7 @@ class LogChunk(Resource):
     attempt_id: str
     stream: str = Field(description="stdout | stderr | system")
     data: str
+    rank: int | None = Field(None, description="its attempt's rank, for a gang's output")
 
 
 class LogPage(Resource):
@@ -153,9 +156,19 @@ class LogPage(Resource):
     next: int = Field(description="pass as ``after`` for the next page")
 
 
+class Member(Resource):
+    """One member of a gang's placement: its node and GPUs (rank order)."""
+
+    node_id: str
+    gpu_ids: list[str]
+
+
 class Placement(Resource):
     node_id: str
     gpu_ids: list[str]
+    members: list[Member] | None = Field(
+        None, description="a gang: every member, rank order (rank 0 is node_id/gpu_ids)"
+    )
 
 
 class Explanation(Resource):
@@ -172,6 +185,9 @@ class Explanation(Resource):
         None, description="reason -> how many GPUs it rejected (the first failing filter)"
     )
     note: str | None = Field(None, description="what else keeps a placeable job waiting")
+    gang: str | None = Field(
+        None, description="a gang or a job that names a site: what it needs, what each site has"
+    )
     would_place: Placement | None = None
     scores: dict[str, float] | None = Field(None, description="scorer -> weighted score")
 
@@ -206,6 +222,9 @@ class Node(Resource):
     isolation: Isolation
     runtimes: list[str] = Field(description="container runtimes, e.g. podman")
     accepts_unisolated: bool
+    advertise_addr: str | None = Field(
+        None, description="where the other members of a multi-node job reach this node"
+    )
 
 
 class Gpu(Resource):

@@ -109,7 +109,8 @@ def test_bad_inputs_name_the_field() -> None:
     assert e.value.field == "policy"
     with pytest.raises(ValidationFailed) as e:
         simulate([TraceJob("x", 0, "a", gpu_count=2, total_steps=1)], TWO_TYPES, TABLE, SimConfig())
-    assert "2 GPU" in e.value.message
+    # more GPUs than a node has: a gang of one-GPU nodes, and the fleet has one V100 node
+    assert "2 nodes with 1 GPU(s)" in e.value.message
     with pytest.raises(ValidationFailed) as e:
         simulate(TWO_JOBS, TWO_TYPES, TABLE, SimConfig(round_s=0))
     assert e.value.field == "round"

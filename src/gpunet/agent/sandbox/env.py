@@ -26,6 +26,9 @@ def job_env(
         "LANG": "C.UTF-8",
     }
     env.update({str(k): str(v) for k, v in (spec.get("env") or {}).items()})
+    # torchrun-ready: MASTER_ADDR, MASTER_PORT, WORLD_SIZE, NNODES, NODE_RANK, GPUS_PER_NODE,
+    # GPUNET_NODE_ADDRS (core.gangs.gang_env; docs/distributed.md)
+    env.update({str(k): str(v) for k, v in (attempt.get("gang_env") or {}).items()})
     # set last: a job cannot pretend to be another attempt or widen its GPUs
     env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpu_indices)
     env["GPUNET_JOB_ID"] = str(attempt["job_id"])

@@ -92,14 +92,25 @@ def events(rt: Rt, who: Who, job_id: str) -> list[dict[str, Any]]:
 
 @router.get("/jobs/{job_id}/logs", response_model=R.LogPage)
 def logs(
-    rt: Rt, who: Who, job_id: str, after: int = Query(0, ge=0, le=INT32_MAX)
+    rt: Rt,
+    who: Who,
+    job_id: str,
+    after: int = Query(0, ge=0, le=INT32_MAX),
+    rank: int | None = Query(None, ge=0, le=1000, description="only this gang rank's output"),
 ) -> dict[str, Any]:
-    job, chunks = svc.logs(rt.db, who, job_id, after)
+    job, chunks = svc.logs(rt.db, who, job_id, after, rank=rank)
+    ranks = svc.gang_ranks(rt.db, job_id) if chunks else {}
     return {
         "job_id": job.id,
         "state": job.state,
         "chunks": [
-            {"id": c.id, "attempt_id": c.attempt_id, "stream": c.stream, "data": c.data}
+            {
+                "id": c.id,
+                "attempt_id": c.attempt_id,
+                "stream": c.stream,
+                "data": c.data,
+                "rank": ranks.get(c.attempt_id),
+            }
             for c in chunks
         ],
         "next": chunks[-1].id if chunks else after,
@@ -134,9 +145,14 @@ def job_why(rt: Rt, who: Who, job_id: str) -> dict[str, Any]:
         "fitting_gpus": exp.fitting_gpus,
         "rejections": exp.rejections,
         "note": exp.note,
+        "gang": exp.gang or None,
         "would_place": None
         if exp.placed is None
-        else {"node_id": exp.placed.node_id, "gpu_ids": list(exp.placed.gpu_ids)},
+        else {
+            "node_id": exp.placed.node_id,
+            "gpu_ids": list(exp.placed.gpu_ids),
+            "members": [{"node_id": n, "gpu_ids": list(g)} for n, g in exp.placed.members] or None,
+        },
         "scores": exp.scores,
     }
 

@@ -53,16 +53,24 @@ class Tally:
     def check(self, job: JobRequest, unit_price: Decimal | None, gpus: int) -> str | None:
         """Why ``job`` may not start on ``gpus`` GPUs of ``unit_price`` each, or None. A job
         that already holds GPUs (``running_on``) was admitted when it started."""
+        return self.check_rate(job, (unit_price or Decimal(0)) * gpus, gpus)
+
+    def check_rate(self, job: JobRequest, rate: Decimal, gpus: int) -> str | None:
+        """As :meth:`check`, for ``gpus`` GPUs costing ``rate`` per hour in all (a gang's
+        members may differ in price)."""
         acct = self.accounts.get(job.account)
         if acct is None or job.running_on:
             return None
-        return block_reason(acct, gpus, (unit_price or Decimal(0)) * gpus, self.hold_hours)
+        return block_reason(acct, gpus, rate, self.hold_hours)
 
     def commit(self, job: JobRequest, unit_price: Decimal | None, gpus: int) -> None:
+        self.commit_rate(job, (unit_price or Decimal(0)) * gpus, gpus)
+
+    def commit_rate(self, job: JobRequest, rate: Decimal, gpus: int) -> None:
         acct = self.accounts.get(job.account)
         if acct is None or job.running_on:
             return
-        hold = hold_amount((unit_price or Decimal(0)) * gpus, self.hold_hours)
+        hold = hold_amount(rate, self.hold_hours)
         self.accounts[job.account] = replace(
             acct,
             balance=None if acct.balance is None else acct.balance - hold,

@@ -176,13 +176,18 @@ class Explanation:
     placed: Placement | None = None
     scores: dict[str, float] = field(default_factory=dict)  # scorer -> weighted score of the choice
     note: str = ""
+    # A gang (or a job that names a site): what it needs and what each site has free, e.g.
+    # "needs 2 nodes × 4 A100-80GB in one site: site eu-west has 1 such node free, ...".
+    gang: str = ""
 
     def summary(self) -> str:
-        """One line a user reads, e.g. '0/36 GPUs fit: 24 wrong model, 12 busy'."""
+        """One line a user reads, e.g. '0/36 GPUs fit: 24 wrong model, 12 busy' (a gang's
+        feasibility follows after a semicolon)."""
         ranked = sorted(self.rejections.items(), key=lambda kv: (-kv[1], kv[0]))
         parts = ", ".join(f"{n} {reason}" for reason, n in ranked)
         line = f"{self.fitting_gpus}/{self.total_gpus} GPUs fit"
-        return f"{line}: {parts}" if parts else line
+        line = f"{line}: {parts}" if parts else line
+        return f"{line}; {self.gang}" if self.gang else line
 
 
 @dataclass(slots=True)

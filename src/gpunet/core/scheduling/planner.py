@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from decimal import Decimal
 
 from gpunet.core.scheduling import admission
 from gpunet.core.scheduling.admission import Tally
@@ -41,8 +42,15 @@ from gpunet.core.scheduling.scorers import (
 )
 
 _SCORE_EPS = 1e-9
+_Best = tuple[int, str, tuple[str, ...], float, float]  # class, node, gpus, packing, locality
+_Member = tuple[int, str, tuple[str, ...]]  # a gang member: class index, node, gpu ids
 _NO_PARTS = (0.0, 0.0, 0.0, 0.0, 0.0)
 _STRANGER = "\x00stranger"  # an account that owns no node
+_SITES_SHOWN = 5  # sites named in a gang's explanation
+
+
+def _count(k: int, noun: str) -> str:
+    return f"{k} {noun}" if k == 1 else f"{k} {noun}s"
 
 
 @dataclass(slots=True)
@@ -193,6 +201,50 @@ class _Planner:
         # staying on the GPUs a job holds is worth the locality weight plus the share of a
         # quantum a restart would waste
         self.stay = policy.weights.locality + snapshot.preemption_cost_s / QUANTUM_S
+        self.node_site = {n.id: n.site for n in snapshot.nodes}
+        # the members of each gang's latest choice (see _choose_gang), rank order
+        self.gangs: dict[str, tuple[_Member, ...]] = {}
+        self._site_totals: dict[int, dict[str | None, int]] | None = None
+
+    @staticmethod
+    def is_gang(job: JobRequest) -> bool:
+        """Placed by the gang path: several nodes, or a job that names a site (a one-node
+        gang, so that the site is honoured). Type matching and yielding leave these alone."""
+        return job.node_count > 1 or job.site is not None
+
+    def site_totals(self) -> dict[int, dict[str | None, int]]:
+        """GPUs per class index and site (built once, on the first gang that needs it)."""
+        if self._site_totals is None:
+            ci_of = {id(st): ci for ci, st in enumerate(self.index.classes)}
+            out: dict[int, dict[str | None, int]] = defaultdict(lambda: defaultdict(int))
+            for g, st in self.index.gpu_class.items():
+                out[ci_of[id(st)]][self.node_site.get(self.index.gpu_node[g])] += 1
+            self._site_totals = out
+        return self._site_totals
+
+    def members(self, job: JobRequest, best: _Best) -> tuple[_Member, ...]:
+        """(class, node, gpus) of every member the choice ``best`` of ``job`` takes."""
+        if self.is_gang(job):
+            return self.gangs[job.id]
+        return ((best[0], best[1], best[2]),)
+
+    def take(self, job: JobRequest, best: _Best) -> None:
+        if job.node_count <= 1 and job.site is None:
+            self.index.take(self.index.classes[best[0]], best[1], best[2])
+            return
+        for ci, node, gpus in self.gangs[job.id]:
+            self.index.take(self.index.classes[ci], node, gpus)
+
+    def chosen_gpus(self, job: JobRequest, best: _Best) -> tuple[str, ...]:
+        return tuple(g for _, _, gpus in self.members(job, best) for g in gpus)
+
+    def rate(self, job: JobRequest, best: _Best) -> tuple[Decimal, int]:
+        """Per hour in all and the number of GPUs the choice costs ``job`` (for admission)."""
+        rate, n = Decimal(0), 0
+        for ci, _node, gpus in self.members(job, best):
+            rate += (self.index.classes[ci].cls.rate_for(job) or Decimal(0)) * len(gpus)
+            n += len(gpus)
+        return rate, n
 
     def view(self, job: JobRequest) -> _JobView:
         v = self._by_job.get(job.id)
@@ -261,6 +313,8 @@ class _Planner:
         """Count rejections, then pick the best (class, node, gpus, packing, locality).
         ``admit``: the admission tally; free GPUs of a class the job's account cannot start
         on count under its reason (the last filter)."""
+        if job.node_count > 1 or job.site is not None:  # is_gang, inlined: a hot path
+            return self._choose_gang(job, admit)
         idx = self.index
         view = self.view(job)
         need = max(job.gpu_count, 1)
@@ -310,6 +364,161 @@ class _Planner:
             exp.note = f"needs {need} GPUs; only {fitting} that fit are free"
         return exp, best
 
+    def _choose_gang(
+        self, job: JobRequest, admit: Tally | None
+    ) -> tuple[Explanation, _Best | None]:
+        """A gang: ``node_count`` distinct nodes of one site with ``gpu_count`` free GPUs of
+        one class each, all or nothing.
+
+        Each node offers its best member (class score, packing, locality); per site, the
+        members are picked from each model's nodes and from all nodes, and each option is
+        scored as the mean member score, with the throughput part replaced by the slowest
+        member's (a synchronous gang runs at its slowest member's pace), less the packing
+        weight when the members mix models. The best option the job's account may start
+        wins. Nodes without a site form one group of their own; a job that names a site
+        considers only that site's nodes.
+        """
+        idx = self.index
+        view = self.view(job)
+        need = max(job.gpu_count, 1)
+        n = max(job.node_count, 1)
+        w = self.policy.weights
+        totals = self.site_totals()
+        rejections: dict[str, int] = defaultdict(int, view.rejected)
+        elsewhere = f"not in site {job.site}"
+        held = set(job.running_on)
+        held_rank: dict[str, int] = {}
+        for g in job.running_on:
+            node = idx.gpu_node.get(g)
+            if node is not None:
+                held_rank.setdefault(node, len(held_rank))
+        pinned = self.snapshot.keep_running and bool(job.running_on)
+        fitting = 0
+        # site -> node -> candidate members (score, throughput part, class, gpus, pk, lc)
+        cands: dict[
+            str | None, dict[str, list[tuple[float, float, int, tuple[str, ...], float, float]]]
+        ]
+        cands = defaultdict(lambda: defaultdict(list))
+        for ci in view.feasible:
+            st = idx.classes[ci]
+            in_site = st.total if job.site is None else totals[ci].get(job.site, 0)
+            if st.total > in_site:
+                rejections[elsewhere] += st.total - in_site
+            free_here = 0
+            for node, free in st.free_by_node.items():
+                site = self.node_site.get(node)
+                if job.site is not None and site != job.site:
+                    continue
+                free_here += len(free)
+                if len(free) < need:
+                    continue
+                mine = [g for g in free if g in held] if node in held_rank else []
+                if len(mine) == need:
+                    gpus, kept = tuple(mine), need
+                elif pinned:
+                    continue
+                else:
+                    gpus, kept = tuple(free[:need]), 0
+                pk = w.packing * packing(len(free), need)
+                lc = self.stay * locality(kept, need)
+                member = (view.scores[ci] + pk + lc, view.parts[ci][0], ci, gpus, pk, lc)
+                cands[site][node].append(member)
+            if in_site > free_here:
+                rejections[BUSY] += in_site - free_here
+            fitting += free_here
+        options: list[
+            tuple[float, str, str, list[tuple[str, int, tuple[str, ...], float, float, float]]]
+        ] = []
+        for site, nodes in cands.items():
+            pools: dict[str, list[tuple[str, int, tuple[str, ...], float, float, float]]]
+            pools = defaultdict(list)
+            for node, cs in nodes.items():
+                cs.sort(key=lambda c: (-c[0], c[2]))
+                seen: set[str] = set()
+                for sc, tp, ci, gpus, pk, lc in cs:
+                    model = idx.classes[ci].cls.model
+                    entry = (node, ci, gpus, pk, lc, sc - tp)
+                    if not pools["\x00any"] or pools["\x00any"][-1][0] != node:
+                        pools["\x00any"].append(entry)
+                    if model not in seen:
+                        seen.add(model)
+                        pools[model].append(entry)
+            for model, pool in pools.items():
+                if len(pool) < n:
+                    continue
+                tp_of = {e: view.parts[e[1]][0] for e in pool}
+                pool.sort(key=lambda e: (-(e[5] + tp_of[e]), e[0]))
+                chosen = pool[:n]
+                score = sum(e[5] for e in chosen) / n + min(tp_of[e] for e in chosen)
+                if len({idx.classes[e[1]].cls.model for e in chosen}) > 1:
+                    # mixed models: the faster GPUs idle at the slowest member's pace; worth
+                    # as much as the packing weight, so one model wins a tie
+                    score -= w.packing
+                options.append((score, site or "", model, chosen))
+        options.sort(key=lambda o: (-o[0], o[1], o[2]))
+        blocked = ""
+        exp = Explanation(job.id, idx.total, fitting, dict(rejections))
+        exp.gang = self._gang_line(job, need, n, cands, view.feasible)
+        self.gangs.pop(job.id, None)
+        for _score, _site, _model, chosen in options:
+            chosen = sorted(chosen, key=lambda e: (held_rank.get(e[0], len(held_rank)), e[0]))
+            members = tuple((ci, node, gpus) for node, ci, gpus, *_ in chosen)
+            if admit is not None:
+                rate = sum(
+                    ((idx.classes[ci].cls.rate_for(job) or Decimal(0)) * len(g))
+                    for ci, _node, g in members
+                )
+                why = admit.check_rate(job, Decimal(rate), n * need)
+                if why is not None:
+                    blocked = blocked or why
+                    continue
+            self.gangs[job.id] = members
+            pk = sum(e[3] for e in chosen) / n
+            lc = sum(e[4] for e in chosen) / n
+            ci0, node0, gpus0 = members[0]
+            return exp, (ci0, node0, gpus0, pk, lc)
+        if blocked:
+            exp.note = blocked
+            # as for a one-node job: free GPUs the account cannot start on count under its
+            # reason
+            key = admission.short(blocked)
+            exp.rejections[key] = exp.rejections.get(key, 0) + exp.fitting_gpus
+            exp.fitting_gpus = 0
+        return exp, None
+
+    def _gang_line(
+        self,
+        job: JobRequest,
+        need: int,
+        n: int,
+        cands: dict[
+            str | None, dict[str, list[tuple[float, float, int, tuple[str, ...], float, float]]]
+        ],
+        feasible: list[int],
+    ) -> str:
+        """'needs 2 nodes × 4 A100-80GB in one site: site eu-west has 1 such node free, ...'."""
+        kind = job.gpu_models[0] if len(job.gpu_models) == 1 else ("GPUs" if need > 1 else "GPU")
+        what = f"needs {_count(n, 'node')} × {need} {kind}"
+        totals = self.site_totals()
+        if job.site is not None:
+            free = len(cands.get(job.site, {}))
+            return f"{what} in site {job.site}: it has {_count(free, 'such node')} free"
+        sites = {s for ci in feasible for s, k in totals[ci].items() if k}
+        if not sites:
+            return f"{what} in one site: no site has GPUs that fit"
+        free_by = {s: len(cands.get(s, {})) for s in sites}
+        ranked = sorted(sites, key=lambda s: (-free_by[s], s is None, s or ""))
+        parts = []
+        for i, s in enumerate(ranked[:_SITES_SHOWN]):
+            label, verb = (
+                (f"site {s}", "has") if s is not None else ("nodes without a site", "have")
+            )
+            tail = f"{_count(free_by[s], 'such node')} free" if i == 0 else f"{free_by[s]}"
+            parts.append(f"{label} {verb} {tail}")
+        if len(ranked) > _SITES_SHOWN:
+            parts.append(f"{len(ranked) - _SITES_SHOWN} more site(s)")
+        return f"{what} in one site: " + ", ".join(parts)
+
     def record(
         self,
         job: JobRequest,
@@ -324,7 +533,10 @@ class _Planner:
         view = self.view(job)
         t, p, e, tr, rl = view.parts[ci]
         total = view.scores[ci] + pk + lc
-        placed = Placement(job.id, node, gpus, score=round(total, 6))
+        members: tuple[tuple[str, tuple[str, ...]], ...] = ()
+        if job.node_count > 1:
+            members = tuple((m_node, m_gpus) for _ci, m_node, m_gpus in self.gangs[job.id])
+        placed = Placement(job.id, node, gpus, score=round(total, 6), members=members)
         exp.placed = placed
         exp.scores = {
             "throughput": t,
@@ -344,6 +556,18 @@ def _describe(st: _ClassState, node: str, need: int, n_cands: int) -> str:
     return (
         f"{need}x{st.cls.model} on node {node}: highest weighted score of "
         f"{n_cands} GPU class(es) with room"
+    )
+
+
+def _describe_gang(pl: _Planner, job: JobRequest) -> str:
+    members = pl.gangs[job.id]
+    models = sorted({pl.index.classes[ci].cls.model for ci, _n, _g in members})
+    site = pl.node_site.get(members[0][1])
+    where = f"site {site}" if site is not None else "nodes without a site"
+    nodes = ", ".join(node for _ci, node, _g in members)
+    return (
+        f"{_count(len(members), 'node')} × {len(members[0][2])}x{'/'.join(models)} in {where} "
+        f"({nodes}): the best-scoring site and model with room"
     )
 
 
@@ -377,9 +601,9 @@ def plan(
         if best is None:
             continue
         ci, node, gpus, pk, lc = best
-        pl.index.take(pl.index.classes[ci], node, gpus)
+        pl.take(job, best)
         if admit is not None:
-            admit.commit(job, pl.index.classes[ci].cls.rate_for(job), len(gpus))
+            admit.commit_rate(job, *pl.rate(job, best))
         placed.append((job, ci, node, gpus, pk, lc))
     if pol.match_types and reclaim and held is None:
         placed = _keep_in_place(pl, snapshot, reclaim, placed)
@@ -388,13 +612,23 @@ def plan(
     fixed = [p for p in placed if snapshot.keep_running and p[0].running_on]
     placed = [p for p in placed if not (snapshot.keep_running and p[0].running_on)]
     first_choice = {job.id: ci for job, ci, *_ in placed}
+    # gangs (and jobs that name a site) keep the members they chose: exchanging one member's
+    # GPUs with a one-node job would split them across sites or models
+    gangs = [p for p in placed if p[0].node_count > 1 or p[0].site is not None]
+    if gangs:
+        placed = [p for p in placed if p[0].node_count <= 1 and p[0].site is None]
     if pol.match_types:
         placed = _match_types(pl, placed)
     chosen = set(first_choice)
     if pol.min_efficiency > 0:
-        movable = [j for j in order if not (snapshot.keep_running and j.running_on)]
+        movable = [
+            j
+            for j in order
+            if not (snapshot.keep_running and j.running_on) and j.node_count <= 1 and j.site is None
+        ]
         placed = _yield_slow_slots(pl, placed, movable, pol.min_efficiency)
         first_choice.update({job.id: ci for job, ci, *_ in placed if job.id not in first_choice})
+    placed += gangs
     first_choice.update({job.id: ci for job, ci, *_ in fixed})
     placed = fixed + placed
     for job_id in chosen - {job.id for job, *_ in placed}:
@@ -410,15 +644,19 @@ def plan(
         exp = result.explanations[job.id]
         n_cands = sum(1 for r in pl.view(job).reasons if r is None)
         note = _describe(pl.index.classes[ci], node, len(gpus), n_cands)
-        if first_choice[job.id] != ci:
+        if pl.is_gang(job):
+            note = _describe_gang(pl, job)
+        elif first_choice[job.id] != ci:
             was = pl.index.classes[first_choice[job.id]].cls.model
             note = (
                 f"{len(gpus)}x{pl.index.classes[ci].cls.model} on node {node}: type "
                 f"matching swapped it from {was}, where another job gains more"
             )
         result.placements.append(pl.record(job, exp, ci, node, gpus, pk, lc, note))
-    kept = {p.job_id: set(p.gpu_ids) for p in result.placements}
-    taker = {g: p.job_id for p in result.placements for g in p.gpu_ids}
+    kept = {p.job_id: set(p.all_gpu_ids if p.members else p.gpu_ids) for p in result.placements}
+    taker = {
+        g: p.job_id for p in result.placements for g in (p.all_gpu_ids if p.members else p.gpu_ids)
+    }
     for job in pending:
         if job.running_on and kept.get(job.id) != set(job.running_on):
             result.preemptions.append(job.id)
@@ -491,7 +729,7 @@ class _Held:
             freed = [g for r in victims if admission.rank(r) <= level for g in r.running_on]
             self._give_back(freed)
             exp2, best2 = pl.explain_and_choose(job, admit)
-            taken = set(best2[2]) if best2 is not None else set()
+            taken = set(pl.chosen_gpus(job, best2)) if best2 is not None else set()
             self._take([g for g in freed if g not in taken])
             if best2 is not None:
                 # the chosen GPUs stay free in the index: the caller takes them
@@ -515,15 +753,15 @@ def _admit_again(
     tally = Tally(snapshot)
     out = []
     for p in sorted(placed, key=lambda p: rank[p[0].id]):
-        job, ci, _node, gpus, _pk, _lc = p
-        price = pl.index.classes[ci].cls.rate_for(job)
-        why = tally.check(job, price, len(gpus))
+        job, ci, node, gpus, pk, lc = p
+        rate, n_gpus = pl.rate(job, (ci, node, gpus, pk, lc))
+        why = tally.check_rate(job, rate, n_gpus)
         if why is not None:
             exp = result.explanations[job.id]
             exp.note = why
-            exp.rejections[admission.short(why)] = len(gpus)
+            exp.rejections[admission.short(why)] = n_gpus
             continue
-        tally.commit(job, price, len(gpus))
+        tally.commit_rate(job, rate, n_gpus)
         out.append(p)
     return out
 
@@ -542,7 +780,6 @@ def _keep_in_place(
     moves jobs only where the gain outweighs a restart.
     """
     pl.index = FleetIndex(snapshot, reclaim, pl.by_owner)  # the same classes: views stay valid
-    idx = pl.index
     jobs = [p[0] for p in placed]
     ordered = [j for j in jobs if j.running_on] + [j for j in jobs if not j.running_on]
     out: list[tuple[JobRequest, int, str, tuple[str, ...], float, float]] = []
@@ -550,7 +787,7 @@ def _keep_in_place(
         _exp, best = pl.explain_and_choose(job)
         if best is not None:
             ci, node, gpus, pk, lc = best
-            idx.take(idx.classes[ci], node, gpus)
+            pl.take(job, best)
             out.append((job, ci, node, gpus, pk, lc))
     return out
 
@@ -685,7 +922,10 @@ def explain(snapshot: Snapshot, job: JobRequest, policy: str = "default") -> Exp
         ci, node, gpus, pk, lc = best
         st = pl.index.classes[ci]
         n_cands = sum(1 for r in pl.view(job).reasons if r is None)
-        pl.record(job, exp, ci, node, gpus, pk, lc, _describe(st, node, len(gpus), n_cands))
+        note = _describe(st, node, len(gpus), n_cands)
+        if pl.is_gang(job):
+            note = _describe_gang(pl, job)
+        pl.record(job, exp, ci, node, gpus, pk, lc, note)
     return exp
 
 
@@ -708,12 +948,41 @@ def never_fits(snapshot: Snapshot, job: JobRequest) -> str | None:
             rejections[why] += 1
         else:
             per_group[(g.node_id, g.model)] += 1
+    parts = ", ".join(f"{n} {r}" for r, n in sorted(rejections.items(), key=lambda kv: -kv[1]))
+    detail = f" ({parts})" if parts else ""
+    if job.node_count > 1 or job.site is not None:
+        return _never_fits_gang(snapshot, job, need, per_group, detail)
     best = max(per_group.values(), default=0)
     if best >= need:
         return None
-    parts = ", ".join(f"{n} {r}" for r, n in sorted(rejections.items(), key=lambda kv: -kv[1]))
-    detail = f" ({parts})" if parts else ""
     return (
         f"no node in the fleet has {need} GPU(s) of one model that fit this job; "
         f"the best node has {best}{detail}"
     )
+
+
+def _never_fits_gang(
+    snapshot: Snapshot,
+    job: JobRequest,
+    need: int,
+    per_group: dict[tuple[str, str], int],
+    detail: str,
+) -> str | None:
+    """A gang never fits when no site (the job's own, where it names one) has node_count
+    nodes with gpu_count GPUs of one model that pass the lasting filters."""
+    n = max(job.node_count, 1)
+    site_of = {nd.id: nd.site for nd in snapshot.nodes}
+    nodes_by_site: dict[str | None, set[str]] = defaultdict(set)
+    for (node, _model), k in per_group.items():
+        site = site_of.get(node)
+        if k >= need and (job.site is None or site == job.site):
+            nodes_by_site[site].add(node)
+    best = max((len(v) for v in nodes_by_site.values()), default=0)
+    if best >= n:
+        return None
+    each = f"{_count(n, 'node')} with {need} GPU(s) each of one model that fit this job"
+    if job.site is not None:
+        if job.site not in set(site_of.values()):
+            return f"no node of the fleet is in site {job.site}"
+        return f"site {job.site} does not have {each}; it has {best}{detail}"
+    return f"no site has {each}; the best site has {best}{detail}"

@@ -87,10 +87,15 @@ def order_priority(jobs: Sequence[JobRequest], snapshot: Snapshot, seed: int) ->
     return out
 
 
+def gpus_of(job: JobRequest) -> int:
+    """Every GPU the job uses: a gang's GPUs per node times its nodes."""
+    return max(job.gpu_count, 1) * max(job.node_count, 1)
+
+
 def _work(job: JobRequest) -> float:
     if job.attained_work_s is not None:
         return job.attained_work_s
-    return job.attained_service_s / max(job.gpu_count, 1)
+    return job.attained_service_s / gpus_of(job)
 
 
 def order_las(jobs: Sequence[JobRequest], snapshot: Snapshot, seed: int) -> list[JobRequest]:
@@ -101,6 +106,17 @@ def order_las(jobs: Sequence[JobRequest], snapshot: Snapshot, seed: int) -> list
 # waited is its time in the system not spent running. Long jobs therefore keep a floor on
 # their share instead of waiting behind an endless stream of new short jobs.
 AGING_S = 2 * 3600.0
+
+# Job size in the default policy's aging: a job of k GPUs (all members of a gang) ages
+# k ** AGING_EXPONENT times slower. Promoting a waiting multi-GPU job pushes out up to k
+# running jobs at once, and on Gavel-style multi-GPU streams (benchmarks/sim_gavel.py) the
+# average JCT fell as the exponent rose up to 3 (dividing the index itself by k did worse).
+# A one-GPU job ages as before.
+AGING_EXPONENT = 3.0
+# A running job of several GPUs keeps them unless a waiting job's index is this many times
+# higher: stopping it frees whole nodes that one-GPU jobs then split, and it waits again for
+# whole nodes (on the multi-GPU streams 2 did better than 1 and 4).
+MULTI_GPU_STICKY = 2.0
 
 
 # A job that holds GPUs keeps them unless a waiting job's index is higher by the share of a
@@ -133,11 +149,14 @@ def order_default(jobs: Sequence[JobRequest], snapshot: Snapshot, seed: int) -> 
         work = _work(job)
         index = table.index(work)
         if now is not None:
-            ran = job.attained_service_s / max(job.gpu_count, 1)
+            gpus = gpus_of(job)
+            ran = job.attained_service_s / gpus
             waited = max(now - job.submitted_at - ran, 0.0)
-            index *= 1.0 + waited / AGING_S
+            index *= 1.0 + waited / (AGING_S if gpus == 1 else AGING_S * gpus**AGING_EXPONENT)
         if job.running_on:
             index *= sticky
+            if gpus_of(job) > 1:
+                index *= MULTI_GPU_STICKY
         index /= share.get(job.account, 1.0)
         return (
             -job.priority,
