@@ -1,8 +1,8 @@
 """End to end, the agent's watchdog (agent/watchdog.py): an agent frozen with SIGSTOP past its
-lease has its running attempt killed before the coordinator reaps it, so the job runs to exit 0
-once, never twice (no discarded duplicate); an agent killed with -9 takes its job's
-grandchildren with it; the watchdog itself leaves with its agent. Real coordinator, agents and
-processes; the SIGSTOP test on SQLite and PostgreSQL."""
+lease has its running attempt stopped with it, then killed before the coordinator reaps it, so
+the job runs to exit 0 once, never twice (no discarded duplicate); an agent killed with -9
+takes its job's grandchildren with it; the watchdog itself leaves with its agent. Real
+coordinator, agents and processes; the SIGSTOP test on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -48,6 +48,13 @@ def _has_arg(pid: int, home: Path) -> bool:
         return str(home).encode() in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "gone"
 
 
 def _ancestors(pid: int) -> list[int]:
@@ -110,6 +117,8 @@ def test_a_frozen_agents_attempt_is_killed_before_the_reap_and_never_runs_twice(
     os.kill(frozen.p.pid, signal.SIGSTOP)
     first = net.cli_json(net.user, "jobs", "show", job_id)["attempts"][0]
     try:
+        # the job is stopped with its agent: it cannot finish while nobody can report it
+        wait_for(lambda: _state(pid) == "T", 3, "the job to be stopped with its agent")
         # the watchdog kills the attempt while the coordinator still counts it running
         gone_at = None
         state_then = None

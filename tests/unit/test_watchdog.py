@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from gpunet.agent import lease, watchdog
-from gpunet.agent.watchdog import Action, Lease, decide
+from gpunet.agent.watchdog import Action, Freeze, Lease, decide, freeze_step
 from tests.e2e.procs import alive, wait_for
 
 
@@ -45,6 +45,13 @@ def test_no_lease_yet_kills_nothing_while_the_agent_lives() -> None:
 def test_a_gone_agent_means_kill_and_exit_whatever_the_lease() -> None:
     assert decide(100.0, Lease(100.0, 30.0), agent_alive=False) is Action.KILL_AND_EXIT
     assert decide(100.0, None, agent_alive=False) is Action.KILL_AND_EXIT
+
+
+def test_attempts_are_stopped_and_continued_with_their_agent() -> None:
+    assert freeze_step(agent_stopped=True, frozen=False) is Freeze.FREEZE
+    assert freeze_step(agent_stopped=True, frozen=True) is Freeze.KEEP
+    assert freeze_step(agent_stopped=False, frozen=True) is Freeze.THAW
+    assert freeze_step(agent_stopped=False, frozen=False) is Freeze.KEEP
 
 
 def test_the_tick_is_a_small_share_of_the_margin() -> None:
@@ -132,3 +139,39 @@ def test_the_watchdog_process_kills_on_a_lapsed_lease_and_when_the_agent_is_gone
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def _state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux sessions")
+def test_the_watchdog_stops_the_attempts_with_a_stopped_agent(tmp_path: Path) -> None:
+    watchdog.write_lease(tmp_path, time.monotonic(), 60.0)  # a long lease: no kill here
+    agent = subprocess.Popen(["sleep", "300"])  # stands for the agent
+    p = _bare_attempt(tmp_path, "att-1")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    dog = subprocess.Popen(
+        [
+            sys.executable,
+            *("-m", "gpunet.agent.watchdog", "--home", str(tmp_path)),
+            *("--agent-pid", str(agent.pid)),
+        ],
+        stdin=subprocess.PIPE,
+        env=env,
+    )
+    try:
+        wait_for(lambda: len(_session_pids(p.pid)) >= 2, 5, "the attempt's child")
+        time.sleep(0.5)
+        assert {_state(q) for q in _session_pids(p.pid)} == {"S"}
+        os.kill(agent.pid, 19)  # SIGSTOP
+        wait_for(lambda: {_state(q) for q in _session_pids(p.pid)} == {"T"}, 5, "the stop")
+        os.kill(agent.pid, 18)  # SIGCONT
+        wait_for(lambda: {_state(q) for q in _session_pids(p.pid)} == {"S"}, 5, "the go")
+        assert p.poll() is None and not watchdog.stopped(tmp_path, "att-1")
+    finally:
+        for proc in (dog, agent):
+            proc.kill()
+            proc.wait()
+        os.killpg(p.pid, 9)
+        p.wait()

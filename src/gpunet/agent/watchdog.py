@@ -20,6 +20,12 @@ it kills what is left, so every process is gone ``lease.margin`` before the coor
 them. Each attempt it signals is recorded (``<home>/watchdog/<attempt id>``), so an agent that
 thaws reports it lost (run again), not failed.
 
+While the agent is stopped (SIGSTOP, a debugger: ``T`` or ``t`` in ``/proc/PID/stat``), its
+attempts are stopped with it (SIGSTOP) and continued (SIGCONT) when it is: a job that ran to its
+end while its agent could not report it would be reaped and run again elsewhere, the first run's
+success arriving late as a discarded duplicate. A job frozen with its agent cannot finish
+unseen; if the lease lapses meanwhile, SIGKILL reaches it stopped.
+
 When the agent is gone (the pipe on the watchdog's stdin reaches end of file, which happens
 however the agent ends, kill -9 included), it kills what the agent's attempts left and exits: a
 job's grandchildren do not outlive a killed agent. An agent that exits normally has
@@ -83,11 +89,31 @@ def decide(now: float, current: Lease | None, agent_alive: bool) -> Action:
     return Action.TERM if now < current.kill_at else Action.KILL
 
 
+class Freeze(enum.Enum):
+    KEEP = "keep"  # nothing to change
+    FREEZE = "freeze"  # the agent was stopped: stop its attempts with it
+    THAW = "thaw"  # the agent runs again: so do the attempts the watchdog stopped
+
+
+def freeze_step(agent_stopped: bool, frozen: bool) -> Freeze:
+    """Whether to stop or continue the attempts, given whether the agent is stopped now and
+    whether the watchdog has stopped the attempts."""
+    if agent_stopped and not frozen:
+        return Freeze.FREEZE
+    if frozen and not agent_stopped:
+        return Freeze.THAW
+    return Freeze.KEEP
+
+
+FREEZE_TICK_S = 0.1  # how often the agent's state is read: a job may end unseen only this long
+
+
 def tick_s(current: Lease | None) -> float:
-    """How often to look: a small share of the margin, so the kill lands well inside it."""
+    """How often to look: a small share of the margin, so the kill lands well inside it, and
+    often enough to stop the attempts with a stopped agent."""
     if current is None:
-        return 0.2
-    return min(0.5, max(0.05, lease.margin(current.timeout_s) / 10))
+        return FREEZE_TICK_S
+    return min(FREEZE_TICK_S, max(0.05, lease.margin(current.timeout_s) / 10))
 
 
 # ---- files shared with the agent ---------------------------------------------------------
@@ -132,10 +158,11 @@ def _is_bwrap(pid: int) -> bool:
         return False
 
 
-def kill_attempts(home: Path, sig: int = signal.SIGKILL) -> list[str]:
+def signal_attempts(home: Path, sig: int) -> list[str]:
     """Send ``sig`` to every process of every attempt of the agent on ``home`` (bare attempts'
-    sessions, sandboxed attempts' cgroups); returns the attempts signalled for the first time,
-    each recorded under ``<home>/watchdog``. Never waits: a frozen agent's zombies stay."""
+    sessions, sandboxed attempts' cgroups; SIGTERM spares bubblewrap, which would SIGKILL the
+    job at once, as runner.Run does); returns the attempts that had processes. Never waits: a
+    frozen agent's zombies stay."""
     from gpunet.agent.runner import SESSION_SUFFIX, _kill_session
     from gpunet.agent.sandbox.cgroups import AttemptCgroup, CgroupTree, agent_parent, leftovers
 
@@ -156,9 +183,18 @@ def kill_attempts(home: Path, sig: int = signal.SIGKILL) -> list[str]:
                 continue
             if sig == signal.SIGKILL:
                 cg.kill(timeout_s=0)
-            else:  # not bubblewrap itself: it would SIGKILL the job at once (as runner.Run)
+            elif sig == signal.SIGTERM:
                 cg.signal_all(sig, skip={p for p in cg.pids() if _is_bwrap(p)})
+            else:
+                cg.signal_all(sig)
             hit.append(name)
+    return hit
+
+
+def kill_attempts(home: Path, sig: int = signal.SIGKILL) -> list[str]:
+    """``signal_attempts`` with SIGTERM or SIGKILL, each attempt recorded under
+    ``<home>/watchdog``; returns the attempts signalled for the first time."""
+    hit = signal_attempts(home, sig)
     new = [name for name in hit if not stopped(home, name)]
     if new:
         (home / RECORDS).mkdir(exist_ok=True)
@@ -172,7 +208,15 @@ def spawn(home: Path) -> subprocess.Popen[bytes]:
     """Start the watchdog of the agent on ``home``; the agent keeps the pipe's write end (not
     inherited by its attempts), whose closing tells the watchdog the agent is gone."""
     return subprocess.Popen(
-        [sys.executable, "-m", "gpunet.agent.watchdog", "--home", str(home)],
+        [
+            sys.executable,
+            "-m",
+            "gpunet.agent.watchdog",
+            "--home",
+            str(home),
+            "--agent-pid",
+            str(os.getpid()),
+        ],
         stdin=subprocess.PIPE,
         start_new_session=True,  # not frozen or interrupted with the agent's process group
     )
@@ -203,10 +247,35 @@ def agent_gone(stdin_fd: int, timeout_s: float) -> bool:
         return True
 
 
-def watch(home: Path, stdin_fd: int = 0) -> None:
+def is_stopped(pid: int | None) -> bool:
+    """Whether process ``pid`` is stopped (by a signal or a tracer)."""
+    if pid is None:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state in ("T", "t")
+
+
+def _say(text: str) -> None:
+    print(
+        f"{time.strftime('%Y-%m-%d %H:%M:%S')} gpunet watchdog: {text}", file=sys.stderr, flush=True
+    )
+
+
+def watch(home: Path, stdin_fd: int = 0, agent_pid: int | None = None) -> None:
     """The watchdog's loop: returns once the agent is gone and its attempts are dead."""
     alive = True
+    frozen = False
     while True:
+        step = freeze_step(alive and is_stopped(agent_pid), frozen)
+        if step is not Freeze.KEEP:
+            frozen = step is Freeze.FREEZE
+            hit = signal_attempts(home, signal.SIGSTOP if frozen else signal.SIGCONT)
+            if hit:
+                what = "stopped with" if frozen else "continued with"
+                _say(f"attempt(s) {', '.join(hit)} {what} the agent")
         current = read_lease(home)
         action = decide(time.monotonic(), current, alive)
         if action is not Action.WAIT:
@@ -214,12 +283,7 @@ def watch(home: Path, stdin_fd: int = 0) -> None:
             hit = kill_attempts(home, sig)
             if hit:
                 why = "the agent is gone" if not alive else "its lease is lapsing"
-                print(
-                    f"{time.strftime('%Y-%m-%d %H:%M:%S')} gpunet watchdog: "
-                    f"{signal.Signals(sig).name} to attempt(s) {', '.join(hit)}: {why}",
-                    file=sys.stderr,
-                    flush=True,
-                )
+                _say(f"{signal.Signals(sig).name} to attempt(s) {', '.join(hit)}: {why}")
         if action is Action.KILL_AND_EXIT:
             return
         alive = not agent_gone(stdin_fd, tick_s(current))
@@ -228,12 +292,13 @@ def watch(home: Path, stdin_fd: int = 0) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="gpunet agent watchdog (started by the agent)")
     p.add_argument("--home", type=Path, required=True)
+    p.add_argument("--agent-pid", type=int, default=None)
     args = p.parse_args(argv)
     # the agent decides when to stop; a Ctrl-C or SIGTERM meant for it must not stop this one
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
     with contextlib.suppress(KeyboardInterrupt):
-        watch(args.home)
+        watch(args.home, agent_pid=args.agent_pid)
 
 
 if __name__ == "__main__":
