@@ -43,6 +43,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,11 +159,11 @@ def _is_bwrap(pid: int) -> bool:
         return False
 
 
-def signal_attempts(home: Path, sig: int) -> list[str]:
+def signal_attempts(home: Path, sig: int, before: Callable[[str], None] | None = None) -> list[str]:
     """Send ``sig`` to every process of every attempt of the agent on ``home`` (bare attempts'
     sessions, sandboxed attempts' cgroups; SIGTERM spares bubblewrap, which would SIGKILL the
-    job at once, as runner.Run does); returns the attempts that had processes. Never waits: a
-    frozen agent's zombies stay."""
+    job at once, as runner.Run does), calling ``before(attempt id)`` first for each; returns
+    the attempts that had processes. Never waits: a frozen agent's zombies stay."""
     from gpunet.agent.runner import SESSION_SUFFIX, _kill_session
     from gpunet.agent.sandbox.cgroups import AttemptCgroup, CgroupTree, agent_parent, leftovers
 
@@ -172,8 +173,13 @@ def signal_attempts(home: Path, sig: int) -> list[str]:
             sid, since = (int(x) for x in rec.read_text().split())
         except (OSError, ValueError):
             continue
-        if sid > 1 and _kill_session(sid, since, sig):
-            hit.append(rec.name.removesuffix(SESSION_SUFFIX))
+        if sid <= 1 or not _kill_session(sid, since, 0):  # signal 0: is anyone there
+            continue
+        name = rec.name.removesuffix(SESSION_SUFFIX)
+        if before is not None:
+            before(name)
+        _kill_session(sid, since, sig)
+        hit.append(name)
     tree = CgroupTree()
     if tree.usable() is None:
         parent = agent_parent(home)
@@ -181,6 +187,8 @@ def signal_attempts(home: Path, sig: int) -> list[str]:
             cg = AttemptCgroup(tree, parent, name)
             if not cg.pids():
                 continue
+            if before is not None:
+                before(name)
             if sig == signal.SIGKILL:
                 cg.kill(timeout_s=0)
             elif sig == signal.SIGTERM:
@@ -193,13 +201,17 @@ def signal_attempts(home: Path, sig: int) -> list[str]:
 
 def kill_attempts(home: Path, sig: int = signal.SIGKILL) -> list[str]:
     """``signal_attempts`` with SIGTERM or SIGKILL, each attempt recorded under
-    ``<home>/watchdog``; returns the attempts signalled for the first time."""
-    hit = signal_attempts(home, sig)
-    new = [name for name in hit if not stopped(home, name)]
-    if new:
-        (home / RECORDS).mkdir(exist_ok=True)
-        for name in new:
+    ``<home>/watchdog`` before it is signalled (an agent that sees it exit finds the record);
+    returns the attempts signalled for the first time."""
+    new: list[str] = []
+
+    def record(name: str) -> None:
+        if not stopped(home, name):
+            (home / RECORDS).mkdir(exist_ok=True)
             (home / RECORDS / name).touch()
+            new.append(name)
+
+    signal_attempts(home, sig, record)
     return new
 
 
