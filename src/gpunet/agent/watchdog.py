@@ -20,10 +20,11 @@ it kills what is left, so every process is gone ``lease.margin`` before the coor
 them. Each attempt it signals is recorded (``<home>/watchdog/<attempt id>``), so an agent that
 thaws reports it lost (run again), not failed.
 
-While the agent is stopped (SIGSTOP, a debugger: ``T`` or ``t`` in ``/proc/PID/stat``), its
-attempts are stopped with it (SIGSTOP) and continued (SIGCONT) when it is: a job that ran to its
-end while its agent could not report it would be reaped and run again elsewhere, the first run's
-success arriving late as a discarded duplicate. A job frozen with its agent cannot finish
+While the agent is stopped by a signal (SIGSTOP: ``T`` in ``/proc/PID/stat``; not a tracer's
+brief ``t`` stops, so stracing the agent does not stall its jobs), its attempts are stopped
+with it (SIGSTOP) and continued (SIGCONT) when it is: a job that ran to its end while its agent
+could not report it would be reaped and run again elsewhere, the first run's success arriving
+late as a discarded duplicate. A job frozen with its agent cannot finish
 unseen; if the lease lapses meanwhile, SIGKILL reaches it stopped.
 
 When the agent is gone (the pipe on the watchdog's stdin reaches end of file, which happens
@@ -260,14 +261,14 @@ def agent_gone(stdin_fd: int, timeout_s: float) -> bool:
 
 
 def is_stopped(pid: int | None) -> bool:
-    """Whether process ``pid`` is stopped (by a signal or a tracer)."""
+    """Whether process ``pid`` is stopped by a signal (SIGSTOP, SIGTSTP)."""
     if pid is None:
         return False
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
         return False
-    return state in ("T", "t")
+    return state == "T"
 
 
 def _say(text: str) -> None:
