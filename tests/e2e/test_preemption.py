@@ -8,14 +8,19 @@ that took its GPU, and that job runs. Each test runs on SQLite and on PostgreSQL
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
+from gpunet.store.db import Database
+from gpunet.store.tables import AttemptCharge
 from tests.e2e.procs import Network, two_agent_network, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -31,6 +36,28 @@ print("ready", flush=True)
 while True:
     time.sleep(0.1)
 """
+
+
+# Counts steps into its checkpoint directory, one every 0.1 s, the count written atomically;
+# resumes from the count it finds; says "ready" once it has three steps worth keeping. No
+# SIGTERM handler: a stop kills it, and the agent uploads what the directory holds.
+COUNTER = """\
+import os, sys, time
+path = os.path.join(os.environ["GPUNET_CHECKPOINT_DIR"], "count")
+total = int(sys.argv[1])
+n = int(open(path).read()) if os.path.exists(path) else 0
+print(f"attempt {os.environ['GPUNET_ATTEMPT_NUMBER']} resumes at {n}", flush=True)
+while n < total:
+    time.sleep(0.1)
+    n += 1
+    with open(path + ".tmp", "w") as f:
+        f.write(str(n))
+    os.replace(path + ".tmp", path)
+    if n == 3:
+        print("ready", flush=True)
+print(f"final count {n}", flush=True)
+"""
+PRICE = "3.6"  # credits per GPU-hour: 0.001 a second, so every billed second shows
 
 
 @pytest.fixture
@@ -63,10 +90,18 @@ class Preemption:
     urgent: str  # the on-demand job that took its GPU
 
 
-def preempt_one(net: Network, tmp_path: Path, filler_spec: str = "") -> Preemption:
-    """Fill both GPUs with interruptible jobs, then submit an on-demand job; returns once the
+def preempt_one(
+    net: Network,
+    tmp_path: Path,
+    filler_spec: str = "",
+    command: list[str] | None = None,
+    urgent_command: str = "print('urgent done')",
+) -> Preemption:
+    """Fill both GPUs with interruptible jobs (``command``, default FILLER: each prints
+    "ready" once it has work worth keeping), then submit an on-demand job; returns once the
     victim's attempt is `preempted` and the on-demand job has succeeded."""
     fillers = []
+    argv = json.dumps(command or ["python3", "-c", FILLER])
     for i in range(2):
         fillers.append(
             _submit(
@@ -75,10 +110,9 @@ def preempt_one(net: Network, tmp_path: Path, filler_spec: str = "") -> Preempti
                 f"filler{i}",
                 f"""\
                 name: filler{i}
-                command: ["python3", "-c", {json.dumps(FILLER)}]
+                command: {argv}
                 interruptible: true
-                checkpoint: {{grace_s: 10}}
-                {filler_spec}
+                {filler_spec or "checkpoint: {grace_s: 10}"}
                 """,
             )
         )
@@ -88,9 +122,9 @@ def preempt_one(net: Network, tmp_path: Path, filler_spec: str = "") -> Preempti
         net,
         tmp_path,
         "urgent",
-        """\
+        f"""\
         name: urgent
-        command: ["python3", "-c", "print('urgent done')"]
+        command: ["python3", "-c", {json.dumps(urgent_command)}]
         """,
     )
 
@@ -125,3 +159,72 @@ def test_on_demand_job_preempts_an_interruptible_one(net: Network, tmp_path: Pat
     assert "urgent done" in _output(net, res.urgent)
     for f in res.fillers:
         net.cli(net.user, "cancel", f)
+
+
+@dataclass
+class Charge:
+    billed_seconds: int
+    charged: Decimal
+    outcome: str | None
+    settled: bool
+
+
+def _charges(net: Network) -> dict[str, Charge]:
+    """Each attempt's charge, read from the store (what the tenant was billed)."""
+    db = Database(net.db_url)
+    try:
+        with db.sessions() as s:
+            return {
+                c.attempt_id: Charge(
+                    c.billed_seconds, c.charged, c.outcome, c.settled_at is not None
+                )
+                for c in s.scalars(select(AttemptCharge))
+            }
+    finally:
+        db.engine.dispose()
+
+
+def test_a_preempted_job_resumes_from_its_checkpoint_and_pays_what_ran(
+    net: Network, tmp_path: Path
+) -> None:
+    for node in net.cli_json(net.admin, "nodes"):
+        net.cli_json(net.owner, "price", "set", "--node", node["id"], PRICE)
+    net.cli_json(net.admin, "credits", "grant", "--account", "alice", "100")
+    total = 200  # 20 s of steps: both still run when the on-demand job comes, however slow the host
+    res = preempt_one(
+        net,
+        tmp_path,
+        filler_spec="checkpoint: {grace_s: 2, interval_s: 30}",
+        command=["python3", "-c", COUNTER, str(total)],
+        urgent_command="import time; time.sleep(1); print('urgent done')",
+    )
+    done = wait_for(
+        lambda: (j := _job(net, res.victim))["state"] == "succeeded" and j,
+        60,
+        "the preempted job to resume and finish",
+    )
+    first, second = done["attempts"]
+    assert (first["state"], second["state"]) == ("preempted", "succeeded"), done["attempts"]
+    assert done["retries_used"] == 0  # a preemption costs no retry
+    out = _output(net, res.victim)
+    resumed = [int(m) for m in re.findall(r"attempt 2 resumes at (\d+)", out)]
+    assert len(resumed) == 1 and 0 < resumed[0] < total, out
+    assert re.findall(r"final count (\d+)", out) == [str(total)], out
+    # the `preempted` event names the job that took the GPU
+    events = net.cli_json(net.user, "jobs", "events", res.victim)
+    requeued = [e for e in events if e["to"] == "queued" and e["from"] is not None]
+    assert len(requeued) == 1 and f"preempted by job {res.urgent}" in requeued[0]["reason"]
+    # the preempted attempt is billed the time it ran, as its agent measured it, no more
+    charges = _charges(net)
+    ran = first["runtime_s"]
+    assert ran is not None and ran > 0.3, first
+    ch = charges[first["id"]]
+    assert ch.outcome != "lost" and ch.settled
+    assert abs(ch.billed_seconds - ran) <= 1.0, (ch.billed_seconds, ran)
+    assert ch.charged > 0
+    # so is the attempt that finished the work
+    assert abs(charges[second["id"]].billed_seconds - second["runtime_s"]) <= 1.0
+    for f in res.fillers:
+        net.cli(net.user, "cancel", f)
+    ledger = net.cli(net.admin, "ledger", "verify")
+    assert ledger.returncode == 0 and "ledger ok" in ledger.stdout, ledger.stdout + ledger.stderr

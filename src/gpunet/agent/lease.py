@@ -10,7 +10,8 @@ coordinator's), so it must finish stopping with room to spare:
 - it waits ``GRACE`` (15 %) of the lease for the job to exit, then kills what is left,
 
 so every process is gone by 85 % of the lease: 15 % of the lease (4.5 s of the default 30 s)
-before the coordinator can hand the work to another node.
+before the coordinator can hand the work to another node. The agent's watchdog
+(``agent.watchdog``) keeps the same schedule when the agent is frozen or dead.
 """
 
 from __future__ import annotations

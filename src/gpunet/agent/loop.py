@@ -16,6 +16,8 @@ import random
 import shutil
 import socket
 import ssl
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +27,16 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from gpunet import __version__
-from gpunet.agent import bench, checkpoints, energy, lease, owner, rendezvous, runner
+from gpunet.agent import (
+    bench,
+    checkpoints,
+    energy,
+    lease,
+    owner,
+    rendezvous,
+    runner,
+    watchdog,
+)
 from gpunet.agent.answers import Answers, Backoff
 from gpunet.agent.gpus.base import GpuBackend
 from gpunet.agent.journal import Journal
@@ -199,6 +210,9 @@ class Agent:
             owner.OwnerWatcher(owner_policy, len(backend.discover())) if owner_policy else None
         )
         self.beat_now = asyncio.Event()  # send a heartbeat now (an owner-busy flag changed)
+        # stops the attempts when this process cannot (frozen, killed): agent/watchdog.py
+        self.use_watchdog = sys.platform.startswith("linux")
+        self.watchdog: subprocess.Popen[bytes] | None = None
 
     # ---- connection -------------------------------------------------------------------
     @property
@@ -293,7 +307,21 @@ class Agent:
                 log.warning("coordinator unreachable (%s); retrying in %.1fs", exc, delay)
                 await self._sleep(delay)
                 delay = min(delay * 2, 5.0)
+        self._renewed()
+
+    def _renewed(self) -> None:
+        """The lease was renewed now: noted here and in the lease file the watchdog reads."""
         self.last_renewed = time.monotonic()
+        try:
+            watchdog.write_lease(self.home, self.last_renewed, self.lease_timeout_s)
+        except OSError as exc:  # a full disk must not stop the heartbeats
+            log.warning("could not write the lease file: %s", exc)
+
+    def _start_watchdog(self) -> None:
+        if self.use_watchdog and (self.watchdog is None or self.watchdog.poll() is not None):
+            if self.watchdog is not None:
+                log.warning("the watchdog exited (%s); starting it again", self.watchdog.returncode)
+            self.watchdog = watchdog.spawn(self.home)
 
     def _load_credentials(self) -> dict[str, Any] | None:
         try:
@@ -345,6 +373,9 @@ class Agent:
         self._prepare_home()
         self.journal.open()
         await asyncio.to_thread(self.reap_leftovers)
+        watchdog.clear_records(self.home)
+        self._renewed()  # a fresh lease file before the watchdog reads it
+        self._start_watchdog()
         await self.connect()  # delivers what the journal holds before any new work
         for e in self.journal.pending():  # finish reports the hello had no room for
             self.reports.put_nowait((e.attempt_id, e.report(), e.seq))
@@ -372,6 +403,8 @@ class Agent:
         running = [a.task for a in list(self.attempts.values()) if a.task is not None]
         if running:  # let them kill their cgroups and remove their files
             await asyncio.wait(running, timeout=10)
+        if self.watchdog is not None:  # every attempt is stopped: it exits with nothing to do
+            await asyncio.to_thread(watchdog.close, self.watchdog)
         if self.sandbox is not None:
             self.sandbox.close()
         await self.http.aclose()
@@ -404,8 +437,8 @@ class Agent:
                     "/v1/agent/heartbeat",
                     json=beat.model_dump(mode="json"),
                 )
-                self.last_renewed = time.monotonic()
                 self.lease_timeout_s = res.lease_timeout_s
+                self._renewed()
                 for att_id in res.stop:
                     ctx = self.attempts.get(att_id)
                     if ctx:
@@ -425,6 +458,7 @@ class Agent:
         re-queues them elsewhere (agent.lease): two copies must not run."""
         while True:
             await asyncio.sleep(min(0.5, self.lease_timeout_s / 20))
+            self._start_watchdog()  # again, should it have died
             if time.monotonic() - self.last_renewed > lease.stop_after(self.lease_timeout_s):
                 for ctx in list(self.attempts.values()):
                     if ctx.run and ctx.run.stop_reason is None:
@@ -538,6 +572,12 @@ class Agent:
                 await ckpt.final()
             energy.sample(ctx.meters, self.backend.telemetry(self._busy_indices()))
             used = energy.report(ctx.meters)
+            if code != 0 and watchdog.stopped(self.home, ctx.id):
+                # stopped while this process could not (frozen): the lease lapsed, so it is
+                # lost (run again), not failed; a success before the stop stays one
+                ctx.run.stop_reason = checkpoints.LEASE_LOST
+                log.warning("attempt %s was stopped by the agent's watchdog", ctx.id)
+                self._collect(ctx, "system", "stopped by the agent's watchdog: lease lost\n")
             self._flush_logs(ctx)
             reason = ctx.run.stop_reason
             if ctx.run.oom_killed and reason is None:
@@ -555,6 +595,7 @@ class Agent:
                     ctx.run.close()
                 except OSError as exc:
                     log.warning("could not clean up attempt %s: %s", ctx.id, exc)
+            watchdog.forget(self.home, ctx.id)
             shutil.rmtree(workdir, ignore_errors=True)
             if spec.get("launcher") == "ray":  # its Ray's files (see ray_command)
                 shutil.rmtree(RAY_TMP.format(attempt=ctx.id), ignore_errors=True)

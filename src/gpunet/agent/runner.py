@@ -138,10 +138,10 @@ def _start_time(pid: int) -> int | None:
     return int(st[19]) if st else None
 
 
-def _kill_session(sid: int, since: int) -> list[int]:
-    """SIGKILL every process of session ``sid`` started at or after ``since`` (clock ticks
-    since boot: a later session that reused the number started after the recorded one's
-    processes, but so would its own, so the window is the agent's restart only)."""
+def _kill_session(sid: int, since: int, sig: int = signal.SIGKILL) -> list[int]:
+    """SIGKILL (or ``sig``) every process of session ``sid`` started at or after ``since``
+    (clock ticks since boot: a later session that reused the number started after the recorded
+    one's processes, but so would its own, so the window is the agent's restart only)."""
     killed = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -151,7 +151,7 @@ def _kill_session(sid: int, since: int) -> list[int]:
         if st is None or int(st[3]) != sid or int(st[19]) < since:
             continue
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(int(entry), signal.SIGKILL)
+            os.kill(int(entry), sig)
             killed.append(int(entry))
     return killed
 

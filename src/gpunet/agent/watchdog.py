@@ -1,0 +1,318 @@
+"""The agent's watchdog: stops the agent's attempts when the agent itself cannot.
+
+The agent stops its attempts a margin before the coordinator reaps them (``agent.lease``), but
+only while it runs: an agent frozen (SIGSTOP, a debugger, a hung host thread) or killed with -9
+cannot, and its attempts' processes would keep running while the coordinator starts the work
+elsewhere. So each agent starts this small separate process (``python -m
+gpunet.agent.watchdog``, in a session of its own: stopping the agent or its terminal's process
+group does not stop it). It knows nothing of the coordinator; it reads two things the agent
+leaves in its home:
+
+- the lease file (``<home>/lease``): the CLOCK_MONOTONIC time of the agent's last renewal and
+  the lease timeout, rewritten on every successful heartbeat (the monotonic clock is one for
+  the whole system, so the two processes agree on it);
+- the agent's attempts: the session each bare attempt runs in (``<home>/work/*.session``) and
+  each sandboxed attempt's cgroup (under the agent's cgroup parent).
+
+It stops attempts on the agent's own schedule: when the lease has gone unrenewed for
+``lease.stop_after`` it sends every attempt's processes SIGTERM, after ``lease.stop_grace`` more
+it kills what is left, so every process is gone ``lease.margin`` before the coordinator reaps
+them. Each attempt it signals is recorded (``<home>/watchdog/<attempt id>``), so an agent that
+thaws reports it lost (run again), not failed.
+
+While the agent is stopped by a signal (SIGSTOP: ``T`` in ``/proc/PID/stat``; not a tracer's
+brief ``t`` stops, so stracing the agent does not stall its jobs), its attempts are stopped
+with it (SIGSTOP) and continued (SIGCONT) when it is: a job that ran to its end while its agent
+could not report it would be reaped and run again elsewhere, the first run's success arriving
+late as a discarded duplicate. A job frozen with its agent cannot finish
+unseen; if the lease lapses meanwhile, SIGKILL reaches it stopped.
+
+When the agent is gone (the pipe on the watchdog's stdin reaches end of file, which happens
+however the agent ends, kill -9 included), it kills what the agent's attempts left and exits: a
+job's grandchildren do not outlive a killed agent. An agent that exits normally has
+stopped its attempts first, so the watchdog finds nothing and exits with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import enum
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from gpunet.agent import lease
+
+LEASE_FILE = "lease"
+RECORDS = "watchdog"
+
+
+class Action(enum.Enum):
+    WAIT = "wait"  # the lease is fine (or not known yet): touch nothing
+    TERM = "term"  # the lease is lapsing: SIGTERM every attempt, as the agent would
+    KILL = "kill"  # past the agent's own kill point: SIGKILL every attempt
+    KILL_AND_EXIT = "kill_and_exit"  # the agent is gone: kill what it left, then exit
+
+
+@dataclass(frozen=True)
+class Lease:
+    """The agent's last renewal (CLOCK_MONOTONIC seconds) and its lease timeout."""
+
+    renewed: float
+    timeout_s: float
+
+    @property
+    def term_at(self) -> float:
+        """When attempts are asked to stop: the agent's own SIGTERM point."""
+        return self.renewed + lease.stop_after(self.timeout_s)
+
+    @property
+    def kill_at(self) -> float:
+        """When attempts must be dead: the agent's own SIGKILL point, a margin
+        (``lease.margin``) before the coordinator reaps them."""
+        t = self.timeout_s
+        return self.renewed + lease.stop_after(t) + lease.stop_grace(t)
+
+
+def decide(now: float, current: Lease | None, agent_alive: bool) -> Action:
+    """What the watchdog does at monotonic time ``now``: a pure function of the lease the agent
+    last wrote (None: none yet, or unreadable) and whether the agent still lives."""
+    if not agent_alive:
+        return Action.KILL_AND_EXIT
+    if current is None or now < current.term_at:
+        return Action.WAIT
+    return Action.TERM if now < current.kill_at else Action.KILL
+
+
+class Freeze(enum.Enum):
+    KEEP = "keep"  # nothing to change
+    FREEZE = "freeze"  # the agent was stopped: stop its attempts with it
+    THAW = "thaw"  # the agent runs again: so do the attempts the watchdog stopped
+
+
+def freeze_step(agent_stopped: bool, frozen: bool) -> Freeze:
+    """Whether to stop or continue the attempts, given whether the agent is stopped now and
+    whether the watchdog has stopped the attempts."""
+    if agent_stopped and not frozen:
+        return Freeze.FREEZE
+    if frozen and not agent_stopped:
+        return Freeze.THAW
+    return Freeze.KEEP
+
+
+FREEZE_TICK_S = 0.1  # how often the agent's state is read: a job may end unseen only this long
+
+
+def tick_s(current: Lease | None) -> float:
+    """How often to look: a small share of the margin, so the kill lands well inside it, and
+    often enough to stop the attempts with a stopped agent."""
+    if current is None:
+        return FREEZE_TICK_S
+    return min(FREEZE_TICK_S, max(0.05, lease.margin(current.timeout_s) / 10))
+
+
+# ---- files shared with the agent ---------------------------------------------------------
+def write_lease(home: Path, renewed: float, timeout_s: float) -> None:
+    """The agent's side: record a renewal (atomically: the watchdog never reads half)."""
+    path = home / LEASE_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(f"{renewed!r} {timeout_s!r}\n")
+    os.replace(tmp, path)
+
+
+def read_lease(home: Path) -> Lease | None:
+    try:
+        renewed, timeout_s = (float(x) for x in (home / LEASE_FILE).read_text().split())
+    except (OSError, ValueError):
+        return None
+    return Lease(renewed, timeout_s)
+
+
+def stopped(home: Path, attempt_id: str) -> bool:
+    """Whether the watchdog killed this attempt (the agent then reports it lost)."""
+    return (home / RECORDS / attempt_id).exists()
+
+
+def forget(home: Path, attempt_id: str) -> None:
+    (home / RECORDS / attempt_id).unlink(missing_ok=True)
+
+
+def clear_records(home: Path) -> None:
+    """At the agent's start: records of an earlier run concern attempts it no longer has."""
+    d = home / RECORDS
+    if d.is_dir():
+        for p in d.iterdir():
+            p.unlink(missing_ok=True)
+
+
+# ---- the kill ----------------------------------------------------------------------------
+def _is_bwrap(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip() == "bwrap"
+    except OSError:
+        return False
+
+
+def signal_attempts(home: Path, sig: int, before: Callable[[str], None] | None = None) -> list[str]:
+    """Send ``sig`` to every process of every attempt of the agent on ``home`` (bare attempts'
+    sessions, sandboxed attempts' cgroups; SIGTERM spares bubblewrap, which would SIGKILL the
+    job at once, as runner.Run does), calling ``before(attempt id)`` first for each; returns
+    the attempts that had processes. Never waits: a frozen agent's zombies stay."""
+    from gpunet.agent.runner import SESSION_SUFFIX, _kill_session
+    from gpunet.agent.sandbox.cgroups import AttemptCgroup, CgroupTree, agent_parent, leftovers
+
+    hit: list[str] = []
+    for rec in sorted((home / "work").glob("*" + SESSION_SUFFIX)):
+        try:
+            sid, since = (int(x) for x in rec.read_text().split())
+        except (OSError, ValueError):
+            continue
+        if sid <= 1 or not _kill_session(sid, since, 0):  # signal 0: is anyone there
+            continue
+        name = rec.name.removesuffix(SESSION_SUFFIX)
+        if before is not None:
+            before(name)
+        _kill_session(sid, since, sig)
+        hit.append(name)
+    tree = CgroupTree()
+    if tree.usable() is None:
+        parent = agent_parent(home)
+        for name in leftovers(tree, parent):
+            cg = AttemptCgroup(tree, parent, name)
+            if not cg.pids():
+                continue
+            if before is not None:
+                before(name)
+            if sig == signal.SIGKILL:
+                cg.kill(timeout_s=0)
+            elif sig == signal.SIGTERM:
+                cg.signal_all(sig, skip={p for p in cg.pids() if _is_bwrap(p)})
+            else:
+                cg.signal_all(sig)
+            hit.append(name)
+    return hit
+
+
+def kill_attempts(home: Path, sig: int = signal.SIGKILL) -> list[str]:
+    """``signal_attempts`` with SIGTERM or SIGKILL, each attempt recorded under
+    ``<home>/watchdog`` before it is signalled (an agent that sees it exit finds the record);
+    returns the attempts signalled for the first time."""
+    new: list[str] = []
+
+    def record(name: str) -> None:
+        if not stopped(home, name):
+            (home / RECORDS).mkdir(exist_ok=True)
+            (home / RECORDS / name).touch()
+            new.append(name)
+
+    signal_attempts(home, sig, record)
+    return new
+
+
+# ---- the agent's side: start and stop ---------------------------------------------------
+def spawn(home: Path) -> subprocess.Popen[bytes]:
+    """Start the watchdog of the agent on ``home``; the agent keeps the pipe's write end (not
+    inherited by its attempts), whose closing tells the watchdog the agent is gone."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gpunet.agent.watchdog",
+            "--home",
+            str(home),
+            "--agent-pid",
+            str(os.getpid()),
+        ],
+        stdin=subprocess.PIPE,
+        start_new_session=True,  # not frozen or interrupted with the agent's process group
+    )
+
+
+def close(proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
+    """The agent's normal exit, its attempts already stopped: the watchdog finds nothing left
+    to kill and exits; one that does not is killed (no orphan either way)."""
+    if proc.stdin is not None:
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def agent_gone(stdin_fd: int, timeout_s: float) -> bool:
+    """Wait up to ``timeout_s`` on the pipe from the agent; True once it reached end of file
+    (the agent's end is closed: it exited or was killed)."""
+    ready, _, _ = select.select([stdin_fd], [], [], timeout_s)
+    if not ready:
+        return False
+    try:
+        return os.read(stdin_fd, 4096) == b""
+    except OSError:
+        return True
+
+
+def is_stopped(pid: int | None) -> bool:
+    """Whether process ``pid`` is stopped by a signal (SIGSTOP, SIGTSTP)."""
+    if pid is None:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state == "T"
+
+
+def _say(text: str) -> None:
+    print(
+        f"{time.strftime('%Y-%m-%d %H:%M:%S')} gpunet watchdog: {text}", file=sys.stderr, flush=True
+    )
+
+
+def watch(home: Path, stdin_fd: int = 0, agent_pid: int | None = None) -> None:
+    """The watchdog's loop: returns once the agent is gone and its attempts are dead."""
+    alive = True
+    frozen = False
+    while True:
+        step = freeze_step(alive and is_stopped(agent_pid), frozen)
+        if step is not Freeze.KEEP:
+            frozen = step is Freeze.FREEZE
+            hit = signal_attempts(home, signal.SIGSTOP if frozen else signal.SIGCONT)
+            if hit:
+                what = "stopped with" if frozen else "continued with"
+                _say(f"attempt(s) {', '.join(hit)} {what} the agent")
+        current = read_lease(home)
+        action = decide(time.monotonic(), current, alive)
+        if action is not Action.WAIT:
+            sig = signal.SIGTERM if action is Action.TERM else signal.SIGKILL
+            hit = kill_attempts(home, sig)
+            if hit:
+                why = "the agent is gone" if not alive else "its lease is lapsing"
+                _say(f"{signal.Signals(sig).name} to attempt(s) {', '.join(hit)}: {why}")
+        if action is Action.KILL_AND_EXIT:
+            return
+        alive = not agent_gone(stdin_fd, tick_s(current))
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="gpunet agent watchdog (started by the agent)")
+    p.add_argument("--home", type=Path, required=True)
+    p.add_argument("--agent-pid", type=int, default=None)
+    args = p.parse_args(argv)
+    # the agent decides when to stop; a Ctrl-C or SIGTERM meant for it must not stop this one
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    with contextlib.suppress(KeyboardInterrupt):
+        watch(args.home, agent_pid=args.agent_pid)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,177 @@
+"""The agent's watchdog: when it kills (a pure decision), the files it shares with the agent,
+and the kill itself on real processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from gpunet.agent import lease, watchdog
+from gpunet.agent.watchdog import Action, Freeze, Lease, decide, freeze_step
+from tests.e2e.procs import alive, wait_for
+
+
+def test_a_renewed_lease_is_left_alone_until_the_agents_own_kill_point() -> None:
+    cur = Lease(renewed=100.0, timeout_s=30.0)
+    term_at = 100.0 + lease.stop_after(30.0)
+    kill_at = term_at + lease.stop_grace(30.0)
+    assert (cur.term_at, cur.kill_at) == (pytest.approx(term_at), pytest.approx(kill_at))
+    # a margin before the coordinator reaps (100 + 30)
+    assert 130.0 - cur.kill_at == pytest.approx(lease.margin(30.0)) and lease.margin(30.0) > 0
+    assert decide(100.0, cur, agent_alive=True) is Action.WAIT
+    assert decide(term_at - 0.01, cur, agent_alive=True) is Action.WAIT
+    assert decide(term_at, cur, agent_alive=True) is Action.TERM
+    assert decide(kill_at - 0.01, cur, agent_alive=True) is Action.TERM
+    assert decide(kill_at, cur, agent_alive=True) is Action.KILL
+    assert decide(129.0, cur, agent_alive=True) is Action.KILL
+
+
+def test_a_renewal_moves_the_kill_point() -> None:
+    old, new = Lease(100.0, 30.0), Lease(120.0, 30.0)
+    assert decide(126.0, old, agent_alive=True) is Action.KILL
+    assert decide(126.0, new, agent_alive=True) is Action.WAIT
+    assert decide(141.0, new, agent_alive=True) is Action.TERM
+
+
+def test_no_lease_yet_kills_nothing_while_the_agent_lives() -> None:
+    assert decide(1e9, None, agent_alive=True) is Action.WAIT
+
+
+def test_a_gone_agent_means_kill_and_exit_whatever_the_lease() -> None:
+    assert decide(100.0, Lease(100.0, 30.0), agent_alive=False) is Action.KILL_AND_EXIT
+    assert decide(100.0, None, agent_alive=False) is Action.KILL_AND_EXIT
+
+
+def test_attempts_are_stopped_and_continued_with_their_agent() -> None:
+    assert freeze_step(agent_stopped=True, frozen=False) is Freeze.FREEZE
+    assert freeze_step(agent_stopped=True, frozen=True) is Freeze.KEEP
+    assert freeze_step(agent_stopped=False, frozen=True) is Freeze.THAW
+    assert freeze_step(agent_stopped=False, frozen=False) is Freeze.KEEP
+
+
+def test_the_tick_is_a_small_share_of_the_margin() -> None:
+    assert watchdog.tick_s(Lease(0.0, 4.0)) <= lease.margin(4.0) / 5
+    assert 0.05 <= watchdog.tick_s(Lease(0.0, 30.0)) <= 0.5
+
+
+def test_lease_file_round_trip(tmp_path: Path) -> None:
+    assert watchdog.read_lease(tmp_path) is None
+    watchdog.write_lease(tmp_path, 123.25, 4.0)
+    assert watchdog.read_lease(tmp_path) == Lease(123.25, 4.0)
+    (tmp_path / watchdog.LEASE_FILE).write_text("garbage")
+    assert watchdog.read_lease(tmp_path) is None
+
+
+def _bare_attempt(home: Path, name: str) -> subprocess.Popen[bytes]:
+    """A bare attempt as the runner makes one: its own session, recorded beside its workdir;
+    its leader leaves a child behind in the session."""
+    from gpunet.agent.runner import SESSION_SUFFIX, _start_time
+
+    (home / "work").mkdir(parents=True, exist_ok=True)
+    p = subprocess.Popen(["/bin/sh", "-c", "sleep 300 & sleep 300"], start_new_session=True)
+    (home / "work" / (name + SESSION_SUFFIX)).write_text(f"{p.pid} {_start_time(p.pid) or 0}\n")
+    return p
+
+
+def _session_pids(sid: int) -> list[int]:
+    from gpunet.agent.runner import _stat
+
+    return [
+        int(e)
+        for e in os.listdir("/proc")
+        if e.isdigit() and (st := _stat(int(e))) is not None and int(st[3]) == sid
+    ]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux sessions")
+def test_kill_attempts_kills_whole_sessions_and_records_them(tmp_path: Path) -> None:
+    p = _bare_attempt(tmp_path, "att-1")
+    wait_for(lambda: len(_session_pids(p.pid)) >= 2, 5, "the attempt's child")
+    try:
+        assert watchdog.kill_attempts(tmp_path) == ["att-1"]
+        assert watchdog.kill_attempts(tmp_path) == []  # recorded once
+        p.wait(timeout=5)
+        wait_for(lambda: not [q for q in _session_pids(p.pid) if alive(q)], 5, "the session")
+        assert watchdog.stopped(tmp_path, "att-1") and not watchdog.stopped(tmp_path, "att-2")
+        watchdog.forget(tmp_path, "att-1")
+        assert not watchdog.stopped(tmp_path, "att-1")
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, 9)
+            p.wait()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux sessions")
+def test_the_watchdog_process_kills_on_a_lapsed_lease_and_when_the_agent_is_gone(
+    tmp_path: Path,
+) -> None:
+    watchdog.write_lease(tmp_path, time.monotonic(), 2.0)  # fresh: nothing is killed
+    p = _bare_attempt(tmp_path, "att-1")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    dog = subprocess.Popen(
+        [sys.executable, "-m", "gpunet.agent.watchdog", "--home", str(tmp_path)],
+        stdin=subprocess.PIPE,
+        env=env,
+    )
+    try:
+        time.sleep(1.0)  # well inside the lease's 1.7 s before the kill point
+        assert p.poll() is None and dog.poll() is None
+        # the lease lapses (no renewal): the attempt dies at the kill point, recorded
+        p.wait(timeout=5)
+        assert watchdog.stopped(tmp_path, "att-1")
+        # a second attempt, then the agent goes (its pipe closes): killed, and it exits
+        watchdog.write_lease(tmp_path, time.monotonic(), 30.0)
+        q = _bare_attempt(tmp_path, "att-2")
+        time.sleep(0.5)
+        assert q.poll() is None
+        assert dog.stdin is not None
+        dog.stdin.close()
+        assert dog.wait(timeout=5) == 0
+        q.wait(timeout=5)
+        assert not [x for x in _session_pids(q.pid) if alive(x)]
+    finally:
+        for proc in (p, dog):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def _state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux sessions")
+def test_the_watchdog_stops_the_attempts_with_a_stopped_agent(tmp_path: Path) -> None:
+    watchdog.write_lease(tmp_path, time.monotonic(), 60.0)  # a long lease: no kill here
+    agent = subprocess.Popen(["sleep", "300"])  # stands for the agent
+    p = _bare_attempt(tmp_path, "att-1")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    dog = subprocess.Popen(
+        [
+            sys.executable,
+            *("-m", "gpunet.agent.watchdog", "--home", str(tmp_path)),
+            *("--agent-pid", str(agent.pid)),
+        ],
+        stdin=subprocess.PIPE,
+        env=env,
+    )
+    try:
+        wait_for(lambda: len(_session_pids(p.pid)) >= 2, 5, "the attempt's child")
+        time.sleep(0.5)
+        assert {_state(q) for q in _session_pids(p.pid)} == {"S"}
+        os.kill(agent.pid, 19)  # SIGSTOP
+        wait_for(lambda: {_state(q) for q in _session_pids(p.pid)} == {"T"}, 5, "the stop")
+        os.kill(agent.pid, 18)  # SIGCONT
+        wait_for(lambda: {_state(q) for q in _session_pids(p.pid)} == {"S"}, 5, "the go")
+        assert p.poll() is None and not watchdog.stopped(tmp_path, "att-1")
+    finally:
+        for proc in (dog, agent):
+            proc.kill()
+            proc.wait()
+        os.killpg(p.pid, 9)
+        p.wait()
