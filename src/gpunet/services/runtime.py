@@ -154,9 +154,10 @@ class Wakeups:
         self.nodes: dict[str, asyncio.Event] = {}
         self.scheduler = asyncio.Event()
         self.closing = False
-        # nodes whose last work query came back empty and that nothing has woken since: their
-        # long-polls can wait without asking the store (idle polls then cost no query)
-        self.quiet: set[str] = set()
+        # nodes whose last work query came back empty and that nothing has woken since, with
+        # what the agent then said it held: their long-polls that say the same can wait
+        # without asking the store (idle polls then cost no query)
+        self.quiet: dict[str, object] = {}
 
     def close(self) -> None:
         """The coordinator is stopping: release every long-poll now."""
@@ -190,7 +191,7 @@ class Wakeups:
             self._call(self._wake, n)
 
     def _wake(self, node_id: str) -> None:
-        self.quiet.discard(node_id)
+        self.quiet.pop(node_id, None)
         self.node_event(node_id).set()
 
     def wake_scheduler(self) -> None:
