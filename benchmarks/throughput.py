@@ -419,23 +419,25 @@ async def steady(
         sub = Submitter(coord.port, cons, args.submit)
         await sub.detect()
         await asyncio.sleep(1.0)
-        stop = time.perf_counter() + args.warmup + args.duration
+        await sub.submit(depth)  # fill the queue first (agents work meanwhile)
         measure_from = time.perf_counter() + args.warmup
+        stop = measure_from + args.duration
         marks: dict[str, Any] = {}
         meter = CpuMeter(coord.pid)
         async with profiled(args, coord.pid, workdir) as prof:
-            while time.perf_counter() < stop:
+            while not marks or time.perf_counter() < stop:
                 if not marks and time.perf_counter() >= measure_from:
                     marks = {"done": fleet.done, "polls": fleet.polls, "t": time.perf_counter()}
                     marks["metrics"] = scrape(coord.url, admin)
                     meter.start()
                 outstanding = sub.submitted - fleet.done
                 if outstanding < depth:
-                    await sub.submit(min(depth - outstanding, BATCH_MAX))
+                    chunk = BATCH_MAX if sub.mode == "batch" else 64
+                    await sub.submit(min(depth - outstanding, chunk))
                 else:
                     await asyncio.sleep(0.02)
-            elapsed = time.perf_counter() - marks["t"]
-            cpu = meter.stop()
+        elapsed = time.perf_counter() - marks["t"]
+        cpu = meter.stop()
         after = scrape(coord.url, admin)
         done = fleet.done - marks["done"]
         await sub.close()

@@ -22,7 +22,6 @@ from gpunet.core.jobs import (
     check_job_move,
 )
 from gpunet.core.jobspec import JobSpec
-from gpunet.core.scheduling import never_fits
 from gpunet.errors import (
     NotFound,
     PayloadTooLarge,
@@ -32,7 +31,8 @@ from gpunet.errors import (
 )
 from gpunet.services import billing
 from gpunet.services.auth import Principal, Role
-from gpunet.services.fleet import account_ids, fleet_snapshot, job_request
+from gpunet.services.fleet import account_ids, job_request
+from gpunet.services.pass_cache import cache_for
 from gpunet.store.db import Database
 from gpunet.store.tables import Attempt, Blob, BlobOwner, Job, JobEvent, LogChunk
 from gpunet.util import new_id, now
@@ -171,9 +171,8 @@ def submit(
         if unknown:
             raise ValidationFailed("resources.owners", f"no account named {unknown[0]!r}")
         job_id = new_id("job")
-        reason = never_fits(
-            fleet_snapshot(s, all_free=True),
-            job_request(job_id, who.account_id, spec, owner_ids=owners),
+        reason = cache_for(db).never_fits(
+            s, job_request(job_id, who.account_id, spec, owner_ids=owners)
         )
         reason = reason or billing.never_fits(s, who.account_id, spec.resources.gpus)
         if reason:
