@@ -264,6 +264,8 @@ def work_for(
                     else None,
                     max_log_bytes=max_log_bytes,
                     checkpoint=latest_checkpoint(s, job.id),
+                    array_id=job.array_id,
+                    array_index=job.array_index,
                 )
             )
         return Work(start=start, stop=stop)

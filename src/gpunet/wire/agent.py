@@ -184,6 +184,8 @@ class StartItem(Answer):
     checkpoint: CheckpointRef | None = Field(
         None, description="the job's latest complete checkpoint: restore it before starting"
     )
+    array_id: str | None = Field(None, description="the job array this job is a task of")
+    array_index: int | None = Field(None, description="the task's index in its array (0..N-1)")
 
 
 class StopItem(Answer):
