@@ -36,6 +36,7 @@ from gpunet.core.isolation import Isolation as Level
 from gpunet.core.jobs import CANCEL_GRACE_S
 from gpunet.tls import untrusted_message, untrusted_reason
 from gpunet.wire.agent import (
+    MAX_HELD_CHARS,
     MAX_HELLO_FINISHED,
     MAX_REASON_CHARS,
     EnergyUse,
@@ -422,6 +423,8 @@ class Agent:
         while True:
             try:
                 held = {"have": ",".join(self.attempts), "stopping": ",".join(self.stops_taken)}
+                if max(map(len, held.values())) > MAX_HELD_CHARS:
+                    held = {}  # too many to name: sent everything, known ones skipped below
                 work = await self._ask(Work, "GET", "/v1/agent/work", params={"wait": 20, **held})
                 delay = 0.2
             except (httpx.TransportError, Rejected, BadAnswer) as exc:

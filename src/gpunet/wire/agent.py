@@ -169,6 +169,11 @@ class HeartbeatAnswer(Answer):
 
 
 # ---- work ------------------------------------------------------------------------------------
+# The work poll's ``have`` and ``stopping``: attempt ids, comma-separated, each at most this
+# long (some 160 attempts). An agent holding more leaves them out and is sent everything.
+MAX_HELD_CHARS = 3000
+
+
 class StartItem(Answer):
     """An attempt this node must start."""
 

@@ -17,6 +17,7 @@ from gpunet.services import agents as svc
 from gpunet.services.lifecycle import apply_health
 from gpunet.util import now
 from gpunet.wire.agent import (
+    MAX_HELD_CHARS,
     Accepted,
     FinishReport,
     Heartbeat,
@@ -30,9 +31,6 @@ from gpunet.wire.agent import (
     Report,
     Work,
 )
-
-# the attempts an agent says it holds, as comma-separated ids: far more than any node runs
-MAX_HELD_CHARS = 64 * 1024
 
 router = APIRouter(prefix="/v1/agent", tags=["agent"], responses=wire.AUTHENTICATED)
 
