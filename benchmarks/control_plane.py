@@ -235,7 +235,9 @@ def db_version(db_url: str) -> str:
 class Coordinator:
     """``gpunet server`` as a child process, in its own session so Ctrl-C reaches us first."""
 
-    def __init__(self, db_url: str, home: Path, lease_timeout: float) -> None:
+    def __init__(
+        self, db_url: str, home: Path, lease_timeout: float, extra: list[str] | None = None
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.home = home
@@ -253,6 +255,7 @@ class Coordinator:
             str(self.port),
             "--lease-timeout",
             f"{lease_timeout:g}",
+            *(extra or []),
         ]
         self.proc = subprocess.Popen(
             cmd,

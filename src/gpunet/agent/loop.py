@@ -49,6 +49,7 @@ from gpunet.core.jobs import CANCEL_GRACE_S
 from gpunet.failover import AsyncFailoverTransport, Coordinators, split_urls
 from gpunet.tls import untrusted_message, untrusted_reason
 from gpunet.wire.agent import (
+    MAX_HELD_CHARS,
     MAX_HELLO_FINISHED,
     MAX_REASON_CHARS,
     EnergyUse,
@@ -186,6 +187,9 @@ class Agent:
         self.lease_timeout_s = 30.0
         self.last_renewed = time.monotonic()
         self.attempts: dict[str, AttemptCtx] = {}
+        # attempts whose stop was taken, until their finish report is answered: the work poll
+        # names them (and the attempts held) so the coordinator does not send them again
+        self.stops_taken: set[str] = set()
         # (attempt id, report, its journal sequence number), delivered in order
         self.reports: asyncio.Queue[tuple[str, Report, int]] = asyncio.Queue()
         self.journal = Journal(home)  # reports survive the agent's death (agent.journal)
@@ -473,7 +477,10 @@ class Agent:
         delay = 0.2
         while True:
             try:
-                work = await self._ask(Work, "GET", "/v1/agent/work", params={"wait": 20})
+                held = {"have": ",".join(self.attempts), "stopping": ",".join(self.stops_taken)}
+                if max(map(len, held.values())) > MAX_HELD_CHARS:
+                    held = {}  # too many to name: sent everything, known ones skipped below
+                work = await self._ask(Work, "GET", "/v1/agent/work", params={"wait": 20, **held})
                 delay = 0.2
             except (httpx.TransportError, Rejected, BadAnswer) as exc:
                 log.warning("work poll failed: %s", exc)
@@ -486,6 +493,7 @@ class Agent:
                     self.attempts[ctx.id] = ctx
                     ctx.task = asyncio.create_task(self._run_attempt(ctx))
             for item in work.stop:
+                self.stops_taken.add(item.attempt_id)
                 known = self.attempts.get(item.attempt_id)
                 why = item.reason or ("cancelled" if item.kind == "cancel" else item.kind)
                 if known is not None:
@@ -620,6 +628,7 @@ class Agent:
         if ctx.orphaned:
             if isinstance(rep, FinishReport):
                 self.attempts.pop(ctx.id, None)
+                self.stops_taken.discard(ctx.id)
             return
         kind = report_kind(rep)
         # start and finish reports decide billing and whether the job runs again: on disk
@@ -707,6 +716,7 @@ class Agent:
             self.journal.ack(seq)
             if isinstance(rep, FinishReport):
                 self.attempts.pop(att_id, None)
+                self.stops_taken.discard(att_id)
 
     async def _deliver(self, att_id: str, rep: Report) -> bool:
         """Send one report; retry while the coordinator is away (5xx, no answer), backing off

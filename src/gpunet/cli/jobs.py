@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -24,7 +26,8 @@ from gpunet.cli.output import (
     styled_state,
 )
 from gpunet.cli.waiting import wait_until_started
-from gpunet.errors import ValidationFailed
+from gpunet.core.jobspec import MAX_ARRAY
+from gpunet.errors import GpunetError, ValidationFailed
 from gpunet.sdk.client import Client
 from gpunet.wire import resources as R
 
@@ -34,22 +37,6 @@ jobs_app = typer.Typer(
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="print only the ids, one a line")]
-
-
-def load_spec_file(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ValidationFailed("file", f"cannot read {path}: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ValidationFailed("file", f"{path} is not valid YAML{where}") from None
-    if not isinstance(data, dict):
-        raise ValidationFailed("file", f"{path} must hold a mapping of job fields")
-    return data
 
 
 def files_referred(spec: dict[str, Any], folder: Path) -> list[str]:
@@ -168,25 +155,120 @@ def _finish(client: Client, job_id: str) -> None:
     raise typer.Exit(0 if job["state"] == "succeeded" else (code or 1))
 
 
+def load_specs(paths: list[Path]) -> list[tuple[str, dict[str, Any]]]:
+    """(where, spec) for every spec in ``paths``: a YAML file (several documents separated by
+    ``---`` are several specs), or ``-`` for standard input: one JSON spec per line, or YAML
+    documents."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    for path in paths:
+        if str(path) != "-":
+            docs = _documents(str(path), _read(path))
+            out += [(str(path) if len(docs) == 1 else f"{path} #{i + 1}", d) for i, d in docs]
+            continue
+        text = sys.stdin.read()
+        lines = [(n, ln) for n, ln in enumerate(text.splitlines(), 1) if ln.strip()]
+        if lines and all(ln.lstrip().startswith("{") for _, ln in lines):
+            for n, ln in lines:  # JSON lines
+                try:
+                    data = json.loads(ln)
+                except ValueError as exc:
+                    raise ValidationFailed("stdin", f"line {n} is not JSON: {exc}") from None
+                out.append((f"stdin line {n}", _mapping(data, f"stdin line {n}")))
+        else:
+            out += [(f"stdin #{i + 1}", d) for i, d in _documents("stdin", text)]
+    if not out:
+        raise ValidationFailed("file", "no job spec given")
+    return out
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError as exc:
+        raise ValidationFailed("file", f"cannot read {path}: {exc.strerror}") from None
+
+
+def _documents(where: str, text: str) -> list[tuple[int, dict[str, Any]]]:
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ValidationFailed("file", f"{where} is not valid YAML{at}") from None
+    return [(i, _mapping(d, where)) for i, d in enumerate(docs)]
+
+
+def _mapping(data: Any, where: str) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise ValidationFailed("file", f"{where} must hold a mapping of job fields")
+    return data
+
+
 def submit(
-    file: Annotated[Path, typer.Argument(help="job spec (YAML)")],
+    files: Annotated[
+        list[Path],
+        typer.Argument(
+            help="job specs (YAML; several documents per file allowed), or - for standard "
+            "input (one JSON spec per line, or YAML documents)"
+        ),
+    ],
     workdir: Annotated[
-        Path | None, typer.Option(help="directory to upload as the job's working directory")
+        Path | None, typer.Option(help="directory to upload as the jobs' working directory")
     ] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="stream logs until done")] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Submit a job from a YAML spec. Without --workdir, a command that names files next to
-    the YAML (e.g. `python3 train.py`) gets the YAML's folder as its working directory."""
-    spec = load_spec_file(file)
-    if workdir is None and files_referred(spec, file.parent):
-        workdir = file.parent
+    """Submit jobs from YAML specs, in one request (all are queued, or none); prints their ids.
+    A spec with ``array: N`` queues N tasks, each with $GPUNET_ARRAY_INDEX."""
+    specs = load_specs(files)
+    # a command that names files next to its YAML (e.g. `python3 train.py`) needs them
+    one_file = len(files) == 1 and str(files[0]) != "-"
+    if (
+        workdir is None
+        and one_file
+        and any(files_referred(spec, files[0].parent) for _, spec in specs)
+    ):
+        workdir = files[0].parent
         err_console.print(
-            f"uploading the folder of {file.name} as the working directory "
+            f"uploading the folder of {files[0].name} as the working directory "
             "(--workdir to choose another)",
             markup=False,
             highlight=False,
         )
+    if len(specs) == 1 and not specs[0][1].get("array"):
+        _submit_one(specs[0][1], workdir, follow, json_out)
+        return
+    if follow:
+        raise ValidationFailed("follow", "--follow streams one job; this submits several")
+    with Client() as client:
+        bodies = [spec for _, spec in specs]
+        if workdir is not None:
+            digest = client.upload_workdir(workdir)
+            bodies = [{**b, "workdir": digest} for b in bodies]
+        try:
+            done = client.submit_many(bodies)
+        except GpunetError as exc:
+            exc.message = _where(exc, specs)
+            raise
+    if json_out:
+        print_json([{"source": w, "ids": ids} for (w, _), ids in zip(specs, done, strict=True)])
+        return
+    for (where, spec), ids in zip(specs, done, strict=True):
+        if spec.get("array"):
+            err_console.print(f"{where}: array of {len(ids)} tasks")
+        for job_id in ids:
+            print(job_id)
+
+
+def _where(exc: GpunetError, specs: list[tuple[str, dict[str, Any]]]) -> str:
+    """The error's message with the spec it names (``jobs.3...``) said as its source."""
+    m = re.match(r"jobs\.(\d+)", exc.field or "")
+    if m and int(m.group(1)) < len(specs):
+        return f"{specs[int(m.group(1))][0]}: {exc.message}"
+    return exc.message
+
+
+def _submit_one(spec: dict[str, Any], workdir: Path | None, follow: bool, json_out: bool) -> None:
     with Client() as client:
         job = client.submit(spec, workdir=workdir)
         if json_out:
@@ -295,26 +377,37 @@ JOB_COLUMNS: list[Column[R.JobSummary]] = [
 ]
 
 
+ARRAY_COLUMNS: list[Column[R.JobSummary]] = [
+    ("INDEX", lambda j: j.array_index),
+    *JOB_COLUMNS,
+]
+
+
 @jobs_app.callback()
 def jobs_list(
     ctx: typer.Context,
     state: Annotated[str | None, typer.Option(help="only jobs in this state")] = None,
     limit: Annotated[int, typer.Option(help="at most this many")] = 50,
+    array: Annotated[
+        str | None, typer.Option("--array", help="the tasks of this job array (arr-...)")
+    ] = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """List your jobs (newest first)."""
+    """List your jobs (newest first), or a job array's tasks in index order."""
     if ctx.invoked_subcommand:
         return
+    if array is not None and limit == 50:
+        limit = MAX_ARRAY  # an array's tasks: all of them unless --limit says otherwise
     with Client() as client:
         if json_out:
-            print_json(client.jobs(state, limit))
+            print_json(client.jobs(state, limit, array))
             return
-        jobs = client.job_models(state, limit)
+        jobs = client.job_models(state, limit, array)
     if quiet:
         print_ids(j.id for j in jobs)
         return
-    model_table(jobs, JOB_COLUMNS)
+    model_table(jobs, ARRAY_COLUMNS if array else JOB_COLUMNS)
 
 
 @jobs_app.command("show")
@@ -478,7 +571,12 @@ def logs(
 
 
 def cancel(job_id: str) -> None:
-    """Cancel a job (its whole process group is stopped)."""
+    """Cancel a job (its whole process group is stopped), or every task of a job array
+    (an arr-... id)."""
     with Client() as client:
+        if job_id.startswith("arr-"):
+            out = client.cancel_array(job_id)
+            console.print(f"{job_id}: {out['cancelled']} of {out['tasks']} tasks cancelled")
+            return
         job = client.cancel(job_id)
     console.print(f"{job['id']}: {styled_state(job['state'])}")

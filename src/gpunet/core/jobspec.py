@@ -99,6 +99,9 @@ class Checkpoint(BaseModel):
     keep: int = Field(3, ge=1, le=100, description="complete checkpoints kept per job")
 
 
+MAX_ARRAY = 10_000  # tasks of one job array
+
+
 class JobSpec(BaseModel):
     """A job: what to run and what it needs."""
 
@@ -131,6 +134,12 @@ class JobSpec(BaseModel):
     interruptible: bool = Field(
         False,
         description="may be preempted by other work; pays the owner's interruptible price",
+    )
+    array: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_ARRAY,
+        description="a job array: this many tasks, each with $GPUNET_ARRAY_INDEX (0..N-1)",
     )
     launcher: Literal["none", "ray"] = Field(
         "none",

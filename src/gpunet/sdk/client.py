@@ -7,7 +7,7 @@ import os
 import ssl
 import tarfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ import httpx
 from gpunet import errors
 from gpunet.config import ClientConfig
 from gpunet.core.jobspec import JobSpec, parse_spec
+from gpunet.errors import ValidationFailed
 from gpunet.failover import Coordinators, FailoverTransport, split_urls
 from gpunet.tls import client_context, untrusted_message, untrusted_reason
 from gpunet.wire import resources as R
@@ -171,11 +172,46 @@ class Client:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         return dict(self._req("POST", "/v1/jobs", json=body, headers=headers))
 
-    def jobs(self, state: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    def submit_many(
+        self,
+        specs: Sequence[dict[str, Any] | JobSpec],
+        *,
+        idempotency_key: str | None = None,
+    ) -> list[list[str]]:
+        """Submit several jobs in one request: all are queued, or none (an error names the
+        spec's index, field ``jobs.3.resources``). Answers the job ids of each spec: one, or
+        an array's tasks in index order."""
+        bodies = []
+        for i, spec in enumerate(specs):
+            body = (
+                spec.model_dump(mode="json", exclude_none=True)
+                if isinstance(spec, JobSpec)
+                else dict(spec)
+            )
+            try:
+                parse_spec(body)  # fail fast, with the coordinator's errors
+            except ValidationFailed as exc:
+                field = "" if exc.field in (None, "spec") else f".{exc.field}"
+                raise ValidationFailed(f"jobs.{i}{field}", exc.reason) from None
+            bodies.append(body)
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        out = self._req("POST", "/v1/jobs/batch", json={"jobs": bodies}, headers=headers)
+        return [list(item["ids"]) for item in out["items"]]
+
+    def jobs(
+        self, state: str | None = None, limit: int = 100, array: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The newest jobs first; ``array``: the tasks of that job array, in index order."""
         params: dict[str, Any] = {"limit": limit}
         if state:
             params["state"] = state
+        if array:
+            params["array"] = array
         return list(self._req("GET", "/v1/jobs", params=params))
+
+    def cancel_array(self, array_id: str) -> dict[str, Any]:
+        """Cancel every task of a job array that has not ended."""
+        return dict(self._req("POST", f"/v1/arrays/{array_id}/cancel"))
 
     def job(self, job_id: str) -> dict[str, Any]:
         return dict(self._req("GET", f"/v1/jobs/{job_id}"))
@@ -185,8 +221,10 @@ class Client:
     def job_model(self, job_id: str) -> R.Job:
         return R.parse(R.Job, self.job(job_id))
 
-    def job_models(self, state: str | None = None, limit: int = 100) -> list[R.JobSummary]:
-        return [R.parse(R.JobSummary, j) for j in self.jobs(state, limit)]
+    def job_models(
+        self, state: str | None = None, limit: int = 100, array: str | None = None
+    ) -> list[R.JobSummary]:
+        return [R.parse(R.JobSummary, j) for j in self.jobs(state, limit, array)]
 
     def event_models(self, job_id: str) -> list[R.JobEvent]:
         return [R.parse(R.JobEvent, e) for e in self.events(job_id)]

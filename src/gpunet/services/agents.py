@@ -10,7 +10,9 @@ duplicate (a job event, and ``gpunet_late_successes_total{outcome="discarded"}``
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from dataclasses import dataclass
+
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from gpunet.catalog import catalog, resolve_model
@@ -202,21 +204,47 @@ def check_reported(db: Database, who: Principal, attempt_ids: list[str]) -> list
     return [a for a in attempt_ids if rows.get(a) not in keep]
 
 
-def work_for(db: Database, who: Principal, max_log_bytes: int | None = None) -> Work:
-    """Attempts this node should start, and ones it should stop. ``max_log_bytes`` tells the
-    agent how much output of each attempt will be kept, so it sends no more."""
+@dataclass(frozen=True)
+class Held:
+    """What an agent says it already has: attempts it was sent to start (``start``) and
+    those whose stop it took (``stop``). ``None``: an agent that does not say (send all)."""
+
+    start: frozenset[str] = frozenset()
+    stop: frozenset[str] = frozenset()
+
+    @staticmethod
+    def parse(have: str | None, stopping: str | None) -> Held | None:
+        if have is None and stopping is None:
+            return None
+        ids = lambda v: frozenset(x for x in (v or "").split(",") if x)  # noqa: E731
+        return Held(ids(have), ids(stopping))
+
+
+def work_for(
+    db: Database, who: Principal, max_log_bytes: int | None = None, held: Held | None = None
+) -> Work:
+    """Attempts this node should start, and ones it should stop, but those it already holds
+    (``held``). ``max_log_bytes`` tells the agent how much output of each attempt will be
+    kept, so it sends no more."""
     with db.sessions() as s:
         node = _own_node(s, who)
-        rows = list(
-            s.execute(
-                select(Attempt, Job)
-                .join(Job, Job.id == Attempt.job_id)
-                .where(
-                    Attempt.node_id == node.id,
-                    Attempt.state.in_([AttemptState.ASSIGNED.value, AttemptState.STOPPING.value]),
-                )
+        q = (
+            select(Attempt, Job)
+            .join(Job, Job.id == Attempt.job_id)
+            .where(
+                Attempt.node_id == node.id,
+                Attempt.state.in_([AttemptState.ASSIGNED.value, AttemptState.STOPPING.value]),
             )
         )
+        if held is not None and held.start:
+            q = q.where(
+                or_(Attempt.state != AttemptState.ASSIGNED.value, Attempt.id.notin_(held.start))
+            )
+        if held is not None and held.stop:
+            q = q.where(
+                or_(Attempt.state != AttemptState.STOPPING.value, Attempt.id.notin_(held.stop))
+            )
+        rows = list(s.execute(q))
         from gpunet.services.checkpoints import latest as latest_checkpoint
 
         start: list[StartItem] = []
@@ -261,6 +289,8 @@ def work_for(db: Database, who: Principal, max_log_bytes: int | None = None) -> 
                     max_log_bytes=max_log_bytes,
                     checkpoint=latest_checkpoint(s, job.id),
                     gang=gang,
+                    array_id=job.array_id,
+                    array_index=job.array_index,
                 )
             )
         return Work(start=start, stop=stop)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -71,14 +71,16 @@ def fleet_snapshot(
     now: float | None = None,
     busy: Mapping[str, str] | None = None,
     reliability: Mapping[str, float] | None = None,
+    memo: ViewMemo | None = None,
     **extra: Any,
 ) -> Snapshot:
     """Build the scheduler's snapshot. ``all_free``: every node online and idle (the fleet's
     capacity, used to reject jobs that could never run). ``now``: the clock, for aging.
     ``busy`` (GPU id -> attempt) and ``reliability`` (node id -> score): already known, not
-    read again; ``extra``: other Snapshot fields (accounts, account_usage...)."""
+    read again; ``memo``: views kept from earlier calls; ``extra``: other Snapshot fields
+    (accounts, account_usage...)."""
     # plain rows, not ORM objects: this runs on every submit and every scheduler pass
-    nodes = s.execute(
+    nodes: Sequence[Any] = s.execute(
         select(
             Node.id,
             Node.status,
@@ -115,56 +117,107 @@ def fleet_snapshot(
     if reliability is None:
         reliability = {} if all_free else reliabilities(s)
     rel = _rounded(reliability)
+    memo = memo if memo is not None else ViewMemo()
+    node_views = memo.nodes_of(nodes, all_free)
     return Snapshot(
-        nodes=tuple(
-            NodeView(
-                nid,
-                all_free or st == "online",
-                site,
-                owner=owner,
-                isolation=Isolation(isolation or Isolation.NONE.value),
-                runtimes=tuple(sorted(runtimes or ())),
-                accepts_unisolated=bool(accepts),
-            )
-            for nid, st, site, owner, isolation, runtimes, accepts in nodes
-        ),
-        gpus=tuple(
-            GpuView(
-                id=gid,
-                node_id=node_id,
-                model=model,
-                memory_mb=mem,
-                compute_capability=(major, minor),
-                busy=gid in busy,
-                healthy=all_free or healthy,
-                drained=False if all_free else drained,
-                simulated=simulated,
-                power_w=power,
-                tier=tier,
-                price_per_hour=price,
-                reliability=rel.get(node_id),
-                owner_busy=False if all_free else owner_busy,
-                interruptible_price=interruptible,
-            )
-            for (
-                gid,
-                node_id,
-                model,
-                mem,
-                major,
-                minor,
-                healthy,
-                drained,
-                simulated,
-                power,
-                tier,
-                price,
-                owner_busy,
-                interruptible,
-            ) in gpus
-        ),
+        nodes=node_views,
+        gpus=tuple(memo.gpu(tuple(row), row[0] in busy, rel.get(row[1]), all_free) for row in gpus),
         now=now,
         **extra,
+    )
+
+
+class ViewMemo:
+    """Views built from rows seen before are reused. Building thousands of view objects per
+    submit and per scheduler pass was most of what reading the fleet cost; the rows themselves
+    are read every time, so a changed row (price, drain, health, owner busy...) is a new view
+    at once."""
+
+    MAX = 200_000
+
+    def __init__(self) -> None:
+        self._gpus: dict[tuple[Any, ...], GpuView] = {}
+        self._nodes: dict[tuple[Any, ...], tuple[NodeView, ...]] = {}
+        self._rated: dict[tuple[int, float | None], tuple[GpuView, GpuView]] = {}
+
+    def rated(self, g: GpuView, rel: float | None) -> GpuView:
+        """``g`` with the node reputation ``rel``."""
+        key = (id(g), rel)
+        got = self._rated.get(key)
+        if got is not None and got[0] is g:  # the same object, not one that reused its id
+            return got[1]
+        if len(self._rated) > self.MAX:
+            self._rated.clear()
+        v = replace(g, reliability=rel)
+        self._rated[key] = (g, v)
+        return v
+
+    def nodes_of(self, rows: Sequence[Any], all_free: bool) -> tuple[NodeView, ...]:
+        # runtimes is a JSON list: a tuple in the key
+        key = (all_free, *((*r[:5], tuple(r[5] or ()), r[6]) for r in rows))
+        got = self._nodes.get(key)
+        if got is None:
+            if len(self._nodes) > 64:
+                self._nodes.clear()
+            got = self._nodes[key] = tuple(_node_view(r, all_free) for r in rows)
+        return got
+
+    def gpu(self, row: tuple[Any, ...], busy: bool, rel: float | None, all_free: bool) -> GpuView:
+        key = (row, busy, rel, all_free)
+        v = self._gpus.get(key)
+        if v is None:
+            if len(self._gpus) > self.MAX:
+                self._gpus.clear()
+            v = self._gpus[key] = _gpu_view(row, busy, rel, all_free)
+        return v
+
+
+def _node_view(row: Any, all_free: bool) -> NodeView:
+    nid, st, site, owner, isolation, runtimes, accepts = row
+    return NodeView(
+        nid,
+        all_free or st == "online",
+        site,
+        owner=owner,
+        isolation=Isolation(isolation or Isolation.NONE.value),
+        runtimes=tuple(sorted(runtimes or ())),
+        accepts_unisolated=bool(accepts),
+    )
+
+
+def _gpu_view(row: tuple[Any, ...], busy: bool, rel: float | None, all_free: bool) -> GpuView:
+    (
+        gid,
+        node_id,
+        model,
+        mem,
+        major,
+        minor,
+        healthy,
+        drained,
+        simulated,
+        power,
+        tier,
+        price,
+        owner_busy,
+        interruptible,
+    ) = row
+    return GpuView(
+        id=gid,
+        node_id=node_id,
+        model=model,
+        memory_mb=mem,
+        compute_capability=(major, minor),
+        busy=busy,
+        healthy=all_free or healthy,
+        drained=False if all_free else drained,
+        simulated=simulated,
+        power_w=power,
+        tier=tier,
+        price_per_hour=price,
+        reliability=rel,
+        owner_busy=False if all_free else owner_busy,
+        interruptible_price=interruptible,
     )
 
 
@@ -173,9 +226,14 @@ def _rounded(reliability: Mapping[str, float]) -> dict[str, float]:
     return {n: round(r, 2) for n, r in reliability.items()}
 
 
-def with_reliability(snapshot: Snapshot, reliability: Mapping[str, float]) -> Snapshot:
-    """``snapshot`` with each GPU's node reputation filled in."""
+def with_reliability(
+    snapshot: Snapshot, reliability: Mapping[str, float], memo: ViewMemo | None = None
+) -> Snapshot:
+    """``snapshot`` with each GPU's node reputation filled in (``memo``: views kept)."""
     rel = _rounded(reliability)
+    if memo is not None:
+        gpus = tuple(memo.rated(g, rel.get(g.node_id)) for g in snapshot.gpus)
+        return replace(snapshot, gpus=gpus)
     gpus = tuple(replace(g, reliability=rel.get(g.node_id)) for g in snapshot.gpus)
     return replace(snapshot, gpus=gpus)
 

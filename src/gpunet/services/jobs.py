@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
@@ -22,8 +23,8 @@ from gpunet.core.jobs import (
     check_job_move,
 )
 from gpunet.core.jobspec import JobSpec
-from gpunet.core.scheduling import never_fits
 from gpunet.errors import (
+    GpunetError,
     NotFound,
     PayloadTooLarge,
     QuotaExceeded,
@@ -32,7 +33,8 @@ from gpunet.errors import (
 )
 from gpunet.services import billing, gangs
 from gpunet.services.auth import Principal, Role
-from gpunet.services.fleet import account_ids, fleet_snapshot, job_request
+from gpunet.services.fleet import account_ids, job_request
+from gpunet.services.pass_cache import cache_for
 from gpunet.store.db import Database
 from gpunet.store.tables import Attempt, Blob, BlobOwner, Job, JobEvent, LogChunk
 from gpunet.util import new_id, now
@@ -156,70 +158,127 @@ def submit(
     *,
     max_queued: int | None = None,
 ) -> Job:
-    """Queue a job. ``max_queued``: how many queued or assigned jobs one account may have."""
+    """Queue a job (an array: its tasks; the first is answered). ``max_queued``: how many
+    queued or assigned jobs one account may have."""
+    return submit_many(db, who, [spec], idempotency_key, max_queued=max_queued, batch=False)[0][0]
+
+
+def submit_many(
+    db: Database,
+    who: Principal,
+    specs: list[JobSpec],
+    idempotency_key: str | None,
+    *,
+    max_queued: int | None = None,
+    batch: bool = True,
+) -> list[list[Job]]:
+    """Queue several jobs in one transaction, all or none: each spec is one job, or the tasks
+    of an array (``array: N``). Answers the jobs of each spec. In a ``batch`` an error names
+    the spec's index (field ``jobs.3.resources``); a batch's idempotency key covers the whole
+    batch (item i is stored under ``KEY#i``)."""
     who.require(Role.CONSUMER)
+    keys = [
+        None
+        if idempotency_key is None
+        else (f"{idempotency_key}#{i}" if batch else idempotency_key)
+        for i in range(len(specs))
+    ]
     with db.transaction() as s:
         # "" is a key like any other: it is stored, so it must be looked up (or the insert
         # collides with the unique index)
         if idempotency_key is not None:
             old = s.scalar(
-                select(Job).where(
-                    Job.account_id == who.account_id, Job.idempotency_key == idempotency_key
-                )
+                select(Job).where(Job.account_id == who.account_id, Job.idempotency_key == keys[0])
             )
             if old is not None:
-                return old
+                return [_same_submit(s, who, k) for k in keys]
+        new = sum(sp.array or 1 for sp in specs)
         if max_queued is not None:
             waiting = s.scalar(
                 select(func.count())
                 .select_from(Job)
                 .where(Job.account_id == who.account_id, Job.state.in_(WAITING))
             )
-            if (waiting or 0) >= max_queued:
+            if (waiting or 0) + new > max_queued:
                 raise QuotaExceeded(
-                    f"queued_jobs: the account has {waiting} jobs queued or assigned; the quota "
-                    f"is {max_queued} (max_queued_jobs): wait for some to start",
+                    f"queued_jobs: the account has {waiting} jobs queued or assigned and "
+                    f"submits {new}; the quota is {max_queued} (max_queued_jobs): wait for "
+                    "some to start",
                     field="queued_jobs",
                 )
-        if spec.image is not None and spec.resources.nodes > 1:
-            # a container's network is private or none: its members could not reach each other
-            raise ValidationFailed(
-                "image",
-                "a job on several nodes cannot name an image yet (containers get no host "
-                "network); run it without one (docs/distributed.md)",
-            )
-        if spec.workdir is not None:
-            owned = s.get(BlobOwner, (spec.workdir, who.account_id)) is not None
-            if not owned and not (who.is_admin and s.get(Blob, spec.workdir) is not None):
-                raise ValidationFailed("workdir", f"no uploaded archive {spec.workdir!r}")
-        owners = account_ids(s, spec.resources.owners)
-        unknown = [n for n in spec.resources.owners if n not in owners]
-        if unknown:
-            raise ValidationFailed("resources.owners", f"no account named {unknown[0]!r}")
-        job_id = new_id("job")
-        reason = never_fits(
-            fleet_snapshot(s, all_free=True),
-            job_request(job_id, who.account_id, spec, owner_ids=owners),
-        )
-        reason = reason or billing.never_fits(
-            s, who.account_id, spec.resources.gpus * spec.resources.nodes
-        )
-        if reason:
-            raise Unschedulable(
-                f"this job can never run on this fleet: {reason}", field="resources"
-            )
         at = now()
+        out: list[list[Job]] = []
+        for i, spec in enumerate(specs):
+            # a microsecond apart, in the order sent: policies that order by submit time run
+            # a batch, and an array's tasks, in that order
+            first = at + timedelta(microseconds=sum(len(js) for js in out))
+            try:
+                out.append(_add(s, db, who, spec, keys[i], first))
+            except GpunetError as exc:
+                if batch:
+                    exc.field = f"jobs.{i}" + (f".{exc.field}" if exc.field else "")
+                    exc.message = f"jobs.{i}: {exc.message}"
+                raise
+        return out
+
+
+def _same_submit(s: Session, who: Principal, key: str | None) -> list[Job]:
+    """The jobs an earlier submit with this idempotency key queued (an array: its tasks)."""
+    old = s.scalar(select(Job).where(Job.account_id == who.account_id, Job.idempotency_key == key))
+    if old is None:
+        return []
+    if old.array_id is None:
+        return [old]
+    return list(
+        s.scalars(select(Job).where(Job.array_id == old.array_id).order_by(Job.array_index))
+    )
+
+
+def _add(
+    s: Session, db: Database, who: Principal, spec: JobSpec, key: str | None, at: datetime
+) -> list[Job]:
+    """Check one spec and add its job, or its array's tasks (the first holds the key)."""
+    if spec.image is not None and spec.resources.nodes > 1:
+        # a container's network is private or none: its members could not reach each other
+        raise ValidationFailed(
+            "image",
+            "a job on several nodes cannot name an image yet (containers get no host "
+            "network); run it without one (docs/distributed.md)",
+        )
+    if spec.workdir is not None:
+        owned = s.get(BlobOwner, (spec.workdir, who.account_id)) is not None
+        if not owned and not (who.is_admin and s.get(Blob, spec.workdir) is not None):
+            raise ValidationFailed("workdir", f"no uploaded archive {spec.workdir!r}")
+    owners = account_ids(s, spec.resources.owners)
+    unknown = [n for n in spec.resources.owners if n not in owners]
+    if unknown:
+        raise ValidationFailed("resources.owners", f"no account named {unknown[0]!r}")
+    job_id = new_id("job")
+    reason = cache_for(db).never_fits(
+        s, job_request(job_id, who.account_id, spec, owner_ids=owners)
+    )
+    reason = reason or billing.never_fits(
+        s, who.account_id, spec.resources.gpus * spec.resources.nodes
+    )
+    if reason:
+        raise Unschedulable(f"this job can never run on this fleet: {reason}", field="resources")
+    stored = spec.model_dump(mode="json")
+    array_id = None if spec.array is None else new_id("arr")
+    jobs = []
+    for index in range(spec.array or 1):
         job = Job(
-            id=job_id,
+            id=job_id if index == 0 else new_id("job"),
             account_id=who.account_id,
             name=spec.name,
-            spec=spec.model_dump(mode="json"),
+            spec=stored,
             state=JobState.QUEUED.value,
             priority=spec.priority,
             gpu_count=spec.resources.gpus,
             max_retries=spec.max_retries,
-            idempotency_key=idempotency_key,
-            created_at=at,
+            idempotency_key=key if index == 0 else None,
+            created_at=at + timedelta(microseconds=index),
+            array_id=array_id,
+            array_index=None if array_id is None else index,
         )
         s.add(job)
         s.add(
@@ -227,17 +286,23 @@ def submit(
                 job_id=job.id,
                 from_state=None,
                 to_state=JobState.QUEUED.value,
-                at=at,
-                reason="submitted",
+                at=job.created_at,
+                reason="submitted" if array_id is None else f"submitted (array {array_id})",
                 actor=who.token_id,
             )
         )
-        return job
+        jobs.append(job)
+    return jobs
 
 
-def list_jobs(db: Database, who: Principal, state: str | None, limit: int) -> list[Job]:
+def list_jobs(
+    db: Database, who: Principal, state: str | None, limit: int, array_id: str | None = None
+) -> list[Job]:
+    """The newest jobs first; an array's tasks (``array_id``) in index order."""
     with db.sessions() as s:
         q = select(Job).order_by(Job.created_at.desc()).limit(limit)
+        if array_id is not None:
+            q = select(Job).where(Job.array_id == array_id).order_by(Job.array_index).limit(limit)
         if not who.is_admin:
             q = q.where(Job.account_id == who.account_id)
         if state:
@@ -308,21 +373,41 @@ def cancel(db: Database, who: Principal, job_id: str) -> tuple[Job, list[str]]:
     """Cancel a job; returns it and the nodes whose agents must stop an attempt."""
     with db.transaction() as s:
         job = _visible(s, who, job_id)
-        wake: list[str] = []
-        if JobState(job.state) in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED):
-            return job, wake
-        move_job(s, job, JobState.CANCELLED, reason="cancelled by user", actor=who.token_id)
-        if job.current_attempt_id:
-            att = s.get(Attempt, job.current_attempt_id)
-            # every member of a gang (a plain job has one)
-            run = [att] if att is not None and att.gang_size <= 1 else []
-            if att is not None and att.gang_size > 1:
-                run = gangs.members(s, job.id, att.number)
-            for a in run:
-                if AttemptState(a.state) in (AttemptState.ASSIGNED, AttemptState.RUNNING):
-                    stop_attempt(a, StopKind.CANCEL, "job cancelled")
-                    wake.append(a.node_id)
-        return job, wake
+        return job, _cancel(s, who, job)
+
+
+def _cancel(s: Session, who: Principal, job: Job) -> list[str]:
+    wake: list[str] = []
+    if JobState(job.state) in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED):
+        return wake
+    move_job(s, job, JobState.CANCELLED, reason="cancelled by user", actor=who.token_id)
+    if job.current_attempt_id:
+        att = s.get(Attempt, job.current_attempt_id)
+        # every member of a gang (a plain job has one)
+        run = [att] if att is not None and att.gang_size <= 1 else []
+        if att is not None and att.gang_size > 1:
+            run = gangs.members(s, job.id, att.number)
+        for a in run:
+            if AttemptState(a.state) in (AttemptState.ASSIGNED, AttemptState.RUNNING):
+                stop_attempt(a, StopKind.CANCEL, "job cancelled")
+                wake.append(a.node_id)
+    return wake
+
+
+def cancel_array(db: Database, who: Principal, array_id: str) -> tuple[int, int, list[str]]:
+    """Cancel every task of a job array that has not ended, in one transaction; answers
+    (tasks cancelled, tasks in the array, nodes whose agents must stop an attempt)."""
+    with db.transaction() as s:
+        q = select(Job).where(Job.array_id == array_id).with_for_update()
+        if not who.is_admin:  # another tenant's array answers like a missing one
+            q = q.where(Job.account_id == who.account_id)
+        tasks = list(s.scalars(q))
+        if not tasks:
+            raise NotFound(f"no job array {array_id!r}", field="array_id")
+        ended = (JobState.SUCCEEDED.value, JobState.FAILED.value, JobState.CANCELLED.value)
+        live = [j for j in tasks if j.state not in ended]
+        wake = [n for j in live for n in _cancel(s, who, j)]
+        return len(live), len(tasks), wake
 
 
 def store_blob(
@@ -403,6 +488,8 @@ def job_dict(
         "started_at": iso(job.started_at),
         "finished_at": iso(job.finished_at),
         "spec": job.spec,
+        "array_id": job.array_id,
+        "array_index": job.array_index,
     }
     if attempts is not None:
         d["attempts"] = [

@@ -35,6 +35,17 @@ class Metrics:
             buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5),
             registry=self.registry,
         )
+        self.work_polls = Counter(
+            "gpunet_work_polls",
+            "Work long-polls answered (GET /v1/agent/work)",
+            registry=self.registry,
+        )
+        self.work_items = Counter(
+            "gpunet_work_items",
+            "Attempts sent to agents with their work polls, to start or to stop",
+            ["kind"],
+            registry=self.registry,
+        )
 
         self.late_successes = Counter(
             "gpunet_late_successes",
@@ -69,6 +80,14 @@ class Metrics:
         for o in outcomes:
             if o in ("kept", "discarded"):
                 self.late_successes.labels(o).inc()
+
+    def count_work(self, start: int, stop: int) -> None:
+        """Count one answered work poll and the attempts it carried."""
+        self.work_polls.inc()
+        if start:
+            self.work_items.labels("start").inc(start)
+        if stop:
+            self.work_items.labels("stop").inc(stop)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

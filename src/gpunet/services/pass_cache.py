@@ -6,6 +6,9 @@
   benchmark was recorded), and at least every ``ttl_s`` as uptime drifts.
 * Each account's decayed recent GPU use, refreshed after ``ttl_s``: use a few seconds old
   orders jobs just as well.
+* The fleet's views (``fleet.ViewMemo``): the rows are read every time, views of unchanged
+  rows are reused; and, while the fleet's capacity is unchanged, whether a kind of job could
+  ever run on it (the submit-time check).
 
 One cache per database (a weak map), so tests and tools that open several stores stay apart.
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 import time
 import weakref
 from collections.abc import Iterable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, or_, select
@@ -22,9 +26,9 @@ from sqlalchemy.orm import Session
 
 from gpunet.core.jobs import AttemptState
 from gpunet.core.jobspec import JobSpec
-from gpunet.core.scheduling import JobRequest
+from gpunet.core.scheduling import JobRequest, never_fits
 from gpunet.core.scheduling.fairshare import Usage, decayed_gpu_seconds
-from gpunet.services.fleet import account_ids, job_request
+from gpunet.services.fleet import ViewMemo, account_ids, fleet_snapshot, job_request
 from gpunet.services.reputation import reliabilities
 from gpunet.store.db import Database
 from gpunet.store.tables import Attempt, GpuBenchmark, GpuEvent, Job, Node
@@ -41,6 +45,23 @@ class PassCache:
         self._requests: dict[str, JobRequest] = {}
         self._rel: tuple[float, tuple[object, ...], dict[str, float]] | None = None
         self._usage: tuple[float, float, dict[str, float]] | None = None
+        self.views = ViewMemo()
+        self._capacity: tuple[object, dict[JobRequest, str | None]] | None = None
+
+    def never_fits(self, s: Session, req: JobRequest) -> str | None:
+        """``core.never_fits`` on the fleet's capacity, remembered per kind of job while the
+        capacity's rows stay the same (they are read every time)."""
+        snap = fleet_snapshot(s, all_free=True, memo=self.views)
+        fleet = (snap.nodes, snap.gpus)  # the same views while no row changed
+        if self._capacity is None or self._capacity[0] != fleet:
+            self._capacity = (fleet, {})
+        known = self._capacity[1]
+        kind = replace(req, id="", priority=0, submitted_at=0.0)
+        if kind not in known:
+            if len(known) > 10_000:
+                known.clear()
+            known[kind] = never_fits(snap, req)
+        return known[kind]
 
     def requests(self, s: Session, job_ids: Iterable[str]) -> dict[str, JobRequest]:
         """Job id -> its scheduler view; specs are read and validated only for new jobs."""

@@ -173,9 +173,10 @@ class Wakeups:
         self.nodes: dict[str, asyncio.Event] = {}
         self.scheduler = asyncio.Event()
         self.closing = False
-        # nodes whose last work query came back empty and that nothing has woken since: their
-        # long-polls can wait without asking the store (idle polls then cost no query)
-        self.quiet: set[str] = set()
+        # nodes whose last work query came back empty and that nothing has woken since, with
+        # what the agent then said it held: their long-polls that say the same can wait
+        # without asking the store (idle polls then cost no query)
+        self.quiet: dict[str, object] = {}
         # tells the other replicas (services.replicas.Bus): (scheduler?, node ids)
         self.publish: Any = None
 
@@ -213,7 +214,7 @@ class Wakeups:
             self.publish(False, list(node_ids))  # their long-polls may wait on another replica
 
     def _wake(self, node_id: str) -> None:
-        self.quiet.discard(node_id)
+        self.quiet.pop(node_id, None)
         self.node_event(node_id).set()
 
     def wake_scheduler(self) -> None:
@@ -229,7 +230,7 @@ class Wakeups:
             self._call(self._wake_if_here, n)
 
     def _wake_if_here(self, node_id: str) -> None:
-        self.quiet.discard(node_id)
+        self.quiet.pop(node_id, None)
         ev = self.nodes.get(node_id)
         if ev is not None:
             ev.set()

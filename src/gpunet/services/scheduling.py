@@ -85,10 +85,12 @@ def tick(
         }
         busy = {g: h.attempt_id for h in held for g in h.gpu_ids}
         clock = time.time()
-        snapshot = fleet_snapshot(s, now=clock, busy=busy, reliability={}, keep_running=True)
+        snapshot = fleet_snapshot(
+            s, now=clock, busy=busy, reliability={}, memo=cache.views, keep_running=True
+        )
         if not pending or (not preemptible and not _free_gpu_exists(snapshot)):
             return result  # nothing could start: no reputation, account or usage is read
-        snapshot = with_reliability(snapshot, cache.reliabilities(s))
+        snapshot = with_reliability(snapshot, cache.reliabilities(s), cache.views)
         in_use: dict[str, int] = defaultdict(int)
         for h in held:
             in_use[h.account_id] += len(h.gpu_ids)

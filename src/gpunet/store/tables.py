@@ -208,6 +208,7 @@ class Job(Base):
     __table_args__ = (
         Index("ix_jobs_state", "state"),
         Index("ix_jobs_account", "account_id", "created_at"),
+        Index("ix_jobs_array", "array_id", "array_index"),
         UniqueConstraint("account_id", "idempotency_key"),
     )
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
@@ -227,6 +228,9 @@ class Job(Base):
     created_at: Mapped[datetime]
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    # a task of a job array (``array: N`` in the spec): the array's id and this task's index
+    array_id: Mapped[str | None] = mapped_column(String(40), default=None)
+    array_index: Mapped[int | None] = mapped_column(Integer, default=None)
 
 
 class JobEvent(Base):

@@ -194,6 +194,11 @@ class GangInfo(Answer):
     )
 
 
+# The work poll's ``have`` and ``stopping``: attempt ids, comma-separated, each at most this
+# long (some 160 attempts). An agent holding more leaves them out and is sent everything.
+MAX_HELD_CHARS = 3000
+
+
 class StartItem(Answer):
     """An attempt this node must start."""
 
@@ -210,6 +215,8 @@ class StartItem(Answer):
     checkpoint: CheckpointRef | None = Field(
         None, description="the job's latest complete checkpoint: restore it before starting"
     )
+    array_id: str | None = Field(None, description="the job array this job is a task of")
+    array_index: int | None = Field(None, description="the task's index in its array (0..N-1)")
 
 
 class StopItem(Answer):

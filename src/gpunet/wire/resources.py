@@ -72,6 +72,29 @@ class JobSummary(Resource):
     started_at: Time | None
     finished_at: Time | None
     spec: dict[str, Any] = Field(description="the job spec as it was accepted (see JobSpec)")
+    array_id: str | None = Field(None, description="the job array this job is a task of")
+    array_index: int | None = Field(None, description="the task's index in its array")
+
+
+class SubmittedItem(Resource):
+    """The jobs one spec of a batch queued: one job, or an array's tasks in index order."""
+
+    ids: list[str]
+    array_id: str | None = None
+
+
+class Submitted(Resource):
+    """What a batch submit queued, one item per spec, in the order sent."""
+
+    items: list[SubmittedItem]
+
+
+class ArrayCancelled(Resource):
+    """A job array's cancel: how many of its tasks were cancelled (the others had ended)."""
+
+    array_id: str
+    cancelled: int
+    tasks: int
 
 
 class GpuEnergy(Resource):

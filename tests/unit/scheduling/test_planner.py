@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from decimal import Decimal
 
 import pytest
@@ -212,3 +213,36 @@ def test_default_policy_yields_a_slow_slot_to_a_job_that_uses_it_well() -> None:
     assert "yielded" in p.explanations["gan"].note
     # FIFO does not trade order for throughput
     assert [x.job_id for x in plan(snap, [first, later], "fifo").placements] == ["gan"]
+
+
+@pytest.mark.parametrize("policy", ["fifo", "default", "las"])
+def test_jobs_after_the_fleet_is_full_are_explained_as_a_full_search_would(policy: str) -> None:
+    # 2 free GPUs (a V100, a K80) for 12 jobs of different needs: once they are taken, the
+    # planner stops searching; the explanations of the rest must match explain() on the
+    # fleet with those GPUs busy (every GPU under a filter or busy, nothing fitting)
+    snap = fleet({"V100": 4, "K80": 4}, per_node=4, busy=3)
+    jobs = [
+        job(i, gpu_models=("V100",) if i % 3 == 0 else (), min_memory_mb=0 if i % 4 else 8000)
+        for i in range(12)
+    ]
+    p = plan(snap, jobs, policy)
+    taken = {g for pl in p.placements for g in pl.gpu_ids}
+    assert len(p.placements) == 2
+    full = Snapshot(
+        snap.nodes,
+        tuple(replace(g, busy=g.busy or g.id in taken) for g in snap.gpus),
+        throughputs=TPUTS,
+    )
+    placed = {pl.job_id for pl in p.placements}
+    for j in jobs:
+        assert j.id in p.explanations
+        if j.id in placed:
+            continue
+        want = explain(full, j, policy)
+        got = p.explanations[j.id]
+        assert (got.total_gpus, got.fitting_gpus, got.rejections, got.note) == (
+            want.total_gpus,
+            want.fitting_gpus,
+            want.rejections,
+            want.note,
+        )

@@ -34,6 +34,9 @@ def job_env(
     env["GPUNET_JOB_ID"] = str(attempt["job_id"])
     env["GPUNET_ATTEMPT_ID"] = str(attempt["attempt_id"])
     env["GPUNET_ATTEMPT_NUMBER"] = str(attempt["number"])
+    if attempt.get("array_index") is not None:  # a task of a job array (spec ``array: N``)
+        env["GPUNET_ARRAY_ID"] = str(attempt.get("array_id") or "")
+        env["GPUNET_ARRAY_INDEX"] = str(attempt["array_index"])
     # saved to the coordinator and restored into the next attempt (docs/checkpoints.md)
     env["GPUNET_CHECKPOINT_DIR"] = f"{home}/{CHECKPOINT_SUBDIR}"
     env["PYTHONUNBUFFERED"] = "1"

@@ -17,6 +17,7 @@ from gpunet.services import agents as svc
 from gpunet.services.lifecycle import apply_health
 from gpunet.util import now
 from gpunet.wire.agent import (
+    MAX_HELD_CHARS,
     Accepted,
     FinishReport,
     Heartbeat,
@@ -82,29 +83,43 @@ async def heartbeat(rt: Rt, who: Who, hb: Heartbeat) -> HeartbeatAnswer:
 
 
 @router.get("/work", response_model=Work)
-async def work(rt: Rt, who: Who, wait: float = Query(20.0, ge=0, le=60)) -> Work:
-    """Long-poll for attempts to start or stop; answers at once when there are any."""
+async def work(
+    rt: Rt,
+    who: Who,
+    wait: float = Query(20.0, ge=0, le=60),
+    have: str | None = Query(None, max_length=MAX_HELD_CHARS),
+    stopping: str | None = Query(None, max_length=MAX_HELD_CHARS),
+) -> Work:
+    """Long-poll for attempts to start or stop; answers at once when there are any.
+    ``have``: the attempts (comma-separated ids) the agent already holds, ``stopping``: those
+    whose stop it already took; neither is sent again, so an agent whose attempts are not yet
+    reported started waits instead of being answered the same work over and over. An agent
+    that sends neither (an older one) is sent every assigned and stopping attempt."""
     if who.node_id is None:
         raise Forbidden("only an agent's own token may ask for work")
     wk, node = rt.wakeups, who.node_id
+    held = svc.Held.parse(have, stopping)
     nothing = Work()
     event = wk.node_event(node)
     event.clear()
-    if node not in wk.quiet:
-        found = await run_in_threadpool(svc.work_for, rt.db, who, rt.settings.max_log_bytes)
+    if node not in wk.quiet or wk.quiet[node] != held:
+        found = await run_in_threadpool(svc.work_for, rt.db, who, rt.settings.max_log_bytes, held)
         if found.start or found.stop or wait == 0 or wk.closing:
+            rt.metrics.count_work(len(found.start), len(found.stop))
             return found
-        wk.quiet.add(node)
+        wk.quiet[node] = held
     try:
         # a little jitter keeps a fleet that started together from re-polling in step
         await asyncio.wait_for(event.wait(), timeout=wait * random.uniform(0.8, 1.0))
     except TimeoutError:
+        rt.metrics.count_work(0, 0)
         return nothing
     if wk.closing:
         return nothing
-    found = await run_in_threadpool(svc.work_for, rt.db, who, rt.settings.max_log_bytes)
+    found = await run_in_threadpool(svc.work_for, rt.db, who, rt.settings.max_log_bytes, held)
     if not (found.start or found.stop):
-        wk.quiet.add(node)
+        wk.quiet[node] = held
+    rt.metrics.count_work(len(found.start), len(found.stop))
     return found
 
 

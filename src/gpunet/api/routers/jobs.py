@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Header, Query, Request
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from gpunet import wire
 from gpunet.api.deps import Rt, Who
 from gpunet.core.jobspec import JobSpec, parse_spec
+from gpunet.errors import ValidationFailed
 from gpunet.loops import metering
 from gpunet.services import jobs as svc
 from gpunet.services.accounts import account_names
@@ -55,16 +57,87 @@ def _with_account(rt: Rt, job: Job, attempts: list[Attempt] | None = None) -> di
     return svc.job_dict(job, attempts, account=names.get(job.account_id))
 
 
+MAX_BATCH = 10_000  # specs in one batch submit
+
+
+class JobBatch(BaseModel):
+    """Several job specs submitted at once: all are queued, or none."""
+
+    jobs: list[JobSpec] = Field(max_length=MAX_BATCH)
+
+
+def _batch_specs(body: dict[str, Any]) -> list[JobSpec]:
+    """Each spec of a batch body, validated; an error names its index (``jobs.3.command``)."""
+    items = body.get("jobs")
+    if not isinstance(items, list):
+        raise ValidationFailed("jobs", "a list of job specs is required")
+    if len(items) > MAX_BATCH:
+        raise ValidationFailed("jobs", f"at most {MAX_BATCH} specs in one batch")
+    specs = []
+    for i, item in enumerate(items):
+        try:
+            specs.append(parse_spec(item))
+        except ValidationFailed as exc:
+            field = "spec" if exc.field in (None, "spec") else exc.field
+            raise ValidationFailed(
+                f"jobs.{i}" + ("" if field == "spec" else f".{field}"), exc.reason
+            ) from None
+    return specs
+
+
+@router.post(
+    "/jobs/batch",
+    status_code=201,
+    openapi_extra=wire.json_body(JobBatch),
+    responses=wire.errors(429),
+    response_model=R.Submitted,
+)
+async def submit_batch(
+    rt: Rt,
+    who: Who,
+    body: dict[str, Any],
+    idempotency_key: str | None = Header(None, min_length=1, max_length=190),
+) -> dict[str, Any]:
+    """Submit several job specs in one request and one transaction: all are queued, or none
+    (an error names the spec's index and field). Answers the ids each spec queued."""
+    specs = _batch_specs(body)
+    done = await run_in_threadpool(
+        lambda: svc.submit_many(
+            rt.db, who, specs, idempotency_key, max_queued=rt.settings.max_queued_jobs
+        )
+    )
+    rt.wakeups.wake_scheduler()
+    return {
+        "items": [
+            {"ids": [j.id for j in jobs], "array_id": jobs[0].array_id if jobs else None}
+            for jobs in done
+        ]
+    }
+
+
 @router.get("/jobs", response_model=list[R.JobSummary])
 def list_jobs(
     rt: Rt,
     who: Who,
     state: str | None = Query(None, max_length=20),
-    limit: int = Query(100, ge=1, le=1000),
+    limit: int = Query(100, ge=1, le=MAX_BATCH),
+    array: str | None = Query(None, max_length=40, description="the tasks of this job array"),
 ) -> list[dict[str, Any]]:
-    jobs = svc.list_jobs(rt.db, who, state, limit)
+    """The newest jobs first (at most ``limit``); with ``array``, that array's tasks."""
+    jobs = svc.list_jobs(rt.db, who, state, limit, array)
     names = account_names(rt.db, {j.account_id for j in jobs})
     return [svc.job_dict(j, account=names.get(j.account_id)) for j in jobs]
+
+
+@router.post(
+    "/arrays/{array_id}/cancel", responses=wire.errors(404), response_model=R.ArrayCancelled
+)
+def cancel_array(rt: Rt, who: Who, array_id: str) -> dict[str, Any]:
+    """Cancel every task of a job array that has not ended."""
+    cancelled, tasks, wake = svc.cancel_array(rt.db, who, array_id)
+    rt.wakeups.wake_nodes(sorted(set(wake)))
+    rt.wakeups.wake_scheduler()
+    return {"array_id": array_id, "cancelled": cancelled, "tasks": tasks}
 
 
 # the energy summary names its site factors only when there is one site

@@ -147,6 +147,10 @@ class FleetIndex:
                 st.free += len(ids)
                 st.max_free = max(st.max_free, len(ids))
 
+    def any_free(self) -> bool:
+        """Whether any usable GPU is free."""
+        return any(st.free for st in self.classes)
+
     def best_fit_node(self, st: _ClassState, need: int) -> tuple[str, int] | None:
         """The node with the fewest free GPUs of the class that still has ``need``."""
         for k in range(need, st.max_free + 1):
@@ -306,6 +310,16 @@ class _Planner:
             scores[ci] = sum(p)
         v = self._views[key] = _JobView(reasons, scores, parts, feasible, dict(rejected))
         return v
+
+    def nothing_free(self, job: JobRequest) -> Explanation:
+        """``explain_and_choose``'s answer for a job that holds no GPUs when no class has a
+        free GPU: every GPU is rejected by a filter or busy."""
+        view = self.view(job)
+        rejections = dict(view.rejected)
+        busy = sum(self.index.classes[ci].total for ci in view.feasible)
+        if busy:
+            rejections[BUSY] = rejections.get(BUSY, 0) + busy
+        return Explanation(job.id, self.index.total, 0, rejections)
 
     def explain_and_choose(
         self, job: JobRequest, admit: Tally | None = None
@@ -592,7 +606,14 @@ def plan(
         order.sort(key=lambda j: (*(-r for r in admission.rank(j)), not j.running_on))
     admit = Tally(snapshot) if snapshot.accounts else None
     held = _Held(pl.index, order) if snapshot.keep_running else None
-    for job in order:
+    for i, job in enumerate(order):
+        if not pl.index.any_free() and (held is None or not held.reserved):
+            # nothing is free and nothing can be taken: no later job can be placed. Their
+            # explanations are what the full search would find, counted from class totals
+            # without it, so a pass over a long queue costs little once the fleet is full.
+            for rest in order[i:]:
+                result.explanations[rest.id] = pl.nothing_free(rest)
+            break
         if held is not None:
             exp, best = held.choose(pl, job, admit)
         else:

@@ -1,0 +1,656 @@
+"""Throughput benchmark: committed placements per second, end to end.
+
+A placement is committed when its job was submitted through the API, its attempt was started
+by an agent, finished, and billed (the finish report settles the attempt's charge in the same
+transaction, so an accepted finish report is a billed job). A real coordinator (``gpunet
+server``) runs on a free port on 127.0.0.1, on SQLite in a temporary directory or on a fresh
+PostgreSQL database that is dropped afterwards. Two workloads:
+
+* ``burst`` (the issue's workload): ``--jobs`` trivial one-GPU jobs (``true``) submitted at
+  once to 8 GPUs; the figure is jobs / (time from the first submit to the last finish). With
+  ``--agent real`` one real ``gpunet agent`` with 8 simulated GPUs runs each job as a process
+  (no sandbox); with ``--agent sim`` an in-process simulated agent reports each attempt started
+  and finished as soon as it gets it.
+* ``steady``: ``--agents`` simulated agents x ``--gpus-per-agent`` GPUs; a closed-loop
+  submitter keeps ``--depth`` jobs outstanding (submitted, not yet finished) and the figure is
+  finished jobs per second over ``--duration`` seconds after a warm-up. Run it at several
+  depths (``--depth 100,1000,10000``) to see whether throughput falls as the queue grows.
+
+Simulated agents speak the agent protocol over a minimal keep-alive HTTP client (two
+connections each: the long-poll and everything else), so the load generator's CPU stays small
+next to the coordinator's on a 2-core machine. Jobs are submitted through ``POST
+/v1/jobs/batch`` when the coordinator has it (``--submit auto``), else one ``POST /v1/jobs``
+each (8 in flight). The coordinator's CPU, its scheduler passes (count, seconds) and the work
+polls it answered are read from /proc and /metrics.
+
+    python benchmarks/throughput.py burst --agent real --database sqlite --runs 3
+    python benchmarks/throughput.py steady --agents 100 --depth 100,1000,10000 \\
+        --database postgres --runs 3 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from control_plane import (  # noqa: E402
+    Coordinator,
+    CpuMeter,
+    Profiler,
+    _proc_cpu_s,
+    db_version,
+    gpunet_command,
+    machine,
+    pg_database,
+)
+
+JOB = {"command": "true", "resources": {"gpus": 1}}
+BATCH_MAX = 1000  # jobs per batch request (the endpoint's own cap may be higher)
+
+
+# ------------------------------------------------------------------ a minimal HTTP client
+
+
+class Raw:
+    """One keep-alive HTTP/1.1 connection that sends a request and reads its answer."""
+
+    def __init__(self, port: int, token: str = "") -> None:
+        self.port = port
+        self.token = token
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        for attempt in range(2):  # a keep-alive connection the server closed: once more
+            try:
+                return await self._call(method, path, body)
+            except (OSError, asyncio.IncompleteReadError):
+                await self.close()
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _call(self, method: str, path: str, body: Any) -> tuple[int, Any]:
+        if self.writer is None or self.reader is None:
+            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        data = b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
+        head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        if self.token:
+            head += f"Authorization: Bearer {self.token}\r\n"
+        if body is not None:
+            head += f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+        self.writer.write(head.encode() + b"\r\n" + data)
+        raw = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(raw[9:12])
+        length, close = 0, False
+        for line in raw.split(b"\r\n")[1:]:
+            k, _, v = line.partition(b":")
+            k = k.strip().lower()
+            if k == b"content-length":
+                length = int(v)
+            elif k == b"connection" and v.strip().lower() == b"close":
+                close = True
+        payload = await self.reader.readexactly(length) if length else b""
+        if close:
+            await self.close()
+        return status, json.loads(payload) if payload else None
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            with contextlib.suppress(Exception):
+                await self.writer.wait_closed()
+        self.reader = self.writer = None
+
+
+# ------------------------------------------------------------------ simulated agents
+
+
+@dataclass
+class Agent:
+    index: int
+    gpus: int
+    port: int
+    node_id: str = ""
+    poll: Raw | None = None
+    rest: Raw | None = None
+    seen: set[str] = field(default_factory=set)
+    running: set[str] = field(default_factory=set)
+
+    def registration(self) -> dict[str, Any]:
+        return {
+            "name": f"tp-{self.index:05d}",
+            "agent_version": "bench",
+            "gpus": [
+                {
+                    "index": i,
+                    "uuid": f"GPU-tp-{self.index:05d}-{i}",
+                    "name": "Simulated A100-80GB",
+                    "model": "A100-80GB",
+                    "memory_mb": 80000,
+                    "compute_capability": "8.0",
+                    "simulated": True,
+                }
+                for i in range(self.gpus)
+            ],
+            "accepts_unisolated": True,  # the jobs come from another account
+        }
+
+
+class Fleet:
+    """Simulated agents that start and finish each attempt as soon as they get it."""
+
+    def __init__(self, port: int, n: int, gpus: int) -> None:
+        self.port = port
+        self.agents = [Agent(i, gpus, port) for i in range(n)]
+        self.done = 0
+        self.done_at: list[float] = []
+        self.polls = 0
+        self.duplicates = 0  # attempts an agent was sent again
+        self.errors: Counter[str] = Counter()
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def register(self, join: str) -> None:
+        sem = asyncio.Semaphore(16)
+
+        async def one(a: Agent) -> None:
+            async with sem:
+                c = Raw(self.port, join)
+                status, body = await c.call("POST", "/v1/agent/register", a.registration())
+                await c.close()
+                if status != 201:
+                    raise RuntimeError(f"register: HTTP {status} {body}")
+                a.node_id = body["node_id"]
+                a.poll, a.rest = Raw(self.port, body["token"]), Raw(self.port, body["token"])
+
+        await asyncio.gather(*(one(a) for a in self.agents))
+
+    def start(self) -> None:
+        for a in self.agents:
+            self.tasks.append(asyncio.create_task(self._poll_loop(a)))
+            self.tasks.append(asyncio.create_task(self._heartbeat_loop(a)))
+
+    async def stop(self) -> None:
+        for t in self.tasks:
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        for a in self.agents:
+            for c in (a.poll, a.rest):
+                if c is not None:
+                    await c.close()
+
+    async def _heartbeat_loop(self, a: Agent) -> None:
+        assert a.rest is not None
+        await asyncio.sleep((a.index % 50) / 10)  # spread over 5 s
+        while True:
+            body = {"gpus": [{"index": i} for i in range(a.gpus)], "attempts": sorted(a.running)}
+            try:
+                status, _ = await a.rest.call("POST", "/v1/agent/heartbeat", body)
+                if status != 200:
+                    self.errors[f"heartbeat {status}"] += 1
+            except (OSError, asyncio.IncompleteReadError) as exc:
+                self.errors[f"heartbeat {type(exc).__name__}"] += 1
+            await asyncio.sleep(5.0)
+
+    async def _poll_loop(self, a: Agent) -> None:
+        assert a.poll is not None and a.rest is not None
+        while True:
+            # like the real agent: say which attempts this node already holds
+            path = "/v1/agent/work?wait=20&have=" + ",".join(sorted(a.running))
+            try:
+                status, work = await a.poll.call("GET", path)
+            except (OSError, asyncio.IncompleteReadError) as exc:
+                self.errors[f"work {type(exc).__name__}"] += 1
+                await asyncio.sleep(0.2)
+                continue
+            self.polls += 1
+            if status != 200:
+                self.errors[f"work {status}"] += 1
+                await asyncio.sleep(0.2)
+                continue
+            for item in work.get("start", []):
+                if item["attempt_id"] in a.seen:
+                    self.duplicates += 1
+                    continue
+                a.seen.add(item["attempt_id"])
+                a.running.add(item["attempt_id"])
+                await self._run(a, item)
+
+    async def _run(self, a: Agent, item: dict[str, Any]) -> None:
+        assert a.rest is not None
+        att, tok = item["attempt_id"], item["fencing_token"]
+        base = f"/v1/agent/attempts/{att}"
+        try:
+            status, _ = await a.rest.call("POST", f"{base}/started", {"fencing_token": tok})
+            if status != 200:
+                self.errors[f"started {status}"] += 1
+            fin = {"fencing_token": tok, "exit_code": 0, "runtime_s": 0.001}
+            status, _ = await a.rest.call("POST", f"{base}/finished", fin)
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            self.errors[f"report {type(exc).__name__}"] += 1
+            return
+        finally:
+            a.running.discard(att)
+        if status == 200:
+            self.done += 1
+            self.done_at.append(time.perf_counter())
+        else:
+            self.errors[f"finished {status}"] += 1
+
+
+# ------------------------------------------------------------------ submitting
+
+
+class Submitter:
+    """Submits job batches through the batch endpoint, or one request per job."""
+
+    def __init__(self, port: int, token: str, mode: str) -> None:
+        self.port, self.token, self.mode = port, token, mode
+        self.conns = [Raw(port, token) for _ in range(8)]
+        self.submitted = 0
+        self.errors: Counter[str] = Counter()
+
+    async def detect(self) -> None:
+        if self.mode != "auto":
+            return
+        status, _ = await self.conns[0].call("POST", "/v1/jobs/batch", {"jobs": []})
+        self.mode = "single" if status in (404, 405) else "batch"
+
+    async def submit(self, n: int) -> None:
+        if n <= 0:
+            return
+        if self.mode == "batch":
+            left = n
+            while left > 0:
+                k = min(left, BATCH_MAX)
+                status, body = await self.conns[0].call(
+                    "POST", "/v1/jobs/batch", {"jobs": [JOB] * k}
+                )
+                if status != 201:
+                    self.errors[f"batch {status}: {str(body)[:200]}"] += 1
+                    await asyncio.sleep(0.1)
+                    return
+                self.submitted += k
+                left -= k
+            return
+        queue = list(range(n))
+
+        async def worker(c: Raw) -> None:
+            while queue:
+                queue.pop()
+                status, body = await c.call("POST", "/v1/jobs", JOB)
+                if status == 201:
+                    self.submitted += 1
+                else:
+                    self.errors[f"submit {status}: {str(body)[:200]}"] += 1
+
+        await asyncio.gather(*(worker(c) for c in self.conns))
+
+    async def close(self) -> None:
+        for c in self.conns:
+            await c.close()
+
+
+# ------------------------------------------------------------------ the coordinator's counters
+
+
+def scrape(url: str, admin: str) -> dict[str, float]:
+    """Scheduler passes and their seconds, work polls and items sent, from /metrics."""
+    text = httpx.get(
+        f"{url}/metrics", headers={"Authorization": f"Bearer {admin}"}, timeout=30
+    ).text
+    out: dict[str, float] = {}
+    for name, key in (
+        ("gpunet_scheduler_tick_seconds_count", "passes"),
+        ("gpunet_scheduler_tick_seconds_sum", "pass_s"),
+        ("gpunet_work_polls_total", "polls"),
+    ):
+        m = re.search(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+-]+)$", text, re.M)
+        if m:
+            out[key] = float(m.group(1))
+    for m in re.finditer(r'^gpunet_work_items_total\{kind="(\w+)"\} ([0-9.e+-]+)$', text, re.M):
+        out[f"items_{m.group(1)}"] = float(m.group(2))
+    return out
+
+
+def delta(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
+    return {k: round(b[k] - a.get(k, 0.0), 3) for k in b}
+
+
+async def tokens(url: str, admin: str) -> tuple[str, str]:
+    async with httpx.AsyncClient(base_url=url, timeout=30.0) as c:
+        h = {"Authorization": f"Bearer {admin}"}
+        out = []
+        for role, account in (("provider", "tp-provider"), ("consumer", "tp-consumer")):
+            r = await c.post("/v1/tokens", headers=h, json={"role": role, "account": account})
+            out.append(str(r.raise_for_status().json()["token"]))
+        return out[0], out[1]
+
+
+# ------------------------------------------------------------------ workloads
+
+
+async def burst(args: argparse.Namespace, db_url: str, workdir: Path) -> dict[str, Any]:
+    coord = Coordinator(db_url, workdir, 30.0, ["--max-queued-jobs", str(args.jobs + 1000)])
+    fleet: Fleet | None = None
+    agent: subprocess.Popen[bytes] | None = None
+    try:
+        admin = await asyncio.to_thread(coord.wait_ready)
+        join, cons = await tokens(coord.url, admin)
+        if args.agent == "sim":
+            fleet = Fleet(coord.port, 1, 8)
+            await fleet.register(join)
+            fleet.start()
+        else:
+            agent = start_agent(coord.url, join, workdir)
+            await wait_online(coord.url, admin, 1)
+        sub = Submitter(coord.port, cons, args.submit)
+        await sub.detect()
+        await asyncio.sleep(1.0)
+        before = scrape(coord.url, admin)
+        meter = CpuMeter(coord.pid)
+        agent_cpu0 = _proc_cpu_s(agent.pid) if agent is not None else None
+        async with profiled(args, coord.pid, workdir) as prof:
+            meter.start()
+            t0 = time.perf_counter()
+            await sub.submit(args.jobs)
+            submitted_s = time.perf_counter() - t0
+            done = await wait_done(coord.url, cons, args.jobs, fleet, args.timeout)
+            elapsed = time.perf_counter() - t0
+            cpu = meter.stop()
+        agent_cpu1 = _proc_cpu_s(agent.pid) if agent is not None else None
+        if agent_cpu0 is not None and agent_cpu1 is not None:
+            cpu["agent_cpu_pct"] = round(100 * (agent_cpu1 - agent_cpu0) / elapsed, 1)
+        after = scrape(coord.url, admin)
+        await sub.close()
+        return {
+            "jobs": args.jobs,
+            "finished": done,
+            "submit_mode": sub.mode,
+            "submit_s": round(submitted_s, 2),
+            "submit_rate_per_s": round(args.jobs / submitted_s, 1),
+            "elapsed_s": round(elapsed, 2),
+            "jobs_per_s": round(done / elapsed, 1),
+            "coordinator": delta(before, after),
+            "errors": {**sub.errors, **(fleet.errors if fleet else {})},
+            "duplicates": fleet.duplicates if fleet else None,
+            "profile": prof.summary() if prof is not None else None,
+            **cpu,
+        }
+    finally:
+        if fleet is not None:
+            await fleet.stop()
+        if agent is not None:
+            stop_proc(agent)
+        coord.stop()
+
+
+async def steady(
+    args: argparse.Namespace, db_url: str, workdir: Path, depth: int
+) -> dict[str, Any]:
+    coord = Coordinator(db_url, workdir, 30.0, ["--max-queued-jobs", str(depth + BATCH_MAX * 2)])
+    fleet: Fleet | None = None
+    try:
+        admin = await asyncio.to_thread(coord.wait_ready)
+        join, cons = await tokens(coord.url, admin)
+        fleet = Fleet(coord.port, args.agents, args.gpus_per_agent)
+        await fleet.register(join)
+        fleet.start()
+        sub = Submitter(coord.port, cons, args.submit)
+        await sub.detect()
+        await asyncio.sleep(1.0)
+        await sub.submit(depth)  # fill the queue first (agents work meanwhile)
+        measure_from = time.perf_counter() + args.warmup
+        stop = measure_from + args.duration
+        marks: dict[str, Any] = {}
+        meter = CpuMeter(coord.pid)
+        async with profiled(args, coord.pid, workdir) as prof:
+            while not marks or time.perf_counter() < stop:
+                if not marks and time.perf_counter() >= measure_from:
+                    marks = {"done": fleet.done, "polls": fleet.polls, "t": time.perf_counter()}
+                    marks["metrics"] = scrape(coord.url, admin)
+                    meter.start()
+                outstanding = sub.submitted - fleet.done
+                if outstanding < depth:
+                    chunk = BATCH_MAX if sub.mode == "batch" else 64
+                    await sub.submit(min(depth - outstanding, chunk))
+                else:
+                    await asyncio.sleep(0.02)
+        elapsed = time.perf_counter() - marks["t"]
+        cpu = meter.stop()
+        after = scrape(coord.url, admin)
+        done = fleet.done - marks["done"]
+        await sub.close()
+        return {
+            "depth": depth,
+            "agents": args.agents,
+            "gpus": args.agents * args.gpus_per_agent,
+            "submit_mode": sub.mode,
+            "measured_s": round(elapsed, 2),
+            "finished": done,
+            "jobs_per_s": round(done / elapsed, 1),
+            "polls_per_job": round((fleet.polls - marks["polls"]) / done, 2) if done else None,
+            "coordinator": delta(marks["metrics"], after),
+            "duplicates": fleet.duplicates,
+            "errors": {**sub.errors, **fleet.errors},
+            "profile": prof.summary() if prof is not None else None,
+            **cpu,
+        }
+    finally:
+        if fleet is not None:
+            await fleet.stop()
+        coord.stop()
+
+
+def profiled(args: argparse.Namespace, pid: int, workdir: Path) -> Any:
+    """py-spy on the coordinator while the measured part runs, with ``--profile``."""
+    if not args.profile:
+        return contextlib.nullcontext()
+    return Profiler(pid, workdir / "coordinator.prof")
+
+
+def start_agent(url: str, join: str, workdir: Path) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPUNET_")}
+    log = (workdir / "agent.log").open("wb")
+    cmd = [
+        *gpunet_command(),
+        "agent",
+        "--coordinator",
+        url,
+        "--join-token",
+        join,
+        "--simulate",
+        "8xA100-80GB",
+        "--name",
+        "tp-real",
+        "--home",
+        str(workdir / "agent"),
+        "--containers",
+        "off",
+        "--isolation",
+        "none",
+        "--accept-unisolated-jobs",
+    ]
+    return subprocess.Popen(
+        cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
+def stop_proc(p: subprocess.Popen[bytes]) -> None:
+    if p.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, signal.SIGINT)
+        try:
+            p.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait(timeout=5)
+
+
+async def wait_online(url: str, admin: str, n: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient(base_url=url, timeout=10.0) as c:
+        while time.monotonic() < deadline:
+            r = await c.get("/v1/nodes", headers={"Authorization": f"Bearer {admin}"})
+            if r.status_code == 200 and sum(x["status"] == "online" for x in r.json()) >= n:
+                return
+            await asyncio.sleep(0.2)
+    raise RuntimeError(f"{n} agent(s) not online after {timeout:g}s")
+
+
+async def wait_done(url: str, token: str, n: int, fleet: Fleet | None, timeout: float) -> int:
+    """Wait until ``n`` jobs have finished; answer how many did."""
+    deadline = time.perf_counter() + timeout
+    if fleet is not None:
+        while fleet.done < n and time.perf_counter() < deadline:
+            await asyncio.sleep(0.01)
+        return fleet.done
+    c = Raw(int(url.rsplit(":", 1)[1]), token)
+    try:
+        # cheap to ask: is any job still queued, assigned or running?
+        while time.perf_counter() < deadline:
+            left = 0
+            for state in ("queued", "assigned", "running"):
+                status, body = await c.call("GET", f"/v1/jobs?state={state}&limit=1")
+                left += len(body) if status == 200 and isinstance(body, list) else 1
+            if not left:
+                break
+            await asyncio.sleep(0.05)
+        status, body = await c.call("GET", f"/v1/jobs?state=succeeded&limit={min(n, 1000)}")
+        return len(body) if status == 200 and isinstance(body, list) else 0
+    finally:
+        await c.close()
+
+
+# ------------------------------------------------------------------ runs and report
+
+
+def with_database(args: argparse.Namespace, fn: Any) -> tuple[dict[str, Any], str]:
+    workdir = Path(tempfile.mkdtemp(prefix="gpunet-tp-"))
+    try:
+        if args.database == "sqlite":
+            url = f"sqlite:///{workdir / 'gpunet.db'}"
+            return asyncio.run(fn(url, workdir)), db_version(url)
+        with pg_database(args.pg_url) as url:
+            return asyncio.run(fn(url, workdir)), db_version(url)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def median(xs: list[Any]) -> float | None:
+    vals = [x for x in xs if x is not None]
+    return round(statistics.median(vals), 1) if vals else None
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("workload", choices=("burst", "steady"))
+    p.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite")
+    p.add_argument(
+        "--pg-url",
+        default=os.environ.get(
+            "GPUNET_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+        ),
+    )
+    p.add_argument("--runs", type=int, default=1, help="fresh coordinator and store each run")
+    p.add_argument("--submit", choices=("auto", "batch", "single"), default="auto")
+    p.add_argument("--agent", choices=("real", "sim"), default="real", help="burst: the agent")
+    p.add_argument("--jobs", type=int, default=500, help="burst: jobs submitted at once")
+    p.add_argument("--timeout", type=float, default=300.0, help="burst: give up after")
+    p.add_argument("--agents", type=int, default=100, help="steady: simulated agents")
+    p.add_argument("--gpus-per-agent", type=int, default=8)
+    p.add_argument("--depth", default="100,1000,10000", help="steady: jobs kept outstanding")
+    p.add_argument("--warmup", type=float, default=5.0, help="steady: seconds not measured")
+    p.add_argument("--duration", type=float, default=20.0, help="steady: seconds measured")
+    p.add_argument("--quick", action="store_true", help="small and short: a smoke run")
+    p.add_argument("--profile", action="store_true", help="sample the coordinator (py-spy)")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args()
+    if args.quick:
+        args.jobs, args.agents, args.depth = min(args.jobs, 100), min(args.agents, 10), "50"
+        args.warmup, args.duration = 2.0, 5.0
+    with contextlib.suppress(OSError, ValueError):
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 6 * args.agents + 1024), hard))
+
+    def _terminate(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt  # the same cleanup as Ctrl-C
+
+    signal.signal(signal.SIGTERM, _terminate)
+    results: list[dict[str, Any]] = []
+    version = ""
+    cases: list[int | None] = (
+        [None] if args.workload == "burst" else [int(d) for d in args.depth.split(",")]
+    )
+    for depth in cases:
+        runs = []
+        for i in range(args.runs):
+            if depth is None:
+                r, version = with_database(args, lambda u, w: burst(args, u, w))
+            else:
+                r, version = with_database(args, lambda u, w, d=depth: steady(args, u, w, d))
+            runs.append(r)
+            label = "burst" if depth is None else f"depth {depth}"
+            print(
+                f"{label} run {i + 1}/{args.runs}: {r['jobs_per_s']} jobs/s "
+                f"(coordinator CPU {r['server_cpu_pct']}%, agent CPU {r.get('agent_cpu_pct')}%, "
+                f"{r['coordinator']}, "
+                f"errors {r['errors']})",
+                file=sys.stderr,
+            )
+        results.append(
+            {
+                "depth": depth,
+                "median_jobs_per_s": median([r["jobs_per_s"] for r in runs]),
+                "median_server_cpu_pct": median([r["server_cpu_pct"] for r in runs]),
+                "runs": runs,
+            }
+        )
+    out = {
+        "benchmark": "throughput",
+        "workload": args.workload,
+        "date": date.today().isoformat(),
+        "command": " ".join(["python", "benchmarks/throughput.py", *sys.argv[1:]]),
+        "machine": machine(),
+        "database": args.database,
+        "database_version": version,
+        "results": results,
+    }
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return
+    print(f"gpunet throughput ({args.workload}), {out['date']}, {version}")
+    for res in results:
+        label = "burst" if res["depth"] is None else f"depth {res['depth']:>6}"
+        print(
+            f"  {label}: median {res['median_jobs_per_s']} committed placements/s "
+            f"(runs: {', '.join(str(r['jobs_per_s']) for r in res['runs'])}); coordinator CPU "
+            f"{res['median_server_cpu_pct']}%"
+        )
+
+
+if __name__ == "__main__":
+    main()
