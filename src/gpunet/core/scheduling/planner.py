@@ -612,7 +612,10 @@ def plan(
             # explanations are what the full search would find, counted from class totals
             # without it, so a pass over a long queue costs little once the fleet is full.
             for rest in order[i:]:
-                result.explanations[rest.id] = pl.nothing_free(rest)
+                # a gang's or a site's explanation says what each site holds: the full search
+                gang = rest.node_count > 1 or rest.site is not None
+                exp = pl.explain_and_choose(rest, admit)[0] if gang else pl.nothing_free(rest)
+                result.explanations[rest.id] = exp
             break
         if held is not None:
             exp, best = held.choose(pl, job, admit)
