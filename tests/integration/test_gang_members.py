@@ -136,12 +136,31 @@ def test_a_failing_member_fails_the_job_and_stops_the_others(co: Coordinator) ->
     for n, a in ((n0, a0), (n1, a1)):
         assert co.report(n, a, "started").status_code == 200
     assert co.report(n1, a1, "finished", exit_code=3).status_code == 200
-    shown = co.job(user, job["id"])
-    assert shown["state"] == "failed" and shown["exit_code"] == 3
+    # the verdict waits for the other member (had its host died, the job would be re-queued)
+    assert co.job(user, job["id"])["state"] == "running"
     (stop,) = _stop_items(co, n0)
     assert stop["kind"] == "gang" and "failed" in stop["reason"]
     assert co.report(n0, a0, "finished", exit_code=-15).status_code == 200
-    assert co.job(user, job["id"])["attempts"][0]["state"] == "cancelled"
+    shown = co.job(user, job["id"])
+    assert shown["state"] == "failed" and shown["exit_code"] == 3
+    assert "rank 1 failed: exit 3" in shown["reason"]
+    assert shown["attempts"][0]["state"] == "cancelled"
+
+
+def test_a_member_failing_because_its_peer_died_requeues_the_gang(co: Coordinator) -> None:
+    nodes = _nodes(co, 3)
+    user = co.token("consumer", "alice")
+    job = co.submit(user, _gang_spec(max_retries=2))
+    (n0, a0), (n1, a1) = _by_rank(_starts(co, nodes, 2))
+    for n, a in ((n0, a0), (n1, a1)):
+        assert co.report(n, a, "started").status_code == 200
+    # rank 1's host dies; rank 0's collective breaks before the lease lapses
+    assert co.report(n0, a0, "finished", exit_code=1).status_code == 200
+    node_lost(co.db, n1.id, "test: node gone")  # what the lease reaper does
+    shown = co.job(user, job["id"])
+    assert shown["state"] == "queued" and shown["retries_used"] == 1, shown
+    states = {a["rank"]: a["state"] for a in shown["attempts"]}
+    assert states == {0: "failed", 1: "lost"}
 
 
 def test_a_rendezvous_failure_requeues_the_gang_with_its_reason(co: Coordinator) -> None:

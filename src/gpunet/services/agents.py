@@ -489,6 +489,7 @@ def _settle_finish(s: Session, who: Principal, attempt_id: str, rep: FinishRepor
         dst = AttemptState.SUCCEEDED if rep.exit_code == 0 else AttemptState.CANCELLED
         move_attempt(att, dst, reason=att.reason or "stopped with its gang")
         billing.close_charge(s, att, lost=False)
+        _settle_failed_gang(s, job, att)
         return
     if rep.rendezvous_failed:
         lose_attempt(s, att, rep.reason or "rendezvous failed", att.node_id, LostCause.RENDEZVOUS)
@@ -530,6 +531,34 @@ def _settle_finish(s: Session, who: Principal, attempt_id: str, rep: FinishRepor
         )
 
 
+def _settle_failed_gang(s: Session, job: Job, att: Attempt) -> None:
+    """The last member of a gang that a member's failure stopped has ended, and none was lost
+    meanwhile (that would have re-queued the job): the job fails with the first failure."""
+    if JobState(job.state) not in (JobState.ASSIGNED, JobState.RUNNING):
+        return
+    if not gangs.is_member_of_current(job, att):
+        return
+    s.flush()
+    if gangs.active_peers(s, att):
+        return
+    failed = [
+        m
+        for m in gangs.members(s, job.id, att.number)
+        if m.state == AttemptState.FAILED.value and m.exit_code is not None
+    ]
+    if not failed:
+        return
+    first = min(failed, key=lambda m: (m.finished_at or m.created_at, m.rank))
+    job.exit_code = first.exit_code
+    move_job(
+        s,
+        job,
+        job_state_for_exit(first.exit_code or 1),
+        reason=f"gang member rank {first.rank} failed: exit {first.exit_code}",
+        actor=first.node_id,
+    )
+
+
 def _gang_done(s: Session, job: Job, att: Attempt, exit_code: int) -> bool:
     """A gang member exited: whether that ends its job. A failure does (the other members
     are stopped); a success does once every member succeeded, or at once when it is the head
@@ -537,8 +566,12 @@ def _gang_done(s: Session, job: Job, att: Attempt, exit_code: int) -> bool:
     if not gangs.is_member_of_current(job, att):
         return False
     if exit_code != 0:
+        # The job's verdict waits for the other members: a member fails when a peer's host
+        # dies under it (its collective breaks first), and then the peer is lost and the gang
+        # re-queued (lose_attempt); else the last member to stop fails the job.
         stop_gang(s, att, f"gang member rank {att.rank} on {att.node_id} failed: exit {exit_code}")
-        return True
+        s.flush()
+        return not gangs.active_peers(s, att)
     if att.rank == 0 and (job.spec or {}).get("launcher") == "ray":
         stop_gang(s, att, "the Ray head's command finished")
         return True

@@ -90,6 +90,9 @@ def build_argv(
             bound.append(d)
         else:
             argv += ["--symlink", target, d]
+    # private /tmp and /dev/shm before the extra paths: one of them may lie in the host's /tmp
+    # (an agent installed in a virtual environment there), and a later tmpfs would hide it
+    argv += ["--perms", "1777", "--tmpfs", "/tmp", "--perms", "1777", "--tmpfs", "/dev/shm"]
     made: set[str] = set()
     for p in sorted(set(ro_paths), key=lambda x: (len(PurePosixPath(x).parts), x)):
         if _under(p, bound):
@@ -108,22 +111,7 @@ def build_argv(
         argv += ["--dev-bind", dev, dev]
     if devices:  # the CUDA driver reads the PCI topology
         argv += ["--ro-bind", "/sys", "/sys"]
-    argv += [
-        "--perms",
-        "1777",
-        "--tmpfs",
-        "/tmp",
-        "--perms",
-        "1777",
-        "--tmpfs",
-        "/dev/shm",
-        "--bind",
-        workdir,
-        WORKSPACE,
-        "--chdir",
-        WORKSPACE,
-        "--",
-    ]
+    argv += ["--bind", workdir, WORKSPACE, "--chdir", WORKSPACE, "--"]
     if uid is not None:
         argv += [
             SETPRIV,
