@@ -213,7 +213,12 @@ def decide(
     notes: list[str] = []
     if panic_since is not None:
         raw = math.ceil(panic_avg / target)
-        want = limited(raw, notes, down=False)  # the panic's hold below covers scale-down
+        # the larger of the two windows: a burst that eased in the last seconds still counts
+        # in the stable window, and more demand must never ask for fewer replicas
+        steady = math.ceil(stable / target)
+        if steady > raw:
+            notes.append(f"stable window {_n(stable)} in flight → {steady}")
+        want = limited(max(raw, steady), notes, down=False)  # the hold below covers scale-down
         # a panic never scales down: it starts from the count already wanted
         peak = max(state.panic_peak if state.panic_since is not None else state.desired, want)
         if peak > want:
