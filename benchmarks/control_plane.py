@@ -319,6 +319,10 @@ class RawConnection:
         self.writer: asyncio.StreamWriter | None = None
 
     async def request(self, raw: bytes) -> int:
+        return (await self.exchange(raw))[0]
+
+    async def exchange(self, raw: bytes) -> tuple[int, bytes]:
+        """Send one raw request; answer its status and body."""
         if self.writer is None or self.reader is None:
             self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
         self.writer.write(raw)
@@ -333,11 +337,10 @@ class RawConnection:
                 length = int(v)
             elif k == b"connection" and v.strip().lower() == b"close":
                 close = True
-        if length:
-            await self.reader.readexactly(length)
+        payload = await self.reader.readexactly(length) if length else b""
         if close:
             await self.close()
-        return status
+        return status, payload
 
     async def close(self) -> None:
         if self.writer is not None:

@@ -57,6 +57,7 @@ from control_plane import (  # noqa: E402
     Coordinator,
     CpuMeter,
     Profiler,
+    RawConnection,
     _proc_cpu_s,
     db_version,
     gpunet_command,
@@ -71,56 +72,29 @@ BATCH_MAX = 1000  # jobs per batch request (the endpoint's own cap may be higher
 # ------------------------------------------------------------------ a minimal HTTP client
 
 
-class Raw:
-    """One keep-alive HTTP/1.1 connection that sends a request and reads its answer."""
+class Raw(RawConnection):
+    """One keep-alive HTTP/1.1 connection that sends a JSON request and reads its answer."""
 
     def __init__(self, port: int, token: str = "") -> None:
-        self.port = port
+        super().__init__(port)
         self.token = token
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
 
     async def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        for attempt in range(2):  # a keep-alive connection the server closed: once more
-            try:
-                return await self._call(method, path, body)
-            except (OSError, asyncio.IncompleteReadError):
-                await self.close()
-                if attempt:
-                    raise
-        raise AssertionError("unreachable")
-
-    async def _call(self, method: str, path: str, body: Any) -> tuple[int, Any]:
-        if self.writer is None or self.reader is None:
-            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
         data = b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
         head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         if self.token:
             head += f"Authorization: Bearer {self.token}\r\n"
         if body is not None:
             head += f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
-        self.writer.write(head.encode() + b"\r\n" + data)
-        raw = await self.reader.readuntil(b"\r\n\r\n")
-        status = int(raw[9:12])
-        length, close = 0, False
-        for line in raw.split(b"\r\n")[1:]:
-            k, _, v = line.partition(b":")
-            k = k.strip().lower()
-            if k == b"content-length":
-                length = int(v)
-            elif k == b"connection" and v.strip().lower() == b"close":
-                close = True
-        payload = await self.reader.readexactly(length) if length else b""
-        if close:
-            await self.close()
-        return status, json.loads(payload) if payload else None
-
-    async def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            with contextlib.suppress(Exception):
-                await self.writer.wait_closed()
-        self.reader = self.writer = None
+        for attempt in range(2):  # a keep-alive connection the server closed: once more
+            try:
+                status, payload = await self.exchange(head.encode() + b"\r\n" + data)
+                return status, json.loads(payload) if payload else None
+            except (OSError, asyncio.IncompleteReadError):
+                await self.close()
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
 
 
 # ------------------------------------------------------------------ simulated agents
