@@ -74,3 +74,17 @@ class QuotaExceeded(GpunetError):
 
     status_code = 429
     code = "quota_exceeded"
+
+
+class Unavailable(GpunetError):
+    """Nothing can answer now (a service with no ready replica and a full queue): retry."""
+
+    status_code = 503
+    code = "unavailable"
+
+
+class BadGateway(GpunetError):
+    """A service's replica failed while answering (its node was lost, its process died)."""
+
+    status_code = 502
+    code = "bad_gateway"

@@ -214,6 +214,11 @@ class Agent:
             owner.OwnerWatcher(owner_policy, len(backend.discover())) if owner_policy else None
         )
         self.beat_now = asyncio.Event()  # send a heartbeat now (an owner-busy flag changed)
+        # service replicas: the port each listens on ($PORT), and those passing their
+        # readiness probe (sent with every heartbeat; a change sends one at once)
+        self.service_ports: dict[str, int] = {}
+        self.ready: set[str] = set()
+        self.probes = httpx.AsyncClient(timeout=httpx.Timeout(5.0), trust_env=False)
         # stops the attempts when this process cannot (frozen, killed): agent/watchdog.py
         self.use_watchdog = sys.platform.startswith("linux")
         self.watchdog: subprocess.Popen[bytes] | None = None
@@ -412,6 +417,7 @@ class Agent:
         if self.sandbox is not None:
             self.sandbox.close()
         await self.http.aclose()
+        await self.probes.aclose()
         self.journal.close()
         self.backend.close()
 
@@ -434,6 +440,7 @@ class Agent:
                     gpus=owner.mark(self.owner, [t.to_wire() for t in readings]),
                     attempts=[a.id for a in self.attempts.values() if not a.orphaned],
                     health=health_reports(health),
+                    ready=sorted(self.ready),
                 )
                 res = await self._ask(
                     HeartbeatAnswer,
@@ -524,6 +531,7 @@ class Agent:
             self._finish(ctx, -15, why)
             return
         ckpt = self._checkpoints(ctx, workdir)
+        probe: asyncio.Task[None] | None = None  # a service replica's readiness probe
         # only a gang's rank 0 saves the job's checkpoint; every member restores it
         uploads = item.gang is None or item.gang.rank == 0
         try:
@@ -553,11 +561,12 @@ class Agent:
                         self._flush_logs(ctx)
                         self._finish(ctx, None, str(exc), lost=True, rendezvous_failed=True)
                         return
+                avars = attempt_vars(item)
                 ctx.run = await runner.start(
                     launch_spec(item),
                     workdir,
                     item.gpu_indices,
-                    attempt_vars(item),
+                    avars,
                     lambda s, d: self._collect(ctx, s, d),
                     sandbox=self.sandbox,
                     containers=self.containers,
@@ -572,6 +581,9 @@ class Agent:
                 return
             ctx.meters = energy.start(self.backend, item.gpu_indices, self._busy_indices())
             self._report(ctx, Report(fencing_token=ctx.token))
+            if avars.get("service_port"):
+                self.service_ports[ctx.id] = avars["service_port"]
+                probe = asyncio.create_task(self._probe(ctx, avars["service_port"]))
             if uploads:
                 ckpt.start_periodic(checkpoints.interval_of(spec))
             code = await ctx.run.wait()
@@ -597,6 +609,12 @@ class Agent:
             else:
                 self._finish(ctx, code, reason or f"exit code {code}", energy=used)
         finally:
+            if probe is not None:
+                probe.cancel()
+            self.service_ports.pop(ctx.id, None)
+            if ctx.id in self.ready:
+                self.ready.discard(ctx.id)
+                self.beat_now.set()
             await ckpt.stop_periodic()
             if ctx.run is not None:
                 try:
@@ -607,6 +625,26 @@ class Agent:
             shutil.rmtree(workdir, ignore_errors=True)
             if spec.get("launcher") == "ray":  # its Ray's files (see ray_command)
                 shutil.rmtree(RAY_TMP.format(attempt=ctx.id), ignore_errors=True)
+
+    async def _probe(self, ctx: AttemptCtx, port: int) -> None:
+        """Probe a service replica's readiness path until the attempt ends; a change in its
+        answer is sent to the coordinator at once (a heartbeat), which puts the replica into
+        the gateway's rotation or takes it out."""
+        assert isinstance(ctx.info, StartItem)
+        readiness = (ctx.info.spec.get("service") or {}).get("readiness") or {}
+        url = f"http://127.0.0.1:{port}{readiness.get('path', '/')}"
+        period = float(readiness.get("period_s", 1.0))
+        while True:
+            try:
+                r = await self.probes.get(url, timeout=max(1.0, min(5.0, period * 2)))
+                ok = 200 <= r.status_code < 300
+            except httpx.HTTPError:
+                ok = False
+            if ok != (ctx.id in self.ready):
+                (self.ready.add if ok else self.ready.discard)(ctx.id)
+                self._collect(ctx, "system", f"readiness {url}: {'ready' if ok else 'not ready'}\n")
+                self.beat_now.set()
+            await asyncio.sleep(period)
 
     def _checkpoints(self, ctx: AttemptCtx, workdir: Path) -> checkpoints.Sync:
         """The attempt's checkpoint directory, synced with the coordinator's store."""
@@ -780,6 +818,8 @@ def attempt_vars(item: StartItem) -> dict[str, Any]:
     the torchrun-ready variables: the gang's, or for a one-node job this host alone with a
     free port."""
     d = item.model_dump(mode="json")
+    if item.spec.get("service"):  # a service replica listens on $PORT, a free port of ours
+        d["service_port"] = rendezvous.free_local_port()
     g = item.gang
     if g is not None:
         d["gang_env"] = gang_env(

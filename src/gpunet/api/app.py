@@ -15,7 +15,17 @@ from gpunet import __version__
 from gpunet.api import errors
 from gpunet.api.deps import Rt
 from gpunet.api.guard import BodyGuard
-from gpunet.api.routers import agent, checkpoints, fleet, jobs, lifecycle, market, sim, tokens
+from gpunet.api.routers import (
+    agent,
+    checkpoints,
+    fleet,
+    jobs,
+    lifecycle,
+    market,
+    services,
+    sim,
+    tokens,
+)
 from gpunet.loops.background import start_all, stop_all
 from gpunet.services.leases import flush_telemetry, grant_grace
 from gpunet.services.runtime import Runtime, Settings
@@ -61,6 +71,7 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
         sim.router,
         checkpoints.router,
         checkpoints.agent_router,
+        services.router,
     ):
         app.include_router(r)
     install_dashboard(app)  # the web dashboard at /, outside the OpenAPI document

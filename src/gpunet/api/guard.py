@@ -68,6 +68,9 @@ def _bad_query(raw: bytes) -> str | None:
     return "query"
 
 
+GATEWAY_PREFIX = "/services/"
+
+
 class BodyGuard:
     """See the module docstring. ``rt`` supplies the settings and the authenticator."""
 
@@ -120,7 +123,8 @@ class BodyGuard:
         except _TooLarge:
             await _answer(send, 413, "too_large", too_large, "body")
             return
-        if not upload:
+        # a service's requests go to its replicas as they came: any bytes, any encoding
+        if not upload and not path.startswith(GATEWAY_PREFIX):
             fixed = self._check_text(path, body)
             if isinstance(fixed, tuple):
                 field, reason = fixed

@@ -100,6 +100,99 @@ class Checkpoint(BaseModel):
 
 
 MAX_ARRAY = 10_000  # tasks of one job array
+MAX_REPLICAS = 100  # of one service
+# a service's name is part of its URL (/services/NAME/...): DNS-label-like
+SERVICE_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
+
+
+class Replicas(BaseModel):
+    """How many replicas a service may run; the autoscaler picks within these bounds."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min: int = Field(1, ge=0, le=MAX_REPLICAS, description="0: scale to zero when idle")
+    max: int = Field(1, ge=1, le=MAX_REPLICAS)
+
+    @model_validator(mode="after")
+    def _order(self) -> Replicas:
+        if self.max < self.min:
+            raise ValidationFailed("service.replicas.max", "must be at least replicas.min")
+        return self
+
+
+class Readiness(BaseModel):
+    """The probe that puts a replica into the gateway's rotation: GET ``path`` answers 2xx."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field("/", max_length=500, description="probed with GET on the replica's port")
+    timeout_s: float = Field(
+        300, gt=0, le=3600, description="a new replica not ready by then is replaced"
+    )
+    period_s: float = Field(1.0, ge=0.2, le=60, description="seconds between probes")
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        if not v.startswith("/") or any(c in v for c in " \r\n#"):
+            raise ValueError("must be an absolute path like /healthz")
+        return v
+
+
+class Scaling(BaseModel):
+    """The autoscaler's parameters (core/serving/autoscale.py, docs/services.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    target_inflight: float = Field(
+        1, gt=0, le=10_000, description="in-flight requests one replica should carry"
+    )
+    stable_window_s: float = Field(60, ge=2, le=3600)
+    panic_window_s: float = Field(6, ge=1, le=3600)
+    scale_to_zero_after_s: float = Field(
+        300, ge=1, le=7 * 86400, description="with replicas.min 0: idle this long -> 0"
+    )
+    queue_limit: int = Field(
+        100, ge=0, le=100_000, description="requests held while no replica is ready"
+    )
+
+
+class Affinity(BaseModel):
+    """Requests with the same value of ``header`` (or of its first ``prefix_chars``) go to the
+    same replica while it is not overloaded (core/serving/balance.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    header: str = Field(..., min_length=1, max_length=100, pattern=r"^[A-Za-z0-9-]+$")
+    prefix_chars: int | None = Field(None, ge=1, le=100_000)
+
+
+class Service(BaseModel):
+    """A long-running endpoint: replicas answer HTTP on ``$PORT`` behind the gateway."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="informational; every replica listens on $PORT, a free port the agent picks",
+    )
+    replicas: Replicas = Field(default_factory=Replicas)  # type: ignore[arg-type]
+    readiness: Readiness = Field(default_factory=Readiness)  # type: ignore[arg-type]
+    scaling: Scaling = Field(default_factory=Scaling)  # type: ignore[arg-type]
+    model: str | None = Field(
+        None, description="answer on the OpenAI-compatible routes (/v1/models, ...) by this name"
+    )
+    affinity: Affinity | None = None
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str | None) -> str | None:
+        if v is not None and not MODEL_NAME.match(v):
+            raise ValueError("must be 1-128 characters: letters, digits and ._:/-")
+        return v
 
 
 class JobSpec(BaseModel):
@@ -145,6 +238,34 @@ class JobSpec(BaseModel):
         "none",
         description="ray: start a Ray cluster on the job's nodes and run the command on its head",
     )
+    service: Service | None = Field(
+        None, description="run as a service: replicas answering requests through the gateway"
+    )
+
+    @model_validator(mode="after")
+    def _service_shape(self) -> JobSpec:
+        if self.service is None:
+            return self
+        if not SERVICE_NAME.match(self.name):
+            raise ValidationFailed(
+                "name",
+                "a service's name is part of its URL: 1-63 lowercase letters, digits and "
+                "hyphens, not starting or ending with a hyphen",
+            )
+        for field, bad, what in (
+            ("array", self.array is not None, "a service cannot be a job array"),
+            ("resources.nodes", self.resources.nodes > 1, "a replica runs on one node"),
+            ("launcher", self.launcher != "none", "a service runs its command directly"),
+            ("image", self.image is not None, "services run in the sandbox, not in images"),
+        ):
+            if bad:
+                raise ValidationFailed(field, what)
+        s = self.service.scaling
+        if s.panic_window_s > s.stable_window_s:
+            raise ValidationFailed(
+                "service.scaling.panic_window_s", "must be at most scaling.stable_window_s"
+            )
+        return self
 
     @field_validator("image")
     @classmethod

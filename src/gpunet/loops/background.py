@@ -15,7 +15,7 @@ import time
 from starlette.concurrency import run_in_threadpool
 
 from gpunet.loops import metering
-from gpunet.services import blobs, leases, scheduling, tiers
+from gpunet.services import blobs, leases, scheduling, serving, tiers
 from gpunet.services.replicas import Deposed
 from gpunet.services.runtime import Runtime
 
@@ -55,6 +55,58 @@ async def scheduler_loop(rt: Runtime) -> None:
         for w in result.waits_s:
             rt.metrics.schedule_latency.observe(w)
         rt.wakeups.wake_nodes(result.nodes)
+
+
+async def gateway_loop(rt: Runtime) -> None:
+    """Every replica: re-read the services' routes (every second, and at once when a
+    readiness changed) and feed the autoscaler one sample a second."""
+    gw = rt.gateway
+    next_sample = time.monotonic()
+    while not rt.wakeups.closing:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(0.0, next_sample - time.monotonic())):
+                await gw.stale.wait()
+        gw.stale.clear()
+        try:
+            await gw.refresh()
+        except Exception:
+            log.exception("reading the services' routes failed")
+        t = time.monotonic()
+        if t >= next_sample:
+            gw.sample(t)
+            next_sample = t + 1.0
+
+
+async def services_loop(rt: Runtime) -> None:
+    """The leader: the autoscaler's decisions, then replicas added or stopped to match them,
+    every second or at once when a request waits at zero or a service changed."""
+    gw = rt.gateway
+    while not rt.wakeups.closing:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.0):
+                await gw.kicked.wait()
+        if gw.kicked.is_set():
+            gw.kicked.clear()
+            await gw.refresh()  # what changed, and the request waiting at zero, count now
+            gw.sample(time.monotonic())
+        decisions = gw.decisions(time.monotonic())
+        try:
+            done = await run_in_threadpool(
+                serving.reconcile_all, rt.db, fence=rt.leadership.fence, decisions=decisions
+            )
+        except Deposed as exc:
+            log.warning("services pass refused: %s", exc)
+            continue
+        except Exception:
+            log.exception("services pass failed")
+            await asyncio.sleep(0.5)
+            continue
+        if decisions or done.added or done.stopped:
+            gw.stale.set()
+        if done.added:
+            rt.wakeups.wake_scheduler()
+        if done.wake:
+            rt.wakeups.wake_nodes(done.wake)
 
 
 async def reaper_loop(rt: Runtime) -> None:
@@ -164,6 +216,7 @@ SINGLETONS = (
     tiers_loop,
     blob_gc_loop,
     checkpoint_gc_loop,
+    services_loop,
 )
 
 
@@ -197,4 +250,4 @@ async def leadership_loop(rt: Runtime) -> None:
 
 
 def start_all(rt: Runtime) -> list[asyncio.Task[None]]:
-    return [asyncio.create_task(f(rt)) for f in (leadership_loop, flush_loop)]
+    return [asyncio.create_task(f(rt)) for f in (leadership_loop, flush_loop, gateway_loop)]

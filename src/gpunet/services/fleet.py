@@ -269,7 +269,8 @@ def job_request(
         min_compute_capability=r.compute_capability(),
         priority=spec.priority if priority is None else priority,
         submitted_at=submitted_at,
-        job_class=spec.job_class,
+        # a service's replicas belong on the inference tiers, spread over nodes
+        job_class=spec.job_class or ("inference" if spec.service is not None else None),
         max_price=spec.max_price,
         min_reliability=spec.min_reliability,
         isolation=r.isolation,
@@ -278,7 +279,13 @@ def job_request(
         interruptible=spec.interruptible,
         node_count=r.nodes,
         site=r.site,
+        spread=spread_group(account_id, spec.name) if spec.service is not None else None,
     )
+
+
+def spread_group(account_id: str, service_name: str) -> str:
+    """The spread group of a service's replicas (JobRequest.spread)."""
+    return f"{account_id}/{service_name}"
 
 
 def gpu_dict(g: Gpu, holder: str | None = None) -> dict[str, Any]:

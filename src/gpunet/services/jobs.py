@@ -177,6 +177,12 @@ def submit_many(
     the spec's index (field ``jobs.3.resources``); a batch's idempotency key covers the whole
     batch (item i is stored under ``KEY#i``)."""
     who.require(Role.CONSUMER)
+    for i, sp in enumerate(specs):
+        if sp.service is not None:
+            where = f"jobs.{i}.service" if batch else "service"
+            raise ValidationFailed(
+                where, "a service is deployed with POST /v1/services (gpunet services deploy)"
+            )
     keys = [
         None
         if idempotency_key is None
@@ -376,11 +382,17 @@ def cancel(db: Database, who: Principal, job_id: str) -> tuple[Job, list[str]]:
         return job, _cancel(s, who, job)
 
 
-def _cancel(s: Session, who: Principal, job: Job) -> list[str]:
+def _cancel(
+    s: Session,
+    who: Principal,
+    job: Job,
+    reason: str = "cancelled by user",
+    stop_reason: str = "job cancelled",
+) -> list[str]:
     wake: list[str] = []
     if JobState(job.state) in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED):
         return wake
-    move_job(s, job, JobState.CANCELLED, reason="cancelled by user", actor=who.token_id)
+    move_job(s, job, JobState.CANCELLED, reason=reason, actor=who.token_id)
     if job.current_attempt_id:
         att = s.get(Attempt, job.current_attempt_id)
         # every member of a gang (a plain job has one)
@@ -389,7 +401,7 @@ def _cancel(s: Session, who: Principal, job: Job) -> list[str]:
             run = gangs.members(s, job.id, att.number)
         for a in run:
             if AttemptState(a.state) in (AttemptState.ASSIGNED, AttemptState.RUNNING):
-                stop_attempt(a, StopKind.CANCEL, "job cancelled")
+                stop_attempt(a, StopKind.CANCEL, stop_reason)
                 wake.append(a.node_id)
     return wake
 

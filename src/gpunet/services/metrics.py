@@ -67,6 +67,33 @@ class Metrics:
             registry=self.registry,
         )
 
+        # services (docs/services.md): what the gateway forwarded and the replicas it has
+        self.service_requests = Counter(
+            "gpunet_service_requests",
+            "Requests the gateway answered, by service and HTTP status",
+            ["service", "code"],
+            registry=self.registry,
+        )
+        self.service_latency = Histogram(
+            "gpunet_service_request_seconds",
+            "Seconds from a request's arrival at the gateway to the end of its answer",
+            ["service"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=self.registry,
+        )
+        self.service_inflight = Gauge(
+            "gpunet_service_inflight",
+            "Requests of a service forwarded and not yet answered, or queued at the gateway",
+            ["service"],
+            registry=self.registry,
+        )
+        self.service_replicas = Gauge(
+            "gpunet_service_replicas",
+            "A service's replicas: ready, starting (not ready yet), desired (the autoscaler's)",
+            ["service", "state"],
+            registry=self.registry,
+        )
+
     def set_leader(self, view: dict[str, Any]) -> None:
         """Which loops this replica leads (services.replicas.Leadership.view)."""
         leads = set(view["leads"])

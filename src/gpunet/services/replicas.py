@@ -44,7 +44,15 @@ LOCK_KEY = 0x67706E6C  # the advisory lock of the leader ("gpnl")
 CHANNEL = "gpunet_wake"
 MAX_PAYLOAD = 7000  # NOTIFY payloads must stay under 8000 bytes
 # what the leader runs, for `gpunet status` and /metrics
-SINGLETON_LOOPS = ("scheduler", "reaper", "metering", "tiers", "blob_gc", "checkpoint_gc")
+SINGLETON_LOOPS = (
+    "scheduler",
+    "reaper",
+    "metering",
+    "tiers",
+    "blob_gc",
+    "checkpoint_gc",
+    "services",
+)
 
 
 class Deposed(Conflict):

@@ -274,7 +274,33 @@ class Runtime:
         # per-GPU series and totals
         self.metrics.registry.register(StoreCollector(db, self.leases.energy_counters))
         self.health_seen: dict[str, str] = {}  # node -> its last health readings, as judged
+        self.ready_seen: dict[str, frozenset[str]] = {}  # node -> its replicas reported ready
+        # services: the gateway forwards through the agents' tunnels (docs/services.md)
+        from gpunet.services.gateway import Gateway
+
+        self.gateway = Gateway(db, self._forward, self.metrics)
         self._checkpoints: CheckpointStore | None = None
+
+    def services_changed(self) -> None:
+        """A service was deployed, scaled or stopped, or a replica's readiness changed: the
+        gateway re-reads its routes and the service loop reconciles now."""
+        self.gateway.stale.set()
+        self.gateway.kicked.set()
+        if self.wakeups.publish is not None:
+            self.wakeups.publish(True, [])  # the service loop may run on another replica
+
+    async def _forward(
+        self,
+        node_id: str,
+        attempt_id: str,
+        method: str,
+        path: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+    ) -> Any:
+        from gpunet.services.gateway import NotForwardedError
+
+        raise NotForwardedError(f"no tunnel to node {node_id}")
 
     @property
     def checkpoints(self) -> CheckpointStore:

@@ -18,11 +18,11 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from gpunet.core.gangs import DEFAULT_PORTS, parse_ports, pick_port
-from gpunet.core.jobs import AttemptState, JobState, LostCause, StopKind
+from gpunet.core.jobs import ACTIVE_ATTEMPT_STATES, AttemptState, JobState, LostCause, StopKind
 from gpunet.core.scheduling import Explanation, JobRequest, Plan, Snapshot, explain, plan
 from gpunet.services import billing, gangs
 from gpunet.services.auth import Principal
-from gpunet.services.fleet import Holder, fleet_snapshot, holders, with_reliability
+from gpunet.services.fleet import Holder, fleet_snapshot, holders, spread_group, with_reliability
 from gpunet.services.jobs import _visible, move_job, stop_attempt
 from gpunet.services.pass_cache import cache_for
 from gpunet.store.db import Database
@@ -96,6 +96,7 @@ def tick(
             in_use[h.account_id] += len(h.gpu_ids)
         snapshot = replace(
             snapshot,
+            spread_nodes=_spread_nodes(s) if any(r.spread for r in pending) else {},
             accounts=billing.account_views(s, in_use, {r.account for r in pending}, now()),
             hold_hours=terms.hold_hours,
             account_usage=cache.usage(s, clock, half_life_s),
@@ -106,6 +107,22 @@ def tick(
             fence(s)
         _apply(s, p, snapshot, reqs, held, terms, result)
     return result
+
+
+def _spread_nodes(s: Session) -> dict[str, frozenset[str]]:
+    """Per spread group (a service's replicas), the nodes where a member runs now."""
+    rows = s.execute(
+        select(Job.account_id, Job.name, Attempt.node_id)
+        .join(Attempt, Attempt.job_id == Job.id)
+        .where(
+            Job.service_id.is_not(None),
+            Attempt.state.in_([st.value for st in ACTIVE_ATTEMPT_STATES]),
+        )
+    ).all()
+    out: dict[str, set[str]] = defaultdict(set)
+    for account_id, name, node_id in rows:
+        out[spread_group(account_id, name)].add(node_id)
+    return {k: frozenset(v) for k, v in out.items()}
 
 
 def _apply(

@@ -231,6 +231,8 @@ class Job(Base):
     # a task of a job array (``array: N`` in the spec): the array's id and this task's index
     array_id: Mapped[str | None] = mapped_column(String(40), default=None)
     array_index: Mapped[int | None] = mapped_column(Integer, default=None)
+    # a replica of a service (``service:`` in the spec): the service it serves
+    service_id: Mapped[str | None] = mapped_column(String(40), default=None, index=True)
 
 
 class JobEvent(Base):
@@ -279,6 +281,30 @@ class Attempt(Base):
     rank: Mapped[int] = mapped_column(Integer, default=0)
     gang_size: Mapped[int] = mapped_column(Integer, default=1)
     master_port: Mapped[int | None] = mapped_column(Integer, default=None)
+    # a service replica: passes its readiness probe (as its agent last reported); None: not
+    # a replica, or not probed yet
+    ready: Mapped[bool | None] = mapped_column(Boolean, default=None)
+
+
+class ServiceRow(Base):
+    """A service: replicas (jobs with ``service_id``) behind the gateway (docs/services.md)."""
+
+    __tablename__ = "services"
+    __table_args__ = (UniqueConstraint("account_id", "name"), Index("ix_services_state", "state"))
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    name: Mapped[str] = mapped_column(String(63))
+    spec: Mapped[dict[str, Any]]  # the job spec each replica runs, ``service:`` included
+    state: Mapped[str] = mapped_column(String(20))  # running | stopped
+    model: Mapped[str | None] = mapped_column(String(128), default=None)
+    min_replicas: Mapped[int] = mapped_column(Integer)
+    max_replicas: Mapped[int] = mapped_column(Integer)
+    desired: Mapped[int] = mapped_column(Integer)  # the autoscaler's latest count
+    reason: Mapped[str] = mapped_column(Text, default="")  # why ``desired`` is what it is
+    # the latest decisions that changed something, newest last: {at, desired, reason}
+    decisions: Mapped[list[Any]]
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
 
 
 class LogChunk(Base):

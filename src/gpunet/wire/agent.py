@@ -174,6 +174,8 @@ class Heartbeat(BaseModel):
         default_factory=list
     )  # attempts the agent is running
     health: list[HealthReport] = Field(default_factory=list)  # health readings per GPU index
+    # service replicas (of ``attempts``) that pass their readiness probe now
+    ready: list[Annotated[str, Field(max_length=40)]] = Field(default_factory=list)
 
 
 class HeartbeatAnswer(Answer):

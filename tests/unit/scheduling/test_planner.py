@@ -246,3 +246,19 @@ def test_jobs_after_the_fleet_is_full_are_explained_as_a_full_search_would(polic
             want.rejections,
             want.note,
         )
+
+
+def test_a_spread_group_prefers_nodes_without_a_member() -> None:
+    snap = fleet({"V100": 8}, per_node=4)  # two nodes of 4 V100s
+    a, b = job(1, spread="acct/svc"), job(2, spread="acct/svc")
+    nodes = {p.node_id for p in plan(snap, [a, b], "fifo").placements}
+    assert len(nodes) == 2  # this pass's first member counts for the second
+    # a member already running on one node sends the next to the other
+    snap2 = replace(snap, spread_nodes={"acct/svc": frozenset({"V100-n0"})})
+    assert plan(snap2, [a], "fifo").placements[0].node_id == "V100-n1"
+    # without the group, best fit packs both on one node
+    plain = {p.node_id for p in plan(snap, [job(1), job(2)], "fifo").placements}
+    assert len(plain) == 1
+    # a soft preference: with one node only, members share it
+    one = fleet({"V100": 4}, per_node=4)
+    assert len(plan(one, [a, b], "fifo").placements) == 2

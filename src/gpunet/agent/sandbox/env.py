@@ -40,4 +40,6 @@ def job_env(
     # saved to the coordinator and restored into the next attempt (docs/checkpoints.md)
     env["GPUNET_CHECKPOINT_DIR"] = f"{home}/{CHECKPOINT_SUBDIR}"
     env["PYTHONUNBUFFERED"] = "1"
+    if attempt.get("service_port"):  # a service replica: where the gateway reaches it
+        env["PORT"] = str(attempt["service_port"])
     return env

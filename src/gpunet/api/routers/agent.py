@@ -14,6 +14,7 @@ from gpunet import wire
 from gpunet.api.deps import Rt, Who
 from gpunet.errors import Forbidden
 from gpunet.services import agents as svc
+from gpunet.services import serving
 from gpunet.services.lifecycle import apply_health
 from gpunet.util import now
 from gpunet.wire.agent import (
@@ -76,6 +77,12 @@ async def heartbeat(rt: Rt, who: Who, hb: Heartbeat) -> HeartbeatAnswer:
         rt.health_seen[who.node_id] = fingerprint
         if stopped:
             rt.wakeups.wake_scheduler()  # attempts on a failed GPU were re-queued
+    ready = frozenset(hb.ready)
+    if rt.ready_seen.get(who.node_id, frozenset()) != ready:
+        # a replica entered or left the gateway's rotation: the routes are re-read at once
+        if await run_in_threadpool(serving.set_ready, rt.db, who.node_id, set(ready)):
+            rt.services_changed()
+        rt.ready_seen[who.node_id] = ready
     stop = (
         await run_in_threadpool(svc.check_reported, rt.db, who, hb.attempts) if hb.attempts else []
     )

@@ -101,6 +101,9 @@ class JobRequest:
     # all in one site (``site`` when the job names one, else the planner's pick).
     node_count: int = 1
     site: str | None = None
+    # A spread group (a service's replicas): prefer nodes that run no other member of it
+    # (Snapshot.spread_nodes and this pass's placements); a soft preference, never a filter.
+    spread: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +146,8 @@ class Snapshot:
     # (admission.rank: priority, then on-demand over interruptible) needs them; it is never
     # moved. The simulator leaves this off and lets its policy move and preempt freely.
     keep_running: bool = False
+    # spread group (JobRequest.spread) -> nodes running a member of it now
+    spread_nodes: dict[str, frozenset[str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ size of the fleet; explanations are counted from class totals, so every GPU is c
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
@@ -42,6 +42,9 @@ from gpunet.core.scheduling.scorers import (
 )
 
 _SCORE_EPS = 1e-9
+# taken off a node that already runs a member of the job's spread group: a member goes there
+# only when no node of a comparable class is free elsewhere
+SPREAD_PENALTY = 0.5
 _Best = tuple[int, str, tuple[str, ...], float, float]  # class, node, gpus, packing, locality
 _Member = tuple[int, str, tuple[str, ...]]  # a gang member: class index, node, gpu ids
 _NO_PARTS = (0.0, 0.0, 0.0, 0.0, 0.0)
@@ -151,13 +154,23 @@ class FleetIndex:
         """Whether any usable GPU is free."""
         return any(st.free for st in self.classes)
 
-    def best_fit_node(self, st: _ClassState, need: int) -> tuple[str, int] | None:
-        """The node with the fewest free GPUs of the class that still has ``need``."""
+    def best_fit_node(
+        self, st: _ClassState, need: int, avoid: Collection[str] = ()
+    ) -> tuple[str, int] | None:
+        """The node with the fewest free GPUs of the class that still has ``need``; one not
+        in ``avoid`` when there is such a node (spreading a group, see JobRequest.spread)."""
+        fallback: tuple[str, int] | None = None
         for k in range(need, st.max_free + 1):
             nodes = st.bucket.get(k)
-            if nodes:
+            if not nodes:
+                continue
+            if not avoid:
                 return next(iter(nodes)), k
-        return None
+            for node in nodes:
+                if node not in avoid:
+                    return node, k
+            fallback = fallback or (next(iter(nodes)), k)
+        return fallback
 
     def take(self, st: _ClassState, node: str, gpu_ids: Sequence[str]) -> None:
         free = st.free_by_node[node]
@@ -209,6 +222,8 @@ class _Planner:
         # the members of each gang's latest choice (see _choose_gang), rank order
         self.gangs: dict[str, tuple[_Member, ...]] = {}
         self._site_totals: dict[int, dict[str | None, int]] | None = None
+        # spread groups (JobRequest.spread) -> the nodes that run a member, this pass included
+        self.spread: dict[str, set[str]] = {k: set(v) for k, v in snapshot.spread_nodes.items()}
 
     @staticmethod
     def is_gang(job: JobRequest) -> bool:
@@ -235,6 +250,8 @@ class _Planner:
     def take(self, job: JobRequest, best: _Best) -> None:
         if job.node_count <= 1 and job.site is None:
             self.index.take(self.index.classes[best[0]], best[1], best[2])
+            if job.spread is not None:
+                self.spread.setdefault(job.spread, set()).add(best[1])
             return
         for ci, node, gpus in self.gangs[job.id]:
             self.index.take(self.index.classes[ci], node, gpus)
@@ -340,6 +357,7 @@ class _Planner:
         held_node = idx.gpu_node.get(job.running_on[0]) if job.running_on else None
         w = self.policy.weights
         pinned = self.snapshot.keep_running and bool(job.running_on)
+        avoid = self.spread.get(job.spread, ()) if job.spread is not None else ()
         blocked = ""
         for ci in view.feasible:
             st = idx.classes[ci]
@@ -358,14 +376,14 @@ class _Planner:
                 free_here = st.free_by_node.get(held_node, [])
                 if held.issubset(free_here):
                     cands.append((held_node, tuple(sorted(held)), len(free_here), need))
-            fit = None if pinned else idx.best_fit_node(st, need)
+            fit = None if pinned else idx.best_fit_node(st, need, avoid)
             if fit is not None:
                 node, k = fit
                 cands.append((node, tuple(st.free_by_node[node][:need]), k, 0))
             for node, gpus, k, kept in cands:
                 pk = w.packing * packing(k, need)
                 lc = self.stay * locality(kept, need)
-                score = view.scores[ci] + pk + lc
+                score = view.scores[ci] + pk + lc - (SPREAD_PENALTY if node in avoid else 0.0)
                 if score > best_score + _SCORE_EPS:
                     best_score = score
                     best = (ci, node, gpus, pk, lc)
