@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from gpunet.cli import formats
-from gpunet.cli.output import DictColumn, console, print_json, table
+from gpunet.cli.output import DictColumn, JsonOpt, console, print_json, table
 from gpunet.config import ClientConfig
 from gpunet.sdk.client import Client
 
@@ -18,7 +18,6 @@ accounts_app = typer.Typer(
     invoke_without_command=True,
 )
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
 
 TOKEN_COLUMNS: list[DictColumn] = [
     ("id", "ID"),

@@ -7,11 +7,10 @@ from typing import Annotated
 import typer
 
 from gpunet.cli import formats
-from gpunet.cli.output import Column, model_table, print_ids, print_json
+from gpunet.cli.output import Column, JsonOpt, model_table, print_ids, print_json
 from gpunet.sdk.client import Client
 from gpunet.wire import resources as R
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="print only the ids, one a line")]
 
 

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from gpunet.cli import fleet, formats
-from gpunet.cli.output import console, fmt, print_json, table
+from gpunet.cli.output import JsonOpt, console, fmt, print_json, table
 from gpunet.sdk.client import Client
 from gpunet.wire import resources as R
 
@@ -17,7 +17,6 @@ gpus_app = typer.Typer(
     no_args_is_help=False,
 )
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
 ReasonOpt = Annotated[str, typer.Option("--reason", help="why (kept in the GPU's timeline)")]
 GpuArg = Annotated[str, typer.Argument(help="GPU id, e.g. node-1a2b3c/0")]
 

@@ -17,6 +17,7 @@ from rich.text import Text
 from gpunet.cli import formats
 from gpunet.cli.output import (
     Column,
+    JsonOpt,
     console,
     err_console,
     fmt,
@@ -35,7 +36,6 @@ jobs_app = typer.Typer(
     help="List and inspect jobs.", invoke_without_command=True, no_args_is_help=False
 )
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="print only the ids, one a line")]
 
 
@@ -235,6 +235,15 @@ def submit(
             markup=False,
             highlight=False,
         )
+    if len(specs) == 1 and specs[0][1].get("service"):
+        from gpunet.cli.services import deploy_spec
+
+        if follow:
+            raise ValidationFailed("follow", "a service runs until stopped: see gpunet services")
+        deploy_spec(specs[0][1], workdir, json_out)
+        return
+    if any(spec.get("service") for _, spec in specs):
+        raise ValidationFailed("service", "deploy one service per call (gpunet services deploy)")
     if len(specs) == 1 and not specs[0][1].get("array"):
         _submit_one(specs[0][1], workdir, follow, json_out)
         return

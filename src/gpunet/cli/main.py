@@ -11,7 +11,19 @@ import click
 import typer
 
 from gpunet import __version__
-from gpunet.cli import access, fleet, formats, gpus, jobs, market, report, serve, sim, status
+from gpunet.cli import (
+    access,
+    fleet,
+    formats,
+    gpus,
+    jobs,
+    market,
+    report,
+    serve,
+    services,
+    sim,
+    status,
+)
 from gpunet.cli.output import err_console
 from gpunet.errors import GpunetError
 
@@ -33,6 +45,7 @@ app.command()(jobs.logs)
 app.command()(jobs.cancel)
 app.command()(fleet.nodes)
 app.add_typer(gpus.gpus_app, name="gpus")
+app.add_typer(services.services_app, name="services")
 app.add_typer(access.tokens_app, name="tokens")
 app.add_typer(access.accounts_app, name="accounts")
 app.command()(access.login)

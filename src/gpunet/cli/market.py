@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from gpunet.cli import formats
-from gpunet.cli.output import Column, DictColumn, console, model_table, print_json, table
+from gpunet.cli.output import Column, DictColumn, JsonOpt, console, model_table, print_json, table
 from gpunet.errors import ValidationFailed
 from gpunet.sdk.client import Client
 from gpunet.wire import resources as R
@@ -19,7 +19,6 @@ credits_app = typer.Typer(help="Grant credits to accounts (admin).", no_args_is_
 ledger_app = typer.Typer(help="The double-entry ledger.", no_args_is_help=True)
 quota_app = typer.Typer(help="Per-account budgets and quotas (admin).", no_args_is_help=True)
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
 CsvOpt = Annotated[bool, typer.Option("--csv", help="print CSV for spreadsheets")]
 AccountOpt = Annotated[
     str | None, typer.Option("--account", help="another account's statement (admin)")

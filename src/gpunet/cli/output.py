@@ -6,8 +6,9 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
+import typer
 from rich.console import Console
 from rich.table import Table
 
@@ -18,6 +19,10 @@ err_console = Console(stderr=True, soft_wrap=True)
 
 M = TypeVar("M")
 Column = tuple[str, Callable[[M], Any]]
+
+
+# the --json option every listing takes
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
 
 
 def print_json(data: Any) -> None:

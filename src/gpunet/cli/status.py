@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Annotated, Any
-
-import typer
+from typing import Any
 
 from gpunet.cli import formats
 from gpunet.cli.fleet import gpu_state
-from gpunet.cli.output import console, print_json
+from gpunet.cli.output import JsonOpt, console, print_json
 from gpunet.errors import Forbidden
 from gpunet.sdk.client import Client
 from gpunet.wire import resources as R
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
 
 ACTIVE = ("running", "assigned", "queued")
 

@@ -198,6 +198,36 @@ class Client:
         out = self._req("POST", "/v1/jobs/batch", json={"jobs": bodies}, headers=headers)
         return [list(item["ids"]) for item in out["items"]]
 
+    # ---- services (docs/services.md) -----------------------------------------------------
+    def deploy(
+        self, spec: dict[str, Any] | JobSpec, *, workdir: Path | None = None
+    ) -> dict[str, Any]:
+        """Deploy a service (a spec with a ``service:`` block); ``workdir`` as for submit."""
+        body = (
+            spec.model_dump(mode="json", exclude_none=True)
+            if isinstance(spec, JobSpec)
+            else dict(spec)
+        )
+        parse_spec(body)
+        if workdir is not None:
+            body["workdir"] = self.upload_workdir(workdir)
+        return dict(self._req("POST", "/v1/services", json=body))
+
+    def services(self, stopped: bool = False) -> list[dict[str, Any]]:
+        return list(self._req("GET", "/v1/services", params={"stopped": stopped}))
+
+    def service(self, name: str) -> dict[str, Any]:
+        return dict(self._req("GET", f"/v1/services/{name}"))
+
+    def scale_service(
+        self, name: str, min_replicas: int | None = None, max_replicas: int | None = None
+    ) -> dict[str, Any]:
+        body = {"min": min_replicas, "max": max_replicas}
+        return dict(self._req("POST", f"/v1/services/{name}/scale", json=body))
+
+    def stop_service(self, name: str) -> dict[str, Any]:
+        return dict(self._req("POST", f"/v1/services/{name}/stop"))
+
     def jobs(
         self, state: str | None = None, limit: int = 100, array: str | None = None
     ) -> list[dict[str, Any]]:
