@@ -141,3 +141,14 @@ def test_cli_submits_several_files_and_stdin_in_one_request(
             assert _count(co, user) == before
         names = {j["name"] for j in co.c.get("/v1/jobs", headers=auth(user)).json()}
         assert {"a", "b1", "b2", "l0", "l3"} <= names
+
+
+def test_an_empty_batch_with_an_idempotency_key_queues_nothing(db_url: str) -> None:
+    with coordinator(db_url) as co:
+        alice = co.token("consumer", "alice")
+        r = co.c.post(
+            "/v1/jobs/batch",
+            json={"jobs": []},
+            headers=auth(alice) | {"Idempotency-Key": "k1"},
+        )
+        assert r.status_code == 201 and r.json() == {"items": []}, r.text

@@ -183,6 +183,8 @@ def submit_many(
             raise ValidationFailed(
                 where, "a service is deployed with POST /v1/services (gpunet services deploy)"
             )
+    if not specs:
+        return []  # an empty batch queues nothing (and an idempotency key keys nothing)
     keys = [
         None
         if idempotency_key is None
