@@ -161,6 +161,22 @@ def throughput(
     }
 
 
+def _load(
+    url: str,
+    auth: dict[str, str],
+    old: set[str],
+    stop: threading.Event,
+    seen_new: threading.Event,
+) -> None:
+    """Slow requests one after another until ``stop``; ``seen_new`` once a replica not in
+    ``old`` answered one."""
+    with httpx.Client(timeout=60, headers=auth) as c:
+        while not stop.is_set():
+            r = c.get(url)
+            if r.status_code == 200 and r.text not in old:
+                seen_new.set()
+
+
 def scale_up(n: Network, url: str, step: int, trials: int) -> dict[str, Any]:
     auth = {"Authorization": f"Bearer {n.user}"}
     times: list[float] = []
@@ -171,14 +187,10 @@ def scale_up(n: Network, url: str, step: int, trials: int) -> dict[str, Any]:
         stop = threading.Event()
         seen_new = threading.Event()
 
-        def load() -> None:
-            with httpx.Client(timeout=60, headers=auth) as c:
-                while not stop.is_set():
-                    r = c.get(f"{url}/sleep?s=1")
-                    if r.status_code == 200 and r.text not in old:
-                        seen_new.set()
-
-        workers = [threading.Thread(target=load) for _ in range(step)]
+        workers = [
+            threading.Thread(target=_load, args=(f"{url}/sleep?s=1", auth, old, stop, seen_new))
+            for _ in range(step)
+        ]
         t0 = time.monotonic()
         for w in workers:
             w.start()
@@ -220,7 +232,8 @@ def main() -> None:
             port = _replica_port(n, d["replicas"][0]["job_id"])
             direct, gateway = f"http://127.0.0.1:{port}/", f"{n.url}/services/noop/"
             result: dict[str, Any] = {
-                "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}",
+                "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
+                f"Python {platform.python_version()}",
                 "latency": latency(direct, gateway, n.user, a.rounds, a.block),
                 "throughput": throughput(
                     direct, gateway, n.user, a.concurrency, a.seconds, a.rate_rounds
