@@ -15,7 +15,17 @@ from gpunet import __version__
 from gpunet.api import errors
 from gpunet.api.deps import Rt
 from gpunet.api.guard import BodyGuard
-from gpunet.api.routers import agent, checkpoints, fleet, jobs, lifecycle, market, sim, tokens
+from gpunet.api.routers import (
+    agent,
+    checkpoints,
+    fleet,
+    jobs,
+    lifecycle,
+    market,
+    sim,
+    tokens,
+    tunnel,
+)
 from gpunet.loops.background import start_all, stop_all
 from gpunet.services.leases import flush_telemetry, grant_grace
 from gpunet.services.runtime import Runtime, Settings
@@ -38,6 +48,7 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
             yield
         finally:
             await stop_all(rt, tasks)
+            await rt.tunnels.close()
             await run_in_threadpool(rt.bus.stop)
             with contextlib.suppress(Exception):
                 flush_telemetry(database, rt.leases)
@@ -61,6 +72,7 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
         sim.router,
         checkpoints.router,
         checkpoints.agent_router,
+        tunnel.router,
     ):
         app.include_router(r)
     install_dashboard(app)  # the web dashboard at /, outside the OpenAPI document

@@ -20,6 +20,7 @@ from gpunet.services.metrics import Metrics
 from gpunet.services.metrics_store import StoreCollector
 from gpunet.services.replicas import Bus, Leadership
 from gpunet.store.db import Database
+from gpunet.tunnel.hub import TunnelHub
 
 
 @dataclass
@@ -275,6 +276,7 @@ class Runtime:
         self.metrics.registry.register(StoreCollector(db, self.leases.energy_counters))
         self.health_seen: dict[str, str] = {}  # node -> its last health readings, as judged
         self._checkpoints: CheckpointStore | None = None
+        self.tunnels = TunnelHub()  # the agents' tunnels to their service replicas
 
     @property
     def checkpoints(self) -> CheckpointStore:
