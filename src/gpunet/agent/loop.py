@@ -42,6 +42,7 @@ from gpunet.agent.gpus.base import GpuBackend
 from gpunet.agent.journal import Journal
 from gpunet.agent.sandbox import Isolation
 from gpunet.agent.sandbox.image_jobs import ContainerHost
+from gpunet.agent.tunnel import TunnelClient
 from gpunet.core.energy import Meter
 from gpunet.core.gangs import gang_env
 from gpunet.core.isolation import Isolation as Level
@@ -203,6 +204,10 @@ class Agent:
             else None,
         )
         self.stopping = asyncio.Event()
+        self.verify = verify
+        # service replicas running here: attempt id -> their port on 127.0.0.1, which the
+        # coordinator's gateway reaches through this agent's tunnel (agent/tunnel.py)
+        self.service_ports: dict[str, int] = {}
         self._unsent_xids: dict[int, list[int]] = {}  # XIDs a failed heartbeat did not deliver
         self.benchmark_every_s = 6 * 3600.0  # periodic benchmarks of idle GPUs
         # how jobs are isolated here; without a sandbox, jobs run as bare processes
@@ -392,6 +397,10 @@ class Agent:
                 self._log_flush_loop(),
                 self._lease_watch(),
                 bench.benchmark_loop(self),
+                # one tunnel to each coordinator replica; cancelled with the other loops
+                TunnelClient(
+                    self.coordinators.urls, self.token or "", self.verify, self.service_ports.get
+                ).run(),
             )
         ]
         if self.owner is not None:
