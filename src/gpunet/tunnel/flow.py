@@ -87,6 +87,11 @@ class Inbox:
         self._wake()
 
     @property
+    def ready(self) -> bool:
+        """Whether :meth:`get` answers without waiting."""
+        return bool(self._chunks) or self._ended or self._error is not None
+
+    @property
     def finished(self) -> bool:
         return (self._ended or self._error is not None) and not self._chunks
 

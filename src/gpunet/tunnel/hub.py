@@ -120,7 +120,11 @@ class TunnelResponse:
     async def __anext__(self) -> bytes:
         s = self._stream
         try:
-            chunk = await asyncio.wait_for(s.inbox.get(), self._hub.idle_timeout_s)
+            if s.inbox.ready:  # no timer when the chunk is already here
+                chunk = await s.inbox.get()
+            else:
+                async with asyncio.timeout(self._hub.idle_timeout_s):
+                    chunk = await s.inbox.get()
         except TimeoutError:
             await self.aclose()
             raise ForwardFailed(
@@ -295,10 +299,8 @@ class TunnelHub:
             else:
                 s.pump = asyncio.get_running_loop().create_task(self._pump(s, body))
         try:
-            res = await asyncio.wait_for(
-                asyncio.shield(s.response),
-                self.response_timeout_s if timeout_s is None else timeout_s,
-            )
+            async with asyncio.timeout(self.response_timeout_s if timeout_s is None else timeout_s):
+                res = await s.response
         except TimeoutError:
             await TunnelResponse(self, s, 0, ()).aclose()
             raise ForwardFailed(
