@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from websockets.asyncio.client import connect
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from gpunet.agent.gpus.simulated import SimulatedBackend
 from gpunet.agent.loop import Agent
@@ -211,18 +211,65 @@ def test_tunnels_are_keyed_by_the_authenticated_node() -> None:
 
 def test_a_newer_tunnel_from_the_node_replaces_the_older() -> None:
     async def t(st: Stack) -> None:
-        old = st.client.live[st.base]
-        headers = {"Authorization": f"Bearer {st.node_token}"}
+        c_id, c_token = await st.register("node-c")
+        headers = {"Authorization": f"Bearer {c_token}"}
+        async with connect(tunnel_url(st.base), additional_headers=headers) as first:
+            await eventually(lambda: st.hub.connected(c_id), "the first tunnel")
+            async with connect(tunnel_url(st.base), additional_headers=headers) as second:
+                with pytest.raises(ConnectionClosed) as info:
+                    await asyncio.wait_for(first.recv(), 10)
+                assert info.value.rcvd is not None and info.value.rcvd.code == 4000
+                pending = asyncio.create_task(st.hub.request(c_id, "att-7", "GET", "/x"))
+                frame = p.decode(await asyncio.wait_for(second.recv(decode=False), 10))
+                assert isinstance(frame, p.Open) and frame.attempt_id == "att-7"
+                await second.send(p.encode_reset(frame.stream, "test", False))
+                with pytest.raises(NotForwarded, match="test"):
+                    await pending
+        await eventually(lambda: not st.hub.connected(c_id), "the tunnel to close")
+
+    run(t)
+
+
+def test_a_malformed_frame_ends_the_tunnel_and_fails_its_streams() -> None:
+    async def t(st: Stack) -> None:
+        d_id, d_token = await st.register("node-d")
+        headers = {"Authorization": f"Bearer {d_token}"}
         async with connect(tunnel_url(st.base), additional_headers=headers) as raw:
-            await eventually(lambda: old.closed, "the older tunnel to close")
-            pending = asyncio.create_task(st.hub.request(st.node_id, "att-7", "GET", "/x"))
-            frame = p.decode(await asyncio.wait_for(raw.recv(), 10))  # type: ignore[arg-type]
-            assert isinstance(frame, p.Open) and frame.attempt_id == "att-7"
-            await raw.send(p.encode_reset(frame.stream, "test", False))
-            with pytest.raises(NotForwarded, match="test"):
-                await pending
-        # the agent's own tunnel comes back once the other one is gone
-        await eventually(lambda: st.client.live.get(st.base) not in (None, old), "reconnect")
+            await eventually(lambda: st.hub.connected(d_id), "the tunnel")
+            pending = asyncio.create_task(st.hub.request(d_id, "att-9", "GET", "/x"))
+            frame = p.decode(await asyncio.wait_for(raw.recv(decode=False), 10))
+            await raw.send(p.encode_response(frame.stream, 200, []))
+            await raw.send(p.encode_data(frame.stream, b"x" * p.MAX_CHUNK))
+            res = await asyncio.wait_for(pending, 10)
+            assert await res.__anext__() == b"x" * p.MAX_CHUNK
+            await raw.send(b"\x09garbage")  # an unknown kind
+            with pytest.raises(ForwardFailed, match="protocol error"):
+                await res.read()
+            with pytest.raises(ConnectionClosed) as info:
+                await asyncio.wait_for(raw.recv(), 10)
+            assert info.value.rcvd is not None and info.value.rcvd.code == 1002
+        assert not st.hub.connected(d_id)
+
+    run(t)
+
+
+def test_an_agent_overrunning_the_window_gets_the_stream_reset() -> None:
+    async def t(st: Stack) -> None:
+        e_id, e_token = await st.register("node-e")
+        headers = {"Authorization": f"Bearer {e_token}"}
+        async with connect(tunnel_url(st.base), additional_headers=headers) as raw:
+            await eventually(lambda: st.hub.connected(e_id), "the tunnel")
+            pending = asyncio.create_task(st.hub.request(e_id, "att-9", "GET", "/x"))
+            frame = p.decode(await asyncio.wait_for(raw.recv(decode=False), 10))
+            await raw.send(p.encode_response(frame.stream, 200, []))
+            res = await asyncio.wait_for(pending, 10)
+            for _ in range(p.INITIAL_WINDOW // p.MAX_CHUNK + 1):  # one chunk too many
+                await raw.send(p.encode_data(frame.stream, bytes(p.MAX_CHUNK)))
+            reset = p.decode(await asyncio.wait_for(raw.recv(decode=False), 10))
+            assert reset == p.Reset(frame.stream, "flow control violated", True)
+            with pytest.raises(ForwardFailed, match="overran"):
+                await res.read()
+            assert st.hub.connected(e_id)  # the tunnel itself stays
 
     run(t)
 

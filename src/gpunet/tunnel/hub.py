@@ -42,11 +42,11 @@ class Channel(Protocol):
 class _Stream:
     __slots__ = ("id", "conn", "response", "inbox", "credit", "unacked", "pump", "done")
 
-    def __init__(self, sid: int, conn: _Conn, window: int) -> None:
+    def __init__(self, sid: int, conn: _Conn) -> None:
         self.id = sid
         self.conn = conn
         self.response: asyncio.Future[p.Response] = asyncio.get_running_loop().create_future()
-        self.inbox = Inbox(window)
+        self.inbox = Inbox(p.INITIAL_WINDOW)  # of the response body, granted to the agent
         self.credit = Credit(p.INITIAL_WINDOW)  # of the request body, granted by the agent
         self.unacked = 0  # response bytes consumed and not yet granted back
         self.pump: asyncio.Task[None] | None = None
@@ -177,11 +177,9 @@ class TunnelHub:
     def __init__(
         self,
         *,
-        window: int = p.INITIAL_WINDOW,
         response_timeout_s: float = DEFAULT_RESPONSE_TIMEOUT_S,
         idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
     ) -> None:
-        self.window = window
         self.response_timeout_s = response_timeout_s
         self.idle_timeout_s = idle_timeout_s
         self._conns: dict[str, _Conn] = {}
@@ -203,12 +201,13 @@ class TunnelHub:
         if old is not None:
             log.info("a new tunnel from node %s replaces the old one", node_id)
             await self._shut(old, "replaced by a newer tunnel from the node")
+        reason = "closed"
         try:
             while True:
                 message = await channel.receive()
                 self._dispatch(conn, message)
         except Closed as exc:
-            reason = str(exc) or "closed"
+            reason = str(exc) or reason
         except MalformedFrame as exc:
             reason = f"protocol error: {exc.message}"
             log.warning("tunnel from node %s: %s", node_id, reason)
@@ -217,7 +216,7 @@ class TunnelHub:
         finally:
             if self._conns.get(node_id) is conn:
                 del self._conns[node_id]
-        conn.fail_all(reason)
+            conn.fail_all(reason)
 
     async def _shut(self, conn: _Conn, reason: str) -> None:
         conn.fail_all(reason)
@@ -286,7 +285,7 @@ class TunnelHub:
         sid = conn.next_id
         open_frame = p.encode_open(sid, attempt_id, method, path, headers, has_body)
         conn.next_id = sid + 1 if sid < p.MAX_STREAM else 1
-        s = _Stream(sid, conn, self.window)
+        s = _Stream(sid, conn)
         conn.streams[sid] = s
         try:
             await conn.send(open_frame)
