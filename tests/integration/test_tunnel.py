@@ -9,16 +9,21 @@ import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import uvicorn
+from fastapi import FastAPI
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from gpunet.agent.gpus.simulated import SimulatedBackend
 from gpunet.agent.loop import Agent
 from gpunet.agent.tunnel import TunnelClient, tunnel_url
+from gpunet.api.routers import tunnel as tunnel_router
 from gpunet.errors import ForwardFailed, NotForwarded
 from gpunet.tunnel import protocol as p
+from gpunet.tunnel.hub import TunnelHub
 from tests.e2e.procs import free_port
 from tests.integration.tunnel_stack import Stack, eventually, pattern, tunnel_stack
 
@@ -218,7 +223,7 @@ def test_a_newer_tunnel_from_the_node_replaces_the_older() -> None:
             async with connect(tunnel_url(st.base), additional_headers=headers) as second:
                 with pytest.raises(ConnectionClosed) as info:
                     await asyncio.wait_for(first.recv(), 10)
-                assert info.value.rcvd is not None and info.value.rcvd.code == 4000
+                assert info.value.rcvd is not None and info.value.rcvd.code == p.REPLACED
                 pending = asyncio.create_task(st.hub.request(c_id, "att-7", "GET", "/x"))
                 frame = p.decode(await asyncio.wait_for(second.recv(decode=False), 10))
                 assert isinstance(frame, p.Open) and frame.attempt_id == "att-7"
@@ -307,5 +312,34 @@ def test_the_agent_opens_its_tunnel_once_registered(tmp_path: Path) -> None:
             agent.stopping.set()
             await asyncio.wait_for(task, 30)
         assert not st.hub.connected(agent.node_id)
+
+    run(t)
+
+
+def test_one_tunnel_to_each_coordinator_url() -> None:
+    async def t(st: Stack) -> None:
+        # a second coordinator replica: the tunnel endpoint over the same store's tokens
+        other = FastAPI()
+        other.state.runtime = SimpleNamespace(auth=st.runtime.auth, tunnels=TunnelHub())
+        other.include_router(tunnel_router.router)
+        port = free_port()
+        second = f"http://127.0.0.1:{port}"
+        server = uvicorn.Server(
+            uvicorn.Config(other, host="127.0.0.1", port=port, log_level="warning")
+        )
+        serving = asyncio.create_task(server.serve())
+        both = TunnelClient([st.base, second], st.node_token, True, st.ports.get)
+        running = asyncio.create_task(both.run())
+        try:
+            hubs = (st.hub, other.state.runtime.tunnels)
+            await eventually(lambda: both.connected(second) and both.connected(st.base), "both")
+            for hub in hubs:
+                res = await hub.request(st.node_id, "att-1", "GET", "/noop")
+                assert await res.read() == b"ok"
+        finally:
+            both.stop()
+            await asyncio.wait_for(running, 10)
+            server.should_exit = True
+            await asyncio.wait_for(serving, 10)
 
     run(t)

@@ -28,7 +28,7 @@ from starlette.routing import Route
 from gpunet.agent.tunnel import TunnelClient
 from gpunet.api.app import create_app
 from gpunet.services.auth import bootstrap_admin
-from gpunet.services.runtime import Settings
+from gpunet.services.runtime import Runtime, Settings
 from gpunet.store.db import Database
 from gpunet.tunnel.hub import TunnelHub
 from tests.e2e.procs import free_port
@@ -129,6 +129,7 @@ class Stack:
     ports: dict[str, int]  # the agent's service ports: attempt id -> port
     client: TunnelClient
     http: httpx.AsyncClient
+    runtime: Runtime  # the coordinator's
 
     async def token(self, role: str, account: str) -> str:
         return await _token(self.http, self.base, self.admin, role, account)
@@ -194,8 +195,10 @@ async def tunnel_stack() -> AsyncIterator[Stack]:
             node_id, node_token = await _register(http, base, admin, "node-a")
             ports: dict[str, int] = {}
             client = TunnelClient(base, node_token, True, ports.get)
-            hub = app.state.runtime.tunnels
-            stack = Stack(base, hub, admin, node_id, node_token, replica, ports, client, http)
+            rt = app.state.runtime
+            stack = Stack(
+                base, rt.tunnels, admin, node_id, node_token, replica, ports, client, http, rt
+            )
             task = asyncio.get_running_loop().create_task(client.run())
             await eventually(lambda: stack.hub.connected(stack.node_id), "the tunnel")
             yield stack

@@ -158,9 +158,12 @@ class TunnelClient:
                     ping_timeout=20,
                     close_timeout=5,
                 ) as ws:
-                    delay = 0.2
                     log.info("tunnel open to %s", coordinator)
                     await self._serve(coordinator, ws)
+                    if ws.close_code != p.REPLACED:
+                        delay = 0.2
+                    # else another tunnel from this node took its place (two URLs of one
+                    # coordinator?): keep backing off rather than take it back at once
             except InvalidStatus as exc:
                 log.warning("the coordinator at %s refused the tunnel: %s", coordinator, exc)
                 delay = self.backoff_max_s  # a refused token will not work sooner

@@ -200,7 +200,7 @@ class TunnelHub:
         self._conns[node_id] = conn
         if old is not None:
             log.info("a new tunnel from node %s replaces the old one", node_id)
-            await self._shut(old, "replaced by a newer tunnel from the node")
+            await self._shut(old, "replaced by a newer tunnel from the node", p.REPLACED)
         reason = "closed"
         try:
             while True:
@@ -218,10 +218,10 @@ class TunnelHub:
                 del self._conns[node_id]
             conn.fail_all(reason)
 
-    async def _shut(self, conn: _Conn, reason: str) -> None:
+    async def _shut(self, conn: _Conn, reason: str, code: int = 1001) -> None:
         conn.fail_all(reason)
         with contextlib.suppress(Exception):
-            await conn.channel.close(4000, reason[:120])
+            await conn.channel.close(code, reason[:120])
 
     async def close(self) -> None:
         """Close every tunnel (the coordinator is stopping)."""

@@ -44,6 +44,7 @@ MAX_REASON = 1024  # bytes of a RESET's reason (longer reasons are cut when enco
 MAX_FRAME = HEADER.size + max(MAX_CHUNK, MAX_FIELDS)  # the largest message either side takes
 INITIAL_WINDOW = 1024 * 1024  # bytes of DATA a stream may send before any WINDOW frame
 MAX_STREAM = 2**32 - 1
+REPLACED = 4000  # WebSocket close code: a newer tunnel from the same node took this one's place
 
 
 class Kind(IntEnum):
