@@ -343,3 +343,35 @@ def test_one_tunnel_to_each_coordinator_url() -> None:
             await asyncio.wait_for(serving, 10)
 
     run(t)
+
+
+def test_a_stale_kept_alive_connection_is_retried_only_without_a_body() -> None:
+    async def t(st: Stack) -> None:
+        connections = 0
+
+        async def one_request_per_connection(
+            reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        ) -> None:
+            # answers the first request with keep-alive, then drops the connection when the
+            # next one arrives: a server closing an idle connection as it is reused
+            nonlocal connections
+            connections += 1
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+            await reader.readuntil(b"\r\n\r\n")
+            writer.close()
+
+        server = await asyncio.start_server(one_request_per_connection, "127.0.0.1", 0)
+        st.ports["att-flaky"] = server.sockets[0].getsockname()[1]
+        try:
+            for _ in range(2):
+                res = await st.hub.request(st.node_id, "att-flaky", "GET", "/")
+                assert await res.read() == b"ok"
+            assert connections == 2  # the second request went again, on a new connection
+            with pytest.raises(ForwardFailed, match="replica failed"):
+                await st.hub.request(st.node_id, "att-flaky", "POST", "/", [], b"body")
+        finally:
+            server.close()
+
+    run(t)

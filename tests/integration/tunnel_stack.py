@@ -160,9 +160,16 @@ async def _register(http: httpx.AsyncClient, base: str, admin: str, name: str) -
     return str(r.json()["node_id"]), str(r.json()["token"])
 
 
-async def _serve(app: Any, port: int) -> tuple[uvicorn.Server, asyncio.Task[None]]:
+async def _serve(
+    app: Any, port: int, keep_alive_s: float = 5.0
+) -> tuple[uvicorn.Server, asyncio.Task[None]]:
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=2
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        timeout_graceful_shutdown=2,
+        timeout_keep_alive=keep_alive_s,
     )
     server = uvicorn.Server(config)
     task = asyncio.get_running_loop().create_task(server.serve())
@@ -173,8 +180,9 @@ async def _serve(app: Any, port: int) -> tuple[uvicorn.Server, asyncio.Task[None
 
 
 @contextlib.asynccontextmanager
-async def tunnel_stack() -> AsyncIterator[Stack]:
-    """Everything running; stopped (bounded) on exit."""
+async def tunnel_stack(replica_keep_alive_s: float = 5.0) -> AsyncIterator[Stack]:
+    """Everything running; stopped (bounded) on exit. ``replica_keep_alive_s``: how long
+    the replica keeps an idle connection open (uvicorn's default: 5 s)."""
     with tempfile.TemporaryDirectory(prefix="gpunet-tunnel-") as tmp:
         url = f"sqlite:///{Path(tmp) / 'gpunet.db'}"
         db = Database(url)
@@ -187,7 +195,7 @@ async def tunnel_stack() -> AsyncIterator[Stack]:
         base = f"http://127.0.0.1:{port}"
         servers = [await _serve(app, port)]
         replica = Replica(free_port())
-        servers.append(await _serve(replica.app(), replica.port))
+        servers.append(await _serve(replica.app(), replica.port, replica_keep_alive_s))
         http = httpx.AsyncClient(timeout=10, trust_env=False)
         client: TunnelClient | None = None
         task: asyncio.Task[None] | None = None

@@ -39,6 +39,7 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
+NOT_FORWARDED = HOP_BY_HOP | {"host"}  # of a request's headers (httpx sets the replica's)
 REPLICA_TIMEOUT = httpx.Timeout(connect=5.0, read=300.0, write=60.0, pool=30.0)
 
 
@@ -130,7 +131,7 @@ class TunnelClient:
         self._http = httpx.AsyncClient(
             timeout=self.replica_timeout,
             trust_env=False,
-            limits=httpx.Limits(max_connections=self.max_streams, max_keepalive_connections=64),
+            limits=httpx.Limits(max_connections=self.max_streams, max_keepalive_connections=32),
         )
         try:
             await asyncio.gather(*(self._keep(u) for u in self.urls))
@@ -269,15 +270,23 @@ class TunnelClient:
         if port is None:
             await self._reset(conn, s, f"no replica {req.attempt_id} on this node", False)
             return
-        headers = [(k, v) for k, v in req.headers if k.lower() not in HOP_BY_HOP | {"host"}]
-        request = self._http.build_request(
-            req.method,
-            f"http://127.0.0.1:{port}{req.path}",
-            headers=headers,
-            content=self._body(conn, s) if req.has_body else None,
-        )
+        headers = [(k, v) for k, v in req.headers if k.lower() not in NOT_FORWARDED]
+        url = f"http://127.0.0.1:{port}{req.path}"
+        content = self._body(conn, s) if req.has_body else None
         try:
-            response = await self._http.send(request, stream=True)
+            try:
+                response = await self._http.send(
+                    self._http.build_request(req.method, url, headers=headers, content=content),
+                    stream=True,
+                )
+            except (httpx.RemoteProtocolError, httpx.ReadError):
+                if req.has_body:
+                    raise
+                # a kept-alive connection the replica closed meanwhile: it never took the
+                # request, and a new connection will (a body, read once, cannot be resent)
+                response = await self._http.send(
+                    self._http.build_request(req.method, url, headers=headers), stream=True
+                )
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             await self._reset(conn, s, f"the replica's port {port} refused: {exc}", False)
             return
