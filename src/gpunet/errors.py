@@ -88,3 +88,28 @@ class BadGateway(GpunetError):
 
     status_code = 502
     code = "bad_gateway"
+
+
+class TunnelError(BadGateway):
+    """A request sent through an agent's tunnel to a replica did not get its answer."""
+
+
+class NotForwarded(TunnelError):
+    """The request never reached the replica (no tunnel from its node, the tunnel closed
+    before the request was sent, the replica's port refused it): safe to retry elsewhere."""
+
+    status_code = 503
+    code = "not_forwarded"
+
+
+class ForwardFailed(TunnelError):
+    """The exchange broke after the request reached the replica (or may have): it may have
+    had effects, so it is not retried."""
+
+    code = "forward_failed"
+
+
+class MalformedFrame(GpunetError):
+    """A tunnel frame that breaks the protocol's encoding or its bounds."""
+
+    code = "malformed_frame"

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from gpunet.services.gateway import Gateway, NotForwardedError
+from gpunet.errors import NotForwarded
+from gpunet.services.gateway import Gateway
 from tests.integration.helpers import Coordinator, Node, auth, coordinator, wait_for
 
 SPEC: dict[str, Any] = {
@@ -29,7 +30,7 @@ class FakeAnswer:
         self.headers = headers
         self.body = body
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def __aiter__(self) -> AsyncIterator[bytes]:
         yield self.body
 
     async def aclose(self) -> None:
@@ -53,7 +54,7 @@ class FakeTunnels:
         body: bytes,
     ) -> FakeAnswer:
         if att in self.refuse:
-            raise NotForwardedError("connection refused")
+            raise NotForwarded("connection refused")
         self.calls.append((node, att, method, path, dict(headers), body))
         return FakeAnswer(200, f"{att} {method} {path}".encode(), [("content-type", "text/plain")])
 

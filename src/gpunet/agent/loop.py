@@ -42,6 +42,7 @@ from gpunet.agent.gpus.base import GpuBackend
 from gpunet.agent.journal import Journal
 from gpunet.agent.sandbox import Isolation
 from gpunet.agent.sandbox.image_jobs import ContainerHost
+from gpunet.agent.tunnel import TunnelClient
 from gpunet.core.energy import Meter
 from gpunet.core.gangs import gang_env
 from gpunet.core.isolation import Isolation as Level
@@ -203,6 +204,10 @@ class Agent:
             else None,
         )
         self.stopping = asyncio.Event()
+        self.verify = verify
+        # service replicas running here: attempt id -> their port on 127.0.0.1, which the
+        # coordinator's gateway reaches through this agent's tunnel (agent/tunnel.py)
+        self.service_ports: dict[str, int] = {}
         self._unsent_xids: dict[int, list[int]] = {}  # XIDs a failed heartbeat did not deliver
         self.benchmark_every_s = 6 * 3600.0  # periodic benchmarks of idle GPUs
         # how jobs are isolated here; without a sandbox, jobs run as bare processes
@@ -214,9 +219,8 @@ class Agent:
             owner.OwnerWatcher(owner_policy, len(backend.discover())) if owner_policy else None
         )
         self.beat_now = asyncio.Event()  # send a heartbeat now (an owner-busy flag changed)
-        # service replicas: the port each listens on ($PORT), and those passing their
-        # readiness probe (sent with every heartbeat; a change sends one at once)
-        self.service_ports: dict[str, int] = {}
+        # service replicas passing their readiness probe (sent with every heartbeat; a change
+        # sends one at once)
         self.ready: set[str] = set()
         self.probes = httpx.AsyncClient(timeout=httpx.Timeout(5.0), trust_env=False)
         # stops the attempts when this process cannot (frozen, killed): agent/watchdog.py
@@ -397,6 +401,10 @@ class Agent:
                 self._log_flush_loop(),
                 self._lease_watch(),
                 bench.benchmark_loop(self),
+                # one tunnel to each coordinator replica; cancelled with the other loops
+                TunnelClient(
+                    self.coordinators.urls, self.token or "", self.verify, self.service_ports.get
+                ).run(),
             )
         ]
         if self.owner is not None:

@@ -25,6 +25,7 @@ from gpunet.api.routers import (
     services,
     sim,
     tokens,
+    tunnel,
 )
 from gpunet.loops.background import start_all, stop_all
 from gpunet.services.leases import flush_telemetry, grant_grace
@@ -48,6 +49,7 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
             yield
         finally:
             await stop_all(rt, tasks)
+            await rt.tunnels.close()
             await run_in_threadpool(rt.bus.stop)
             with contextlib.suppress(Exception):
                 flush_telemetry(database, rt.leases)
@@ -72,6 +74,7 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
         checkpoints.router,
         checkpoints.agent_router,
         services.router,
+        tunnel.router,
     ):
         app.include_router(r)
     install_dashboard(app)  # the web dashboard at /, outside the OpenAPI document

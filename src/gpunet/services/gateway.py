@@ -24,14 +24,14 @@ import itertools
 import logging
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from starlette.concurrency import run_in_threadpool
 
 from gpunet.core.serving import autoscale, balance
-from gpunet.errors import BadGateway, NotFound, Unavailable
+from gpunet.errors import BadGateway, ForwardFailed, NotForwarded, NotFound, Unavailable
 from gpunet.services.auth import Principal
 from gpunet.services.metrics import Metrics
 from gpunet.services.serving import Route, routing_table, scaling_policy
@@ -63,25 +63,22 @@ DROPPED_RESPONSE = frozenset(
 
 
 class Answer(Protocol):
-    """A replica's answer as the tunnel hands it over."""
+    """A replica's answer as the tunnel hands it over (tunnel.hub.TunnelResponse): the body's
+    chunks by ``async for``, each as soon as it arrives."""
 
-    status: int
-    headers: list[tuple[str, str]]
+    @property
+    def status(self) -> int: ...
 
-    def chunks(self) -> AsyncIterator[bytes]: ...
+    @property
+    def headers(self) -> Sequence[tuple[str, str]]: ...
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
 
     async def aclose(self) -> None: ...
 
 
-class NotForwardedError(Exception):
-    """The request never reached the replica: safe to send it to another."""
-
-
-class ForwardFailedError(Exception):
-    """The request reached the replica and the answer broke off."""
-
-
-# (node id, attempt id, method, path with query, headers, body) -> the replica's answer
+# (node id, attempt id, method, path with query, headers, body) -> the replica's answer;
+# raises NotForwarded (safe to send elsewhere) or ForwardFailed (tunnel.hub.TunnelHub.request)
 Forward = Callable[[str, str, str, str, list[tuple[str, str]], bytes], Awaitable[Answer]]
 
 
@@ -229,12 +226,12 @@ class Gateway:
             self.outstanding[att] += 1
             try:
                 answer = await self.forward(nodes[att], att, method, path, sent, body)
-            except NotForwardedError as exc:
+            except NotForwarded as exc:
                 self.outstanding[att] -= 1
                 log.info("service %s: %s not forwarded (%s): next replica", route.name, att, exc)
                 tried.add(att)
                 continue
-            except ForwardFailedError as exc:
+            except ForwardFailed as exc:
                 self.outstanding[att] -= 1
                 self._count(route, 502, started)
                 raise BadGateway(f"replica {att} of service {route.name!r} failed: {exc}") from exc
@@ -255,9 +252,9 @@ class Gateway:
     ) -> AsyncIterator[bytes]:
         status = answer.status
         try:
-            async for chunk in answer.chunks():
+            async for chunk in answer:
                 yield chunk
-        except ForwardFailedError:
+        except ForwardFailed:
             status = 502  # the answer broke off: the client sees a cut body
             log.warning("service %s: replica %s broke off its answer", route.name, att)
         finally:

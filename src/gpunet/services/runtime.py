@@ -20,6 +20,7 @@ from gpunet.services.metrics import Metrics
 from gpunet.services.metrics_store import StoreCollector
 from gpunet.services.replicas import Bus, Leadership
 from gpunet.store.db import Database
+from gpunet.tunnel.hub import TunnelHub
 
 
 @dataclass
@@ -278,7 +279,8 @@ class Runtime:
         # services: the gateway forwards through the agents' tunnels (docs/services.md)
         from gpunet.services.gateway import Gateway
 
-        self.gateway = Gateway(db, self._forward, self.metrics)
+        self.tunnels = TunnelHub()  # the agents' tunnels to their service replicas
+        self.gateway = Gateway(db, self.tunnels.request, self.metrics)
         self._checkpoints: CheckpointStore | None = None
 
     def services_changed(self) -> None:
@@ -288,19 +290,6 @@ class Runtime:
         self.gateway.kicked.set()
         if self.wakeups.publish is not None:
             self.wakeups.publish(True, [])  # the service loop may run on another replica
-
-    async def _forward(
-        self,
-        node_id: str,
-        attempt_id: str,
-        method: str,
-        path: str,
-        headers: list[tuple[str, str]],
-        body: bytes,
-    ) -> Any:
-        from gpunet.services.gateway import NotForwardedError
-
-        raise NotForwardedError(f"no tunnel to node {node_id}")
 
     @property
     def checkpoints(self) -> CheckpointStore:

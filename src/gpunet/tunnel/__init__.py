@@ -1,0 +1,1 @@
+"""The tunnel between the coordinator and its agents: framing, flow control, the hub."""
