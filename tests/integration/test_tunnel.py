@@ -30,9 +30,9 @@ from tests.integration.tunnel_stack import Stack, eventually, pattern, tunnel_st
 pytestmark = pytest.mark.timeout(120)
 
 
-def run(test: Callable[[Stack], Awaitable[None]]) -> None:
+def run(test: Callable[[Stack], Awaitable[None]], *, tls: bool = False) -> None:
     async def main() -> None:
-        async with tunnel_stack() as stack:
+        async with tunnel_stack(tls=tls) as stack:
             stack.ports["att-1"] = stack.replica.port
             await test(stack)
 
@@ -375,3 +375,22 @@ def test_a_stale_kept_alive_connection_is_retried_only_without_a_body() -> None:
             server.close()
 
     run(t)
+
+
+def test_the_tunnel_runs_over_tls_to_an_https_coordinator() -> None:
+    async def t(st: Stack) -> None:
+        assert st.base.startswith("https://")
+        assert tunnel_url(st.base).startswith("wss://")
+        res = await st.hub.request(st.node_id, "att-1", "POST", "/e?tls=1", [], b"secret")
+        seen = json.loads(await res.read())
+        assert (seen["query"], seen["body"]) == ("tls=1", "secret")
+        # a client that does not trust the coordinator's CA never gets a tunnel
+        n_id, n_token = await st.register("node-untrusting")
+        doubter = TunnelClient(st.base, n_token, True, st.ports.get, backoff_max_s=0.2)
+        task = asyncio.create_task(doubter.run())
+        await asyncio.sleep(1.0)
+        assert not st.hub.connected(n_id) and not doubter.connected()
+        doubter.stop()
+        await asyncio.wait_for(task, 10)
+
+    run(t, tls=True)
