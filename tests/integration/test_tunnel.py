@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -394,3 +395,24 @@ def test_the_tunnel_runs_over_tls_to_an_https_coordinator() -> None:
         await asyncio.wait_for(task, 10)
 
     run(t, tls=True)
+
+
+def test_two_urls_of_one_coordinator_back_off_instead_of_flapping(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def t(st: Stack) -> None:
+        # both URLs reach the same coordinator: each new tunnel replaces the other's
+        alias = st.base.replace("127.0.0.1", "localhost")
+        st.client.stop()
+        twice = TunnelClient([st.base, alias], st.node_token, True, st.ports.get)
+        with caplog.at_level(logging.INFO, logger="gpunet.agent.tunnel"):
+            task = asyncio.create_task(twice.run())
+            await asyncio.sleep(4.0)
+            twice.stop()
+            await asyncio.wait_for(task, 10)
+        opened = [r for r in caplog.records if r.getMessage().startswith("tunnel open to")]
+        # reconnecting 0.2 s after each replacement would open about 30 in 4 s; backing off
+        # (0.2, 0.4, 0.8, 1.6 s...) opens a handful per URL
+        assert 2 <= len(opened) <= 12, len(opened)
+
+    run(t)
