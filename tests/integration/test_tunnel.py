@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -30,9 +31,9 @@ from tests.integration.tunnel_stack import Stack, eventually, pattern, tunnel_st
 pytestmark = pytest.mark.timeout(120)
 
 
-def run(test: Callable[[Stack], Awaitable[None]]) -> None:
+def run(test: Callable[[Stack], Awaitable[None]], *, tls: bool = False) -> None:
     async def main() -> None:
-        async with tunnel_stack() as stack:
+        async with tunnel_stack(tls=tls) as stack:
             stack.ports["att-1"] = stack.replica.port
             await test(stack)
 
@@ -373,5 +374,45 @@ def test_a_stale_kept_alive_connection_is_retried_only_without_a_body() -> None:
                 await st.hub.request(st.node_id, "att-flaky", "POST", "/", [], b"body")
         finally:
             server.close()
+
+    run(t)
+
+
+def test_the_tunnel_runs_over_tls_to_an_https_coordinator() -> None:
+    async def t(st: Stack) -> None:
+        assert st.base.startswith("https://")
+        assert tunnel_url(st.base).startswith("wss://")
+        res = await st.hub.request(st.node_id, "att-1", "POST", "/e?tls=1", [], b"secret")
+        seen = json.loads(await res.read())
+        assert (seen["query"], seen["body"]) == ("tls=1", "secret")
+        # a client that does not trust the coordinator's CA never gets a tunnel
+        n_id, n_token = await st.register("node-untrusting")
+        doubter = TunnelClient(st.base, n_token, True, st.ports.get, backoff_max_s=0.2)
+        task = asyncio.create_task(doubter.run())
+        await asyncio.sleep(1.0)
+        assert not st.hub.connected(n_id) and not doubter.connected()
+        doubter.stop()
+        await asyncio.wait_for(task, 10)
+
+    run(t, tls=True)
+
+
+def test_two_urls_of_one_coordinator_back_off_instead_of_flapping(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def t(st: Stack) -> None:
+        # both URLs reach the same coordinator: each new tunnel replaces the other's
+        alias = st.base.replace("127.0.0.1", "localhost")
+        st.client.stop()
+        twice = TunnelClient([st.base, alias], st.node_token, True, st.ports.get)
+        with caplog.at_level(logging.INFO, logger="gpunet.agent.tunnel"):
+            task = asyncio.create_task(twice.run())
+            await asyncio.sleep(4.0)
+            twice.stop()
+            await asyncio.wait_for(task, 10)
+        opened = [r for r in caplog.records if r.getMessage().startswith("tunnel open to")]
+        # reconnecting 0.2 s after each replacement would open about 30 in 4 s; backing off
+        # (0.2, 0.4, 0.8, 1.6 s...) opens a handful per URL
+        assert 2 <= len(opened) <= 12, len(opened)
 
     run(t)

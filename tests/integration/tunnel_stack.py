@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import ssl
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import trustme
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -30,6 +32,7 @@ from gpunet.api.app import create_app
 from gpunet.services.auth import bootstrap_admin
 from gpunet.services.runtime import Runtime, Settings
 from gpunet.store.db import Database
+from gpunet.tls import client_context
 from gpunet.tunnel.hub import TunnelHub
 from tests.e2e.procs import free_port
 
@@ -161,10 +164,12 @@ async def _register(http: httpx.AsyncClient, base: str, admin: str, name: str) -
 
 
 async def _serve(
-    app: Any, port: int, keep_alive_s: float = 5.0
+    app: Any, port: int, keep_alive_s: float = 5.0, tls: tuple[str, str] | None = None
 ) -> tuple[uvicorn.Server, asyncio.Task[None]]:
     config = uvicorn.Config(
         app,
+        ssl_certfile=tls[0] if tls else None,
+        ssl_keyfile=tls[1] if tls else None,
         host="127.0.0.1",
         port=port,
         log_level="warning",
@@ -180,9 +185,12 @@ async def _serve(
 
 
 @contextlib.asynccontextmanager
-async def tunnel_stack(replica_keep_alive_s: float = 5.0) -> AsyncIterator[Stack]:
+async def tunnel_stack(
+    replica_keep_alive_s: float = 5.0, tls: bool = False
+) -> AsyncIterator[Stack]:
     """Everything running; stopped (bounded) on exit. ``replica_keep_alive_s``: how long
-    the replica keeps an idle connection open (uvicorn's default: 5 s)."""
+    the replica keeps an idle connection open (uvicorn's default: 5 s); ``tls``: the
+    coordinator serves https (and the tunnel wss) with a certificate of a private CA."""
     with tempfile.TemporaryDirectory(prefix="gpunet-tunnel-") as tmp:
         url = f"sqlite:///{Path(tmp) / 'gpunet.db'}"
         db = Database(url)
@@ -192,17 +200,27 @@ async def tunnel_stack(replica_keep_alive_s: float = 5.0) -> AsyncIterator[Stack
         settings = Settings(database_url=url, checkpoint_dir=str(Path(tmp) / "ckpt"))
         app = create_app(settings, db=db)
         port = free_port()
-        base = f"http://127.0.0.1:{port}"
-        servers = [await _serve(app, port)]
+        verify: bool | ssl.SSLContext = True
+        pair = None
+        if tls:
+            ca = trustme.CA()
+            cert = ca.issue_cert("127.0.0.1")
+            pair = (str(Path(tmp) / "cert.pem"), str(Path(tmp) / "key.pem"))
+            cert.cert_chain_pems[0].write_to_path(pair[0])
+            cert.private_key_pem.write_to_path(pair[1])
+            ca.cert_pem.write_to_path(str(Path(tmp) / "ca.pem"))
+            verify = client_context(Path(tmp) / "ca.pem")
+        base = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
+        servers = [await _serve(app, port, tls=pair)]
         replica = Replica(free_port())
         servers.append(await _serve(replica.app(), replica.port, replica_keep_alive_s))
-        http = httpx.AsyncClient(timeout=10, trust_env=False)
+        http = httpx.AsyncClient(timeout=10, trust_env=False, verify=verify)
         client: TunnelClient | None = None
         task: asyncio.Task[None] | None = None
         try:
             node_id, node_token = await _register(http, base, admin, "node-a")
             ports: dict[str, int] = {}
-            client = TunnelClient(base, node_token, True, ports.get)
+            client = TunnelClient(base, node_token, verify, ports.get)
             rt = app.state.runtime
             stack = Stack(
                 base, rt.tunnels, admin, node_id, node_token, replica, ports, client, http, rt

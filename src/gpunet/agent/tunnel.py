@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import InvalidStatus, WebSocketException
+from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 from gpunet.errors import MalformedFrame
 from gpunet.tls import client_context
@@ -165,6 +165,14 @@ class TunnelClient:
                         delay = 0.2
                     # else another tunnel from this node took its place (two URLs of one
                     # coordinator?): keep backing off rather than take it back at once
+                    if not self.stopping.is_set():
+                        log.warning(
+                            "tunnel to %s closed (%s %s); reconnecting in %.1fs",
+                            coordinator,
+                            ws.close_code,
+                            ws.close_reason,
+                            delay,
+                        )
             except InvalidStatus as exc:
                 log.warning("the coordinator at %s refused the tunnel: %s", coordinator, exc)
                 delay = self.backoff_max_s  # a refused token will not work sooner
@@ -190,6 +198,8 @@ class TunnelClient:
         except MalformedFrame as exc:
             log.warning("tunnel to %s: protocol error: %s", coordinator, exc.message)
             await ws.close(1002, exc.message[:120])
+        except ConnectionClosed:
+            pass  # the caller reads how from the close code
         finally:
             closer.cancel()
             conn.closed = True
