@@ -92,7 +92,12 @@ async def services_loop(rt: Runtime) -> None:
         decisions = gw.decisions(time.monotonic())
         try:
             done = await run_in_threadpool(
-                serving.reconcile_all, rt.db, fence=rt.leadership.fence, decisions=decisions
+                serving.reconcile_all,
+                rt.db,
+                fence=rt.leadership.fence,
+                decisions=decisions,
+                outstanding=dict(gw.outstanding),
+                draining=dict(gw.draining),
             )
         except Deposed as exc:
             log.warning("services pass refused: %s", exc)
@@ -101,6 +106,7 @@ async def services_loop(rt: Runtime) -> None:
             log.exception("services pass failed")
             await asyncio.sleep(0.5)
             continue
+        gw.draining = done.draining  # out of the rotation; stopped once their requests end
         if decisions or done.added or done.stopped:
             gw.stale.set()
         if done.added:

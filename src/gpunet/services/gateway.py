@@ -106,6 +106,8 @@ class Gateway:
         self.outstanding: dict[str, int] = defaultdict(int)  # attempt id -> forwarded, unanswered
         self.queued: dict[str, int] = defaultdict(int)  # service id -> waiting for a replica
         self.arrived: dict[str, int] = defaultdict(int)  # service id -> since the last sample
+        # replicas on their way out (scaled down): no new request; stopped when theirs end
+        self.draining: dict[str, float] = {}  # attempt id -> since (epoch seconds)
         self.scalers: dict[str, autoscale.ScalerState] = {}
         self.decided: dict[str, autoscale.Decision] = {}
         self.changed = asyncio.Condition()  # notified when the routing table was re-read
@@ -177,7 +179,7 @@ class Gateway:
                 r = self.by_id.get(sid)
                 if r is None:
                     raise NotFound(f"no service {route.name!r}", field="name")
-                if r.replicas:
+                if any(a not in self.draining for a, _ in r.replicas):
                     return r
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -211,10 +213,12 @@ class Gateway:
         tried: set[str] = set()
         for _ in range(MAX_TRIES):
             route = self.by_id.get(sid, route)
-            if not route.replicas:
+            if not any(a not in self.draining for a, _ in route.replicas):
                 route = await self._wait_for_replica(route, deadline)
             nodes = dict(route.replicas)
-            pool = [balance.Replica(a, self.outstanding[a]) for a in nodes]
+            pool = [
+                balance.Replica(a, self.outstanding[a], draining=a in self.draining) for a in nodes
+            ]
             choice = balance.choose(pool, key=key, exclude=tried, seed=next(self._seed))
             if choice is None:  # every ready replica was tried: wait for a change
                 async with self.changed:

@@ -7,7 +7,7 @@ sandboxed, metered and billed like any job (docs/services.md)."""
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -234,6 +234,7 @@ class Reconciled:
     added: int = 0
     stopped: int = 0
     wake: list[str] = field(default_factory=list)
+    draining: dict[str, float] = field(default_factory=dict)  # attempt id -> since (epoch s)
 
 
 def reconcile_all(
@@ -242,10 +243,14 @@ def reconcile_all(
     *,
     fence: Callable[[Session], None] | None = None,
     decisions: Sequence[tuple[str, int, str]] = (),
+    outstanding: Mapping[str, int] | None = None,
+    draining: Mapping[str, float] | None = None,
 ) -> Reconciled:
     """Record the autoscaler's ``decisions`` (service id, count, reason), then add and stop
     replicas so that each service runs its wanted count (core.serving.replicas). ``fence``
-    refuses the writes unless this replica still leads."""
+    refuses the writes unless this replica still leads. ``outstanding``: requests in flight
+    per replica (attempt id), ``draining``: replicas out of the rotation since when (epoch
+    seconds); the answer's ``draining`` is the new set."""
     at = at or now()
     t = at.timestamp()
     out = Reconciled()
@@ -283,6 +288,9 @@ def reconcile_all(
                     ready=bool(r.ready),
                     ever_ready=r.ready is not None,
                     node_id=r.node_id,
+                    attempt_id=r.attempt_id,
+                    outstanding=(outstanding or {}).get(r.attempt_id or "", 0),
+                    draining_since=(draining or {}).get(r.attempt_id or ""),
                 )
                 for r in reps
             ]
@@ -294,6 +302,11 @@ def reconcile_all(
                 failure_times=failures.get(sid, []),
             )
             who = _principal(row)
+            by_job = {v.job_id: v for v in views}
+            for job_id in p.drain:
+                att = by_job[job_id].attempt_id
+                if att is not None:
+                    out.draining[att] = (draining or {}).get(att, t)
             for job_id, why in p.stop:
                 job = s.get(Job, job_id)
                 if job is not None:

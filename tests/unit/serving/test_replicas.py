@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from hypothesis import given
 from hypothesis import strategies as st
 
 from gpunet.core.serving.replicas import (
+    DRAIN_S,
     FAILURES_BEFORE_BACKOFF,
     FIRST_BACKOFF_S,
     ReplicaView,
@@ -88,3 +91,25 @@ def test_the_count_after_the_plan_is_the_wanted_one(raw: list[tuple[str, bool]],
     assert len(stopped) == len(p.stop)  # never the same replica twice
     assert len(reps) - len(stopped) + p.add == want
     assert p.add == 0 or not p.stop
+
+
+def test_a_busy_replica_is_drained_before_it_is_stopped() -> None:
+    busy = ReplicaView(
+        "j1", "running", 0.0, started_at=50.0, ready=True, ever_ready=True, outstanding=2
+    )
+    idle = ReplicaView("j2", "running", 0.0, started_at=10.0, ready=True, ever_ready=True)
+    p = reconcile([busy, idle], 1, 100.0, readiness_timeout_s=60)
+    assert p.drain == ("j1",) and p.stop == ()  # the newest goes, but not while answering
+    assert p.reasons == ("drain j1 (2 in flight): scaled to 1",)
+    # still answering a little later: still draining, nothing said again
+    later = replace(busy, draining_since=100.0)
+    p = reconcile([later, idle], 1, 110.0, readiness_timeout_s=60)
+    assert p.drain == ("j1",) and p.reasons == ()
+    # its requests answered: stopped
+    done = replace(later, outstanding=0)
+    assert [j for j, _ in reconcile([done, idle], 1, 111.0, readiness_timeout_s=60).stop] == ["j1"]
+    # answering for too long: stopped anyway
+    p = reconcile([later, idle], 1, 100.0 + DRAIN_S, readiness_timeout_s=60)
+    assert [j for j, _ in p.stop] == ["j1"] and p.drain == ()
+    # wanted again: no longer drained
+    assert reconcile([later, idle], 2, 105.0, readiness_timeout_s=60).drain == ()

@@ -10,6 +10,8 @@ the count the autoscaler wants. It answers how many replicas to add and which to
   churn the fleet.
 - **Too many**: stop the extra ones, cheapest first: queued replicas (no work lost), then
   replicas not ready yet, then the newest ready ones (the oldest have the warmest caches).
+  A ready replica with requests in flight is **drained** first: it takes no new request and
+  is stopped once its requests are answered, or after ``DRAIN_S`` at the latest.
 - **Stuck**: a replica running for longer than the readiness timeout without ever passing its
   probe is stopped and replaced (it counts as a failure for the backoff).
 
@@ -25,6 +27,7 @@ FAILURES_BEFORE_BACKOFF = 3
 BACKOFF_WINDOW_S = 300.0
 FIRST_BACKOFF_S = 10.0
 MAX_BACKOFF_S = 300.0
+DRAIN_S = 30.0  # longest a replica on its way out waits for its requests in flight
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +41,9 @@ class ReplicaView:
     ready: bool = False  # passes its readiness probe now
     ever_ready: bool = False  # passed it at least once in this attempt
     node_id: str | None = None
+    attempt_id: str | None = None
+    outstanding: int = 0  # requests forwarded to it and not yet answered
+    draining_since: float | None = None  # taking no new request since then
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +52,7 @@ class Plan:
 
     add: int = 0
     stop: tuple[tuple[str, str], ...] = ()  # (job id, why)
+    drain: tuple[str, ...] = ()  # job ids to take out of the rotation, stopped later
     wait_s: float = 0.0  # replicas are missing but a crash-loop backoff holds them
     reasons: tuple[str, ...] = field(default_factory=tuple)
 
@@ -94,9 +101,16 @@ def reconcile(
         else:
             live.append(r)
     extra = len(live) - desired
+    drain: list[str] = []
     if extra > 0:
         for r in sorted(live, key=_stop_order)[:extra]:
             why = f"scaled to {desired}"
+            since = now if r.draining_since is None else r.draining_since
+            if r.state == "running" and r.outstanding > 0 and now - since < DRAIN_S:
+                drain.append(r.job_id)
+                if r.draining_since is None:
+                    reasons.append(f"drain {r.job_id} ({r.outstanding} in flight): {why}")
+                continue
             stop.append((r.job_id, why))
             reasons.append(f"stop {r.job_id} ({r.state}{', ready' if r.ready else ''}): {why}")
     missing = desired - len(live)
@@ -112,4 +126,4 @@ def reconcile(
         else:
             add = missing
             reasons.append(f"add {missing}: {len(live)} of {desired} replica(s)")
-    return Plan(add=add, stop=tuple(stop), wait_s=wait, reasons=tuple(reasons))
+    return Plan(add=add, stop=tuple(stop), drain=tuple(drain), wait_s=wait, reasons=tuple(reasons))
