@@ -74,3 +74,11 @@ class QuotaExceeded(GpunetError):
 
     status_code = 429
     code = "quota_exceeded"
+
+
+class StoreUnavailable(GpunetError):
+    """A storage service (the checkpoint store's bucket) failed or did not answer: the
+    request may succeed later."""
+
+    status_code = 503
+    code = "unavailable"

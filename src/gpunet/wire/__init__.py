@@ -44,6 +44,7 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     413: "The request body is over the coordinator's limit",
     422: "An input is invalid: the error names the field and the reason",
     429: "Too many requests: try again later",
+    503: "A storage service behind the coordinator failed: try again later",
 }
 
 
