@@ -214,6 +214,18 @@ def test_s3_store_from_the_url_and_standard_environment(
         assert u.value.field == "checkpoint_store" and u.value.status_code == 503
 
 
+def test_s3_collects_a_marker_that_outlived_its_object(s3: S3Server) -> None:
+    from gpunet.services.s3_store import S3CheckpointStore
+
+    st = S3CheckpointStore(_bucket(s3), "p/", client=s3.client())
+    key = object_key("acct1", digest(b"gone"))
+    st.s3.put_object(Bucket=st.bucket, Key=st._name("used", key), Body=b"")  # the race's result
+    assert list(st.keys(60)) == []  # fresh: spared like any object
+    assert list(st.keys(-60)) == [key]
+    st.delete(key)
+    assert "Contents" not in st.s3.list_objects_v2(Bucket=st.bucket)
+
+
 def test_s3_urls() -> None:
     from gpunet.services.s3_store import parse_url
 

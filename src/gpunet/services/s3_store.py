@@ -260,5 +260,8 @@ class S3CheckpointStore:
         cutoff = time.time() - older_than_s
         used = {k: t.timestamp() for k, t in self._listing("used")}
         for k, t in self._listing("objects"):
-            if max(t.timestamp(), used.get(k, 0.0)) < cutoff:
+            if max(t.timestamp(), used.pop(k, 0.0)) < cutoff:
                 yield k
+        # a marker rewritten just as its object was deleted outlives it: offered too, so the
+        # collector's delete removes it
+        yield from (k for k, t in used.items() if t < cutoff)
