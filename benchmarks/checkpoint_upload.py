@@ -13,6 +13,11 @@ totalling ``--size-mib`` is then uploaded as one checkpoint, exactly as the agen
 * a restore of the checkpoint into another directory (every object streamed and verified).
 
     python benchmarks/checkpoint_upload.py --size-mib 1024 --files 4 --runs 3 --json
+
+``--store s3`` puts the coordinator on ``--checkpoint-store s3://bench/ck`` against moto's S3
+server on 127.0.0.1 (``pip install -e '.[dev]'``). moto is an emulator: the figures measure
+gpunet's streaming path to an S3 API (multipart parts, hashing, the proxy on restore), not
+the throughput of any real S3 service.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -82,12 +89,24 @@ def write_files(d: Path, files: int, size_mib: int) -> None:
                 f.write(os.urandom(MiB))
 
 
-def start_server(root: Path) -> tuple[subprocess.Popen[bytes], str, str]:
+@contextmanager
+def s3_bucket(root: Path) -> Iterator[tuple[list[str], dict[str, str]]]:
+    """moto's S3 server with a bucket: the server's extra flags and environment."""
+    from tests.s3server import s3_server
+
+    with s3_server(root / "moto.log") as srv:
+        srv.client().create_bucket(Bucket="bench")  # type: ignore[attr-defined]
+        yield ["--checkpoint-store", "s3://bench/ck"], srv.env()
+
+
+def start_server(
+    root: Path, flags: list[str], more_env: dict[str, str]
+) -> tuple[subprocess.Popen[bytes], str, str]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("GPUNET_")}
-    env["GPUNET_HOME"] = str(root / "home")
+    env.update(more_env, GPUNET_HOME=str(root / "home"))
     p = subprocess.Popen(
-        [sys.executable, "-m", "gpunet", "server", "--port", str(port)],
+        [sys.executable, "-m", "gpunet", "server", "--port", str(port), *flags],
         env=env,
         stdout=open(root / "server.log", "wb"),  # noqa: SIM115 - lives as long as the server
         stderr=subprocess.STDOUT,
@@ -228,21 +247,23 @@ def main() -> None:
     ap.add_argument("--files", type=int, default=4)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument(
+        "--store",
+        choices=["dir", "s3"],
+        default="dir",
+        help="the coordinator's checkpoint store: its directory, or moto's S3 server",
+    )
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="gpunet-ckbench-"))
     server = None
     try:
-        server, url, admin = start_server(root)
-        node, att = attempt(url, admin)
-        runs = []
-        for i in range(args.runs):
-            d = root / f"run{i}" / "ck"
-            write_files(d, args.files, args.size_mib)
-            runs.append(asyncio.run(one_run(url, node, att, d, server.pid)))
-            shutil.rmtree(d.parent, ignore_errors=True)
-        peak_hwm = rss_kib(server.pid, "VmHWM")
+        with s3_bucket(root) if args.store == "s3" else _none() as (flags, env):
+            server, url, admin = start_server(root, flags, env)
+            runs, peak_hwm = _runs(args, root, server, url, admin)
+            server.terminate()
+            server.wait(timeout=30)
     finally:
-        if server is not None:
+        if server is not None and server.poll() is None:
             server.terminate()
             server.wait(timeout=30)
         shutil.rmtree(root, ignore_errors=True)
@@ -250,6 +271,7 @@ def main() -> None:
     report = {
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
         f"Python {platform.python_version()}",
+        "store": args.store,
         "size_mib": args.size_mib,
         "files": args.files,
         "runs": runs,
@@ -262,6 +284,24 @@ def main() -> None:
     for k, v in report["median"].items():
         print(f"{k:36} {v}")
     print(f"{'coordinator_vmhwm_mib':36} {report['coordinator_vmhwm_mib']}")
+
+
+@contextmanager
+def _none() -> Iterator[tuple[list[str], dict[str, str]]]:
+    yield [], {}
+
+
+def _runs(
+    args: argparse.Namespace, root: Path, server: subprocess.Popen[bytes], url: str, admin: str
+) -> tuple[list[dict[str, Any]], int]:
+    node, att = attempt(url, admin)
+    runs = []
+    for i in range(args.runs):
+        d = root / f"run{i}" / "ck"
+        write_files(d, args.files, args.size_mib)
+        runs.append(asyncio.run(one_run(url, node, att, d, server.pid)))
+        shutil.rmtree(d.parent, ignore_errors=True)
+    return runs, rss_kib(server.pid, "VmHWM")
 
 
 if __name__ == "__main__":

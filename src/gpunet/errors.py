@@ -113,3 +113,8 @@ class MalformedFrame(GpunetError):
     """A tunnel frame that breaks the protocol's encoding or its bounds."""
 
     code = "malformed_frame"
+
+
+class StoreUnavailable(Unavailable):
+    """A storage service (the checkpoint store's bucket) failed or did not answer: the
+    request may succeed later."""

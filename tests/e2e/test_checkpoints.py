@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.procs import Network, two_agent_network, wait_for
+from tests.s3server import S3Server, s3_server
 
 pytestmark = pytest.mark.e2e
 
@@ -54,9 +55,42 @@ def _output(net: Network, job_id: str) -> str:
     return r.stdout
 
 
+@pytest.fixture
+def s3net(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Network, str]]:
+    """The network with its coordinator on ``--checkpoint-store s3://...``: moto's S3 server
+    (a real process speaking S3's API), on SQLite (the store does not depend on the database)."""
+    with s3_server(tmp_path / "moto.log") as srv:
+        for k, v in srv.env().items():  # boto3's standard variables, for the coordinator
+            monkeypatch.setenv(k, v)
+        srv.client().create_bucket(Bucket="ckpts")  # type: ignore[attr-defined]
+        with two_agent_network(
+            tmp_path,
+            f"sqlite:///{tmp_path / 'gpunet.db'}",
+            "1xA100-80GB",
+            lease_timeout=3.0,
+            server_args=["--checkpoint-store", "s3://ckpts/net1"],
+        ) as n:
+            yield n, srv.endpoint
+
+
 def test_job_resumes_from_its_checkpoint_after_its_node_is_killed(
     net: Network, tmp_path: Path
 ) -> None:
+    _resumes_elsewhere_after_its_node_is_killed(net, tmp_path)
+
+
+def test_job_resumes_from_a_checkpoint_kept_in_an_s3_bucket(
+    s3net: tuple[Network, str], tmp_path: Path
+) -> None:
+    net, _ = s3net
+    _resumes_elsewhere_after_its_node_is_killed(net, tmp_path)
+    s3 = S3Server(s3net[1]).client()
+    names = [o["Key"] for o in s3.list_objects_v2(Bucket="ckpts")["Contents"]]  # type: ignore[attr-defined]
+    assert any(k.startswith("net1/objects/") for k in names), names
+    assert not (tmp_path / "home" / "checkpoints" / "objects").exists()
+
+
+def _resumes_elsewhere_after_its_node_is_killed(net: Network, tmp_path: Path) -> None:
     total = 150
     job_id = _submit(
         net,

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import click
 import typer
+from rich.markup import escape
 
 from gpunet import __version__
 from gpunet.cli import (
@@ -122,7 +123,8 @@ def main() -> None:
         exc.show()
         sys.exit(exc.exit_code)
     except GpunetError as exc:
-        err_console.print(f"[red]error:[/] {exc.message}")
+        # the message is text, not markup: "gpunet[s3]" or "files[0]" must print as written
+        err_console.print(f"[red]error:[/] {escape(exc.message)}")
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -372,6 +372,14 @@ def server(
         Path | None,
         typer.Option(help="where job checkpoints are stored; default: GPUNET_HOME/checkpoints"),
     ] = None,
+    checkpoint_store: Annotated[
+        str | None,
+        typer.Option(
+            help="s3://bucket/prefix: keep checkpoints in an S3-compatible bucket (endpoint "
+            "and credentials from AWS_ENDPOINT_URL and the AWS_* variables; pip install "
+            "'gpunet[s3]'); default: the checkpoint directory"
+        ),
+    ] = None,
     checkpoint_quota_bytes: Annotated[
         int, typer.Option(help="bytes of checkpoint files per account", min=0)
     ] = Settings.checkpoint_quota_bytes,
@@ -383,6 +391,7 @@ def server(
     tls = _tls_pair(host, tls_cert, tls_key, insecure_http)
     get_policy(policy)  # an unknown policy is an error now, not at the first pass
     _private_home()
+    _check_checkpoint_store(checkpoint_store, checkpoint_dir)
     url = database_url or f"sqlite:///{home() / 'gpunet.db'}"
     db, token = _prepare(url)
     if token:
@@ -399,12 +408,27 @@ def server(
         blob_quota_bytes=blob_quota_bytes,
         max_queued_jobs=max_queued_jobs,
         checkpoint_dir=str(checkpoint_dir or home() / "checkpoints"),
+        checkpoint_store=checkpoint_store,
         checkpoint_quota_bytes=checkpoint_quota_bytes,
         replica=f"{socket.gethostname()}:{port}",  # its name among replicas (docs/replicas.md)
     )
     scheme = "https" if tls else "http"
     console.print(f"gpunet coordinator on {scheme}://{host}:{port} ({db.engine.dialect.name})")
     _uvicorn(settings, db, host, port, tls).run()
+
+
+def _check_checkpoint_store(url: str | None, directory: Path | None) -> None:
+    """An s3:// store is reached now: a wrong bucket, endpoint or credential (or boto3
+    missing) stops the start with an error naming --checkpoint-store."""
+    if url is None:
+        return
+    if directory is not None:
+        raise ValidationFailed(
+            "checkpoint_store", "--checkpoint-store and --checkpoint-dir exclude each other"
+        )
+    from gpunet.services.checkpoint_store import store_for
+
+    store_for(url, home() / "checkpoints", check=True)
 
 
 def _tls_pair(

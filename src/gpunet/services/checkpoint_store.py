@@ -42,12 +42,28 @@ class CheckpointStore(Protocol):
         ...
 
     def delete(self, key: str) -> None:
-        """Remove the object; a missing one is not an error."""
+        """Remove the object; a missing one is not an error. (Any method may raise OSError
+        or ``StoreUnavailable`` when the storage itself fails.)"""
         ...
 
     def keys(self, older_than_s: float) -> Iterator[str]:
         """Every stored key last used more than ``older_than_s`` seconds ago."""
         ...
+
+
+def store_for(url: str | None, directory: Path, *, check: bool = False) -> CheckpointStore:
+    """The store ``--checkpoint-store`` names: ``s3://bucket/prefix`` (an S3-compatible
+    bucket, see ``gpunet.services.s3_store``), or, when None, ``directory``. ``check``: reach
+    the bucket now, so a wrong endpoint, bucket or credential fails at start, naming the
+    option."""
+    if url is None:
+        return FileCheckpointStore(directory)
+    from gpunet.services.s3_store import S3CheckpointStore
+
+    store = S3CheckpointStore.from_url(url)
+    if check:
+        store.check()
+    return store
 
 
 def object_key(account_id: str, digest: str) -> str:

@@ -61,6 +61,7 @@ class Settings:
     # ``checkpoints`` folder under GPUNET_HOME), bytes of objects per account, files per
     # checkpoint, how long torn uploads, finished jobs' checkpoints and unused objects stay
     checkpoint_dir: str | None = None
+    checkpoint_store: str | None = None  # s3://bucket/prefix instead of checkpoint_dir
     checkpoint_quota_bytes: int = 50 * 1024**3
     checkpoint_max_files: int = 10_000
     checkpoint_pending_s: float = 3600.0
@@ -296,8 +297,10 @@ class Runtime:
         """The checkpoint store, made on first use (most coordinators' tests never need it)."""
         if self._checkpoints is None:
             from gpunet.config import home
-            from gpunet.services.checkpoint_store import FileCheckpointStore
+            from gpunet.services.checkpoint_store import store_for
 
             root = self.settings.checkpoint_dir
-            self._checkpoints = FileCheckpointStore(Path(root) if root else home() / "checkpoints")
+            self._checkpoints = store_for(
+                self.settings.checkpoint_store, Path(root) if root else home() / "checkpoints"
+            )
         return self._checkpoints

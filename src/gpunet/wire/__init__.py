@@ -45,7 +45,8 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     422: "An input is invalid: the error names the field and the reason",
     429: "Too many requests: try again later",
     502: "A service's replica failed while answering",
-    503: "A service has no replica ready and cannot hold the request: try again later",
+    503: "Unavailable now (no replica of a service ready, a storage service behind the "
+    "coordinator failing): try again later",
 }
 
 

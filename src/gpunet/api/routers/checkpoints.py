@@ -12,7 +12,7 @@ from starlette.requests import ClientDisconnect
 
 from gpunet import wire
 from gpunet.api.deps import Rt, Who
-from gpunet.errors import NotFound, ValidationFailed
+from gpunet.errors import NotFound, StoreUnavailable, ValidationFailed
 from gpunet.services import checkpoints as svc
 from gpunet.wire import INT64_MAX
 from gpunet.wire import resources as R
@@ -39,7 +39,7 @@ def limits(rt: Rt) -> svc.Limits:
     "/attempts/{attempt_id}/checkpoints",
     status_code=201,
     response_model=CheckpointCreated,
-    responses=wire.errors(404, 409, 429),
+    responses=wire.errors(404, 409, 429, 503),
 )
 def create(rt: Rt, who: Who, attempt_id: str, man: CheckpointManifest) -> CheckpointCreated:
     """Start a checkpoint of the attempt's directory: answers the objects to upload."""
@@ -50,7 +50,7 @@ def create(rt: Rt, who: Who, attempt_id: str, man: CheckpointManifest) -> Checkp
 @agent_router.put(
     "/attempts/{attempt_id}/checkpoints/{checkpoint_id}/objects/{digest}",
     response_model=Accepted,
-    responses=wire.errors(404, 409, 413, 422),
+    responses=wire.errors(404, 409, 413, 422, 503),
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -82,7 +82,7 @@ async def put_object(
 @agent_router.post(
     "/attempts/{attempt_id}/checkpoints/{checkpoint_id}/commit",
     response_model=CheckpointCommitted,
-    responses=wire.errors(404, 409),
+    responses=wire.errors(404, 409, 503),
 )
 def commit(
     rt: Rt, who: Who, attempt_id: str, checkpoint_id: str, rep: Report
@@ -95,7 +95,7 @@ def commit(
     if pruned:
         try:
             svc.collect_objects(rt.db, rt.checkpoints, rt.settings.checkpoint_object_grace_s)
-        except OSError as exc:  # the collection loop tries again later
+        except (OSError, StoreUnavailable) as exc:  # the collection loop tries again later
             log.warning("checkpoint objects not collected: %s", exc)
     return CheckpointCommitted(checkpoint_id=ck.id, files=ck.files, size=ck.size)
 
@@ -104,7 +104,7 @@ def commit(
     "/checkpoints/objects/{digest}",
     response_class=StreamingResponse,
     responses={
-        **wire.errors(404),
+        **wire.errors(404, 503),
         200: {"content": {"application/octet-stream": {"schema": {"type": "string"}}}},
     },
 )
