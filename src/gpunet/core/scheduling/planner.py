@@ -47,6 +47,9 @@ _Member = tuple[int, str, tuple[str, ...]]  # a gang member: class index, node, 
 _NO_PARTS = (0.0, 0.0, 0.0, 0.0, 0.0)
 _STRANGER = "\x00stranger"  # an account that owns no node
 _SITES_SHOWN = 5  # sites named in a gang's explanation
+# compaction tries per pass (each looks at every job placed so far): bounds a pass's cost on
+# a large fleet whose free GPUs are scattered
+COMPACTIONS = 16
 
 
 def _count(k: int, noun: str) -> str:
@@ -606,6 +609,7 @@ def plan(
         order.sort(key=lambda j: (*(-r for r in admission.rank(j)), not j.running_on))
     admit = Tally(snapshot) if snapshot.accounts else None
     held = _Held(pl.index, order) if snapshot.keep_running else None
+    compactions = 0
     for i, job in enumerate(order):
         if not pl.index.any_free() and (held is None or not held.reserved):
             # nothing is free and nothing can be taken: no later job can be placed. Their
@@ -621,7 +625,14 @@ def plan(
             exp, best = held.choose(pl, job, admit)
         else:
             exp, best = pl.explain_and_choose(job, admit)
-        if best is None and held is None and pol.match_nodes and not pl.is_gang(job):
+        if (
+            best is None
+            and held is None
+            and pol.match_nodes
+            and not pl.is_gang(job)
+            and compactions < COMPACTIONS
+        ):
+            compactions += 1
             compacted = _compact(pl, job, placed, admit)
             if compacted is not None:
                 exp, best = compacted
@@ -1020,6 +1031,20 @@ def _match_nodes(
         members: dict[tuple[int, str], list[int]] = defaultdict(list)
         for i, s in enumerate(slots):
             members[(s[1], s[2])].append(i)
+        # a unit's gain towards a class, once per pass (a unit that swapped is not paired again)
+        memo: dict[tuple[tuple[int, str], int], float] = {}
+
+        def unit_gain(
+            u: tuple[int, str],
+            to_ci: int,
+            memo: dict[tuple[tuple[int, str], int], float] = memo,
+            members: dict[tuple[int, str], list[int]] = members,
+        ) -> float:
+            g = memo.get((u, to_ci))
+            if g is None:
+                g = memo[(u, to_ci)] = gain(members.get(u, []), to_ci)
+            return g
+
         units: dict[tuple[int, int], list[tuple[int, str]]] = defaultdict(list)  # (ci, size)
         for key, gs in unit_gpus.items():
             ci, node = key
@@ -1034,18 +1059,16 @@ def _match_nodes(
                 if a[1] != b[1]:
                     continue
                 a_side = sorted(
-                    (u for u in units[a] if u not in swapped),
-                    key=lambda u: -gain(members.get(u, []), b[0]),
+                    (u for u in units[a] if u not in swapped), key=lambda u: -unit_gain(u, b[0])
                 )
                 b_side = sorted(
-                    (u for u in units[b] if u not in swapped),
-                    key=lambda u: -gain(members.get(u, []), a[0]),
+                    (u for u in units[b] if u not in swapped), key=lambda u: -unit_gain(u, a[0])
                 )
                 for ua, ub in zip(a_side, b_side, strict=False):
                     ma, mb = members.get(ua, []), members.get(ub, [])
                     if not ma and not mb:
                         continue
-                    if gain(ma, b[0]) + gain(mb, a[0]) <= 1e-6:
+                    if unit_gain(ua, b[0]) + unit_gain(ub, a[0]) <= 1e-6:
                         break
                     free_b = move(ma, ub)
                     free_a = move(mb, ua)
