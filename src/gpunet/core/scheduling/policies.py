@@ -8,7 +8,8 @@
 - ``default``: gpunet's policy for low average completion time: priority first, on-demand
   before interruptible work, then the Gittins index of attained work under the public job-size
   distribution, aged so that no job starves (jobs of k GPUs k³ times slower) and weighed by
-  each account's fair share of recent use (``Snapshot.account_usage``), then type matching.
+  each account's fair share of recent use (``Snapshot.account_usage``), then type matching,
+  also across job sizes (whole nodes' contents swapped, ``Policy.match_nodes``).
 - ``fifo_perf`` (alias ``gavel-compat``): FIFO on the fastest free GPU type, as Gavel's
   ``fifo_perf``; used by the simulator to check itself against Gavel's published numbers.
 """
