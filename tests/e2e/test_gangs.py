@@ -209,8 +209,7 @@ def ray_net(tmp_path: Path) -> Iterator[Network]:
     try:
         import ray  # noqa: F401
     except ImportError:
-        # an optional extra the CI does not install (it is huge): a skip even under CI
-        pytest.skip("ray is not installed (pip install gpunet[ray])")
+        missing("ray (pip install gpunet[ray]; the dev extra brings it)")
     with three_agents(tmp_path, f"sqlite:///{tmp_path / 'gpunet.db'}") as n:
         yield n
 

@@ -31,7 +31,7 @@ from gpunet.core.scheduling.model import (
     Plan,
     Snapshot,
 )
-from gpunet.core.scheduling.policies import QUANTUM_S, Policy, get_policy
+from gpunet.core.scheduling.policies import QUANTUM_S, Policy, get_policy, gpus_of
 from gpunet.core.scheduling.scorers import (
     class_scores,
     expected_throughputs,
@@ -50,6 +50,9 @@ _Member = tuple[int, str, tuple[str, ...]]  # a gang member: class index, node, 
 _NO_PARTS = (0.0, 0.0, 0.0, 0.0, 0.0)
 _STRANGER = "\x00stranger"  # an account that owns no node
 _SITES_SHOWN = 5  # sites named in a gang's explanation
+# compaction tries per pass (each looks at every job placed so far): bounds a pass's cost on
+# a large fleet whose free GPUs are scattered
+COMPACTIONS = 16
 
 
 def _count(k: int, noun: str) -> str:
@@ -624,6 +627,7 @@ def plan(
         order.sort(key=lambda j: (*(-r for r in admission.rank(j)), not j.running_on))
     admit = Tally(snapshot) if snapshot.accounts else None
     held = _Held(pl.index, order) if snapshot.keep_running else None
+    compactions = 0
     for i, job in enumerate(order):
         if not pl.index.any_free() and (held is None or not held.reserved):
             # nothing is free and nothing can be taken: no later job can be placed. Their
@@ -639,6 +643,17 @@ def plan(
             exp, best = held.choose(pl, job, admit)
         else:
             exp, best = pl.explain_and_choose(job, admit)
+        if (
+            best is None
+            and held is None
+            and pol.match_nodes
+            and not pl.is_gang(job)
+            and compactions < COMPACTIONS
+        ):
+            compactions += 1
+            compacted = _compact(pl, job, placed, admit)
+            if compacted is not None:
+                exp, best = compacted
         result.explanations[job.id] = exp
         if best is None:
             continue
@@ -661,6 +676,8 @@ def plan(
         placed = [p for p in placed if p[0].node_count <= 1 and p[0].site is None]
     if pol.match_types:
         placed = _match_types(pl, placed)
+    if pol.match_nodes:
+        placed = _match_nodes(pl, placed)
     chosen = set(first_choice)
     if pol.min_efficiency > 0:
         movable = [
@@ -782,6 +799,78 @@ class _Held:
         return exp, best
 
 
+def _compact(
+    pl: _Planner,
+    job: JobRequest,
+    placed: list[tuple[JobRequest, int, str, tuple[str, ...], float, float]],
+    admit: Tally | None,
+) -> tuple[Explanation, _Best] | None:
+    """Room on one node for ``job`` when a class has enough free GPUs but spread over nodes:
+    move one-node jobs placed earlier in this pass to other nodes of their class (same
+    score), off the node with the most free GPUs, then choose again. Moves are undone when
+    the job still does not fit. ``placed`` is updated in place."""
+    idx = pl.index
+    view = pl.view(job)
+    need = max(job.gpu_count, 1)
+    w = pl.policy.weights
+    for ci in sorted(view.feasible, key=lambda c: (-view.scores[c], c)):
+        st = idx.classes[ci]
+        if st.free < need or st.max_free >= need and idx.best_fit_node(st, need) is not None:
+            continue
+        on: dict[str, list[int]] = defaultdict(list)
+        for i, (j, pci, node, _gpus, _pk, _lc) in enumerate(placed):
+            if pci == ci and not pl.is_gang(j):
+                on[node].append(i)
+        free_of = {node: len(f) for node, f in st.free_by_node.items()}
+        targets = sorted(free_of, key=lambda nd: (-free_of[nd], nd))
+        for node in targets:
+            moved = sum(len(placed[i][3]) for i in on.get(node, ()))
+            if free_of[node] + moved < need:
+                continue
+            moves: list[tuple[int, tuple[JobRequest, int, str, tuple[str, ...], float, float]]]
+            moves = []
+            for i in sorted(on.get(node, ()), key=lambda i: len(placed[i][3])):
+                if len(st.free_by_node.get(node, ())) >= need:
+                    break
+                j, _ci, _node, gpus, _pk, _lc = placed[i]
+                dest = next(
+                    (
+                        (nd, k)
+                        for k in range(len(gpus), st.max_free + 1)
+                        for nd in st.bucket.get(k, {})
+                        if nd != node
+                    ),
+                    None,
+                )
+                if dest is None:
+                    break
+                nd, k = dest
+                new = tuple(st.free_by_node[nd][: len(gpus)])
+                idx.take(st, nd, new)
+                idx.give_back(st, node, gpus)
+                kept = len(set(j.running_on) & set(new))
+                moves.append((i, placed[i]))
+                placed[i] = (
+                    j,
+                    ci,
+                    nd,
+                    new,
+                    w.packing * packing(k, len(gpus)),
+                    pl.stay * locality(kept, len(gpus)),
+                )
+            if len(st.free_by_node.get(node, ())) >= need:
+                exp, best = pl.explain_and_choose(job, admit)
+                if best is not None:
+                    return exp, best
+            for i, before in reversed(moves):  # undo
+                j, _ci, nd, new, _pk, _lc = placed[i]
+                idx.give_back(st, nd, new)
+                idx.take(st, before[2], before[3])
+                placed[i] = before
+            break  # the node with the most room did not do: the others will not either
+    return None
+
+
 def _admit_again(
     pl: _Planner,
     snapshot: Snapshot,
@@ -821,17 +910,27 @@ def _keep_in_place(
     better free ones, so it is not moved only because the order changed. Type matching then
     moves jobs only where the gain outweighs a restart.
     """
-    pl.index = FleetIndex(snapshot, reclaim, pl.by_owner)  # the same classes: views stay valid
+    first_index, first_gangs = pl.index, dict(pl.gangs)
     jobs = [p[0] for p in placed]
-    ordered = [j for j in jobs if j.running_on] + [j for j in jobs if not j.running_on]
-    out: list[tuple[JobRequest, int, str, tuple[str, ...], float, float]] = []
-    for job in ordered:
-        _exp, best = pl.explain_and_choose(job)
-        if best is not None:
+    running_first = [j for j in jobs if j.running_on] + [j for j in jobs if not j.running_on]
+    # the largest first when running-first strands a chosen job: whole nodes for jobs of
+    # several GPUs before one-GPU jobs split them
+    largest_first = sorted(running_first, key=lambda j: -gpus_of(j))
+    for ordered in (running_first, largest_first):
+        pl.index = FleetIndex(snapshot, reclaim, pl.by_owner)  # same classes: views stay valid
+        out: list[tuple[JobRequest, int, str, tuple[str, ...], float, float]] = []
+        for job in ordered:
+            _exp, best = pl.explain_and_choose(job)
+            if best is None:
+                break
             ci, node, gpus, pk, lc = best
             pl.take(job, best)
             out.append((job, ci, node, gpus, pk, lc))
-    return out
+        else:
+            return out
+    # neither order places every chosen job: keep the first pass's placements, which did
+    pl.index, pl.gangs = first_index, first_gangs
+    return placed
 
 
 def _match_types(
@@ -895,6 +994,111 @@ def _match_types(
                     gone_a, gone_b = set(swapped_a), set(swapped_b)
                     by_class[a] = [i for i in by_class[a] if i not in gone_a] + swapped_b
                     by_class[b] = [i for i in by_class[b] if i not in gone_b] + swapped_a
+        if not changed:
+            break
+    return slots
+
+
+def _match_nodes(
+    pl: _Planner, placed: list[tuple[JobRequest, int, str, tuple[str, ...], float, float]]
+) -> list[tuple[JobRequest, int, str, tuple[str, ...], float, float]]:
+    """Exchange the whole contents of two nodes' GPUs of two classes while the summed score
+    rises: type matching across job sizes.
+
+    A unit is a node's GPUs of one class when each of them is free or held by a job of
+    ``placed`` (no gang member, no job pinned where it runs, no busy GPU). Two units of equal
+    size in different classes swap contents (a unit's free GPUs stay free on the other side):
+    a 4-GPU job on a fast node trades places with four one-GPU jobs on a slow one when the four
+    gain more than it loses, which equal-size matching cannot see. As in ``_match_types``, per
+    pair of classes the units of each side are sorted by their gain and paired best first.
+    """
+    idx = pl.index
+    slots = list(placed)
+    ci_of = {id(st): ci for ci, st in enumerate(idx.classes)}
+    unit_gpus: dict[tuple[int, str], list[str]] = defaultdict(list)
+    for g, st in idx.gpu_class.items():
+        if st.usable:
+            unit_gpus[(ci_of[id(st)], idx.gpu_node[g])].append(g)
+    for gs in unit_gpus.values():
+        gs.sort()
+
+    def gain(members: list[int], to_ci: int) -> float:
+        total = 0.0
+        for i in members:
+            job, ci, _node, _gpus, _pk, lc = slots[i]
+            view = pl.view(job)
+            if view.reasons[to_ci] is not None:
+                return float("-inf")
+            total += view.scores[to_ci] - view.scores[ci] - lc
+        return total
+
+    def move(members: list[int], to: tuple[int, str]) -> list[str]:
+        """Put ``members`` on unit ``to``; GPUs a member already holds there first."""
+        left = list(unit_gpus[to])
+        for i in members:
+            job, _ci, _node, gpus, pk, _lc = slots[i]
+            held = [g for g in left if g in set(job.running_on)][: len(gpus)]
+            rest = [g for g in left if g not in set(held)][: len(gpus) - len(held)]
+            new = tuple(sorted(held + rest))
+            left = [g for g in left if g not in set(new)]
+            lc = pl.stay * locality(len(set(job.running_on) & set(new)), len(new))
+            slots[i] = (job, to[0], to[1], new, pk, lc)
+        return left
+
+    for _ in range(3):
+        members: dict[tuple[int, str], list[int]] = defaultdict(list)
+        for i, s in enumerate(slots):
+            members[(s[1], s[2])].append(i)
+        # a unit's gain towards a class, once per pass (a unit that swapped is not paired again)
+        memo: dict[tuple[tuple[int, str], int], float] = {}
+
+        def unit_gain(
+            u: tuple[int, str],
+            to_ci: int,
+            memo: dict[tuple[tuple[int, str], int], float] = memo,
+            members: dict[tuple[int, str], list[int]] = members,
+        ) -> float:
+            g = memo.get((u, to_ci))
+            if g is None:
+                g = memo[(u, to_ci)] = gain(members.get(u, []), to_ci)
+            return g
+
+        units: dict[tuple[int, int], list[tuple[int, str]]] = defaultdict(list)  # (ci, size)
+        for key, gs in unit_gpus.items():
+            ci, node = key
+            used = sum(len(slots[i][3]) for i in members.get(key, ()))
+            if used + len(idx.classes[ci].free_by_node.get(node, ())) == len(gs):
+                units[(ci, len(gs))].append(key)
+        changed = False
+        swapped: set[tuple[int, str]] = set()  # a unit swaps once per pass: its members moved
+        keys = sorted(units)
+        for a_i, a in enumerate(keys):
+            for b in keys[a_i + 1 :]:
+                if a[1] != b[1]:
+                    continue
+                a_side = sorted(
+                    (u for u in units[a] if u not in swapped), key=lambda u: -unit_gain(u, b[0])
+                )
+                b_side = sorted(
+                    (u for u in units[b] if u not in swapped), key=lambda u: -unit_gain(u, a[0])
+                )
+                for ua, ub in zip(a_side, b_side, strict=False):
+                    ma, mb = members.get(ua, []), members.get(ub, [])
+                    if not ma and not mb:
+                        continue
+                    if unit_gain(ua, b[0]) + unit_gain(ub, a[0]) <= 1e-6:
+                        break
+                    free_b = move(ma, ub)
+                    free_a = move(mb, ua)
+                    for (ci, node), free in ((ua, free_a), (ub, free_b)):
+                        st = idx.classes[ci]
+                        old = list(st.free_by_node.get(node, ()))
+                        if old:
+                            idx.take(st, node, old)
+                        if free:
+                            idx.give_back(st, node, free)
+                    swapped.update((ua, ub))
+                    changed = True
         if not changed:
             break
     return slots

@@ -8,7 +8,8 @@
 - ``default``: gpunet's policy for low average completion time: priority first, on-demand
   before interruptible work, then the Gittins index of attained work under the public job-size
   distribution, aged so that no job starves (jobs of k GPUs k³ times slower) and weighed by
-  each account's fair share of recent use (``Snapshot.account_usage``), then type matching.
+  each account's fair share of recent use (``Snapshot.account_usage``), then type matching,
+  also across job sizes (whole nodes' contents swapped, ``Policy.match_nodes``).
 - ``fifo_perf`` (alias ``gavel-compat``): FIFO on the fastest free GPU type, as Gavel's
   ``fifo_perf``; used by the simulator to check itself against Gavel's published numbers.
 """
@@ -49,6 +50,11 @@ class Policy:
     # After placing, exchange GPU types between placed jobs while that raises their summed
     # scores: gives each type to the jobs with the highest relative speedup on it.
     match_types: bool = False
+    # Then exchange the whole contents of two nodes of different GPU classes (one job of
+    # several GPUs against several smaller jobs, or a node's jobs against free GPUs) while
+    # that raises the summed scores: type matching across job sizes, which gives the fast
+    # GPUs to the jobs that gain most per job rather than to whichever job holds a whole node.
+    match_nodes: bool = False
     # A placed job whose normalised throughput on its GPU is below this yields the GPU to a
     # later job that runs there at least twice as well (0: never). Trades a little order for
     # throughput when the fleet is overloaded.
@@ -180,7 +186,13 @@ POLICIES: dict[str, Policy] = {
     "fifo": Policy("fifo", order_fifo),
     "priority": Policy("priority", order_priority),
     "las": Policy("las", order_las, match_types=True),
-    "default": Policy("default", order_default, match_types=True, min_efficiency=MIN_EFFICIENCY),
+    "default": Policy(
+        "default",
+        order_default,
+        match_types=True,
+        match_nodes=True,
+        min_efficiency=MIN_EFFICIENCY,
+    ),
     "fifo_perf": Policy("fifo_perf", order_fifo, weights=_PERF_ONLY),
 }
 ALIASES = {"gavel-compat": "fifo_perf", "hetero": "las", "gittins": "default"}
