@@ -14,6 +14,8 @@ from starlette.concurrency import run_in_threadpool
 from gpunet import __version__
 from gpunet.api import errors
 from gpunet.api.deps import Rt
+from gpunet.api.gateway_app import PREFIX as GATEWAY_PREFIX
+from gpunet.api.gateway_app import GatewayApp
 from gpunet.api.guard import BodyGuard
 from gpunet.api.routers import (
     agent,
@@ -77,6 +79,8 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
         tunnel.router,
     ):
         app.include_router(r)
+    # the services' gateway: bare ASGI, outside the OpenAPI document (docs/services.md)
+    app.mount(GATEWAY_PREFIX.rstrip("/"), GatewayApp(rt))
     install_dashboard(app)  # the web dashboard at /, outside the OpenAPI document
 
     @app.get("/healthz", tags=["meta"])

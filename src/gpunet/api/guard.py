@@ -20,6 +20,7 @@ from urllib.parse import parse_qsl
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gpunet.api.gateway_app import PREFIX as GATEWAY_PREFIX
 from gpunet.core.text import SUSPECT, find_bad_text
 from gpunet.errors import GpunetError, Unauthorized
 from gpunet.services.runtime import Runtime
@@ -66,9 +67,6 @@ def _bad_query(raw: bytes) -> str | None:
         if "\x00" in k or "\x00" in v:
             return k.replace("\x00", "") or "query"
     return "query"
-
-
-GATEWAY_PREFIX = "/services/"
 
 
 class BodyGuard:

@@ -93,6 +93,20 @@ class Forwarded:
     reason: str  # why this replica (the balancer's words)
 
 
+def forwarded_headers(
+    headers: Iterable[tuple[str, str]], client: str, scheme: str, service: str
+) -> list[tuple[str, str]]:
+    """A request's headers as a replica gets them: without hop-by-hop ones and the caller's
+    credentials, with ``X-Forwarded-For``, ``-Proto`` and ``-Prefix`` (``/services/NAME``)."""
+    out = [(k, v) for k, v in headers if k.lower() not in DROPPED_REQUEST]
+    out += [
+        ("x-forwarded-for", client),
+        ("x-forwarded-proto", scheme),
+        ("x-forwarded-prefix", f"/services/{service}"),
+    ]
+    return out
+
+
 class Gateway:
     """Routes, per-replica outstanding counts, the waiting queue and the autoscaler's samples."""
 
@@ -201,7 +215,8 @@ class Gateway:
         headers: list[tuple[str, str]],
         body: bytes,
     ) -> Forwarded:
-        """Forward one request to a ready replica of ``route``: see the module's docstring."""
+        """Forward one request to a ready replica of ``route``: see the module's docstring.
+        ``headers`` are sent as given (see :func:`forwarded_headers`)."""
         sid = route.service_id
         self.arrived[sid] += 1
         started = time.monotonic()
@@ -209,7 +224,6 @@ class Gateway:
         deadline = started + min(MAX_WAIT_S, float(readiness.get("timeout_s", MAX_WAIT_S)))
         rule = _affinity(route.spec)
         key = rule.key_of(dict(headers)) if rule else None
-        sent = [(k, v) for k, v in headers if k.lower() not in DROPPED_REQUEST]
         tried: set[str] = set()
         for _ in range(MAX_TRIES):
             route = self.by_id.get(sid, route)
@@ -229,7 +243,7 @@ class Gateway:
             att = choice.replica
             self.outstanding[att] += 1
             try:
-                answer = await self.forward(nodes[att], att, method, path, sent, body)
+                answer = await self.forward(nodes[att], att, method, path, headers, body)
             except NotForwarded as exc:
                 self.outstanding[att] -= 1
                 log.info("service %s: %s not forwarded (%s): next replica", route.name, att, exc)

@@ -16,14 +16,13 @@ from gpunet.core.jobspec import JobSpec, parse_spec
 from gpunet.errors import ValidationFailed
 from gpunet.services import serving as svc
 from gpunet.services.accounts import account_names
+from gpunet.services.gateway import forwarded_headers
 from gpunet.services.serving import ReplicaInfo
 from gpunet.store.tables import ServiceRow
 from gpunet.util import iso
 from gpunet.wire import services as W
 
 router = APIRouter(tags=["services"], responses=wire.AUTHENTICATED)
-MAX_GATEWAY_BODY = 64 << 20  # bytes of one request forwarded to a replica
-METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
 
 def _summary(
@@ -137,40 +136,18 @@ async def stop(rt: Rt, who: Who, name: str) -> dict[str, Any]:
     return _summary(rt, row, [])
 
 
-# ---- the gateway -------------------------------------------------------------------------
+# ---- the OpenAI-compatible routes (the gateway itself is api/gateway_app.py) ------------
 async def _forward(rt: Rt, request: Request, route: svc.Route, path: str) -> Response:
     body = await request.body()
-    if len(body) > MAX_GATEWAY_BODY:
-        raise ValidationFailed("body", f"at most {MAX_GATEWAY_BODY} bytes")
     target = "/" + path + (f"?{request.url.query}" if request.url.query else "")
-    headers = list(request.headers.items())
     client = request.client.host if request.client else ""
-    headers += [
-        ("x-forwarded-for", client),
-        ("x-forwarded-proto", request.url.scheme),
-        ("x-forwarded-prefix", f"/services/{route.name}"),
-    ]
+    headers = forwarded_headers(request.headers.items(), client, request.url.scheme, route.name)
     out = await rt.gateway.send(route, request.method, target, headers, body)
-    return StreamingResponse(
-        out.body,
-        status_code=out.status,
-        headers=_multi(out.headers) | {"x-gpunet-replica": out.replica},
-    )
-
-
-def _multi(pairs: list[tuple[str, str]]) -> dict[str, str]:
-    # Starlette takes a mapping; repeated headers (set-cookie) are joined the HTTP way
-    out: dict[str, str] = {}
-    for k, v in pairs:
-        k = k.lower()
-        out[k] = f"{out[k]}, {v}" if k in out and k != "set-cookie" else v
-    return out
-
-
-@router.api_route("/services/{name}/{path:path}", methods=METHODS, include_in_schema=False)
-async def gateway(rt: Rt, who: Who, request: Request, name: str, path: str) -> Response:
-    """Forward to a ready replica of the caller's service ``name`` (docs/services.md)."""
-    return await _forward(rt, request, rt.gateway.route(who, name), path)
+    resp = StreamingResponse(out.body, status_code=out.status)
+    # the replica's headers as they came (a repeated Set-Cookie included)
+    resp.raw_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in out.headers]
+    resp.raw_headers.append((b"x-gpunet-replica", out.replica.encode()))
+    return resp
 
 
 @router.get("/v1/models", tags=["services"])
