@@ -27,6 +27,16 @@ could not report it would be reaped and run again elsewhere, the first run's suc
 late as a discarded duplicate. A job frozen with its agent cannot finish
 unseen; if the lease lapses meanwhile, SIGKILL reaches it stopped.
 
+While the agent is stopped, or cannot renew its lease past its SIGTERM point (hung), the
+watchdog also delivers the finish reports the agent journaled but had not yet sent
+(``agent.journal``: a job that exited just before its agent froze), with the node's token from
+``<home>/agent.json``, each after its attempt's unanswered start report. They then reach the
+coordinator before the lease lapses, so the job's success is kept rather than run again. A
+second delivery, by the agent once it runs again, is harmless: the coordinator answers a finish
+report for a settled attempt with 409, and the agent takes that as final. The attempt's output
+is left to the agent: the coordinator takes an attempt's output after its finish
+(``services.agents.append_logs``), and output sent by two processes could be stored twice.
+
 When the agent is gone (the pipe on the watchdog's stdin reaches end of file, which happens
 however the agent ends, kill -9 included), it kills what the agent's attempts left and exits: a
 job's grandchildren do not outlive a killed agent. An agent that exits normally has
@@ -38,17 +48,21 @@ from __future__ import annotations
 import argparse
 import contextlib
 import enum
+import json
 import os
 import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from gpunet.agent import lease
+from gpunet.agent.journal import Entry, read_pending
 
 LEASE_FILE = "lease"
 RECORDS = "watchdog"
@@ -216,6 +230,114 @@ def kill_attempts(home: Path, sig: int = signal.SIGKILL) -> list[str]:
     return new
 
 
+# ---- finish reports of a frozen agent ----------------------------------------------------
+def deliver_wanted(agent_stopped: bool, now: float, current: Lease | None) -> bool:
+    """Whether the watchdog delivers the agent's journaled finish reports itself: while the
+    agent is stopped by a signal, or has not renewed its lease by its SIGTERM point (hung)."""
+    return agent_stopped or (current is not None and now >= current.term_at)
+
+
+def reports_to_deliver(pending: list[Entry], done: set[int]) -> list[Entry]:
+    """Of the journal's unanswered reports, what the watchdog sends, in journal order: every
+    finish report it has not delivered yet, each after its attempt's unanswered start report
+    (the coordinator must have seen the attempt start). Output is left to the agent."""
+    finished = {e.attempt_id for e in pending if e.kind == "finished"}
+    return [
+        e
+        for e in pending
+        if e.seq not in done and e.attempt_id in finished and e.kind in ("started", "finished")
+    ]
+
+
+def read_credentials(home: Path) -> tuple[str, str] | None:
+    """The coordinator's URL and the node's token, as the agent saved them (None: not yet)."""
+    try:
+        data = json.loads((home / "agent.json").read_text())
+        return str(data["coordinator"]), str(data["token"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+RETRY_S = 0.2  # between delivery passes while delivery is wanted
+
+
+class Reporter:
+    """Delivers a frozen agent's journaled finish reports, in a thread of its own so that a
+    slow or stalled coordinator never delays a stop or a kill."""
+
+    def __init__(self, home: Path, transport: Any = None) -> None:
+        self.home = home
+        self.transport = transport  # an httpx transport (tests); None: the network
+        self.wanted = threading.Event()
+        self.done: set[int] = set()  # journal sequence numbers answered by the coordinator
+        self._thread: threading.Thread | None = None
+
+    def want(self, yes: bool) -> None:
+        if not yes:
+            self.wanted.clear()
+            return
+        self.wanted.set()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="reports", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            self.wanted.wait()
+            try:
+                self.deliver_once()
+            except Exception as exc:  # a bad file or answer: the next pass tries again
+                _say(f"could not deliver the agent's reports: {exc!r}")
+            time.sleep(RETRY_S)
+
+    def deliver_once(self) -> list[str]:
+        """One pass over the journal; returns the attempts whose finish was answered. Stops at
+        the first report the coordinator did not answer (down or stalled): order is kept."""
+        pending = read_pending(self.home)
+        self.done &= {e.seq for e in pending}  # what the agent acknowledged is forgotten
+        todo = reports_to_deliver(pending, self.done)
+        cred = read_credentials(self.home) if todo else None
+        if cred is None:
+            return []
+        import httpx
+
+        url, token = cred
+        delivered: list[str] = []
+        timeout = httpx.Timeout(2.0, connect=1.0)
+        with httpx.Client(timeout=timeout, verify=_verify(url), transport=self.transport) as http:
+            for e in todo:
+                if not self.wanted.is_set():
+                    break  # the agent runs again: it delivers its own reports
+                try:
+                    r = http.post(
+                        f"{url}/v1/agent/attempts/{e.attempt_id}/{e.kind}",
+                        json=e.body,
+                        headers={"Authorization": f"Bearer {token}"},
+                    )
+                except httpx.HTTPError:
+                    break
+                if r.status_code >= 500:
+                    break
+                # answered (a 4xx too: refused for good, as the agent would take it)
+                self.done.add(e.seq)
+                if e.kind == "finished":
+                    delivered.append(e.attempt_id)
+                    _say(
+                        f"delivered the finish report of attempt {e.attempt_id} for the "
+                        f"stopped agent (answer {r.status_code})"
+                    )
+        return delivered
+
+
+def _verify(url: str) -> Any:
+    """How the watchdog checks an https coordinator: as the agent does (``GPUNET_CA_FILE``)."""
+    if not url.startswith("https:"):
+        return True
+    from gpunet.tls import client_context
+
+    return client_context(os.environ.get("GPUNET_CA_FILE") or None)
+
+
 # ---- the agent's side: start and stop ---------------------------------------------------
 def spawn(home: Path) -> subprocess.Popen[bytes]:
     """Start the watchdog of the agent on ``home``; the agent keeps the pipe's write end (not
@@ -281,8 +403,10 @@ def watch(home: Path, stdin_fd: int = 0, agent_pid: int | None = None) -> None:
     """The watchdog's loop: returns once the agent is gone and its attempts are dead."""
     alive = True
     frozen = False
+    reporter = Reporter(home)
     while True:
-        step = freeze_step(alive and is_stopped(agent_pid), frozen)
+        agent_stopped = alive and is_stopped(agent_pid)
+        step = freeze_step(agent_stopped, frozen)
         if step is not Freeze.KEEP:
             frozen = step is Freeze.FREEZE
             hit = signal_attempts(home, signal.SIGSTOP if frozen else signal.SIGCONT)
@@ -290,7 +414,9 @@ def watch(home: Path, stdin_fd: int = 0, agent_pid: int | None = None) -> None:
                 what = "stopped with" if frozen else "continued with"
                 _say(f"attempt(s) {', '.join(hit)} {what} the agent")
         current = read_lease(home)
-        action = decide(time.monotonic(), current, alive)
+        now = time.monotonic()
+        reporter.want(alive and deliver_wanted(agent_stopped, now, current))
+        action = decide(now, current, alive)
         if action is not Action.WAIT:
             sig = signal.SIGTERM if action is Action.TERM else signal.SIGKILL
             hit = kill_attempts(home, sig)
