@@ -300,3 +300,65 @@ def test_the_reporter_sends_nothing_without_credentials_or_finishes(tmp_path: Pa
     (tmp_path / "agent.json").write_text("{")
     assert watchdog.read_credentials(tmp_path) is None
     j.close()
+
+
+def _zombie(home: Path, name: str, code: int) -> subprocess.Popen[bytes]:
+    """A bare attempt whose leader exited with ``code`` and was not reaped (its agent frozen):
+    a zombie, recorded as the runner records an attempt's session."""
+    from gpunet.agent.runner import SESSION_SUFFIX, _start_time
+
+    (home / "work").mkdir(parents=True, exist_ok=True)
+    p = subprocess.Popen(["/bin/sh", "-c", f"exit {code}"], start_new_session=True)
+    (home / "work" / (name + SESSION_SUFFIX)).write_text(f"{p.pid} {_start_time(p.pid) or 0}\n")
+    wait_for(lambda: watchdog._state_of(p.pid) == "Z", 10, "the leader to exit unreaped")
+    return p
+
+
+def test_an_attempt_that_exited_0_unreaped_is_reported_with_its_token(tmp_path: Path) -> None:
+    ok, failed = _zombie(tmp_path, "att-ok", 0), _zombie(tmp_path, "att-bad", 3)
+    try:
+        assert {a for a, _, _ in watchdog.ended_unseen(tmp_path)} == {"att-ok"}
+        watchdog.note_token(tmp_path, "att-ok", 7)
+        (tmp_path / "agent.json").write_text(
+            json.dumps({"coordinator": "http://co.test", "node_id": "n1", "token": "tok"})
+        )
+        seen: list[dict[str, object]] = []
+
+        def handle(req: httpx.Request) -> httpx.Response:
+            assert req.url.path == "/v1/agent/attempts/att-ok/finished"
+            seen.append(json.loads(req.content))
+            return httpx.Response(200, json={})
+
+        rep = watchdog.Reporter(tmp_path, transport=httpx.MockTransport(handle))
+        rep.wanted.set()  # (want() would also start the delivery thread)
+        rep.agent_stopped = False  # a hung agent may still reap it: not reported
+        assert rep.deliver_once() == [] and seen == []
+        rep.agent_stopped = True
+        assert rep.deliver_once() == ["att-ok"]
+        assert seen[0]["fencing_token"] == 7 and seen[0]["exit_code"] == 0
+        assert 0.0 <= float(seen[0]["runtime_s"]) < 10.0  # type: ignore[arg-type]
+        assert rep.deliver_once() == [] and len(seen) == 1  # once
+        # a finish the agent journaled itself is the one delivered
+        rep.done_ended.clear()
+        j = Journal(tmp_path)
+        j.open()
+        j.append("att-ok", "finished", {"fencing_token": 7, "exit_code": 0}, sync=True)
+        assert rep.deliver_once() == ["att-ok"] and len(seen) == 2
+        assert "reported by the agent's watchdog" not in str(seen[1].get("reason"))
+        j.close()
+    finally:
+        ok.wait()
+        failed.wait()
+    # reaped: nothing left to report
+    assert watchdog.ended_unseen(tmp_path) == []
+    watchdog.forget(tmp_path, "att-ok")
+    assert watchdog.read_token(tmp_path, "att-ok") is None
+
+
+def test_exit_status_reads_a_zombies_exit_code() -> None:
+    fields = ["Z"] + ["0"] * 48
+    assert watchdog.exit_status(fields + [str(0)]) == 0
+    assert watchdog.exit_status(fields + [str(3 << 8)]) == 3
+    assert watchdog.exit_status(fields + [str(9)]) == -9  # killed by SIGKILL
+    assert watchdog.exit_status(["S"] + ["0"] * 49) is None  # not a zombie
+    assert watchdog.exit_status(["Z", "1"]) is None  # an old kernel's short line

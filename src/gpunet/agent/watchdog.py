@@ -156,6 +156,24 @@ def stopped(home: Path, attempt_id: str) -> bool:
 
 def forget(home: Path, attempt_id: str) -> None:
     (home / RECORDS / attempt_id).unlink(missing_ok=True)
+    (home / RECORDS / (attempt_id + TOKEN_SUFFIX)).unlink(missing_ok=True)
+
+
+TOKEN_SUFFIX = ".token"
+
+
+def note_token(home: Path, attempt_id: str, token: int) -> None:
+    """The agent's side, before an attempt starts: its fencing token, so that the watchdog can
+    report the attempt's end should the agent be frozen when it exits (``ended_unseen``)."""
+    (home / RECORDS).mkdir(exist_ok=True)
+    (home / RECORDS / (attempt_id + TOKEN_SUFFIX)).write_text(f"{token}\n")
+
+
+def read_token(home: Path, attempt_id: str) -> int | None:
+    try:
+        return int((home / RECORDS / (attempt_id + TOKEN_SUFFIX)).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def clear_records(home: Path) -> None:
@@ -258,6 +276,41 @@ def read_credentials(home: Path) -> tuple[str, str] | None:
         return None
 
 
+def exit_status(stat: list[str]) -> int | None:
+    """A zombie's exit code from its ``/proc/PID/stat`` fields after the name (field 52,
+    ``exit_code``, as waitpid reports it; Linux 3.5 on): the code if it exited, minus the
+    signal if a signal ended it; None when not a zombie or not told."""
+    if not stat or stat[0] != "Z" or len(stat) < 50:
+        return None
+    status = int(stat[49])
+    if os.WIFEXITED(status):
+        return os.WEXITSTATUS(status)
+    return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
+
+
+def ended_unseen(home: Path) -> list[tuple[str, int, float]]:
+    """Bare attempts whose job exited 0 while the agent could not see it (the agent is frozen:
+    the job's leader is a zombie the agent has not reaped, so it wrote no finish report): the
+    attempt id, its exit code (0) and its start as CLOCK_BOOTTIME seconds. Only clean exits:
+    an attempt ended by a signal (the watchdog's own kill, say) is the agent's to report."""
+    from gpunet.agent.runner import SESSION_SUFFIX, _stat
+
+    hz = os.sysconf("SC_CLK_TCK")
+    out: list[tuple[str, int, float]] = []
+    for rec in sorted((home / "work").glob("*" + SESSION_SUFFIX)):
+        name = rec.name.removesuffix(SESSION_SUFFIX)
+        try:
+            sid, since = (int(x) for x in rec.read_text().split())
+        except (OSError, ValueError):
+            continue
+        st = _stat(sid) if sid > 1 else None
+        if st is None or len(st) < 20 or int(st[19]) != since:
+            continue  # gone (reaped), or the number was reused
+        if exit_status(st) == 0:
+            out.append((name, 0, since / hz))
+    return out
+
+
 RETRY_S = 0.2  # between delivery passes while delivery is wanted
 
 
@@ -270,9 +323,13 @@ class Reporter:
         self.transport = transport  # an httpx transport (tests); None: the network
         self.wanted = threading.Event()
         self.done: set[int] = set()  # journal sequence numbers answered by the coordinator
+        self.agent_stopped = False  # only then are ended, unjournaled attempts reported
+        self.seen_ended: dict[str, float] = {}  # attempt -> when first seen ended (boottime)
+        self.done_ended: set[str] = set()
         self._thread: threading.Thread | None = None
 
-    def want(self, yes: bool) -> None:
+    def want(self, yes: bool, agent_stopped: bool = False) -> None:
+        self.agent_stopped = yes and agent_stopped
         if not yes:
             self.wanted.clear()
             return
@@ -295,7 +352,7 @@ class Reporter:
         the first report the coordinator did not answer (down or stalled): order is kept."""
         pending = read_pending(self.home)
         self.done &= {e.seq for e in pending}  # what the agent acknowledged is forgotten
-        todo = reports_to_deliver(pending, self.done)
+        todo = reports_to_deliver(pending, self.done) + self._ended(pending)
         cred = read_credentials(self.home) if todo else None
         if cred is None:
             return []
@@ -319,7 +376,10 @@ class Reporter:
                 if r.status_code >= 500:
                     break
                 # answered (a 4xx too: refused for good, as the agent would take it)
-                self.done.add(e.seq)
+                if e.seq > 0:
+                    self.done.add(e.seq)
+                else:
+                    self.done_ended.add(e.attempt_id)
                 if e.kind == "finished":
                     delivered.append(e.attempt_id)
                     _say(
@@ -327,6 +387,30 @@ class Reporter:
                         f"stopped agent (answer {r.status_code})"
                     )
         return delivered
+
+    def _ended(self, pending: list[Entry]) -> list[Entry]:
+        """Finish reports the watchdog writes itself, for attempts whose job exited 0 while
+        the agent was stopped and so never journaled their end (``ended_unseen``); sequence
+        number 0: not the journal's. The running time ends when the watchdog first saw the
+        exit (at most a tick late)."""
+        if not self.agent_stopped:
+            return []
+        journaled = {e.attempt_id for e in pending if e.kind == "finished"}
+        now = time.clock_gettime(time.CLOCK_BOOTTIME)
+        out: list[Entry] = []
+        for att, code, started in ended_unseen(self.home):
+            token = read_token(self.home, att)
+            if att in journaled or att in self.done_ended or token is None:
+                continue
+            ended = self.seen_ended.setdefault(att, now)
+            body = {
+                "fencing_token": token,
+                "exit_code": code,
+                "reason": f"exit code {code} (reported by the agent's watchdog)",
+                "runtime_s": round(max(0.0, ended - started), 3),
+            }
+            out.append(Entry(0, att, "finished", body))
+        return out
 
 
 def _verify(url: str) -> Any:
@@ -382,6 +466,13 @@ def agent_gone(stdin_fd: int, timeout_s: float) -> bool:
         return True
 
 
+def _state_of(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
 def is_stopped(pid: int | None) -> bool:
     """Whether process ``pid`` is stopped by a signal (SIGSTOP, SIGTSTP)."""
     if pid is None:
@@ -415,7 +506,7 @@ def watch(home: Path, stdin_fd: int = 0, agent_pid: int | None = None) -> None:
                 _say(f"attempt(s) {', '.join(hit)} {what} the agent")
         current = read_lease(home)
         now = time.monotonic()
-        reporter.want(alive and deliver_wanted(agent_stopped, now, current))
+        reporter.want(alive and deliver_wanted(agent_stopped, now, current), agent_stopped)
         action = decide(now, current, alive)
         if action is not Action.WAIT:
             sig = signal.SIGTERM if action is Action.TERM else signal.SIGKILL
