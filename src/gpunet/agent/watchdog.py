@@ -36,6 +36,11 @@ second delivery, by the agent once it runs again, is harmless: the coordinator a
 report for a settled attempt with 409, and the agent takes that as final. The attempt's output
 is left to the agent: the coordinator takes an attempt's output after its finish
 (``services.agents.append_logs``), and output sent by two processes could be stored twice.
+A job that exited while its agent was stopped has no journaled finish (the agent never reaped
+it): while the agent is stopped, a bare attempt's session leader that is a zombie with exit
+status 0 (``/proc/PID/stat`` field 52) is reported a success by the watchdog itself, with the
+fencing token the agent recorded before starting it (``<home>/watchdog/<attempt id>.token``)
+and the running time from the process's start to when the watchdog saw it ended.
 
 When the agent is gone (the pipe on the watchdog's stdin reaches end of file, which happens
 however the agent ends, kill -9 included), it kills what the agent's attempts left and exits: a
