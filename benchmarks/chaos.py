@@ -14,6 +14,11 @@ and `gpunet ledger verify`.
     python benchmarks/chaos.py --database postgres --rounds 32 --jobs 250 --agents 4 \
         --pg-url postgresql://postgres@127.0.0.1:5432/postgres
 
+Frozen agents only, with short jobs (many exits near each freeze):
+
+    python benchmarks/chaos.py --database sqlite --faults sigstop_agent --rounds 16 \
+        --jobs 400 --job-seconds 0.2 0.8
+
 The scenario itself lives in tests/e2e/chaos.py (tests/e2e/test_chaos.py runs a short one).
 """
 
@@ -33,7 +38,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "src")]
 
 import psycopg  # noqa: E402
 
-from tests.e2e.chaos import ChaosConfig, run_chaos  # noqa: E402
+from tests.e2e.chaos import FAULTS, ChaosConfig, run_chaos  # noqa: E402
 
 
 @contextmanager
@@ -62,6 +67,13 @@ def main() -> None:
     p.add_argument("--job-seconds", type=float, nargs=2, default=(1.0, 3.0))
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--settle-timeout", type=float, default=600.0)
+    p.add_argument(
+        "--faults",
+        nargs="+",
+        choices=FAULTS,
+        default=list(FAULTS),
+        help="the kinds of fault injected (e.g. only sigstop_agent, to study frozen agents)",
+    )
     args = p.parse_args()
     cfg = ChaosConfig(
         agents=args.agents,
@@ -72,6 +84,7 @@ def main() -> None:
         job_seconds=tuple(args.job_seconds),
         settle_timeout_s=args.settle_timeout,
         seed=args.seed,
+        faults=tuple(args.faults),
     )
     with tempfile.TemporaryDirectory(prefix="gpunet-chaos-") as tmp:
         root = Path(tmp)

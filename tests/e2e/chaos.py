@@ -47,6 +47,7 @@ class ChaosConfig:
     pause_s: tuple[float, float] = (1.0, 2.0)  # between rounds
     settle_timeout_s: float = 120.0
     seed: int = 1
+    faults: tuple[str, ...] = FAULTS  # the kinds of fault injected, in shuffled cycles
 
 
 @dataclass
@@ -199,7 +200,7 @@ class Chaos:
         stop = threading.Event()
         feeder = threading.Thread(target=self._trickle, args=(stop,), daemon=True)
         feeder.start()
-        kinds = list(FAULTS)
+        kinds = list(self.cfg.faults)
         for r in range(self.cfg.rounds):
             if r % len(kinds) == 0:
                 self.rng.shuffle(kinds)

@@ -191,15 +191,17 @@ class Network:
         *,
         extra: list[str] | None = None,
         env: dict[str, str] | None = None,
+        coordinator: str | None = None,
     ) -> Proc:
         """Start agent ``name``; ``extra``: more ``gpunet agent`` flags; ``env``: more
-        environment variables for the agent process."""
+        environment variables for the agent process; ``coordinator``: the URL it dials
+        (default the coordinator's own; a proxy in front of it, say)."""
         home = self.root / f"agent-{name}"
         p = Proc(
             [
                 "agent",
                 "--coordinator",
-                self.url,
+                coordinator or self.url,
                 "--join-token",
                 join_token,
                 "--simulate",

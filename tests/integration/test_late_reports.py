@@ -259,3 +259,42 @@ def test_billing_uses_the_agents_runtime_within_bounds(db_url: str) -> None:
         assert 100 <= billed[2] <= ceilings[2]
         assert rows[0] is not None and rows[0].runtime_s == 7.4
         _verify(c)
+
+
+def _output(c: Coordinator, user: str, job_id: str) -> list[str]:
+    r = c.c.get(f"/v1/jobs/{job_id}/logs", headers=auth(user))
+    assert r.status_code == 200, r.text
+    return [ch["data"] for ch in r.json()["chunks"]]
+
+
+def test_output_after_the_finish_of_the_same_attempt_is_kept(db_url: str) -> None:
+    """The agent's watchdog delivers a frozen agent's finish report; the output before it,
+    still inside the agent, arrives when the agent thaws and is kept. A second finish (the
+    agent's own) is refused; output of a lost or stale attempt still is."""
+    with coordinator(db_url) as c:
+        _, a = _market(c, "a")
+        user = _user(c)
+        job = c.submit(user, {"command": ["true"], "max_retries": 3})
+        att = _start(c, a)
+        assert c.report(a, att, "finished", exit_code=0, runtime_s=1.0).status_code == 200
+        assert c.job(user, job["id"])["state"] == "succeeded"
+        out = [{"stream": "stdout", "data": "ran\n"}]
+        assert c.report(a, att, "logs", chunks=out).status_code == 200
+        assert _output(c, user, job["id"]) == ["ran\n"]
+        assert c.report(a, att, "finished", exit_code=0, runtime_s=1.0).status_code == 409
+        stale = att["fencing_token"] + 1
+        assert c.report(a, att, "logs", fencing_token=stale, chunks=out).status_code == 409
+        assert _states(c, user, job["id"]) == ["succeeded"]
+        _verify(c)
+
+        # a failed attempt's output is kept too; a lost one's is not
+        failing = c.submit(user, {"command": ["false"], "max_retries": 0})
+        att = _start(c, a)
+        assert c.report(a, att, "finished", exit_code=3).status_code == 200
+        assert c.report(a, att, "logs", chunks=out).status_code == 200
+        assert _output(c, user, failing["id"]) == ["ran\n"]
+        lost = c.submit(user, {"command": ["true"], "max_retries": 3})
+        att = _start(c, a)
+        _lose(c, a)
+        assert c.report(a, att, "logs", chunks=out).status_code == 409
+        assert _output(c, user, lost["id"]) == []

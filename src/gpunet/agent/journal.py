@@ -83,6 +83,17 @@ def pending_of(records: list[dict[str, Any]]) -> list[Entry]:
     return [entries[s] for s in sorted(entries)]
 
 
+def read_pending(home: Path) -> list[Entry]:
+    """The reports in ``home``'s journal not yet answered, read without touching the file (for
+    the agent's watchdog, which reads the journal of a live, perhaps frozen, agent: a record
+    the agent is writing now reads as torn and is left out)."""
+    try:
+        data = (home / JOURNAL_FILE).read_bytes()
+    except OSError:
+        return []
+    return pending_of(read_lines(data)[0])
+
+
 class Journal:
     """The report journal in ``home`` (see the module docstring)."""
 

@@ -569,6 +569,8 @@ class Agent:
                         self._flush_logs(ctx)
                         self._finish(ctx, None, str(exc), lost=True, rendezvous_failed=True)
                         return
+                # the watchdog reports the attempt's end should this agent be frozen then
+                watchdog.note_token(self.home, ctx.id, ctx.token)
                 avars = attempt_vars(item)
                 ctx.run = await runner.start(
                     launch_spec(item),

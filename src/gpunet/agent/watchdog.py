@@ -27,6 +27,21 @@ could not report it would be reaped and run again elsewhere, the first run's suc
 late as a discarded duplicate. A job frozen with its agent cannot finish
 unseen; if the lease lapses meanwhile, SIGKILL reaches it stopped.
 
+While the agent is stopped, or cannot renew its lease past its SIGTERM point (hung), the
+watchdog also delivers the finish reports the agent journaled but had not yet sent
+(``agent.journal``: a job that exited just before its agent froze), with the node's token from
+``<home>/agent.json``, each after its attempt's unanswered start report. They then reach the
+coordinator before the lease lapses, so the job's success is kept rather than run again. A
+second delivery, by the agent once it runs again, is harmless: the coordinator answers a finish
+report for a settled attempt with 409, and the agent takes that as final. The attempt's output
+is left to the agent: the coordinator takes an attempt's output after its finish
+(``services.agents.append_logs``), and output sent by two processes could be stored twice.
+A job that exited while its agent was stopped has no journaled finish (the agent never reaped
+it): while the agent is stopped, a bare attempt's session leader that is a zombie with exit
+status 0 (``/proc/PID/stat`` field 52) is reported a success by the watchdog itself, with the
+fencing token the agent recorded before starting it (``<home>/watchdog/<attempt id>.token``)
+and the running time from the process's start to when the watchdog saw it ended.
+
 When the agent is gone (the pipe on the watchdog's stdin reaches end of file, which happens
 however the agent ends, kill -9 included), it kills what the agent's attempts left and exits: a
 job's grandchildren do not outlive a killed agent. An agent that exits normally has
@@ -38,17 +53,21 @@ from __future__ import annotations
 import argparse
 import contextlib
 import enum
+import json
 import os
 import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from gpunet.agent import lease
+from gpunet.agent.journal import Entry, read_pending
 
 LEASE_FILE = "lease"
 RECORDS = "watchdog"
@@ -142,6 +161,24 @@ def stopped(home: Path, attempt_id: str) -> bool:
 
 def forget(home: Path, attempt_id: str) -> None:
     (home / RECORDS / attempt_id).unlink(missing_ok=True)
+    (home / RECORDS / (attempt_id + TOKEN_SUFFIX)).unlink(missing_ok=True)
+
+
+TOKEN_SUFFIX = ".token"
+
+
+def note_token(home: Path, attempt_id: str, token: int) -> None:
+    """The agent's side, before an attempt starts: its fencing token, so that the watchdog can
+    report the attempt's end should the agent be frozen when it exits (``ended_unseen``)."""
+    (home / RECORDS).mkdir(exist_ok=True)
+    (home / RECORDS / (attempt_id + TOKEN_SUFFIX)).write_text(f"{token}\n")
+
+
+def read_token(home: Path, attempt_id: str) -> int | None:
+    try:
+        return int((home / RECORDS / (attempt_id + TOKEN_SUFFIX)).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def clear_records(home: Path) -> None:
@@ -216,6 +253,180 @@ def kill_attempts(home: Path, sig: int = signal.SIGKILL) -> list[str]:
     return new
 
 
+# ---- finish reports of a frozen agent ----------------------------------------------------
+def deliver_wanted(agent_stopped: bool, now: float, current: Lease | None) -> bool:
+    """Whether the watchdog delivers the agent's journaled finish reports itself: while the
+    agent is stopped by a signal, or has not renewed its lease by its SIGTERM point (hung)."""
+    return agent_stopped or (current is not None and now >= current.term_at)
+
+
+def reports_to_deliver(pending: list[Entry], done: set[int]) -> list[Entry]:
+    """Of the journal's unanswered reports, what the watchdog sends, in journal order: every
+    finish report it has not delivered yet, each after its attempt's unanswered start report
+    (the coordinator must have seen the attempt start). Output is left to the agent."""
+    finished = {e.attempt_id for e in pending if e.kind == "finished"}
+    return [
+        e
+        for e in pending
+        if e.seq not in done and e.attempt_id in finished and e.kind in ("started", "finished")
+    ]
+
+
+def read_credentials(home: Path) -> tuple[str, str] | None:
+    """The coordinator's URL and the node's token, as the agent saved them (None: not yet)."""
+    try:
+        data = json.loads((home / "agent.json").read_text())
+        return str(data["coordinator"]), str(data["token"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def exit_status(stat: list[str]) -> int | None:
+    """A zombie's exit code from its ``/proc/PID/stat`` fields after the name (field 52,
+    ``exit_code``, as waitpid reports it; Linux 3.5 on): the code if it exited, minus the
+    signal if a signal ended it; None when not a zombie or not told."""
+    if not stat or stat[0] != "Z" or len(stat) < 50:
+        return None
+    status = int(stat[49])
+    if os.WIFEXITED(status):
+        return os.WEXITSTATUS(status)
+    return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
+
+
+def ended_unseen(home: Path) -> list[tuple[str, int, float]]:
+    """Bare attempts whose job exited 0 while the agent could not see it (the agent is frozen:
+    the job's leader is a zombie the agent has not reaped, so it wrote no finish report): the
+    attempt id, its exit code (0) and its start as CLOCK_BOOTTIME seconds. Only clean exits:
+    an attempt ended by a signal (the watchdog's own kill, say) is the agent's to report."""
+    from gpunet.agent.runner import SESSION_SUFFIX, _stat
+
+    hz = os.sysconf("SC_CLK_TCK")
+    out: list[tuple[str, int, float]] = []
+    for rec in sorted((home / "work").glob("*" + SESSION_SUFFIX)):
+        name = rec.name.removesuffix(SESSION_SUFFIX)
+        try:
+            sid, since = (int(x) for x in rec.read_text().split())
+        except (OSError, ValueError):
+            continue
+        st = _stat(sid) if sid > 1 else None
+        if st is None or len(st) < 20 or int(st[19]) != since:
+            continue  # gone (reaped), or the number was reused
+        if exit_status(st) == 0:
+            out.append((name, 0, since / hz))
+    return out
+
+
+RETRY_S = 0.2  # between delivery passes while delivery is wanted
+
+
+class Reporter:
+    """Delivers a frozen agent's journaled finish reports, in a thread of its own so that a
+    slow or stalled coordinator never delays a stop or a kill."""
+
+    def __init__(self, home: Path, transport: Any = None) -> None:
+        self.home = home
+        self.transport = transport  # an httpx transport (tests); None: the network
+        self.wanted = threading.Event()
+        self.done: set[int] = set()  # journal sequence numbers answered by the coordinator
+        self.agent_stopped = False  # only then are ended, unjournaled attempts reported
+        self.seen_ended: dict[str, float] = {}  # attempt -> when first seen ended (boottime)
+        self.done_ended: set[str] = set()
+        self._thread: threading.Thread | None = None
+
+    def want(self, yes: bool, agent_stopped: bool = False) -> None:
+        self.agent_stopped = yes and agent_stopped
+        if not yes:
+            self.wanted.clear()
+            return
+        self.wanted.set()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="reports", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            self.wanted.wait()
+            try:
+                self.deliver_once()
+            except Exception as exc:  # a bad file or answer: the next pass tries again
+                _say(f"could not deliver the agent's reports: {exc!r}")
+            time.sleep(RETRY_S)
+
+    def deliver_once(self) -> list[str]:
+        """One pass over the journal; returns the attempts whose finish was answered. Stops at
+        the first report the coordinator did not answer (down or stalled): order is kept."""
+        pending = read_pending(self.home)
+        self.done &= {e.seq for e in pending}  # what the agent acknowledged is forgotten
+        todo = reports_to_deliver(pending, self.done) + self._ended(pending)
+        cred = read_credentials(self.home) if todo else None
+        if cred is None:
+            return []
+        import httpx
+
+        url, token = cred
+        delivered: list[str] = []
+        timeout = httpx.Timeout(2.0, connect=1.0)
+        with httpx.Client(timeout=timeout, verify=_verify(url), transport=self.transport) as http:
+            for e in todo:
+                if not self.wanted.is_set():
+                    break  # the agent runs again: it delivers its own reports
+                try:
+                    r = http.post(
+                        f"{url}/v1/agent/attempts/{e.attempt_id}/{e.kind}",
+                        json=e.body,
+                        headers={"Authorization": f"Bearer {token}"},
+                    )
+                except httpx.HTTPError:
+                    break
+                if r.status_code >= 500:
+                    break
+                # answered (a 4xx too: refused for good, as the agent would take it)
+                if e.seq > 0:
+                    self.done.add(e.seq)
+                else:
+                    self.done_ended.add(e.attempt_id)
+                if e.kind == "finished":
+                    delivered.append(e.attempt_id)
+                    _say(
+                        f"delivered the finish report of attempt {e.attempt_id} for the "
+                        f"stopped agent (answer {r.status_code})"
+                    )
+        return delivered
+
+    def _ended(self, pending: list[Entry]) -> list[Entry]:
+        """Finish reports the watchdog writes itself, for attempts whose job exited 0 while
+        the agent was stopped and so never journaled their end (``ended_unseen``); sequence
+        number 0: not the journal's. The running time ends when the watchdog first saw the
+        exit (at most a tick late)."""
+        if not self.agent_stopped:
+            return []
+        journaled = {e.attempt_id for e in pending if e.kind == "finished"}
+        now = time.clock_gettime(time.CLOCK_BOOTTIME)
+        out: list[Entry] = []
+        for att, code, started in ended_unseen(self.home):
+            token = read_token(self.home, att)
+            if att in journaled or att in self.done_ended or token is None:
+                continue
+            ended = self.seen_ended.setdefault(att, now)
+            body = {
+                "fencing_token": token,
+                "exit_code": code,
+                "reason": f"exit code {code} (reported by the agent's watchdog)",
+                "runtime_s": round(max(0.0, ended - started), 3),
+            }
+            out.append(Entry(0, att, "finished", body))
+        return out
+
+
+def _verify(url: str) -> Any:
+    """How the watchdog checks an https coordinator: as the agent does (``GPUNET_CA_FILE``)."""
+    if not url.startswith("https:"):
+        return True
+    from gpunet.tls import client_context
+
+    return client_context(os.environ.get("GPUNET_CA_FILE") or None)
+
+
 # ---- the agent's side: start and stop ---------------------------------------------------
 def spawn(home: Path) -> subprocess.Popen[bytes]:
     """Start the watchdog of the agent on ``home``; the agent keeps the pipe's write end (not
@@ -260,6 +471,13 @@ def agent_gone(stdin_fd: int, timeout_s: float) -> bool:
         return True
 
 
+def _state_of(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
 def is_stopped(pid: int | None) -> bool:
     """Whether process ``pid`` is stopped by a signal (SIGSTOP, SIGTSTP)."""
     if pid is None:
@@ -281,8 +499,10 @@ def watch(home: Path, stdin_fd: int = 0, agent_pid: int | None = None) -> None:
     """The watchdog's loop: returns once the agent is gone and its attempts are dead."""
     alive = True
     frozen = False
+    reporter = Reporter(home)
     while True:
-        step = freeze_step(alive and is_stopped(agent_pid), frozen)
+        agent_stopped = alive and is_stopped(agent_pid)
+        step = freeze_step(agent_stopped, frozen)
         if step is not Freeze.KEEP:
             frozen = step is Freeze.FREEZE
             hit = signal_attempts(home, signal.SIGSTOP if frozen else signal.SIGCONT)
@@ -290,7 +510,9 @@ def watch(home: Path, stdin_fd: int = 0, agent_pid: int | None = None) -> None:
                 what = "stopped with" if frozen else "continued with"
                 _say(f"attempt(s) {', '.join(hit)} {what} the agent")
         current = read_lease(home)
-        action = decide(time.monotonic(), current, alive)
+        now = time.monotonic()
+        reporter.want(alive and deliver_wanted(agent_stopped, now, current), agent_stopped)
+        action = decide(now, current, alive)
         if action is not Action.WAIT:
             sig = signal.SIGTERM if action is Action.TERM else signal.SIGKILL
             hit = kill_attempts(home, sig)

@@ -542,6 +542,8 @@ def agent(
     verify: bool | ssl.SSLContext = True
     if coordinator.startswith("https:"):
         verify = client_context(ca_file)
+        if ca_file is not None:  # the agent's watchdog reaches the coordinator too
+            os.environ["GPUNET_CA_FILE"] = str(ca_file.expanduser().resolve())
     agent_dir = agent_home or home() / "agent"
     iso = isolation_for(
         agent_dir,

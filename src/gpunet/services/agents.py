@@ -351,13 +351,31 @@ def _cut(text: str, max_bytes: int) -> str:
     return text.encode("utf-8")[:max_bytes].decode("utf-8", "ignore")
 
 
+def _output_fenced(s: Session, who: Principal, attempt_id: str, token: int) -> tuple[Attempt, Job]:
+    """As ``_fenced``, and also an attempt that ended by its own finish report (succeeded or
+    failed, same token): the agent's watchdog delivers the finish of a frozen agent's attempt
+    (agent.watchdog) while the output before it is still in the agent, which sends it on waking."""
+    try:
+        return _fenced(s, who, attempt_id, token)
+    except StaleFencingToken:
+        att = s.get(Attempt, attempt_id)
+        ended = (AttemptState.SUCCEEDED.value, AttemptState.FAILED.value)
+        if att is None or att.state not in ended or att.exit_code is None:
+            raise
+        if att.fencing_token != token or att.node_id != who.node_id:
+            raise
+        job = s.get(Job, att.job_id)
+        assert job is not None
+        return att, job
+
+
 def append_logs(
     db: Database, who: Principal, attempt_id: str, rep: LogReport, max_log_bytes: int
 ) -> bool:
     """Store output up to the attempt's cap; past it, one system notice and nothing more.
     Returns whether the attempt's output is now truncated (the agent may stop sending)."""
     with db.transaction() as s:
-        att, job = _fenced(s, who, attempt_id, rep.fencing_token)
+        att, job = _output_fenced(s, who, attempt_id, rep.fencing_token)
         if att.log_truncated:
             return True
         at = now()
