@@ -438,9 +438,26 @@ async def steady(
 
 def profiled(args: argparse.Namespace, pid: int, workdir: Path) -> Any:
     """py-spy on the coordinator while the measured part runs, with ``--profile``."""
-    if not args.profile:
+    if not args.profile and not args.profile_out:
         return contextlib.nullcontext()
-    return Profiler(pid, workdir / "coordinator.prof")
+    return KeptProfile(pid, workdir / "coordinator.prof", args.profile_out)
+
+
+class KeptProfile(Profiler):
+    """The profiler, its raw collapsed stacks also copied to ``--profile-out`` (a prefix:
+    one file per run, for flame graphs and ``benchmarks/profile_report.py``)."""
+
+    runs = 0
+
+    def __init__(self, pid: int, out: Path, keep: str | None) -> None:
+        super().__init__(pid, out)
+        self.keep = keep
+
+    async def __aexit__(self, *exc: object) -> None:
+        await super().__aexit__(*exc)
+        if self.keep and self.out.exists():
+            KeptProfile.runs += 1
+            shutil.copy(self.out, f"{self.keep}.{KeptProfile.runs}.txt")
 
 
 def start_agent(url: str, join: str, workdir: Path) -> subprocess.Popen[bytes]:
@@ -559,6 +576,9 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=20.0, help="steady: seconds measured")
     p.add_argument("--quick", action="store_true", help="small and short: a smoke run")
     p.add_argument("--profile", action="store_true", help="sample the coordinator (py-spy)")
+    p.add_argument(
+        "--profile-out", help="keep py-spy's raw stacks as PREFIX.N.txt (implies --profile)"
+    )
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     if args.quick:

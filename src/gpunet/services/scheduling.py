@@ -13,6 +13,7 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from decimal import Decimal
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -160,6 +161,7 @@ def _apply(
     since = _queued_since(s, list(jobs))
     ports = _gang_ports(s, [pl.node_id for pl in todo if len(pl.ranks()) > 1])
     at = now()
+    charges: list[tuple[Attempt, Job, dict[str, Decimal | None], str]] = []
     for pl in todo:
         job = jobs.get(pl.job_id)
         ranks = pl.ranks()
@@ -194,7 +196,7 @@ def _apply(
             prices = {g: views[g].rate_for(interruptible) for g in gids}
             owner = owners[node_id]
             assert owner is not None
-            billing.open_charge(s, att, job, terms, prices, owner)
+            charges.append((att, job, prices, owner))
             first = first or att
             result.assigned.append(att.id)
             result.nodes.append(node_id)
@@ -211,6 +213,8 @@ def _apply(
             actor="scheduler",
         )
         result.waits_s.append(max(0.0, (at - since.get(job.id, at)).total_seconds()))
+    # the holds in a few batched writes, not a flush per placement
+    billing.open_charges(s, charges, terms)
 
 
 # how long a gang whose rendezvous check failed keeps off the pair of nodes that failed it
