@@ -287,7 +287,11 @@ def work_for(
                     if workdir
                     else None,
                     max_log_bytes=max_log_bytes,
-                    checkpoint=latest_checkpoint(s, job.id),
+                    # a checkpoint comes from an earlier attempt of the job: a plain job's
+                    # first attempt has none (one query fewer per placement)
+                    checkpoint=None
+                    if att.number <= 1 and att.gang_size <= 1
+                    else latest_checkpoint(s, job.id),
                     gang=gang,
                     array_id=job.array_id,
                     array_index=job.array_index,
@@ -296,11 +300,14 @@ def work_for(
         return Work(start=start, stop=stop)
 
 
-def _fenced(s: Session, who: Principal, attempt_id: str, token: int) -> tuple[Attempt, Job]:
+def _fenced(
+    s: Session, who: Principal, attempt_id: str, token: int, locked: Attempt | None = None
+) -> tuple[Attempt, Job]:
     """The attempt, if the report comes from its node and carries the current token. A
     member of a gang is current with its gang; a stopping attempt stays current until its
-    agent confirms the stop (a gang's members may be stopping after their job moved on)."""
-    att = s.get(Attempt, attempt_id, with_for_update=True)
+    agent confirms the stop (a gang's members may be stopping after their job moved on).
+    ``locked``: the attempt, already read under a row lock in this transaction."""
+    att = locked if locked is not None else s.get(Attempt, attempt_id, with_for_update=True)
     if att is None or att.node_id != who.node_id:
         raise NotFound(f"no attempt {attempt_id!r} on this node", field="attempt_id")
     job = s.get(Job, att.job_id, with_for_update=True)
@@ -392,18 +399,20 @@ def attempt_finished(db: Database, who: Principal, attempt_id: str, rep: FinishR
 
 
 def _take_finish(s: Session, who: Principal, attempt_id: str, rep: FinishReport) -> str:
-    late = _late_success(s, who, attempt_id, rep)
+    att = s.get(Attempt, attempt_id, with_for_update=True)  # read and locked once
+    late = _late_success(s, who, att, rep)
     if late is not None:
         return late
-    _settle_finish(s, who, attempt_id, rep)
+    _settle_finish(s, who, attempt_id, rep, att)
     return SETTLED
 
 
-def _late_success(s: Session, who: Principal, attempt_id: str, rep: FinishReport) -> str | None:
-    """A success reported for this node's lost attempt (its lease lapsed, its job re-queued):
-    kept while the job's retry has not started, else recorded as a discarded duplicate. None:
-    not such a report (the usual fencing applies)."""
-    att = s.get(Attempt, attempt_id, with_for_update=True)
+def _late_success(
+    s: Session, who: Principal, att: Attempt | None, rep: FinishReport
+) -> str | None:
+    """A success reported for this node's lost attempt ``att`` (its lease lapsed, its job
+    re-queued): kept while the job's retry has not started, else recorded as a discarded
+    duplicate. None: not such a report (the usual fencing applies)."""
     if (
         att is None
         or att.node_id != who.node_id
@@ -475,8 +484,10 @@ def _late_success(s: Session, who: Principal, attempt_id: str, rep: FinishReport
     return LATE_KEPT
 
 
-def _settle_finish(s: Session, who: Principal, attempt_id: str, rep: FinishReport) -> None:
-    att, job = _fenced(s, who, attempt_id, rep.fencing_token)
+def _settle_finish(
+    s: Session, who: Principal, attempt_id: str, rep: FinishReport, locked: Attempt | None
+) -> None:
+    att, job = _fenced(s, who, attempt_id, rep.fencing_token, locked)
     att.exit_code = rep.exit_code
     att.runtime_s = rep.runtime_s
     if rep.energy:

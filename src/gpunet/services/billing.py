@@ -150,8 +150,13 @@ def account_views(
 
 def never_fits(s: Session, account_id: str, gpus: int) -> str | None:
     """Why a job of ``gpus`` GPUs could never start under its account's quota, or None."""
-    quota = s.get(AccountQuota, account_id)
-    return never_fits_quota(quota.max_concurrent_gpus if quota else None, gpus)
+    # read once per session: a batch submit asks once per spec, and an absent row (no
+    # quota) is not remembered by the session's identity map
+    known: dict[str, int | None] = s.info.setdefault("gpunet.max_gpus", {})
+    if account_id not in known:
+        quota = s.get(AccountQuota, account_id)
+        known[account_id] = quota.max_concurrent_gpus if quota else None
+    return never_fits_quota(known[account_id], gpus)
 
 
 def open_charge(
