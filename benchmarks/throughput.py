@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -342,7 +343,7 @@ async def burst(args: argparse.Namespace, db_url: str, workdir: Path) -> dict[st
         await sub.detect()
         await asyncio.sleep(1.0)
         before = scrape(coord.url, admin)
-        meter = CpuMeter(coord.pid)
+        meter = CpuMeter(coord.pid, pg_name(db_url))
         agent_cpu0 = _proc_cpu_s(agent.pid) if agent is not None else None
         async with profiled(args, coord.pid, workdir) as prof:
             meter.start()
@@ -397,7 +398,7 @@ async def steady(
         measure_from = time.perf_counter() + args.warmup
         stop = measure_from + args.duration
         marks: dict[str, Any] = {}
-        meter = CpuMeter(coord.pid)
+        meter = CpuMeter(coord.pid, pg_name(db_url))
         async with profiled(args, coord.pid, workdir) as prof:
             while not marks or time.perf_counter() < stop:
                 if not marks and time.perf_counter() >= measure_from:
@@ -424,6 +425,9 @@ async def steady(
             "finished": done,
             "jobs_per_s": round(done / elapsed, 1),
             "polls_per_job": round((fleet.polls - marks["polls"]) / done, 2) if done else None,
+            # CPU per committed placement: steadier than jobs/s on a shared machine
+            "server_cpu_ms_per_job": per_job(cpu.get("server_cpu_s"), done),
+            "database_cpu_ms_per_job": per_job(cpu.get("database_cpu_s"), done),
             "coordinator": delta(marks["metrics"], after),
             "duplicates": fleet.duplicates,
             "errors": {**sub.errors, **fleet.errors},
@@ -434,6 +438,15 @@ async def steady(
         if fleet is not None:
             await fleet.stop()
         coord.stop()
+
+
+def per_job(cpu_s: float | None, done: int) -> float | None:
+    return round(1000 * cpu_s / done, 2) if cpu_s is not None and done else None
+
+
+def pg_name(db_url: str) -> str:
+    """The PostgreSQL database's name (its backends' CPU is counted), or "" for SQLite."""
+    return "" if db_url.startswith("sqlite") else urlsplit(db_url).path.lstrip("/")
 
 
 def profiled(args: argparse.Namespace, pid: int, workdir: Path) -> Any:

@@ -53,6 +53,9 @@ from gpunet.wire.agent import (
     LogReport,
     Registration,
     Report,
+    ReportOutcome,
+    Reports,
+    StartedAttempt,
     StartItem,
     StopItem,
     Work,
@@ -328,16 +331,52 @@ def _fenced(
 
 def attempt_started(db: Database, who: Principal, attempt_id: str, rep: Report) -> None:
     with db.transaction() as s:
-        att, job = _fenced(s, who, attempt_id, rep.fencing_token)
-        if att.state != AttemptState.ASSIGNED.value:
-            return  # a repeated report
-        move_attempt(att, AttemptState.RUNNING)
-        att.started_at = now()
-        if job.state == JobState.ASSIGNED.value and _gang_started(s, att):
-            move_job(
-                s, job, JobState.RUNNING, reason=f"started on {att.node_id}", actor=att.node_id
-            )
-            job.started_at = job.started_at or att.started_at
+        _take_started(s, who, attempt_id, rep)
+
+
+def _take_started(s: Session, who: Principal, attempt_id: str, rep: Report) -> None:
+    att, job = _fenced(s, who, attempt_id, rep.fencing_token)
+    if att.state != AttemptState.ASSIGNED.value:
+        return  # a repeated report
+    move_attempt(att, AttemptState.RUNNING)
+    att.started_at = now()
+    if job.state == JobState.ASSIGNED.value and _gang_started(s, att):
+        move_job(s, job, JobState.RUNNING, reason=f"started on {att.node_id}", actor=att.node_id)
+        job.started_at = job.started_at or att.started_at
+
+
+def take_reports(
+    db: Database, who: Principal, rep: Reports
+) -> tuple[list[ReportOutcome], list[str]]:
+    """Several reports in one transaction, each in its own savepoint (a refused one leaves
+    nothing behind and the others stand): the starts, then the finishes. Returns each one's
+    outcome, and how each accepted finish was taken (SETTLED, LATE_KEPT, LATE_DISCARDED)."""
+    if who.role is not Role.AGENT or who.node_id is None:
+        raise Forbidden("only an agent's own token may do this")
+    results: list[ReportOutcome] = []
+    taken: list[str] = []
+    with db.transaction() as s:
+        for item in [*rep.started, *rep.finished]:
+            kind = "started" if isinstance(item, StartedAttempt) else "finished"
+            try:
+                with s.begin_nested():
+                    if isinstance(item, StartedAttempt):
+                        _take_started(s, who, item.attempt_id, item)
+                    else:
+                        taken.append(_take_finish(s, who, item.attempt_id, item))
+            except GpunetError as exc:
+                results.append(
+                    ReportOutcome(
+                        attempt_id=item.attempt_id,
+                        kind=kind,
+                        status=exc.status_code,
+                        code=exc.code,
+                        message=exc.message,
+                    )
+                )
+                continue
+            results.append(ReportOutcome(attempt_id=item.attempt_id, kind=kind, status=200))
+    return results, taken
 
 
 def _gang_started(s: Session, att: Attempt) -> bool:

@@ -40,6 +40,13 @@ class TickResult:
     nodes: list[str]  # nodes to wake (new work, or an attempt to stop)
     waits_s: list[float]  # queue time of each assigned job
     preempted: list[str] = field(default_factory=list)  # attempt ids told to stop
+    more: bool = False  # the plan held more starts than one pass applies: run again at once
+
+
+# Starts applied by one pass: a pass over a deep queue on a large fleet could plan thousands,
+# and its one transaction would hold the store's write lock (SQLite) and its rows for
+# seconds while the agents' reports wait; the rest start in the next pass, at once.
+MAX_STARTS_PER_PASS = 500
 
 
 def _free_gpu_exists(snapshot: Snapshot) -> bool:
@@ -125,6 +132,8 @@ def _apply(
     starts = [pl for pl in p.placements if pl.job_id not in by_job]  # kept jobs stay as they are
     if not starts:
         return
+    if len(starts) > MAX_STARTS_PER_PASS:  # the plan's order: its first choices start now
+        starts, result.more = starts[:MAX_STARTS_PER_PASS], True
     node_ids = sorted({n for pl in starts for n, _ in pl.ranks()})
     # Lock the nodes' rows before reading their state (an UPDATE locks on both stores: a row
     # lock on PostgreSQL, the write lock on SQLite), so the lease reaper either took a node
