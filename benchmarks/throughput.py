@@ -18,7 +18,9 @@ PostgreSQL database that is dropped afterwards. Two workloads:
 
 Simulated agents speak the agent protocol over a minimal keep-alive HTTP client (two
 connections each: the long-poll and everything else), so the load generator's CPU stays small
-next to the coordinator's on a 2-core machine. Jobs are submitted through ``POST
+next to the coordinator's on a 2-core machine. They report every attempt of one work answer
+started and finished in one ``POST /v1/agent/reports`` when the coordinator has it
+(``--reports auto``), else two requests per attempt (``--reports single``). Jobs are submitted through ``POST
 /v1/jobs/batch`` when the coordinator has it (``--submit auto``), else one ``POST /v1/jobs``
 each (8 in flight). The coordinator's CPU, its scheduler passes (count, seconds) and the work
 polls it answered are read from /proc and /metrics.
@@ -144,6 +146,17 @@ class Fleet:
         self.duplicates = 0  # attempts an agent was sent again
         self.errors: Counter[str] = Counter()
         self.tasks: list[asyncio.Task[None]] = []
+        self.batch_reports = False  # POST /v1/agent/reports, one request per answer
+
+    async def detect_reports(self, mode: str) -> None:
+        """``--reports auto``: batched when the coordinator has the endpoint."""
+        if mode != "auto":
+            self.batch_reports = mode == "batch"
+            return
+        a = self.agents[0]
+        assert a.rest is not None
+        status, _ = await a.rest.call("POST", "/v1/agent/reports", {})
+        self.batch_reports = status == 200
 
     async def register(self, join: str) -> None:
         sem = asyncio.Semaphore(16)
@@ -203,13 +216,48 @@ class Fleet:
                 self.errors[f"work {status}"] += 1
                 await asyncio.sleep(0.2)
                 continue
+            fresh = []
             for item in work.get("start", []):
                 if item["attempt_id"] in a.seen:
                     self.duplicates += 1
                     continue
                 a.seen.add(item["attempt_id"])
                 a.running.add(item["attempt_id"])
+                fresh.append(item)
+            if fresh and self.batch_reports:
+                await self._run_batch(a, fresh)
+                continue
+            for item in fresh:
                 await self._run(a, item)
+
+    async def _run_batch(self, a: Agent, items: list[dict[str, Any]]) -> None:
+        """Every attempt of one answer reported started and finished in one request."""
+        assert a.rest is not None
+        ids = [(i["attempt_id"], i["fencing_token"]) for i in items]
+        body = {
+            "started": [{"attempt_id": att, "fencing_token": tok} for att, tok in ids],
+            "finished": [
+                {"attempt_id": att, "fencing_token": tok, "exit_code": 0, "runtime_s": 0.001}
+                for att, tok in ids
+            ],
+        }
+        try:
+            status, answer = await a.rest.call("POST", "/v1/agent/reports", body)
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            self.errors[f"reports {type(exc).__name__}"] += 1
+            return
+        finally:
+            a.running.difference_update(att for att, _ in ids)
+        if status != 200:
+            self.errors[f"reports {status}"] += 1
+            return
+        now = time.perf_counter()
+        for r in answer["results"]:
+            if r["status"] != 200:
+                self.errors[f"{r['kind']} {r['status']}"] += 1
+            elif r["kind"] == "finished":
+                self.done += 1
+                self.done_at.append(now)
 
     async def _run(self, a: Agent, item: dict[str, Any]) -> None:
         assert a.rest is not None
@@ -335,6 +383,7 @@ async def burst(args: argparse.Namespace, db_url: str, workdir: Path) -> dict[st
         if args.agent == "sim":
             fleet = Fleet(coord.port, 1, 8)
             await fleet.register(join)
+            await fleet.detect_reports(args.reports)
             fleet.start()
         else:
             agent = start_agent(coord.url, join, workdir)
@@ -390,6 +439,7 @@ async def steady(
         join, cons = await tokens(coord.url, admin)
         fleet = Fleet(coord.port, args.agents, args.gpus_per_agent)
         await fleet.register(join)
+        await fleet.detect_reports(args.reports)
         fleet.start()
         sub = Submitter(coord.port, cons, args.submit)
         await sub.detect()
@@ -421,6 +471,7 @@ async def steady(
             "agents": args.agents,
             "gpus": args.agents * args.gpus_per_agent,
             "submit_mode": sub.mode,
+            "reports": "batch" if fleet.batch_reports else "single",
             "measured_s": round(elapsed, 2),
             "finished": done,
             "jobs_per_s": round(done / elapsed, 1),
@@ -580,6 +631,12 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=1, help="fresh coordinator and store each run")
     p.add_argument("--submit", choices=("auto", "batch", "single"), default="auto")
     p.add_argument("--agent", choices=("real", "sim"), default="real", help="burst: the agent")
+    p.add_argument(
+        "--reports",
+        choices=("auto", "batch", "single"),
+        default="auto",
+        help="simulated agents: one POST /v1/agent/reports per answer, or a request per report",
+    )
     p.add_argument("--jobs", type=int, default=500, help="burst: jobs submitted at once")
     p.add_argument("--timeout", type=float, default=300.0, help="burst: give up after")
     p.add_argument("--agents", type=int, default=100, help="steady: simulated agents")
