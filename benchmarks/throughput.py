@@ -20,10 +20,10 @@ Simulated agents speak the agent protocol over a minimal keep-alive HTTP client 
 connections each: the long-poll and everything else), so the load generator's CPU stays small
 next to the coordinator's on a 2-core machine. They report every attempt of one work answer
 started and finished in one ``POST /v1/agent/reports`` when the coordinator has it
-(``--reports auto``), else two requests per attempt (``--reports single``). Jobs are submitted through ``POST
-/v1/jobs/batch`` when the coordinator has it (``--submit auto``), else one ``POST /v1/jobs``
-each (8 in flight). The coordinator's CPU, its scheduler passes (count, seconds) and the work
-polls it answered are read from /proc and /metrics.
+(``--reports auto``), else two requests per attempt (``--reports single``). Jobs are
+submitted through ``POST /v1/jobs/batch`` when the coordinator has it (``--submit auto``),
+else one ``POST /v1/jobs`` each (8 in flight). The coordinator's CPU, its scheduler passes
+(count, seconds) and the work polls it answered are read from /proc and /metrics.
 
     python benchmarks/throughput.py burst --agent real --database sqlite --runs 3
     python benchmarks/throughput.py steady --agents 100 --depth 100,1000,10000 \\

@@ -70,7 +70,9 @@ def test_started_and_finished_reports_in_one_request(db_url: str) -> None:
         again = _reports(
             co,
             node,
-            started=[{"attempt_id": refused["attempt_id"], "fencing_token": refused["fencing_token"]}],
+            started=[
+                {"attempt_id": refused["attempt_id"], "fencing_token": refused["fencing_token"]}
+            ],
             finished=[fin(ok, 0)],
         )
         assert [r["status"] for r in again] == [200, 409]

@@ -355,15 +355,16 @@ def take_reports(
         raise Forbidden("only an agent's own token may do this")
     results: list[ReportOutcome] = []
     taken: list[str] = []
+    items: list[StartedAttempt | FinishedAttempt] = [*rep.started, *rep.finished]
     with db.transaction() as s:
-        for item in [*rep.started, *rep.finished]:
+        for item in items:
             kind = "started" if isinstance(item, StartedAttempt) else "finished"
             try:
                 with s.begin_nested():
-                    if isinstance(item, StartedAttempt):
-                        _take_started(s, who, item.attempt_id, item)
-                    else:
+                    if isinstance(item, FinishedAttempt):
                         taken.append(_take_finish(s, who, item.attempt_id, item))
+                    else:
+                        _take_started(s, who, item.attempt_id, item)
             except GpunetError as exc:
                 results.append(
                     ReportOutcome(
@@ -375,7 +376,9 @@ def take_reports(
                     )
                 )
                 continue
-            results.append(ReportOutcome(attempt_id=item.attempt_id, kind=kind, status=200))
+            results.append(
+                ReportOutcome(attempt_id=item.attempt_id, kind=kind, status=200, code=None)
+            )
     return results, taken
 
 
@@ -446,9 +449,7 @@ def _take_finish(s: Session, who: Principal, attempt_id: str, rep: FinishReport)
     return SETTLED
 
 
-def _late_success(
-    s: Session, who: Principal, att: Attempt | None, rep: FinishReport
-) -> str | None:
+def _late_success(s: Session, who: Principal, att: Attempt | None, rep: FinishReport) -> str | None:
     """A success reported for this node's lost attempt ``att`` (its lease lapsed, its job
     re-queued): kept while the job's retry has not started, else recorded as a discarded
     duplicate. None: not such a report (the usual fencing applies)."""
