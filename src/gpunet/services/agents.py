@@ -348,37 +348,35 @@ def _take_started(s: Session, who: Principal, attempt_id: str, rep: Report) -> N
 def take_reports(
     db: Database, who: Principal, rep: Reports
 ) -> tuple[list[ReportOutcome], list[str]]:
-    """Several reports in one transaction, each in its own savepoint (a refused one leaves
-    nothing behind and the others stand): the starts, then the finishes. Returns each one's
-    outcome, and how each accepted finish was taken (SETTLED, LATE_KEPT, LATE_DISCARDED)."""
+    """Several reports, each in its own transaction (a refused one leaves nothing behind and
+    the others stand; savepoints stalled SQLite under load): the starts, then the finishes.
+    Returns each one's outcome, and how each accepted finish was taken (SETTLED, LATE_KEPT,
+    LATE_DISCARDED)."""
     if who.role is not Role.AGENT or who.node_id is None:
         raise Forbidden("only an agent's own token may do this")
     results: list[ReportOutcome] = []
     taken: list[str] = []
     items: list[StartedAttempt | FinishedAttempt] = [*rep.started, *rep.finished]
-    with db.transaction() as s:
-        for item in items:
-            kind = "started" if isinstance(item, StartedAttempt) else "finished"
-            try:
-                with s.begin_nested():
-                    if isinstance(item, FinishedAttempt):
-                        taken.append(_take_finish(s, who, item.attempt_id, item))
-                    else:
-                        _take_started(s, who, item.attempt_id, item)
-            except GpunetError as exc:
-                results.append(
-                    ReportOutcome(
-                        attempt_id=item.attempt_id,
-                        kind=kind,
-                        status=exc.status_code,
-                        code=exc.code,
-                        message=exc.message,
-                    )
-                )
-                continue
+    for item in items:
+        kind = "started" if isinstance(item, StartedAttempt) else "finished"
+        try:
+            with db.transaction() as s:
+                if isinstance(item, FinishedAttempt):
+                    taken.append(_take_finish(s, who, item.attempt_id, item))
+                else:
+                    _take_started(s, who, item.attempt_id, item)
+        except GpunetError as exc:
             results.append(
-                ReportOutcome(attempt_id=item.attempt_id, kind=kind, status=200, code=None)
+                ReportOutcome(
+                    attempt_id=item.attempt_id,
+                    kind=kind,
+                    status=exc.status_code,
+                    code=exc.code,
+                    message=exc.message,
+                )
             )
+            continue
+        results.append(ReportOutcome(attempt_id=item.attempt_id, kind=kind, status=200, code=None))
     return results, taken
 
 
