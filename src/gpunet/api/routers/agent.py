@@ -152,8 +152,8 @@ def finished(rt: Rt, who: Who, attempt_id: str, rep: FinishReport) -> Accepted:
 
 @router.post("/reports", response_model=ReportsAccepted)
 def reports(rt: Rt, who: Who, rep: Reports) -> ReportsAccepted:
-    """Several attempts' started and finished reports in one request and one transaction:
-    each is fenced and answered as its own request would be (``status`` 200, 404 or 409)."""
+    """Several attempts' started and finished reports in one request: each is fenced, taken
+    and answered as its own request would be (``status`` 200, 404 or 409)."""
     results, taken = svc.take_reports(rt.db, who, rep)
     rt.metrics.count_finishes(taken)
     if taken:
