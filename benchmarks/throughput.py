@@ -509,7 +509,7 @@ def profiled(args: argparse.Namespace, pid: int, workdir: Path) -> Any:
 
 class KeptProfile(Profiler):
     """The profiler, its raw collapsed stacks also copied to ``--profile-out`` (a prefix:
-    one file per run, for flame graphs and ``benchmarks/profile_report.py``)."""
+    one file per run, for flame graphs or one's own reading)."""
 
     runs = 0
 
