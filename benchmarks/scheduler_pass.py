@@ -196,8 +196,11 @@ def main() -> None:
     ap.add_argument("--idle-passes", type=int, default=5)
     ap.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite")
     ap.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    ap.add_argument("--nodes", type=int, default=NODES, help="nodes in the fleet")
+    ap.add_argument("--gpus-per-node", type=int, default=GPUS_PER_NODE)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    globals().update(NODES=args.nodes, GPUS_PER_NODE=args.gpus_per_node)
     out = []
     for size in (int(x) for x in args.sizes.split(",")):
         runs = [

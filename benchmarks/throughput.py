@@ -18,10 +18,12 @@ PostgreSQL database that is dropped afterwards. Two workloads:
 
 Simulated agents speak the agent protocol over a minimal keep-alive HTTP client (two
 connections each: the long-poll and everything else), so the load generator's CPU stays small
-next to the coordinator's on a 2-core machine. Jobs are submitted through ``POST
-/v1/jobs/batch`` when the coordinator has it (``--submit auto``), else one ``POST /v1/jobs``
-each (8 in flight). The coordinator's CPU, its scheduler passes (count, seconds) and the work
-polls it answered are read from /proc and /metrics.
+next to the coordinator's on a 2-core machine. They report every attempt of one work answer
+started and finished in one ``POST /v1/agent/reports`` when the coordinator has it
+(``--reports auto``), else two requests per attempt (``--reports single``). Jobs are
+submitted through ``POST /v1/jobs/batch`` when the coordinator has it (``--submit auto``),
+else one ``POST /v1/jobs`` each (8 in flight). The coordinator's CPU, its scheduler passes
+(count, seconds) and the work polls it answered are read from /proc and /metrics.
 
     python benchmarks/throughput.py burst --agent real --database sqlite --runs 3
     python benchmarks/throughput.py steady --agents 100 --depth 100,1000,10000 \\
@@ -48,6 +50,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -143,6 +146,17 @@ class Fleet:
         self.duplicates = 0  # attempts an agent was sent again
         self.errors: Counter[str] = Counter()
         self.tasks: list[asyncio.Task[None]] = []
+        self.batch_reports = False  # POST /v1/agent/reports, one request per answer
+
+    async def detect_reports(self, mode: str) -> None:
+        """``--reports auto``: batched when the coordinator has the endpoint."""
+        if mode != "auto":
+            self.batch_reports = mode == "batch"
+            return
+        a = self.agents[0]
+        assert a.rest is not None
+        status, _ = await a.rest.call("POST", "/v1/agent/reports", {})
+        self.batch_reports = status == 200
 
     async def register(self, join: str) -> None:
         sem = asyncio.Semaphore(16)
@@ -202,13 +216,48 @@ class Fleet:
                 self.errors[f"work {status}"] += 1
                 await asyncio.sleep(0.2)
                 continue
+            fresh = []
             for item in work.get("start", []):
                 if item["attempt_id"] in a.seen:
                     self.duplicates += 1
                     continue
                 a.seen.add(item["attempt_id"])
                 a.running.add(item["attempt_id"])
+                fresh.append(item)
+            if fresh and self.batch_reports:
+                await self._run_batch(a, fresh)
+                continue
+            for item in fresh:
                 await self._run(a, item)
+
+    async def _run_batch(self, a: Agent, items: list[dict[str, Any]]) -> None:
+        """Every attempt of one answer reported started and finished in one request."""
+        assert a.rest is not None
+        ids = [(i["attempt_id"], i["fencing_token"]) for i in items]
+        body = {
+            "started": [{"attempt_id": att, "fencing_token": tok} for att, tok in ids],
+            "finished": [
+                {"attempt_id": att, "fencing_token": tok, "exit_code": 0, "runtime_s": 0.001}
+                for att, tok in ids
+            ],
+        }
+        try:
+            status, answer = await a.rest.call("POST", "/v1/agent/reports", body)
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            self.errors[f"reports {type(exc).__name__}"] += 1
+            return
+        finally:
+            a.running.difference_update(att for att, _ in ids)
+        if status != 200:
+            self.errors[f"reports {status}"] += 1
+            return
+        now = time.perf_counter()
+        for r in answer["results"]:
+            if r["status"] != 200:
+                self.errors[f"{r['kind']} {r['status']}"] += 1
+            elif r["kind"] == "finished":
+                self.done += 1
+                self.done_at.append(now)
 
     async def _run(self, a: Agent, item: dict[str, Any]) -> None:
         assert a.rest is not None
@@ -334,6 +383,7 @@ async def burst(args: argparse.Namespace, db_url: str, workdir: Path) -> dict[st
         if args.agent == "sim":
             fleet = Fleet(coord.port, 1, 8)
             await fleet.register(join)
+            await fleet.detect_reports(args.reports)
             fleet.start()
         else:
             agent = start_agent(coord.url, join, workdir)
@@ -342,7 +392,7 @@ async def burst(args: argparse.Namespace, db_url: str, workdir: Path) -> dict[st
         await sub.detect()
         await asyncio.sleep(1.0)
         before = scrape(coord.url, admin)
-        meter = CpuMeter(coord.pid)
+        meter = CpuMeter(coord.pid, pg_name(db_url))
         agent_cpu0 = _proc_cpu_s(agent.pid) if agent is not None else None
         async with profiled(args, coord.pid, workdir) as prof:
             meter.start()
@@ -389,6 +439,7 @@ async def steady(
         join, cons = await tokens(coord.url, admin)
         fleet = Fleet(coord.port, args.agents, args.gpus_per_agent)
         await fleet.register(join)
+        await fleet.detect_reports(args.reports)
         fleet.start()
         sub = Submitter(coord.port, cons, args.submit)
         await sub.detect()
@@ -397,7 +448,7 @@ async def steady(
         measure_from = time.perf_counter() + args.warmup
         stop = measure_from + args.duration
         marks: dict[str, Any] = {}
-        meter = CpuMeter(coord.pid)
+        meter = CpuMeter(coord.pid, pg_name(db_url))
         async with profiled(args, coord.pid, workdir) as prof:
             while not marks or time.perf_counter() < stop:
                 if not marks and time.perf_counter() >= measure_from:
@@ -420,10 +471,14 @@ async def steady(
             "agents": args.agents,
             "gpus": args.agents * args.gpus_per_agent,
             "submit_mode": sub.mode,
+            "reports": "batch" if fleet.batch_reports else "single",
             "measured_s": round(elapsed, 2),
             "finished": done,
             "jobs_per_s": round(done / elapsed, 1),
             "polls_per_job": round((fleet.polls - marks["polls"]) / done, 2) if done else None,
+            # CPU per committed placement: steadier than jobs/s on a shared machine
+            "server_cpu_ms_per_job": per_job(cpu.get("server_cpu_s"), done),
+            "database_cpu_ms_per_job": per_job(cpu.get("database_cpu_s"), done),
             "coordinator": delta(marks["metrics"], after),
             "duplicates": fleet.duplicates,
             "errors": {**sub.errors, **fleet.errors},
@@ -436,11 +491,37 @@ async def steady(
         coord.stop()
 
 
+def per_job(cpu_s: float | None, done: int) -> float | None:
+    return round(1000 * cpu_s / done, 2) if cpu_s is not None and done else None
+
+
+def pg_name(db_url: str) -> str:
+    """The PostgreSQL database's name (its backends' CPU is counted), or "" for SQLite."""
+    return "" if db_url.startswith("sqlite") else urlsplit(db_url).path.lstrip("/")
+
+
 def profiled(args: argparse.Namespace, pid: int, workdir: Path) -> Any:
     """py-spy on the coordinator while the measured part runs, with ``--profile``."""
-    if not args.profile:
+    if not args.profile and not args.profile_out:
         return contextlib.nullcontext()
-    return Profiler(pid, workdir / "coordinator.prof")
+    return KeptProfile(pid, workdir / "coordinator.prof", args.profile_out)
+
+
+class KeptProfile(Profiler):
+    """The profiler, its raw collapsed stacks also copied to ``--profile-out`` (a prefix:
+    one file per run, for flame graphs or one's own reading)."""
+
+    runs = 0
+
+    def __init__(self, pid: int, out: Path, keep: str | None) -> None:
+        super().__init__(pid, out)
+        self.keep = keep
+
+    async def __aexit__(self, *exc: object) -> None:
+        await super().__aexit__(*exc)
+        if self.keep and self.out.exists():
+            KeptProfile.runs += 1
+            shutil.copy(self.out, f"{self.keep}.{KeptProfile.runs}.txt")
 
 
 def start_agent(url: str, join: str, workdir: Path) -> subprocess.Popen[bytes]:
@@ -550,6 +631,12 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=1, help="fresh coordinator and store each run")
     p.add_argument("--submit", choices=("auto", "batch", "single"), default="auto")
     p.add_argument("--agent", choices=("real", "sim"), default="real", help="burst: the agent")
+    p.add_argument(
+        "--reports",
+        choices=("auto", "batch", "single"),
+        default="auto",
+        help="simulated agents: one POST /v1/agent/reports per answer, or a request per report",
+    )
     p.add_argument("--jobs", type=int, default=500, help="burst: jobs submitted at once")
     p.add_argument("--timeout", type=float, default=300.0, help="burst: give up after")
     p.add_argument("--agents", type=int, default=100, help="steady: simulated agents")
@@ -559,6 +646,9 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=20.0, help="steady: seconds measured")
     p.add_argument("--quick", action="store_true", help="small and short: a smoke run")
     p.add_argument("--profile", action="store_true", help="sample the coordinator (py-spy)")
+    p.add_argument(
+        "--profile-out", help="keep py-spy's raw stacks as PREFIX.N.txt (implies --profile)"
+    )
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     if args.quick:

@@ -164,6 +164,7 @@ def test_the_document_declares_every_agent_answer() -> None:
         ("post", "/v1/agent/attempts/{attempt_id}/started"): ("200", "Accepted"),
         ("post", "/v1/agent/attempts/{attempt_id}/logs"): ("200", "LogsAccepted"),
         ("post", "/v1/agent/attempts/{attempt_id}/finished"): ("200", "Accepted"),
+        ("post", "/v1/agent/reports"): ("200", "ReportsAccepted"),
         ("post", "/v1/agent/benchmarks"): ("200", "BenchmarkScore"),
         ("post", "/v1/agent/attempts/{attempt_id}/checkpoints"): ("201", "CheckpointCreated"),
         (

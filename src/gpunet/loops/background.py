@@ -55,6 +55,8 @@ async def scheduler_loop(rt: Runtime) -> None:
         for w in result.waits_s:
             rt.metrics.schedule_latency.observe(w)
         rt.wakeups.wake_nodes(result.nodes)
+        if result.more:
+            ev.set()  # the plan held more starts than one pass applies: the next pass now
 
 
 async def gateway_loop(rt: Runtime) -> None:

@@ -53,6 +53,9 @@ from gpunet.wire.agent import (
     LogReport,
     Registration,
     Report,
+    ReportOutcome,
+    Reports,
+    StartedAttempt,
     StartItem,
     StopItem,
     Work,
@@ -287,7 +290,11 @@ def work_for(
                     if workdir
                     else None,
                     max_log_bytes=max_log_bytes,
-                    checkpoint=latest_checkpoint(s, job.id),
+                    # a checkpoint comes from an earlier attempt of the job: a plain job's
+                    # first attempt has none (one query fewer per placement)
+                    checkpoint=None
+                    if att.number <= 1 and att.gang_size <= 1
+                    else latest_checkpoint(s, job.id),
                     gang=gang,
                     array_id=job.array_id,
                     array_index=job.array_index,
@@ -296,11 +303,14 @@ def work_for(
         return Work(start=start, stop=stop)
 
 
-def _fenced(s: Session, who: Principal, attempt_id: str, token: int) -> tuple[Attempt, Job]:
+def _fenced(
+    s: Session, who: Principal, attempt_id: str, token: int, locked: Attempt | None = None
+) -> tuple[Attempt, Job]:
     """The attempt, if the report comes from its node and carries the current token. A
     member of a gang is current with its gang; a stopping attempt stays current until its
-    agent confirms the stop (a gang's members may be stopping after their job moved on)."""
-    att = s.get(Attempt, attempt_id, with_for_update=True)
+    agent confirms the stop (a gang's members may be stopping after their job moved on).
+    ``locked``: the attempt, already read under a row lock in this transaction."""
+    att = locked if locked is not None else s.get(Attempt, attempt_id, with_for_update=True)
     if att is None or att.node_id != who.node_id:
         raise NotFound(f"no attempt {attempt_id!r} on this node", field="attempt_id")
     job = s.get(Job, att.job_id, with_for_update=True)
@@ -321,16 +331,53 @@ def _fenced(s: Session, who: Principal, attempt_id: str, token: int) -> tuple[At
 
 def attempt_started(db: Database, who: Principal, attempt_id: str, rep: Report) -> None:
     with db.transaction() as s:
-        att, job = _fenced(s, who, attempt_id, rep.fencing_token)
-        if att.state != AttemptState.ASSIGNED.value:
-            return  # a repeated report
-        move_attempt(att, AttemptState.RUNNING)
-        att.started_at = now()
-        if job.state == JobState.ASSIGNED.value and _gang_started(s, att):
-            move_job(
-                s, job, JobState.RUNNING, reason=f"started on {att.node_id}", actor=att.node_id
+        _take_started(s, who, attempt_id, rep)
+
+
+def _take_started(s: Session, who: Principal, attempt_id: str, rep: Report) -> None:
+    att, job = _fenced(s, who, attempt_id, rep.fencing_token)
+    if att.state != AttemptState.ASSIGNED.value:
+        return  # a repeated report
+    move_attempt(att, AttemptState.RUNNING)
+    att.started_at = now()
+    if job.state == JobState.ASSIGNED.value and _gang_started(s, att):
+        move_job(s, job, JobState.RUNNING, reason=f"started on {att.node_id}", actor=att.node_id)
+        job.started_at = job.started_at or att.started_at
+
+
+def take_reports(
+    db: Database, who: Principal, rep: Reports
+) -> tuple[list[ReportOutcome], list[str]]:
+    """Several reports, each in its own transaction (a refused one leaves nothing behind and
+    the others stand; savepoints stalled SQLite under load): the starts, then the finishes.
+    Returns each one's outcome, and how each accepted finish was taken (SETTLED, LATE_KEPT,
+    LATE_DISCARDED)."""
+    if who.role is not Role.AGENT or who.node_id is None:
+        raise Forbidden("only an agent's own token may do this")
+    results: list[ReportOutcome] = []
+    taken: list[str] = []
+    items: list[StartedAttempt | FinishedAttempt] = [*rep.started, *rep.finished]
+    for item in items:
+        kind = "started" if isinstance(item, StartedAttempt) else "finished"
+        try:
+            with db.transaction() as s:
+                if isinstance(item, FinishedAttempt):
+                    taken.append(_take_finish(s, who, item.attempt_id, item))
+                else:
+                    _take_started(s, who, item.attempt_id, item)
+        except GpunetError as exc:
+            results.append(
+                ReportOutcome(
+                    attempt_id=item.attempt_id,
+                    kind=kind,
+                    status=exc.status_code,
+                    code=exc.code,
+                    message=exc.message,
+                )
             )
-            job.started_at = job.started_at or att.started_at
+            continue
+        results.append(ReportOutcome(attempt_id=item.attempt_id, kind=kind, status=200, code=None))
+    return results, taken
 
 
 def _gang_started(s: Session, att: Attempt) -> bool:
@@ -410,18 +457,18 @@ def attempt_finished(db: Database, who: Principal, attempt_id: str, rep: FinishR
 
 
 def _take_finish(s: Session, who: Principal, attempt_id: str, rep: FinishReport) -> str:
-    late = _late_success(s, who, attempt_id, rep)
+    att = s.get(Attempt, attempt_id, with_for_update=True)  # read and locked once
+    late = _late_success(s, who, att, rep)
     if late is not None:
         return late
-    _settle_finish(s, who, attempt_id, rep)
+    _settle_finish(s, who, attempt_id, rep, att)
     return SETTLED
 
 
-def _late_success(s: Session, who: Principal, attempt_id: str, rep: FinishReport) -> str | None:
-    """A success reported for this node's lost attempt (its lease lapsed, its job re-queued):
-    kept while the job's retry has not started, else recorded as a discarded duplicate. None:
-    not such a report (the usual fencing applies)."""
-    att = s.get(Attempt, attempt_id, with_for_update=True)
+def _late_success(s: Session, who: Principal, att: Attempt | None, rep: FinishReport) -> str | None:
+    """A success reported for this node's lost attempt ``att`` (its lease lapsed, its job
+    re-queued): kept while the job's retry has not started, else recorded as a discarded
+    duplicate. None: not such a report (the usual fencing applies)."""
     if (
         att is None
         or att.node_id != who.node_id
@@ -493,8 +540,10 @@ def _late_success(s: Session, who: Principal, attempt_id: str, rep: FinishReport
     return LATE_KEPT
 
 
-def _settle_finish(s: Session, who: Principal, attempt_id: str, rep: FinishReport) -> None:
-    att, job = _fenced(s, who, attempt_id, rep.fencing_token)
+def _settle_finish(
+    s: Session, who: Principal, attempt_id: str, rep: FinishReport, locked: Attempt | None
+) -> None:
+    att, job = _fenced(s, who, attempt_id, rep.fencing_token, locked)
     att.exit_code = rep.exit_code
     att.runtime_s = rep.runtime_s
     if rep.energy:

@@ -19,7 +19,7 @@ billed its measured time anew (``bill_late_success``), as far as the payer's wal
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -54,13 +54,25 @@ class Terms:
 
 def post(s: Session, txn: L.Txn, attempt_id: str | None = None) -> None:
     """Write a balanced transaction; its unique ref makes a second post of it fail."""
-    row = LedgerTxn(
-        ref=txn.ref, kind=txn.kind.value, memo=txn.memo, attempt_id=attempt_id, created_at=now()
-    )
-    s.add(row)
-    s.flush()
+    post_many(s, [(txn, attempt_id)])
+
+
+def post_many(s: Session, txns: Sequence[tuple[L.Txn, str | None]]) -> None:
+    """Write balanced transactions (each with its attempt) in two batched flushes, not two
+    per transaction: the scheduler pass posts one hold per placement."""
+    if not txns:
+        return
+    at = now()
+    rows = [
+        LedgerTxn(ref=txn.ref, kind=txn.kind.value, memo=txn.memo, attempt_id=aid, created_at=at)
+        for txn, aid in txns
+    ]
+    s.add_all(rows)
+    s.flush()  # the transactions' ids, for their postings
     s.add_all(
-        LedgerPosting(txn_id=row.id, account=p.account, amount=p.amount) for p in txn.postings
+        LedgerPosting(txn_id=row.id, account=p.account, amount=p.amount)
+        for row, (txn, _aid) in zip(rows, txns, strict=True)
+        for p in txn.postings
     )
     s.flush()
 
@@ -138,8 +150,13 @@ def account_views(
 
 def never_fits(s: Session, account_id: str, gpus: int) -> str | None:
     """Why a job of ``gpus`` GPUs could never start under its account's quota, or None."""
-    quota = s.get(AccountQuota, account_id)
-    return never_fits_quota(quota.max_concurrent_gpus if quota else None, gpus)
+    # read once per session: a batch submit asks once per spec, and an absent row (no
+    # quota) is not remembered by the session's identity map
+    known: dict[str, int | None] = s.info.setdefault("gpunet.max_gpus", {})
+    if account_id not in known:
+        quota = s.get(AccountQuota, account_id)
+        known[account_id] = quota.max_concurrent_gpus if quota else None
+    return never_fits_quota(known[account_id], gpus)
 
 
 def open_charge(
@@ -154,31 +171,49 @@ def open_charge(
     the job pays per hour on each of its GPUs (GpuView.rate_for: an interruptible job pays
     the interruptible price where the owner set one), as the scheduler's snapshot saw them;
     ``owner``: the node's account."""
-    priced = {gid: p for gid, p in prices.items() if p is not None}
-    if not priced:
-        return
-    rate = sum(priced.values(), L.ZERO)
-    held = L.hold_amount(rate, terms.hold_hours)
-    s.flush()  # the attempt row exists before the charge that refers to it
-    s.add(
-        AttemptCharge(
-            attempt_id=att.id,
-            job_id=job.id,
-            payer_account_id=job.account_id,
-            owner_account_id=owner,
-            node_id=att.node_id,
-            gpu_prices={gid: str(p) for gid, p in priced.items()},
-            rate_per_hour=rate,
-            fee_rate=terms.fee_rate,
-            held=held,
-            billed_seconds=0,
-            charged=L.ZERO,
-            owner_share=L.ZERO,
-            fee=L.ZERO,
-            created_at=now(),
+    open_charges(s, [(att, job, prices, owner)], terms)
+
+
+def open_charges(
+    s: Session,
+    items: Sequence[tuple[Attempt, Job, Mapping[str, Decimal | None], str]],
+    terms: Terms,
+) -> None:
+    """``open_charge`` for each (attempt, job, prices, owner), written in a few batched
+    flushes whatever their number (a scheduler pass opens one per placement)."""
+    holds: list[tuple[L.Txn, str | None]] = []
+    charges: list[AttemptCharge] = []
+    at = now()
+    for att, job, prices, owner in items:
+        priced = {gid: p for gid, p in prices.items() if p is not None}
+        if not priced:
+            continue
+        rate = sum(priced.values(), L.ZERO)
+        held = L.hold_amount(rate, terms.hold_hours)
+        charges.append(
+            AttemptCharge(
+                attempt_id=att.id,
+                job_id=job.id,
+                payer_account_id=job.account_id,
+                owner_account_id=owner,
+                node_id=att.node_id,
+                gpu_prices={gid: str(p) for gid, p in priced.items()},
+                rate_per_hour=rate,
+                fee_rate=terms.fee_rate,
+                held=held,
+                billed_seconds=0,
+                charged=L.ZERO,
+                owner_share=L.ZERO,
+                fee=L.ZERO,
+                created_at=at,
+            )
         )
-    )
-    post(s, L.place_hold(job.account_id, att.id, held, f"hold:{att.id}"), att.id)
+        holds.append((L.place_hold(job.account_id, att.id, held, f"hold:{att.id}"), att.id))
+    if not charges:
+        return
+    s.flush()  # the attempt rows exist before the charges that refer to them
+    s.add_all(charges)
+    post_many(s, holds)
 
 
 def _locked_charge(s: Session, attempt_id: str) -> AttemptCharge | None:

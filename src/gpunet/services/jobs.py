@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -23,6 +24,7 @@ from gpunet.core.jobs import (
     check_job_move,
 )
 from gpunet.core.jobspec import JobSpec
+from gpunet.core.scheduling import JobRequest
 from gpunet.errors import (
     GpunetError,
     NotFound,
@@ -216,12 +218,13 @@ def submit_many(
                 )
         at = now()
         out: list[list[Job]] = []
+        fits = cache_for(db).capacity(s)  # the fleet read once for the whole batch
         for i, spec in enumerate(specs):
             # a microsecond apart, in the order sent: policies that order by submit time run
             # a batch, and an array's tasks, in that order
             first = at + timedelta(microseconds=sum(len(js) for js in out))
             try:
-                out.append(_add(s, db, who, spec, keys[i], first))
+                out.append(_add(s, fits, who, spec, keys[i], first))
             except GpunetError as exc:
                 if batch:
                     exc.field = f"jobs.{i}" + (f".{exc.field}" if exc.field else "")
@@ -243,9 +246,15 @@ def _same_submit(s: Session, who: Principal, key: str | None) -> list[Job]:
 
 
 def _add(
-    s: Session, db: Database, who: Principal, spec: JobSpec, key: str | None, at: datetime
+    s: Session,
+    fits: Callable[[JobRequest], str | None],
+    who: Principal,
+    spec: JobSpec,
+    key: str | None,
+    at: datetime,
 ) -> list[Job]:
-    """Check one spec and add its job, or its array's tasks (the first holds the key)."""
+    """Check one spec and add its job, or its array's tasks (the first holds the key).
+    ``fits``: why a job could never run on the fleet (``PassCache.capacity``)."""
     if spec.image is not None and spec.resources.nodes > 1:
         # a container's network is private or none: its members could not reach each other
         raise ValidationFailed(
@@ -262,9 +271,7 @@ def _add(
     if unknown:
         raise ValidationFailed("resources.owners", f"no account named {unknown[0]!r}")
     job_id = new_id("job")
-    reason = cache_for(db).never_fits(
-        s, job_request(job_id, who.account_id, spec, owner_ids=owners)
-    )
+    reason = fits(job_request(job_id, who.account_id, spec, owner_ids=owners))
     reason = reason or billing.never_fits(
         s, who.account_id, spec.resources.gpus * spec.resources.nodes
     )

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -51,17 +51,26 @@ class PassCache:
     def never_fits(self, s: Session, req: JobRequest) -> str | None:
         """``core.never_fits`` on the fleet's capacity, remembered per kind of job while the
         capacity's rows stay the same (they are read every time)."""
+        return self.capacity(s)(req)
+
+    def capacity(self, s: Session) -> Callable[[JobRequest], str | None]:
+        """``never_fits`` on the fleet as read now: the rows are read once, so a batch of
+        specs checked in one transaction reads them once, not once per spec."""
         snap = fleet_snapshot(s, all_free=True, memo=self.views)
         fleet = (snap.nodes, snap.gpus)  # the same views while no row changed
         if self._capacity is None or self._capacity[0] != fleet:
             self._capacity = (fleet, {})
         known = self._capacity[1]
-        kind = replace(req, id="", priority=0, submitted_at=0.0)
-        if kind not in known:
-            if len(known) > 10_000:
-                known.clear()
-            known[kind] = never_fits(snap, req)
-        return known[kind]
+
+        def check(req: JobRequest) -> str | None:
+            kind = replace(req, id="", priority=0, submitted_at=0.0)
+            if kind not in known:
+                if len(known) > 10_000:
+                    known.clear()
+                known[kind] = never_fits(snap, req)
+            return known[kind]
+
+        return check
 
     def requests(self, s: Session, job_ids: Iterable[str]) -> dict[str, JobRequest]:
         """Job id -> its scheduler view; specs are read and validated only for new jobs."""

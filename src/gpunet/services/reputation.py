@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, func, select
+from sqlalchemy import case, func, select, true
 from sqlalchemy.orm import Session
 
 from gpunet.core.health import Health
@@ -41,20 +41,25 @@ def node_histories(
         nq = nq.where(Node.id.in_(node_ids))
     nodes = s.execute(nq).all()
     ids = [n[0] for n in nodes]
+
+    def mine(col: Any) -> Any:
+        # every node: no list of ids (a thousand bound parameters cost more than the query)
+        return col.in_(ids) if node_ids is not None else true()
+
     lost = case((Attempt.state == AttemptState.LOST.value, 1), else_=0)
     reclaimed = case((Attempt.reclaimed.is_(True), 1), else_=0)
     attempts = {
         nid: (int(total), int(n_lost or 0), int(n_reclaimed or 0))
         for nid, total, n_lost, n_reclaimed in s.execute(
             select(Attempt.node_id, func.count(), func.sum(lost), func.sum(reclaimed))
-            .where(Attempt.node_id.in_(ids), Attempt.created_at >= since)
+            .where(mine(Attempt.node_id), Attempt.created_at >= since)
             .group_by(Attempt.node_id)
         )
     }
     gpus = dict(
         s.execute(
             select(Gpu.node_id, func.count())
-            .where(Gpu.node_id.in_(ids), Gpu.lifecycle_state.notin_(GONE_STATES))
+            .where(mine(Gpu.node_id), Gpu.lifecycle_state.notin_(GONE_STATES))
             .group_by(Gpu.node_id)
         ).all()
     )
@@ -63,7 +68,7 @@ def node_histories(
             select(Gpu.node_id, func.count())
             .join(GpuEvent, GpuEvent.gpu_id == Gpu.id)
             .where(
-                Gpu.node_id.in_(ids),
+                mine(Gpu.node_id),
                 GpuEvent.kind == "health",
                 GpuEvent.to_state.in_(INCIDENT_STATES),
                 GpuEvent.at >= since,
@@ -76,7 +81,7 @@ def node_histories(
     for nid, runs, total, total_sq in s.execute(
         select(Gpu.node_id, func.count(score), func.sum(score), func.sum(score * score))
         .join(GpuBenchmark, GpuBenchmark.gpu_id == Gpu.id)
-        .where(Gpu.node_id.in_(ids), score.is_not(None), GpuBenchmark.at >= since)
+        .where(mine(Gpu.node_id), score.is_not(None), GpuBenchmark.at >= since)
         .group_by(Gpu.node_id, GpuBenchmark.gpu_id)
     ):
         benches.setdefault(nid, []).append(

@@ -13,6 +13,7 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from decimal import Decimal
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -39,6 +40,13 @@ class TickResult:
     nodes: list[str]  # nodes to wake (new work, or an attempt to stop)
     waits_s: list[float]  # queue time of each assigned job
     preempted: list[str] = field(default_factory=list)  # attempt ids told to stop
+    more: bool = False  # the plan held more starts than one pass applies: run again at once
+
+
+# Starts applied by one pass: a pass over a deep queue on a large fleet could plan thousands,
+# and its one transaction would hold the store's write lock (SQLite) and its rows for
+# seconds while the agents' reports wait; the rest start in the next pass, at once.
+MAX_STARTS_PER_PASS = 500
 
 
 def _free_gpu_exists(snapshot: Snapshot) -> bool:
@@ -141,6 +149,8 @@ def _apply(
     starts = [pl for pl in p.placements if pl.job_id not in by_job]  # kept jobs stay as they are
     if not starts:
         return
+    if len(starts) > MAX_STARTS_PER_PASS:  # the plan's order: its first choices start now
+        starts, result.more = starts[:MAX_STARTS_PER_PASS], True
     node_ids = sorted({n for pl in starts for n, _ in pl.ranks()})
     # Lock the nodes' rows before reading their state (an UPDATE locks on both stores: a row
     # lock on PostgreSQL, the write lock on SQLite), so the lease reaper either took a node
@@ -177,6 +187,7 @@ def _apply(
     since = _queued_since(s, list(jobs))
     ports = _gang_ports(s, [pl.node_id for pl in todo if len(pl.ranks()) > 1])
     at = now()
+    charges: list[tuple[Attempt, Job, dict[str, Decimal | None], str]] = []
     for pl in todo:
         job = jobs.get(pl.job_id)
         ranks = pl.ranks()
@@ -211,7 +222,7 @@ def _apply(
             prices = {g: views[g].rate_for(interruptible) for g in gids}
             owner = owners[node_id]
             assert owner is not None
-            billing.open_charge(s, att, job, terms, prices, owner)
+            charges.append((att, job, prices, owner))
             first = first or att
             result.assigned.append(att.id)
             result.nodes.append(node_id)
@@ -228,6 +239,8 @@ def _apply(
             actor="scheduler",
         )
         result.waits_s.append(max(0.0, (at - since.get(job.id, at)).total_seconds()))
+    # the holds in a few batched writes, not a flush per placement
+    billing.open_charges(s, charges, terms)
 
 
 # how long a gang whose rendezvous check failed keeps off the pair of nodes that failed it

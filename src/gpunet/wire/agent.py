@@ -307,8 +307,38 @@ class HelloRequest(Registration):
     finished: list[FinishedAttempt] = Field(default_factory=list, max_length=MAX_HELLO_FINISHED)
 
 
+class StartedAttempt(Report):
+    """An attempt whose processes are running, in a batch of reports."""
+
+    attempt_id: str = Field(max_length=40)
+
+
+MAX_BATCH_REPORTS = 1024
+
+
+class Reports(BaseModel):
+    """Several attempts' reports in one request (``POST /v1/agent/reports``): each is taken as
+    its own request would be (fenced by its token), every start before every finish, and
+    answered one by one; one refused report leaves the others standing."""
+
+    started: list[StartedAttempt] = Field(default_factory=list, max_length=MAX_BATCH_REPORTS)
+    finished: list[FinishedAttempt] = Field(default_factory=list, max_length=MAX_BATCH_REPORTS)
+
+
+class ReportOutcome(Answer):
+    attempt_id: str
+    kind: str = Field(description="started or finished")
+    status: int = Field(description="the HTTP status its own request would have had")
+    code: str | None = Field(None, description="the error's code, when refused")
+    message: str = ""
+
+
 class Accepted(Answer):
     status: str = "ok"
+
+
+class ReportsAccepted(Answer):
+    results: list[ReportOutcome]
 
 
 class LogsAccepted(Accepted):

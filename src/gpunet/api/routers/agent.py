@@ -30,6 +30,8 @@ from gpunet.wire.agent import (
     Registered,
     Registration,
     Report,
+    Reports,
+    ReportsAccepted,
     Work,
 )
 
@@ -153,6 +155,17 @@ def finished(rt: Rt, who: Who, attempt_id: str, rep: FinishReport) -> Accepted:
     rt.metrics.count_finishes([outcome])
     rt.wakeups.wake_scheduler()
     return Accepted()
+
+
+@router.post("/reports", response_model=ReportsAccepted)
+def reports(rt: Rt, who: Who, rep: Reports) -> ReportsAccepted:
+    """Several attempts' started and finished reports in one request: each is fenced, taken
+    and answered as its own request would be (``status`` 200, 404 or 409)."""
+    results, taken = svc.take_reports(rt.db, who, rep)
+    rt.metrics.count_finishes(taken)
+    if taken:
+        rt.wakeups.wake_scheduler()
+    return ReportsAccepted(results=results)
 
 
 @router.get(
