@@ -17,9 +17,10 @@ from sqlalchemy.orm import Session
 
 from gpunet.core.jobs import AttemptState, JobState
 from gpunet.core.jobspec import JobSpec, parse_spec
+from gpunet.core.scheduling import JobRequest
 from gpunet.core.serving.autoscale import ScalingPolicy
 from gpunet.core.serving.replicas import BACKOFF_WINDOW_S, ReplicaView, reconcile
-from gpunet.errors import Conflict, NotFound, Unschedulable, ValidationFailed
+from gpunet.errors import Conflict, GpunetError, NotFound, Unschedulable, ValidationFailed
 from gpunet.services import billing
 from gpunet.services.auth import Principal, Role
 from gpunet.services.fleet import account_ids, job_request
@@ -275,6 +276,7 @@ def reconcile_all(
         ):
             if failed_of is not None and fin is not None:
                 failures[failed_of].append(fin.timestamp())
+        fits: Callable[[JobRequest], str | None] | None = None
         for sid, row in by_id.items():
             reps = live.get(sid, [])
             spec = row.spec
@@ -313,11 +315,17 @@ def reconcile_all(
                     out.wake += _cancel(s, who, job, f"service: {why}", f"service: {why}")
                     out.stopped += 1
             if p.add:
-                parsed = parse_spec(spec)
-                for i in range(p.add):
-                    job = _add(s, db, who, parsed, None, at + timedelta(microseconds=i))[0]
-                    job.service_id = sid
-                    out.added += 1
+                fits = fits or cache_for(db).capacity(s)  # the fleet read once per pass
+                try:
+                    parsed = parse_spec(spec)
+                    for i in range(p.add):
+                        job = _add(s, fits, who, parsed, None, at + timedelta(microseconds=i))[0]
+                        job.service_id = sid
+                        out.added += 1
+                except GpunetError as exc:  # the fleet changed under it: say so, retry later
+                    why = f"cannot add a replica: {exc.message}"
+                    if row.reason != why:
+                        _decide(row, row.desired, why, at)
     return out
 
 
