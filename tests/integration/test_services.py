@@ -243,3 +243,37 @@ def test_scale_from_zero_holds_the_request_until_a_replica_is_ready(co: Coordina
     assert any("request at zero" in x["reason"] for x in d["decisions"]), d["decisions"]
     text = co.c.get("/metrics").text
     assert 'gpunet_service_requests_total{code="200",service="echo"} 1.0' in text
+
+
+def test_a_service_key_calls_its_service_and_nothing_else(co: Coordinator) -> None:
+    alice = co.token("consumer", "alice")
+    node = co.register(co.token("provider", "owner"))
+    fake = FakeTunnels()
+    _gateway(co).forward = fake
+    one = {**SPEC, "service": {**SPEC["service"], "replicas": {"min": 1, "max": 1}}}
+    other = {**one, "name": "other", "service": {**one["service"], "model": "other-model"}}
+    for spec in (one, other):
+        assert co.c.post("/v1/services", json=spec, headers=auth(alice)).status_code == 201
+    r = co.c.post("/v1/services/echo/keys", json={"name": "web"}, headers=auth(alice))
+    assert r.status_code == 201, r.text
+    key = r.json()
+    placed = _start_replicas(co, [node], 2)
+    atts = [i["attempt_id"] for _, i in placed]
+    _ready(co, node, atts, atts)
+    wait_for(lambda: all(len(rt.replicas) == 1 for rt in _gateway(co).by_id.values()))
+    svc_key = auth(key["token"])
+    assert co.c.get("/services/echo/x", headers=svc_key).status_code == 200
+    # not the account's other service, not the API
+    assert co.c.get("/services/other/x", headers=svc_key).status_code == 404
+    for path in ("/v1/jobs", "/v1/services", "/v1/whoami", "/v1/tokens"):
+        resp = co.c.get(path, headers=svc_key)
+        assert resp.status_code == 403, (path, resp.text)
+    models = co.c.get("/v1/models", headers=svc_key).json()["data"]
+    assert [m["id"] for m in models] == ["tiny-echo"]
+    bad = co.c.post("/v1/embeddings", json={"model": "other-model"}, headers=svc_key)
+    assert bad.status_code == 404
+    # another account cannot make a key for it; revoking ends it at once
+    bob = co.token("consumer", "bob")
+    assert co.c.post("/v1/services/echo/keys", json={}, headers=auth(bob)).status_code == 404
+    assert co.c.delete(f"/v1/tokens/{key['id']}", headers=auth(alice)).status_code == 200
+    assert co.c.get("/services/echo/x", headers=svc_key).status_code == 401

@@ -13,10 +13,15 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
-from gpunet.services.auth import Principal
+from gpunet.errors import Forbidden
+from gpunet.services.auth import Principal, Role
 from gpunet.services.runtime import Runtime
 
 _bearer = HTTPBearer(auto_error=False)
+# what a service key may call besides the gateway (api/gateway_app.py authenticates its own)
+SERVICE_KEY_PATHS = frozenset(
+    {"/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/embeddings"}
+)
 
 
 async def runtime(request: Request) -> Runtime:
@@ -30,12 +35,19 @@ async def principal(
 ) -> Principal:
     auth = (await runtime(request)).auth
     token = creds.credentials if creds else None
-    hit = auth.cached(token)
-    if hit is not None:
-        return hit
-    if not token:
-        return auth.authenticate(token)  # raises Unauthorized without touching the store
-    return await run_in_threadpool(auth.authenticate, token)
+    who = auth.cached(token)
+    if who is None:
+        who = (
+            auth.authenticate(token)  # raises Unauthorized without touching the store
+            if not token
+            else await run_in_threadpool(auth.authenticate, token)
+        )
+    if who.role is Role.SERVICE and request.url.path not in SERVICE_KEY_PATHS:
+        raise Forbidden(
+            "a service key calls only its service: /services/NAME/... and the "
+            "OpenAI-compatible routes"
+        )
+    return who
 
 
 Rt = Annotated[Runtime, Depends(runtime)]

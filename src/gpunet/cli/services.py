@@ -158,6 +158,29 @@ def services_scale(
     err_console.print(f"{svc['name']}: {svc['reason']}", markup=False, highlight=False)
 
 
+@services_app.command("key")
+def services_key(
+    name: str,
+    label: Annotated[str, typer.Option("--name", help="a label for the key")] = "",
+    expires: Annotated[str | None, typer.Option(help="e.g. 30d; default: never")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Create a key that calls this service (through the gateway) and nothing else; it is
+    printed once. Revoke it with `gpunet tokens revoke ID`."""
+    with Client() as client:
+        key = client.service_key(name, label, expires)
+    if json_out:
+        print_json(key)
+        return
+    print(key["token"])
+    err_console.print(
+        f"a key for service {name} (token {key['id']}): shown once; "
+        f"revoke with `gpunet tokens revoke {key['id']}`",
+        markup=False,
+        highlight=False,
+    )
+
+
 @services_app.command("stop")
 def services_stop(name: str, json_out: JsonOpt = False) -> None:
     """Stop a service: its replicas are cancelled (deploy it again to restart it)."""

@@ -225,6 +225,11 @@ class Client:
         body = {"min": min_replicas, "max": max_replicas}
         return dict(self._req("POST", f"/v1/services/{name}/scale", json=body))
 
+    def service_key(self, name: str, label: str = "", expires: str | None = None) -> dict[str, Any]:
+        """A key that calls the service ``name`` and nothing else (shown once)."""
+        body = {"name": label, "expires": expires}
+        return dict(self._req("POST", f"/v1/services/{name}/keys", json=body))
+
     def stop_service(self, name: str) -> dict[str, Any]:
         return dict(self._req("POST", f"/v1/services/{name}/stop"))
 

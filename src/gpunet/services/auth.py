@@ -25,6 +25,7 @@ class Role(StrEnum):
     CONSUMER = "consumer"
     PROVIDER = "provider"  # join token: may register agents
     AGENT = "agent"  # one node's own credential, issued at registration
+    SERVICE = "service"  # a service key: calls one service through the gateway, nothing else
 
 
 ADMIN_ACCOUNT = "admin"
@@ -36,6 +37,7 @@ class Principal:
     role: Role
     account_id: str
     node_id: str | None = None
+    service_id: str | None = None  # a service key's service
 
     @property
     def is_admin(self) -> bool:
@@ -188,7 +190,7 @@ class Authenticator:
         if last is None or at_now - last >= self.touch_every:
             with self.db.transaction() as s:
                 s.execute(update(Token).where(Token.id == row.id).values(last_used_at=at_now))
-        p = Principal(row.id, Role(row.role), row.account_id, row.node_id)
+        p = Principal(row.id, Role(row.role), row.account_id, row.node_id, row.service_id)
         ttl = self.ttl_s
         if expires is not None:
             ttl = min(ttl, (expires - at_now).total_seconds())

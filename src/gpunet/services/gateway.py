@@ -159,19 +159,23 @@ class Gateway:
         r = self.by_name.get((who.account_id, name))
         if r is None and who.is_admin:
             r = next((x for x in self.by_id.values() if x.name == name), None)
-        if r is None:
+        if r is None or (who.service_id is not None and r.service_id != who.service_id):
             raise NotFound(f"no service {name!r}", field="name")
         return r
 
     def model_route(self, who: Principal, model: str) -> Route:
         r = self.by_model.get((who.account_id, model))
-        if r is None:
+        if r is None or (who.service_id is not None and r.service_id != who.service_id):
             raise NotFound(f"no service serves model {model!r}", field="model")
         return r
 
     def models(self, who: Principal) -> list[Route]:
         return sorted(
-            (r for (acct, _), r in self.by_model.items() if acct == who.account_id),
+            (
+                r
+                for (acct, _), r in self.by_model.items()
+                if acct == who.account_id and who.service_id in (None, r.service_id)
+            ),
             key=lambda r: r.model or "",
         )
 

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from gpunet.core.durations import parse_duration
 from gpunet.core.jobs import AttemptState, JobState
 from gpunet.core.jobspec import JobSpec, parse_spec
 from gpunet.core.scheduling import JobRequest
@@ -22,13 +23,13 @@ from gpunet.core.serving.autoscale import ScalingPolicy
 from gpunet.core.serving.replicas import BACKOFF_WINDOW_S, ReplicaView, reconcile
 from gpunet.errors import Conflict, GpunetError, NotFound, Unschedulable, ValidationFailed
 from gpunet.services import billing
-from gpunet.services.auth import Principal, Role
+from gpunet.services.auth import Principal, Role, issue
 from gpunet.services.fleet import account_ids, job_request
 from gpunet.services.jobs import _add, _cancel
 from gpunet.services.pass_cache import cache_for
 from gpunet.store.db import Database
-from gpunet.store.tables import Attempt, Job, ServiceRow
-from gpunet.util import new_id, now
+from gpunet.store.tables import Account, Attempt, Job, ServiceRow
+from gpunet.util import iso, new_id, now
 
 RUNNING, STOPPED = "running", "stopped"
 DECISIONS_KEPT = 20
@@ -136,6 +137,29 @@ def deploy(db: Database, who: Principal, spec: JobSpec) -> ServiceRow:
         _decide(row, svc.replicas.min, f"deployed: min {svc.replicas.min}", at)
         s.flush()
         return row
+
+
+def create_key(
+    db: Database, who: Principal, name: str, label: str = "", expires: str | None = None
+) -> dict[str, Any]:
+    """A service key: a token that calls the service ``name`` through the gateway and
+    nothing else (revoked like any token). Answers it in clear, the only time it is seen."""
+    who.require(Role.CONSUMER)
+    at = now()
+    expires_at = at + parse_duration(expires, "expires") if expires is not None else None
+    with db.transaction() as s:
+        row = _visible(s, who, name)
+        acct = s.get(Account, row.account_id)
+        assert acct is not None
+        tok, token = issue(
+            s,
+            Role.SERVICE,
+            acct.name,
+            name=label or f"key of service {name}",
+            expires_at=expires_at,
+        )
+        tok.service_id = row.id
+        return {"token": token, "id": tok.id, "service": name, "expires_at": iso(expires_at)}
 
 
 def list_services(db: Database, who: Principal, *, stopped: bool = False) -> list[ServiceRow]:

@@ -64,6 +64,8 @@ def create_token(
     who.require(Role.ADMIN)
     if role is Role.AGENT:
         raise ValidationFailed("role", "agent tokens are issued at registration")
+    if role is Role.SERVICE:
+        raise ValidationFailed("role", "service keys are created with POST /v1/services/NAME/keys")
     if uses is not None and role is not Role.PROVIDER:
         raise ValidationFailed("uses", "only join (provider) tokens have a use count")
     if uses is not None and uses < 1:
@@ -77,8 +79,8 @@ def create_token(
 
 
 def _may_manage(who: Principal) -> None:
-    if who.role is Role.AGENT:
-        raise Forbidden("an agent's token may not manage tokens")
+    if who.role in (Role.AGENT, Role.SERVICE):
+        raise Forbidden(f"a token of role {who.role.value} may not manage tokens")
 
 
 def list_tokens(db: Database, who: Principal, account: str | None = None) -> list[dict[str, Any]]:

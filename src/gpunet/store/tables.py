@@ -71,6 +71,8 @@ class Token(Base):
     role: Mapped[str] = mapped_column(String(20))  # admin | consumer | provider | agent
     account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
     node_id: Mapped[str | None] = mapped_column(String(40), default=None)  # agent tokens only
+    # service keys only: the one service the key may call (docs/services.md)
+    service_id: Mapped[str | None] = mapped_column(String(40), default=None)
     name: Mapped[str] = mapped_column(String(200), default="")
     created_at: Mapped[datetime]
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -23,7 +23,7 @@ from gpunet.core.lifecycle import GpuState
 Time = str  # ISO 8601, UTC
 Money = str  # a decimal string with up to six places, e.g. "1.500000"
 # services.auth.Role's values; spelled here so that the wire contract needs no service code
-Role = Literal["admin", "consumer", "provider", "agent"]
+Role = Literal["admin", "consumer", "provider", "agent", "service"]
 
 
 class Resource(BaseModel):

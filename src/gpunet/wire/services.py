@@ -65,3 +65,17 @@ class ServiceDetail(ServiceSummary):
 class ScaleRequest(Resource):
     min: int | None = Field(None, ge=0, le=100)
     max: int | None = Field(None, ge=1, le=100)
+
+
+class KeyRequest(Resource):
+    name: str = Field("", max_length=200, description="a label for the key")
+    expires: str | None = Field(None, max_length=20, description="a duration such as 30d")
+
+
+class ServiceKey(Resource):
+    """A service key, in clear: shown once."""
+
+    token: str
+    id: str = Field(description="the token's id (gpunet tokens revoke ID)")
+    service: str
+    expires_at: Time | None

@@ -136,6 +136,18 @@ async def stop(rt: Rt, who: Who, name: str) -> dict[str, Any]:
     return _summary(rt, row, [])
 
 
+@router.post(
+    "/v1/services/{name}/keys",
+    status_code=201,
+    response_model=W.ServiceKey,
+    responses=wire.errors(404, 422),
+)
+async def create_key(rt: Rt, who: Who, name: str, body: W.KeyRequest) -> dict[str, Any]:
+    """A service key: a token that calls this service through the gateway (and the
+    OpenAI-compatible routes, for its model) and nothing else. Revoke it like any token."""
+    return await run_in_threadpool(svc.create_key, rt.db, who, name, body.name, body.expires)
+
+
 # ---- the OpenAI-compatible routes (the gateway itself is api/gateway_app.py) ------------
 async def _forward(rt: Rt, request: Request, route: svc.Route, path: str) -> Response:
     body = await request.body()

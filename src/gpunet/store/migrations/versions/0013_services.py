@@ -1,5 +1,5 @@
 """Services: replicas behind the gateway; replica jobs name their service, attempts their
-readiness
+readiness, service keys their service
 
 Revision ID: 0013_services
 Revises: 0012_arrays
@@ -38,9 +38,13 @@ def upgrade() -> None:
         b.create_index("ix_jobs_service_id", ["service_id"])
     with op.batch_alter_table("attempts") as b:
         b.add_column(sa.Column("ready", sa.Boolean(), nullable=True))
+    with op.batch_alter_table("tokens") as b:
+        b.add_column(sa.Column("service_id", sa.String(40), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("tokens") as b:
+        b.drop_column("service_id")
     with op.batch_alter_table("attempts") as b:
         b.drop_column("ready")
     with op.batch_alter_table("jobs") as b:
