@@ -14,8 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from gpunet import __version__
 from gpunet.api import errors
 from gpunet.api.deps import Rt
-from gpunet.api.gateway_app import PREFIX as GATEWAY_PREFIX
-from gpunet.api.gateway_app import GatewayApp
+from gpunet.api.gateway_app import GatewayFront
 from gpunet.api.guard import BodyGuard
 from gpunet.api.routers import (
     agent,
@@ -77,6 +76,8 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
     app.state.runtime = rt
     errors.install(app)
     app.add_middleware(BodyGuard, rt=rt)
+    # the services' gateway (/services/...), in front of the API's middleware and routes
+    app.add_middleware(GatewayFront, rt=rt)
     for r in (
         jobs.router,
         fleet.router,
@@ -95,8 +96,6 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
         tunnel.router,
     ):
         app.include_router(r)
-    # the services' gateway: bare ASGI, outside the OpenAPI document (docs/services.md)
-    app.mount(GATEWAY_PREFIX.rstrip("/"), GatewayApp(rt))
     install_dashboard(app)  # the web dashboard at /, outside the OpenAPI document
 
     @app.get("/healthz", tags=["meta"])

@@ -20,7 +20,6 @@ from urllib.parse import parse_qsl
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gpunet.api.gateway_app import PREFIX as GATEWAY_PREFIX
 from gpunet.core.text import SUSPECT, find_bad_text
 from gpunet.errors import GpunetError, Unauthorized
 from gpunet.services.runtime import Runtime
@@ -121,8 +120,7 @@ class BodyGuard:
         except _TooLarge:
             await _answer(send, 413, "too_large", too_large, "body")
             return
-        # a service's requests go to its replicas as they came: any bytes, any encoding
-        if not upload and not path.startswith(GATEWAY_PREFIX):
+        if not upload:
             fixed = self._check_text(path, body)
             if isinstance(fixed, tuple):
                 field, reason = fixed
