@@ -58,6 +58,28 @@ def host_pids_with(marker: str) -> list[int]:
     return out
 
 
+def ancestors(pid: int) -> list[int]:
+    """The parent, grandparent, ... of a host process, up to (not including) pid 1."""
+    out = []
+    while pid > 1:
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            break
+        out.append(pid)
+    return out
+
+
+def environ_var(pid: int, name: str) -> str | None:
+    """A variable of a host process's environment (None: not set, or the process is gone)."""
+    try:
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    prefix = name.encode() + b"="
+    return next((e[len(prefix) :].decode() for e in env if e.startswith(prefix)), None)
+
+
 def alive(pid: int) -> bool:
     """Whether ``pid`` is a live process (not gone, not a zombie)."""
     try:
@@ -301,4 +323,19 @@ def two_agent_network(
         n.start_agent("a2", simulate, n.owner)
         n.user = n.token("consumer", "alice")
         n.wait_online(2)
+        yield n
+
+
+@contextmanager
+def three_agents(root: Path, db_url: str) -> Iterator[Network]:
+    """A coordinator (lease 3 s) and agents a1..a3 with one simulated GPU each, taking
+    strangers' jobs in whatever isolation the host allows; ``owner`` and ``user`` tokens."""
+    n = Network(root, db_url, lease_timeout=3.0)
+    with logs_on_failure(n):
+        n.start_coordinator()
+        n.owner = n.token("provider", "owner")
+        for name in ("a1", "a2", "a3"):
+            n.start_agent(name, "1xA100-80GB", n.owner, extra=["--accept-unisolated-jobs"])
+        n.user = n.token("consumer", "alice")
+        n.wait_online(3)
         yield n

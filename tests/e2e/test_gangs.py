@@ -9,7 +9,6 @@ import re
 import textwrap
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import missing
-from tests.e2e.procs import Network, logs_on_failure, wait_for
+from tests.e2e.procs import Network, three_agents, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -69,21 +68,6 @@ COMMAND = (
     "torchrun --nnodes $NNODES --node-rank $NODE_RANK --nproc-per-node $GPUS_PER_NODE "
     "--master-addr $MASTER_ADDR --master-port $MASTER_PORT train.py {more} {pause}"
 )
-
-
-@contextmanager
-def three_agents(root: Path, db_url: str) -> Iterator[Network]:
-    """A coordinator (lease 3 s) and agents a1..a3 with one simulated GPU each."""
-    n = Network(root, db_url, lease_timeout=3.0)
-    with logs_on_failure(n):
-        n.start_coordinator()
-        n.owner = n.token("provider", "owner")
-        for name in ("a1", "a2", "a3"):
-            # whatever isolation the host allows; strangers' jobs taken either way
-            n.start_agent(name, "1xA100-80GB", n.owner, extra=["--accept-unisolated-jobs"])
-        n.user = n.token("consumer", "alice")
-        n.wait_online(3)
-        yield n
 
 
 @pytest.fixture

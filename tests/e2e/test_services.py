@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.procs import Network, logs_on_failure, wait_for
+from tests.e2e.procs import Network, three_agents, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -54,14 +54,7 @@ def _ready(net: Network, name: str, n: int, timeout: float = 60) -> dict[str, An
 
 @pytest.fixture
 def net(tmp_path: Path, db_url: str) -> Iterator[Network]:
-    n = Network(tmp_path, db_url, lease_timeout=3.0)
-    with logs_on_failure(n):
-        n.start_coordinator()
-        n.owner = n.token("provider", "owner")
-        for name in ("a1", "a2", "a3"):
-            n.start_agent(name, "1xA100-80GB", n.owner, extra=["--accept-unisolated-jobs"])
-        n.user = n.token("consumer", "alice")
-        n.wait_online(3)
+    with three_agents(tmp_path, db_url) as n:
         yield n
 
 

@@ -21,7 +21,15 @@ from sqlalchemy import select
 
 from gpunet.store.db import Database
 from gpunet.store.tables import Attempt
-from tests.e2e.procs import Network, alive, host_pids_with, logs_on_failure, wait_for
+from tests.e2e.procs import (
+    Network,
+    alive,
+    ancestors,
+    environ_var,
+    host_pids_with,
+    logs_on_failure,
+    wait_for,
+)
 
 pytestmark = [
     pytest.mark.e2e,
@@ -57,28 +65,6 @@ def _state(pid: int) -> str:
         return "gone"
 
 
-def _ancestors(pid: int) -> list[int]:
-    out = []
-    while pid > 1:
-        try:
-            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            break
-        out.append(pid)
-    return out
-
-
-def _attempt_number(pid: int) -> int | None:
-    try:
-        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    except OSError:
-        return None
-    for e in env:
-        if e.startswith(b"GPUNET_ATTEMPT_NUMBER="):
-            return int(e.split(b"=", 1)[1])
-    return None
-
-
 @pytest.fixture
 def net(tmp_path: Path, db_url: str) -> Iterator[Network]:
     n = Network(tmp_path, db_url, lease_timeout=LEASE)
@@ -107,11 +93,15 @@ def test_a_frozen_agents_attempt_is_killed_before_the_reap_and_never_runs_twice(
     job_id = str(net.cli_json(net.user, "submit", str(spec))["id"])
 
     def first_attempt() -> list[int]:
-        return [p for p in host_pids_with(marker) if alive(p) and _attempt_number(p) == 1]
+        return [
+            p
+            for p in host_pids_with(marker)
+            if alive(p) and environ_var(p, "GPUNET_ATTEMPT_NUMBER") == "1"
+        ]
 
     # freeze its agent the moment the job runs (found from /proc: the CLI is too slow)
     [pid] = wait_for(first_attempt, 45, "the job to run", every=0.02)
-    name = next(n for n, a in net.agents.items() if a.p.pid in _ancestors(pid))
+    name = next(n for n, a in net.agents.items() if a.p.pid in ancestors(pid))
     frozen = net.agents[name]
     db = Database(net.db_url)
     os.kill(frozen.p.pid, signal.SIGSTOP)

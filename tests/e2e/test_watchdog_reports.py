@@ -28,7 +28,15 @@ from sqlalchemy import select
 from gpunet.agent.journal import read_pending
 from gpunet.store.db import Database
 from gpunet.store.tables import Attempt, AttemptCharge
-from tests.e2e.procs import Network, alive, host_pids_with, logs_on_failure, wait_for
+from tests.e2e.procs import (
+    Network,
+    alive,
+    ancestors,
+    environ_var,
+    host_pids_with,
+    logs_on_failure,
+    wait_for,
+)
 
 pytestmark = [
     pytest.mark.e2e,
@@ -141,28 +149,6 @@ def net(tmp_path: Path, db_url: str) -> Iterator[tuple[Network, dict[str, Gate]]
                 g.close()
 
 
-def _ancestors(pid: int) -> list[int]:
-    out = []
-    while pid > 1:
-        try:
-            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            break
-        out.append(pid)
-    return out
-
-
-def _attempt_of(pid: int) -> str | None:
-    try:
-        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    except OSError:
-        return None
-    for e in env:
-        if e.startswith(b"GPUNET_ATTEMPT_ID="):
-            return e.split(b"=", 1)[1].decode()
-    return None
-
-
 def test_a_finish_journaled_by_a_frozen_agent_is_delivered_by_its_watchdog(
     net: tuple[Network, dict[str, Gate]], tmp_path: Path
 ) -> None:
@@ -181,7 +167,7 @@ def test_a_finish_journaled_by_a_frozen_agent_is_delivered_by_its_watchdog(
     [pid] = wait_for(
         lambda: [p for p in host_pids_with(marker) if alive(p)], 45, "the job to run", every=0.02
     )
-    attempt_id = _attempt_of(pid)
+    attempt_id = environ_var(pid, "GPUNET_ATTEMPT_ID")
     assert attempt_id is not None
     db = Database(n.db_url)
     try:
@@ -194,7 +180,7 @@ def test_a_finish_journaled_by_a_frozen_agent_is_delivered_by_its_watchdog(
                 return att
 
         wait_for(lambda: attempt().state == "running", 10, "the attempt to be running")
-        name = next(x for x, a in n.agents.items() if a.p.pid in _ancestors(pid))
+        name = next(x for x, a in n.agents.items() if a.p.pid in ancestors(pid))
         agent, gate, home = n.agents[name], gates[name], n.root / f"agent-{name}"
 
         # the agent can no longer reach the coordinator; the job ends now: its finish report

@@ -9,13 +9,13 @@ injection and no response model, and the replica's headers pass as they came (a 
 
 from __future__ import annotations
 
-import json
 from collections.abc import MutableMapping
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gpunet.api.guard import send_error
 from gpunet.errors import GpunetError, NotFound, PayloadTooLarge
 from gpunet.services.gateway import forwarded_headers
 from gpunet.services.runtime import Runtime
@@ -58,7 +58,7 @@ class GatewayApp:
         except GpunetError as exc:
             if started:  # the answer broke off mid-body: nothing more can be said
                 return
-            await _json(send, exc.status_code, exc.to_dict())
+            await send_error(send, exc.status_code, exc.code, exc.message, exc.field)
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         rt = self.rt
@@ -110,18 +110,3 @@ async def _read_body(receive: Receive) -> bytes:
         if not message.get("more_body", False):
             break
     return b"".join(parts)
-
-
-async def _json(send: Send, status: int, body: dict[str, Any]) -> None:
-    data = json.dumps(body).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(data)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": data})

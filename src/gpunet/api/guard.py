@@ -43,7 +43,7 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
-async def _answer(send: Send, status: int, code: str, message: str, field: str | None) -> None:
+async def send_error(send: Send, status: int, code: str, message: str, field: str | None) -> None:
     body = json.dumps({"error": {"code": code, "message": message, "field": field}}).encode()
     await send(
         {
@@ -81,16 +81,16 @@ class BodyGuard:
             return
         path: str = scope.get("path", "")
         if "\x00" in path:
-            await _answer(send, 404, "not_found", "path: must not contain NUL", "path")
+            await send_error(send, 404, "not_found", "path: must not contain NUL", "path")
             return
         bad = _bad_query(scope.get("query_string", b""))
         if bad:
-            await _answer(send, 422, "invalid", f"{bad}: must not contain NUL", bad)
+            await send_error(send, 422, "invalid", f"{bad}: must not contain NUL", bad)
             return
         key = _header(scope, b"idempotency-key")
         if key is not None and len(key) > MAX_IDEMPOTENCY_KEY:
             msg = f"Idempotency-Key: at most {MAX_IDEMPOTENCY_KEY} characters (got {len(key)})"
-            await _answer(send, 422, "invalid", msg, "Idempotency-Key")
+            await send_error(send, 422, "invalid", msg, "Idempotency-Key")
             return
 
         settings = self.rt.settings
@@ -106,11 +106,11 @@ class BodyGuard:
             try:
                 await self._authenticate(scope)
             except GpunetError as exc:
-                await _answer(send, exc.status_code, exc.code, exc.message, exc.field)
+                await send_error(send, exc.status_code, exc.code, exc.message, exc.field)
                 return
         too_large = f"body: the limit for this request is {cap} bytes"
         if length is not None and length > cap:
-            await _answer(send, 413, "too_large", f"{too_large} (got {length})", "body")
+            await send_error(send, 413, "too_large", f"{too_large} (got {length})", "body")
             return
         if not chunked and not length:
             await self.app(scope, receive, send)
@@ -118,13 +118,13 @@ class BodyGuard:
         try:
             body = await self._read(receive, cap)
         except _TooLarge:
-            await _answer(send, 413, "too_large", too_large, "body")
+            await send_error(send, 413, "too_large", too_large, "body")
             return
         if not upload:
             fixed = self._check_text(path, body)
             if isinstance(fixed, tuple):
                 field, reason = fixed
-                await _answer(send, 422, "invalid", f"{field}: {reason}", field)
+                await send_error(send, 422, "invalid", f"{field}: {reason}", field)
                 return
             if fixed is not None:
                 body = fixed
@@ -140,13 +140,13 @@ class BodyGuard:
         try:
             await self._authenticate(scope)
         except GpunetError as exc:
-            await _answer(send, exc.status_code, exc.code, exc.message, exc.field)
+            await send_error(send, exc.status_code, exc.code, exc.message, exc.field)
             return
         raw_length = _header(scope, b"content-length")
         length = int(raw_length) if raw_length and raw_length.isdigit() else None
         if length is not None and length > cap:
             msg = f"body: the limit for a checkpoint object is {cap} bytes (got {length})"
-            await _answer(send, 413, "too_large", msg, "body")
+            await send_error(send, 413, "too_large", msg, "body")
             return
         await self.app(scope, _counted(receive, cap), send)
 
