@@ -80,8 +80,10 @@ async def heartbeat(rt: Rt, who: Who, hb: Heartbeat) -> HeartbeatAnswer:
         if stopped:
             rt.wakeups.wake_scheduler()  # attempts on a failed GPU were re-queued
     ready = frozenset(hb.ready)
-    if rt.ready_seen.get(who.node_id, frozenset()) != ready:
+    if rt.ready_seen.get(who.node_id) != ready:
         # a replica entered or left the gateway's rotation: the routes are re-read at once
+        # (the first heartbeat a coordinator hears from a node is always compared: the store
+        # may say what this process never heard)
         if await run_in_threadpool(serving.set_ready, rt.db, who.node_id, set(ready)):
             rt.services_changed()
         rt.ready_seen[who.node_id] = ready
