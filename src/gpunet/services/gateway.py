@@ -128,7 +128,6 @@ class Gateway:
         self.kicked = asyncio.Event()  # a request waits at zero: decide now, not in a second
         self.stale = asyncio.Event()  # a readiness changed: re-read the routes now
         self._seed = itertools.count()
-        self.loaded = False
 
     # ---- routing table ----------------------------------------------------------------
     async def refresh(self) -> None:
@@ -152,7 +151,6 @@ class Gateway:
         for gone in [s for s in self.scalers if s not in by_id]:
             del self.scalers[gone]
             self.decided.pop(gone, None)
-        self.loaded = True
 
     def route(self, who: Principal, name: str) -> Route:
         """The caller's running service ``name``; another account's is not found."""
