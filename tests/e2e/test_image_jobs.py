@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from gpunet.agent.sandbox.container import RuntimeInfo, runtime_env
+from gpunet.agent.sandbox.container import LABEL_AGENT, RuntimeInfo, runtime_env
+from gpunet.agent.sandbox.image_jobs import agent_key
 from gpunet.sdk.client import Client
 from tests.container_image import IMAGE, podman_with_test_image
 from tests.e2e.procs import Network, logs_on_failure, wait_for
@@ -51,9 +52,18 @@ def _run(
     return done, logs
 
 
-def _containers(podman: RuntimeInfo) -> list[str]:
+def _containers(podman: RuntimeInfo, net: Network) -> list[str]:
+    """This test network's agent's containers (others on the host, e.g. another test's, are
+    not this test's business)."""
+    key = agent_key(net.root / "agent-c1")
     r = subprocess.run(
-        [podman.path or "podman", "ps", "--all", "--format={{.Names}}"],
+        [
+            podman.path or "podman",
+            "ps",
+            "--all",
+            f"--filter=label={LABEL_AGENT}={key}",
+            "--format={{.Names}}",
+        ],
         capture_output=True,
         text=True,
         timeout=30,
@@ -101,11 +111,11 @@ def test_cancel_removes_the_container(net: Network, podman: RuntimeInfo) -> None
             60,
             "the container's first line",
         )
-        assert _containers(podman), "the job's container is running"
+        assert _containers(podman, net), "the job's container is running"
         c.cancel(job["id"])
         done = c.wait(job["id"], timeout_s=60, poll_s=0.2)
     assert done["state"] == "cancelled"
-    wait_for(lambda: not _containers(podman), 30, "the container removed")
+    wait_for(lambda: not _containers(podman, net), 30, "the container removed")
 
 
 def test_image_job_without_a_runtime_is_explained(net: Network, tmp_path: Path) -> None:
