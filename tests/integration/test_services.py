@@ -121,8 +121,10 @@ def test_a_service_runs_spread_answers_through_the_gateway_and_stops(co: Coordin
     assert detail["decisions"][0]["reason"] == "deployed: min 2"
     wait_for(lambda: len(_gateway(co).by_id[detail["id"]].replicas) == 2)
 
-    # requests are spread over both replicas; the caller's token never reaches them
-    for i in range(6):
+    # requests are spread over both replicas (ties go by a hash of a per-request counter: 40
+    # requests all on one replica would be a 1 in 2^39 chance); the caller's token never
+    # reaches them
+    for i in range(40):
         resp = co.c.post(f"/services/echo/v1/x?i={i}", content=b"\x00\xff", headers=auth(alice))
         assert resp.status_code == 200, resp.text
         assert resp.headers["x-gpunet-replica"] in resp.text

@@ -290,11 +290,7 @@ def work_for(
                     if workdir
                     else None,
                     max_log_bytes=max_log_bytes,
-                    # a checkpoint comes from an earlier attempt of the job: a plain job's
-                    # first attempt has none (one query fewer per placement)
-                    checkpoint=None
-                    if att.number <= 1 and att.gang_size <= 1
-                    else latest_checkpoint(s, job.id),
+                    checkpoint=latest_checkpoint(s, job.id),
                     gang=gang,
                     array_id=job.array_id,
                     array_index=job.array_index,
