@@ -270,14 +270,12 @@ def test_server_refuses_an_unusable_store_naming_the_option(s3: S3Server, tmp_pa
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GPUNET_", "AWS_"))}
     env.update(s3.env(), GPUNET_HOME=str(tmp_path / "home"))
-    args = [sys.executable, "-m", "gpunet", "server", "--port", "1"]
-    r = subprocess.run(
-        [*args, "--checkpoint-store", "s3://no-such-bucket/p"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+
+    def serve(store: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "gpunet", "server", "--port", "1", "--checkpoint-store"]
+        return subprocess.run([*cmd, store], env=env, capture_output=True, text=True, timeout=60)
+
+    r = serve("s3://no-such-bucket/p")
     assert r.returncode == 1
     assert "--checkpoint-store" in r.stderr and "no-such-bucket" in r.stderr, r.stderr
     # without boto3: the install hint
@@ -285,12 +283,6 @@ def test_server_refuses_an_unusable_store_naming_the_option(s3: S3Server, tmp_pa
     (shadow / "boto3").mkdir(parents=True)
     (shadow / "boto3" / "__init__.py").write_text("raise ImportError('no boto3 here')\n")
     env["PYTHONPATH"] = os.pathsep.join([str(shadow), env.get("PYTHONPATH", "")])
-    r = subprocess.run(
-        [*args, "--checkpoint-store", "s3://b/p"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    r = serve("s3://b/p")
     assert r.returncode == 1
     assert "--checkpoint-store" in r.stderr and "gpunet[s3]" in r.stderr, r.stderr

@@ -9,6 +9,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -236,17 +237,26 @@ def test_a_newer_tunnel_from_the_node_replaces_the_older() -> None:
     run(t)
 
 
+@asynccontextmanager
+async def raw_agent(st: Stack, name: str) -> AsyncIterator[SimpleNamespace]:
+    """A node whose agent is the test itself: ``raw`` (its tunnel, unframed), ``stream`` (a
+    GET the hub sent it, answered 200 with no headers) and ``res`` (the hub's response)."""
+    node_id, token = await st.register(name)
+    headers = {"Authorization": f"Bearer {token}"}
+    async with connect(tunnel_url(st.base), additional_headers=headers) as raw:
+        await eventually(lambda: st.hub.connected(node_id), "the tunnel")
+        pending = asyncio.create_task(st.hub.request(node_id, "att-9", "GET", "/x"))
+        frame = p.decode(await asyncio.wait_for(raw.recv(decode=False), 10))
+        await raw.send(p.encode_response(frame.stream, 200, []))
+        res = await asyncio.wait_for(pending, 10)
+        yield SimpleNamespace(id=node_id, raw=raw, stream=frame.stream, res=res)
+
+
 def test_a_malformed_frame_ends_the_tunnel_and_fails_its_streams() -> None:
     async def t(st: Stack) -> None:
-        d_id, d_token = await st.register("node-d")
-        headers = {"Authorization": f"Bearer {d_token}"}
-        async with connect(tunnel_url(st.base), additional_headers=headers) as raw:
-            await eventually(lambda: st.hub.connected(d_id), "the tunnel")
-            pending = asyncio.create_task(st.hub.request(d_id, "att-9", "GET", "/x"))
-            frame = p.decode(await asyncio.wait_for(raw.recv(decode=False), 10))
-            await raw.send(p.encode_response(frame.stream, 200, []))
-            await raw.send(p.encode_data(frame.stream, b"x" * p.MAX_CHUNK))
-            res = await asyncio.wait_for(pending, 10)
+        async with raw_agent(st, "node-d") as a:
+            raw, res, d_id = a.raw, a.res, a.id
+            await raw.send(p.encode_data(a.stream, b"x" * p.MAX_CHUNK))
             assert await res.__anext__() == b"x" * p.MAX_CHUNK
             await raw.send(b"\x09garbage")  # an unknown kind
             with pytest.raises(ForwardFailed, match="protocol error"):
@@ -261,18 +271,12 @@ def test_a_malformed_frame_ends_the_tunnel_and_fails_its_streams() -> None:
 
 def test_an_agent_overrunning_the_window_gets_the_stream_reset() -> None:
     async def t(st: Stack) -> None:
-        e_id, e_token = await st.register("node-e")
-        headers = {"Authorization": f"Bearer {e_token}"}
-        async with connect(tunnel_url(st.base), additional_headers=headers) as raw:
-            await eventually(lambda: st.hub.connected(e_id), "the tunnel")
-            pending = asyncio.create_task(st.hub.request(e_id, "att-9", "GET", "/x"))
-            frame = p.decode(await asyncio.wait_for(raw.recv(decode=False), 10))
-            await raw.send(p.encode_response(frame.stream, 200, []))
-            res = await asyncio.wait_for(pending, 10)
+        async with raw_agent(st, "node-e") as a:
+            raw, res, e_id = a.raw, a.res, a.id
             for _ in range(p.INITIAL_WINDOW // p.MAX_CHUNK + 1):  # one chunk too many
-                await raw.send(p.encode_data(frame.stream, bytes(p.MAX_CHUNK)))
+                await raw.send(p.encode_data(a.stream, bytes(p.MAX_CHUNK)))
             reset = p.decode(await asyncio.wait_for(raw.recv(decode=False), 10))
-            assert reset == p.Reset(frame.stream, "flow control violated", True)
+            assert reset == p.Reset(a.stream, "flow control violated", True)
             with pytest.raises(ForwardFailed, match="overran"):
                 await res.read()
             assert st.hub.connected(e_id)  # the tunnel itself stays
