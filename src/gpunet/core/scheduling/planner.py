@@ -8,6 +8,7 @@ size of the fleet; explanations are counted from class totals, so every GPU is c
 
 from __future__ import annotations
 
+import heapq
 from collections import defaultdict
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
@@ -628,21 +629,40 @@ def plan(
     admit = Tally(snapshot) if snapshot.accounts else None
     held = _Held(pl.index, order) if snapshot.keep_running else None
     compactions = 0
-    for i, job in enumerate(order):
+    # the speed-aware order (policies with an index, not under the live rule): see _Queue
+    queue = _Queue(pl, order, pol.index(pending, snapshot)) if pol.index and held is None else None
+    done: list[JobRequest] = []  # the jobs in the order they were decided
+    i = 0
+    while True:
+        if queue is not None:
+            job_or_none = queue.pop()
+            if job_or_none is None:
+                break
+            job = job_or_none
+        elif i < len(order):
+            job = order[i]
+            i += 1
+        else:
+            break
         if not pl.index.any_free() and (held is None or not held.reserved):
             # nothing is free and nothing can be taken: no later job can be placed. Their
             # explanations are what the full search would find, counted from class totals
             # without it, so a pass over a long queue costs little once the fleet is full.
-            for rest in order[i:]:
+            rests = [job, *(queue.rest() if queue is not None else order[i:])]
+            for rest in rests:
                 # a gang's or a site's explanation says what each site holds: the full search
                 gang = rest.node_count > 1 or rest.site is not None
                 exp = pl.explain_and_choose(rest, admit)[0] if gang else pl.nothing_free(rest)
                 result.explanations[rest.id] = exp
+            done += rests
             break
         if held is not None:
             exp, best = held.choose(pl, job, admit)
         else:
             exp, best = pl.explain_and_choose(job, admit)
+        if queue is not None and best is not None and queue.defer(job, best):
+            continue
+        done.append(job)
         if (
             best is None
             and held is None
@@ -662,6 +682,7 @@ def plan(
         if admit is not None:
             admit.commit_rate(job, *pl.rate(job, best))
         placed.append((job, ci, node, gpus, pk, lc))
+    order = done
     if pol.match_types and reclaim and held is None:
         placed = _keep_in_place(pl, snapshot, reclaim, placed)
     # with keep_running a job that holds GPUs stays exactly where it is: no type matching
@@ -723,6 +744,61 @@ def plan(
             if by is not None:
                 result.preempted_for[job.id] = by
     return result
+
+
+class _Queue:
+    """The speed-aware order of a policy with an index (the default policy).
+
+    Jobs come out by priority, then on-demand before interruptible, then index times speed,
+    where a job's speed is the normalised throughput of the GPUs it would get (a gang: its
+    slowest member's), and ties keep the policy's order. A one-GPU job's speed counts as 1,
+    so one-GPU jobs keep the policy's order among themselves (type matching and slow-slot
+    yielding place them afterwards). A job of several GPUs starts at speed 1 (an upper bound:
+    GPUs are only taken during a pass, so what it would get only gets slower); when its turn
+    comes and its choice is slower than assumed, it is put back with the lower speed if that
+    sends it behind the next job. Each put-back lowers its speed to that of another class, so
+    a job comes back at most once per GPU class.
+    """
+
+    def __init__(self, pl: _Planner, order: Sequence[JobRequest], index: dict[str, float]):
+        self.pl = pl
+        self.index = index
+        self.pos = {j.id: i for i, j in enumerate(order)}
+        self.jobs = {j.id: j for j in order}
+        self.speed: dict[str, float] = {}
+        self.heap = [(self.key(j, 1.0), j.id) for j in order]
+        heapq.heapify(self.heap)
+
+    def key(self, job: JobRequest, speed: float) -> tuple[int, bool, float, int]:
+        return (-job.priority, job.interruptible, -self.index[job.id] * speed, self.pos[job.id])
+
+    def pop(self) -> JobRequest | None:
+        if not self.heap:
+            return None
+        return self.jobs[heapq.heappop(self.heap)[1]]
+
+    def rest(self) -> list[JobRequest]:
+        """The jobs not popped yet, in key order (empties the queue)."""
+        out = [self.jobs[jid] for _k, jid in sorted(self.heap)]
+        self.heap = []
+        return out
+
+    def defer(self, job: JobRequest, best: _Best) -> bool:
+        """Put ``job`` back when its choice ``best`` is slower than assumed and that sends it
+        behind the next job; True when it was put back."""
+        if gpus_of(job) <= 1 or not self.heap:
+            return False
+        view = self.pl.view(job)
+        w = self.pl.policy.weights.throughput or 1.0
+        speed = min(view.parts[ci][0] for ci, _n, _g in self.pl.members(job, best)) / w
+        if speed >= self.speed.get(job.id, 1.0) - _SCORE_EPS:
+            return False
+        key = self.key(job, speed)
+        if key <= self.heap[0][0]:
+            return False
+        self.speed[job.id] = speed
+        heapq.heappush(self.heap, (key, job.id))
+        return True
 
 
 class _Held:

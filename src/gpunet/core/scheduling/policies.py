@@ -8,8 +8,9 @@
 - ``default``: gpunet's policy for low average completion time: priority first, on-demand
   before interruptible work, then the Gittins index of attained work under the public job-size
   distribution, aged so that no job starves (jobs of k GPUs k³ times slower) and weighed by
-  each account's fair share of recent use (``Snapshot.account_usage``), then type matching,
-  also across job sizes (whole nodes' contents swapped, ``Policy.match_nodes``).
+  each account's fair share of recent use (``Snapshot.account_usage``); a job of several GPUs
+  goes by that index times the speed of the GPUs it would get (``Policy.index``); then type
+  matching, also across job sizes (whole nodes' contents swapped, ``Policy.match_nodes``).
 - ``fifo_perf`` (alias ``gavel-compat``): FIFO on the fastest free GPU type, as Gavel's
   ``fifo_perf``; used by the simulator to check itself against Gavel's published numbers.
 """
@@ -59,6 +60,12 @@ class Policy:
     # later job that runs there at least twice as well (0: never). Trades a little order for
     # throughput when the fleet is overloaded.
     min_efficiency: float = 0.0
+    # The index the order sorts by inside a priority level (higher first), when the policy
+    # has one. With it, a job of several GPUs is placed in the order of its index times the
+    # normalised throughput of the GPUs it would get when its turn comes (planner.py,
+    # "speed-aware order"): a job whose only room is slow nodes lets jobs that would use the
+    # GPUs better go first.
+    index: Callable[[Sequence[JobRequest], Snapshot], dict[str, float]] | None = None
 
 
 def _tiebreak(seed: int, job_id: str) -> int:
@@ -143,37 +150,44 @@ def share_factors(jobs: Sequence[JobRequest], usage: dict[str, float]) -> dict[s
     return {a: 1.0 + usage.get(a, 0.0) / mean for a in accts}
 
 
-def order_default(jobs: Sequence[JobRequest], snapshot: Snapshot, seed: int) -> list[JobRequest]:
-    """Priority high to low, then on-demand before interruptible work, then the Gittins index
-    (aged, and weighed by the account's fair share)."""
+def default_indexes(jobs: Sequence[JobRequest], snapshot: Snapshot) -> dict[str, float]:
+    """The default policy's index of each job (by id): the Gittins index of its attained work,
+    aged, raised for a job that holds GPUs, and divided by its account's fair share."""
     table = gittins_table(snapshot.size_samples)
     now = snapshot.now
     sticky = 1.0 + snapshot.preemption_cost_s / QUANTUM_S
     share = share_factors(jobs, snapshot.account_usage)
-
-    def key(job: JobRequest) -> tuple[int, bool, float, float, int, str]:
-        work = _work(job)
-        index = table.index(work)
+    out: dict[str, float] = {}
+    for job in jobs:
+        index = table.index(_work(job))
+        gpus = gpus_of(job)
         if now is not None:
-            gpus = gpus_of(job)
             ran = job.attained_service_s / gpus
             waited = max(now - job.submitted_at - ran, 0.0)
             index *= 1.0 + waited / (AGING_S if gpus == 1 else AGING_S * gpus**AGING_EXPONENT)
         if job.running_on:
             index *= sticky
-            if gpus_of(job) > 1:
+            if gpus > 1:
                 index *= MULTI_GPU_STICKY
-        index /= share.get(job.account, 1.0)
-        return (
+        out[job.id] = index / share.get(job.account, 1.0)
+    return out
+
+
+def order_default(jobs: Sequence[JobRequest], snapshot: Snapshot, seed: int) -> list[JobRequest]:
+    """Priority high to low, then on-demand before interruptible work, then the Gittins index
+    (aged, and weighed by the account's fair share)."""
+    index = default_indexes(jobs, snapshot)
+    return sorted(
+        jobs,
+        key=lambda job: (
             -job.priority,
             job.interruptible,
-            -index,
+            -index[job.id],
             job.submitted_at,
             _tiebreak(seed, job.id),
             job.id,
-        )
-
-    return sorted(jobs, key=key)
+        ),
+    )
 
 
 MIN_EFFICIENCY = 0.5
@@ -192,6 +206,7 @@ POLICIES: dict[str, Policy] = {
         match_types=True,
         match_nodes=True,
         min_efficiency=MIN_EFFICIENCY,
+        index=default_indexes,
     ),
     "fifo_perf": Policy("fifo_perf", order_fifo, weights=_PERF_ONLY),
 }
