@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from gpunet.core import ledger as L
 from gpunet.services import billing, changes, scheduling
-from gpunet.services.fleet import fleet_snapshot, holders
+from gpunet.services.fleet import fleet_snapshot, holders, with_reliability
 from gpunet.services.pass_cache import PassCache, cache_for
 from gpunet.store.db import Database
 from gpunet.store.tables import Account, Attempt, Gpu, Job, JobEvent, Node
@@ -190,7 +190,8 @@ def kept(cache: PassCache, s: Session) -> tuple[Any, ...]:
     held = cache.holders(s, now)
     busy = [g for h in held for g in h.gpu_ids]
     snap = cache.fleet.snapshot(s, now, clock=1.0, busy=busy)
-    return sorted(queued), sorted(held, key=lambda h: h.attempt_id), snap
+    rated = cache.fleet.rated(snap, RELIABILITY)
+    return sorted(queued), sorted(held, key=lambda h: h.attempt_id), snap, rated
 
 
 def fresh(s: Session) -> tuple[Any, ...]:
@@ -199,7 +200,12 @@ def fresh(s: Session) -> tuple[Any, ...]:
     held = holders(s)
     busy = {g: h.attempt_id for h in held for g in h.gpu_ids}
     snap = fleet_snapshot(s, now=1.0, busy=busy, reliability={})
-    return sorted(queued), sorted(held, key=lambda h: h.attempt_id), snap
+    rated = with_reliability(snap, RELIABILITY)
+    return sorted(queued), sorted(held, key=lambda h: h.attempt_id), snap, rated
+
+
+# node reputations, as the pass gets them (the same object while they do not change)
+RELIABILITY = {"node0": 0.91, "node1": 0.5, "node9": 0.333}
 
 
 def test_what_a_pass_keeps_equals_a_full_read_after_every_write(db_url: str) -> None:
@@ -209,7 +215,10 @@ def test_what_a_pass_keeps_equals_a_full_read_after_every_write(db_url: str) -> 
             first = kept(cache, s)
             assert first == fresh(s)
         reads = (cache.fleet.gpus.full_reads, cache.queue.full_reads, cache.held.full_reads)
-        for what, write in STEPS:
+        for k, (what, write) in enumerate(STEPS):
+            if k == len(STEPS) // 2:  # the reputations change too (a new object, as they do)
+                global RELIABILITY
+                RELIABILITY = {"node0": 0.4, "node2": 0.97}
             with db.transaction() as s:
                 write(s)
             with db.sessions() as s:

@@ -80,7 +80,8 @@ class KeyedRows:
 
     ``base``: the columns (and joins), without a filter; ``table``: the table whose versions
     tell what changed; ``keep(row)``: whether a row belongs (``where``: the same in SQL, for a
-    full read). A changed row that no longer belongs is dropped."""
+    full read). A changed row that no longer belongs is dropped. ``make(row)``: what is kept
+    of a row (built once per change)."""
 
     def __init__(
         self,
@@ -89,10 +90,12 @@ class KeyedRows:
         keep: Callable[[Any], bool] = lambda _row: True,
         where: ColumnElement[bool] | None = None,
         full_every_s: float = FULL_EVERY_S,
+        make: Callable[[Any], Any] = tuple,
     ) -> None:
         self.base, self.table, self.keep, self.where = base, table, keep, where
+        self.make = make
         self.full_every_s = full_every_s
-        self.rows: dict[Any, tuple[Any, ...]] = {}
+        self.rows: dict[Any, Any] = {}
         self.cursor: Cursor | None = None
         self.loaded_at = 0.0
         self.full_reads = 0  # counted for tests and benchmarks
@@ -103,7 +106,7 @@ class KeyedRows:
         t = time.monotonic()
         if self.cursor is None or t - self.loaded_at > self.full_every_s:
             q = self.base if self.where is None else self.base.where(self.where)
-            self.rows = {r[0]: tuple(r) for r in s.execute(q)}
+            self.rows = {r[0]: self.make(r) for r in s.execute(q)}
             self.cursor, self.loaded_at = (now, t) if now.safe else (None, 0.0)
             self.full_reads += 1
             return None
@@ -114,23 +117,23 @@ class KeyedRows:
             key = r[0]
             out.add(key)
             if self.keep(r):
-                self.rows[key] = tuple(r)
+                self.rows[key] = self.make(r)
             else:
                 self.rows.pop(key, None)
         if now.safe:
             self.cursor = now
         return out
 
-    def peek(self, s: Session) -> dict[Any, tuple[Any, ...]]:
+    def peek(self, s: Session) -> dict[Any, Any]:
         """The rows as they stand now, this transaction's writes included, without moving the
         cursor (rows changed since it are read again next time)."""
         if self.cursor is None:
             q = self.base if self.where is None else self.base.where(self.where)
-            return {r[0]: tuple(r) for r in s.execute(q)}
+            return {r[0]: self.make(r) for r in s.execute(q)}
         out = dict(self.rows)
         for r in s.execute(self.base.where(changed_since(self.table, self.cursor))):
             if self.keep(r):
-                out[r[0]] = tuple(r)
+                out[r[0]] = self.make(r)
             else:
                 out.pop(r[0], None)
         return out

@@ -124,7 +124,7 @@ def fleet_snapshot(
     # Rounded to two places so that nodes of similar standing share GPU classes.
     if reliability is None:
         reliability = {} if all_free else reliabilities(s)
-    rel = _rounded(reliability)
+    rel = rounded(reliability)
     memo = memo if memo is not None else ViewMemo()
     node_views = memo.nodes_of(nodes, all_free)
     return Snapshot(
@@ -229,7 +229,7 @@ def _gpu_view(row: tuple[Any, ...], busy: bool, rel: float | None, all_free: boo
     )
 
 
-def _rounded(reliability: Mapping[str, float]) -> dict[str, float]:
+def rounded(reliability: Mapping[str, float]) -> dict[str, float]:
     # rounded to two places so that nodes of similar standing share GPU classes
     return {n: round(r, 2) for n, r in reliability.items()}
 
@@ -238,7 +238,7 @@ def with_reliability(
     snapshot: Snapshot, reliability: Mapping[str, float], memo: ViewMemo | None = None
 ) -> Snapshot:
     """``snapshot`` with each GPU's node reputation filled in (``memo``: views kept)."""
-    rel = _rounded(reliability)
+    rel = rounded(reliability)
     if memo is not None:
         gpus = tuple(memo.rated(g, rel.get(g.node_id)) for g in snapshot.gpus)
         return replace(snapshot, gpus=gpus)

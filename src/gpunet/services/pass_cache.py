@@ -48,6 +48,7 @@ from gpunet.services.fleet import (
     holder,
     job_request,
     node_view,
+    rounded,
     with_reliability,
 )
 from gpunet.services.reputation import reliabilities
@@ -81,6 +82,7 @@ class PassCache:
             _table(Attempt),
             keep=lambda r: r[5] in HOLDING,
             where=Attempt.state.in_(HOLDING),
+            make=holder,
         )
         self.fleet = FleetRows(self.views)
         self.lock = threading.Lock()  # held by the scheduler pass
@@ -94,13 +96,13 @@ class PassCache:
         """The attempts that hold GPUs (the rows changed since the last pass read)."""
         changed = self.held.refresh(s, now)
         if changed is None or changed or self._holders is None:
-            self._holders = [holder(r) for r in self.held.rows.values()]
+            self._holders = list(self.held.rows.values())
         return self._holders
 
     def holders_now(self, s: Session) -> list[Holder]:
         """The attempts that hold GPUs as this transaction sees them now, its own writes
         included (read under the pass's node locks); what is kept does not move."""
-        return [holder(r) for r in self.held.peek(s).values()]
+        return list(self.held.peek(s).values())
 
     def never_fits(self, s: Session, req: JobRequest) -> str | None:
         """``core.never_fits`` on the fleet's capacity, remembered per kind of job while the
@@ -228,7 +230,9 @@ class FleetRows:
         self._order: list[str] = []
         self._busy: set[str] = set()
         self._gpus: tuple[GpuView, ...] | None = None
-        self._rated: tuple[object, object, tuple[GpuView, ...]] | None = None
+        self._changed: set[str] = set()  # GPUs whose view changed since ``rated`` last ran
+        self._rated: tuple[object, tuple[GpuView, ...]] | None = None
+        self._rated_views: dict[str, GpuView] = {}
 
     def snapshot(
         self, s: Session, now: Cursor, *, clock: float, busy: Iterable[str], **extra: Any
@@ -253,24 +257,39 @@ class FleetRows:
                 reorder = self._gpu_views.pop(gid, None) is not None or reorder
                 continue
             reorder = reorder or gid not in self._gpu_views
-            self._gpu_views[gid] = self.memo.gpu(row, gid in held, None, False)
-            self._gpus = None
+            view = self.memo.gpu(row, gid in held, None, False)
+            if self._gpu_views.get(gid) is not view:
+                self._gpu_views[gid] = view
+                self._changed.add(gid)
+                self._gpus = None
         if reorder or gpus is None:
             self._order = sorted(self._gpu_views)
-            self._gpus = None
+            self._gpus, self._rated = None, None
         if self._gpus is None:
             views = self._gpu_views
             self._gpus = tuple(views[g] for g in self._order)
         return Snapshot(nodes=self._node_views, gpus=self._gpus, now=clock, **extra)
 
     def rated(self, snapshot: Snapshot, reliability: dict[str, float]) -> Snapshot:
-        """``snapshot`` with the node reputations filled in (the same tuple while neither
-        the GPUs' views nor the reputations changed)."""
+        """``snapshot`` (the latest of ``snapshot()``) with the node reputations filled in:
+        only the GPUs whose view changed are rated again while the reputations are the same
+        (``reliability`` is the same object while they are: ``PassCache.reliabilities``)."""
         got = self._rated
-        if got is None or got[0] is not snapshot.gpus or got[1] is not reliability:
+        if got is None or got[0] is not reliability:
             rated = with_reliability(snapshot, reliability, self.memo).gpus
-            self._rated = got = (snapshot.gpus, reliability, rated)
-        return replace(snapshot, gpus=got[2])
+            self._rated_views = {g.id: g for g in rated}
+        elif self._changed:
+            rel = rounded(reliability)
+            views, out = self._gpu_views, self._rated_views
+            for gid in self._changed:
+                if gid in views:
+                    out[gid] = self.memo.rated(views[gid], rel.get(views[gid].node_id))
+            rated = tuple(out[g] for g in self._order)
+        else:
+            rated = got[1]
+        self._changed = set()
+        self._rated = (reliability, rated)
+        return replace(snapshot, gpus=rated)
 
 
 _CACHES: weakref.WeakKeyDictionary[Database, PassCache] = weakref.WeakKeyDictionary()
