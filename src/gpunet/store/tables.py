@@ -246,6 +246,15 @@ class Job(Base):
     change_version: Mapped[int] = mapped_column(BigInteger, default=0, index=True)
 
 
+class ChangeClock(Base):
+    """One row: on SQLite, the counter the change-version triggers draw from (migration 0014;
+    on PostgreSQL versions are transaction ids and it stays 0)."""
+
+    __tablename__ = "change_clock"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger)
+
+
 class JobEvent(Base):
     __tablename__ = "job_events"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)

@@ -99,18 +99,19 @@ def upgrade() -> None:
                 sa.Column("change_version", sa.BigInteger(), nullable=False, server_default="0")
             )
             b.create_index(f"ix_{table}_change_version", ["change_version"])
+    # SQLite's version counter (on PostgreSQL the versions are transaction ids and the one
+    # row stays at 0: the table exists on both so that both have the same schema)
+    op.create_table(
+        "change_clock",
+        sa.Column("id", sa.Integer(), primary_key=True),
+        sa.Column("value", sa.BigInteger(), nullable=False),
+    )
+    op.execute("INSERT INTO change_clock (id, value) VALUES (1, 0)")
     if pg:
         op.execute(
             "CREATE FUNCTION gpunet_change_version() RETURNS trigger LANGUAGE plpgsql AS $$ "
             "BEGIN NEW.change_version := pg_current_xact_id()::text::bigint; RETURN NEW; END $$"
         )
-    else:
-        op.create_table(
-            "change_clock",
-            sa.Column("id", sa.Integer(), primary_key=True),
-            sa.Column("value", sa.BigInteger(), nullable=False),
-        )
-        op.execute("INSERT INTO change_clock (id, value) VALUES (1, 0)")
     for table in WATCHED:
         create_triggers(table)
 
@@ -123,8 +124,7 @@ def downgrade() -> None:
             op.execute(f"DROP TRIGGER IF EXISTS {table}_change_{kind}{on}")
     if pg:
         op.execute("DROP FUNCTION gpunet_change_version()")
-    else:
-        op.drop_table("change_clock")
+    op.drop_table("change_clock")
     for table in WATCHED:
         with op.batch_alter_table(table) as b:
             b.drop_index(f"ix_{table}_change_version")
