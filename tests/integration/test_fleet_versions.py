@@ -321,6 +321,43 @@ def test_the_leader_places_nothing_on_a_gpu_a_follower_drained(db_url: str) -> N
             assert att is not None and att.gpu_ids == [free] and att.job_id == "j2"
 
 
+def test_rows_read_after_a_write_that_rolls_back_are_not_kept(db_url: str) -> None:
+    with store(db_url) as db:
+        cache = PassCache()
+        with db.sessions() as s:
+            kept(cache, s)
+        with db.sessions() as s:
+            gpu_set("node0/0", drained=True)(s)
+            submit(s, "j1")
+            s.flush()
+            inside = kept(cache, s)  # sees its own writes
+            assert inside == fresh(s) and inside[0] == ["j1"]
+            s.rollback()
+        with db.transaction() as s:  # on SQLite this draws the version the rollback freed
+            gpu_set("node1/0", price_per_hour=Decimal("4"))(s)
+        with db.sessions() as s:
+            after = kept(cache, s)
+            assert after == fresh(s)
+        assert after[0] == [] and not {g.id: g for g in after[2].gpus}["node0/0"].drained
+
+
+def test_the_pass_sees_its_own_writes_under_its_locks(db_url: str) -> None:
+    with store(db_url) as db:
+        cache = PassCache()
+        with db.sessions() as s:
+            kept(cache, s)
+        with db.sessions() as s:
+            submit(s, "j1")
+            start(s, "j1", "node1/1")
+            s.flush()
+            now = {h.attempt_id for h in cache.holders_now(s)}
+            assert now == {"att-j1"}
+            assert cache.held.rows == {}  # what is kept did not move
+            s.rollback()
+        with db.sessions() as s:
+            assert kept(cache, s) == fresh(s)
+
+
 def test_everything_is_read_again_after_a_while(db_url: str) -> None:
     with store(db_url) as db:
         cache = PassCache()

@@ -101,8 +101,9 @@ class KeyedRows:
         self.full_reads = 0  # counted for tests and benchmarks
 
     def refresh(self, s: Session, now: Cursor) -> set[Any] | None:
-        """Bring the rows up to ``now`` (taken in this transaction, before any of its writes
-        when it is to be kept). The keys of the rows changed, or None after a full read."""
+        """Bring the rows up to ``now``, a cursor taken in this transaction (the scheduler
+        pass takes it before it writes; one taken after a write is not kept, and the next
+        refresh reads everything). The keys of the rows changed, or None after a full read."""
         t = time.monotonic()
         if self.cursor is None or t - self.loaded_at > self.full_every_s:
             q = self.base if self.where is None else self.base.where(self.where)
@@ -110,7 +111,7 @@ class KeyedRows:
             self.cursor, self.loaded_at = (now, t) if now.safe else (None, 0.0)
             self.full_reads += 1
             return None
-        if now.same(self.cursor):
+        if now.safe and now.same(self.cursor):  # (a snapshot does not show one's own writes)
             return set()
         out = set()
         for r in s.execute(self.base.where(changed_since(self.table, self.cursor))):
@@ -120,8 +121,9 @@ class KeyedRows:
                 self.rows[key] = self.make(r)
             else:
                 self.rows.pop(key, None)
-        if now.safe:
-            self.cursor = now
+        # rows read by a transaction that has written may hold its own writes, which may
+        # still roll back: the next refresh reads everything again
+        self.cursor = now if now.safe else None
         return out
 
     def peek(self, s: Session) -> dict[Any, Any]:
