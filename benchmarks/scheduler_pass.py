@@ -12,6 +12,12 @@ statements each pass sends (a SQLAlchemy ``before_cursor_execute`` listener):
 * the warm placing pass: the placed attempts end (their state only) and the next pass fills
   the GPUs again, with whatever the previous passes left in caches.
 
+``--steady K`` measures a steady stream instead: every GPU starts busy (one running attempt
+each) with N jobs queued; before each of ``--rounds`` passes, K attempts finish and K jobs
+are submitted (rows written directly, as the API would leave them), so each pass places K
+jobs with N still waiting; the figures are the medians of those passes, then of 5 passes
+after which nothing changed.
+
 Each size runs on ``--runs`` fresh stores; the figures are medians, wall time and this
 process's CPU time (which excludes a PostgreSQL server's work but is steadier on a shared
 machine). The first run of a process
@@ -37,7 +43,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, event, text, update
+from sqlalchemy import create_engine, event, insert, select, text, update
 
 from gpunet.core import ledger as L
 from gpunet.services import billing, scheduling
@@ -143,6 +149,114 @@ def store(kind: str, pg_url: str) -> Iterator[Database]:
         admin.dispose()
 
 
+def fill(db: Database) -> list[str]:
+    """Every GPU busy with a running one-GPU attempt; returns the attempt ids."""
+    at = datetime.now(UTC) - timedelta(minutes=4)
+    spec = {"name": "fill", "command": ["true"], "resources": {"gpus": 1}}
+    jobs, attempts = [], []
+    for n in range(NODES):
+        for i in range(GPUS_PER_NODE):
+            jid, aid = f"fill{n:05d}-{i}", f"att{n:05d}-{i}"
+            jobs.append(
+                {
+                    "id": jid,
+                    "account_id": "acct_user",
+                    "name": "fill",
+                    "spec": spec,
+                    "state": "running",
+                    "priority": 0,
+                    "gpu_count": 1,
+                    "max_retries": 0,
+                    "created_at": at,
+                    "attempts_made": 1,
+                }
+            )
+            attempts.append(
+                {
+                    "id": aid,
+                    "job_id": jid,
+                    "number": 1,
+                    "fencing_token": 1,
+                    "node_id": f"node{n}",
+                    "gpu_ids": [f"node{n}/{i}"],
+                    "gpu_indices": [i],
+                    "state": "running",
+                    "created_at": at,
+                    "started_at": at,
+                }
+            )
+    with db.transaction() as s:
+        s.execute(insert(Job), jobs)
+        s.execute(insert(Attempt), attempts)
+    return [a["id"] for a in attempts]
+
+
+def steady_run(kind: str, pg_url: str, queued: int, k: int, rounds: int) -> dict[str, Any]:
+    with store(kind, pg_url) as db:
+        db.migrate()
+        populate(db, queued)
+        running = fill(db)
+        counter = StatementCounter(db)
+        terms = billing.Terms()
+        scheduling.tick(db, "default", terms)  # warms the caches; every GPU is busy
+        spec = {"name": "bench", "command": ["true"], "resources": {"gpus": 1}}
+        ns, ss, cs, placed = [], [], [], []
+        for r in range(rounds):
+            done, running = running[:k], running[k:]
+            at = datetime.now(UTC)
+            with db.transaction() as s:
+                s.execute(
+                    update(Attempt)
+                    .where(Attempt.id.in_(done))
+                    .values(state="succeeded", finished_at=at)
+                )
+                jobs = [a for (a,) in s.execute(select(Attempt.job_id).where(Attempt.id.in_(done)))]
+                s.execute(update(Job).where(Job.id.in_(jobs)).values(state="succeeded"))
+                for j in range(k):
+                    jid = f"new{r:04d}-{j:04d}"
+                    s.add(
+                        Job(
+                            id=jid,
+                            account_id="acct_user",
+                            name="bench",
+                            spec=spec,
+                            state="queued",
+                            priority=0,
+                            gpu_count=1,
+                            max_retries=0,
+                            created_at=at,
+                        )
+                    )
+                    s.add(
+                        JobEvent(job_id=jid, from_state=None, to_state="queued", at=at, reason="b")
+                    )
+            counter.n = 0
+            t, c = time.perf_counter(), time.process_time()
+            res = scheduling.tick(db, "default", terms)
+            ss.append(time.perf_counter() - t)
+            cs.append(time.process_time() - c)
+            ns.append(counter.n)
+            placed.append(len(res.assigned))
+            running += res.assigned
+        idle_n, idle_s, idle_c = [], [], []
+        for _ in range(5):  # nothing changed since the last pass
+            counter.n = 0
+            t, c = time.perf_counter(), time.process_time()
+            assert not scheduling.tick(db, "default", terms).assigned
+            idle_s.append(time.perf_counter() - t)
+            idle_c.append(time.process_time() - c)
+            idle_n.append(counter.n)
+        return {
+            "idle_statements": statistics.median(idle_n),
+            "idle_ms": statistics.median(idle_s) * 1000,
+            "idle_cpu_ms": statistics.median(idle_c) * 1000,
+            "steady_placed": statistics.median(placed),
+            "steady_statements": statistics.median(ns),
+            "steady_ms": statistics.median(ss) * 1000,
+            "steady_cpu_ms": statistics.median(cs) * 1000,
+        }
+
+
 def one_run(kind: str, pg_url: str, queued: int, idle_passes: int) -> dict[str, Any]:
     with store(kind, pg_url) as db:
         db.migrate()
@@ -198,11 +312,31 @@ def main() -> None:
     ap.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     ap.add_argument("--nodes", type=int, default=NODES, help="nodes in the fleet")
     ap.add_argument("--gpus-per-node", type=int, default=GPUS_PER_NODE)
+    ap.add_argument("--steady", type=int, default=0, help="K: a steady stream of K per pass")
+    ap.add_argument("--rounds", type=int, default=10, help="--steady: passes measured")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     globals().update(NODES=args.nodes, GPUS_PER_NODE=args.gpus_per_node)
     out = []
     for size in (int(x) for x in args.sizes.split(",")):
+        if args.steady:
+            runs = [
+                steady_run(args.database, args.pg_url, size, args.steady, args.rounds)
+                for _ in range(args.runs)
+            ]
+            med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+            med["queued"] = size
+            out.append(med)
+            if not args.json:
+                print(
+                    f"{size:>6} queued, {args.steady} per pass: "
+                    f"{med['steady_statements']:.0f} statements, {med['steady_ms']:.1f} ms "
+                    f"({med['steady_cpu_ms']:.1f} ms CPU); placed {med['steady_placed']:.0f}; "
+                    f"unchanged: {med['idle_statements']:.0f} statements, "
+                    f"{med['idle_ms']:.1f} ms ({med['idle_cpu_ms']:.1f} ms CPU)",
+                    flush=True,
+                )
+            continue
         runs = [
             one_run(args.database, args.pg_url, size, args.idle_passes) for _ in range(args.runs)
         ]

@@ -44,24 +44,56 @@ class Holder:
 
 def holders(s: Session) -> list[Holder]:
     """Every attempt that holds GPUs, in one query."""
-    rows = s.execute(
-        select(
-            Attempt.id,
-            Attempt.job_id,
-            Job.account_id,
-            Attempt.node_id,
-            Attempt.gpu_ids,
-            Attempt.state,
-            Attempt.stop_kind,
-            Attempt.preempted_for,
-        )
-        .join(Job, Job.id == Attempt.job_id)
-        .where(Attempt.state.in_([st.value for st in GPU_HOLDING_ATTEMPT_STATES]))
-    )
-    return [
-        Holder(aid, jid, acct, node, tuple(gids or ()), st, kind, pf)
-        for aid, jid, acct, node, gids, st, kind, pf in rows
-    ]
+    q = select(*HOLDER_COLUMNS).join(Job, Job.id == Attempt.job_id)
+    return [holder(r) for r in s.execute(q.where(Attempt.state.in_(HOLDING)))]
+
+
+# the rows the scheduler's snapshot is built from (and migration 0014's watched columns)
+NODE_COLUMNS = (
+    Node.id,
+    Node.status,
+    Node.site,
+    Node.account_id,
+    Node.isolation,
+    Node.runtimes,
+    Node.accepts_unisolated,
+)
+GPU_COLUMNS = (
+    Gpu.id,
+    Gpu.node_id,
+    Gpu.model,
+    Gpu.memory_mb,
+    Gpu.cc_major,
+    Gpu.cc_minor,
+    Gpu.healthy,
+    Gpu.drained,
+    Gpu.simulated,
+    Gpu.power_w,
+    Gpu.tier,
+    Gpu.price_per_hour,
+    Gpu.owner_busy,
+    Gpu.min_interruptible_price,
+)
+HOLDER_COLUMNS = (
+    Attempt.id,
+    Attempt.job_id,
+    Job.account_id,
+    Attempt.node_id,
+    Attempt.gpu_ids,
+    Attempt.state,
+    Attempt.stop_kind,
+    Attempt.preempted_for,
+)
+HOLDING = [st.value for st in GPU_HOLDING_ATTEMPT_STATES]
+
+
+def _first(row: Any) -> Any:
+    return row[0]
+
+
+def holder(row: Any) -> Holder:
+    aid, jid, acct, node, gids, st, kind, pf = row
+    return Holder(aid, jid, acct, node, tuple(gids or ()), st, kind, pf)
 
 
 def fleet_snapshot(
@@ -79,44 +111,20 @@ def fleet_snapshot(
     ``busy`` (GPU id -> attempt) and ``reliability`` (node id -> score): already known, not
     read again; ``memo``: views kept from earlier calls; ``extra``: other Snapshot fields
     (accounts, account_usage...)."""
-    # plain rows, not ORM objects: this runs on every submit and every scheduler pass
-    nodes: Sequence[Any] = s.execute(
-        select(
-            Node.id,
-            Node.status,
-            Node.site,
-            Node.account_id,
-            Node.isolation,
-            Node.runtimes,
-            Node.accepts_unisolated,
-        )
-    ).all()
-    cols = select(
-        Gpu.id,
-        Gpu.node_id,
-        Gpu.model,
-        Gpu.memory_mb,
-        Gpu.cc_major,
-        Gpu.cc_minor,
-        Gpu.healthy,
-        Gpu.drained,
-        Gpu.simulated,
-        Gpu.power_w,
-        Gpu.tier,
-        Gpu.price_per_hour,
-        Gpu.owner_busy,
-        Gpu.min_interruptible_price,
-    )
+    # plain rows, not ORM objects: this runs on every submit and every scheduler pass; in id
+    # order, the order of the scheduler pass's incrementally kept snapshot (pass_cache)
+    nodes: Sequence[Any] = sorted(s.execute(select(*NODE_COLUMNS)).all(), key=_first)
+    cols = select(*GPU_COLUMNS)
     if all_free:
         cols = cols.where(Gpu.lifecycle_state.notin_(GONE_STATES))
-    gpus: list[Any] = list(s.execute(cols))
+    gpus: list[Any] = sorted(s.execute(cols), key=_first)
     if busy is None:
         busy = {} if all_free else busy_gpu_ids(s)
     # the capacity snapshot carries no reputations: a floor never rejects a job at submit.
     # Rounded to two places so that nodes of similar standing share GPU classes.
     if reliability is None:
         reliability = {} if all_free else reliabilities(s)
-    rel = _rounded(reliability)
+    rel = rounded(reliability)
     memo = memo if memo is not None else ViewMemo()
     node_views = memo.nodes_of(nodes, all_free)
     return Snapshot(
@@ -159,7 +167,7 @@ class ViewMemo:
         if got is None:
             if len(self._nodes) > 64:
                 self._nodes.clear()
-            got = self._nodes[key] = tuple(_node_view(r, all_free) for r in rows)
+            got = self._nodes[key] = tuple(node_view(r, all_free) for r in rows)
         return got
 
     def gpu(self, row: tuple[Any, ...], busy: bool, rel: float | None, all_free: bool) -> GpuView:
@@ -172,7 +180,7 @@ class ViewMemo:
         return v
 
 
-def _node_view(row: Any, all_free: bool) -> NodeView:
+def node_view(row: Any, all_free: bool) -> NodeView:
     nid, st, site, owner, isolation, runtimes, accepts = row
     return NodeView(
         nid,
@@ -221,7 +229,7 @@ def _gpu_view(row: tuple[Any, ...], busy: bool, rel: float | None, all_free: boo
     )
 
 
-def _rounded(reliability: Mapping[str, float]) -> dict[str, float]:
+def rounded(reliability: Mapping[str, float]) -> dict[str, float]:
     # rounded to two places so that nodes of similar standing share GPU classes
     return {n: round(r, 2) for n, r in reliability.items()}
 
@@ -230,7 +238,7 @@ def with_reliability(
     snapshot: Snapshot, reliability: Mapping[str, float], memo: ViewMemo | None = None
 ) -> Snapshot:
     """``snapshot`` with each GPU's node reputation filled in (``memo``: views kept)."""
-    rel = _rounded(reliability)
+    rel = rounded(reliability)
     if memo is not None:
         gpus = tuple(memo.rated(g, rel.get(g.node_id)) for g in snapshot.gpus)
         return replace(snapshot, gpus=gpus)

@@ -6,32 +6,54 @@
   benchmark was recorded), and at least every ``ttl_s`` as uptime drifts.
 * Each account's decayed recent GPU use, refreshed after ``ttl_s``: use a few seconds old
   orders jobs just as well.
-* The fleet's views (``fleet.ViewMemo``): the rows are read every time, views of unchanged
-  rows are reused; and, while the fleet's capacity is unchanged, whether a kind of job could
-  ever run on it (the submit-time check).
+* The queue (the ids of queued jobs), the attempts that hold GPUs, and the fleet's node and
+  GPU rows with the snapshot built from them: each pass reads only the rows changed since
+  the last pass (``services.changes``: versions set by the store's triggers on every write
+  the scheduler sees, by any replica) and patches what it keeps; everything is read whole
+  again every ``changes.FULL_EVERY_S`` as a safety net.
+* The fleet's views (``fleet.ViewMemo``): views of unchanged rows are reused; and, while the
+  fleet's capacity is unchanged, whether a kind of job could ever run on it (the submit-time
+  check, which reads the fleet's rows every time).
 
 One cache per database (a weak map), so tests and tools that open several stores stay apart.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import Table, func, or_, select
 from sqlalchemy.orm import Session
 
-from gpunet.core.jobs import AttemptState
+from gpunet.core.jobs import AttemptState, JobState
 from gpunet.core.jobspec import JobSpec
-from gpunet.core.scheduling import JobRequest, never_fits
+from gpunet.core.scheduling import GpuView, JobRequest, NodeView, Snapshot, never_fits
 from gpunet.core.scheduling.fairshare import Usage, decayed_gpu_seconds
-from gpunet.services.fleet import ViewMemo, account_ids, fleet_snapshot, job_request
+from gpunet.services.changes import Cursor, KeyedRows
+from gpunet.services.fleet import (
+    GPU_COLUMNS,
+    HOLDER_COLUMNS,
+    HOLDING,
+    NODE_COLUMNS,
+    Holder,
+    ViewMemo,
+    account_ids,
+    fleet_snapshot,
+    holder,
+    job_request,
+    node_view,
+    rounded,
+    with_reliability,
+)
 from gpunet.services.reputation import reliabilities
 from gpunet.store.db import Database
-from gpunet.store.tables import Attempt, GpuBenchmark, GpuEvent, Job, Node
+from gpunet.store.tables import Attempt, Gpu, GpuBenchmark, GpuEvent, Job, Node
 
 TTL_S = 30.0
 # fair share forgets use older than this many half-lives (2^-8 < 0.4%)
@@ -45,8 +67,42 @@ class PassCache:
         self._requests: dict[str, JobRequest] = {}
         self._rel: tuple[float, tuple[object, ...], dict[str, float]] | None = None
         self._usage: tuple[float, float, dict[str, float]] | None = None
+        self._holders: list[Holder] | None = None
         self.views = ViewMemo()
         self._capacity: tuple[object, dict[JobRequest, str | None]] | None = None
+        queued = JobState.QUEUED.value
+        self.queue = KeyedRows(
+            select(Job.id, Job.state),
+            _table(Job),
+            keep=lambda r: r[1] == queued,
+            where=Job.state == queued,
+        )
+        self.held = KeyedRows(
+            select(*HOLDER_COLUMNS).join(Job, Job.id == Attempt.job_id),
+            _table(Attempt),
+            keep=lambda r: r[5] in HOLDING,
+            where=Attempt.state.in_(HOLDING),
+            make=holder,
+        )
+        self.fleet = FleetRows(self.views)
+        self.lock = threading.Lock()  # held by the scheduler pass
+
+    def queued(self, s: Session, now: Cursor) -> list[str]:
+        """The ids of the queued jobs (the rows changed since the last pass read)."""
+        self.queue.refresh(s, now)
+        return list(self.queue.rows)
+
+    def holders(self, s: Session, now: Cursor) -> list[Holder]:
+        """The attempts that hold GPUs (the rows changed since the last pass read)."""
+        changed = self.held.refresh(s, now)
+        if changed is None or changed or self._holders is None:
+            self._holders = list(self.held.rows.values())
+        return self._holders
+
+    def holders_now(self, s: Session) -> list[Holder]:
+        """The attempts that hold GPUs as this transaction sees them now, its own writes
+        included (read under the pass's node locks); what is kept does not move."""
+        return list(self.held.peek(s).values())
 
     def never_fits(self, s: Session, req: JobRequest) -> str | None:
         """``core.never_fits`` on the fleet's capacity, remembered per kind of job while the
@@ -154,6 +210,86 @@ def account_usage(s: Session, now: float, half_life_s: float) -> dict[str, float
 
 def _ts(at: datetime) -> float:
     return (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()
+
+
+def _table(entity: type[Any]) -> Table:
+    return cast(Table, entity.__table__)
+
+
+class FleetRows:
+    """The fleet's node and GPU rows and the scheduler's snapshot built from them, patched
+    with the rows changed since the last pass and the GPUs whose holder changed. The snapshot
+    equals ``fleet.fleet_snapshot`` on the same rows (both list nodes and GPUs in id order)."""
+
+    def __init__(self, memo: ViewMemo) -> None:
+        self.memo = memo
+        self.nodes = KeyedRows(select(*NODE_COLUMNS), _table(Node))
+        self.gpus = KeyedRows(select(*GPU_COLUMNS), _table(Gpu))
+        self._node_views: tuple[NodeView, ...] = ()
+        self._gpu_views: dict[str, GpuView] = {}
+        self._order: list[str] = []
+        self._busy: set[str] = set()
+        self._gpus: tuple[GpuView, ...] | None = None
+        self._changed: set[str] = set()  # GPUs whose view changed since ``rated`` last ran
+        self._rated: tuple[object, tuple[GpuView, ...]] | None = None
+        self._rated_views: dict[str, GpuView] = {}
+
+    def snapshot(
+        self, s: Session, now: Cursor, *, clock: float, busy: Iterable[str], **extra: Any
+    ) -> Snapshot:
+        """The snapshot (no reputations: ``rated`` adds them) with ``busy`` GPUs held."""
+        nodes, gpus = self.nodes.refresh(s, now), self.gpus.refresh(s, now)
+        if nodes is None or nodes:
+            rows = self.nodes.rows
+            self._node_views = tuple(node_view(rows[k], False) for k in sorted(rows))
+        held = set(busy)
+        rows = self.gpus.rows
+        if gpus is None:
+            todo: Iterable[str] = rows
+            self._gpu_views = {}
+        else:
+            todo = gpus | (held ^ self._busy)
+        self._busy = held
+        reorder = False  # a GPU joined or left
+        for gid in todo:
+            row = rows.get(gid)
+            if row is None:
+                reorder = self._gpu_views.pop(gid, None) is not None or reorder
+                continue
+            reorder = reorder or gid not in self._gpu_views
+            view = self.memo.gpu(row, gid in held, None, False)
+            if self._gpu_views.get(gid) is not view:
+                self._gpu_views[gid] = view
+                self._changed.add(gid)
+                self._gpus = None
+        if reorder or gpus is None:
+            self._order = sorted(self._gpu_views)
+            self._gpus, self._rated = None, None
+        if self._gpus is None:
+            views = self._gpu_views
+            self._gpus = tuple(views[g] for g in self._order)
+        return Snapshot(nodes=self._node_views, gpus=self._gpus, now=clock, **extra)
+
+    def rated(self, snapshot: Snapshot, reliability: dict[str, float]) -> Snapshot:
+        """``snapshot`` (the latest of ``snapshot()``) with the node reputations filled in:
+        only the GPUs whose view changed are rated again while the reputations are the same
+        (``reliability`` is the same object while they are: ``PassCache.reliabilities``)."""
+        got = self._rated
+        if got is None or got[0] is not reliability:
+            rated = with_reliability(snapshot, reliability, self.memo).gpus
+            self._rated_views = {g.id: g for g in rated}
+        elif self._changed:
+            rel = rounded(reliability)
+            views, out = self._gpu_views, self._rated_views
+            for gid in self._changed:
+                if gid in views:
+                    out[gid] = self.memo.rated(views[gid], rel.get(views[gid].node_id))
+            rated = tuple(out[g] for g in self._order)
+        else:
+            rated = got[1]
+        self._changed = set()
+        self._rated = (reliability, rated)
+        return replace(snapshot, gpus=rated)
 
 
 _CACHES: weakref.WeakKeyDictionary[Database, PassCache] = weakref.WeakKeyDictionary()

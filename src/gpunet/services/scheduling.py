@@ -21,11 +21,11 @@ from sqlalchemy.orm import Session
 from gpunet.core.gangs import DEFAULT_PORTS, parse_ports, pick_port
 from gpunet.core.jobs import ACTIVE_ATTEMPT_STATES, AttemptState, JobState, LostCause, StopKind
 from gpunet.core.scheduling import Explanation, JobRequest, Plan, Snapshot, explain, plan
-from gpunet.services import billing, gangs
+from gpunet.services import billing, changes, gangs
 from gpunet.services.auth import Principal
-from gpunet.services.fleet import Holder, fleet_snapshot, holders, spread_group, with_reliability
+from gpunet.services.fleet import Holder, fleet_snapshot, holders, spread_group
 from gpunet.services.jobs import _visible, move_job, stop_attempt
-from gpunet.services.pass_cache import cache_for
+from gpunet.services.pass_cache import PassCache, cache_for
 from gpunet.store.db import Database
 from gpunet.store.tables import Attempt, Gpu, Job, JobEvent, Node
 from gpunet.util import new_id, now, utc
@@ -69,11 +69,14 @@ def tick(
     terms = terms or billing.Terms()
     cache = cache_for(db)
     result = TickResult([], [], [])
-    with db.transaction() as s:
-        queued = list(s.scalars(select(Job.id).where(Job.state == JobState.QUEUED.value)))
+    # one pass at a time per store: what it keeps moves with each pass
+    with cache.lock, db.transaction() as s:
+        # what changed since the last pass: taken before this pass writes anything
+        since = changes.cursor(s)
+        queued = cache.queued(s, since)
         if not queued:
             return result
-        held = holders(s)
+        held = cache.holders(s, since)
         # a job some attempt is being stopped for waits for those GPUs: it must not preempt more
         making_room = {
             h.preempted_for
@@ -91,14 +94,12 @@ def tick(
             for j, gids in running_on.items()
             if j in reqs and reqs[j].interruptible
         }
-        busy = {g: h.attempt_id for h in held for g in h.gpu_ids}
         clock = time.time()
-        snapshot = fleet_snapshot(
-            s, now=clock, busy=busy, reliability={}, memo=cache.views, keep_running=True
-        )
+        busy = (g for h in held for g in h.gpu_ids)
+        snapshot = cache.fleet.snapshot(s, since, clock=clock, busy=busy, keep_running=True)
         if not pending or (not preemptible and not _free_gpu_exists(snapshot)):
             return result  # nothing could start: no reputation, account or usage is read
-        snapshot = with_reliability(snapshot, cache.reliabilities(s), cache.views)
+        snapshot = cache.fleet.rated(snapshot, cache.reliabilities(s))
         in_use: dict[str, int] = defaultdict(int)
         for h in held:
             in_use[h.account_id] += len(h.gpu_ids)
@@ -113,7 +114,7 @@ def tick(
         p = _avoid_bad_pairs(s, p, snapshot, reqs, policy)
         if fence is not None:
             fence(s)
-        _apply(s, p, snapshot, reqs, held, terms, result)
+        _apply(s, p, snapshot, reqs, held, terms, result, cache)
     return result
 
 
@@ -141,6 +142,7 @@ def _apply(
     held: list[Holder],
     terms: billing.Terms,
     result: TickResult,
+    cache: PassCache,
 ) -> None:
     by_job: dict[str, list[Holder]] = defaultdict(list)
     for h in held:
@@ -163,7 +165,7 @@ def _apply(
         .execution_options(synchronize_session=False)
     )
     online = set(s.scalars(select(Node.id).where(Node.id.in_(node_ids), Node.status == "online")))
-    busy = {g for h in holders(s) for g in h.gpu_ids}  # re-read under the lock
+    busy = {g for h in cache.holders_now(s) for g in h.gpu_ids}  # re-read under the lock
     gpu_ids = [g for pl in starts for g in pl.all_gpu_ids]
     index = dict(s.execute(select(Gpu.id, Gpu.index).where(Gpu.id.in_(gpu_ids))).all())
     views = {g.id: g for g in snapshot.gpus}

@@ -103,6 +103,9 @@ class Node(Base):
     advertise_addr: Mapped[str | None] = mapped_column(String(255), default=None)
     # the ports a gang whose rank 0 runs here may rendezvous on, "LOW-HIGH" (None: the default)
     rendezvous_ports: Mapped[str | None] = mapped_column(String(20), default=None)
+    # the version of the row's last change the scheduler sees, set by the store's triggers
+    # (migration 0014; services.pass_cache reads the rows changed since its last pass)
+    change_version: Mapped[int] = mapped_column(BigInteger, default=0, index=True)
 
 
 class Gpu(Base):
@@ -133,6 +136,9 @@ class Gpu(Base):
     # lifecycle (core/lifecycle.py): healthy/drained above are kept in step with these
     lifecycle_state: Mapped[str] = mapped_column(String(20), default="active")
     tier: Mapped[str | None] = mapped_column(String(20), default=None)
+    # the version of the row's last change the scheduler sees, set by the store's triggers
+    # (migration 0014; services.pass_cache reads the rows changed since its last pass)
+    change_version: Mapped[int] = mapped_column(BigInteger, default=0, index=True)
     health_status: Mapped[str] = mapped_column(String(20), default="healthy")
     health_reasons: Mapped[list[Any]] = mapped_column(default=list)
     health_at: Mapped[datetime | None] = mapped_column(default=None)
@@ -235,6 +241,18 @@ class Job(Base):
     array_index: Mapped[int | None] = mapped_column(Integer, default=None)
     # a replica of a service (``service:`` in the spec): the service it serves
     service_id: Mapped[str | None] = mapped_column(String(40), default=None, index=True)
+    # the version of the row's last change the scheduler sees, set by the store's triggers
+    # (migration 0014; services.pass_cache reads the rows changed since its last pass)
+    change_version: Mapped[int] = mapped_column(BigInteger, default=0, index=True)
+
+
+class ChangeClock(Base):
+    """One row: on SQLite, the counter the change-version triggers draw from (migration 0014;
+    on PostgreSQL versions are transaction ids and it stays 0)."""
+
+    __tablename__ = "change_clock"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger)
 
 
 class JobEvent(Base):
@@ -286,6 +304,9 @@ class Attempt(Base):
     # a service replica: passes its readiness probe (as its agent last reported); None: not
     # a replica, or not probed yet
     ready: Mapped[bool | None] = mapped_column(Boolean, default=None)
+    # the version of the row's last change the scheduler sees, set by the store's triggers
+    # (migration 0014; services.pass_cache reads the rows changed since its last pass)
+    change_version: Mapped[int] = mapped_column(BigInteger, default=0, index=True)
 
 
 class ServiceRow(Base):
