@@ -19,12 +19,17 @@ Frozen agents only, with short jobs (many exits near each freeze):
     python benchmarks/chaos.py --database sqlite --faults sigstop_agent --rounds 16 \
         --jobs 400 --job-seconds 0.2 0.8
 
+With --keep the scratch directory (every process's log) and the database are kept. Every job
+that ran to exit 0 more than once is printed (to stderr) with its attempts, their nodes and
+times, its events, the faults around it and the log lines that name its attempts.
+
 The scenario itself lives in tests/e2e/chaos.py (tests/e2e/test_chaos.py runs a short one).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import secrets
 import sys
@@ -42,15 +47,16 @@ from tests.e2e.chaos import FAULTS, ChaosConfig, run_chaos  # noqa: E402
 
 
 @contextmanager
-def pg_database(admin_url: str) -> Iterator[str]:
+def pg_database(admin_url: str, keep: bool = False) -> Iterator[str]:
     name = f"gpunet_chaos_{secrets.token_hex(4)}"
     with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as c:
         c.execute(f'CREATE DATABASE "{name}"')
     try:
         yield f"{admin_url.rsplit('/', 1)[0]}/{name}"
     finally:
-        with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as c:
-            c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        if not keep:
+            with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as c:
+                c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def main() -> None:
@@ -74,6 +80,12 @@ def main() -> None:
         default=list(FAULTS),
         help="the kinds of fault injected (e.g. only sigstop_agent, to study frozen agents)",
     )
+    p.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the scratch directory (the processes' logs, the agents' homes, the SQLite "
+        "database; PostgreSQL: the database is kept too) and print where it is",
+    )
     args = p.parse_args()
     cfg = ChaosConfig(
         agents=args.agents,
@@ -86,14 +98,25 @@ def main() -> None:
         seed=args.seed,
         faults=tuple(args.faults),
     )
-    with tempfile.TemporaryDirectory(prefix="gpunet-chaos-") as tmp:
-        root = Path(tmp)
-        if args.database == "sqlite":
-            res = run_chaos(root, f"sqlite:///{root / 'gpunet.db'}", cfg)
+    with contextlib.ExitStack() as stack:
+        if args.keep:
+            root = Path(tempfile.mkdtemp(prefix="gpunet-chaos-"))
+            print(f"scratch directory (kept): {root}", file=sys.stderr, flush=True)
         else:
-            with pg_database(args.pg_url) as url:
-                res = run_chaos(root, url, cfg)
-    print(json.dumps(res.as_dict(), indent=1))
+            root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gpunet-chaos-")))
+        if args.database == "sqlite":
+            url = f"sqlite:///{root / 'gpunet.db'}"
+        else:
+            url = stack.enter_context(pg_database(args.pg_url, keep=args.keep))
+            if args.keep:
+                print(f"database (kept): {url}", file=sys.stderr, flush=True)
+        res = run_chaos(root, url, cfg)
+    out = res.as_dict()
+    evidence = out.pop("evidence")
+    print(json.dumps(out, indent=1))
+    for ev in evidence:  # every job run to exit 0 more than once, with what tells its path
+        print(f"--- job {ev['job']} ran to exit 0 more than once", file=sys.stderr)
+        print(json.dumps(ev, indent=1), file=sys.stderr)
     ok = (
         not res.not_succeeded
         and res.double_successes == 0

@@ -21,6 +21,7 @@ import threading
 import time
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ import httpx
 from sqlalchemy import select
 
 from gpunet.store.db import Database
-from gpunet.store.tables import Attempt, AttemptCharge, Job, JobEvent
+from gpunet.store.tables import Attempt, AttemptCharge, Job, JobEvent, Node
 from tests.e2e.procs import Network, Proc, wait_for
 
 FAULTS = ("kill9_agent", "kill9_coordinator", "sigstop_agent", "stall_coordinator")
@@ -73,9 +74,23 @@ class ChaosResult:
     ledger_ok: bool
     ledger_output: str
     problems: list[str] = field(default_factory=list)
+    # for each job run to exit 0 more than once: its attempts, events and the faults near them
+    evidence: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _utc(t: float | datetime | None) -> str | None:
+    """A time as ISO 8601 UTC with milliseconds (store times are naive UTC)."""
+    if t is None:
+        return None
+    d = _aware(t) if isinstance(t, datetime) else datetime.fromtimestamp(t, UTC)
+    return d.isoformat(timespec="milliseconds")
+
+
+def _aware(t: datetime) -> datetime:
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
 def _sig(p: Proc, sig: int) -> None:
@@ -92,6 +107,8 @@ class Chaos:
         self.job_ids: list[str] = []
         self.rounds: Counter[str] = Counter()
         self._stopped: set[str] = set()  # processes under SIGSTOP (names; "coordinator")
+        # every fault injected: kind, target, and its start and end (UTC wall clock)
+        self.timeline: list[dict[str, Any]] = []
         self.simulate = f"{cfg.gpus_per_agent}xA100-80GB"
 
     # ---- setup ------------------------------------------------------------------------
@@ -158,7 +175,16 @@ class Chaos:
         self.net.start_agent(name, self.simulate, self.net.owner, extra=AGENT_FLAGS)
 
     def fault(self, kind: str) -> None:
+        t0 = time.time()
+        target = self._fault(kind)
+        self.timeline.append(
+            {"kind": kind, "target": target, "start": _utc(t0), "end": _utc(time.time())}
+        )
+        self.rounds[kind] += 1
+
+    def _fault(self, kind: str) -> str:
         n, lease = self.net, self.cfg.lease_timeout
+        name = "coordinator"
         if kind == "kill9_agent":
             name = self._agent()
             n.agents[name].kill9()
@@ -184,7 +210,7 @@ class Chaos:
             time.sleep(lease * self.rng.uniform(0.2, 0.4))  # connections hang meanwhile
             _sig(n.coordinator, signal.SIGCONT)
             self._stopped.discard("coordinator")
-        self.rounds[kind] += 1
+        return name
 
     def release(self) -> None:
         """SIGCONT whatever a failed run left stopped (SIGINT cannot reach it otherwise)."""
@@ -233,6 +259,7 @@ class Chaos:
                 atts = list(s.scalars(select(Attempt).where(Attempt.job_id.in_(self.job_ids))))
                 charges = {c.attempt_id: c for c in s.scalars(select(AttemptCharge))}
                 events = list(s.scalars(select(JobEvent).where(JobEvent.job_id.in_(self.job_ids))))
+                node_names = {n.id: n.name for n in s.scalars(select(Node))}
         finally:
             db.engine.dispose()
         by_job: dict[str, list[Attempt]] = defaultdict(list)
@@ -244,12 +271,21 @@ class Chaos:
         dup_events = [e for e in events if e.reason.startswith("duplicate discarded")]
         kept = [e for e in events if "its report arrived after its lease lapsed" in e.reason]
         ran_twice = unexplained = doubles = 0
+        evidence: list[dict[str, Any]] = []
         for job_id in jobs:
             runs = [a for a in by_job[job_id] if a.exit_code == 0]
             wins = [a for a in runs if a.state == "succeeded"]
             doubles += len(wins) > 1
             if len(runs) > 1:
                 ran_twice += 1
+                evidence.append(
+                    self._evidence(
+                        jobs[job_id],
+                        by_job[job_id],
+                        [e for e in events if e.job_id == job_id],
+                        node_names,
+                    )
+                )
                 # every extra run must be a duplicate whose retry had already started
                 unexplained += any(a.id not in discarded for a in runs if a not in wins)
         billed_s = 0
@@ -299,7 +335,61 @@ class Chaos:
             ledger_ok=ledger.returncode == 0 and "ledger ok" in ledger.stdout,
             ledger_output=out[-500:],
             problems=problems,
+            evidence=evidence,
         )
+
+    def _evidence(
+        self, job: Job, atts: list[Attempt], events: list[JobEvent], node_names: dict[str, str]
+    ) -> dict[str, Any]:
+        """What tells a job's double run apart: its attempts (node, state, times, exit code,
+        token), its events, the faults from its first attempt's creation on, and every log
+        line (agents, their watchdogs, the coordinator) that names one of its attempts."""
+        atts = sorted(atts, key=lambda a: a.number)
+        ids = [a.id for a in atts]
+        first = min(_aware(a.created_at) for a in atts) - timedelta(seconds=10)
+        last = max(_aware(a.finished_at or a.created_at) for a in atts)
+        faults = [
+            f
+            for f in self.timeline
+            if datetime.fromisoformat(f["end"]) >= first
+            and datetime.fromisoformat(f["start"]) <= last
+        ]
+        lines: list[str] = []
+        for log in sorted(self.net.root.glob("*.log")):
+            try:
+                text = log.read_text(errors="replace")
+            except OSError:
+                continue
+            for line in text.splitlines():
+                if any(i in line for i in ids):
+                    lines.append(f"{log.stem}: {line[:400]}")
+        return {
+            "job": job.id,
+            "command": job.spec.get("command") if isinstance(job.spec, dict) else None,
+            "attempts": [
+                {
+                    "id": a.id,
+                    "number": a.number,
+                    "node": node_names.get(a.node_id, a.node_id),
+                    "state": a.state,
+                    "exit_code": a.exit_code,
+                    "reason": a.reason,
+                    "lost_cause": a.lost_cause,
+                    "token": a.fencing_token,
+                    "created": _utc(a.created_at),
+                    "started": _utc(a.started_at),
+                    "finished": _utc(a.finished_at),
+                    "runtime_s": a.runtime_s,
+                }
+                for a in atts
+            ],
+            "events": [
+                {"at": _utc(e.at), "to": e.to_state, "reason": e.reason, "actor": e.actor}
+                for e in sorted(events, key=lambda e: (e.at, e.id))
+            ],
+            "faults": faults,
+            "log_lines": lines[:80],
+        }
 
     def close(self) -> None:
         self.release()

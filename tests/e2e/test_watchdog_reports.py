@@ -237,3 +237,116 @@ def test_a_finish_journaled_by_a_frozen_agent_is_delivered_by_its_watchdog(
         raise
     finally:
         db.engine.dispose()
+
+
+# the job leaves a daemon (a session of its own) holding its output open, then waits for the
+# test's go and exits 0: the agent sees the exit at once, the end of the output much later
+JOB_WITH_DAEMON = """\
+import os, sys, time
+if os.fork() == 0:
+    os.setsid()
+    time.sleep(120)
+    os._exit(0)
+print("ready", flush=True)
+deadline = time.monotonic() + 60
+while not os.path.exists(sys.argv[1]) and time.monotonic() < deadline:
+    time.sleep(0.02)
+print("ran", flush=True)
+"""
+
+
+def test_a_success_is_journaled_when_the_job_exits_not_when_its_output_ends(
+    net: tuple[Network, dict[str, Gate]], tmp_path: Path
+) -> None:
+    """Between a job's exit (the agent reaps it: its exit status is gone from the host) and
+    the journaling of its finish, a success exists only inside the agent; an agent frozen
+    there loses the lease and the work runs again elsewhere. The agent journals a bare job's
+    success as soon as it sees the exit, before it waits for the job's leftovers and output,
+    so the watchdog can deliver it. Made deterministic by a job whose daemon keeps its output
+    open: the agent reaped the job, and the output has not ended."""
+    n, gates = net
+    marker = f"wdx-{uuid.uuid4().hex[:8]}"
+    go = tmp_path / "go"
+    spec = tmp_path / "job.yaml"
+    spec.write_text(
+        textwrap.dedent(f"""\
+        name: exited-then-frozen
+        command: ["python3", "-c", {json.dumps(JOB_WITH_DAEMON)}, "{go}", "{marker}"]
+        max_retries: 3
+        """)
+    )
+    job_id = str(n.cli_json(n.user, "submit", str(spec))["id"])
+    pids = wait_for(
+        lambda: (ps := [p for p in host_pids_with(marker) if alive(p)]) and len(ps) == 2 and ps,
+        45,
+        "the job and its daemon to run",
+        every=0.02,
+    )
+    attempt_id = environ_var(pids[0], "GPUNET_ATTEMPT_ID")
+    assert attempt_id is not None
+    db = Database(n.db_url)
+    agent = None
+    try:
+
+        def attempt() -> Attempt:
+            with db.sessions() as s:
+                att = s.get(Attempt, attempt_id)
+                assert att is not None
+                s.expunge(att)
+                return att
+
+        wait_for(lambda: attempt().state == "running", 10, "the attempt to be running")
+        name = next(x for x, a in n.agents.items() if a.p.pid in ancestors(pids[0]))
+        agent, gate, home = n.agents[name], gates[name], n.root / f"agent-{name}"
+
+        gate.shut()  # the finish cannot leave the agent: it stays in the journal
+        shut_at = time.monotonic()
+        go.touch()
+        wait_for(
+            lambda: len([p for p in host_pids_with(marker) if alive(p)]) == 1,
+            LEASE / 2,
+            "the job to exit (its daemon still running)",
+            every=0.02,
+        )
+        wait_for(
+            lambda: any(
+                e.attempt_id == attempt_id and e.kind == "finished" for e in read_pending(home)
+            ),
+            LEASE / 3,
+            "the success in the agent's journal while the job's output is still open",
+            every=0.02,
+        )
+        os.kill(agent.p.pid, signal.SIGSTOP)
+        try:
+            gate.open()
+            done = wait_for(
+                lambda: (a := attempt()).state == "succeeded" and a,
+                LEASE,
+                "the frozen agent's attempt to succeed",
+            )
+            assert time.monotonic() - shut_at < LEASE, "delivered after the lease lapsed"
+            assert done.exit_code == 0
+            time.sleep(max(0.0, 2 * LEASE - (time.monotonic() - shut_at)))
+        finally:
+            os.kill(agent.p.pid, signal.SIGCONT)
+        shown = n.cli_json(n.user, "jobs", "show", job_id)
+        assert shown["state"] == "succeeded"
+        assert [(a["id"], a["state"], a["exit_code"]) for a in shown["attempts"]] == [
+            (attempt_id, "succeeded", 0)
+        ]
+        assert "delivered the finish report of attempt " + attempt_id in agent.output()
+        events = n.cli_json(n.user, "jobs", "events", job_id)
+        assert not [e for e in events if "duplicate" in e["reason"]], events
+        ledger = n.cli(n.admin, "ledger", "verify")
+        assert ledger.returncode == 0 and "ledger ok" in ledger.stdout, ledger.stdout
+    except BaseException:
+        print(n.logs())
+        raise
+    finally:
+        if agent is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(agent.p.pid, signal.SIGCONT)
+        for p in host_pids_with(marker):  # the daemon
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGKILL)
+        db.engine.dispose()

@@ -115,6 +115,7 @@ class AttemptCtx:
     output_closed: bool = False  # past the coordinator's cap: further output is dropped
     reclaimed: bool = False  # stopped because the GPU's owner took it back (agent/owner.py)
     stop_reason: str | None = None  # why it was stopped before it started, when not cancelled
+    finished_at_exit: bool = False  # its success journaled when its job exited (_finish_at_exit)
 
     @property
     def id(self) -> str:
@@ -528,6 +529,15 @@ class Agent:
         elif ctx.run is None and ctx.task is not None and not ctx.task.done():
             ctx.task.cancel()
 
+    def _may_run(self) -> str | None:
+        """Asked when a spawned attempt is about to be let run: None, or why not. Not once
+        the lease has gone unrenewed past the point where running attempts are stopped
+        (``_lease_watch``): the coordinator may already have re-queued the work."""
+        since = time.monotonic() - self.last_renewed
+        if since > lease.stop_after(self.lease_timeout_s):
+            return f"lease lost: not renewed for {since:.1f}s when the attempt was to start"
+        return None
+
     async def _run_attempt(self, ctx: AttemptCtx) -> None:
         item = ctx.info
         assert isinstance(item, StartItem)  # only attempts to start are run
@@ -580,7 +590,14 @@ class Agent:
                     lambda s, d: self._collect(ctx, s, d),
                     sandbox=self.sandbox,
                     containers=self.containers,
+                    may_run=self._may_run,
                 )
+            except runner.NotStarted as exc:
+                # this agent could not renew its lease (it was frozen, say): the coordinator
+                # may have given the work to another node already; it runs there, not here
+                log.warning("attempt %s not started: %s", ctx.id, exc)
+                self._finish(ctx, None, str(exc), lost=True)
+                return
             except asyncio.CancelledError:
                 self._finish(ctx, -15, ctx.stop_reason or "cancelled")
                 return
@@ -596,8 +613,11 @@ class Agent:
                 probe = asyncio.create_task(self._probe(ctx, avars["service_port"]))
             if uploads:
                 ckpt.start_periodic(checkpoints.interval_of(spec))
-            code = await ctx.run.wait()
+            code = await ctx.run.wait(lambda code: self._finish_at_exit(ctx, code))
             await ckpt.stop_periodic()
+            if ctx.finished_at_exit:
+                self._flush_logs(ctx)  # the output that came after (taken after the finish)
+                return
             if uploads and checkpoints.final_wanted(ctx.run.stop_reason, code, ctx.orphaned):
                 await ckpt.final()
             energy.sample(ctx.meters, self.backend.telemetry(self._busy_indices()))
@@ -683,6 +703,29 @@ class Agent:
         # before they are queued; output is only flushed
         seq = self.journal.append(ctx.id, kind, rep.model_dump(mode="json"), sync=kind != "logs")
         self.reports.put_nowait((ctx.id, rep, seq))
+
+    def _finish_at_exit(self, ctx: AttemptCtx, code: int) -> None:
+        """A bare attempt whose job exited 0 by itself: its finish is journaled at once, before
+        the agent waits for the job's leftovers and output. Between the job's exit (the agent
+        reaps it) and that journal entry the success exists only in this process: an agent
+        frozen there loses its lease, and its watchdog, which reports a frozen agent's
+        journaled finishes and unreaped exits, would see neither, so the work would run again
+        elsewhere. Anything else (a failure, a stop, a sandbox's or container's end) is
+        reported once all of it is known."""
+        run = ctx.run
+        if (
+            code != 0
+            or run is None
+            or run.stop_reason is not None
+            or run.box is not None
+            or run.container is not None
+            or ctx.orphaned
+        ):
+            return
+        energy.sample(ctx.meters, self.backend.telemetry(self._busy_indices()))
+        self._flush_logs(ctx)  # the output read so far goes first
+        self._finish(ctx, 0, "exit code 0", energy=energy.report(ctx.meters))
+        ctx.finished_at_exit = True
 
     def _finish(
         self,

@@ -24,9 +24,36 @@ from gpunet.archive import Limits, extract
 
 LogSink = Callable[[str, str], None]  # (stream, text)
 
-__all__ = ["Run", "argv_of", "job_env", "reap_bare_leftovers", "start", "unpack"]
+__all__ = [
+    "NotStarted",
+    "Run",
+    "argv_of",
+    "gated",
+    "job_env",
+    "reap_bare_leftovers",
+    "start",
+    "unpack",
+]
 
 SESSION_SUFFIX = ".session"  # beside a bare attempt's workdir: its session, for leftovers
+
+# A bare attempt's leader starts as this shell, which waits on its stdin (a pipe from the agent)
+# for "go" before it replaces itself with the job (same process, session and group; the job's
+# stdin is /dev/null as before). So the job cannot run before the agent has recorded its
+# session (the record is how the agent's watchdog finds it: an agent frozen between the spawn
+# and the record would otherwise leave a job running, and ending, that no one can see or
+# stop). Without "go" (the agent refused the start, or died) the leader exits 125 unrun.
+GATE_SCRIPT = 'read -r go && [ "$go" = go ] || exit 125; exec "$@" </dev/null'
+GATE_UNRUN = 125
+
+
+class NotStarted(Exception):
+    """The attempt was spawned but not let run (``start``'s ``may_run`` said no)."""
+
+
+def gated(argv: list[str]) -> list[str]:
+    """``argv`` behind the start gate (``GATE_SCRIPT``)."""
+    return ["/bin/sh", "-c", GATE_SCRIPT, "gpunet-gate", *argv]
 
 
 def unpack(archive: bytes, dest: Path, limits: Limits | None = None) -> None:
@@ -61,6 +88,26 @@ class Run:
         self.spawned_mono = time.monotonic()
         self.exited_mono: float | None = None
         self.session_file: Path | None = None  # a bare attempt's record (reap_bare_leftovers)
+        self.gate: int | None = None  # a gated bare attempt's "go" pipe, until released
+
+    def release(self) -> None:
+        """Let a gated attempt's job run; its running time counts from here."""
+        gate, self.gate = self.gate, None
+        if gate is None:
+            return
+        self.spawned_mono = time.monotonic()
+        try:
+            os.write(gate, b"go\n")
+        except OSError:  # the leader is gone already (killed while it waited)
+            pass
+        finally:
+            os.close(gate)
+
+    def close_gate(self) -> None:
+        """Never let a gated attempt's job run: its leader reads end of file and exits."""
+        gate, self.gate = self.gate, None
+        if gate is not None:
+            os.close(gate)
 
     @property
     def runtime_s(self) -> float:
@@ -68,10 +115,15 @@ class Run:
         end = self.exited_mono if self.exited_mono is not None else time.monotonic()
         return max(0.0, end - self.spawned_mono)
 
-    async def wait(self) -> int:
-        code = await self.proc.wait()
+    async def wait(self, on_exit: Callable[[int], None] | None = None) -> int:
+        """Wait for the leader's exit, then for what it left (its output, leftover processes).
+        ``on_exit(code)`` is called as soon as the exit is seen, before any of that (the
+        agent journals a success there: its exit status exists nowhere else meanwhile)."""
+        code = await self._exit()
         if self.exited_mono is None:
             self.exited_mono = time.monotonic()
+        if on_exit is not None:
+            on_exit(code)
         if self.container is not None:
             # the client is gone; the container must be too (it may outlive a killed client)
             host, attempt_id = self.container
@@ -84,7 +136,49 @@ class Run:
             # a bare attempt: what the leader left in its session goes too (and its pipes close)
             await asyncio.to_thread(_kill_session, self.proc.pid, 0)
         await asyncio.gather(*self.pumps, return_exceptions=True)
+        await self.proc.wait()  # its pipes are closed now: the transport ends
         return code
+
+    async def _exit(self) -> int:
+        """The leader's exit code, as soon as it exits: its pidfd turns readable then, and the
+        code is read without reaping it (WNOWAIT; asyncio's child watcher reaps it). Not
+        ``proc.wait()``, which also waits for the end of the output (a daemon left holding
+        the job's pipes holds it up). Without pidfds: ``proc.wait()``."""
+        try:
+            fd = os.pidfd_open(self.proc.pid)
+        except (AttributeError, OSError):
+            return await self.proc.wait()
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[int] = loop.create_future()
+
+        def check() -> None:
+            if done.done():
+                return
+            code = self.proc.returncode
+            if code is None:
+                try:
+                    info = os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOWAIT | os.WNOHANG)
+                except ChildProcessError:  # reaped: asyncio is about to set the returncode
+                    info = None
+                if info is not None and info.si_pid:
+                    exited = info.si_code == os.CLD_EXITED
+                    code = info.si_status if exited else -info.si_status
+            if code is None:
+                loop.call_later(0.005, check)
+                return
+            self.exited_mono = time.monotonic()
+            done.set_result(code)
+
+        def readable() -> None:
+            loop.remove_reader(fd)
+            check()
+
+        loop.add_reader(fd, readable)
+        try:
+            return await done
+        finally:
+            loop.remove_reader(fd)
+            os.close(fd)
 
     def signal_group(self, sig: int) -> None:
         if self.container is not None:
@@ -117,6 +211,7 @@ class Run:
     def close(self) -> None:
         """Release what the attempt held: kill its cgroup, remove it, free its uid (sandboxed);
         kill what is left of its session (bare)."""
+        self.close_gate()
         if self.box is not None:
             self.box.close()
         if self.session_file is not None:
@@ -203,13 +298,14 @@ async def _spawn(
     cwd: str | None,
     preexec: Callable[[], None] | None,
     pass_fds: tuple[int, ...] = (),
+    stdin: int = asyncio.subprocess.DEVNULL,
 ) -> tuple[asyncio.subprocess.Process, list[asyncio.Task[None]]]:
     """Start the attempt's first process in a session of its own, its output pumped to ``sink``."""
     proc = await asyncio.create_subprocess_exec(
         *argv,
         cwd=cwd,
         env=env,
-        stdin=asyncio.subprocess.DEVNULL,
+        stdin=stdin,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         start_new_session=True,  # its own process group: cancel kills all of it
@@ -232,7 +328,12 @@ async def start(
     sink: LogSink,
     sandbox: Sandbox | None = None,
     containers: ContainerHost | None = None,
+    may_run: Callable[[], str | None] | None = None,
 ) -> Run:
+    """Start an attempt. A bare attempt on Linux is spawned behind the start gate
+    (``GATE_SCRIPT``) and let run only once its session is recorded and ``may_run`` (asked
+    then) returns None; a reason instead: its leader is ended unrun and ``NotStarted`` raised
+    with that reason."""
     workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(workdir, 0o700)
     if spec.get("image"):
@@ -240,6 +341,7 @@ async def start(
     box: AttemptBox | None = None
     preexec: Callable[[], None] | None
     pass_fds: tuple[int, ...] = ()
+    gate: tuple[int, int] | None = None  # (read end: the leader's stdin, write end: ours)
     if sandbox is not None:
         box = await asyncio.to_thread(sandbox.open, str(attempt["attempt_id"]), spec)
     try:
@@ -253,8 +355,28 @@ async def start(
             argv = argv_of(spec)
             env = job_env(spec, gpu_indices, attempt, home=str(workdir))
             cwd = str(workdir)
-            preexec = die_with_agent if sys.platform.startswith("linux") else None
-        proc, pumps = await _spawn(argv, env, sink, cwd=cwd, preexec=preexec, pass_fds=pass_fds)
+            preexec = None
+            if sys.platform.startswith("linux"):
+                preexec = die_with_agent
+                gate = os.pipe()
+                argv = gated(argv)
+        try:
+            proc, pumps = await _spawn(
+                argv,
+                env,
+                sink,
+                cwd=cwd,
+                preexec=preexec,
+                pass_fds=pass_fds,
+                stdin=gate[0] if gate else asyncio.subprocess.DEVNULL,
+            )
+        except BaseException:
+            if gate is not None:
+                os.close(gate[1])
+            raise
+        finally:
+            if gate is not None:
+                os.close(gate[0])  # the leader holds it now
     except BaseException:
         if box is not None:
             box.close()
@@ -262,13 +384,34 @@ async def start(
     if box is not None:
         box.spawned()
     run = Run(proc, pumps, box)
-    if box is None and sys.platform.startswith("linux"):
+    if gate is not None:
+        run.gate = gate[1]
         # its own session (start_new_session): recorded, so an agent killed with -9 can kill
-        # the leader's children when it restarts (the cgroup does this for sandboxed ones)
+        # the leader's children when it restarts (the cgroup does this for sandboxed ones),
+        # and its watchdog can find it; only then may the job run
         rec = workdir.parent / (workdir.name + SESSION_SUFFIX)
-        rec.write_text(f"{proc.pid} {_start_time(proc.pid) or 0}\n")
-        run.session_file = rec
+        try:
+            rec.write_text(f"{proc.pid} {_start_time(proc.pid) or 0}\n")
+            run.session_file = rec
+            why = may_run() if may_run is not None else None
+        except BaseException:
+            await _unrun(run)
+            raise
+        if why is not None:
+            await _unrun(run)
+            raise NotStarted(why)
+        run.release()
     return run
+
+
+async def _unrun(run: Run) -> None:
+    """End a gated attempt that was never let run, and release what it held."""
+    run.close_gate()
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(run.proc.pid, signal.SIGKILL)
+    await run.proc.wait()
+    await asyncio.gather(*run.pumps, return_exceptions=True)
+    run.close()
 
 
 async def _start_container(

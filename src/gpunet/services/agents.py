@@ -40,7 +40,7 @@ from gpunet.services.jobs import (
     stop_gang,
 )
 from gpunet.services.owners import owner_took_back
-from gpunet.store.db import Database
+from gpunet.store.db import Database, write_lock
 from gpunet.store.tables import Attempt, Blob, Gpu, Job, JobEvent, LogChunk, Node
 from gpunet.util import new_id, now
 from gpunet.wire.agent import (
@@ -155,6 +155,7 @@ def hello(
     out)."""
     outcomes: list[str] = []
     with db.transaction() as s:
+        write_lock(s)
         node = _own_node(s, who)
         if isinstance(reg, HelloRequest):
             outcomes = [o for f in reg.finished if (o := _carried(s, who, f)) is not None]
@@ -327,6 +328,7 @@ def _fenced(
 
 def attempt_started(db: Database, who: Principal, attempt_id: str, rep: Report) -> None:
     with db.transaction() as s:
+        write_lock(s)
         _take_started(s, who, attempt_id, rep)
 
 
@@ -357,6 +359,7 @@ def take_reports(
         kind = "started" if isinstance(item, StartedAttempt) else "finished"
         try:
             with db.transaction() as s:
+                write_lock(s)
                 if isinstance(item, FinishedAttempt):
                     taken.append(_take_finish(s, who, item.attempt_id, item))
                 else:
@@ -449,6 +452,7 @@ def append_logs(
 def attempt_finished(db: Database, who: Principal, attempt_id: str, rep: FinishReport) -> str:
     """Settle an attempt's end; returns how it was taken (SETTLED, LATE_KEPT, LATE_DISCARDED)."""
     with db.transaction() as s:
+        write_lock(s)
         return _take_finish(s, who, attempt_id, rep)
 
 

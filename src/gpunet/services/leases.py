@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from gpunet.core.jobs import ACTIVE_ATTEMPT_STATES, JobState, LostCause
 from gpunet.services.jobs import lose_attempt
 from gpunet.services.runtime import LeaseBook
-from gpunet.store.db import Database
+from gpunet.store.db import Database, write_lock
 from gpunet.store.tables import Attempt, Gpu, Node
 from gpunet.util import now, utc
 
@@ -48,6 +48,7 @@ def node_lost(
     no replica recorded a heartbeat since then (checked under the node's row lock)."""
     requeued = 0
     with db.transaction() as s:
+        write_lock(s)
         if fence is not None:
             fence(s)
         node = s.get(Node, node_id, with_for_update=True, populate_existing=True)

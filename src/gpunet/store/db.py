@@ -46,6 +46,17 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+def write_lock(s: Session) -> None:
+    """On SQLite, take the database's write lock now, before the transaction reads anything,
+    so that what it reads stays current until it commits. pysqlite runs a transaction's reads
+    outside it until its first write and SQLite has no SELECT ... FOR UPDATE, so two
+    transactions could both read a row and the later commit overwrite the earlier (a start
+    report committed after the same attempt's finish put a succeeded attempt back to running).
+    PostgreSQL gets this per row from ``with_for_update``: a no-op there."""
+    if s.get_bind().dialect.name == "sqlite":
+        s.execute(text("UPDATE nodes SET id = id WHERE 0"))
+
+
 def migrate(engine: Engine) -> None:
     """Bring the schema to the newest Alembic revision."""
     cfg = Config()
