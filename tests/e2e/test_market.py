@@ -1,5 +1,6 @@
 """End to end, the market: priced simulated GPUs, credits, metering, refunds, statements.
-Real processes driven by the CLI; each test runs on SQLite and on PostgreSQL."""
+Real processes driven by the CLI. A coordinator restart runs on SQLite and on PostgreSQL, the
+other tests on one each (the integration tests bill on both)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import httpx
 import pytest
 
 from gpunet.core.ledger import charge_for, fee_split, metered_seconds
+from tests.conftest import only_on
 from tests.e2e.procs import Network, two_agent_network, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -41,15 +43,12 @@ def _submit(net: Network, tmp_path: Path, body: str) -> str:
 
 
 def _finished(net: Network, job_id: str) -> dict[str, Any]:
+    """Polled on the API; the record as the CLI shows it."""
     user = net.user
-    return wait_for(
-        lambda: (
-            (j := net.cli_json(user, "jobs", "show", job_id))["state"] in ("succeeded", "failed")
-            and j
-        ),
-        45,
-        f"{job_id} to finish",
+    wait_for(
+        lambda: net.job(user, job_id)["state"] in ("succeeded", "failed"), 45, f"{job_id} to finish"
     )
+    return dict(net.cli_json(user, "jobs", "show", job_id))
 
 
 def _cost(attempt: dict[str, Any], gpus: int) -> tuple[int, Decimal]:
@@ -76,6 +75,7 @@ def _check_books(net: Network, charged: Decimal) -> None:
     assert r.returncode == 0 and "ledger ok" in r.stdout, r.stdout + r.stderr
 
 
+@only_on("sqlite")  # integration: both
 def test_a_priced_job_bills_metered_seconds_times_price(net: Network, tmp_path: Path) -> None:
     job_id = _submit(
         net,
@@ -112,6 +112,7 @@ def test_a_priced_job_bills_metered_seconds_times_price(net: Network, tmp_path: 
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
 
 
+@only_on("postgres")  # integration: both
 def test_kill9_agent_is_not_charged_and_late_report_cannot_bill(
     net: Network, tmp_path: Path
 ) -> None:
@@ -131,7 +132,7 @@ def test_kill9_agent_is_not_charged_and_late_report_cannot_bill(
     """,
     )
     first = wait_for(
-        lambda: (j := net.cli_json(user, "jobs", "show", job_id))["state"] == "running" and j,
+        lambda: (j := net.job(user, job_id))["state"] == "running" and j,
         20,
         "the job to run",
     )
@@ -170,7 +171,7 @@ def test_coordinator_restart_mid_job_bills_once(net: Network, tmp_path: Path) ->
     """,
     )
     wait_for(
-        lambda: net.cli_json(user, "jobs", "show", job_id)["state"] == "running",
+        lambda: net.job(user, job_id)["state"] == "running",
         20,
         "the job to run",
     )

@@ -2,7 +2,8 @@
 lease has its running attempt stopped with it, then killed before the coordinator reaps it, so
 the job runs to exit 0 once, never twice (no discarded duplicate); an agent killed with -9
 takes its job's grandchildren with it; the watchdog itself leaves with its agent. Real
-coordinator, agents and processes; the SIGSTOP test on SQLite and PostgreSQL."""
+coordinator, agents and processes; the SIGSTOP test on SQLite (test_watchdog_reports.py
+freezes one on PostgreSQL; the integration tests run the reaper on both databases)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from sqlalchemy import select
 
 from gpunet.store.db import Database
 from gpunet.store.tables import Attempt
+from tests.conftest import only_on
 from tests.e2e.procs import (
     Network,
     alive,
@@ -78,6 +80,7 @@ def net(tmp_path: Path, db_url: str) -> Iterator[Network]:
         yield n
 
 
+@only_on("sqlite")  # the agent's watchdog
 def test_a_frozen_agents_attempt_is_killed_before_the_reap_and_never_runs_twice(
     net: Network, tmp_path: Path
 ) -> None:
