@@ -69,15 +69,12 @@ def test_a_journaled_report_survives_kill9_and_the_job_is_not_run_again(
         net.agents["a1"].kill9()  # the report dies with the agent's memory, not its journal
         net.start_coordinator()
         net.start_agent("a1", "1xA100-80GB", owner)
-        job = wait_for(
-            lambda: (
-                (j := net.cli_json(user, "jobs", "show", job_id))["state"]
-                in ("succeeded", "failed")
-                and j
-            ),
+        wait_for(
+            lambda: net.job(user, job_id)["state"] in ("succeeded", "failed"),
             60,
             "the job to be settled",
         )
+        job = net.cli_json(user, "jobs", "show", job_id)
         assert job["state"] == "succeeded"
         (att,) = job["attempts"]  # not run again
         assert att["state"] == "succeeded" and att["exit_code"] == 0

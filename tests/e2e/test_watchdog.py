@@ -129,14 +129,14 @@ def test_a_frozen_agents_attempt_is_killed_before_the_reap_and_never_runs_twice(
     finally:
         os.kill(frozen.p.pid, signal.SIGCONT)
         db.engine.dispose()
-    done = wait_for(
-        lambda: (j := net.cli_json(net.user, "jobs", "show", job_id))["state"] == "succeeded" and j,
+    wait_for(
+        lambda: net.job(net.user, job_id)["state"] == "succeeded",
         60,
         "the job to run again and succeed",
     )
     # the thawed agent has reported what it had (it is online again), and no success came late
     wait_for(
-        lambda: all(x["status"] == "online" for x in net.cli_json(net.admin, "nodes")),
+        lambda: all(x["status"] == "online" for x in net.api(net.admin, "/v1/nodes")),
         30,
         "the frozen agent to be back",
     )
