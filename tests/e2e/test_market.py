@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from gpunet.core.ledger import charge_for, fee_split, metered_seconds
+from gpunet.sdk.client import Client
 from tests.conftest import only_on
 from tests.e2e.procs import Network, two_agent_network, wait_for
 
@@ -28,10 +29,12 @@ PRICE = Decimal("3.6")  # credits per GPU-hour: 0.001 a second
 def net(request: pytest.FixtureRequest, tmp_path: Path, db_url: str) -> Iterator[Network]:
     lease = 10.0 if "restart" in request.node.name else 3.0
     with two_agent_network(tmp_path, db_url, "2xA100-80GB", lease_timeout=lease) as n:
-        for node in n.cli_json(n.admin, "nodes"):
-            rows = n.cli_json(n.owner, "price", "set", "--node", node["id"], str(PRICE))
-            assert {r["price_per_hour"] for r in rows} == {"3.600000"}
-        granted = n.cli_json(n.admin, "credits", "grant", "--account", "alice", "50")
+        # through the SDK: the CLI's `price set` and `credits grant` run in the README's test
+        with Client(n.url, n.owner) as owner, Client(n.url, n.admin) as admin:
+            for node in admin.nodes():
+                rows = owner.set_price(str(PRICE), node_id=node["id"])
+                assert {r["price_per_hour"] for r in rows} == {"3.600000"}
+            granted = admin.grant("alice", "50")
         assert granted["balance"] == "50.000000"
         yield n
 
