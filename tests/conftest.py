@@ -60,6 +60,14 @@ def pg_url() -> Iterator[str]:
         yield url
 
 
+def only_on(database: str) -> pytest.MarkDecorator:
+    """Run a test that takes ``db_url`` on one database only (``"sqlite"`` or ``"postgres"``).
+    For end-to-end tests whose subject does not depend on the store (what the agent does), or
+    whose store-side code paths the integration tests cover on both databases: each real
+    network costs seconds, and the second database adds only time."""
+    return pytest.mark.parametrize("db_url", [database], indirect=True)
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """Each test using this runs once on SQLite and once on PostgreSQL."""

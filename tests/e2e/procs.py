@@ -110,6 +110,11 @@ class Proc:
         self.p.send_signal(signal.SIGKILL)
         self.p.wait(timeout=10)
 
+    def interrupt(self) -> None:
+        """Send SIGINT (a clean stop) without waiting; ``stop()`` waits for it."""
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGINT)
+
     def stop(self) -> None:
         if self.p.poll() is None:
             self.p.send_signal(signal.SIGINT)
@@ -245,14 +250,38 @@ class Network:
         return p
 
     def wait_online(self, count: int = 1, timeout: float = 30) -> None:
-        """Wait until ``count`` agents are online."""
+        """Wait until ``count`` agents are online (asked of the API: a CLI process per poll
+        would cost a second of CPU each time; the CLI's listing is tested where it is the
+        subject)."""
         wait_for(
             lambda: (
-                sum(x["status"] == "online" for x in self.cli_json(self.admin, "nodes")) == count
+                sum(x["status"] == "online" for x in self.api(self.admin, "/v1/nodes")) == count
             ),
             timeout,
             f"{count} agent(s) online",
         )
+
+    def api(self, token: str, path: str) -> Any:
+        """GET ``path`` from the coordinator's API with ``token``: the JSON answer (what the
+        CLI's ``--json`` prints untouched), for polling in bounded waits."""
+        r = httpx.get(
+            self.url + path,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+            verify=self.verify,
+        )
+        r.raise_for_status()
+        return r.json()
+
+    def job(self, token: str, job_id: str) -> dict[str, Any]:
+        """The job as ``gpunet jobs show ID --json`` prints it, read from the API: for the
+        polls of bounded waits (a CLI process a poll costs seconds on a loaded host)."""
+        return dict(self.api(token, f"/v1/jobs/{job_id}"))
+
+    def output(self, token: str, job_id: str) -> str:
+        """The job's logs so far (every stream), read from the API, for polls."""
+        chunks = self.api(token, f"/v1/jobs/{job_id}/logs")["chunks"]
+        return "".join(c["data"] for c in chunks)
 
     def agent_credentials(self, name: str) -> dict[str, Any]:
         data: dict[str, Any] = json.loads((self.root / f"agent-{name}" / "agent.json").read_text())
@@ -276,6 +305,8 @@ class Network:
         return json.loads(r.stdout)
 
     def close(self) -> None:
+        for a in self.agents.values():  # every agent stops at once, then the coordinator
+            a.interrupt()
         for a in self.agents.values():
             a.stop()
         if self.coordinator:

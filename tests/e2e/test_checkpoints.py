@@ -1,6 +1,7 @@
 """End to end: jobs that keep their progress in $GPUNET_CHECKPOINT_DIR survive the loss of
 their node (periodic uploads) and ask to be run again with exit 85 (upload on exit). Real
-processes, on SQLite and PostgreSQL; agents use whatever isolation the host allows."""
+processes; agents use whatever isolation the host allows. Each test on one database (the
+resume on PostgreSQL, from S3 on SQLite): the integration tests cover the store on both."""
 
 from __future__ import annotations
 
@@ -11,21 +12,25 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import only_on
 from tests.e2e.procs import Network, two_agent_network, wait_for
 from tests.s3server import S3Server, s3_server
 
 pytestmark = pytest.mark.e2e
 
-# counts steps into its checkpoint directory, one every 0.2 s, the count written atomically
-# (a temporary name, then a rename); resumes from the count it finds
+# counts steps into its checkpoint directory, the count written atomically (a temporary name,
+# then a rename); resumes from the count it finds. The first attempt takes 0.2 s a step (it
+# must still run when its first periodic upload is done), a later one 0.02 s: nothing waits
+# on it but the test
 COUNTER = textwrap.dedent("""
     import os, sys, time
     path = os.path.join(os.environ["GPUNET_CHECKPOINT_DIR"], "count")
     total = int(sys.argv[1])
     n = int(open(path).read()) if os.path.exists(path) else 0
-    print(f"attempt {os.environ['GPUNET_ATTEMPT_NUMBER']} resumes at {n}", flush=True)
+    attempt = os.environ['GPUNET_ATTEMPT_NUMBER']
+    print(f"attempt {attempt} resumes at {n}", flush=True)
     while n < total:
-        time.sleep(0.2)
+        time.sleep(0.2 if attempt == "1" else 0.02)
         n += 1
         with open(path + ".tmp", "w") as f:
             f.write(str(n))
@@ -73,6 +78,7 @@ def s3net(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Net
             yield n, srv.endpoint
 
 
+@only_on("postgres")  # S3's: SQLite
 def test_job_resumes_from_its_checkpoint_after_its_node_is_killed(
     net: Network, tmp_path: Path
 ) -> None:
@@ -104,15 +110,12 @@ def _resumes_elsewhere_after_its_node_is_killed(net: Network, tmp_path: Path) ->
         COUNTER,
     )
     wait_for(
-        lambda: net.cli_json(net.user, "jobs", "show", job_id)["state"] == "running",
+        lambda: net.job(net.user, job_id)["state"] == "running",
         30,
         "the job to run",
     )
-    saved = wait_for(
-        lambda: net.cli_json(net.user, "jobs", "checkpoints", job_id),
-        30,
-        "a periodic checkpoint",
-    )
+    wait_for(lambda: net.api(net.user, f"/v1/jobs/{job_id}/checkpoints"), 30, "a checkpoint")
+    saved = net.cli_json(net.user, "jobs", "checkpoints", job_id)
     assert saved[0]["files"] == 1
     # the node that runs the attempt which saved it
     job = net.cli_json(net.user, "jobs", "show", job_id)
@@ -120,11 +123,12 @@ def _resumes_elsewhere_after_its_node_is_killed(net: Network, tmp_path: Path) ->
     victim = next(n for n in net.agents if net.agent_credentials(n)["node_id"] == node)
     net.agents[victim].kill9()
 
-    done = wait_for(
-        lambda: (j := net.cli_json(net.user, "jobs", "show", job_id))["state"] == "succeeded" and j,
+    wait_for(
+        lambda: net.job(net.user, job_id)["state"] == "succeeded",
         90,
         "the job to finish on the other node",
     )
+    done = net.cli_json(net.user, "jobs", "show", job_id)
     assert done["attempts"][-1]["node_id"] != node, done["attempts"]
     assert [a["state"] for a in done["attempts"]] == ["lost", "succeeded"], done["attempts"]
     out = _output(net, job_id)
@@ -134,6 +138,7 @@ def _resumes_elsewhere_after_its_node_is_killed(net: Network, tmp_path: Path) ->
     assert "restored: 1 files" in out
 
 
+@only_on("sqlite")  # the agent's upload on exit
 def test_exit_85_checkpoints_and_runs_again(net: Network, tmp_path: Path) -> None:
     program = textwrap.dedent("""
         import os, sys
@@ -155,11 +160,12 @@ def test_exit_85_checkpoints_and_runs_again(net: Network, tmp_path: Path) -> Non
         """,
         program,
     )
-    done = wait_for(
-        lambda: (j := net.cli_json(net.user, "jobs", "show", job_id))["state"] == "succeeded" and j,
+    wait_for(
+        lambda: net.job(net.user, job_id)["state"] == "succeeded",
         60,
         "the job to run again and succeed",
     )
+    done = net.cli_json(net.user, "jobs", "show", job_id)
     assert [a["state"] for a in done["attempts"]] == ["preempted", "succeeded"]
     assert done["retries_used"] == 0
     out = _output(net, job_id)
@@ -168,6 +174,7 @@ def test_exit_85_checkpoints_and_runs_again(net: Network, tmp_path: Path) -> Non
     assert ck["attempt_id"] == done["attempts"][0]["id"]
 
 
+@only_on("sqlite")  # the agent's upload
 def test_a_stopped_attempt_uploads_what_it_saved_on_sigterm(net: Network, tmp_path: Path) -> None:
     program = textwrap.dedent("""
         import os, signal, sys, time
@@ -186,9 +193,8 @@ def test_a_stopped_attempt_uploads_what_it_saved_on_sigterm(net: Network, tmp_pa
         time.sleep(120)
     """)
     job_id = _submit(net, tmp_path, 'name: stopped\ncommand: ["python3", "job.py"]\n', program)
-    wait_for(lambda: "ready" in _output(net, job_id), 30, "the job to start")
+    wait_for(lambda: "ready" in net.output(net.user, job_id), 30, "the job to start")
     assert net.cli(net.user, "cancel", job_id).returncode == 0
-    [ck] = wait_for(
-        lambda: net.cli_json(net.user, "jobs", "checkpoints", job_id), 30, "the final upload"
-    )
+    wait_for(lambda: net.api(net.user, f"/v1/jobs/{job_id}/checkpoints"), 30, "the final upload")
+    [ck] = net.cli_json(net.user, "jobs", "checkpoints", job_id)
     assert ck["files"] == 1 and ck["size"] == len("saved on SIGTERM")

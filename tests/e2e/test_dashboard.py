@@ -1,5 +1,6 @@
 """End to end in a real browser: a coordinator and two agents on simulated GPUs, driven by the
-CLI, watched through the dashboard in chromium. Runs on SQLite and on PostgreSQL."""
+CLI, watched through the dashboard in chromium. Runs on SQLite (the store plays no
+part in what the page shows)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import only_on
 from tests.e2e.browser import chromium, require_browser, sign_in
 from tests.e2e.procs import Network, two_agent_network
 
@@ -36,6 +38,7 @@ def _run_detached(net: Network, token: str, name: str, *command: str) -> str:
     return r.stdout.strip().splitlines()[-1]
 
 
+@only_on("sqlite")  # the browser's view; the store plays no part
 def test_dashboard_follows_the_fleet_jobs_and_a_drain_live(browser: Any, net: Network) -> None:
     # the fleet, as an admin: both nodes online, their four GPUs listed
     admin = sign_in(browser, net.url, net.admin)

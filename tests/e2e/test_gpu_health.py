@@ -1,5 +1,6 @@
 """End to end: faults injected into simulated GPUs drive the health rules; real processes,
-driven by the CLI, on SQLite and on PostgreSQL."""
+driven by the CLI; each test on one database, two on each (the integration tests run the
+health rules on both)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import only_on
 from tests.e2e.procs import Network, two_agent_network, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -35,6 +37,7 @@ def _gpu(net: Network, gpu_id: str) -> dict[str, Any]:
     return next(g for g in net.cli_json(net.admin, "gpus") if g["id"] == gpu_id)
 
 
+@only_on("postgres")  # the requeue
 def test_xid_79_drains_the_gpu_and_the_job_finishes_on_another_node(
     net: Network, tmp_path: Path
 ) -> None:
@@ -55,17 +58,18 @@ def test_xid_79_drains_the_gpu_and_the_job_finishes_on_another_node(
     )
     job_id = net.cli_json(user, "submit", str(spec))["id"]
     first = wait_for(
-        lambda: (j := net.cli_json(user, "jobs", "show", job_id))["state"] == "running" and j,
+        lambda: (j := net.job(user, job_id))["state"] == "running" and j,
         20,
         "the job to run",
     )
     node, gpu_id = first["node_id"], first["gpu_ids"][0]
     _inject(net, node, "gpus:\n  0: {xids: [79]}\n")
-    done = wait_for(
-        lambda: (j := net.cli_json(user, "jobs", "show", job_id))["state"] == "succeeded" and j,
+    wait_for(
+        lambda: net.job(user, job_id)["state"] == "succeeded",
         40,
         "the job to finish on the other node",
     )
+    done = net.cli_json(user, "jobs", "show", job_id)
     assert done["node_id"] != node
     assert [a["state"] for a in done["attempts"]] == ["lost", "succeeded"]
     assert "XID 79" in done["attempts"][0]["reason"]
@@ -86,32 +90,39 @@ def test_xid_79_drains_the_gpu_and_the_job_finishes_on_another_node(
     assert "Traceback" not in bad.stderr
 
 
+@only_on("sqlite")  # a simulated fault
 def test_ecc_uncorrectable_fails_the_gpu_with_the_reason(net: Network) -> None:
     gpus = net.cli_json(net.admin, "gpus")
     victim = gpus[0]
     _inject(net, victim["node_id"], "gpus:\n  0: {ecc_uncorrected_volatile: 4}\n")
-    g = wait_for(
-        lambda: (x := _gpu(net, victim["id"]))["health_status"] == "failed" and x,
+    wait_for(
+        lambda: any(
+            x["id"] == victim["id"] and x["health_status"] == "failed"
+            for x in net.api(net.admin, "/v1/gpus")
+        ),
         20,
         "the GPU to fail",
     )
+    g = _gpu(net, victim["id"])
     assert g["lifecycle_state"] == "drained" and not g["healthy"]
     assert g["health_reasons"] == ["volatile uncorrected ECC count is 4 (> 0): DRAIN"]
     listing = net.cli(net.admin, "gpus")
     assert listing.returncode == 0 and "drained" in listing.stdout
 
 
+@only_on("sqlite")  # the agent's benchmark
 def test_a_gpu_benchmarking_at_60_percent_is_proposed_for_a_lower_tier(net: Network) -> None:
-    rows = wait_for(
+    wait_for(
         lambda: (
-            (t := net.cli_json(net.admin, "gpus", "tiers"))
+            (t := net.api(net.admin, "/v1/tiers"))
             and all(r["score_pct"] is not None for r in t)
             and len(t) == 2
-            and t
         ),
         30,
         "burn-in benchmarks of both GPUs",
     )
+    rows = net.cli_json(net.admin, "gpus", "tiers")
+    assert len(rows) == 2 and all(r["score_pct"] is not None for r in rows), rows
     slow_node = net.agent_credentials("a2")["node_id"]
     by_node = {r["gpu_id"].split("/")[0]: r for r in rows}
     slow = by_node[slow_node]
@@ -127,6 +138,7 @@ def test_a_gpu_benchmarking_at_60_percent_is_proposed_for_a_lower_tier(net: Netw
     assert _gpu(net, fast["gpu_id"])["tier"] == "training"
 
 
+@only_on("postgres")  # energy rows
 def test_energy_of_a_finished_job_equals_the_counter_delta(net: Network) -> None:
     user = net.user
     r = net.cli(user, "run", "--gpus", "1", "--", "python3", "-c", "import time; time.sleep(3)")

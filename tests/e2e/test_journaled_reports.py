@@ -1,6 +1,7 @@
 """End to end: an agent killed with -9 after its job finished but before the report reached
 the coordinator delivers the journaled report when it restarts, and the job is not run again.
-Real processes; on SQLite and on PostgreSQL."""
+Real processes, on SQLite (the journal is the agent's; the integration tests settle late
+reports on both databases)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import httpx
 import pytest
 
 from gpunet.core.ledger import charge_for, metered_seconds
+from tests.conftest import only_on
 from tests.e2e.procs import Network, logs_on_failure, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -24,6 +26,7 @@ def _state(net: Network, token: str, job_id: str) -> str:
     return str(r.json()["state"])
 
 
+@only_on("sqlite")  # the agent's journal
 def test_a_journaled_report_survives_kill9_and_the_job_is_not_run_again(
     tmp_path: Path, db_url: str
 ) -> None:
@@ -66,15 +69,12 @@ def test_a_journaled_report_survives_kill9_and_the_job_is_not_run_again(
         net.agents["a1"].kill9()  # the report dies with the agent's memory, not its journal
         net.start_coordinator()
         net.start_agent("a1", "1xA100-80GB", owner)
-        job = wait_for(
-            lambda: (
-                (j := net.cli_json(user, "jobs", "show", job_id))["state"]
-                in ("succeeded", "failed")
-                and j
-            ),
+        wait_for(
+            lambda: net.job(user, job_id)["state"] in ("succeeded", "failed"),
             60,
             "the job to be settled",
         )
+        job = net.cli_json(user, "jobs", "show", job_id)
         assert job["state"] == "succeeded"
         (att,) = job["attempts"]  # not run again
         assert att["state"] == "succeeded" and att["exit_code"] == 0

@@ -1,5 +1,6 @@
 """End to end, the market: priced simulated GPUs, credits, metering, refunds, statements.
-Real processes driven by the CLI; each test runs on SQLite and on PostgreSQL."""
+Real processes driven by the CLI. A coordinator restart runs on SQLite and on PostgreSQL, the
+other tests on one each (the integration tests bill on both)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ import httpx
 import pytest
 
 from gpunet.core.ledger import charge_for, fee_split, metered_seconds
+from gpunet.sdk.client import Client
+from tests.conftest import only_on
 from tests.e2e.procs import Network, two_agent_network, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -26,10 +29,12 @@ PRICE = Decimal("3.6")  # credits per GPU-hour: 0.001 a second
 def net(request: pytest.FixtureRequest, tmp_path: Path, db_url: str) -> Iterator[Network]:
     lease = 10.0 if "restart" in request.node.name else 3.0
     with two_agent_network(tmp_path, db_url, "2xA100-80GB", lease_timeout=lease) as n:
-        for node in n.cli_json(n.admin, "nodes"):
-            rows = n.cli_json(n.owner, "price", "set", "--node", node["id"], str(PRICE))
-            assert {r["price_per_hour"] for r in rows} == {"3.600000"}
-        granted = n.cli_json(n.admin, "credits", "grant", "--account", "alice", "50")
+        # through the SDK: the CLI's `price set` and `credits grant` run in the README's test
+        with Client(n.url, n.owner) as owner, Client(n.url, n.admin) as admin:
+            for node in admin.nodes():
+                rows = owner.set_price(str(PRICE), node_id=node["id"])
+                assert {r["price_per_hour"] for r in rows} == {"3.600000"}
+            granted = admin.grant("alice", "50")
         assert granted["balance"] == "50.000000"
         yield n
 
@@ -41,15 +46,12 @@ def _submit(net: Network, tmp_path: Path, body: str) -> str:
 
 
 def _finished(net: Network, job_id: str) -> dict[str, Any]:
+    """Polled on the API; the record as the CLI shows it."""
     user = net.user
-    return wait_for(
-        lambda: (
-            (j := net.cli_json(user, "jobs", "show", job_id))["state"] in ("succeeded", "failed")
-            and j
-        ),
-        45,
-        f"{job_id} to finish",
+    wait_for(
+        lambda: net.job(user, job_id)["state"] in ("succeeded", "failed"), 45, f"{job_id} to finish"
     )
+    return dict(net.cli_json(user, "jobs", "show", job_id))
 
 
 def _cost(attempt: dict[str, Any], gpus: int) -> tuple[int, Decimal]:
@@ -76,6 +78,7 @@ def _check_books(net: Network, charged: Decimal) -> None:
     assert r.returncode == 0 and "ledger ok" in r.stdout, r.stdout + r.stderr
 
 
+@only_on("sqlite")  # integration: both
 def test_a_priced_job_bills_metered_seconds_times_price(net: Network, tmp_path: Path) -> None:
     job_id = _submit(
         net,
@@ -112,6 +115,7 @@ def test_a_priced_job_bills_metered_seconds_times_price(net: Network, tmp_path: 
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
 
 
+@only_on("postgres")  # integration: both
 def test_kill9_agent_is_not_charged_and_late_report_cannot_bill(
     net: Network, tmp_path: Path
 ) -> None:
@@ -131,7 +135,7 @@ def test_kill9_agent_is_not_charged_and_late_report_cannot_bill(
     """,
     )
     first = wait_for(
-        lambda: (j := net.cli_json(user, "jobs", "show", job_id))["state"] == "running" and j,
+        lambda: (j := net.job(user, job_id))["state"] == "running" and j,
         20,
         "the job to run",
     )
@@ -170,7 +174,7 @@ def test_coordinator_restart_mid_job_bills_once(net: Network, tmp_path: Path) ->
     """,
     )
     wait_for(
-        lambda: net.cli_json(user, "jobs", "show", job_id)["state"] == "running",
+        lambda: net.job(user, job_id)["state"] == "running",
         20,
         "the job to run",
     )

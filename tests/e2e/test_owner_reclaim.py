@@ -1,6 +1,7 @@
 """End to end: a GPU's owner takes it back. Real processes (a coordinator, two agents on
-simulated GPUs, a tenant job that traps SIGTERM), on SQLite and on PostgreSQL. The owner's
-process is started and stopped through the simulated backend's fault profile."""
+simulated GPUs, a tenant job that traps SIGTERM), on SQLite: the policy is the agent's, and the
+integration tests run reclaims on both databases. The owner's process is started and stopped
+through the simulated backend's fault profile."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import pytest
 from gpunet.core.ledger import metered_seconds
 from gpunet.store.db import Database
 from gpunet.store.tables import AttemptCharge
+from tests.conftest import only_on
 from tests.e2e.procs import Network, logs_on_failure, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -89,6 +91,7 @@ def _ts(iso: str) -> float:
     return datetime.fromisoformat(iso).timestamp()
 
 
+@only_on("sqlite")  # the agent's policy
 def test_the_owner_takes_the_gpu_back_and_the_job_finishes_elsewhere(
     net: Network, tmp_path: Path, db_url: str
 ) -> None:
@@ -104,18 +107,17 @@ def test_the_owner_takes_the_gpu_back_and_the_job_finishes_elsewhere(
     )
     job_id = net.cli_json(net.user, "submit", str(spec))["id"]
     first = wait_for(
-        lambda: (j := _job(net, job_id))["state"] == "running" and j, 30, "the job to run"
+        lambda: (j := net.job(net.user, job_id))["state"] == "running" and j, 30, "the job to run"
     )
     node_a = first["node_id"]
     a = _agent_of(net, node_a)
     gpu_a = f"{node_a}/0"
-    wait_for(lambda: "started" in net.cli(net.user, "logs", job_id).stdout, 20, "the job's output")
+    wait_for(lambda: "started" in net.output(net.user, job_id), 20, "the job's output")
 
     # the owner starts a process on A's GPU
     _faults(net, a).write_text("gpus:\n  0:\n    owner_process: true\n")
-    done = wait_for(
-        lambda: (j := _job(net, job_id))["state"] == "succeeded" and j, 60, "the job to finish"
-    )
+    wait_for(lambda: net.job(net.user, job_id)["state"] == "succeeded", 60, "the job to finish")
+    done = _job(net, job_id)
     att1, att2 = done["attempts"]
     assert att1["state"] == "preempted" and att1["node_id"] == node_a
     assert "owner" in att1["reason"] and att1["exit_code"] == 3
@@ -152,7 +154,7 @@ def test_the_owner_takes_the_gpu_back_and_the_job_finishes_elsewhere(
 
     # while the owner is there A takes no work: B busy, a new job waits for A
     blocker_id = _detached(net, "sleep", "60")
-    wait_for(lambda: _job(net, blocker_id)["state"] == "running", 30, "the blocker to run")
+    wait_for(lambda: net.job(net.user, blocker_id)["state"] == "running", 30, "the blocker")
     assert _job(net, blocker_id)["node_id"] != node_a
     later = _detached(net, "echo", "late")
     why = wait_for(
@@ -171,9 +173,8 @@ def test_the_owner_takes_the_gpu_back_and_the_job_finishes_elsewhere(
     # the owner's process ends: A takes work again once it stayed idle for IDLE_S
     gone = time.time()
     _faults(net, a).unlink()
-    finished = wait_for(
-        lambda: (j := _job(net, later))["state"] == "succeeded" and j, 40, "the late job"
-    )
+    wait_for(lambda: net.job(net.user, later)["state"] == "succeeded", 40, "the late job")
+    finished = _job(net, later)
     assert finished["node_id"] == node_a
     assert _ts(finished["attempts"][0]["started_at"]) >= gone + IDLE_S - 0.5
     gpus = {g["id"]: g for g in net.cli_json(net.admin, "gpus")}

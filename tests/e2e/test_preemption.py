@@ -1,7 +1,8 @@
 """End to end, live preemption: real coordinator and agents, real processes. An on-demand job
 preempts one of two running interruptible jobs; the agent sends SIGTERM, the job's handler
 runs within its grace, the attempt ends `preempted`, the job is queued again naming the job
-that took its GPU, and that job runs. Each test runs on SQLite and on PostgreSQL.
+that took its GPU, and that job runs. One test on SQLite, the other on PostgreSQL (the
+integration tests preempt and bill on both).
 
 ``preempt_one`` returns everything a later check (e.g. resuming from a checkpoint) needs."""
 
@@ -21,6 +22,7 @@ from sqlalchemy import select
 
 from gpunet.store.db import Database
 from gpunet.store.tables import AttemptCharge
+from tests.conftest import only_on
 from tests.e2e.procs import Network, two_agent_network, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -38,7 +40,8 @@ while True:
 """
 
 
-# Counts steps into its checkpoint directory, one every 0.1 s, the count written atomically;
+# Counts steps into its checkpoint directory, the count written atomically, one every 0.1 s on
+# its first attempt and every 0.01 s on a later one (which nothing but the test waits for);
 # resumes from the count it finds; says "ready" once it has three steps worth keeping. No
 # SIGTERM handler: a stop kills it, and the agent uploads what the directory holds.
 COUNTER = """\
@@ -46,9 +49,10 @@ import os, sys, time
 path = os.path.join(os.environ["GPUNET_CHECKPOINT_DIR"], "count")
 total = int(sys.argv[1])
 n = int(open(path).read()) if os.path.exists(path) else 0
-print(f"attempt {os.environ['GPUNET_ATTEMPT_NUMBER']} resumes at {n}", flush=True)
+attempt = os.environ['GPUNET_ATTEMPT_NUMBER']
+print(f"attempt {attempt} resumes at {n}", flush=True)
 while n < total:
-    time.sleep(0.1)
+    time.sleep(0.1 if attempt == "1" else 0.01)
     n += 1
     with open(path + ".tmp", "w") as f:
         f.write(str(n))
@@ -117,7 +121,7 @@ def preempt_one(
             )
         )
     for f in fillers:
-        wait_for(lambda f=f: "ready" in _output(net, f), 45, f"{f} to run")  # type: ignore[misc]
+        wait_for(lambda f=f: "ready" in net.output(net.user, f), 45, f"{f} to run")  # type: ignore[misc]
     urgent = _submit(
         net,
         tmp_path,
@@ -130,16 +134,17 @@ def preempt_one(
 
     def preempted() -> str | None:
         for f in fillers:
-            job = _job(net, f)
+            job = net.job(net.user, f)
             if any(a["state"] == "preempted" for a in job["attempts"]):
                 return f
         return None
 
     victim = wait_for(preempted, 45, "a filler to be preempted")
-    wait_for(lambda: _job(net, urgent)["state"] == "succeeded", 45, "the urgent job to run")
+    wait_for(lambda: net.job(net.user, urgent)["state"] == "succeeded", 45, "the urgent job to run")
     return Preemption(fillers, victim, urgent)
 
 
+@only_on("sqlite")  # the agent's SIGTERM
 def test_on_demand_job_preempts_an_interruptible_one(net: Network, tmp_path: Path) -> None:
     res = preempt_one(net, tmp_path)
     victim = _job(net, res.victim)
@@ -155,7 +160,9 @@ def test_on_demand_job_preempts_an_interruptible_one(net: Network, tmp_path: Pat
     other = next(f for f in res.fillers if f != res.victim)
     assert [a["state"] for a in _job(net, other)["attempts"]] == ["running"]
     # the victim runs again once the urgent job's GPU is free
-    wait_for(lambda: len(_job(net, res.victim)["attempts"]) == 2, 45, "the victim to run again")
+    wait_for(
+        lambda: len(net.job(net.user, res.victim)["attempts"]) == 2, 45, "the victim to run again"
+    )
     assert "urgent done" in _output(net, res.urgent)
     for f in res.fillers:
         net.cli(net.user, "cancel", f)
@@ -184,6 +191,7 @@ def _charges(net: Network) -> dict[str, Charge]:
         db.engine.dispose()
 
 
+@only_on("postgres")  # the other: SQLite
 def test_a_preempted_job_resumes_from_its_checkpoint_and_pays_what_ran(
     net: Network, tmp_path: Path
 ) -> None:
@@ -198,11 +206,12 @@ def test_a_preempted_job_resumes_from_its_checkpoint_and_pays_what_ran(
         command=["python3", "-c", COUNTER, str(total)],
         urgent_command="import time; time.sleep(1); print('urgent done')",
     )
-    done = wait_for(
-        lambda: (j := _job(net, res.victim))["state"] == "succeeded" and j,
+    wait_for(
+        lambda: net.job(net.user, res.victim)["state"] == "succeeded",
         60,
         "the preempted job to resume and finish",
     )
+    done = _job(net, res.victim)
     first, second = done["attempts"]
     assert (first["state"], second["state"]) == ("preempted", "succeeded"), done["attempts"]
     assert done["retries_used"] == 0  # a preemption costs no retry

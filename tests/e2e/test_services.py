@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.conftest import only_on
 from tests.e2e.procs import Network, three_agents, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -44,12 +45,21 @@ def _show(net: Network, name: str) -> dict[str, Any]:
     return dict(net.cli_json(net.user, "services", "show", name))
 
 
+def _polled(net: Network, name: str) -> dict[str, Any]:
+    """The service as ``_show`` has it, read from the API: for polls (a CLI process a poll
+    costs seconds on a loaded host)."""
+    return dict(net.api(net.user, f"/v1/services/{name}"))
+
+
 def _ready(net: Network, name: str, n: int, timeout: float = 60) -> dict[str, Any]:
+    """Once ``n`` replicas are ready (polled on the API): the service as the CLI shows it."""
+    wait_for(lambda: _polled(net, name)["ready"] == n, timeout, f"{n} ready replica(s) of {name}")
+
     def ok() -> dict[str, Any] | None:
         d = _show(net, name)
         return d if d["ready"] == n else None
 
-    return wait_for(ok, timeout, f"{n} ready replica(s) of {name}")
+    return wait_for(ok, 30, f"the CLI to show {n} ready replica(s) of {name}")
 
 
 @pytest.fixture
@@ -58,6 +68,7 @@ def net(tmp_path: Path, db_url: str) -> Iterator[Network]:
         yield n
 
 
+@only_on("postgres")  # the other on SQLite
 def test_replicas_answer_through_the_gateway_and_survive_a_lost_node(
     net: Network, tmp_path: Path
 ) -> None:
@@ -134,7 +145,7 @@ def test_replicas_answer_through_the_gateway_and_survive_a_lost_node(
         net.agents[agent].kill9()
 
         def replaced() -> dict[str, Any] | None:
-            now = _show(net, "echo")
+            now = _polled(net, "echo")
             ids = {x["attempt_id"] for x in now["replicas"] if x["ready"]}
             return now if now["ready"] == 2 and victim["attempt_id"] not in ids else None
 
@@ -155,9 +166,10 @@ def test_replicas_answer_through_the_gateway_and_survive_a_lost_node(
     assert 'gpunet_service_replicas{service="echo",state="ready"} 2.0' in metrics
     r = net.cli(net.user, "services", "stop", "echo")
     assert r.returncode == 0, r.stderr
-    wait_for(lambda: not _show(net, "echo")["replicas"], 30, "the replicas to stop")
+    wait_for(lambda: not _polled(net, "echo")["replicas"], 30, "the replicas to stop")
 
 
+@only_on("sqlite")  # the other on PostgreSQL
 def test_load_scales_up_idleness_down_to_zero_and_back(net: Network, tmp_path: Path) -> None:
     spec = _spec(
         tmp_path,
@@ -202,7 +214,7 @@ def test_load_scales_up_idleness_down_to_zero_and_back(net: Network, tmp_path: P
         w.start()
     try:
         up = wait_for(
-            lambda: (lambda d: d if d["ready"] >= 2 else None)(_show(net, "elastic")),
+            lambda: (lambda d: d if d["ready"] >= 2 else None)(_polled(net, "elastic")),
             60,
             "a second replica under load",
         )
@@ -216,7 +228,7 @@ def test_load_scales_up_idleness_down_to_zero_and_back(net: Network, tmp_path: P
     # idle: back to zero (min), each step with its reason
     down = wait_for(
         lambda: (lambda d: d if d["desired"] == 0 and not d["replicas"] else None)(
-            _show(net, "elastic")
+            _polled(net, "elastic")
         ),
         60,
         "scale to zero when idle",

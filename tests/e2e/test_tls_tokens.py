@@ -1,6 +1,7 @@
 """End to end over https: a coordinator with a certificate from a private CA (made here with
 trustme), agents and the CLI trusting that CA; token use counts, revocation and accounts
-through the CLI, whose errors are one line, never a traceback. On SQLite and PostgreSQL."""
+through the CLI, whose errors are one line, never a traceback. On SQLite (the integration
+tests manage tokens on both databases)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 import trustme
 
+from tests.conftest import only_on
 from tests.e2e.procs import Network, TlsFiles, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -35,6 +37,7 @@ def one_line_error(r: subprocess.CompletedProcess[str], *needles: str) -> None:
         assert n in r.stderr, r.stderr
 
 
+@only_on("sqlite")  # https; tokens: integration
 def test_network_over_tls_with_token_management(tmp_path: Path, db_url: str) -> None:
     net = Network(tmp_path, db_url, lease_timeout=3.0, tls=make_tls(tmp_path))
     try:

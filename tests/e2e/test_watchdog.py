@@ -2,7 +2,8 @@
 lease has its running attempt stopped with it, then killed before the coordinator reaps it, so
 the job runs to exit 0 once, never twice (no discarded duplicate); an agent killed with -9
 takes its job's grandchildren with it; the watchdog itself leaves with its agent. Real
-coordinator, agents and processes; the SIGSTOP test on SQLite and PostgreSQL."""
+coordinator, agents and processes; the SIGSTOP test on SQLite (test_watchdog_reports.py
+freezes one on PostgreSQL; the integration tests run the reaper on both databases)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from sqlalchemy import select
 
 from gpunet.store.db import Database
 from gpunet.store.tables import Attempt
+from tests.conftest import only_on
 from tests.e2e.procs import (
     Network,
     alive,
@@ -78,6 +80,7 @@ def net(tmp_path: Path, db_url: str) -> Iterator[Network]:
         yield n
 
 
+@only_on("sqlite")  # the agent's watchdog
 def test_a_frozen_agents_attempt_is_killed_before_the_reap_and_never_runs_twice(
     net: Network, tmp_path: Path
 ) -> None:
@@ -126,14 +129,14 @@ def test_a_frozen_agents_attempt_is_killed_before_the_reap_and_never_runs_twice(
     finally:
         os.kill(frozen.p.pid, signal.SIGCONT)
         db.engine.dispose()
-    done = wait_for(
-        lambda: (j := net.cli_json(net.user, "jobs", "show", job_id))["state"] == "succeeded" and j,
+    wait_for(
+        lambda: net.job(net.user, job_id)["state"] == "succeeded",
         60,
         "the job to run again and succeed",
     )
     # the thawed agent has reported what it had (it is online again), and no success came late
     wait_for(
-        lambda: all(x["status"] == "online" for x in net.cli_json(net.admin, "nodes")),
+        lambda: all(x["status"] == "online" for x in net.api(net.admin, "/v1/nodes")),
         30,
         "the frozen agent to be back",
     )

@@ -5,7 +5,7 @@ the job succeeds once, on its first attempt, billed once, and is never run again
 the output the frozen agent still held arrives when it thaws. Deterministic: each agent dials
 the coordinator through a gate the test shuts (the report cannot leave the agent) until the
 agent is frozen with the finish in its journal. Real coordinator, agents and processes, on
-SQLite and PostgreSQL."""
+PostgreSQL (test_watchdog.py freezes an agent on SQLite)."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from sqlalchemy import select
 from gpunet.agent.journal import read_pending
 from gpunet.store.db import Database
 from gpunet.store.tables import Attempt, AttemptCharge
+from tests.conftest import only_on
 from tests.e2e.procs import (
     Network,
     alive,
@@ -149,6 +150,7 @@ def net(tmp_path: Path, db_url: str) -> Iterator[tuple[Network, dict[str, Gate]]
                 g.close()
 
 
+@only_on("postgres")  # the other: SQLite
 def test_a_finish_journaled_by_a_frozen_agent_is_delivered_by_its_watchdog(
     net: tuple[Network, dict[str, Gate]], tmp_path: Path
 ) -> None:
