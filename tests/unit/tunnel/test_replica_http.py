@@ -5,6 +5,7 @@ stall or break their answers."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -384,6 +385,37 @@ def test_idle_connections_are_bounded() -> None:
                 await a.aclose()
             assert len(accepted) == 4
             assert sum(len(q) for q in pool._idle.values()) == 2
+            await pool.aclose()
+
+    run(t())
+
+
+def test_large_bodies_stream_both_ways_intact() -> None:
+    size = 4 * 1024 * 1024
+    blob = bytes(range(256)) * (size // 256)
+
+    async def digest(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            _, _, body = await read_request(reader)
+            writer.write(ok(hashlib.sha256(body).hexdigest().encode() + b"\n" + body))
+            await writer.drain()
+
+    async def upload() -> AsyncIterator[bytes]:
+        for i in range(0, size, 100_000):
+            yield blob[i : i + 100_000]
+
+    async def t() -> None:
+        async with server(digest) as (port, accepted):
+            pool = ReplicaPool()
+            for content in (blob, upload()):
+                answer = await pool.request(port, "PUT", "/", [], content, inline_max=1024)
+                assert answer.complete is None  # over inline_max: streamed
+                got = b"".join([c async for c in answer.chunks()])
+                await answer.aclose()
+                sha, _, echoed = got.partition(b"\n")
+                assert sha.decode() == hashlib.sha256(blob).hexdigest()
+                assert echoed == blob
+            assert len(accepted) == 1
             await pool.aclose()
 
     run(t())
