@@ -12,11 +12,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import uvicorn
 from fastapi import FastAPI
 from websockets.asyncio.client import connect
+from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from gpunet.agent.gpus.simulated import SimulatedBackend
@@ -418,5 +420,154 @@ def test_two_urls_of_one_coordinator_back_off_instead_of_flapping(
         # reconnecting 0.2 s after each replacement would open about 30 in 4 s; backing off
         # (0.2, 0.4, 0.8, 1.6 s...) opens a handful per URL
         assert 2 <= len(opened) <= 12, len(opened)
+
+    run(t)
+
+
+def _record_kinds(hub: TunnelHub) -> list[p.Kind]:
+    """The kinds of the frames the hub receives from here on."""
+    kinds: list[p.Kind] = []
+    dispatch = hub._dispatch
+
+    def recording(conn: Any, message: bytes) -> None:
+        kinds.append(p.Kind(message[0]))
+        dispatch(conn, message)
+
+    hub._dispatch = recording  # type: ignore[method-assign]
+    return kinds
+
+
+def test_a_small_complete_answer_comes_back_in_one_message() -> None:
+    async def t(st: Stack) -> None:
+        assert st.hub._conns[st.node_id].version == p.VERSION  # the agent's offer, accepted
+        kinds = _record_kinds(st.hub)
+        res = await st.hub.request(st.node_id, "att-1", "GET", "/noop")
+        assert (res.status, await res.read()) == (200, b"ok")
+        assert kinds == [p.Kind.REPLY]
+        kinds.clear()
+        body = b"p" * (p.INLINE_MAX - 1000)
+        res = await st.hub.request(st.node_id, "att-1", "POST", "/echo", [], body)
+        seen = json.loads(await res.read())
+        assert seen["sha256"] == hashlib.sha256(body).hexdigest()
+        assert seen["headers"]["content-length"] == str(len(body))  # sent inline: sized
+        assert kinds == [p.Kind.REPLY]
+        kinds.clear()
+        # an answer larger than INLINE_MAX, or streamed, still goes chunk by chunk
+        res = await st.hub.request(st.node_id, "att-1", "GET", f"/blob?n={p.INLINE_MAX + 1}")
+        assert await res.read() == pattern(p.INLINE_MAX + 1)
+        assert kinds[0] == p.Kind.RESPONSE and kinds[-1] == p.Kind.END
+        kinds.clear()
+        res = await st.hub.request(st.node_id, "att-1", "GET", "/sse?n=3&every=0.2")
+        assert len([c async for c in res]) == 3
+        assert kinds[0] == p.Kind.RESPONSE and kinds.count(p.Kind.DATA) == 3
+        assert not st.hub._conns[st.node_id].streams  # every stream was released
+
+    run(t)
+
+
+def test_a_version_1_agent_gets_bodies_in_data_frames_and_may_not_reply() -> None:
+    async def t(st: Stack) -> None:
+        node_id, token = await st.register("node-old")
+        async with connect(
+            tunnel_url(st.base), additional_headers={"Authorization": f"Bearer {token}"}
+        ) as raw:
+            assert raw.response is not None
+            assert raw.response.headers.get(p.VERSION_HEADER) == "1"
+            await eventually(lambda: st.hub.connected(node_id), "the tunnel")
+            pending = asyncio.create_task(st.hub.request(node_id, "a", "POST", "/x", [], b"hi"))
+            frames = [p.decode(await asyncio.wait_for(raw.recv(decode=False), 10))]
+            while not isinstance(frames[-1], p.End):
+                frames.append(p.decode(await asyncio.wait_for(raw.recv(decode=False), 10)))
+            opened, data, _ = frames
+            assert isinstance(opened, p.Open) and opened.has_body and opened.body is None
+            assert data == p.Data(opened.stream, b"hi")
+            await raw.send(p.encode_reply(opened.stream, 200, [], b"no"))  # not in version 1
+            with pytest.raises(ForwardFailed, match="protocol error"):
+                await pending
+            with pytest.raises(ConnectionClosed) as info:
+                await asyncio.wait_for(raw.recv(), 10)
+            assert info.value.rcvd is not None and info.value.rcvd.code == 1002
+
+    run(t)
+
+
+def test_a_version_2_agent_gets_a_small_body_inline_and_may_reply() -> None:
+    async def t(st: Stack) -> None:
+        node_id, token = await st.register("node-new")
+        headers = {"Authorization": f"Bearer {token}", p.VERSION_HEADER: "7"}  # a later one
+        async with connect(tunnel_url(st.base), additional_headers=headers) as raw:
+            assert raw.response is not None
+            assert raw.response.headers.get(p.VERSION_HEADER) == str(p.VERSION)
+            await eventually(lambda: st.hub.connected(node_id), "the tunnel")
+            pending = asyncio.create_task(st.hub.request(node_id, "a", "POST", "/x", [], b"hi"))
+            opened = p.decode(await asyncio.wait_for(raw.recv(decode=False), 10))
+            assert isinstance(opened, p.Open) and opened.body == b"hi" and not opened.has_body
+            await raw.send(p.encode_reply(opened.stream, 201, [("x-a", "1")], b"done"))
+            res = await asyncio.wait_for(pending, 10)
+            assert (res.status, res.headers) == (201, (("x-a", "1"),))
+            assert await res.read() == b"done"
+            assert not st.hub._conns[node_id].streams
+            # a body over INLINE_MAX still goes in DATA frames, under flow control
+            big = pattern(p.INLINE_MAX + 1)
+            pending = asyncio.create_task(st.hub.request(node_id, "a", "PUT", "/y", [], big))
+            opened = p.decode(await asyncio.wait_for(raw.recv(decode=False), 10))
+            assert isinstance(opened, p.Open) and opened.has_body and opened.body is None
+            got = b""
+            while True:
+                frame = p.decode(await asyncio.wait_for(raw.recv(decode=False), 10))
+                if isinstance(frame, p.End):
+                    break
+                assert isinstance(frame, p.Data)
+                got += frame.payload
+            assert got == big
+            await raw.send(p.encode_reply(opened.stream, 200, [], b""))
+            res = await asyncio.wait_for(pending, 10)
+            assert await res.read() == b""
+
+    run(t)
+
+
+def test_the_agent_replies_in_one_message_only_to_a_coordinator_that_speaks_version_2() -> None:
+    async def fake_coordinator(version: str | None) -> list[p.Frame]:
+        """What the agent answers to one GET, through a coordinator that answers the
+        handshake with ``version`` (None: no header, as a version 1 coordinator)."""
+        got: list[p.Frame] = []
+        done = asyncio.Event()
+
+        async def handler(ws: ServerConnection) -> None:
+            await ws.send(p.encode_open(1, "att-1", "GET", "/noop", [], False))
+            while not done.is_set():
+                got.append(p.decode(await ws.recv(decode=False)))
+                if isinstance(got[-1], p.End | p.Reply):
+                    done.set()
+
+        def answer(_: ServerConnection, request: Any, response: Any) -> Any:
+            if version is not None:
+                response.headers[p.VERSION_HEADER] = version
+            return response
+
+        async with serve(handler, "127.0.0.1", 0, process_response=answer) as server:
+            port = list(server.sockets)[0].getsockname()[1]
+            ports = {"att-1": replica_port}
+            client = TunnelClient(f"http://127.0.0.1:{port}", "tok", False, ports.get)
+            task = asyncio.create_task(client.run())
+            try:
+                await asyncio.wait_for(done.wait(), 10)
+            finally:
+                client.stop()
+                await asyncio.wait_for(task, 10)
+        return got
+
+    replica_port = 0
+
+    async def t(st: Stack) -> None:
+        nonlocal replica_port
+        replica_port = st.replica.port
+        old = await fake_coordinator(None)
+        assert [type(f) for f in old] == [p.Response, p.Data, p.End]
+        assert old[1] == p.Data(1, b"ok")
+        new = await fake_coordinator("2")
+        assert len(new) == 1 and isinstance(new[0], p.Reply)
+        assert (new[0].status, new[0].body) == (200, b"ok")
 
     run(t)

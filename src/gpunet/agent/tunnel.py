@@ -1,8 +1,9 @@
 """The agent's end of the tunnel: one WebSocket to each coordinator, over which the
 coordinator's gateway sends requests for the service replicas running on this node
 (docs/services.md, "The tunnel"). The agent dials out, so replicas behind NAT are reachable;
-each request is forwarded to the replica's port on 127.0.0.1 and its answer streamed back
-chunk by chunk.
+each request is forwarded to the replica's port on 127.0.0.1 (gpunet.agent.replica_http) and
+its answer streamed back chunk by chunk, or in one REPLY message when it is small and was
+complete as its head arrived.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ import logging
 import ssl
 from collections.abc import AsyncIterator, Callable, Sequence
 
-import httpx
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
+from gpunet.agent.replica_http import Answer, Refused, ReplicaError, ReplicaPool, Timeouts
 from gpunet.errors import MalformedFrame
 from gpunet.tls import client_context
 from gpunet.tunnel import protocol as p
@@ -39,8 +40,9 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
-NOT_FORWARDED = HOP_BY_HOP | {"host"}  # of a request's headers (httpx sets the replica's)
-REPLICA_TIMEOUT = httpx.Timeout(connect=5.0, read=300.0, write=60.0, pool=30.0)
+# of a request's headers: the replica's Host, and the body's framing, are set here
+NOT_FORWARDED = HOP_BY_HOP | {"host"}
+REPLICA_TIMEOUT = Timeouts(connect=5.0, read=300.0, write=60.0)
 
 
 def tunnel_url(coordinator: str) -> str:
@@ -74,10 +76,12 @@ class _Stream:
 
 
 class _Conn:
-    """One live tunnel to one coordinator, with its streams."""
+    """One live tunnel to one coordinator, with its streams; ``version``: of the protocol
+    both ends speak (the coordinator's answer to the handshake's header)."""
 
-    def __init__(self, ws: ClientConnection) -> None:
+    def __init__(self, ws: ClientConnection, version: int = 1) -> None:
         self.ws = ws
+        self.version = version
         self.streams: dict[int, _Stream] = {}
         self.closed = False
 
@@ -105,7 +109,7 @@ class TunnelClient:
         *,
         max_streams: int = 1024,
         backoff_max_s: float = 10.0,
-        replica_timeout: httpx.Timeout = REPLICA_TIMEOUT,
+        replica_timeout: Timeouts = REPLICA_TIMEOUT,
     ) -> None:
         self.urls = [url] if isinstance(url, str) else list(url)
         self.token = token
@@ -116,7 +120,7 @@ class TunnelClient:
         self.replica_timeout = replica_timeout
         self.stopping = asyncio.Event()
         self.live: dict[str, _Conn] = {}  # coordinator URL -> its open tunnel
-        self._http: httpx.AsyncClient | None = None
+        self._http: ReplicaPool | None = None
         self._background: set[asyncio.Task[None]] = set()
 
     def stop(self) -> None:
@@ -127,12 +131,8 @@ class TunnelClient:
 
     async def run(self) -> None:
         """Hold every tunnel open until :meth:`stop`."""
-        # the replicas are on this host: never through a proxy from the environment
-        self._http = httpx.AsyncClient(
-            timeout=self.replica_timeout,
-            trust_env=False,
-            limits=httpx.Limits(max_connections=self.max_streams, max_keepalive_connections=32),
-        )
+        # the replicas are on this host, plain HTTP/1.1, never through a proxy
+        self._http = ReplicaPool(timeouts=self.replica_timeout, max_idle=32)
         try:
             await asyncio.gather(*(self._keep(u) for u in self.urls))
         finally:
@@ -150,7 +150,10 @@ class TunnelClient:
             try:
                 async with connect(
                     url,
-                    additional_headers={"Authorization": f"Bearer {self.token}"},
+                    additional_headers={
+                        "Authorization": f"Bearer {self.token}",
+                        p.VERSION_HEADER: str(p.VERSION),
+                    },
                     ssl=ssl_ctx,
                     compression=None,  # bodies are often compressed already; latency first
                     max_size=p.MAX_FRAME,
@@ -182,7 +185,7 @@ class TunnelClient:
             delay = min(delay * 2, self.backoff_max_s)
 
     async def _serve(self, coordinator: str, ws: ClientConnection) -> None:
-        conn = _Conn(ws)
+        conn = _Conn(ws, _version(ws))
         self.live[coordinator] = conn
 
         async def close_on_stop() -> None:
@@ -280,55 +283,73 @@ class TunnelClient:
         if port is None:
             await self._reset(conn, s, f"no replica {req.attempt_id} on this node", False)
             return
-        headers = [(k, v) for k, v in req.headers if k.lower() not in NOT_FORWARDED]
-        url = f"http://127.0.0.1:{port}{req.path}"
-        content = self._body(conn, s) if req.has_body else None
+        # a streamed body keeps the Content-Length the request had (else it goes chunked);
+        # the replica's client sets it for any other (an inline body's length, or none)
+        headers = [
+            (k, v)
+            for k, v in req.headers
+            if (low := k.lower()) not in NOT_FORWARDED and (req.has_body or low != "content-length")
+        ]
+        content = (
+            req.body if req.body is not None else self._body(conn, s) if req.has_body else None
+        )
         try:
-            try:
-                response = await self._http.send(
-                    self._http.build_request(req.method, url, headers=headers, content=content),
-                    stream=True,
-                )
-            except (httpx.RemoteProtocolError, httpx.ReadError):
-                if req.has_body:
-                    raise
-                # a kept-alive connection the replica closed meanwhile: it never took the
-                # request, and a new connection will (a body, read once, cannot be resent)
-                response = await self._http.send(
-                    self._http.build_request(req.method, url, headers=headers), stream=True
-                )
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-            await self._reset(conn, s, f"the replica's port {port} refused: {exc}", False)
+            answer = await self._http.request(
+                port,
+                req.method,
+                req.path,
+                headers,
+                content,
+                inline_max=p.INLINE_MAX if conn.version >= 2 else 0,
+            )
+        except Refused as exc:
+            await self._reset(conn, s, str(exc), False)
             return
-        except httpx.HTTPError as exc:
+        except ReplicaError as exc:
             await self._reset(conn, s, f"the replica failed: {exc}", True)
             return
         except Closed:
             return
         try:
-            await conn.send(
-                p.encode_response(
-                    s.id,
-                    response.status_code,
-                    [(k, v) for k, v in response.headers.multi_items() if k not in HOP_BY_HOP],
-                )
-            )
-            async for chunk in response.aiter_raw():
-                view = memoryview(chunk)
-                while view:
-                    n = await s.credit.take(min(len(view), p.MAX_CHUNK))
-                    await conn.send(p.encode_data(s.id, bytes(view[:n])))
-                    view = view[n:]
-            await conn.send(p.encode_end(s.id))
-            conn.streams.pop(s.id, None)
-        except httpx.HTTPError as exc:
+            await self._answer(conn, s, answer)
+        except ReplicaError as exc:
             await self._reset(conn, s, f"the replica's answer broke: {exc}", True)
         except Closed:
             pass  # the tunnel is gone; the coordinator fails the stream itself
         finally:
-            await response.aclose()
+            await answer.aclose()
+
+    async def _answer(self, conn: _Conn, s: _Stream, answer: Answer) -> None:
+        headers = [(k, v) for k, v in answer.headers if k not in HOP_BY_HOP]
+        if answer.complete is not None:  # all of it is here: one message
+            try:
+                message = p.encode_reply(s.id, answer.status, headers, answer.complete)
+            except MalformedFrame:
+                pass  # headers over the bounds: RESPONSE refuses them the same way
+            else:
+                conn.streams.pop(s.id, None)
+                await conn.send(message)
+                return
+        await conn.send(p.encode_response(s.id, answer.status, headers))
+        async for chunk in answer.chunks():
+            view = memoryview(chunk)
+            while view:
+                n = await s.credit.take(min(len(view), p.MAX_CHUNK))
+                await conn.send(p.encode_data(s.id, bytes(view[:n])))
+                view = view[n:]
+        await conn.send(p.encode_end(s.id))
+        conn.streams.pop(s.id, None)
 
     async def _reset(self, conn: _Conn, s: _Stream, reason: str, forwarded: bool) -> None:
         conn.streams.pop(s.id, None)
         with contextlib.suppress(Closed):
             await conn.send(p.encode_reset(s.id, reason, forwarded))
+
+
+def _version(ws: ClientConnection) -> int:
+    """The protocol's version the coordinator answered with (1 when it said none)."""
+    raw = ws.response.headers.get(p.VERSION_HEADER) if ws.response is not None else None
+    try:
+        return max(1, min(int(raw or 1), p.VERSION))
+    except ValueError:
+        return 1

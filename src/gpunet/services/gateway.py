@@ -128,6 +128,7 @@ class Gateway:
         self.kicked = asyncio.Event()  # a request waits at zero: decide now, not in a second
         self.stale = asyncio.Event()  # a readiness changed: re-read the routes now
         self._seed = itertools.count()
+        self._counted: dict[tuple[str, int], tuple[Any, Any]] = {}  # see _count
 
     # ---- routing table ----------------------------------------------------------------
     async def refresh(self) -> None:
@@ -284,8 +285,16 @@ class Gateway:
             self._count(route, status, started)
 
     def _count(self, route: Route, status: int, started: float) -> None:
-        self.metrics.service_requests.labels(route.name, str(status)).inc()
-        self.metrics.service_latency.labels(route.name).observe(time.monotonic() - started)
+        # the labelled children, looked up once (labels() validates and locks every call)
+        key = (route.name, status)
+        child = self._counted.get(key)
+        if child is None:
+            child = self._counted[key] = (
+                self.metrics.service_requests.labels(route.name, str(status)),
+                self.metrics.service_latency.labels(route.name),
+            )
+        child[0].inc()
+        child[1].observe(time.monotonic() - started)
 
     # ---- autoscaling ----------------------------------------------------------------------
     def inflight(self, route: Route) -> int:

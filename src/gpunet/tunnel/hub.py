@@ -62,11 +62,13 @@ class _Stream:
 
 
 class _Conn:
-    """One live tunnel: its channel and its open streams."""
+    """One live tunnel: its channel and its open streams; ``version``: of the protocol both
+    ends speak."""
 
-    def __init__(self, node_id: str, channel: Channel) -> None:
+    def __init__(self, node_id: str, channel: Channel, version: int = 1) -> None:
         self.node_id = node_id
         self.channel = channel
+        self.version = version
         self.streams: dict[int, _Stream] = {}
         self.next_id = 1
         self.closed = False
@@ -170,6 +172,15 @@ class TunnelResponse:
         await self.aclose()
 
 
+def version_of(offered: str | None) -> int:
+    """The protocol's version to speak with an agent whose handshake carried ``offered`` in
+    its ``X-Gpunet-Tunnel`` header (none: 1): the highest both speak."""
+    try:
+        return max(1, min(int(offered or 1), p.VERSION))
+    except ValueError:
+        return 1
+
+
 class TunnelHub:
     """node id → its live tunnel, and requests through them. One per coordinator process;
     a newer tunnel from a node replaces the older one."""
@@ -193,9 +204,10 @@ class TunnelHub:
         """Nodes with a live tunnel, sorted."""
         return sorted(n for n, c in self._conns.items() if not c.closed)
 
-    async def serve(self, node_id: str, channel: Channel) -> None:
-        """Run a tunnel from ``node_id`` (already authenticated) until it closes."""
-        conn = _Conn(node_id, channel)
+    async def serve(self, node_id: str, channel: Channel, version: int = 1) -> None:
+        """Run a tunnel from ``node_id`` (already authenticated) until it closes; ``version``:
+        of the protocol both ends speak (see :func:`version_of`)."""
+        conn = _Conn(node_id, channel, version)
         old = self._conns.get(node_id)
         self._conns[node_id] = conn
         if old is not None:
@@ -243,6 +255,15 @@ class TunnelHub:
                 conn.send_soon(p.encode_reset(s.id, "flow control violated", True))
             case p.End():
                 s.inbox.end()
+            case p.Reply():
+                if s.response.done() or conn.version < 2:
+                    raise MalformedFrame("a REPLY out of place", field="kind")
+                if frame.body:
+                    s.inbox.put(frame.body)  # within the window: INLINE_MAX is less
+                s.inbox.end()
+                s.done = True
+                conn.streams.pop(s.id, None)
+                s.response.set_result(p.Response(s.id, frame.status, frame.headers))
             case p.Response():
                 if not s.response.done():
                     s.response.set_result(frame)
@@ -283,7 +304,22 @@ class TunnelHub:
         inline = isinstance(body, bytes | bytearray | memoryview)
         has_body = not inline or len(body) > 0  # type: ignore[arg-type]
         sid = conn.next_id
-        open_frame = p.encode_open(sid, attempt_id, method, path, headers, has_body)
+        whole = (  # the whole body in the OPEN itself
+            conn.version >= 2 and has_body and inline and len(body) <= p.INLINE_MAX  # type: ignore[arg-type]
+        )
+        if whole:
+            open_frame = p.encode_open(
+                sid,
+                attempt_id,
+                method,
+                path,
+                headers,
+                False,
+                bytes(body),  # type: ignore[arg-type]
+            )
+            has_body = False
+        else:
+            open_frame = p.encode_open(sid, attempt_id, method, path, headers, has_body)
         conn.next_id = sid + 1 if sid < p.MAX_STREAM else 1
         s = _Stream(sid, conn)
         conn.streams[sid] = s

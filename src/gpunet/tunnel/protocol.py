@@ -8,16 +8,28 @@ Latin-1, as in HTTP/1.1); a header list is a u16 count and that many name/value 
 =========  ==========================  ================================================
 kind       direction                   fields
 =========  ==========================  ================================================
-OPEN       coordinator → agent         flags (bit 0: a body follows), attempt id, method,
+OPEN       coordinator → agent         flags (bit 0: a body follows in DATA frames;
+                                       bit 1: the whole body is inline, the rest of the
+                                       message after the headers), attempt id, method,
                                        path with query, headers
 DATA       either way                  the rest of the message: a body chunk (no copy
                                        into any other encoding)
 END        either way                  none: the body is complete
 RESPONSE   agent → coordinator         status (u16), headers
+REPLY      agent → coordinator         status (u16), headers, then the whole body (the
+                                       rest of the message): RESPONSE, DATA and END in
+                                       one message, for an answer complete and small
 RESET      either way                  flags (bit 0: the request reached the replica),
                                        reason
 WINDOW     either way                  credit (u32): bytes of DATA the sender may add
 =========  ==========================  ================================================
+
+An inline body (OPEN's bit 1, REPLY) is at most ``INLINE_MAX`` bytes and counts against no
+window: the stream's request or answer is complete in that one message. They are version 2
+of the protocol: the agent announces the version it speaks in the handshake's
+``X-Gpunet-Tunnel`` header, the coordinator answers with the version both speak, and neither
+side sends a frame of a later version than that (an agent or a coordinator that sends no such
+header speaks version 1).
 
 Flow control: each side may send ``INITIAL_WINDOW`` bytes of DATA per stream, and more
 only as the other side grants them with WINDOW frames once it has consumed what it had,
@@ -43,7 +55,10 @@ MAX_HEADERS = 256  # header lines in one OPEN or RESPONSE
 MAX_REASON = 1024  # bytes of a RESET's reason (longer reasons are cut when encoded)
 MAX_FRAME = HEADER.size + max(MAX_CHUNK, MAX_FIELDS)  # the largest message either side takes
 INITIAL_WINDOW = 1024 * 1024  # bytes of DATA a stream may send before any WINDOW frame
+INLINE_MAX = 64 * 1024  # bytes of body carried inline by an OPEN or a REPLY
 MAX_STREAM = 2**32 - 1
+VERSION = 2  # of the frames below that this code speaks (1: no REPLY, no inline OPEN body)
+VERSION_HEADER = "X-Gpunet-Tunnel"  # the handshake's header that carries it
 REPLACED = 4000  # WebSocket close code: a newer tunnel from the same node took this one's place
 
 
@@ -54,6 +69,7 @@ class Kind(IntEnum):
     RESPONSE = 4
     RESET = 5
     WINDOW = 6
+    REPLY = 7
 
 
 Headers = tuple[tuple[str, str], ...]
@@ -66,7 +82,8 @@ class Open:
     method: str
     path: str  # with its query string
     headers: Headers
-    has_body: bool
+    has_body: bool  # a body follows in DATA frames, then END
+    body: bytes | None = None  # the whole body, inline (then has_body is False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +105,16 @@ class Response:
 
 
 @dataclass(frozen=True, slots=True)
+class Reply:
+    """A whole answer in one message: RESPONSE, its body as DATA, END."""
+
+    stream: int
+    status: int
+    headers: Headers
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Reset:
     stream: int
     reason: str
@@ -100,7 +127,7 @@ class Window:
     credit: int
 
 
-Frame = Open | Data | End | Response | Reset | Window
+Frame = Open | Data | End | Response | Reply | Reset | Window
 
 
 # ---- encoding ---------------------------------------------------------------------------
@@ -129,11 +156,17 @@ def _headers(headers: Sequence[tuple[str, str]]) -> bytes:
     return b"".join(parts)
 
 
-def _fields(kind: Kind, stream: int, body: bytes) -> bytes:
+def _fields(kind: Kind, stream: int, body: bytes, inline: bytes | None = None) -> bytes:
     _check_stream(stream)
     if len(body) > MAX_FIELDS:
         raise MalformedFrame(f"fields of {len(body)} bytes (at most {MAX_FIELDS})", field="headers")
-    return HEADER.pack(kind, stream) + body
+    if inline is None:
+        return HEADER.pack(kind, stream) + body
+    if len(inline) > INLINE_MAX:
+        raise MalformedFrame(
+            f"an inline body of {len(inline)} bytes (at most {INLINE_MAX})", field="body"
+        )
+    return b"".join((HEADER.pack(kind, stream), body, inline))
 
 
 def encode_open(
@@ -143,21 +176,26 @@ def encode_open(
     path: str,
     headers: Sequence[tuple[str, str]],
     has_body: bool,
+    body: bytes | None = None,
 ) -> bytes:
+    """An OPEN frame; ``body`` (at most INLINE_MAX bytes): the whole body, inline (version 2),
+    else ``has_body`` says whether DATA frames follow."""
+    if body is not None and has_body:
+        raise MalformedFrame("a body both inline and in DATA frames", field="flags")
     if not method or not method.isascii() or not method.isalpha():
         raise MalformedFrame(f"method {method!r} is not an HTTP method", field="method")
     if not path.startswith("/"):
         raise MalformedFrame("path must start with /", field="path")
-    body = b"".join(
+    fields = b"".join(
         (
-            bytes((1 if has_body else 0,)),
+            bytes((2 if body is not None else 1 if has_body else 0,)),
             _str(attempt_id, "attempt_id"),
             _str(method, "method"),
             _str(path, "path"),
             _headers(headers),
         )
     )
-    return _fields(Kind.OPEN, stream, body)
+    return _fields(Kind.OPEN, stream, fields, body)
 
 
 def encode_data(stream: int, payload: bytes) -> bytes:
@@ -179,6 +217,15 @@ def encode_response(stream: int, status: int, headers: Sequence[tuple[str, str]]
     return _fields(Kind.RESPONSE, stream, _U16.pack(status) + _headers(headers))
 
 
+def encode_reply(
+    stream: int, status: int, headers: Sequence[tuple[str, str]], body: bytes
+) -> bytes:
+    """A REPLY frame (version 2): a whole answer, ``body`` at most INLINE_MAX bytes."""
+    if not 100 <= status <= 599:
+        raise MalformedFrame(f"status {status} is outside 100..599", field="status")
+    return _fields(Kind.REPLY, stream, _U16.pack(status) + _headers(headers), body)
+
+
 def encode_reset(stream: int, reason: str, forwarded: bool) -> bytes:
     raw = reason.encode("utf-8", "replace")[:MAX_REASON].decode("utf-8", "ignore")
     return _fields(Kind.RESET, stream, bytes((1 if forwarded else 0,)) + _str(raw, "reason"))
@@ -196,13 +243,17 @@ def encode(frame: Frame) -> bytes:
     match frame:
         case Open():
             f = frame
-            return encode_open(f.stream, f.attempt_id, f.method, f.path, f.headers, f.has_body)
+            return encode_open(
+                f.stream, f.attempt_id, f.method, f.path, f.headers, f.has_body, f.body
+            )
         case Data():
             return encode_data(frame.stream, frame.payload)
         case End():
             return encode_end(frame.stream)
         case Response():
             return encode_response(frame.stream, frame.status, frame.headers)
+        case Reply():
+            return encode_reply(frame.stream, frame.status, frame.headers, frame.body)
         case Reset():
             return encode_reset(frame.stream, frame.reason, frame.forwarded)
         case Window():
@@ -230,11 +281,11 @@ class _Reader:
         value: int = _U16.unpack(self.take(2, field))[0]
         return value
 
-    def flags(self, field: str) -> bool:
+    def flags(self, field: str, known: int = 1) -> int:
         b = self.take(1, field)[0]
-        if b > 1:
+        if b & ~known:
             raise MalformedFrame(f"unknown flags {b:#x}", field=field)
-        return b == 1
+        return b
 
     def string(self, field: str, encoding: str = "utf-8") -> str:
         raw = self.take(self.u16(field), field)
@@ -247,9 +298,38 @@ class _Reader:
         n = self.u16("headers")
         if n > MAX_HEADERS:
             raise MalformedFrame(f"{n} headers (at most {MAX_HEADERS})", field="headers")
-        return tuple(
-            (self.string("headers", "latin-1"), self.string("headers", "latin-1")) for _ in range(n)
-        )
+        # inline rather than 2n calls of string(): every request and answer passes here
+        buf, pos, size = self.buf, self.pos, len(self.buf)
+        out = []
+        for _ in range(n):
+            if pos + 2 > size:
+                raise MalformedFrame("frame ends inside headers", field="headers")
+            end = pos + 2 + ((buf[pos] << 8) | buf[pos + 1])
+            if end + 2 > size:
+                raise MalformedFrame("frame ends inside headers", field="headers")
+            vend = end + 2 + ((buf[end] << 8) | buf[end + 1])
+            if vend > size:
+                raise MalformedFrame("frame ends inside headers", field="headers")
+            # latin-1 decodes every byte: no error to catch
+            out.append(
+                (buf[pos + 2 : end].decode("latin-1"), buf[end + 2 : vend].decode("latin-1"))
+            )
+            pos = vend
+        self.pos = pos
+        return tuple(out)
+
+    def bounded(self) -> None:
+        """The fields read so far are within MAX_FIELDS (where an inline body may follow)."""
+        if self.pos - HEADER.size > MAX_FIELDS:
+            raise MalformedFrame(f"fields over {MAX_FIELDS} bytes", field="headers")
+
+    def rest(self) -> bytes:
+        """The rest of the message: an inline body."""
+        if len(self.buf) - self.pos > INLINE_MAX:
+            raise MalformedFrame(f"an inline body over {INLINE_MAX} bytes", field="body")
+        out = self.buf[self.pos :]
+        self.pos = len(self.buf)
+        return out
 
     def done(self) -> None:
         if self.pos != len(self.buf):
@@ -271,12 +351,14 @@ def decode(message: bytes) -> Frame:
         return Data(stream, message[HEADER.size :])
     if kind not in Kind.__members__.values():
         raise MalformedFrame(f"unknown frame kind {kind}", field="kind")
-    if len(message) - HEADER.size > MAX_FIELDS:
+    if len(message) - HEADER.size > MAX_FIELDS and kind not in (Kind.OPEN, Kind.REPLY):
         raise MalformedFrame(f"fields over {MAX_FIELDS} bytes", field="headers")
     r = _Reader(message, HEADER.size)
     frame: Frame
     if kind == Kind.OPEN:
-        has_body = r.flags("flags")
+        flags = r.flags("flags", known=3)
+        if flags == 3:
+            raise MalformedFrame("a body both inline and in DATA frames", field="flags")
         attempt_id = r.string("attempt_id")
         method = r.string("method")
         if not method or not method.isascii() or not method.isalpha():
@@ -284,7 +366,10 @@ def decode(message: bytes) -> Frame:
         path = r.string("path")
         if not path.startswith("/"):
             raise MalformedFrame("path must start with /", field="path")
-        frame = Open(stream, attempt_id, method, path, r.headers(), has_body)
+        hdrs = r.headers()
+        r.bounded()
+        body = r.rest() if flags == 2 else None
+        frame = Open(stream, attempt_id, method, path, hdrs, flags == 1, body)
     elif kind == Kind.END:
         frame = End(stream)
     elif kind == Kind.RESPONSE:
@@ -292,8 +377,15 @@ def decode(message: bytes) -> Frame:
         if not 100 <= status <= 599:
             raise MalformedFrame(f"status {status} is outside 100..599", field="status")
         frame = Response(stream, status, r.headers())
+    elif kind == Kind.REPLY:
+        status = r.u16("status")
+        if not 100 <= status <= 599:
+            raise MalformedFrame(f"status {status} is outside 100..599", field="status")
+        hdrs = r.headers()
+        r.bounded()
+        frame = Reply(stream, status, hdrs, r.rest())
     elif kind == Kind.RESET:
-        forwarded = r.flags("flags")
+        forwarded = r.flags("flags") == 1
         frame = Reset(stream, r.string("reason"), forwarded)
     else:  # WINDOW
         credit: int = _U32.unpack(r.take(4, "credit"))[0]

@@ -19,11 +19,25 @@ headers = st.lists(st.tuples(latin1, latin1), max_size=20).map(tuple)
 methods = st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"])
 paths = st.text(max_size=60).map(lambda s: "/" + s)
 
-frames = st.one_of(
+opens = st.one_of(
     st.builds(p.Open, streams, st.text(max_size=40), methods, paths, headers, st.booleans()),
+    st.builds(  # the whole body inline (version 2)
+        p.Open,
+        streams,
+        st.text(max_size=40),
+        methods,
+        paths,
+        headers,
+        st.just(False),
+        st.binary(max_size=2048),
+    ),
+)
+frames = st.one_of(
+    opens,
     st.builds(p.Data, streams, st.binary(max_size=2048)),
     st.builds(p.End, streams),
     st.builds(p.Response, streams, st.integers(100, 599), headers),
+    st.builds(p.Reply, streams, st.integers(100, 599), headers, st.binary(max_size=2048)),
     st.builds(p.Reset, streams, st.text(max_size=100), st.booleans()),
     st.builds(p.Window, streams, st.integers(1, 2**32 - 1)),
 )
@@ -39,15 +53,85 @@ def test_a_truncated_frame_is_refused(frame: p.Frame, data: st.DataObject) -> No
     message = p.encode(frame)
     if isinstance(frame, p.Data):
         return  # a DATA frame's payload is the rest of the message: any cut is a shorter chunk
-    cut = data.draw(st.integers(0, len(message) - 1))
+    # nor is an inline body's (OPEN's, REPLY's): cut inside the fields before it
+    cut = data.draw(st.integers(0, len(message) - len(_inline(frame)) - 1))
     with pytest.raises(MalformedFrame):
         p.decode(message[:cut])
 
 
-@given(frames.filter(lambda f: not isinstance(f, p.Data)), st.binary(min_size=1, max_size=8))
+def _inline(frame: p.Frame) -> bytes:
+    """The frame's inline body, the rest of its message (b"": none)."""
+    if isinstance(frame, p.Reply):
+        return frame.body
+    if isinstance(frame, p.Open) and frame.body is not None:
+        return frame.body
+    return b""
+
+
+def _ends_in_a_body(frame: p.Frame) -> bool:
+    return isinstance(frame, p.Data | p.Reply) or (
+        isinstance(frame, p.Open) and frame.body is not None
+    )
+
+
+@given(frames.filter(lambda f: not _ends_in_a_body(f)), st.binary(min_size=1, max_size=8))
 def test_trailing_bytes_are_refused(frame: p.Frame, extra: bytes) -> None:
     with pytest.raises(MalformedFrame, match="after the fields"):
         p.decode(p.encode(frame) + extra)
+
+
+def test_a_reply_is_status_headers_and_the_whole_body() -> None:
+    message = p.encode_reply(9, 201, [("content-type", "text/plain")], b"done")
+    assert message[: p.HEADER.size] == p.HEADER.pack(p.Kind.REPLY, 9)
+    assert message.endswith(b"done")
+    assert p.decode(message) == p.Reply(9, 201, (("content-type", "text/plain"),), b"done")
+    assert p.decode(p.encode_reply(9, 204, [], b"")) == p.Reply(9, 204, (), b"")
+
+
+def test_an_open_carries_its_whole_body_inline_or_says_data_follows() -> None:
+    inline = p.decode(p.encode_open(3, "att", "POST", "/v1", [("a", "b")], False, b"{}"))
+    assert isinstance(inline, p.Open)
+    assert (inline.body, inline.has_body) == (b"{}", False)
+    empty = p.decode(p.encode_open(3, "att", "POST", "/v1", [], False, b""))
+    assert isinstance(empty, p.Open) and empty.body == b""
+    streamed = p.decode(p.encode_open(3, "att", "POST", "/v1", [], True))
+    assert isinstance(streamed, p.Open) and (streamed.body, streamed.has_body) == (None, True)
+    with pytest.raises(MalformedFrame, match="both inline and in DATA"):
+        p.encode_open(3, "att", "POST", "/v1", [], True, b"x")
+
+
+def test_inline_bodies_are_bounded_both_ways() -> None:
+    big = bytes(p.INLINE_MAX + 1)
+    with pytest.raises(MalformedFrame, match="inline body"):
+        p.encode_reply(1, 200, [], big)
+    with pytest.raises(MalformedFrame, match="inline body"):
+        p.encode_open(1, "a", "POST", "/", [], False, big)
+    fits = p.encode_reply(1, 200, [], bytes(p.INLINE_MAX))
+    assert p.decode(fits) == p.Reply(1, 200, (), bytes(p.INLINE_MAX))
+    with pytest.raises(MalformedFrame, match="inline body") as info:
+        p.decode(fits + b"x")
+    assert info.value.field == "body"
+    # fields over their bound are refused even where an inline body may follow them
+    fat = [("x" * 50, "v" * 250)] * 250  # 76,000 bytes of fields
+    opening = b"\x00" + struct.pack("!H", 1) + b"a" + struct.pack("!H", 3) + b"GET"
+    opening += struct.pack("!H", 1) + b"/"
+    for kind, fields in [
+        (p.Kind.REPLY, struct.pack("!H", 200)),
+        (p.Kind.OPEN, opening),  # no inline body
+        (p.Kind.OPEN, b"\x02" + opening[1:]),  # an empty inline body
+    ]:
+        raw = p.HEADER.pack(kind, 1) + fields + _raw_headers(fat)
+        assert len(raw) - p.HEADER.size > p.MAX_FIELDS
+        with pytest.raises(MalformedFrame, match="fields over") as info:
+            p.decode(raw)
+        assert info.value.field == "headers"
+
+
+def _raw_headers(headers: list[tuple[str, str]]) -> bytes:
+    out = struct.pack("!H", min(len(headers), p.MAX_HEADERS))
+    for k, v in headers[: p.MAX_HEADERS]:
+        out += struct.pack("!H", len(k)) + k.encode() + struct.pack("!H", len(v)) + v.encode()
+    return out
 
 
 @given(st.binary(max_size=300))
@@ -69,7 +153,8 @@ def test_data_frames_are_the_header_and_the_payload_only() -> None:
         (b"", "frame"),
         (bytes([p.Kind.END]) + struct.pack("!I", 0), "stream"),  # stream 0
         (bytes([99]) + struct.pack("!I", 1), "kind"),
-        (p.HEADER.pack(p.Kind.OPEN, 1) + b"\x02", "flags"),  # unknown flag
+        (p.HEADER.pack(p.Kind.OPEN, 1) + b"\x04", "flags"),  # unknown flag
+        (p.HEADER.pack(p.Kind.OPEN, 1) + b"\x03", "flags"),  # inline and in DATA frames
         (p.HEADER.pack(p.Kind.RESPONSE, 1) + struct.pack("!HH", 700, 0), "status"),
         (p.HEADER.pack(p.Kind.WINDOW, 1) + struct.pack("!I", 0), "credit"),
         (p.HEADER.pack(p.Kind.RESPONSE, 1) + struct.pack("!HH", 200, 1000), "headers"),

@@ -10,7 +10,9 @@ from starlette.websockets import WebSocketDisconnect
 from gpunet.errors import GpunetError, MalformedFrame
 from gpunet.services.auth import Principal
 from gpunet.services.runtime import Runtime
+from gpunet.tunnel import protocol as p
 from gpunet.tunnel.flow import Closed
+from gpunet.tunnel.hub import version_of
 
 router = APIRouter(tags=["agent"])
 
@@ -66,5 +68,6 @@ async def tunnel(ws: WebSocket) -> None:
     if node_id is None:
         await ws.close(POLICY_VIOLATION, "a node token is required")
         return
-    await ws.accept()
-    await rt.tunnels.serve(node_id, WebSocketChannel(ws))
+    version = version_of(ws.headers.get(p.VERSION_HEADER))
+    await ws.accept(headers=[(p.VERSION_HEADER.lower().encode(), str(version).encode())])
+    await rt.tunnels.serve(node_id, WebSocketChannel(ws), version)
