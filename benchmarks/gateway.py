@@ -204,6 +204,25 @@ def scale_up(n: Network, url: str, step: int, trials: int) -> dict[str, Any]:
     return {"trials_s": [round(x, 2) for x in times], "p50_s": statistics.median(times)}
 
 
+def network(root: Path) -> Network:
+    """A network (not started yet) whose files and SQLite database live in ``root``."""
+    return Network(root, f"sqlite:///{root / 'gpunet.db'}", lease_timeout=10.0)
+
+
+def noop_service(n: Network, root: Path) -> tuple[str, str]:
+    """Start ``n``'s coordinator and one agent and deploy the no-op service ``noop``: the
+    replica's direct URL and the gateway's URL for it."""
+    n.start_coordinator()
+    n.owner = n.token("provider", "owner")
+    n.start_agent("a1", "4xA100-80GB", n.owner, extra=["--accept-unisolated-jobs"])
+    n.user = n.token("consumer", "alice")
+    n.wait_online(1)
+    _deploy(n, root, "noop", "service: {replicas: {min: 1, max: 1}}\n")
+    d = _ready(n, "noop", 1)
+    port = _replica_port(n, d["replicas"][0]["job_id"])
+    return f"http://127.0.0.1:{port}/", f"{n.url}/services/noop/"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=6)
@@ -220,17 +239,9 @@ def main() -> None:
         a.rounds, a.block, a.seconds, a.rate_rounds, a.trials = 2, 50, 1.0, 2, 1
     with tempfile.TemporaryDirectory(prefix="gpunet-gw-") as tmp:
         root = Path(tmp)
-        n = Network(root, f"sqlite:///{root / 'gpunet.db'}", lease_timeout=10.0)
+        n = network(root)
         try:
-            n.start_coordinator()
-            n.owner = n.token("provider", "owner")
-            n.start_agent("a1", "4xA100-80GB", n.owner, extra=["--accept-unisolated-jobs"])
-            n.user = n.token("consumer", "alice")
-            n.wait_online(1)
-            _deploy(n, root, "noop", "service: {replicas: {min: 1, max: 1}}\n")
-            d = _ready(n, "noop", 1)
-            port = _replica_port(n, d["replicas"][0]["job_id"])
-            direct, gateway = f"http://127.0.0.1:{port}/", f"{n.url}/services/noop/"
+            direct, gateway = noop_service(n, root)
             result: dict[str, Any] = {
                 "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
                 f"Python {platform.python_version()}",

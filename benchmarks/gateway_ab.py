@@ -27,25 +27,9 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gateway import _deploy, _ready, _replica_port, pct  # noqa: E402
+from gateway import network, noop_service, pct  # noqa: E402
 
 from tests.e2e.procs import Network  # noqa: E402
-
-
-def _start(tree: Path, root: Path) -> tuple[Network, str, str]:
-    """A network running the code of source tree ``tree``: it, the direct URL, the
-    gateway's URL."""
-    os.environ["PYTHONPATH"] = f"{tree / 'src'}{os.pathsep}{tree}"  # the network's processes
-    n = Network(root, f"sqlite:///{root / 'gpunet.db'}", lease_timeout=10.0)
-    n.start_coordinator()
-    n.owner = n.token("provider", "owner")
-    n.start_agent("a1", "4xA100-80GB", n.owner, extra=["--accept-unisolated-jobs"])
-    n.user = n.token("consumer", "alice")
-    n.wait_online(1)
-    _deploy(n, root, "noop", "service: {replicas: {min: 1, max: 1}}\n")
-    d = _ready(n, "noop", 1)
-    port = _replica_port(n, d["replicas"][0]["job_id"])
-    return n, f"http://127.0.0.1:{port}/", f"{n.url}/services/noop/"
 
 
 def main() -> None:
@@ -63,8 +47,12 @@ def main() -> None:
         try:
             for tag, tree in (("old", a.old), ("new", a.new)):
                 (Path(tmp) / tag).mkdir()
-                n, direct, gateway = _start(tree.resolve(), Path(tmp) / tag)
+                # the network's processes run the code of this source tree
+                root = tree.resolve()
+                os.environ["PYTHONPATH"] = f"{root / 'src'}{os.pathsep}{root}"
+                n = network(Path(tmp) / tag)
                 nets.append(n)
+                direct, gateway = noop_service(n, Path(tmp) / tag)
                 auth = {"Authorization": f"Bearer {n.user}"}
                 clients[f"{tag} direct"] = (httpx.Client(timeout=30), direct)
                 clients[f"{tag} gateway"] = (httpx.Client(timeout=30, headers=auth), gateway)

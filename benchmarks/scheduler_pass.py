@@ -34,6 +34,7 @@ import argparse
 import contextlib
 import json
 import statistics
+import sys
 import tempfile
 import time
 import uuid
@@ -48,7 +49,10 @@ from sqlalchemy import create_engine, event, insert, select, text, update
 from gpunet.core import ledger as L
 from gpunet.services import billing, scheduling
 from gpunet.store.db import Database, normalize_url
-from gpunet.store.tables import Account, AccountQuota, Attempt, Gpu, Job, JobEvent, Node
+from gpunet.store.tables import Account, AccountQuota, Attempt, Job
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests import rows  # noqa: E402
 
 NODES = 4
 GPUS_PER_NODE = 4
@@ -75,54 +79,12 @@ def populate(db: Database, queued: int) -> None:
             )
         )
         for n in range(NODES):
-            nid = f"node{n}"
-            s.add(
-                Node(
-                    id=nid,
-                    name=nid,
-                    account_id="acct_owner",
-                    registered_at=at,
-                    last_heartbeat_at=at,
-                    simulated=True,
-                    accepts_unisolated=True,
-                )
-            )
-            s.flush()
-            for i in range(GPUS_PER_NODE):
-                s.add(
-                    Gpu(
-                        id=f"{nid}/{i}",
-                        node_id=nid,
-                        index=i,
-                        uuid=f"GPU-{nid}-{i}",
-                        model="A100-80GB",
-                        name="Simulated A100-80GB",
-                        memory_mb=80_000,
-                        cc_major=8,
-                        cc_minor=0,
-                        simulated=True,
-                        price_per_hour=Decimal("2"),
-                    )
-                )
+            rows.add_node(s, f"node{n}", GPUS_PER_NODE, at)
         s.flush()
         billing.post(s, L.grant("acct_user", Decimal("1000000"), "grant:bench"))
         spec = {"name": "bench", "command": ["true"], "resources": {"gpus": 1}}
         for k in range(queued):
-            jid = f"job{k:06d}"
-            s.add(
-                Job(
-                    id=jid,
-                    account_id="acct_user",
-                    name="bench",
-                    spec=spec,
-                    state="queued",
-                    priority=0,
-                    gpu_count=1,
-                    max_retries=0,
-                    created_at=at + timedelta(seconds=k),
-                )
-            )
-            s.add(JobEvent(job_id=jid, from_state=None, to_state="queued", at=at, reason="b"))
+            rows.add_queued_job(s, f"job{k:06d}", at + timedelta(seconds=k), spec)
 
 
 @contextlib.contextmanager
@@ -213,23 +175,7 @@ def steady_run(kind: str, pg_url: str, queued: int, k: int, rounds: int) -> dict
                 jobs = [a for (a,) in s.execute(select(Attempt.job_id).where(Attempt.id.in_(done)))]
                 s.execute(update(Job).where(Job.id.in_(jobs)).values(state="succeeded"))
                 for j in range(k):
-                    jid = f"new{r:04d}-{j:04d}"
-                    s.add(
-                        Job(
-                            id=jid,
-                            account_id="acct_user",
-                            name="bench",
-                            spec=spec,
-                            state="queued",
-                            priority=0,
-                            gpu_count=1,
-                            max_retries=0,
-                            created_at=at,
-                        )
-                    )
-                    s.add(
-                        JobEvent(job_id=jid, from_state=None, to_state="queued", at=at, reason="b")
-                    )
+                    rows.add_queued_job(s, f"new{r:04d}-{j:04d}", at, spec)
             counter.n = 0
             t, c = time.perf_counter(), time.process_time()
             res = scheduling.tick(db, "default", terms)

@@ -19,7 +19,7 @@ import textwrap
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -31,6 +31,7 @@ from gpunet.store.tables import Attempt, AttemptCharge
 from tests.conftest import only_on
 from tests.e2e.procs import (
     Network,
+    Proc,
     alive,
     ancestors,
     environ_var,
@@ -150,6 +151,40 @@ def net(tmp_path: Path, db_url: str) -> Iterator[tuple[Network, dict[str, Gate]]
                 g.close()
 
 
+def _delivered_while_frozen(
+    n: Network,
+    agent: Proc,
+    gate: Gate,
+    attempt: Callable[[], Attempt],
+    shut_at: float,
+    job_id: str,
+    attempt_id: str,
+) -> None:
+    """Freeze ``agent`` with the attempt's finish report inside it and let the coordinator be
+    reached again: its watchdog delivers the success before the lease lapses (counted from
+    ``shut_at``, when the agent was cut off), and, frozen well past the lease, no retry runs."""
+    os.kill(agent.p.pid, signal.SIGSTOP)
+    try:
+        gate.open()
+        done = wait_for(
+            lambda: (a := attempt()).state == "succeeded" and a,
+            LEASE,
+            "the frozen agent's attempt to succeed",
+        )
+        assert time.monotonic() - shut_at < LEASE, "delivered after the lease lapsed"
+        assert done.exit_code == 0
+        # frozen well past the lease: a retry would have been placed and run by now
+        time.sleep(max(0.0, 2 * LEASE - (time.monotonic() - shut_at)))
+    finally:
+        os.kill(agent.p.pid, signal.SIGCONT)
+    shown = n.cli_json(n.user, "jobs", "show", job_id)
+    assert shown["state"] == "succeeded"
+    assert [(a["id"], a["state"], a["exit_code"]) for a in shown["attempts"]] == [
+        (attempt_id, "succeeded", 0)
+    ]
+    assert "delivered the finish report of attempt " + attempt_id in agent.output()
+
+
 @only_on("postgres")  # the other: SQLite
 def test_a_finish_journaled_by_a_frozen_agent_is_delivered_by_its_watchdog(
     net: tuple[Network, dict[str, Gate]], tmp_path: Path
@@ -198,27 +233,7 @@ def test_a_finish_journaled_by_a_frozen_agent_is_delivered_by_its_watchdog(
             "the finish report in the agent's journal",
             every=0.02,
         )
-        os.kill(agent.p.pid, signal.SIGSTOP)  # frozen with the report inside it
-        try:
-            gate.open()
-            # the watchdog delivers it while the agent is frozen, before the lease lapses
-            done = wait_for(
-                lambda: (a := attempt()).state == "succeeded" and a,
-                LEASE,
-                "the frozen agent's attempt to succeed",
-            )
-            assert time.monotonic() - shut_at < LEASE, "delivered after the lease lapsed"
-            assert done.exit_code == 0
-            # frozen well past the lease: a retry would have been placed and run by now
-            time.sleep(max(0.0, 2 * LEASE - (time.monotonic() - shut_at)))
-        finally:
-            os.kill(agent.p.pid, signal.SIGCONT)
-        shown = n.cli_json(n.user, "jobs", "show", job_id)
-        assert shown["state"] == "succeeded"
-        assert [(a["id"], a["state"], a["exit_code"]) for a in shown["attempts"]] == [
-            (attempt_id, "succeeded", 0)
-        ]
-        assert "delivered the finish report of attempt " + attempt_id in agent.output()
+        _delivered_while_frozen(n, agent, gate, attempt, shut_at, job_id, attempt_id)
         # the thawed agent sends the output it held (taken after the finish) and its own
         # finish, refused as a repeat: nothing runs or is billed again
         wait_for(lambda: "ran" in n.cli(n.user, "logs", job_id).stdout, 20, "the job's output")
@@ -318,25 +333,7 @@ def test_a_success_is_journaled_when_the_job_exits_not_when_its_output_ends(
             "the success in the agent's journal while the job's output is still open",
             every=0.02,
         )
-        os.kill(agent.p.pid, signal.SIGSTOP)
-        try:
-            gate.open()
-            done = wait_for(
-                lambda: (a := attempt()).state == "succeeded" and a,
-                LEASE,
-                "the frozen agent's attempt to succeed",
-            )
-            assert time.monotonic() - shut_at < LEASE, "delivered after the lease lapsed"
-            assert done.exit_code == 0
-            time.sleep(max(0.0, 2 * LEASE - (time.monotonic() - shut_at)))
-        finally:
-            os.kill(agent.p.pid, signal.SIGCONT)
-        shown = n.cli_json(n.user, "jobs", "show", job_id)
-        assert shown["state"] == "succeeded"
-        assert [(a["id"], a["state"], a["exit_code"]) for a in shown["attempts"]] == [
-            (attempt_id, "succeeded", 0)
-        ]
-        assert "delivered the finish report of attempt " + attempt_id in agent.output()
+        _delivered_while_frozen(n, agent, gate, attempt, shut_at, job_id, attempt_id)
         events = n.cli_json(n.user, "jobs", "events", job_id)
         assert not [e for e in events if "duplicate" in e["reason"]], events
         ledger = n.cli(n.admin, "ledger", "verify")

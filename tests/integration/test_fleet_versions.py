@@ -21,7 +21,8 @@ from gpunet.services import billing, changes, scheduling
 from gpunet.services.fleet import fleet_snapshot, holders, with_reliability
 from gpunet.services.pass_cache import PassCache, cache_for
 from gpunet.store.db import Database
-from gpunet.store.tables import Account, Attempt, Gpu, Job, JobEvent, Node
+from gpunet.store.tables import Account, Attempt, Gpu, Job, Node
+from tests import rows
 
 AT = datetime(2026, 12, 1, tzinfo=UTC)
 SPEC = {"name": "t", "command": ["true"], "resources": {"gpus": 1}}
@@ -45,52 +46,11 @@ def store(url: str) -> Iterator[Database]:
 
 
 def add_node(s: Session, nid: str, gpus: int) -> None:
-    s.add(
-        Node(
-            id=nid,
-            name=nid,
-            account_id="acct_owner",
-            registered_at=AT,
-            last_heartbeat_at=AT,
-            simulated=True,
-            accepts_unisolated=True,
-        )
-    )
-    s.flush()
-    for i in range(gpus):
-        s.add(
-            Gpu(
-                id=f"{nid}/{i}",
-                node_id=nid,
-                index=i,
-                uuid=f"GPU-{nid}-{i}",
-                model="A100-80GB",
-                name="Simulated A100-80GB",
-                memory_mb=80_000,
-                cc_major=8,
-                cc_minor=0,
-                simulated=True,
-                price_per_hour=Decimal("2"),
-            )
-        )
-    s.flush()
+    rows.add_node(s, nid, gpus, AT)
 
 
 def submit(s: Session, jid: str) -> None:
-    s.add(
-        Job(
-            id=jid,
-            account_id="acct_user",
-            name="t",
-            spec=SPEC,
-            state="queued",
-            gpu_count=1,
-            max_retries=0,
-            created_at=AT,
-        )
-    )
-    s.flush()
-    s.add(JobEvent(job_id=jid, from_state=None, to_state="queued", at=AT, reason="t"))
+    rows.add_queued_job(s, jid, AT, SPEC)
 
 
 def start(s: Session, jid: str, gid: str) -> None:
