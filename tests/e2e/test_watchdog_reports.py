@@ -151,6 +151,19 @@ def net(tmp_path: Path, db_url: str) -> Iterator[tuple[Network, dict[str, Gate]]
                 g.close()
 
 
+def _submit(n: Network, tmp_path: Path, name: str, program: str, go: Path, marker: str) -> str:
+    """Submit ``program`` (Python; it waits for the file ``go``, ``marker`` in its argv)."""
+    spec = tmp_path / "job.yaml"
+    spec.write_text(
+        textwrap.dedent(f"""\
+        name: {name}
+        command: ["python3", "-c", {json.dumps(program)}, "{go}", "{marker}"]
+        max_retries: 3
+        """)
+    )
+    return str(n.cli_json(n.user, "submit", str(spec))["id"])
+
+
 def _delivered_while_frozen(
     n: Network,
     agent: Proc,
@@ -192,15 +205,7 @@ def test_a_finish_journaled_by_a_frozen_agent_is_delivered_by_its_watchdog(
     n, gates = net
     marker = f"wdr-{uuid.uuid4().hex[:8]}"
     go = tmp_path / "go"
-    spec = tmp_path / "job.yaml"
-    spec.write_text(
-        textwrap.dedent(f"""\
-        name: finished-then-frozen
-        command: ["python3", "-c", {json.dumps(JOB)}, "{go}", "{marker}"]
-        max_retries: 3
-        """)
-    )
-    job_id = str(n.cli_json(n.user, "submit", str(spec))["id"])
+    job_id = _submit(n, tmp_path, "finished-then-frozen", JOB, go, marker)
     [pid] = wait_for(
         lambda: [p for p in host_pids_with(marker) if alive(p)], 45, "the job to run", every=0.02
     )
@@ -284,15 +289,7 @@ def test_a_success_is_journaled_when_the_job_exits_not_when_its_output_ends(
     n, gates = net
     marker = f"wdx-{uuid.uuid4().hex[:8]}"
     go = tmp_path / "go"
-    spec = tmp_path / "job.yaml"
-    spec.write_text(
-        textwrap.dedent(f"""\
-        name: exited-then-frozen
-        command: ["python3", "-c", {json.dumps(JOB_WITH_DAEMON)}, "{go}", "{marker}"]
-        max_retries: 3
-        """)
-    )
-    job_id = str(n.cli_json(n.user, "submit", str(spec))["id"])
+    job_id = _submit(n, tmp_path, "exited-then-frozen", JOB_WITH_DAEMON, go, marker)
     pids = wait_for(
         lambda: (ps := [p for p in host_pids_with(marker) if alive(p)]) and len(ps) == 2 and ps,
         45,
