@@ -263,13 +263,27 @@ class Network:
 
     def api(self, token: str, path: str) -> Any:
         """GET ``path`` from the coordinator's API with ``token``: the JSON answer (what the
-        CLI's ``--json`` prints untouched), for polling in bounded waits."""
-        r = httpx.get(
-            self.url + path,
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=10,
-            verify=self.verify,
-        )
+        CLI's ``--json`` prints untouched), for polling in bounded waits. With several
+        coordinator URLs (replicas), the first that answers, as the CLI fails over."""
+
+        def get(base: str) -> httpx.Response:
+            return httpx.get(
+                base + path,
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=10,
+                verify=self.verify,
+            )
+
+        *others, last = self.url.split(",")
+        for base in others:
+            try:
+                r = get(base)
+            except httpx.TransportError:
+                continue
+            if r.status_code not in (502, 503):
+                break
+        else:
+            r = get(last)
         r.raise_for_status()
         return r.json()
 
