@@ -335,11 +335,22 @@ def test_one_tunnel_to_each_coordinator_url() -> None:
             uvicorn.Config(other, host="127.0.0.1", port=port, log_level="warning")
         )
         serving = asyncio.create_task(server.serve())
+        # the stack's own client holds this node's tunnel to the first coordinator: a second
+        # client with the node's token would take it over, and be taken over in turn
+        st.client.stop()
+        await eventually(lambda: not st.hub.connected(st.node_id), "the stack's tunnel closed")
         both = TunnelClient([st.base, second], st.node_token, True, st.ports.get)
         running = asyncio.create_task(both.run())
         try:
             hubs = (st.hub, other.state.runtime.tunnels)
-            await eventually(lambda: both.connected(second) and both.connected(st.base), "both")
+            await eventually(
+                lambda: (
+                    all(h.connected(st.node_id) for h in hubs)
+                    and both.connected(second)
+                    and both.connected(st.base)
+                ),
+                "both",
+            )
             for hub in hubs:
                 res = await hub.request(st.node_id, "att-1", "GET", "/noop")
                 assert await res.read() == b"ok"
