@@ -111,6 +111,24 @@ def store(kind: str, pg_url: str) -> Iterator[Database]:
         admin.dispose()
 
 
+def timed_tick(
+    db: Database,
+    terms: billing.Terms,
+    counter: StatementCounter,
+    wall: list[float],
+    cpu: list[float],
+    statements: list[int],
+) -> scheduling.TickResult:
+    """One scheduler pass; its wall time, CPU time and statement count appended."""
+    counter.n = 0
+    t, c = time.perf_counter(), time.process_time()
+    res = scheduling.tick(db, "default", terms)
+    wall.append(time.perf_counter() - t)
+    cpu.append(time.process_time() - c)
+    statements.append(counter.n)
+    return res
+
+
 def fill(db: Database) -> list[str]:
     """Every GPU busy with a running one-GPU attempt; returns the attempt ids."""
     at = datetime.now(UTC) - timedelta(minutes=4)
@@ -150,7 +168,7 @@ def fill(db: Database) -> list[str]:
     with db.transaction() as s:
         s.execute(insert(Job), jobs)
         s.execute(insert(Attempt), attempts)
-    return [a["id"] for a in attempts]
+    return [str(a["id"]) for a in attempts]
 
 
 def steady_run(kind: str, pg_url: str, queued: int, k: int, rounds: int) -> dict[str, Any]:
@@ -162,7 +180,10 @@ def steady_run(kind: str, pg_url: str, queued: int, k: int, rounds: int) -> dict
         terms = billing.Terms()
         scheduling.tick(db, "default", terms)  # warms the caches; every GPU is busy
         spec = {"name": "bench", "command": ["true"], "resources": {"gpus": 1}}
-        ns, ss, cs, placed = [], [], [], []
+        ns: list[int] = []
+        ss: list[float] = []
+        cs: list[float] = []
+        placed: list[int] = []
         for r in range(rounds):
             done, running = running[:k], running[k:]
             at = datetime.now(UTC)
@@ -176,22 +197,14 @@ def steady_run(kind: str, pg_url: str, queued: int, k: int, rounds: int) -> dict
                 s.execute(update(Job).where(Job.id.in_(jobs)).values(state="succeeded"))
                 for j in range(k):
                     rows.add_queued_job(s, f"new{r:04d}-{j:04d}", at, spec)
-            counter.n = 0
-            t, c = time.perf_counter(), time.process_time()
-            res = scheduling.tick(db, "default", terms)
-            ss.append(time.perf_counter() - t)
-            cs.append(time.process_time() - c)
-            ns.append(counter.n)
+            res = timed_tick(db, terms, counter, ss, cs, ns)
             placed.append(len(res.assigned))
             running += res.assigned
-        idle_n, idle_s, idle_c = [], [], []
+        idle_n: list[int] = []
+        idle_s: list[float] = []
+        idle_c: list[float] = []
         for _ in range(5):  # nothing changed since the last pass
-            counter.n = 0
-            t, c = time.perf_counter(), time.process_time()
-            assert not scheduling.tick(db, "default", terms).assigned
-            idle_s.append(time.perf_counter() - t)
-            idle_c.append(time.process_time() - c)
-            idle_n.append(counter.n)
+            assert not timed_tick(db, terms, counter, idle_s, idle_c, idle_n).assigned
         return {
             "idle_statements": statistics.median(idle_n),
             "idle_ms": statistics.median(idle_s) * 1000,
@@ -218,12 +231,7 @@ def one_run(kind: str, pg_url: str, queued: int, idle_passes: int) -> dict[str, 
         idle_s: list[float] = []
         idle_cpu: list[float] = []
         for _ in range(idle_passes):
-            counter.n = 0
-            t, c = time.perf_counter(), time.process_time()
-            again = scheduling.tick(db, "default", terms)
-            idle_s.append(time.perf_counter() - t)
-            idle_cpu.append(time.process_time() - c)
-            idle_n.append(counter.n)
+            again = timed_tick(db, terms, counter, idle_s, idle_cpu, idle_n)
             assert not again.assigned, "an idle pass placed a job"
         # the placed attempts end (state only: no settlement), freeing every GPU; the next
         # pass places again with warm caches, as a busy coordinator does

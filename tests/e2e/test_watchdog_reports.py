@@ -151,6 +151,23 @@ def net(tmp_path: Path, db_url: str) -> Iterator[tuple[Network, dict[str, Gate]]
                 g.close()
 
 
+def _running(
+    n: Network, db: Database, attempt_id: str, pid: int
+) -> tuple[Callable[[], Attempt], str]:
+    """Wait until the attempt runs: a reader of its row, and the name of the agent whose
+    job ``pid`` is."""
+
+    def attempt() -> Attempt:
+        with db.sessions() as s:
+            att = s.get(Attempt, attempt_id)
+            assert att is not None
+            s.expunge(att)
+            return att
+
+    wait_for(lambda: attempt().state == "running", 10, "the attempt to be running")
+    return attempt, next(x for x, a in n.agents.items() if a.p.pid in ancestors(pid))
+
+
 def _submit(n: Network, tmp_path: Path, name: str, program: str, go: Path, marker: str) -> str:
     """Submit ``program`` (Python; it waits for the file ``go``, ``marker`` in its argv)."""
     spec = tmp_path / "job.yaml"
@@ -213,16 +230,7 @@ def test_a_finish_journaled_by_a_frozen_agent_is_delivered_by_its_watchdog(
     assert attempt_id is not None
     db = Database(n.db_url)
     try:
-
-        def attempt() -> Attempt:
-            with db.sessions() as s:
-                att = s.get(Attempt, attempt_id)
-                assert att is not None
-                s.expunge(att)
-                return att
-
-        wait_for(lambda: attempt().state == "running", 10, "the attempt to be running")
-        name = next(x for x, a in n.agents.items() if a.p.pid in ancestors(pid))
+        attempt, name = _running(n, db, attempt_id, pid)
         agent, gate, home = n.agents[name], gates[name], n.root / f"agent-{name}"
 
         # the agent can no longer reach the coordinator; the job ends now: its finish report
@@ -301,16 +309,7 @@ def test_a_success_is_journaled_when_the_job_exits_not_when_its_output_ends(
     db = Database(n.db_url)
     agent = None
     try:
-
-        def attempt() -> Attempt:
-            with db.sessions() as s:
-                att = s.get(Attempt, attempt_id)
-                assert att is not None
-                s.expunge(att)
-                return att
-
-        wait_for(lambda: attempt().state == "running", 10, "the attempt to be running")
-        name = next(x for x, a in n.agents.items() if a.p.pid in ancestors(pids[0]))
+        attempt, name = _running(n, db, attempt_id, pids[0])
         agent, gate, home = n.agents[name], gates[name], n.root / f"agent-{name}"
 
         gate.shut()  # the finish cannot leave the agent: it stays in the journal

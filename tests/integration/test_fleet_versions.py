@@ -168,6 +168,14 @@ def fresh(s: Session) -> tuple[Any, ...]:
 RELIABILITY = {"node0": 0.91, "node1": 0.5, "node9": 0.333}
 
 
+def warmed(db: Database) -> PassCache:
+    """A pass cache that has read the store once."""
+    cache = PassCache()
+    with db.sessions() as s:
+        kept(cache, s)
+    return cache
+
+
 def test_what_a_pass_keeps_equals_a_full_read_after_every_write(db_url: str) -> None:
     with store(db_url) as db:
         cache = PassCache()
@@ -191,9 +199,7 @@ def test_what_a_pass_keeps_equals_a_full_read_after_every_write(db_url: str) -> 
 
 def test_writes_the_pass_does_not_see_move_no_version(db_url: str) -> None:
     with store(db_url) as db:
-        cache = PassCache()
-        with db.sessions() as s:
-            kept(cache, s)
+        cache = warmed(db)
         with db.transaction() as s:
             telemetry("node0/0", temperature_c=80.0, utilization_pct=50.0)(s)
             node_set("node0", last_heartbeat_at=datetime.now(UTC))(s)
@@ -283,9 +289,7 @@ def test_the_leader_places_nothing_on_a_gpu_a_follower_drained(db_url: str) -> N
 
 def test_rows_read_after_a_write_that_rolls_back_are_not_kept(db_url: str) -> None:
     with store(db_url) as db:
-        cache = PassCache()
-        with db.sessions() as s:
-            kept(cache, s)
+        cache = warmed(db)
         with db.sessions() as s:
             gpu_set("node0/0", drained=True)(s)
             submit(s, "j1")
@@ -303,9 +307,7 @@ def test_rows_read_after_a_write_that_rolls_back_are_not_kept(db_url: str) -> No
 
 def test_the_pass_sees_its_own_writes_under_its_locks(db_url: str) -> None:
     with store(db_url) as db:
-        cache = PassCache()
-        with db.sessions() as s:
-            kept(cache, s)
+        cache = warmed(db)
         with db.sessions() as s:
             submit(s, "j1")
             start(s, "j1", "node1/1")
