@@ -222,7 +222,11 @@ def test_each_member_is_billed_and_a_lost_member_is_refunded(co: Coordinator) ->
             c.attempt_id: c
             for c in s.scalars(select(AttemptCharge).where(AttemptCharge.job_id == job["id"]))
         }
-    assert set(charges) == {a0["attempt_id"], a1["attempt_id"]}
+    # The lost gang is queued again and may already be placed anew: those members are held, not
+    # settled; only the first two attempts' charges are this test's subject.
+    first = {a0["attempt_id"], a1["attempt_id"]}
+    assert first <= set(charges), charges
+    assert all(c.settled_at is None for a, c in charges.items() if a not in first)
     lost, stopped = charges[a1["attempt_id"]], charges[a0["attempt_id"]]
     assert lost.outcome == "lost" and lost.charged == 0
     assert stopped.outcome == "cancelled" and stopped.settled_at is not None
