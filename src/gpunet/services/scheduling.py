@@ -110,7 +110,9 @@ def tick(
             hold_hours=terms.hold_hours,
             account_usage=cache.usage(s, clock, half_life_s),
         )
-        p = plan(snapshot, [*pending, *preemptible.values()], policy)
+        p = plan(
+            snapshot, [*pending, *preemptible.values()], policy, max_starts=MAX_STARTS_PER_PASS
+        )
         p = _avoid_bad_pairs(s, p, snapshot, reqs, policy)
         if fence is not None:
             fence(s)
@@ -149,6 +151,7 @@ def _apply(
         by_job[h.job_id].append(h)
     _preempt(s, p, reqs, by_job, result)
     starts = [pl for pl in p.placements if pl.job_id not in by_job]  # kept jobs stay as they are
+    result.more = p.capped  # the plan left jobs unconsidered: the next pass runs at once
     if not starts:
         return
     if len(starts) > MAX_STARTS_PER_PASS:  # the plan's order: its first choices start now

@@ -204,3 +204,5 @@ class Plan:
     # preempted job id -> the job placed on (some of) the GPUs it held, where one is
     preempted_for: dict[str, str] = field(default_factory=dict)
     explanations: dict[str, Explanation] = field(default_factory=dict)
+    # ``plan(max_starts=...)`` left jobs that could have been considered for a later plan
+    capped: bool = False

@@ -608,13 +608,23 @@ def _describe_gang(pl: _Planner, job: JobRequest) -> str:
 
 
 def plan(
-    snapshot: Snapshot, pending: Sequence[JobRequest], policy: str = "fifo", *, seed: int = 0
+    snapshot: Snapshot,
+    pending: Sequence[JobRequest],
+    policy: str = "fifo",
+    *,
+    seed: int = 0,
+    max_starts: int | None = None,
 ) -> Plan:
     """Decide which pending jobs start on which free GPUs (and, for jobs that hold GPUs, which
     keep them). Pure: the result depends only on the arguments.
 
     A job with ``running_on`` set may be kept in place, moved, or stopped; a stopped or moved job
     is listed in ``Plan.preemptions`` (a moved job also has its new placement).
+
+    ``max_starts``: once that many jobs that hold no GPUs are placed, later ones are not
+    considered (``Plan.capped``; they keep a short explanation) while jobs that hold GPUs still
+    are, so none is stopped for want of a look. A caller that applies only so many starts per
+    plan then pays for what it applies, not for the whole queue.
     """
     pol = get_policy(policy)
     reclaim = frozenset(g for j in pending for g in j.running_on)
@@ -632,6 +642,7 @@ def plan(
     # the speed-aware order (policies with an index, not under the live rule): see _Queue
     queue = _Queue(pl, order, pol.index(pending, snapshot)) if pol.index and held is None else None
     done: list[JobRequest] = []  # the jobs in the order they were decided
+    starts = 0  # placed jobs that held no GPUs
     i = 0
     while True:
         if queue is not None:
@@ -656,6 +667,12 @@ def plan(
                 result.explanations[rest.id] = exp
             done += rests
             break
+        if max_starts is not None and starts >= max_starts and not job.running_on:
+            result.explanations[job.id] = Explanation(
+                job.id, pl.index.total, 0, {}, note=f"not considered: {max_starts} starts planned"
+            )
+            result.capped = True
+            continue
         if held is not None:
             exp, best = held.choose(pl, job, admit)
         else:
@@ -682,6 +699,7 @@ def plan(
         if admit is not None:
             admit.commit_rate(job, *pl.rate(job, best))
         placed.append((job, ci, node, gpus, pk, lc))
+        starts += not job.running_on
     order = done
     if pol.match_types and reclaim and held is None:
         placed = _keep_in_place(pl, snapshot, reclaim, placed)
