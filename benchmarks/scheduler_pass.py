@@ -6,7 +6,9 @@ budget, a fleet of priced GPUs, and N queued one-GPU jobs of that account. Then 
 coordinator's scheduler pass (``services.scheduling.tick``) in process and counts the SQL
 statements each pass sends (a SQLAlchemy ``before_cursor_execute`` listener):
 
-* the placing pass: the first pass, which fills every free GPU;
+* the placing pass: the first pass, which fills every free GPU, or starts
+  ``MAX_STARTS_PER_PASS`` (500) jobs on a deeper queue (the passes that start the rest run
+  unmeasured);
 * idle passes: later passes with every GPU busy and the queue still full (what the loop runs
   every interval while nothing changes); the figure is their median;
 * the warm placing pass: the placed attempts end (their state only) and the next pass fills
@@ -227,6 +229,8 @@ def one_run(kind: str, pg_url: str, queued: int, idle_passes: int) -> dict[str, 
         place_s, place_cpu = time.perf_counter() - t, time.process_time() - c
         place_n = counter.n
         placed = len(res.assigned)
+        while res.more:  # a pass starts at most MAX_STARTS_PER_PASS: the rest, unmeasured
+            res = scheduling.tick(db, "default", terms)
         idle_n: list[int] = []
         idle_s: list[float] = []
         idle_cpu: list[float] = []

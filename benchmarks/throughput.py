@@ -47,12 +47,13 @@ import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+import sqlalchemy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -67,6 +68,9 @@ from control_plane import (  # noqa: E402
     machine,
     pg_database,
 )
+
+from gpunet.store.tables import Attempt, Job  # noqa: E402
+from gpunet.util import utc  # noqa: E402
 
 JOB = {"command": "true", "resources": {"gpus": 1}}
 BATCH_MAX = 1000  # jobs per batch request (the endpoint's own cap may be higher)
@@ -453,6 +457,7 @@ async def steady(
             while not marks or time.perf_counter() < stop:
                 if not marks and time.perf_counter() >= measure_from:
                     marks = {"done": fleet.done, "polls": fleet.polls, "t": time.perf_counter()}
+                    marks["wall"] = time.time()
                     marks["metrics"] = scrape(coord.url, admin)
                     meter.start()
                 outstanding = sub.submitted - fleet.done
@@ -480,6 +485,7 @@ async def steady(
             "server_cpu_ms_per_job": per_job(cpu.get("server_cpu_s"), done),
             "database_cpu_ms_per_job": per_job(cpu.get("database_cpu_s"), done),
             "coordinator": delta(marks["metrics"], after),
+            "stages_ms": await asyncio.to_thread(stages, db_url, marks["wall"]),
             "duplicates": fleet.duplicates,
             "errors": {**sub.errors, **fleet.errors},
             "profile": prof.summary() if prof is not None else None,
@@ -489,6 +495,46 @@ async def steady(
         if fleet is not None:
             await fleet.stop()
         coord.stop()
+
+
+def stages(db_url: str, since_s: float) -> dict[str, dict[str, float]]:
+    """Where a job's time went, from the store (ms, p50 and p90 of the attempts that
+    succeeded in the measured window): ``queued`` (submit to the pass that placed it),
+    ``to_started`` (placed to its start report: the long-poll's wake-up and delivery, the
+    agent's report) and ``to_finished`` (start to finish report)."""
+    engine = sqlalchemy.create_engine(db_url)
+    q = (
+        sqlalchemy.select(
+            Job.created_at, Attempt.created_at, Attempt.started_at, Attempt.finished_at
+        )
+        .join(Job, Job.id == Attempt.job_id)
+        .where(
+            Attempt.state == "succeeded",
+            Attempt.finished_at >= datetime.fromtimestamp(since_s, UTC),
+        )
+    )
+    try:
+        with engine.connect() as c:
+            rows = c.execute(q).all()
+    finally:
+        engine.dispose()
+    spans: dict[str, list[float]] = {"queued": [], "to_started": [], "to_finished": []}
+    for row in rows:
+        submitted, placed, started, finished = (utc(t) for t in row)
+        if submitted is None or placed is None or started is None or finished is None:
+            continue
+        for key, a, b in (
+            ("queued", submitted, placed),
+            ("to_started", placed, started),
+            ("to_finished", started, finished),
+        ):
+            spans[key].append((b - a).total_seconds() * 1000)
+    out = {}
+    for key, xs in spans.items():
+        if xs:
+            xs.sort()
+            out[key] = {"p50": round(xs[len(xs) // 2], 1), "p90": round(xs[len(xs) * 9 // 10], 1)}
+    return out
 
 
 def per_job(cpu_s: float | None, done: int) -> float | None:

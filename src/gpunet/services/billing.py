@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from sqlalchemy import func, literal, select
+from sqlalchemy import func, insert, literal, select
 from sqlalchemy.orm import Session
 
 from gpunet.core import ledger as L
@@ -58,23 +58,31 @@ def post(s: Session, txn: L.Txn, attempt_id: str | None = None) -> None:
 
 
 def post_many(s: Session, txns: Sequence[tuple[L.Txn, str | None]]) -> None:
-    """Write balanced transactions (each with its attempt) in two batched flushes, not two
-    per transaction: the scheduler pass posts one hold per placement."""
+    """Write balanced transactions (each with its attempt) in two INSERT statements whatever
+    their number, without ORM objects: the scheduler pass posts one hold per placement."""
     if not txns:
         return
     at = now()
-    rows = [
-        LedgerTxn(ref=txn.ref, kind=txn.kind.value, memo=txn.memo, attempt_id=aid, created_at=at)
-        for txn, aid in txns
+    ids = s.scalars(
+        insert(LedgerTxn).returning(LedgerTxn.id, sort_by_parameter_order=True),
+        [
+            {
+                "ref": t.ref,
+                "kind": t.kind.value,
+                "memo": t.memo,
+                "attempt_id": aid,
+                "created_at": at,
+            }
+            for t, aid in txns
+        ],
+    ).all()
+    postings = [
+        {"txn_id": txn_id, "account": p.account, "amount": p.amount}
+        for txn_id, (t, _aid) in zip(ids, txns, strict=True)
+        for p in t.postings
     ]
-    s.add_all(rows)
-    s.flush()  # the transactions' ids, for their postings
-    s.add_all(
-        LedgerPosting(txn_id=row.id, account=p.account, amount=p.amount)
-        for row, (txn, _aid) in zip(rows, txns, strict=True)
-        for p in txn.postings
-    )
-    s.flush()
+    if postings:  # a settlement of nothing has none (an empty list would insert a bare row)
+        s.execute(insert(LedgerPosting), postings)
 
 
 def balance(s: Session, account: str) -> Decimal:
@@ -159,60 +167,57 @@ def never_fits(s: Session, account_id: str, gpus: int) -> str | None:
     return never_fits_quota(known[account_id], gpus)
 
 
-def open_charge(
-    s: Session,
-    att: Attempt,
-    job: Job,
-    terms: Terms,
-    prices: Mapping[str, Decimal | None],
-    owner: str,
-) -> None:
-    """Fix the attempt's terms and hold its credits (a no-op on free GPUs). ``prices``: what
-    the job pays per hour on each of its GPUs (GpuView.rate_for: an interruptible job pays
-    the interruptible price where the owner set one), as the scheduler's snapshot saw them;
-    ``owner``: the node's account."""
-    open_charges(s, [(att, job, prices, owner)], terms)
+@dataclass(frozen=True, slots=True)
+class NewCharge:
+    """An attempt just placed, whose terms are fixed and credits held (``open_charges``).
+    ``prices``: what the job pays per hour on each of its GPUs (GpuView.rate_for: an
+    interruptible job pays the interruptible price where the owner set one), as the
+    scheduler's snapshot saw them; ``owner``: the node's account."""
+
+    attempt_id: str
+    job_id: str
+    payer: str
+    node_id: str
+    owner: str
+    prices: Mapping[str, Decimal | None]
 
 
-def open_charges(
-    s: Session,
-    items: Sequence[tuple[Attempt, Job, Mapping[str, Decimal | None], str]],
-    terms: Terms,
-) -> None:
-    """``open_charge`` for each (attempt, job, prices, owner), written in a few batched
-    flushes whatever their number (a scheduler pass opens one per placement)."""
+def open_charges(s: Session, items: Sequence[NewCharge], terms: Terms) -> None:
+    """Fix each attempt's terms and hold its credits (nothing for free GPUs), in a few INSERT
+    statements whatever their number (a scheduler pass opens one per placement). The attempts'
+    rows must be written already."""
     holds: list[tuple[L.Txn, str | None]] = []
-    charges: list[AttemptCharge] = []
+    charges: list[dict[str, object]] = []
     at = now()
-    for att, job, prices, owner in items:
-        priced = {gid: p for gid, p in prices.items() if p is not None}
+    for c in items:
+        priced = {gid: p for gid, p in c.prices.items() if p is not None}
         if not priced:
             continue
         rate = sum(priced.values(), L.ZERO)
         held = L.hold_amount(rate, terms.hold_hours)
         charges.append(
-            AttemptCharge(
-                attempt_id=att.id,
-                job_id=job.id,
-                payer_account_id=job.account_id,
-                owner_account_id=owner,
-                node_id=att.node_id,
-                gpu_prices={gid: str(p) for gid, p in priced.items()},
-                rate_per_hour=rate,
-                fee_rate=terms.fee_rate,
-                held=held,
-                billed_seconds=0,
-                charged=L.ZERO,
-                owner_share=L.ZERO,
-                fee=L.ZERO,
-                created_at=at,
-            )
+            {
+                "attempt_id": c.attempt_id,
+                "job_id": c.job_id,
+                "payer_account_id": c.payer,
+                "owner_account_id": c.owner,
+                "node_id": c.node_id,
+                "gpu_prices": {gid: str(p) for gid, p in priced.items()},
+                "rate_per_hour": rate,
+                "fee_rate": terms.fee_rate,
+                "held": held,
+                "billed_seconds": 0,
+                "charged": L.ZERO,
+                "owner_share": L.ZERO,
+                "fee": L.ZERO,
+                "created_at": at,
+            }
         )
-        holds.append((L.place_hold(job.account_id, att.id, held, f"hold:{att.id}"), att.id))
+        hold = L.place_hold(c.payer, c.attempt_id, held, f"hold:{c.attempt_id}")
+        holds.append((hold, c.attempt_id))
     if not charges:
         return
-    s.flush()  # the attempt rows exist before the charges that refer to them
-    s.add_all(charges)
+    s.execute(insert(AttemptCharge), charges)
     post_many(s, holds)
 
 

@@ -13,9 +13,8 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from decimal import Decimal
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
 from gpunet.core.gangs import DEFAULT_PORTS, parse_ports, pick_port
@@ -192,7 +191,8 @@ def _apply(
     since = _queued_since(s, list(jobs))
     ports = _gang_ports(s, [pl.node_id for pl in todo if len(pl.ranks()) > 1])
     at = now()
-    charges: list[tuple[Attempt, Job, dict[str, Decimal | None], str]] = []
+    charges: list[billing.NewCharge] = []
+    attempts: list[dict[str, object]] = []  # written in one INSERT, without ORM objects
     for pl in todo:
         job = jobs.get(pl.job_id)
         ranks = pl.ranks()
@@ -207,32 +207,36 @@ def _apply(
             used.add(port)
         job.attempts_made += 1
         interruptible = reqs[job.id].interruptible
-        first: Attempt | None = None
+        first: str | None = None
         for rank, (node_id, gids) in enumerate(ranks):
-            att = Attempt(
-                id=new_id("att"),
-                job_id=job.id,
-                number=job.attempts_made,
-                fencing_token=job.attempts_made,
-                node_id=node_id,
-                gpu_ids=list(gids),
-                gpu_indices=[index[g] for g in gids],
-                state=AttemptState.ASSIGNED.value,
-                created_at=at,
-                rank=rank,
-                gang_size=len(ranks),
-                master_port=port,
+            att_id = new_id("att")
+            attempts.append(
+                {
+                    "id": att_id,
+                    "job_id": job.id,
+                    "number": job.attempts_made,
+                    "fencing_token": job.attempts_made,
+                    "node_id": node_id,
+                    "gpu_ids": list(gids),
+                    "gpu_indices": [index[g] for g in gids],
+                    "state": AttemptState.ASSIGNED.value,
+                    "created_at": at,
+                    "rank": rank,
+                    "gang_size": len(ranks),
+                    "master_port": port,
+                }
             )
-            s.add(att)
             prices = {g: views[g].rate_for(interruptible) for g in gids}
             owner = owners[node_id]
             assert owner is not None
-            charges.append((att, job, prices, owner))
-            first = first or att
-            result.assigned.append(att.id)
+            charges.append(
+                billing.NewCharge(att_id, job.id, job.account_id, node_id, owner, prices)
+            )
+            first = first or att_id
+            result.assigned.append(att_id)
             result.nodes.append(node_id)
         assert first is not None
-        job.current_attempt_id = first.id
+        job.current_attempt_id = first
         where = "; ".join(f"{n} GPUs {','.join(g)}" for n, g in ranks)
         move_job(
             s,
@@ -244,6 +248,8 @@ def _apply(
             actor="scheduler",
         )
         result.waits_s.append(max(0.0, (at - since.get(job.id, at)).total_seconds()))
+    if attempts:
+        s.execute(insert(Attempt), attempts)
     # the holds in a few batched writes, not a flush per placement
     billing.open_charges(s, charges, terms)
 
