@@ -1,8 +1,9 @@
 """The agent: dials out to the coordinator, keeps its lease, runs attempts, reports them.
 
 Everything is initiated by the agent (register, heartbeat, long-poll for work, reports), so it
-works behind NAT. Reports are queued and retried in order until the coordinator accepts or
-rejects them, so a coordinator restart loses nothing.
+works behind NAT. Reports are queued and retried, each attempt's in order, until the coordinator
+accepts or rejects them, so a coordinator restart loses nothing; what is queued together goes
+in one request where the coordinator takes batches.
 """
 
 from __future__ import annotations
