@@ -357,7 +357,16 @@ def scrape(url: str, admin: str) -> dict[str, float]:
             out[key] = float(m.group(1))
     for m in re.finditer(r'^gpunet_work_items_total\{kind="(\w+)"\} ([0-9.e+-]+)$', text, re.M):
         out[f"items_{m.group(1)}"] = float(m.group(2))
+    report = r'^gpunet_agent_report_requests_total\{path="(\w+)"\} ([0-9.e+-]+)$'
+    for m in re.finditer(report, text, re.M):
+        out[f"report_requests_{m.group(1)}"] = float(m.group(2))
     return out
+
+
+def report_requests_per_job(counters: dict[str, float], done: int) -> float | None:
+    """Report requests (single and batched) the coordinator took per finished job."""
+    n = sum(v for k, v in counters.items() if k.startswith("report_requests_"))
+    return round(n / done, 2) if done else None
 
 
 def delta(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
@@ -419,6 +428,7 @@ async def burst(args: argparse.Namespace, db_url: str, workdir: Path) -> dict[st
             "submit_rate_per_s": round(args.jobs / submitted_s, 1),
             "elapsed_s": round(elapsed, 2),
             "jobs_per_s": round(done / elapsed, 1),
+            "report_requests_per_job": report_requests_per_job(delta(before, after), done),
             "coordinator": delta(before, after),
             "errors": {**sub.errors, **(fleet.errors if fleet else {})},
             "duplicates": fleet.duplicates if fleet else None,
@@ -736,6 +746,9 @@ def main() -> None:
                 "depth": depth,
                 "median_jobs_per_s": median([r["jobs_per_s"] for r in runs]),
                 "median_server_cpu_pct": median([r["server_cpu_pct"] for r in runs]),
+                "median_report_requests_per_job": median(
+                    [r.get("report_requests_per_job") for r in runs]
+                ),
                 "runs": runs,
             }
         )
@@ -758,7 +771,8 @@ def main() -> None:
         print(
             f"  {label}: median {res['median_jobs_per_s']} committed placements/s "
             f"(runs: {', '.join(str(r['jobs_per_s']) for r in res['runs'])}); coordinator CPU "
-            f"{res['median_server_cpu_pct']}%"
+            f"{res['median_server_cpu_pct']}%; report requests per job "
+            f"{res['median_report_requests_per_job']}"
         )
 
 

@@ -3,9 +3,17 @@ fenced and answered as its own request would be."""
 
 from __future__ import annotations
 
+import asyncio
+import re
+from pathlib import Path
 from typing import Any
 
-from helpers import Coordinator, Node, coordinator, gpu, wait_for
+import httpx
+from helpers import Coordinator, Node, auth, coordinator, gpu, wait_for
+
+from gpunet.agent.gpus.simulated import SimulatedBackend
+from gpunet.agent.loop import Agent, AttemptCtx
+from gpunet.wire.agent import LogLine, LogReport, Report, StartItem
 
 
 def _reports(co: Coordinator, node: Node, **body: Any) -> list[dict[str, Any]]:
@@ -86,3 +94,75 @@ def test_only_an_agent_may_send_reports(db_url: str) -> None:
             "/v1/agent/reports", json={"started": []}, headers={"Authorization": f"Bearer {user}"}
         )
         assert r.status_code == 403, r.text
+
+
+def _agent_of(co: Coordinator, node: Node, home: Path, requests: list[str]) -> Agent:
+    """A real agent whose requests go to ``co`` (each one's path noted in ``requests``)."""
+
+    def forward(request: httpx.Request) -> httpx.Response:
+        requests.append(request.url.path)
+        r = co.c.request(
+            request.method, request.url.path, content=request.content, headers=request.headers
+        )
+        return httpx.Response(r.status_code, headers=r.headers, content=r.content)
+
+    agent = Agent("http://coordinator.test", SimulatedBackend(["A100-80GB"]), home)
+    agent.node_id, agent.token = node.id, node.token
+    agent.http = httpx.AsyncClient(transport=httpx.MockTransport(forward))
+    return agent
+
+
+async def _deliver_queued(agent: Agent) -> None:
+    task = asyncio.create_task(agent._report_loop())
+    try:
+        for _ in range(500):
+            if not agent.journal.pending():
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await agent.http.aclose()
+
+
+def test_the_agent_sends_its_queued_reports_in_batches(db_url: str, tmp_path: Path) -> None:
+    with coordinator(db_url) as co:
+        node = co.register(co.token("provider", "prov"), [gpu(0), gpu(1), gpu(2)])
+        user = co.token("consumer", "alice")
+        for _ in range(3):
+            co.submit(user, {"command": ["true"]})
+        requests: list[str] = []
+        agent = _agent_of(co, node, tmp_path, requests)
+        ok, failing, stale = (AttemptCtx(StartItem.model_validate(a)) for a in _starts(co, node, 3))
+        assert isinstance(stale.info, StartItem)
+        stale.info.fencing_token += 7  # not the attempt's token: refused alone
+        for ctx in (ok, failing, stale):
+            agent.attempts[ctx.id] = ctx
+            agent._report(ctx, Report(fencing_token=ctx.token))
+        agent._report(
+            ok, LogReport(fencing_token=ok.token, chunks=[LogLine(stream="stdout", data="hi\n")])
+        )
+        agent._finish(ok, 0, "exit code 0")
+        agent._finish(failing, 3, "exit code 3")
+        asyncio.run(_deliver_queued(agent))
+        assert requests == [
+            "/v1/agent/reports",  # the three starts, and the finish with no output before it
+            f"/v1/agent/attempts/{ok.id}/logs",  # the output after its start
+            f"/v1/agent/attempts/{ok.id}/finished",  # then its finish (alone: a request)
+        ]
+        states = {c.id: co.job(user, c.info.job_id)["state"] for c in (ok, failing, stale)}
+        assert states == {ok.id: "succeeded", failing.id: "failed", stale.id: "assigned"}
+        out = co.c.get(f"/v1/jobs/{ok.info.job_id}/logs", headers=auth(user)).json()
+        assert [c["data"] for c in out["chunks"] if c["stream"] == "stdout"] == ["hi\n"]
+        assert stale.orphaned and not ok.orphaned and not failing.orphaned
+        assert set(agent.attempts) == {stale.id}  # the ended ones are done with
+        assert not agent.journal.pending()
+        metrics = co.c.get("/metrics", headers=auth(co.admin)).text
+        counted = re.findall(
+            r'^gpunet_agent_report_requests_total\{path="(\w+)"\} (\S+)$', metrics, re.M
+        )
+        assert sorted((p, float(n)) for p, n in counted) == [
+            ("finished", 1.0),
+            ("logs", 1.0),
+            ("reports", 1.0),
+        ]

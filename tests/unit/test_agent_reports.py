@@ -4,32 +4,69 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from gpunet.agent.gpus.simulated import SimulatedBackend, parse_simulate
+from gpunet.agent.journal import read_pending
 from gpunet.agent.loop import Agent, AttemptCtx
 from gpunet.wire.agent import EnergyUse, FinishReport, LogLine, LogReport, Report, StartItem
 
 
 class FakeCoordinator:
-    """Answers each report with the next status scripted for its path (200 when none)."""
+    """Answers each report with the next status scripted for its path (200 when none), and
+    each ``POST /v1/agent/reports`` with the next status scripted for it: 404 (an older
+    coordinator) unless ``batches``, else (when 200) each report in it as its own path's
+    script says, as the coordinator does (every start, then every finish)."""
 
-    def __init__(self, script: dict[str, list[int]]) -> None:
+    def __init__(self, script: dict[str, list[int]], *, batches: bool = False) -> None:
         self.script = script
-        self.seen: list[tuple[str, int, dict[str, Any]]] = []
+        self.batches = batches
+        self.seen: list[tuple[str, int, dict[str, Any]]] = []  # each report, as answered
+        self.requests: list[tuple[str, int]] = []  # each request's path and status
+        self.watch: Callable[[], Any] | None = None  # looked at as each request comes
+        self.watched: list[Any] = []
+
+    def _status(self, path: str) -> int:
+        statuses = self.script.get(path, [])
+        return statuses.pop(0) if statuses else 200
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path
-        statuses = self.script.get(path, [])
-        status = statuses.pop(0) if statuses else 200
         body = json.loads(request.content)
+        if self.watch is not None:
+            self.watched.append(self.watch())
+        if path == BATCH:
+            status = self._status(path) if self.batches else 404
+            self.requests.append((path, status))
+            if status != 200:
+                return _error(status)
+            return httpx.Response(200, json={"results": self._batch(body)})
+        status = self._status(path)
+        self.requests.append((path, status))
         self.seen.append((path, status, body))
-        if status == 200:
-            return httpx.Response(200, json={"status": "ok"})
-        return httpx.Response(status, json={"error": {"code": "x", "message": "no", "field": None}})
+        return httpx.Response(200, json={"status": "ok"}) if status == 200 else _error(status)
+
+    def _batch(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+        results = []
+        for kind in ("started", "finished"):
+            for item in body[kind]:
+                att = item.pop("attempt_id")
+                path = f"/v1/agent/attempts/{att}/{kind}"
+                status = self._status(path)
+                self.seen.append((path, status, item))
+                results.append({"attempt_id": att, "kind": kind, "status": status})
+        return results
+
+
+BATCH = "/v1/agent/reports"
+
+
+def _error(status: int) -> httpx.Response:
+    return httpx.Response(status, json={"error": {"code": "x", "message": "no", "field": None}})
 
 
 def _agent(tmp_path: Path, fake: FakeCoordinator) -> Agent:
@@ -84,10 +121,10 @@ def test_a_refused_report_is_dropped_and_later_ones_flow(tmp_path: Path) -> None
     asyncio.run(_drain(a, fake, 5))
     assert [(p.removeprefix(base), s) for p, s, _ in fake.seen] == [
         ("/a1/logs", 422),  # dropped, not retried
+        ("/a2/logs", 200),  # another attempt's output goes ahead of the start reports
         ("/a1/started", 500),  # the coordinator was away: retried
         ("/a1/started", 413),  # then refused: dropped
-        ("/a2/logs", 200),  # another tenant's attempt is not blocked
-        ("/a1/logs", 200),  # nor is this attempt's next report
+        ("/a1/logs", 200),  # this attempt's next report is not blocked
     ]
     assert not one.orphaned and not two.orphaned  # a refused report does not orphan
 
@@ -162,3 +199,151 @@ def test_big_output_is_split_into_bounded_reports(tmp_path: Path) -> None:
     joined = "".join(c.data for b in logs for c in b.chunks)
     assert joined == "a" * 100_000 + "b" * 10 + "c" * 200_000
     asyncio.run(a.http.aclose())
+
+
+# ---- batched reports (POST /v1/agent/reports) ------------------------------------------------
+BASE = "/v1/agent/attempts"
+
+
+def _paths(fake: FakeCoordinator) -> list[tuple[str, int]]:
+    return [(p.removeprefix(BASE), status) for p, status, _ in fake.seen]
+
+
+def test_queued_reports_go_in_one_request_in_order(tmp_path: Path) -> None:
+    fake = FakeCoordinator({}, batches=True)
+    a = _agent(tmp_path, fake)
+    one, two = _ctx(a, "a1"), _ctx(a, "a2")
+    a._report(one, Report(fencing_token=1))
+    a._report(two, Report(fencing_token=1))
+    a._finish(one, 0, "exit code 0")
+    a._finish(two, 3, "exit code 3")
+    asyncio.run(_drain(a, fake, 4))
+    assert fake.requests == [(BATCH, 200)]
+    assert _paths(fake) == [
+        ("/a1/started", 200),
+        ("/a2/started", 200),
+        ("/a1/finished", 200),
+        ("/a2/finished", 200),
+    ]
+    assert [b["fencing_token"] for _, _, b in fake.seen] == [1, 1, 1, 1]
+    assert [b["exit_code"] for _, _, b in fake.seen[2:]] == [0, 3]
+    assert not a.attempts and not a.journal.pending() and not read_pending(tmp_path)
+
+
+def test_output_goes_between_batches_in_each_attempts_order(tmp_path: Path) -> None:
+    fake = FakeCoordinator({}, batches=True)
+    a = _agent(tmp_path, fake)
+    one, two, three = _ctx(a, "a1"), _ctx(a, "a2"), _ctx(a, "a3")
+    a._report(one, Report(fencing_token=1))
+    a._report(one, _logs(one, "one"))
+    a._report(two, Report(fencing_token=1))
+    a._report(three, _logs(three, "three"))
+    a._finish(one, 0, "exit code 0")
+    a._finish(three, 0, "exit code 0")
+    asyncio.run(_drain(a, fake, 6))
+    # the batch cannot carry output: a1's output waits for a1's start and goes before a1's end
+    assert fake.requests == [
+        (BATCH, 200),
+        (f"{BASE}/a1/logs", 200),
+        (f"{BASE}/a3/logs", 200),
+        (BATCH, 200),
+    ]
+    assert _paths(fake) == [
+        ("/a1/started", 200),
+        ("/a2/started", 200),
+        ("/a1/logs", 200),
+        ("/a3/logs", 200),
+        ("/a1/finished", 200),
+        ("/a3/finished", 200),
+    ]
+    assert not a.journal.pending()
+
+
+def test_a_report_refused_in_a_batch_is_final_for_it_alone(tmp_path: Path) -> None:
+    fake = FakeCoordinator(
+        {
+            f"{BASE}/a1/started": [413],  # refused: dropped, the attempt goes on
+            f"{BASE}/a2/started": [409],  # stale: the attempt is not ours any more
+            f"{BASE}/a3/finished": [422],  # refused: sent again cut to what ends it
+        },
+        batches=True,
+    )
+    a = _agent(tmp_path, fake)
+    one, two, three, four = (_ctx(a, f"a{i}") for i in range(1, 5))
+    for ctx in (one, two, four):
+        a._report(ctx, Report(fencing_token=1))
+    energy = [EnergyUse(index=0, joules=12.5)]
+    a._report(three, FinishReport(fencing_token=1, exit_code=3, reason="odd", energy=energy))
+    asyncio.run(_drain(a, fake, 5))
+    assert _paths(fake) == [
+        ("/a1/started", 413),
+        ("/a2/started", 409),
+        ("/a4/started", 200),
+        ("/a3/finished", 422),
+        ("/a3/finished", 200),
+    ]
+    assert fake.requests == [(BATCH, 200), (f"{BASE}/a3/finished", 200)]
+    assert fake.seen[-1][2]["reason"] == "the coordinator refused the full report"
+    assert fake.seen[-1][2]["energy"] == []
+    assert not one.orphaned and two.orphaned and not four.orphaned
+    assert set(a.attempts) == {"a1", "a2", "a4"}  # a3 ended
+    assert not a.journal.pending()
+
+
+def test_a_batch_the_coordinator_could_not_take_is_sent_again(tmp_path: Path) -> None:
+    fake = FakeCoordinator({BATCH: [503, 502], f"{BASE}/a2/finished": [503]}, batches=True)
+    a = _agent(tmp_path, fake)
+    one, two = _ctx(a, "a1"), _ctx(a, "a2")
+    a._report(one, Report(fencing_token=1))
+    a._report(two, Report(fencing_token=1))
+    a._finish(one, 0, "exit code 0")
+    a._finish(two, 0, "exit code 0")
+    queued = [e.seq for e in a.journal.pending()]
+    fake.watch = lambda: [e.seq for e in read_pending(tmp_path)]
+    asyncio.run(_drain(a, fake, 5))
+    assert fake.requests == [(BATCH, 503), (BATCH, 502), (BATCH, 200), (BATCH, 200)]
+    # nothing lost or reordered; the one report the coordinator could not take goes again
+    assert _paths(fake) == [
+        ("/a1/started", 200),
+        ("/a2/started", 200),
+        ("/a1/finished", 200),
+        ("/a2/finished", 503),
+        ("/a2/finished", 200),
+    ]
+    # each journal entry is done only once its report was answered
+    assert fake.watched == [queued, queued, queued, queued[3:]]
+    assert not a.journal.pending() and not read_pending(tmp_path)
+    assert not a.attempts
+
+
+def test_an_older_coordinator_gets_one_request_per_report(tmp_path: Path) -> None:
+    fake = FakeCoordinator({})  # no POST /v1/agent/reports: 404
+    a = _agent(tmp_path, fake)
+    one, two = _ctx(a, "a1"), _ctx(a, "a2")
+    a._report(one, Report(fencing_token=1))
+    a._report(two, Report(fencing_token=1))
+    a._finish(one, 0, "exit code 0")
+
+    async def twice() -> None:
+        task = asyncio.create_task(a._report_loop())
+        for _ in range(200):
+            if len(fake.seen) >= 3:
+                break
+            await asyncio.sleep(0.02)
+        a._finish(two, 0, "exit code 0")
+        a._report(_ctx(a, "a3"), Report(fencing_token=1))
+        await _drain(a, fake, 5)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(twice())
+    assert fake.requests == [  # asked once, then remembered
+        (BATCH, 404),
+        (f"{BASE}/a1/started", 200),
+        (f"{BASE}/a2/started", 200),
+        (f"{BASE}/a1/finished", 200),
+        (f"{BASE}/a2/finished", 200),
+        (f"{BASE}/a3/started", 200),
+    ]
+    assert a.batch_reports is False
+    assert not a.journal.pending()

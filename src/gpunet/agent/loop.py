@@ -1,13 +1,15 @@
 """The agent: dials out to the coordinator, keeps its lease, runs attempts, reports them.
 
 Everything is initiated by the agent (register, heartbeat, long-poll for work, reports), so it
-works behind NAT. Reports are queued and retried in order until the coordinator accepts or
-rejects them, so a coordinator restart loses nothing.
+works behind NAT. Reports are queued and retried, each attempt's in order, until the coordinator
+accepts or rejects them, so a coordinator restart loses nothing; what is queued together goes
+in one request where the coordinator takes batches.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -50,6 +52,7 @@ from gpunet.core.jobs import CANCEL_GRACE_S
 from gpunet.failover import AsyncFailoverTransport, Coordinators, split_urls
 from gpunet.tls import untrusted_message, untrusted_reason
 from gpunet.wire.agent import (
+    MAX_BATCH_REPORTS,
     MAX_HELD_CHARS,
     MAX_HELLO_FINISHED,
     MAX_REASON_CHARS,
@@ -68,6 +71,10 @@ from gpunet.wire.agent import (
     Registered,
     Registration,
     Report,
+    ReportOutcome,
+    Reports,
+    ReportsAccepted,
+    StartedAttempt,
     StartItem,
     StopItem,
     Work,
@@ -77,6 +84,11 @@ log = logging.getLogger("gpunet.agent")
 
 LOG_SLICE = 32 * 1024  # characters of output per log chunk
 LOG_REPORT_CHARS = 64 * 1024  # characters of output per log report
+# bytes of start and finish reports in one batch: far below the coordinator's body cap (1 MiB)
+MAX_BATCH_BYTES = 256 * 1024
+
+# a queued report: its attempt, the report, its journal sequence number
+Queued = tuple[str, Report, int]
 
 A = TypeVar("A", bound=BaseModel)
 
@@ -193,7 +205,10 @@ class Agent:
         # names them (and the attempts held) so the coordinator does not send them again
         self.stops_taken: set[str] = set()
         # (attempt id, report, its journal sequence number), delivered in order
-        self.reports: asyncio.Queue[tuple[str, Report, int]] = asyncio.Queue()
+        self.reports: asyncio.Queue[Queued] = asyncio.Queue()
+        # whether the coordinator takes batched reports (POST /v1/agent/reports); None: not
+        # known yet (asked again at each connect: the coordinator may have been upgraded)
+        self.batch_reports: bool | None = None
         self.journal = Journal(home)  # reports survive the agent's death (agent.journal)
         self.answers = Answers()  # resets retry backoff whenever the coordinator answers
         self._stoppers: set[asyncio.Task[None]] = set()  # graceful stops in progress
@@ -281,6 +296,7 @@ class Agent:
     async def connect(self) -> None:
         """Register (join token) or re-connect (saved node token), retrying with backoff."""
         saved = self._load_credentials()
+        self.batch_reports = None
         delay = 0.2
         while not self.stopping.is_set():
             try:
@@ -799,23 +815,109 @@ class Agent:
                 self._flush_logs(ctx)
 
     async def _report_loop(self) -> None:
-        """Deliver reports in order; each is marked done in the journal once answered."""
+        """Deliver the queued reports, each attempt's in order: what is queued at the moment
+        goes in one round (batched where the coordinator takes batches); each report is marked
+        done in the journal once answered."""
+        held: collections.deque[Queued] = collections.deque()
         while True:
-            att_id, rep, seq = await self.reports.get()
-            if not await self._deliver(att_id, rep):
-                return  # shutting down: the journal keeps it for the next run
-            self.journal.ack(seq)
-            if isinstance(rep, FinishReport):
-                self.attempts.pop(att_id, None)
-                self.stops_taken.discard(att_id)
+            if not held:
+                held.append(await self.reports.get())
+            while not self.reports.empty():
+                held.append(self.reports.get_nowait())
+            taken = take_round(held)
+            # an older coordinator: one request per report, in the order they were queued
+            steps = [(False, taken)] if self.batch_reports is False else delivery_steps(taken)
+            for batched, items in steps:
+                sent = self._deliver_batch(items) if batched else self._deliver_each(items)
+                if not await sent:
+                    return  # shutting down: the journal keeps them for the next run
 
-    async def _deliver(self, att_id: str, rep: Report) -> bool:
+    def _answered(self, att_id: str, rep: Report, seq: int) -> None:
+        """A report the coordinator answered (taken or refused for good): done."""
+        self.journal.ack(seq)
+        if isinstance(rep, FinishReport):
+            self.attempts.pop(att_id, None)
+            self.stops_taken.discard(att_id)
+
+    async def _deliver_each(self, items: list[Queued]) -> bool:
+        """Send reports one request each, in order. False if the agent stops first."""
+        for att_id, rep, seq in items:
+            if not await self._deliver(att_id, rep):
+                return False
+            self._answered(att_id, rep, seq)
+        return True
+
+    async def _deliver_batch(self, items: list[Queued]) -> bool:
+        """Send start and finish reports in one ``POST /v1/agent/reports``, retried while the
+        coordinator is away (5xx, no answer, or a 5xx for some of them); each report's own
+        answer is taken as its own request's would be. A coordinator without the endpoint
+        (404, 405) gets one request per report from then on; a batch refused whole is sent
+        one report at a time. False if the agent stops first."""
+        if len(items) < 2 or self.batch_reports is False:
+            return await self._deliver_each(items)
+        backoff = Backoff(self.answers)
+        while items and not self.stopping.is_set():
+            ordered, body = batch_body(items)
+            try:
+                res = await self._ask(ReportsAccepted, "POST", "/v1/agent/reports", json=body)
+                outcomes = outcomes_of(ordered, res)
+            except httpx.TransportError as exc:
+                log.warning("%d reports failed (%s); retrying", len(items), exc)
+                await backoff.pause()
+                continue
+            except (Rejected, BadAnswer) as exc:
+                if not isinstance(exc, Rejected) or exc.status in (404, 405):
+                    log.info("the coordinator takes no batched reports (%s): one request each", exc)
+                    self.batch_reports = False
+                else:
+                    log.warning("batched reports refused (%s): one request each", exc)
+                return await self._deliver_each(ordered)
+            self.batch_reports = True
+            items = []
+            for item, outcome in zip(ordered, outcomes, strict=True):
+                if outcome.status >= 500:
+                    items.append(item)  # the coordinator could not take it now: again
+                elif not await self._take_outcome(item, outcome):
+                    return False
+            if items:
+                log.warning("%d batched reports not taken now; retrying", len(items))
+                await backoff.pause()
+        return not items
+
+    async def _take_outcome(self, item: Queued, outcome: ReportOutcome) -> bool:
+        """One batched report's answer, as ``_deliver`` takes its own request's."""
+        att_id, rep, seq = item
+        if outcome.status >= 300:
+            log.warning(
+                "report %s of %s rejected: %s: %s",
+                outcome.kind,
+                att_id,
+                outcome.status,
+                outcome.message,
+            )
+            if outcome.status in (404, 409):
+                await self._orphan(att_id)
+            elif isinstance(rep, FinishReport) and not await self._deliver(
+                att_id, minimal_finish(rep), shrunk=True
+            ):  # the attempt must still end: the refused report cut to what ends it
+                return False
+        self._answered(att_id, rep, seq)
+        return True
+
+    async def _orphan(self, att_id: str) -> None:
+        """The coordinator refused a report as stale or unknown: the attempt is not ours."""
+        ctx = self.attempts.get(att_id)
+        if ctx is not None:
+            ctx.orphaned = True
+            await self._stop(ctx, "rejected by the coordinator")
+
+    async def _deliver(self, att_id: str, rep: Report, *, shrunk: bool = False) -> bool:
         """Send one report; retry while the coordinator is away (5xx, no answer), backing off
         until it answers anything. A 4xx is final for that report, so one bad report never
-        blocks the ones after it. Returns False only if the agent stops first."""
+        blocks the ones after it (a finish report is sent again cut to what ends the attempt;
+        ``shrunk``: this is that one). Returns False only if the agent stops first."""
         kind = report_kind(rep)
         backoff = Backoff(self.answers)
-        shrunk = False
         while not self.stopping.is_set():
             try:
                 res = await self._call(
@@ -832,10 +934,7 @@ class Agent:
                 log.warning("report %s of %s rejected: %s", kind, att_id, exc)
                 if exc.status in (404, 409) or shrunk:
                     # stale fencing token or unknown attempt: it is not ours any more
-                    ctx = self.attempts.get(att_id)
-                    if ctx is not None:
-                        ctx.orphaned = True
-                        await self._stop(ctx, "rejected by the coordinator")
+                    await self._orphan(att_id)
                     return True
                 if not isinstance(rep, FinishReport):
                     return True  # this report is dropped; the attempt goes on
@@ -955,6 +1054,62 @@ def report_kind(rep: Report) -> str:
     if isinstance(rep, LogReport):
         return "logs"
     return "started"
+
+
+def take_round(held: collections.deque[Queued]) -> list[Queued]:
+    """The reports at the head of ``held`` that one round delivers: at most
+    ``MAX_BATCH_REPORTS``, whose start and finish reports weigh at most ``MAX_BATCH_BYTES``
+    (the first is always taken)."""
+    out: list[Queued] = []
+    size = 0
+    while held and len(out) < MAX_BATCH_REPORTS:
+        rep = held[0][1]
+        n = 0 if isinstance(rep, LogReport) else len(rep.model_dump_json()) + 64
+        if out and size + n > MAX_BATCH_BYTES:
+            break
+        out.append(held.popleft())
+        size += n
+    return out
+
+
+def delivery_steps(items: list[Queued]) -> list[tuple[bool, list[Queued]]]:
+    """The requests that deliver ``items``, in turn: start and finish reports batched
+    (``True``), log reports (which a batch does not carry) one request each between the
+    batches. Each attempt's reports keep their order; another attempt's output may go ahead
+    of a batch."""
+    steps: list[list[Queued]] = []
+    last: dict[str, int] = {}  # attempt -> the step of its latest report
+    for item in items:
+        logs = isinstance(item[1], LogReport)
+        step = last.get(item[0], 0)
+        if step % 2 != logs:  # even steps are batches, odd ones output
+            step += 1
+        last[item[0]] = step
+        while len(steps) <= step:
+            steps.append([])
+        steps[step].append(item)
+    return [(i % 2 == 0, step) for i, step in enumerate(steps) if step]
+
+
+def batch_body(items: list[Queued]) -> tuple[list[Queued], dict[str, Any]]:
+    """A batch's body, and its reports in the order the coordinator takes and answers them
+    (every start, then every finish)."""
+    starts = [i for i in items if not isinstance(i[1], FinishReport)]
+    finishes = [i for i in items if isinstance(i[1], FinishReport)]
+    body = Reports(
+        started=[StartedAttempt(attempt_id=a, fencing_token=r.fencing_token) for a, r, _ in starts],
+        finished=[FinishedAttempt(attempt_id=a, **r.model_dump()) for a, r, _ in finishes],
+    )
+    return [*starts, *finishes], body.model_dump(mode="json")
+
+
+def outcomes_of(ordered: list[Queued], answer: ReportsAccepted) -> list[ReportOutcome]:
+    """Each batched report's own answer; one per report, in order, or the answer is not one
+    to this batch."""
+    got = [(o.attempt_id, o.kind) for o in answer.results]
+    if got != [(a, report_kind(r)) for a, r, _ in ordered]:
+        raise BadAnswer("POST /v1/agent/reports: the answer does not match the reports sent")
+    return answer.results
 
 
 def logs_truncated(answer: Any) -> bool:

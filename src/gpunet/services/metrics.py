@@ -46,6 +46,13 @@ class Metrics:
             ["kind"],
             registry=self.registry,
         )
+        self.report_requests = Counter(
+            "gpunet_agent_report_requests",
+            "Attempt report requests taken from agents, by path: started, logs, finished (one "
+            "report each) or reports (a batch)",
+            ["path"],
+            registry=self.registry,
+        )
 
         self.late_successes = Counter(
             "gpunet_late_successes",

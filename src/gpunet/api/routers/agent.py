@@ -137,6 +137,7 @@ async def work(
 @router.post("/attempts/{attempt_id}/started", response_model=Accepted, responses=wire.errors(409))
 def started(rt: Rt, who: Who, attempt_id: str, rep: Report) -> Accepted:
     """The attempt's processes are running."""
+    rt.metrics.report_requests.labels("started").inc()
     svc.attempt_started(rt.db, who, attempt_id, rep)
     return Accepted()
 
@@ -146,6 +147,7 @@ def started(rt: Rt, who: Who, attempt_id: str, rep: Report) -> Accepted:
 )
 def logs(rt: Rt, who: Who, attempt_id: str, rep: LogReport) -> LogsAccepted:
     """Store output; ``truncated`` once the attempt's output cap is reached (send no more)."""
+    rt.metrics.report_requests.labels("logs").inc()
     truncated = svc.append_logs(rt.db, who, attempt_id, rep, rt.settings.max_log_bytes)
     return LogsAccepted(truncated=truncated)
 
@@ -153,6 +155,7 @@ def logs(rt: Rt, who: Who, attempt_id: str, rep: LogReport) -> LogsAccepted:
 @router.post("/attempts/{attempt_id}/finished", response_model=Accepted, responses=wire.errors(409))
 def finished(rt: Rt, who: Who, attempt_id: str, rep: FinishReport) -> Accepted:
     """The attempt ended: its exit code, or lost, and the energy its GPUs used."""
+    rt.metrics.report_requests.labels("finished").inc()
     outcome = svc.attempt_finished(rt.db, who, attempt_id, rep)
     rt.metrics.count_finishes([outcome])
     rt.wakeups.wake_scheduler()
@@ -163,6 +166,7 @@ def finished(rt: Rt, who: Who, attempt_id: str, rep: FinishReport) -> Accepted:
 def reports(rt: Rt, who: Who, rep: Reports) -> ReportsAccepted:
     """Several attempts' started and finished reports in one request: each is fenced, taken
     and answered as its own request would be (``status`` 200, 404 or 409)."""
+    rt.metrics.report_requests.labels("reports").inc()
     results, taken = svc.take_reports(rt.db, who, rep)
     rt.metrics.count_finishes(taken)
     if taken:
