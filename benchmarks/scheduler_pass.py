@@ -21,7 +21,8 @@ after which nothing changed.
 ``--readers`` measures what reads the fleet outside the pass instead, on a fleet of
 ``--nodes`` x ``--gpus-per-node`` GPUs and no queue: a batch submit of ``--batch`` one-GPU specs
 and a single submit (``services.jobs``: the capacity check), and the explanation of a queued
-job (``services.scheduling.why``: GET /v1/jobs/{id}/why). One GPU's price changes before each
+job (``services.scheduling.why``: GET /v1/jobs/{id}/why), and the capacity check's read of
+the fleet alone (``PassCache.capacity`` without a verdict). One GPU's price changes before each
 call, so each reads one changed row; the figures are the medians of ``--rounds`` rounds, after
 one call of each that warms the caches.
 
@@ -58,6 +59,7 @@ from gpunet.core import ledger as L
 from gpunet.core.jobspec import JobSpec
 from gpunet.services import billing, jobs, scheduling
 from gpunet.services.auth import Principal, Role
+from gpunet.services.pass_cache import cache_for
 from gpunet.store.db import Database, normalize_url
 from gpunet.store.tables import Account, AccountQuota, Attempt, Gpu, Job
 
@@ -267,6 +269,12 @@ def one_run(kind: str, pg_url: str, queued: int, idle_passes: int) -> dict[str, 
         }
 
 
+def capacity_only(db: Database) -> None:
+    """The capacity check's read of the fleet alone (no verdict computed)."""
+    with db.sessions() as s:
+        cache_for(db).capacity(s)
+
+
 def readers_run(kind: str, pg_url: str, batch: int, rounds: int) -> dict[str, Any]:
     with store(kind, pg_url) as db:
         db.migrate()
@@ -299,6 +307,7 @@ def readers_run(kind: str, pg_url: str, batch: int, rounds: int) -> dict[str, An
             "batch": lambda: jobs.submit_many(db, who, [one] * batch, None),
             "single": lambda: jobs.submit(db, who, one, None),
             "why": lambda: scheduling.why(db, who, probe.id, "default", terms),
+            "fleet": lambda: capacity_only(db),
         }
         for _ in range(rounds):
             for name, call in calls.items():
@@ -335,7 +344,8 @@ def main() -> None:
         if args.json:
             print(json.dumps(med, indent=2))
             return
-        for label, k in ((f"batch of {args.batch}", "batch"), ("single", "single"), ("why", "why")):
+        labels = (f"batch of {args.batch}", "single", "why", "the check's fleet read alone")
+        for label, k in zip(labels, ("batch", "single", "why", "fleet"), strict=True):
             print(
                 f"{label}: {med[k + '_statements']:.0f} statements, {med[k + '_ms']:.1f} ms "
                 f"({med[k + '_cpu_ms']:.1f} ms CPU)",

@@ -12,8 +12,11 @@
   the scheduler sees, by any replica) and patches what it keeps; everything is read whole
   again every ``changes.FULL_EVERY_S`` as a safety net.
 * The fleet's views (``fleet.ViewMemo``): views of unchanged rows are reused; and, while the
-  fleet's capacity is unchanged, whether a kind of job could ever run on it (the submit-time
-  check, which reads the fleet's rows every time).
+  fleet's capacity is unchanged, whether a kind of job could ever run on it.
+* For the readers outside the pass, rows of their own kept the same way (each reads only
+  the rows changed since its last read): the fleet's capacity for the submit-time check
+  (every node online and idle, the GPUs out of service left out), and the live fleet with
+  the attempts holding GPUs for ``why``.
 
 One cache per database (a weak map), so tests and tools that open several stores stay apart.
 """
