@@ -326,6 +326,7 @@ class FleetRows:
         if reorder or gpus is None:
             self._order = sorted(self._gpu_views)
             self._gpus, self._rated = None, None
+            self._changed = set()  # every GPU is rated again
         if self._gpus is None:
             views = self._gpu_views
             self._gpus = tuple(views[g] for g in self._order)
