@@ -20,6 +20,14 @@ are submitted (rows written directly, as the API would leave them), so each pass
 jobs with N still waiting; the figures are the medians of those passes, then of 5 passes
 after which nothing changed.
 
+``--readers`` measures what reads the fleet outside the pass instead, on a fleet of
+``--nodes`` x ``--gpus-per-node`` GPUs and no queue: a batch submit of ``--batch`` one-GPU specs
+and a single submit (``services.jobs``: the capacity check), and the explanation of a queued
+job (``services.scheduling.why``: GET /v1/jobs/{id}/why), and the capacity check's read of
+the fleet alone (``PassCache.capacity`` without a verdict). One GPU's price changes before each
+call, so each reads one changed row; the figures are the medians of ``--rounds`` rounds, after
+one call of each that warms the caches.
+
 Each size runs on ``--runs`` fresh stores; the figures are medians, wall time and this
 process's CPU time (which excludes a PostgreSQL server's work but is steadier on a shared
 machine). The first run of a process
@@ -28,6 +36,7 @@ also builds the default policy's Gittins table (about 0.6 s, once per process).
     python benchmarks/scheduler_pass.py --sizes 10,100,1000 --runs 3
     python benchmarks/scheduler_pass.py --database postgres \\
         --pg-url postgresql://postgres@127.0.0.1:5432/postgres
+    python benchmarks/scheduler_pass.py --readers --nodes 1000 --gpus-per-node 8 --runs 1
 """
 
 from __future__ import annotations
@@ -49,9 +58,12 @@ from typing import Any
 from sqlalchemy import create_engine, event, insert, select, text, update
 
 from gpunet.core import ledger as L
-from gpunet.services import billing, scheduling
+from gpunet.core.jobspec import JobSpec
+from gpunet.services import billing, jobs, scheduling
+from gpunet.services.auth import Principal, Role
+from gpunet.services.pass_cache import cache_for
 from gpunet.store.db import Database, normalize_url
-from gpunet.store.tables import Account, AccountQuota, Attempt, Job
+from gpunet.store.tables import Account, AccountQuota, Attempt, Gpu, Job
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests import rows  # noqa: E402
@@ -261,6 +273,55 @@ def one_run(kind: str, pg_url: str, queued: int, idle_passes: int) -> dict[str, 
         }
 
 
+def capacity_only(db: Database) -> None:
+    """The capacity check's read of the fleet alone (no verdict computed)."""
+    with db.sessions() as s:
+        cache_for(db).capacity(s)
+
+
+def readers_run(kind: str, pg_url: str, batch: int, rounds: int) -> dict[str, Any]:
+    with store(kind, pg_url) as db:
+        db.migrate()
+        populate(db, 0)
+        counter = StatementCounter(db)
+        who = Principal(token_id="bench", role=Role.CONSUMER, account_id="acct_user")
+        one = JobSpec.model_validate(
+            {"name": "bench", "command": ["true"], "resources": {"gpus": 1}}
+        )
+        terms = billing.Terms()
+        probe = jobs.submit(db, who, one, None)  # warms the caches; why() explains it
+        jobs.submit_many(db, who, [one] * batch, None)
+        scheduling.why(db, who, probe.id, "default", terms)
+        changed = 0
+
+        def timed(call: Any) -> tuple[float, float, int]:
+            nonlocal changed
+            changed += 1
+            with db.transaction() as s:  # one GPU's price moves: one changed row to read
+                gid = f"node{changed % NODES}/0"
+                price = Decimal(2 + changed % 3)
+                s.execute(update(Gpu).where(Gpu.id == gid).values(price_per_hour=price))
+            counter.n = 0
+            t, c = time.perf_counter(), time.process_time()
+            call()
+            return (time.perf_counter() - t) * 1000, (time.process_time() - c) * 1000, counter.n
+
+        out: dict[str, list[float]] = {}
+        calls = {
+            "batch": lambda: jobs.submit_many(db, who, [one] * batch, None),
+            "single": lambda: jobs.submit(db, who, one, None),
+            "why": lambda: scheduling.why(db, who, probe.id, "default", terms),
+            "fleet": lambda: capacity_only(db),
+        }
+        for _ in range(rounds):
+            for name, call in calls.items():
+                ms, cpu, n = timed(call)
+                out.setdefault(f"{name}_ms", []).append(ms)
+                out.setdefault(f"{name}_cpu_ms", []).append(cpu)
+                out.setdefault(f"{name}_statements", []).append(n)
+        return {k: statistics.median(v) for k, v in out.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="10,100,1000", help="queued jobs, comma separated")
@@ -272,10 +333,29 @@ def main() -> None:
     ap.add_argument("--gpus-per-node", type=int, default=GPUS_PER_NODE)
     ap.add_argument("--steady", type=int, default=0, help="K: a steady stream of K per pass")
     ap.add_argument("--rounds", type=int, default=10, help="--steady: passes measured")
+    ap.add_argument("--readers", action="store_true", help="submits and why(), not passes")
+    ap.add_argument("--batch", type=int, default=1000, help="--readers: specs in a batch")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     globals().update(NODES=args.nodes, GPUS_PER_NODE=args.gpus_per_node)
     out = []
+    if args.readers:
+        runs = [
+            readers_run(args.database, args.pg_url, args.batch, args.rounds)
+            for _ in range(args.runs)
+        ]
+        med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        if args.json:
+            print(json.dumps(med, indent=2))
+            return
+        labels = (f"batch of {args.batch}", "single", "why", "the check's fleet read alone")
+        for label, k in zip(labels, ("batch", "single", "why", "fleet"), strict=True):
+            print(
+                f"{label}: {med[k + '_statements']:.0f} statements, {med[k + '_ms']:.1f} ms "
+                f"({med[k + '_cpu_ms']:.1f} ms CPU)",
+                flush=True,
+            )
+        return
     for size in (int(x) for x in args.sizes.split(",")):
         if args.steady:
             runs = [

@@ -1,10 +1,11 @@
 """The scheduler pass keeps the queue, the attempts holding GPUs and the fleet's snapshot
 between passes and reads only the rows changed since (change versions set by the store's
-triggers). After any series of writes, whoever makes them, what it keeps equals what a full
-read builds."""
+triggers); so do the submit-time capacity check and why(). After any series of writes,
+whoever makes them, what they keep equals what a full read builds."""
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -13,12 +14,23 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import pytest
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from gpunet.core import ledger as L
+from gpunet.core.jobspec import JobSpec
+from gpunet.core.scheduling import Explanation, never_fits
 from gpunet.services import billing, changes, scheduling
-from gpunet.services.fleet import fleet_snapshot, holders, with_reliability
+from gpunet.services.auth import Principal, Role
+from gpunet.services.fleet import (
+    GPU_COLUMNS,
+    NODE_COLUMNS,
+    fleet_snapshot,
+    holders,
+    job_request,
+    with_reliability,
+)
 from gpunet.services.pass_cache import PassCache, cache_for
 from gpunet.store.db import Database
 from gpunet.store.tables import Account, Attempt, Gpu, Job, Node
@@ -342,3 +354,271 @@ def store_handle(url: str) -> Iterator[Database]:
         yield db
     finally:
         db.dispose()
+
+
+# --- the readers outside the pass: the submit-time capacity check and why() ---------------
+
+# kinds of job whose verdict the fleet's changes move: more GPUs than a node had, a model
+# not in the fleet, a price cap, more memory, several nodes
+CAPACITY_SPECS: list[dict[str, Any]] = [
+    {"resources": {"gpus": 1}},
+    {"resources": {"gpus": 2}},
+    {"resources": {"gpus": 3}},
+    {"resources": {"gpus": 1, "gpu_models": ["H100-80GB"]}},
+    {"resources": {"gpus": 1, "min_gpu_memory_gb": 90}},
+    {"max_price": "1", "resources": {"gpus": 1}},
+    {"max_price": "3", "resources": {"gpus": 2}},
+    {"resources": {"gpus": 2, "nodes": 2}},
+]
+CAPACITY_REQUESTS = [
+    job_request(f"k{i}", "acct_user", JobSpec.model_validate({"command": ["true"], **sp}))
+    for i, sp in enumerate(CAPACITY_SPECS)
+]
+
+
+def verdicts(cache: PassCache, s: Session) -> list[str | None]:
+    check = cache.capacity(s)
+    return [check(r) for r in CAPACITY_REQUESTS]
+
+
+def full_verdicts(s: Session) -> list[str | None]:
+    """The verdicts on the fleet read whole, as the check read it before it kept rows."""
+    snap = fleet_snapshot(s, all_free=True)
+    return [never_fits(snap, r) for r in CAPACITY_REQUESTS]
+
+
+def watched(s: Session) -> dict[tuple[str, str], str]:
+    """Every node and GPU row, in the columns whose change moves a row's version."""
+    nodes = s.execute(select(*NODE_COLUMNS))
+    gpus = s.execute(select(*GPU_COLUMNS, Gpu.lifecycle_state))
+    return {("node", r[0]): repr(tuple(r)) for r in nodes} | {
+        ("gpu", r[0]): repr(tuple(r)) for r in gpus
+    }
+
+
+def changed_rows(before: dict[Any, str], after: dict[Any, str]) -> int:
+    """How many rows joined, left or changed between two ``watched`` reads."""
+    return sum(before.get(k) != after.get(k) for k in before.keys() | after.keys())
+
+
+def random_write(rng: random.Random, s: Session, joined: list[int]) -> str:
+    """One change of the fleet, drawn by ``rng`` (its description)."""
+    nodes = [f"node{n}" for n in range(3)] + [f"node{n}" for n in joined]
+    nid = rng.choice(nodes)
+    gid = rng.choice(list(s.scalars(select(Gpu.id).where(Gpu.node_id == nid))))
+    kind = rng.randrange(9)
+    if kind == 0:
+        st = rng.choice(["online", "offline"])
+        node_set(nid, status=st)(s)
+        return f"{nid} {st}"
+    if kind == 1:
+        n = 10 + len(joined)
+        joined.append(n)
+        rows.add_node(s, f"node{n}", rng.randint(1, 4), AT)
+        return f"node{n} joins"
+    if kind == 2:
+        state = rng.choice(["active", "drained", "maintenance", "retired", "recycled"])
+        gpu_set(gid, lifecycle_state=state)(s)
+        return f"{gid} {state}"
+    if kind == 3:
+        price = rng.choice([Decimal("0.5"), Decimal("2"), Decimal("5")])
+        gpu_set(gid, price_per_hour=price)(s)
+        return f"{gid} priced {price}"
+    if kind == 4:
+        model, mem = rng.choice([("A100-80GB", 80_000), ("H100-80GB", 80_000), ("H200", 141_000)])
+        gpu_set(gid, model=model, memory_mb=mem)(s)
+        return f"{gid} is a {model}"
+    if kind == 5:
+        on = rng.random() < 0.5
+        telemetry(gid, owner_busy=on)(s)
+        return f"{gid} owner busy {on}"
+    if kind == 6:
+        on = rng.random() < 0.5
+        gpu_set(gid, drained=on)(s)
+        return f"{gid} drained {on}"
+    if kind == 7:
+        on = rng.random() < 0.5
+        gpu_set(gid, healthy=on)(s)
+        return f"{gid} healthy {on}"
+    telemetry(gid, temperature_c=rng.uniform(30, 90))(s)  # no version moves
+    return f"{gid} telemetry only"
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_the_capacity_check_reads_only_changed_rows_and_agrees_with_a_full_read(
+    db_url: str, seed: int
+) -> None:
+    rng = random.Random(seed)
+    with store(db_url) as db:
+        cache = PassCache()
+        with db.sessions() as s:
+            assert verdicts(cache, s) == full_verdicts(s)  # cold: one full read
+            seen = watched(s)
+        fleet = cache.capacity_fleet
+        full = (fleet.nodes.full_reads, fleet.gpus.full_reads)
+        outcomes = set()
+        joined: list[int] = []
+        for _ in range(30):
+            with db.transaction() as s:
+                what = "; ".join(random_write(rng, s, joined) for _ in range(rng.randint(1, 3)))
+            with db.sessions() as s:
+                read = fleet.nodes.changed_read + fleet.gpus.changed_read
+                got = verdicts(cache, s)
+                assert got == full_verdicts(s) == verdicts(PassCache(), s), what
+                now = watched(s)
+                # only the rows the write changed were read
+                assert fleet.nodes.changed_read + fleet.gpus.changed_read - read == (
+                    changed_rows(seen, now)
+                ), what
+                seen = now
+            outcomes.add(tuple(got))
+        assert (fleet.nodes.full_reads, fleet.gpus.full_reads) == full
+        assert len(outcomes) > 2  # the writes moved the verdicts
+
+
+def test_the_capacity_check_ignores_what_only_the_live_fleet_shows(db_url: str) -> None:
+    """Offline nodes, drained, unhealthy or busy GPUs are capacity; retired ones are not."""
+    with store(db_url) as db:
+        cache = PassCache()
+        two = CAPACITY_REQUESTS[1]
+        with db.sessions() as s:
+            assert cache.capacity(s)(two) is None
+        with db.transaction() as s:
+            for n in range(3):
+                node_set(f"node{n}", status="offline")(s)
+                gpu_set(f"node{n}/0", drained=True, healthy=False, owner_busy=True)(s)
+            submit(s, "j1")
+            start(s, "j1", "node0/1")
+        with db.sessions() as s:
+            assert cache.capacity(s)(two) is None
+            assert cache.capacity(s)(two) == full_verdicts(s)[1]
+        with db.transaction() as s:
+            for n in range(3):
+                gpu_set(f"node{n}/1", lifecycle_state="retired")(s)
+        with db.sessions() as s:
+            assert cache.capacity(s)(two) is not None
+            assert cache.capacity(s)(two) == full_verdicts(s)[1]
+        with db.transaction() as s:
+            gpu_set("node1/1", lifecycle_state="active")(s)  # back in service
+        with db.sessions() as s:
+            assert cache.capacity(s)(two) is None
+        assert cache.capacity_fleet.gpus.full_reads == 1
+
+
+def test_the_capacity_check_after_its_own_writes_keeps_nothing(db_url: str) -> None:
+    with store(db_url) as db:
+        cache = PassCache()
+        one = CAPACITY_REQUESTS[0]
+        with db.sessions() as s:
+            assert cache.capacity(s)(one) is None
+        with db.sessions() as s:
+            for n in range(3):
+                for i in range(2):
+                    gpu_set(f"node{n}/{i}", lifecycle_state="retired")(s)
+            s.flush()
+            assert cache.capacity(s)(one) is not None  # it sees its own writes
+            s.rollback()
+        with db.sessions() as s:
+            assert cache.capacity(s)(one) is None
+            assert verdicts(cache, s) == full_verdicts(s)
+        assert cache.capacity_fleet.gpus.full_reads == 1
+
+
+def test_the_capacity_check_sees_another_replicas_late_commit(db_url: str) -> None:
+    """A follower's write that began before a capacity check and commits after it is seen by
+    the next check (on PostgreSQL: a version drawn before the check's snapshot); and the
+    follower's own check sees the leader's writes."""
+    cheap = CAPACITY_REQUESTS[5]  # at most 1 an hour
+    with store(db_url) as db, store_handle(db_url) as follower:
+        leader = cache_for(db)
+        with db.transaction() as s:
+            gpu_set("node2/1", price_per_hour=Decimal("0.5"))(s)
+        with db.sessions() as s:
+            assert leader.capacity(s)(cheap) is None
+        with follower.sessions() as s:
+            assert cache_for(follower).capacity(s)(cheap) is None
+        wrote, release = threading.Event(), threading.Event()
+
+        def follow() -> None:
+            with follower.transaction() as s:
+                gpu_set("node2/1", lifecycle_state="retired")(s)
+                s.flush()
+                wrote.set()
+                assert release.wait(10)
+
+        t = threading.Thread(target=follow)
+        t.start()
+        try:
+            assert wrote.wait(10)
+            if db.is_postgres:  # a later transaction commits first
+                with store_handle(db_url) as other, other.transaction() as s:
+                    gpu_set("node0/0", price_per_hour=Decimal("0.8"))(s)
+            with db.sessions() as s:
+                assert leader.capacity(s)(cheap) is None
+        finally:
+            release.set()
+            t.join(10)
+        with db.sessions() as s:
+            assert verdicts(leader, s) == full_verdicts(s)
+            assert (leader.capacity(s)(cheap) is None) == db.is_postgres  # node0/0 at 0.8
+        with db.transaction() as s:  # the leader's write, seen by the follower
+            gpu_set("node0/0", price_per_hour=Decimal("7"))(s)
+        with follower.sessions() as s:
+            assert cache_for(follower).capacity(s)(cheap) is not None
+            assert verdicts(cache_for(follower), s) == full_verdicts(s)
+        assert cache_for(follower).capacity_fleet.gpus.full_reads == 1
+
+
+def why_of(db: Database, job_id: str) -> Explanation | None:
+    who = Principal(token_id="t", role=Role.CONSUMER, account_id="acct_user")
+    return scheduling.why(db, who, job_id, "default")[1]
+
+
+# STEPS, with the running attempt preempted for the explained job for a while
+WHY_STEPS = [
+    *STEPS[:4],
+    ("j1 is preempted for jw", attempt_set("j1", state="stopping", preempted_for="jw")),
+    *STEPS[4:12],
+    ("j2 starts on node2/0", lambda s: start(s, "j2", "node2/0")),
+    *STEPS[12:15],
+    ("node0/0 is retired", gpu_set("node0/0", lifecycle_state="retired")),
+    *STEPS[16:],
+]
+
+
+def test_why_equals_a_cold_why_after_every_write(db_url: str) -> None:
+    with store(db_url) as db:
+        with db.transaction() as s:
+            rows.add_queued_job(s, "jw", AT, {**SPEC, "resources": {"gpus": 2}})
+        # node reputations are recomputed at least every ttl_s (a started attempt moves them
+        # without a change the cache looks for): each call computes them here, as a cold one
+        cache_for(db).ttl_s = 0.0
+        warm = why_of(db, "jw")
+        fleet = cache_for(db).shown_fleet
+        full = (fleet.nodes.full_reads, fleet.gpus.full_reads, cache_for(db).shown_held.full_reads)
+        told = set()
+        for what, write in WHY_STEPS:
+            with db.transaction() as s:
+                write(s)
+            read = fleet.gpus.changed_read
+            warm = why_of(db, "jw")
+            with store_handle(db_url) as cold:  # another handle: a cache that read nothing
+                assert warm == why_of(cold, "jw"), what
+            assert warm is not None
+            told.add((warm.summary(), warm.note))
+            with db.sessions() as s:  # what it kept equals a full read
+                rel = cache_for(db).reliabilities(s)
+                held, snap = cache_for(db).shown(s, rel, clock=1.0)
+                assert sorted(held, key=lambda h: h.attempt_id) == sorted(
+                    holders(s), key=lambda h: h.attempt_id
+                )
+                busy = {g: h.attempt_id for h in holders(s) for g in h.gpu_ids}
+                assert snap == fleet_snapshot(s, now=1.0, busy=busy, reliability=rel), what
+            assert fleet.gpus.changed_read - read <= 1, what  # each step writes one GPU
+        assert (
+            fleet.nodes.full_reads,
+            fleet.gpus.full_reads,
+            cache_for(db).shown_held.full_reads,
+        ) == full
+        assert len(told) > 3
+        assert any(note.startswith("waiting for preempted job j1") for _, note in told)

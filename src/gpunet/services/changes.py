@@ -99,6 +99,7 @@ class KeyedRows:
         self.cursor: Cursor | None = None
         self.loaded_at = 0.0
         self.full_reads = 0  # counted for tests and benchmarks
+        self.changed_read = 0  # rows read by the refreshes that read only changes (the same)
 
     def refresh(self, s: Session, now: Cursor) -> set[Any] | None:
         """Bring the rows up to ``now``, a cursor taken in this transaction (the scheduler
@@ -117,6 +118,7 @@ class KeyedRows:
         for r in s.execute(self.base.where(changed_since(self.table, self.cursor))):
             key = r[0]
             out.add(key)
+            self.changed_read += 1
             if self.keep(r):
                 self.rows[key] = self.make(r)
             else:

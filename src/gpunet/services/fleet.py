@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -84,6 +84,8 @@ HOLDER_COLUMNS = (
     Attempt.stop_kind,
     Attempt.preempted_for,
 )
+# the GPUs that count as capacity (the all-free snapshot): not retired or recycled
+IN_SERVICE = Gpu.lifecycle_state.notin_(GONE_STATES)
 HOLDING = [st.value for st in GPU_HOLDING_ATTEMPT_STATES]
 
 
@@ -111,25 +113,54 @@ def fleet_snapshot(
     ``busy`` (GPU id -> attempt) and ``reliability`` (node id -> score): already known, not
     read again; ``memo``: views kept from earlier calls; ``extra``: other Snapshot fields
     (accounts, account_usage...)."""
-    # plain rows, not ORM objects: this runs on every submit and every scheduler pass; in id
-    # order, the order of the scheduler pass's incrementally kept snapshot (pass_cache)
-    nodes: Sequence[Any] = sorted(s.execute(select(*NODE_COLUMNS)).all(), key=_first)
+    # plain rows, not ORM objects: this runs on every submit and every scheduler pass
+    nodes = s.execute(select(*NODE_COLUMNS)).all()
     cols = select(*GPU_COLUMNS)
     if all_free:
-        cols = cols.where(Gpu.lifecycle_state.notin_(GONE_STATES))
-    gpus: list[Any] = sorted(s.execute(cols), key=_first)
+        cols = cols.where(IN_SERVICE)
+    gpus = s.execute(cols).all()
     if busy is None:
         busy = {} if all_free else busy_gpu_ids(s)
-    # the capacity snapshot carries no reputations: a floor never rejects a job at submit.
-    # Rounded to two places so that nodes of similar standing share GPU classes.
+    # the capacity snapshot carries no reputations: a floor never rejects a job at submit
     if reliability is None:
         reliability = {} if all_free else reliabilities(s)
+    return rows_snapshot(
+        nodes,
+        gpus,
+        all_free=all_free,
+        now=now,
+        busy=busy,
+        reliability=reliability,
+        memo=memo,
+        **extra,
+    )
+
+
+def rows_snapshot(
+    nodes: Iterable[Any],
+    gpus: Iterable[Any],
+    *,
+    all_free: bool,
+    now: float | None,
+    busy: Container[str],
+    reliability: Mapping[str, float],
+    memo: ViewMemo | None = None,
+    **extra: Any,
+) -> Snapshot:
+    """The scheduler's snapshot of these node and GPU rows (``NODE_COLUMNS``,
+    ``GPU_COLUMNS``), as ``fleet_snapshot`` builds it from the rows it reads."""
+    # in id order, the order of the incrementally kept snapshots (pass_cache)
+    node_rows: Sequence[Any] = sorted(nodes, key=_first)
+    gpu_rows: list[Any] = sorted(gpus, key=_first)
+    # rounded to two places so that nodes of similar standing share GPU classes
     rel = rounded(reliability)
     memo = memo if memo is not None else ViewMemo()
-    node_views = memo.nodes_of(nodes, all_free)
+    node_views = memo.nodes_of(node_rows, all_free)
     return Snapshot(
         nodes=node_views,
-        gpus=tuple(memo.gpu(tuple(row), row[0] in busy, rel.get(row[1]), all_free) for row in gpus),
+        gpus=tuple(
+            memo.gpu(tuple(row), row[0] in busy, rel.get(row[1]), all_free) for row in gpu_rows
+        ),
         now=now,
         **extra,
     )

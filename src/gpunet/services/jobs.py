@@ -218,7 +218,7 @@ def submit_many(
                 )
         at = now()
         out: list[list[Job]] = []
-        fits = cache_for(db).capacity(s)  # the fleet read once for the whole batch
+        fits = cache_for(db).capacity(s)  # once for the whole batch
         for i, spec in enumerate(specs):
             # a microsecond apart, in the order sent: policies that order by submit time run
             # a batch, and an array's tasks, in that order

@@ -12,8 +12,11 @@
   the scheduler sees, by any replica) and patches what it keeps; everything is read whole
   again every ``changes.FULL_EVERY_S`` as a safety net.
 * The fleet's views (``fleet.ViewMemo``): views of unchanged rows are reused; and, while the
-  fleet's capacity is unchanged, whether a kind of job could ever run on it (the submit-time
-  check, which reads the fleet's rows every time).
+  fleet's capacity is unchanged, whether a kind of job could ever run on it.
+* For the readers outside the pass, rows of their own kept the same way (each reads only
+  the rows changed since its last read): the fleet's capacity for the submit-time check
+  (every node online and idle, the GPUs out of service left out), and the live fleet with
+  the attempts holding GPUs for ``why``.
 
 One cache per database (a weak map), so tests and tools that open several stores stay apart.
 """
@@ -35,23 +38,24 @@ from gpunet.core.jobs import AttemptState, JobState
 from gpunet.core.jobspec import JobSpec
 from gpunet.core.scheduling import GpuView, JobRequest, NodeView, Snapshot, never_fits
 from gpunet.core.scheduling.fairshare import Usage, decayed_gpu_seconds
-from gpunet.services.changes import Cursor, KeyedRows
+from gpunet.services.changes import Cursor, KeyedRows, cursor
 from gpunet.services.fleet import (
     GPU_COLUMNS,
     HOLDER_COLUMNS,
     HOLDING,
+    IN_SERVICE,
     NODE_COLUMNS,
     Holder,
     ViewMemo,
     account_ids,
-    fleet_snapshot,
     holder,
     job_request,
     node_view,
     rounded,
+    rows_snapshot,
     with_reliability,
 )
-from gpunet.services.reputation import reliabilities
+from gpunet.services.reputation import GONE_STATES, reliabilities
 from gpunet.store.db import Database
 from gpunet.store.tables import Attempt, Gpu, GpuBenchmark, GpuEvent, Job, Node
 
@@ -77,15 +81,18 @@ class PassCache:
             keep=lambda r: r[1] == queued,
             where=Job.state == queued,
         )
-        self.held = KeyedRows(
-            select(*HOLDER_COLUMNS).join(Job, Job.id == Attempt.job_id),
-            _table(Attempt),
-            keep=lambda r: r[5] in HOLDING,
-            where=Attempt.state.in_(HOLDING),
-            make=holder,
-        )
+        self.held = _holding()
         self.fleet = FleetRows(self.views)
         self.lock = threading.Lock()  # held by the scheduler pass
+        # The readers outside the pass keep rows of their own, each group under its lock:
+        # what the pass keeps moves under the pass's lock, which a submit must not wait for.
+        # The submit-time capacity check: every node online and idle, no GPU out of service.
+        self.capacity_fleet = FleetRows(self.views, all_free=True)
+        self.capacity_lock = threading.Lock()
+        # GET /v1/jobs/{id}/why: the live fleet and the attempts that hold GPUs.
+        self.shown_fleet = FleetRows(self.views)
+        self.shown_held = _holding()
+        self.shown_lock = threading.Lock()
 
     def queued(self, s: Session, now: Cursor) -> list[str]:
         """The ids of the queued jobs (the rows changed since the last pass read)."""
@@ -106,27 +113,51 @@ class PassCache:
 
     def never_fits(self, s: Session, req: JobRequest) -> str | None:
         """``core.never_fits`` on the fleet's capacity, remembered per kind of job while the
-        capacity's rows stay the same (they are read every time)."""
+        capacity stays the same."""
         return self.capacity(s)(req)
 
     def capacity(self, s: Session) -> Callable[[JobRequest], str | None]:
-        """``never_fits`` on the fleet as read now: the rows are read once, so a batch of
-        specs checked in one transaction reads them once, not once per spec."""
-        snap = fleet_snapshot(s, all_free=True, memo=self.views)
+        """``never_fits`` on the fleet as it stands now (only the rows changed since the last
+        check are read), once for a whole batch of specs checked in one transaction."""
+        now = cursor(s)
+        with self.capacity_lock:
+            snap = self.capacity_fleet.current(s, now, clock=None, busy=())
         fleet = (snap.nodes, snap.gpus)  # the same views while no row changed
-        if self._capacity is None or self._capacity[0] != fleet:
-            self._capacity = (fleet, {})
-        known = self._capacity[1]
+        got = self._capacity
+        if got is None or got[0] != fleet:
+            got = self._capacity = (fleet, {})
+        known = got[1]
 
         def check(req: JobRequest) -> str | None:
             kind = replace(req, id="", priority=0, submitted_at=0.0)
-            if kind not in known:
-                if len(known) > 10_000:
-                    known.clear()
-                known[kind] = never_fits(snap, req)
-            return known[kind]
+            try:  # (another submit may clear it meanwhile)
+                return known[kind]
+            except KeyError:
+                pass
+            if len(known) > 10_000:
+                known.clear()
+            why = known[kind] = never_fits(snap, req)
+            return why
 
         return check
+
+    def shown(
+        self, s: Session, reliability: dict[str, float], **extra: Any
+    ) -> tuple[list[Holder], Snapshot]:
+        """The attempts that hold GPUs and the live fleet's snapshot, with the node
+        reputations ``reliability`` (``reliabilities``) and ``extra`` Snapshot fields, for
+        readers outside the pass (``why``): only the rows changed since the last read are
+        read. Equals ``fleet.holders`` and ``fleet.fleet_snapshot`` on the same store."""
+        now = cursor(s)
+        with self.shown_lock:
+            if now.safe:
+                self.shown_held.refresh(s, now)
+                held = list(self.shown_held.rows.values())
+            else:  # (rows read after one's own writes are not kept)
+                held = list(self.shown_held.peek(s).values())
+            busy = [g for h in held for g in h.gpu_ids]
+            snap = self.shown_fleet.current(s, now, busy=busy, reliability=reliability, **extra)
+        return held, snap
 
     def requests(self, s: Session, job_ids: Iterable[str]) -> dict[str, JobRequest]:
         """Job id -> its scheduler view; specs are read and validated only for new jobs."""
@@ -218,13 +249,15 @@ def _table(entity: type[Any]) -> Table:
 
 class FleetRows:
     """The fleet's node and GPU rows and the scheduler's snapshot built from them, patched
-    with the rows changed since the last pass and the GPUs whose holder changed. The snapshot
-    equals ``fleet.fleet_snapshot`` on the same rows (both list nodes and GPUs in id order)."""
+    with the rows changed since the last read and the GPUs whose holder changed. The snapshot
+    equals ``fleet.fleet_snapshot`` on the same rows (both list nodes and GPUs in id order).
+    ``all_free``: the fleet's capacity (``fleet_snapshot(all_free=True)``: every node online
+    and idle, the GPUs out of service left out) rather than the fleet as it is."""
 
-    def __init__(self, memo: ViewMemo) -> None:
-        self.memo = memo
+    def __init__(self, memo: ViewMemo, *, all_free: bool = False) -> None:
+        self.memo, self.all_free = memo, all_free
         self.nodes = KeyedRows(select(*NODE_COLUMNS), _table(Node))
-        self.gpus = KeyedRows(select(*GPU_COLUMNS), _table(Gpu))
+        self.gpus = _in_service_gpus() if all_free else KeyedRows(select(*GPU_COLUMNS), _table(Gpu))
         self._node_views: tuple[NodeView, ...] = ()
         self._gpu_views: dict[str, GpuView] = {}
         self._order: list[str] = []
@@ -234,14 +267,42 @@ class FleetRows:
         self._rated: tuple[object, tuple[GpuView, ...]] | None = None
         self._rated_views: dict[str, GpuView] = {}
 
+    def current(
+        self,
+        s: Session,
+        now: Cursor,
+        *,
+        busy: Iterable[str],
+        clock: float | None = None,
+        reliability: dict[str, float] | None = None,
+        **extra: Any,
+    ) -> Snapshot:
+        """The snapshot as this transaction sees it (``snapshot``, then ``rated`` when
+        ``reliability`` is given). After this transaction's own writes (``now`` not safe) the
+        rows are peeked at and nothing kept moves."""
+        if not now.safe:
+            return rows_snapshot(
+                self.nodes.peek(s).values(),
+                self.gpus.peek(s).values(),
+                all_free=self.all_free,
+                now=clock,
+                busy=set(busy),
+                reliability=reliability or {},
+                memo=self.memo,
+                **extra,
+            )
+        snap = self.snapshot(s, now, clock=clock, busy=busy, **extra)
+        return snap if reliability is None else self.rated(snap, reliability)
+
     def snapshot(
-        self, s: Session, now: Cursor, *, clock: float, busy: Iterable[str], **extra: Any
+        self, s: Session, now: Cursor, *, clock: float | None, busy: Iterable[str], **extra: Any
     ) -> Snapshot:
         """The snapshot (no reputations: ``rated`` adds them) with ``busy`` GPUs held."""
         nodes, gpus = self.nodes.refresh(s, now), self.gpus.refresh(s, now)
         if nodes is None or nodes:
             rows = self.nodes.rows
-            self._node_views = tuple(node_view(rows[k], False) for k in sorted(rows))
+            free = self.all_free
+            self._node_views = tuple(node_view(rows[k], free) for k in sorted(rows))
         held = set(busy)
         rows = self.gpus.rows
         if gpus is None:
@@ -257,7 +318,7 @@ class FleetRows:
                 reorder = self._gpu_views.pop(gid, None) is not None or reorder
                 continue
             reorder = reorder or gid not in self._gpu_views
-            view = self.memo.gpu(row, gid in held, None, False)
+            view = self.memo.gpu(row, gid in held, None, self.all_free)
             if self._gpu_views.get(gid) is not view:
                 self._gpu_views[gid] = view
                 self._changed.add(gid)
@@ -265,6 +326,7 @@ class FleetRows:
         if reorder or gpus is None:
             self._order = sorted(self._gpu_views)
             self._gpus, self._rated = None, None
+            self._changed = set()  # every GPU is rated again
         if self._gpus is None:
             views = self._gpu_views
             self._gpus = tuple(views[g] for g in self._order)
@@ -290,6 +352,32 @@ class FleetRows:
         self._changed = set()
         self._rated = (reliability, rated)
         return replace(snapshot, gpus=rated)
+
+
+def _holding() -> KeyedRows:
+    """The attempts that hold GPUs (``fleet.holders``), kept by attempt id."""
+    return KeyedRows(
+        select(*HOLDER_COLUMNS).join(Job, Job.id == Attempt.job_id),
+        _table(Attempt),
+        keep=lambda r: r[5] in HOLDING,
+        where=Attempt.state.in_(HOLDING),
+        make=holder,
+    )
+
+
+_GPU_FIELDS = len(GPU_COLUMNS)
+
+
+def _in_service_gpus() -> KeyedRows:
+    """The GPUs in service (``fleet.IN_SERVICE``), kept by id as ``GPU_COLUMNS`` rows: a GPU
+    retired or recycled since is dropped, one brought back is read again."""
+    return KeyedRows(
+        select(*GPU_COLUMNS, Gpu.lifecycle_state),
+        _table(Gpu),
+        keep=lambda r: r[_GPU_FIELDS] not in GONE_STATES,
+        where=IN_SERVICE,
+        make=lambda r: tuple(r)[:_GPU_FIELDS],
+    )
 
 
 _CACHES: weakref.WeakKeyDictionary[Database, PassCache] = weakref.WeakKeyDictionary()

@@ -22,7 +22,7 @@ from gpunet.core.jobs import ACTIVE_ATTEMPT_STATES, AttemptState, JobState, Lost
 from gpunet.core.scheduling import Explanation, JobRequest, Plan, Snapshot, explain, plan
 from gpunet.services import billing, changes, gangs
 from gpunet.services.auth import Principal
-from gpunet.services.fleet import Holder, fleet_snapshot, holders, spread_group
+from gpunet.services.fleet import Holder, spread_group
 from gpunet.services.jobs import _visible, move_job, stop_attempt
 from gpunet.services.pass_cache import PassCache, cache_for
 from gpunet.store.db import Database
@@ -389,22 +389,23 @@ def why(
         job = _visible(s, who, job_id)
         if job.state != JobState.QUEUED.value:
             return job, None
-        held = holders(s)
+        # the fleet and its holders kept between calls: only rows changed since are read
+        held, snapshot = cache.shown(
+            s, cache.reliabilities(s), clock=time.time(), hold_hours=terms.hold_hours
+        )
         in_use: dict[str, int] = defaultdict(int)
         for h in held:
             in_use[h.account_id] += len(h.gpu_ids)
-        snapshot = fleet_snapshot(
-            s,
-            now=time.time(),
-            busy={g: h.attempt_id for h in held for g in h.gpu_ids},
-            reliability=cache.reliabilities(s),
-            accounts=billing.account_views(s, in_use, [job.account_id], now()),
-            hold_hours=terms.hold_hours,
-        )
+        accounts = billing.account_views(s, in_use, [job.account_id], now())
+        snapshot = replace(snapshot, accounts=accounts)
         req = cache.requests(s, [job.id])[job.id]
         exp = explain(snapshot, req, policy)
-        stopping = [h for h in held if h.preempted_for == job.id]
+        stopping = sorted((h for h in held if h.preempted_for == job.id), key=_attempt_id)
         if stopping and exp.placed is None:
             names = ", ".join(h.job_id for h in stopping)
             exp.note = f"waiting for preempted job {names} to stop and free its GPUs"
         return job, exp
+
+
+def _attempt_id(h: Holder) -> str:
+    return h.attempt_id

@@ -339,7 +339,7 @@ def reconcile_all(
                     out.wake += _cancel(s, who, job, f"service: {why}", f"service: {why}")
                     out.stopped += 1
             if p.add:
-                fits = fits or cache_for(db).capacity(s)  # the fleet read once per pass
+                fits = fits or cache_for(db).capacity(s)  # once per pass
                 try:
                     parsed = parse_spec(spec)
                     for i in range(p.add):
