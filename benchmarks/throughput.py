@@ -85,8 +85,15 @@ class Raw(RawConnection):
     def __init__(self, port: int, token: str = "") -> None:
         super().__init__(port)
         self.token = token
+        # a simulated agent's heartbeats and reports share this connection: one exchange at
+        # a time (two readers of one stream would read each other's answers, or raise)
+        self.lock = asyncio.Lock()
 
     async def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        async with self.lock:
+            return await self._call(method, path, body)
+
+    async def _call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         data = b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
         head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         if self.token:
@@ -179,8 +186,16 @@ class Fleet:
 
     def start(self) -> None:
         for a in self.agents:
-            self.tasks.append(asyncio.create_task(self._poll_loop(a)))
-            self.tasks.append(asyncio.create_task(self._heartbeat_loop(a)))
+            for loop in (self._poll_loop(a), self._heartbeat_loop(a)):
+                task = asyncio.create_task(loop)
+                task.add_done_callback(self._died)
+                self.tasks.append(task)
+
+    def _died(self, task: asyncio.Task[None]) -> None:
+        """A simulated agent's loop that ended other than by stop(): counted, never silent
+        (its node would stop polling or heartbeating and skew the figures)."""
+        if not task.cancelled() and task.exception() is not None:
+            self.errors[f"agent loop died: {type(task.exception()).__name__}"] += 1
 
     async def stop(self) -> None:
         for t in self.tasks:
