@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import pytest
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import bindparam, event, inspect, select, update
@@ -483,3 +484,17 @@ def migrate_to(db: Database, revision: str) -> None:
             command.upgrade(cfg, revision)
         else:
             command.downgrade(cfg, revision)
+
+
+def test_a_replica_reads_its_gpus_rows_again_after_a_while(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node that spoke to another replica meanwhile: what that replica wrote is not taken
+    for what this one wrote, once this one's memory of the rows is old."""
+    with store(db_url) as db:
+        here, there = LeaseBook(), LeaseBook()
+        flush(db, here, AT, lambda _g: 250.0)
+        flush(db, there, AT + timedelta(seconds=1), lambda _g: 250.0, temperature_c=60.0)
+        monkeypatch.setattr(leases_mod, "RELOAD_AFTER_S", 0.0)
+        flush(db, here, AT + timedelta(seconds=2), lambda _g: 250.0)
+        assert set(gpu_columns(db, Gpu.temperature_c).values()) == {(35.0,)}

@@ -128,9 +128,9 @@ def last_heard(db: Database, leases: LeaseBook) -> Callable[[str], datetime | No
 
 # the readings a GPU row holds, as the flush binds them
 READINGS = ("util", "mem", "temp", "power", "owner")
-# a GPU this replica's flush has not seen for this long is read from the store again before
-# its next write: its node may have spoken to another replica meanwhile
-FORGET_AFTER_S = 30.0
+# what a replica remembers of a GPU's row is read from the store again after this long: the
+# node may have spoken to another replica meanwhile, or re-registered with another model
+RELOAD_AFTER_S = 30.0
 _CHUNK = 2000  # ids per IN list
 
 
@@ -143,7 +143,7 @@ class Written:
     draw: float | None  # the smoothed draw (core.power.smoothed); kept here only
     tdp_w: float | None  # the catalog's, for the planning buckets
     at: datetime  # the heartbeat whose readings ``draw`` took in last
-    seen: float = 0.0  # monotonic: the last flush that had a reading of it
+    loaded: float  # monotonic: when the row was last read from the store
 
 
 class FlushMemo:
@@ -154,11 +154,14 @@ class FlushMemo:
 
     def __init__(self) -> None:
         self.gpus: dict[str, Written] = {}
+        self._swept = time.monotonic()
 
     def load(self, s: Session, gids: Iterable[str], at: datetime) -> None:
-        """Read the rows of the GPUs not remembered (or forgotten) from the store."""
-        cutoff = time.monotonic() - FORGET_AFTER_S
-        missing = [g for g in gids if g not in self.gpus or self.gpus[g].seen < cutoff]
+        """Read the rows of the GPUs not remembered, or not read for ``RELOAD_AFTER_S``, from
+        the store (the smoothed draw of a GPU remembered is kept)."""
+        t = time.monotonic()
+        cutoff = t - RELOAD_AFTER_S
+        missing = [g for g in gids if g not in self.gpus or self.gpus[g].loaded < cutoff]
         models = catalog()
         for k in range(0, len(missing), _CHUNK):
             for gid, model, plan, *readings in s.execute(
@@ -167,16 +170,17 @@ class FlushMemo:
                 )
             ):
                 spec = models.get(model)
-                power = readings[READINGS.index("power")]
                 tdp = spec.tdp_w if spec else None
-                self.gpus[gid] = Written(tuple(readings), plan, power, tdp, at)
+                old = self.gpus.get(gid)
+                if old is None:
+                    old = Written((), None, readings[READINGS.index("power")], None, at, t)
+                self.gpus[gid] = Written(tuple(readings), plan, old.draw, tdp, old.at, t)
 
     def changes(
         self, rows: list[dict[str, Any]]
     ) -> tuple[list[dict[str, Any]], dict[str, Written]]:
         """The rows (of ``load``ed GPUs) whose readings or planned power changed, with their
         ``planning_power_w`` bound as ``plan``; and what to remember once they are written."""
-        t = time.monotonic()
         writes, after = [], {}
         for row in rows:
             old = self.gpus.get(row["gid"])
@@ -186,14 +190,18 @@ class FlushMemo:
             draw = smoothed(old.draw, row["power"], dt)
             plan = planning_power(old.plan, draw, old.tdp_w)
             readings = tuple(row[k] for k in READINGS)
-            after[row["gid"]] = Written(readings, plan, draw, old.tdp_w, row["at"], t)
+            after[row["gid"]] = Written(readings, plan, draw, old.tdp_w, row["at"], old.loaded)
             if readings != old.readings or plan != old.plan:
                 writes.append(row | {"plan": plan})
         return writes, after
 
-    def forget_unseen(self) -> None:
-        cutoff = time.monotonic() - FORGET_AFTER_S
-        self.gpus = {g: w for g, w in self.gpus.items() if w.seen >= cutoff}
+    def forget_stale(self) -> None:
+        """Forget the GPUs not flushed for a while (their node left, or speaks to another
+        replica): they would be read again anyway."""
+        t = time.monotonic()
+        if t - self._swept > RELOAD_AFTER_S:
+            self._swept = t
+            self.gpus = {g: w for g, w in self.gpus.items() if w.loaded >= t - 2 * RELOAD_AFTER_S}
 
 
 _READING_COLUMNS = (
@@ -270,7 +278,7 @@ def flush_telemetry(db: Database, leases: LeaseBook) -> int:
             )
     # remembered once written (a transaction that failed leaves the memo as it was)
     memo.gpus.update(after)
-    memo.forget_unseen()
+    memo.forget_stale()
     for node_id in offline:
         leases.forget(node_id)
     return len(batch)
