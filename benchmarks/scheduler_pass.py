@@ -28,6 +28,13 @@ the fleet alone (``PassCache.capacity`` without a verdict). One GPU's price chan
 call, so each reads one changed row; the figures are the medians of ``--rounds`` rounds, after
 one call of each that warms the caches.
 
+``--telemetry quiet|jitter`` (with ``--steady``) adds the telemetry flush every node's
+heartbeats cause (``services.leases.flush_telemetry``, one flush per second of heartbeats)
+before each measured pass, warm-up and unchanged passes included: ``quiet``, every GPU
+reports the same readings each time (250 W); ``jitter``, every GPU's power draw moves by up
+to +-8 W at each flush, as a real GPU's does. The flushes are timed apart (``flush_ms``,
+``flush_cpu_ms``, and ``flush_gpu_rows``: GPU rows the flush's UPDATE sent).
+
 Each size runs on ``--runs`` fresh stores; the figures are medians, wall time and this
 process's CPU time (which excludes a PostgreSQL server's work but is steadier on a shared
 machine). The first run of a process
@@ -44,6 +51,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import random
 import statistics
 import sys
 import tempfile
@@ -61,7 +69,9 @@ from gpunet.core import ledger as L
 from gpunet.core.jobspec import JobSpec
 from gpunet.services import billing, jobs, scheduling
 from gpunet.services.auth import Principal, Role
+from gpunet.services.leases import flush_telemetry
 from gpunet.services.pass_cache import cache_for
+from gpunet.services.runtime import LeaseBook
 from gpunet.store.db import Database, normalize_url
 from gpunet.store.tables import Account, AccountQuota, Attempt, Gpu, Job
 
@@ -75,10 +85,54 @@ GPUS_PER_NODE = 4
 class StatementCounter:
     def __init__(self, db: Database) -> None:
         self.n = 0
+        self.gpu_rows = 0  # GPU rows sent by UPDATEs of gpus
         event.listen(db.engine, "before_cursor_execute", self._count)
 
-    def _count(self, *_args: Any) -> None:
+    def _count(self, _c: Any, _cur: Any, stmt: str, params: Any, _ctx: Any, many: bool) -> None:
         self.n += 1
+        if stmt.lstrip().upper().startswith("UPDATE GPUS"):
+            self.gpu_rows += len(params) if many else 1
+
+
+class Telemetry:
+    """Every node's heartbeats between two passes, flushed as the coordinator does."""
+
+    def __init__(self, db: Database, counter: StatementCounter, jitter: bool) -> None:
+        self.db, self.counter, self.jitter = db, counter, jitter
+        self.leases = LeaseBook()
+        self.rng = random.Random(7)
+        self.at = datetime.now(UTC)
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+        self.rows: list[int] = []
+
+    def flush(self) -> None:
+        self.at += timedelta(seconds=1)
+        for n in range(NODES):
+            reports = [
+                {
+                    "index": i,
+                    "utilization_pct": 0.0,
+                    "memory_used_mb": 0.0,
+                    "temperature_c": 35.0,
+                    "power_w": 250.0 + (self.rng.uniform(-8, 8) if self.jitter else 0.0),
+                }
+                for i in range(GPUS_PER_NODE)
+            ]
+            self.leases.renew(f"node{n}", self.at, reports)
+        self.counter.gpu_rows = 0
+        t, c = time.perf_counter(), time.process_time()
+        flush_telemetry(self.db, self.leases)
+        self.wall.append(time.perf_counter() - t)
+        self.cpu.append(time.process_time() - c)
+        self.rows.append(self.counter.gpu_rows)
+
+    def figures(self) -> dict[str, float]:
+        return {
+            "flush_ms": statistics.median(self.wall) * 1000,
+            "flush_cpu_ms": statistics.median(self.cpu) * 1000,
+            "flush_gpu_rows": statistics.median(self.rows),
+        }
 
 
 def populate(db: Database, queued: int) -> None:
@@ -185,13 +239,19 @@ def fill(db: Database) -> list[str]:
     return [str(a["id"]) for a in attempts]
 
 
-def steady_run(kind: str, pg_url: str, queued: int, k: int, rounds: int) -> dict[str, Any]:
+def steady_run(
+    kind: str, pg_url: str, queued: int, k: int, rounds: int, telemetry: str = "none"
+) -> dict[str, Any]:
     with store(kind, pg_url) as db:
         db.migrate()
         populate(db, queued)
         running = fill(db)
         counter = StatementCounter(db)
         terms = billing.Terms()
+        tel = None if telemetry == "none" else Telemetry(db, counter, telemetry == "jitter")
+        if tel is not None:
+            tel.flush()  # the first readings of every GPU
+            tel.flush()
         scheduling.tick(db, "default", terms)  # warms the caches; every GPU is busy
         spec = {"name": "bench", "command": ["true"], "resources": {"gpus": 1}}
         ns: list[int] = []
@@ -211,13 +271,17 @@ def steady_run(kind: str, pg_url: str, queued: int, k: int, rounds: int) -> dict
                 s.execute(update(Job).where(Job.id.in_(jobs)).values(state="succeeded"))
                 for j in range(k):
                     rows.add_queued_job(s, f"new{r:04d}-{j:04d}", at, spec)
+            if tel is not None:
+                tel.flush()
             res = timed_tick(db, terms, counter, ss, cs, ns)
             placed.append(len(res.assigned))
             running += res.assigned
         idle_n: list[int] = []
         idle_s: list[float] = []
         idle_c: list[float] = []
-        for _ in range(5):  # nothing changed since the last pass
+        for _ in range(5):  # nothing changed since the last pass (but the telemetry)
+            if tel is not None:
+                tel.flush()
             assert not timed_tick(db, terms, counter, idle_s, idle_c, idle_n).assigned
         return {
             "idle_statements": statistics.median(idle_n),
@@ -227,6 +291,7 @@ def steady_run(kind: str, pg_url: str, queued: int, k: int, rounds: int) -> dict
             "steady_statements": statistics.median(ns),
             "steady_ms": statistics.median(ss) * 1000,
             "steady_cpu_ms": statistics.median(cs) * 1000,
+            **(tel.figures() if tel is not None else {}),
         }
 
 
@@ -335,6 +400,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=10, help="--steady: passes measured")
     ap.add_argument("--readers", action="store_true", help="submits and why(), not passes")
     ap.add_argument("--batch", type=int, default=1000, help="--readers: specs in a batch")
+    ap.add_argument(
+        "--telemetry",
+        choices=("none", "quiet", "jitter"),
+        default="none",
+        help="--steady: a telemetry flush before each pass; jitter: every GPU's power moves",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     globals().update(NODES=args.nodes, GPUS_PER_NODE=args.gpus_per_node)
@@ -359,7 +430,9 @@ def main() -> None:
     for size in (int(x) for x in args.sizes.split(",")):
         if args.steady:
             runs = [
-                steady_run(args.database, args.pg_url, size, args.steady, args.rounds)
+                steady_run(
+                    args.database, args.pg_url, size, args.steady, args.rounds, args.telemetry
+                )
                 for _ in range(args.runs)
             ]
             med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
@@ -371,7 +444,13 @@ def main() -> None:
                     f"{med['steady_statements']:.0f} statements, {med['steady_ms']:.1f} ms "
                     f"({med['steady_cpu_ms']:.1f} ms CPU); placed {med['steady_placed']:.0f}; "
                     f"unchanged: {med['idle_statements']:.0f} statements, "
-                    f"{med['idle_ms']:.1f} ms ({med['idle_cpu_ms']:.1f} ms CPU)",
+                    f"{med['idle_ms']:.1f} ms ({med['idle_cpu_ms']:.1f} ms CPU)"
+                    + (
+                        f"; flush {med['flush_ms']:.1f} ms ({med['flush_cpu_ms']:.1f} ms CPU), "
+                        f"{med['flush_gpu_rows']:.0f} GPU rows written"
+                        if "flush_ms" in med
+                        else ""
+                    ),
                     flush=True,
                 )
             continue

@@ -10,18 +10,21 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import pytest
-from sqlalchemy import bindparam, select, update
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import bindparam, event, inspect, select, update
 from sqlalchemy.orm import Session
 
 from gpunet.core import ledger as L
 from gpunet.core.jobspec import JobSpec
 from gpunet.core.scheduling import Explanation, never_fits
 from gpunet.services import billing, changes, scheduling
+from gpunet.services import leases as leases_mod
 from gpunet.services.auth import Principal, Role
 from gpunet.services.fleet import (
     GPU_COLUMNS,
@@ -32,8 +35,10 @@ from gpunet.services.fleet import (
     with_reliability,
 )
 from gpunet.services.pass_cache import PassCache, cache_for
-from gpunet.store.db import Database
+from gpunet.services.runtime import LeaseBook
+from gpunet.store.db import MIGRATIONS, Database
 from gpunet.store.tables import Account, Attempt, Gpu, Job, Node
+from gpunet.util import utc
 from tests import rows
 
 AT = datetime(2026, 12, 1, tzinfo=UTC)
@@ -140,8 +145,8 @@ STEPS: list[tuple[str, Callable[[Session], None]]] = [
     ("node2/0's price changes", gpu_set("node2/0", price_per_hour=Decimal("3.5"))),
     ("node2/1 is drained", gpu_set("node2/1", drained=True)),
     ("node2/0's owner is busy", telemetry("node2/0", owner_busy=True)),
-    ("node2/0 draws less power", telemetry("node2/0", power_w=40.0)),
-    ("only telemetry the pass ignores", telemetry("node2/0", temperature_c=71.0)),
+    ("node2/0's planned power falls", telemetry("node2/0", planning_power_w=40.0)),
+    ("only telemetry the pass ignores", telemetry("node2/0", temperature_c=71.0, power_w=55.0)),
     ("node1's runtimes change", node_set("node1", runtimes=["podman"])),
     ("j1's attempt is told to stop", attempt_set("j1", state="stopping", stop_kind="cancel")),
     ("j1's attempt finishes", attempt_set("j1", state="cancelled")),
@@ -213,7 +218,7 @@ def test_writes_the_pass_does_not_see_move_no_version(db_url: str) -> None:
     with store(db_url) as db:
         cache = warmed(db)
         with db.transaction() as s:
-            telemetry("node0/0", temperature_c=80.0, utilization_pct=50.0)(s)
+            telemetry("node0/0", temperature_c=80.0, utilization_pct=50.0, power_w=301.5)(s)
             node_set("node0", last_heartbeat_at=datetime.now(UTC))(s)
             node_set("node1", status="online")(s)  # unchanged: the pass's node lock writes this
             submit(s, "j1")
@@ -622,3 +627,153 @@ def test_why_equals_a_cold_why_after_every_write(db_url: str) -> None:
         ) == full
         assert len(told) > 3
         assert any(note.startswith("waiting for preempted job j1") for _, note in told)
+
+
+# --- the telemetry flush: live readings apart from the power the scheduler plans with ---
+
+GPUS = [f"node{n}/{i}" for n in range(3) for i in range(2)]  # A100-80GB: 400 W TDP, 20 W steps
+
+
+def flush(
+    db: Database, leases: LeaseBook, at: datetime, power: Callable[[str], float], **readings: Any
+) -> None:
+    """Every node of ``store`` reports its GPUs at ``at`` (``power``: each GPU's draw), and
+    the replica keeping ``leases`` flushes."""
+    for n in range(3):
+        reports = [
+            {
+                "index": i,
+                "utilization_pct": 0.0,
+                "memory_used_mb": 0.0,
+                "temperature_c": 35.0,
+                "power_w": power(f"node{n}/{i}"),
+            }
+            | readings
+            for i in range(2)
+        ]
+        leases.renew(f"node{n}", at, reports)
+    assert leases_mod.flush_telemetry(db, leases) == 3
+
+
+def gpu_columns(db: Database, *cols: Any) -> dict[str, tuple[Any, ...]]:
+    with db.sessions() as s:
+        return {gid: tuple(rest) for gid, *rest in s.execute(select(Gpu.id, *cols))}
+
+
+def test_power_jitter_within_a_bucket_moves_no_version(db_url: str) -> None:
+    with store(db_url) as db:
+        leases = LeaseBook()
+        flush(db, leases, AT, lambda _g: 250.0)
+        cache = warmed(db)
+        versions = gpu_columns(db, Gpu.change_version)
+        for k in range(1, 11):  # +-7 W every second, as a real GPU's draw moves
+            jitter = 7.0 if k % 2 else -7.0
+            flush(db, leases, AT + timedelta(seconds=k), lambda g, j=jitter, k=k: 250 + j + k / 10)
+        assert gpu_columns(db, Gpu.change_version) == versions
+        with db.sessions() as s:
+            assert cache.fleet.gpus.refresh(s, changes.cursor(s)) == set()
+        # the live reading is written all the same (metrics, the dashboard, energy)
+        live = gpu_columns(db, Gpu.power_w, Gpu.planning_power_w)
+        assert set(live.values()) == {(244.0, 260.0)}
+
+
+def test_a_material_change_moves_the_planned_power_and_the_pass_sees_it(db_url: str) -> None:
+    with store(db_url) as db:
+        leases = LeaseBook()
+        flush(db, leases, AT, lambda g: 252.0 if g.endswith("/0") else 257.0)
+        cache, probe = warmed(db), warmed(db)
+        later = AT + timedelta(minutes=1)
+        flush(db, leases, later, lambda g: 400.0 if g == "node0/0" else 247.0)
+        with db.sessions() as s:
+            assert probe.fleet.gpus.refresh(s, changes.cursor(s)) == {"node0/0"}
+        with db.sessions() as s:
+            snap = kept(cache, s)[2]
+            assert snap == fresh(s)[2]
+        planned = {g.id: g.power_w for g in snap.gpus}
+        # one planned figure for the GPUs drawing 247 to 257 W: one GPU class, not several
+        assert planned == {g: 400.0 if g == "node0/0" else 260.0 for g in GPUS}
+
+
+@contextmanager
+def gpu_rows_written(db: Database) -> Iterator[list[int]]:
+    """The GPU rows each UPDATE of ``gpus`` sent while the context lasts."""
+    written: list[int] = []
+
+    def seen(_conn: Any, _cur: Any, stmt: str, params: Any, _ctx: Any, many: bool) -> None:
+        if stmt.lstrip().upper().startswith("UPDATE GPUS"):
+            written.append(len(params) if many else 1)
+
+    event.listen(db.engine, "before_cursor_execute", seen)
+    try:
+        yield written
+    finally:
+        event.remove(db.engine, "before_cursor_execute", seen)
+
+
+def test_unchanged_telemetry_writes_no_gpu_row(db_url: str) -> None:
+    with store(db_url) as db:
+        leases = LeaseBook()
+        flush(db, leases, AT, lambda _g: 250.0)
+        with gpu_rows_written(db) as written:
+            flush(db, leases, AT + timedelta(seconds=1), lambda _g: 250.0)
+            assert sum(written) == 0
+            # another replica, which never wrote these rows, compares with the store
+            other = LeaseBook()
+            flush(db, other, AT + timedelta(seconds=2), lambda _g: 250.0)
+            assert sum(written) == 0
+            flush(db, leases, AT + timedelta(seconds=3), lambda g: 261.0 if g == GPUS[3] else 250.0)
+            assert sum(written) == 1
+        at = gpu_columns(db, Gpu.telemetry_at, Gpu.power_w)
+        assert {g: utc(t) for g, (t, _p) in at.items()} == {
+            g: AT + timedelta(seconds=3 if g == GPUS[3] else 0) for g in GPUS
+        }
+        with db.sessions() as s:  # the heartbeat times are written every flush
+            heard = {utc(t) for t in s.scalars(select(Node.last_heartbeat_at))}
+        assert heard == {AT + timedelta(seconds=3)}
+
+
+def test_the_planning_power_migration_goes_down_and_up_again(db_url: str) -> None:
+    with store(db_url) as db:
+        with db.transaction() as s:
+            telemetry("node0/0", power_w=301.0)(s)
+
+        def bumps(write: Callable[[Session], None]) -> bool:
+            before = gpu_columns(db, Gpu.change_version)["node0/0"]
+            with db.transaction() as s:
+                write(s)
+            return gpu_columns(db, Gpu.change_version)["node0/0"] != before
+
+        migrate_to(db, "0014_fleet_version")
+        assert "planning_power_w" not in {c["name"] for c in inspect(db.engine).get_columns("gpus")}
+        assert bumps(telemetry("node0/0", power_w=305.0))  # 0014 watched the live draw
+        migrate_to(db, "head")
+        planned = gpu_columns(db, Gpu.planning_power_w)
+        assert planned["node0/0"] == (300.0,) and planned["node1/0"] == (None,)  # backfilled
+        assert not bumps(telemetry("node0/0", power_w=330.0))
+        assert bumps(telemetry("node0/0", planning_power_w=340.0))
+        assert bumps(gpu_set("node0/0", drained=True))  # the other watched columns still are
+
+
+def migrate_to(db: Database, revision: str) -> None:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with db.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        if revision == "head":
+            command.upgrade(cfg, revision)
+        else:
+            command.downgrade(cfg, revision)
+
+
+def test_a_replica_reads_its_gpus_rows_again_after_a_while(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node that spoke to another replica meanwhile: what that replica wrote is not taken
+    for what this one wrote, once this one's memory of the rows is old."""
+    with store(db_url) as db:
+        here, there = LeaseBook(), LeaseBook()
+        flush(db, here, AT, lambda _g: 250.0)
+        flush(db, there, AT + timedelta(seconds=1), lambda _g: 250.0, temperature_c=60.0)
+        monkeypatch.setattr(leases_mod, "RELOAD_AFTER_S", 0.0)
+        flush(db, here, AT + timedelta(seconds=2), lambda _g: 250.0)
+        assert set(gpu_columns(db, Gpu.temperature_c).values()) == {(35.0,)}

@@ -48,7 +48,8 @@ def holders(s: Session) -> list[Holder]:
     return [holder(r) for r in s.execute(q.where(Attempt.state.in_(HOLDING)))]
 
 
-# the rows the scheduler's snapshot is built from (and migration 0014's watched columns)
+# the rows the scheduler's snapshot is built from (and the triggers' watched columns:
+# migrations 0014 and 0015)
 NODE_COLUMNS = (
     Node.id,
     Node.status,
@@ -68,7 +69,7 @@ GPU_COLUMNS = (
     Gpu.healthy,
     Gpu.drained,
     Gpu.simulated,
-    Gpu.power_w,
+    Gpu.planning_power_w,
     Gpu.tier,
     Gpu.price_per_hour,
     Gpu.owner_busy,

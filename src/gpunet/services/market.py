@@ -99,7 +99,8 @@ def suggest(db: Database, who: Principal, gpu_id: str, tier: str | None) -> dict
     with db.sessions() as s:
         (g,) = _owned_gpus(s, who, gpu_id, None)
         spec = catalog().get(g.model)
-        power = g.power_w or (spec.tdp_w if spec else None)
+        # the planned power (core.power): a suggestion does not swing with each reading
+        power = g.planning_power_w or (spec.tdp_w if spec else None)
         energy = energy_cost_per_hour(power, _kwh_prices(s, {g.node_id})[g.node_id])
         # the GPU's own standing: its latest benchmark score and its tier (unless asked for one)
         score = s.scalar(

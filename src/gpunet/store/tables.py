@@ -127,6 +127,10 @@ class Gpu(Base):
     memory_used_mb: Mapped[float | None] = mapped_column(Float, default=None)
     temperature_c: Mapped[float | None] = mapped_column(Float, default=None)
     power_w: Mapped[float | None] = mapped_column(Float, default=None)
+    # the power the scheduler plans with: the draw smoothed and bucketed (core.power), so it
+    # moves only when the draw moves materially (migration 0015; power_w is the live reading)
+    planning_power_w: Mapped[float | None] = mapped_column(Float, default=None)
+    # when the readings above last changed (the flush writes a GPU only when they do)
     telemetry_at: Mapped[datetime | None] = mapped_column(default=None)
     # the owner is using it (agent/owner.py), from the latest flushed heartbeat
     owner_busy: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -137,7 +141,7 @@ class Gpu(Base):
     lifecycle_state: Mapped[str] = mapped_column(String(20), default="active")
     tier: Mapped[str | None] = mapped_column(String(20), default=None)
     # the version of the row's last change the scheduler sees, set by the store's triggers
-    # (migration 0014; services.pass_cache reads the rows changed since its last pass)
+    # (migrations 0014, 0015; services.pass_cache reads the rows changed since its last pass)
     change_version: Mapped[int] = mapped_column(BigInteger, default=0, index=True)
     health_status: Mapped[str] = mapped_column(String(20), default="healthy")
     health_reasons: Mapped[list[Any]] = mapped_column(default=list)

@@ -272,7 +272,7 @@ class Gpu(Resource):
     memory_used_mb: float | None
     temperature_c: float | None
     power_w: float | None
-    telemetry_at: Time | None
+    telemetry_at: Time | None = Field(description="when its readings last changed")
     price_per_hour: Money | None = Field(description="credits per hour; null: free")
     lifecycle_state: GpuState
     tier: str | None

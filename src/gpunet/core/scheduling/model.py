@@ -26,7 +26,8 @@ class GpuView:
     drained: bool = False
     price_per_hour: Decimal | None = None
     simulated: bool = False
-    power_w: float | None = None  # measured or rated board power; None: the catalog's TDP
+    # the planned board power (core.power: measured, smoothed, bucketed); None: the catalog TDP
+    power_w: float | None = None
     tier: str | None = None  # duty tier (training | inference | secondary); None: unassigned
     reliability: float | None = None  # the node's reputation, 0..1 (core/reputation.py)
     owner_busy: bool = False  # its owner is using it (agent/owner.py): no tenant work

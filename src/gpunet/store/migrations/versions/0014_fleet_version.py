@@ -10,7 +10,7 @@ so a transaction that commits late is never skipped.
 
 A later migration that rebuilds one of these tables on SQLite (``batch_alter_table`` with a
 change SQLite cannot make in place) drops its triggers and must create them again
-(``create_triggers``).
+(``store.change_triggers``); 0015 changed the GPUs' watched columns.
 
 Revision ID: 0014_fleet_version
 Revises: 0013_services
@@ -18,6 +18,8 @@ Revises: 0013_services
 
 import sqlalchemy as sa
 from alembic import op
+
+from gpunet.store import change_triggers
 
 revision = "0014_fleet_version"
 down_revision = "0013_services"
@@ -47,48 +49,11 @@ WATCHED = {
     "attempts": ["job_id", "node_id", "gpu_ids", "state", "stop_kind", "preempted_for"],
     "jobs": ["state"],
 }
-JSON_COLUMNS = {"runtimes", "gpu_ids"}  # compared as text on PostgreSQL (json has no "=")
-INSERT_WHEN = {"jobs": "NEW.state = 'queued'"}
-UPDATE_WHEN_ALSO = {"jobs": "(OLD.state = 'queued' OR NEW.state = 'queued')"}
-
-
-def _changed(col: str, pg: bool) -> str:
-    if pg:
-        if col in JSON_COLUMNS:
-            return f"OLD.{col}::text IS DISTINCT FROM NEW.{col}::text"
-        return f"OLD.{col} IS DISTINCT FROM NEW.{col}"
-    return f"OLD.{col} IS NOT NEW.{col}"
 
 
 def create_triggers(table: str) -> None:
-    pg = op.get_bind().dialect.name == "postgresql"
-    cols = WATCHED[table]
-    when = "(" + " OR ".join(_changed(c, pg) for c in cols) + ")"
-    if table in UPDATE_WHEN_ALSO:
-        when = f"{when} AND {UPDATE_WHEN_ALSO[table]}"
-    on_insert = INSERT_WHEN.get(table)
-    if pg:
-        ins_when = f" WHEN ({on_insert})" if on_insert else ""
-        op.execute(
-            f"CREATE TRIGGER {table}_change_insert BEFORE INSERT ON {table} FOR EACH ROW"
-            f"{ins_when} EXECUTE FUNCTION gpunet_change_version()"
-        )
-        op.execute(
-            f"CREATE TRIGGER {table}_change_update BEFORE UPDATE OF {', '.join(cols)} ON {table}"
-            f" FOR EACH ROW WHEN ({when}) EXECUTE FUNCTION gpunet_change_version()"
-        )
-        return
-    body = (
-        "BEGIN UPDATE change_clock SET value = value + 1 WHERE id = 1; "
-        f"UPDATE {table} SET change_version = (SELECT value FROM change_clock WHERE id = 1) "
-        "WHERE rowid = NEW.rowid; END"
-    )
-    ins_when = f" WHEN {on_insert}" if on_insert else ""
-    op.execute(f"CREATE TRIGGER {table}_change_insert AFTER INSERT ON {table}{ins_when} {body}")
-    op.execute(
-        f"CREATE TRIGGER {table}_change_update AFTER UPDATE OF {', '.join(cols)} ON {table}"
-        f" WHEN {when} {body}"
-    )
+    """``table``'s triggers with the columns watched as of this migration."""
+    change_triggers.create_triggers(table, WATCHED[table])
 
 
 def upgrade() -> None:
@@ -119,9 +84,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     pg = op.get_bind().dialect.name == "postgresql"
     for table in WATCHED:
-        for kind in ("insert", "update"):
-            on = f" ON {table}" if pg else ""
-            op.execute(f"DROP TRIGGER IF EXISTS {table}_change_{kind}{on}")
+        change_triggers.drop_triggers(table)
     if pg:
         op.execute("DROP FUNCTION gpunet_change_version()")
     op.drop_table("change_clock")
