@@ -8,12 +8,18 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
+from sqlalchemy import event
+
+from gpunet.store.db import Database
 
 PG_ADMIN = os.environ.get("GPUNET_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -75,3 +81,81 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'gpunet.db'}"
     url: str = request.getfixturevalue("pg_url")
     return url
+
+
+# The migrations, run once per run: {"sqlite": a migrated store's file, "postgres": the SQL
+# they sent to a fresh database, as one script}.
+_MIGRATED: dict[str, str] = {}
+
+
+def _sqlite_template() -> str:
+    if "sqlite" not in _MIGRATED:
+        path = Path(tempfile.mkdtemp(prefix="gpunet-template-")) / "gpunet.db"
+        db = Database(f"sqlite:///{path}")
+        try:
+            db.migrate()
+            with db.engine.connect() as conn:  # the whole store in the one file we copy
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            db.dispose()
+        _MIGRATED["sqlite"] = str(path)
+    return _MIGRATED["sqlite"]
+
+
+def _pg_migrations() -> str:
+    if "postgres" not in _MIGRATED:
+        sent: list[tuple[str, Any, bool]] = []
+
+        def record(_c: Any, _cur: Any, sql: str, params: Any, _ctx: Any, many: bool) -> None:
+            sent.append((sql, params, many))
+
+        with pg_database() as url:
+            db = Database(url)
+            event.listen(db.engine, "before_cursor_execute", record)
+            try:
+                db.migrate()
+            finally:
+                db.dispose()
+            with psycopg.connect(url, connect_timeout=5) as conn:
+                bind = psycopg.ClientCursor(conn).mogrify
+                _MIGRATED["postgres"] = ";\n".join(
+                    bind(sql, p)
+                    for sql, params, many in sent
+                    for p in (params if many else [params or None])
+                )
+    return _MIGRATED["postgres"]
+
+
+def _pg_is_empty(conn: psycopg.Connection[Any]) -> bool:
+    row = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone()
+    return row is not None and row[0] == 0
+
+
+def migrated(url: str) -> None:
+    """Bring the database at ``url`` to the newest schema. A fresh, empty one (what ``db_url``
+    gives) gets what the migrations made of another fresh one in this run: on SQLite a copy of
+    its file, on PostgreSQL the statements they sent, in one script. Alembic costs about a
+    second a test; the schema is the same. The migrations themselves are tested on a fresh
+    store of each kind (test_metrics_and_store), and run by the servers of the README's, the
+    demo's and the replicas' end-to-end tests. A store with tables is migrated in place."""
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+        if not path.exists() or path.stat().st_size == 0:
+            shutil.copyfile(_sqlite_template(), path)
+            return
+    elif url.startswith(("postgresql://", "postgres://")):
+        with psycopg.connect(url, connect_timeout=5) as conn:
+            if _pg_is_empty(conn):
+                conn.execute(_pg_migrations())
+                return
+    db = Database(url)
+    try:
+        db.migrate()
+    finally:
+        db.dispose()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if "sqlite" in _MIGRATED:
+        shutil.rmtree(Path(_MIGRATED["sqlite"]).parent, ignore_errors=True)
+    _MIGRATED.clear()

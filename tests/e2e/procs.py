@@ -18,6 +18,8 @@ from typing import Any, TypeVar
 
 import httpx
 
+from tests.conftest import migrated
+
 T = TypeVar("T")
 
 
@@ -166,6 +168,11 @@ class Network:
         self.user = ""  # a consumer token, set by two_agent_network
 
     def start_coordinator(self) -> None:
+        if self.coordinator is None:
+            # a copy of a migrated store: the server's own migrations cost seconds on a loaded
+            # host (a fresh store is migrated at start by the README's, the demo's and the
+            # replicas' tests)
+            migrated(self.db_url)
         self.coordinator = Proc(
             [
                 "server",

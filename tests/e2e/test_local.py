@@ -38,12 +38,14 @@ def test_restarted_agent_is_the_same_node(tmp_path: Path) -> None:
         net.start_coordinator()
         join = net.token("provider", "owner")
         net.start_agent("a1", "1xL4", join)
-        wait_for(lambda: len(net.cli_json(net.admin, "nodes")) == 1, 30, "the agent to join")
+        # polls ask the API (a CLI process a poll costs seconds on a loaded host); the CLI's
+        # listing is checked once the agent is back
+        wait_for(lambda: len(net.api(net.admin, "/v1/nodes")) == 1, 30, "the agent to join")
         first = net.agent_credentials("a1")["node_id"]
         net.agents["a1"].stop()  # Ctrl-C: a clean stop
         net.start_agent("a1", "1xL4", join)
         wait_for(
-            lambda: (n := net.cli_json(net.admin, "nodes"))[0]["status"] == "online" and n,
+            lambda: (n := net.api(net.admin, "/v1/nodes"))[0]["status"] == "online" and n,
             30,
             "the agent to reconnect",
         )

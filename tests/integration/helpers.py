@@ -17,6 +17,7 @@ from gpunet.api.app import create_app
 from gpunet.services.auth import bootstrap_admin
 from gpunet.services.runtime import Settings
 from gpunet.store.db import Database
+from tests.conftest import migrated
 
 T = TypeVar("T")
 
@@ -169,8 +170,8 @@ def fast_settings(url: str, **kw: Any) -> Settings:
 @contextmanager
 def coordinator(url: str, **settings: Any) -> Iterator[Coordinator]:
     """A migrated store, a bootstrap admin token, and the app running behind a TestClient."""
+    migrated(url)
     db = Database(url)
-    db.migrate()
     admin = bootstrap_admin(db)
     assert admin is not None
     with tempfile.TemporaryDirectory(prefix="gpunet-ckpt-") as ckpt:

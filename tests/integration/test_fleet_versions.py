@@ -40,6 +40,7 @@ from gpunet.store.db import MIGRATIONS, Database
 from gpunet.store.tables import Account, Attempt, Gpu, Job, Node
 from gpunet.util import utc
 from tests import rows
+from tests.conftest import migrated
 
 AT = datetime(2026, 12, 1, tzinfo=UTC)
 SPEC = {"name": "t", "command": ["true"], "resources": {"gpus": 1}}
@@ -47,9 +48,9 @@ SPEC = {"name": "t", "command": ["true"], "resources": {"gpus": 1}}
 
 @contextmanager
 def store(url: str) -> Iterator[Database]:
+    migrated(url)
     db = Database(url)
     try:
-        db.migrate()
         with db.transaction() as s:
             s.add(Account(id="acct_owner", name="owner", created_at=AT))
             s.add(Account(id="acct_user", name="user", created_at=AT))

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 from helpers import Coordinator, auth, coordinator, gpu, wait_for
 from sqlalchemy import inspect, select
@@ -15,7 +16,7 @@ from sqlalchemy import inspect, select
 from gpunet.services.auth import bootstrap_admin
 from gpunet.store.db import Database
 from gpunet.store.tables import Base, Token
-from tests.conftest import missing
+from tests.conftest import migrated, missing, pg_database
 
 
 def _metric(text: str, name: str, labels: str = "") -> float:
@@ -85,6 +86,68 @@ def test_metrics_expose_jobs_gpus_heartbeats_and_scheduling(db_url: str) -> None
             ),
             what="the queued job to be placed",
         )
+
+
+# what a schema is made of, beyond its tables: SQLite keeps each index's and trigger's DDL
+# (a table's DDL lists constraints in no fixed order after Alembic rebuilt it); PostgreSQL is
+# asked its catalog
+SCHEMA_QUERIES = {
+    "sqlite": ["SELECT type, name, tbl_name, sql FROM sqlite_master WHERE type != 'table'"],
+    "postgresql": [
+        "SELECT table_name, column_name, data_type, is_nullable, column_default"
+        " FROM information_schema.columns WHERE table_schema = 'public'",
+        "SELECT tablename, indexname, indexdef FROM pg_indexes WHERE schemaname = 'public'",
+        "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) FROM pg_constraint"
+        " WHERE connamespace = 'public'::regnamespace",
+        "SELECT event_object_table, trigger_name, action_timing, event_manipulation,"
+        " action_statement FROM information_schema.triggers",
+        "SELECT proname, prosrc FROM pg_proc WHERE pronamespace = 'public'::regnamespace",
+        "SELECT sequence_name FROM information_schema.sequences",
+    ],
+}
+
+
+def _schema(url: str) -> dict[str, Any]:
+    """Every table's columns, keys, indexes and constraints, the store's other objects, and
+    its Alembic revision, in a fixed order."""
+    db = Database(url)
+    try:
+        insp = inspect(db.engine)
+        out: dict[str, Any] = {}
+        for t in sorted(insp.get_table_names()):
+            out[t] = [
+                [
+                    (c["name"], str(c["type"]), c["nullable"], c["default"])
+                    for c in insp.get_columns(t)
+                ],
+                insp.get_pk_constraint(t)["constrained_columns"],
+                sorted(repr(sorted(x.items())) for x in insp.get_foreign_keys(t)),
+                sorted(repr(sorted(x.items())) for x in insp.get_indexes(t)),
+                sorted(repr(sorted(x.items())) for x in insp.get_unique_constraints(t)),
+                sorted(repr(sorted(x.items())) for x in insp.get_check_constraints(t)),
+            ]
+        with db.engine.connect() as conn:
+            for q in [*SCHEMA_QUERIES[conn.dialect.name], "SELECT * FROM alembic_version"]:
+                out[q] = sorted(tuple(r) for r in conn.exec_driver_sql(q))
+        return out
+    finally:
+        db.dispose()
+
+
+def test_the_tests_migrated_store_is_what_the_migrations_make(db_url: str, tmp_path: Path) -> None:
+    """The tests' fresh stores get the migrations' result made once per run (conftest's
+    ``migrated``): it must be the very schema that running them on a fresh store makes."""
+    migrated(db_url)
+    if db_url.startswith("sqlite"):
+        other = f"sqlite:///{tmp_path / 'other.db'}"
+        Database(other).migrate()
+        assert _schema(db_url) == _schema(other)
+        return
+    with pg_database() as other:
+        db = Database(other)
+        db.migrate()
+        db.dispose()
+        assert _schema(db_url) == _schema(other)
 
 
 def test_migrations_apply_on_a_fresh_store_and_are_idempotent(db_url: str) -> None:

@@ -15,12 +15,13 @@ from gpunet.core.jobs import ACTIVE_ATTEMPT_STATES
 from gpunet.services import leases, scheduling
 from gpunet.store.db import Database
 from gpunet.store.tables import Account, Attempt, Gpu, Job, JobEvent, Node
+from tests.conftest import migrated
 
 
 @pytest.fixture
 def db(db_url: str) -> Iterator[Database]:
+    migrated(db_url)
     d = Database(db_url)
-    d.migrate()
     at = datetime.now(UTC)
     with d.transaction() as s:
         s.add(Account(id="acct_o", name="owner", created_at=at))

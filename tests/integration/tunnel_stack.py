@@ -34,6 +34,7 @@ from gpunet.services.runtime import Runtime, Settings
 from gpunet.store.db import Database
 from gpunet.tls import client_context
 from gpunet.tunnel.hub import TunnelHub
+from tests.conftest import migrated
 from tests.e2e.procs import free_port
 
 DEADLINE_S = 15.0
@@ -193,8 +194,8 @@ async def tunnel_stack(
     coordinator serves https (and the tunnel wss) with a certificate of a private CA."""
     with tempfile.TemporaryDirectory(prefix="gpunet-tunnel-") as tmp:
         url = f"sqlite:///{Path(tmp) / 'gpunet.db'}"
+        migrated(url)
         db = Database(url)
-        db.migrate()
         admin = bootstrap_admin(db)
         assert admin is not None
         settings = Settings(database_url=url, checkpoint_dir=str(Path(tmp) / "ckpt"))
