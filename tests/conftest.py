@@ -141,6 +141,7 @@ def migrated(url: str) -> None:
     if url.startswith("sqlite:///"):
         path = Path(url.removeprefix("sqlite:///"))
         if not path.exists() or path.stat().st_size == 0:
+            path.parent.mkdir(parents=True, exist_ok=True)  # a server's home not made yet
             shutil.copyfile(_sqlite_template(), path)
             return
     elif url.startswith(("postgresql://", "postgres://")):
