@@ -209,14 +209,20 @@ def _paths(fake: FakeCoordinator) -> list[tuple[str, int]]:
     return [(p.removeprefix(BASE), status) for p, status, _ in fake.seen]
 
 
-def test_queued_reports_go_in_one_request_in_order(tmp_path: Path) -> None:
-    fake = FakeCoordinator({}, batches=True)
-    a = _agent(tmp_path, fake)
+def _two_run(a: Agent, *exits: int) -> tuple[AttemptCtx, AttemptCtx]:
+    """Attempts a1 and a2 reported started, then finished with ``exits`` (in order)."""
     one, two = _ctx(a, "a1"), _ctx(a, "a2")
     a._report(one, Report(fencing_token=1))
     a._report(two, Report(fencing_token=1))
-    a._finish(one, 0, "exit code 0")
-    a._finish(two, 3, "exit code 3")
+    for ctx, code in zip((one, two), exits, strict=False):
+        a._finish(ctx, code, f"exit code {code}")
+    return one, two
+
+
+def test_queued_reports_go_in_one_request_in_order(tmp_path: Path) -> None:
+    fake = FakeCoordinator({}, batches=True)
+    a = _agent(tmp_path, fake)
+    _two_run(a, 0, 3)
     asyncio.run(_drain(a, fake, 4))
     assert fake.requests == [(BATCH, 200)]
     assert _paths(fake) == [
@@ -293,11 +299,7 @@ def test_a_report_refused_in_a_batch_is_final_for_it_alone(tmp_path: Path) -> No
 def test_a_batch_the_coordinator_could_not_take_is_sent_again(tmp_path: Path) -> None:
     fake = FakeCoordinator({BATCH: [503, 502], f"{BASE}/a2/finished": [503]}, batches=True)
     a = _agent(tmp_path, fake)
-    one, two = _ctx(a, "a1"), _ctx(a, "a2")
-    a._report(one, Report(fencing_token=1))
-    a._report(two, Report(fencing_token=1))
-    a._finish(one, 0, "exit code 0")
-    a._finish(two, 0, "exit code 0")
+    _two_run(a, 0, 0)
     queued = [e.seq for e in a.journal.pending()]
     fake.watch = lambda: [e.seq for e in read_pending(tmp_path)]
     asyncio.run(_drain(a, fake, 5))
@@ -319,10 +321,7 @@ def test_a_batch_the_coordinator_could_not_take_is_sent_again(tmp_path: Path) ->
 def test_an_older_coordinator_gets_one_request_per_report(tmp_path: Path) -> None:
     fake = FakeCoordinator({})  # no POST /v1/agent/reports: 404
     a = _agent(tmp_path, fake)
-    one, two = _ctx(a, "a1"), _ctx(a, "a2")
-    a._report(one, Report(fencing_token=1))
-    a._report(two, Report(fencing_token=1))
-    a._finish(one, 0, "exit code 0")
+    _one, two = _two_run(a, 0)
 
     async def twice() -> None:
         task = asyncio.create_task(a._report_loop())
