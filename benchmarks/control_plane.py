@@ -93,6 +93,18 @@ def _proc_cpu_s(pid: int) -> float | None:
         return None
 
 
+def _tree_cpu_s(pid: int) -> float | None:
+    """CPU seconds of a process and of its children, living (the coordinator's scheduler
+    process) or reaped."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        own = sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except (OSError, ValueError, IndexError):
+        return None
+    return own + sum(_tree_cpu_s(int(k)) or 0.0 for k in kids)
+
+
 def _db_backends(db_name: str) -> dict[int, float]:
     """CPU seconds of each PostgreSQL backend serving ``db_name`` on this machine (its
     process title names the database), so the database's own cost can be told apart."""
@@ -122,15 +134,16 @@ def _machine_busy() -> tuple[float, float] | None:
 
 
 class CpuMeter:
-    """CPU used by the coordinator and by this load generator between start() and stop(),
-    as a percentage of one core; and the whole machine's busy share."""
+    """CPU used by the coordinator (with its child processes) and by this load generator
+    between start() and stop(), as a percentage of one core; and the whole machine's busy
+    share."""
 
     def __init__(self, server_pid: int | list[int], db_name: str = "") -> None:
         self.server_pids = server_pid if isinstance(server_pid, list) else [server_pid]
         self.db_name = db_name  # PostgreSQL: also count its backends for this database
 
     def _srv(self) -> float | None:
-        times = [_proc_cpu_s(p) for p in self.server_pids]
+        times = [_tree_cpu_s(p) for p in self.server_pids]
         return None if any(t is None for t in times) else sum(t or 0.0 for t in times)
 
     def start(self) -> None:

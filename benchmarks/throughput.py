@@ -402,7 +402,9 @@ async def tokens(url: str, admin: str) -> tuple[str, str]:
 
 
 async def burst(args: argparse.Namespace, db_url: str, workdir: Path) -> dict[str, Any]:
-    coord = Coordinator(db_url, workdir, 30.0, ["--max-queued-jobs", str(args.jobs + 1000)])
+    coord = Coordinator(
+        db_url, workdir, 30.0, ["--max-queued-jobs", str(args.jobs + 1000), *scheduler(args)]
+    )
     fleet: Fleet | None = None
     agent: subprocess.Popen[bytes] | None = None
     try:
@@ -439,6 +441,7 @@ async def burst(args: argparse.Namespace, db_url: str, workdir: Path) -> dict[st
             "jobs": args.jobs,
             "finished": done,
             "submit_mode": sub.mode,
+            "scheduler": args.scheduler,
             "submit_s": round(submitted_s, 2),
             "submit_rate_per_s": round(args.jobs / submitted_s, 1),
             "elapsed_s": round(elapsed, 2),
@@ -461,7 +464,9 @@ async def burst(args: argparse.Namespace, db_url: str, workdir: Path) -> dict[st
 async def steady(
     args: argparse.Namespace, db_url: str, workdir: Path, depth: int
 ) -> dict[str, Any]:
-    coord = Coordinator(db_url, workdir, 30.0, ["--max-queued-jobs", str(depth + BATCH_MAX * 2)])
+    coord = Coordinator(
+        db_url, workdir, 30.0, ["--max-queued-jobs", str(depth + BATCH_MAX * 2), *scheduler(args)]
+    )
     fleet: Fleet | None = None
     try:
         admin = await asyncio.to_thread(coord.wait_ready)
@@ -501,6 +506,7 @@ async def steady(
             "agents": args.agents,
             "gpus": args.agents * args.gpus_per_agent,
             "submit_mode": sub.mode,
+            "scheduler": args.scheduler,
             "reports": "batch" if fleet.batch_reports else "single",
             "measured_s": round(elapsed, 2),
             "finished": done,
@@ -560,6 +566,11 @@ def stages(db_url: str, since_s: float) -> dict[str, dict[str, float]]:
             xs.sort()
             out[key] = {"p50": round(xs[len(xs) // 2], 1), "p90": round(xs[len(xs) * 9 // 10], 1)}
     return out
+
+
+def scheduler(args: argparse.Namespace) -> list[str]:
+    """The coordinator's option for where its scheduler passes run (default: its own)."""
+    return [] if args.scheduler == "auto" else [f"--scheduler-{args.scheduler}"]
 
 
 def per_job(cpu_s: float | None, done: int) -> float | None:
@@ -707,6 +718,12 @@ def main() -> None:
         choices=("auto", "batch", "single"),
         default="auto",
         help="simulated agents: one POST /v1/agent/reports per answer, or a request per report",
+    )
+    p.add_argument(
+        "--scheduler",
+        choices=("auto", "process", "thread"),
+        default="auto",
+        help="where the coordinator runs its passes (gpunet server --scheduler-process/-thread)",
     )
     p.add_argument("--jobs", type=int, default=500, help="burst: jobs submitted at once")
     p.add_argument("--timeout", type=float, default=300.0, help="burst: give up after")

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from fastapi.testclient import TestClient
@@ -16,6 +17,7 @@ from fastapi.testclient import TestClient
 from gpunet.api.app import create_app
 from gpunet.services.auth import bootstrap_admin
 from gpunet.services.runtime import Settings
+from gpunet.store import tables
 from gpunet.store.db import Database
 from tests.conftest import migrated
 
@@ -179,3 +181,58 @@ def coordinator(url: str, **settings: Any) -> Iterator[Coordinator]:
         app = create_app(fast_settings(url, **settings), db=db)
         with TestClient(app) as client:
             yield Coordinator(client, db, admin)
+
+
+@contextmanager
+def one_queued_job(url: str) -> Iterator[Database]:
+    """A migrated store with one node ("n1", one free GPU, bare jobs allowed) and one
+    queued one-GPU job ("job1"), written directly: no coordinator, so no pass has run."""
+    migrated(url)
+    d = Database(url)
+    at = datetime.now(UTC)
+    with d.transaction() as s:
+        s.add(tables.Account(id="acct_o", name="owner", created_at=at))
+        s.add(tables.Account(id="acct_u", name="user", created_at=at))
+        s.flush()
+        s.add(
+            tables.Node(
+                id="n1",
+                name="n1",
+                account_id="acct_o",
+                registered_at=at,
+                last_heartbeat_at=at,
+                accepts_unisolated=True,
+            )
+        )
+        s.flush()
+        s.add(
+            tables.Gpu(
+                id="n1/0",
+                node_id="n1",
+                index=0,
+                uuid="GPU-0",
+                model="A100-80GB",
+                name="A100",
+                memory_mb=80_000,
+                cc_major=8,
+                cc_minor=0,
+            )
+        )
+        s.add(
+            tables.Job(
+                id="job1",
+                account_id="acct_u",
+                name="j",
+                spec={"command": ["true"]},
+                state="queued",
+                gpu_count=1,
+                max_retries=3,
+                created_at=at,
+            )
+        )
+        s.flush()
+        s.add(tables.JobEvent(job_id="job1", from_state=None, to_state="queued", at=at))
+    try:
+        yield d
+    finally:
+        d.dispose()

@@ -1,23 +1,18 @@
-"""A pass applies at most ``MAX_STARTS_PER_PASS`` starts (its transaction stays short on a
+"""A pass applies at most ``max_starts_per_pass`` starts (its transaction stays short on a
 deep queue) and the next pass runs at once for the rest: every job starts, no GPU twice."""
 
 from __future__ import annotations
 
 from collections import Counter
 
-import pytest
 from helpers import auth, coordinator, gpu, wait_for
 from sqlalchemy import select
 
-from gpunet.services import scheduling
 from gpunet.store.tables import Attempt
 
 
-def test_a_deep_plan_starts_over_several_passes_at_once(
-    db_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(scheduling, "MAX_STARTS_PER_PASS", 2)
-    with coordinator(db_url, scheduler_interval_s=30.0) as co:
+def test_a_deep_plan_starts_over_several_passes_at_once(db_url: str) -> None:
+    with coordinator(db_url, scheduler_interval_s=30.0, max_starts_per_pass=2) as co:
         node = co.register(co.token("provider", "prov"), [gpu(i) for i in range(5)])
         user = co.token("consumer", "alice")
         r = co.c.post(

@@ -5,68 +5,22 @@ ever left on an offline node."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from helpers import one_queued_job
 from sqlalchemy import select
 
 from gpunet.core.jobs import ACTIVE_ATTEMPT_STATES
 from gpunet.services import leases, scheduling
 from gpunet.store.db import Database
-from gpunet.store.tables import Account, Attempt, Gpu, Job, JobEvent, Node
-from tests.conftest import migrated
+from gpunet.store.tables import Attempt, Job, Node
 
 
 @pytest.fixture
 def db(db_url: str) -> Iterator[Database]:
-    migrated(db_url)
-    d = Database(db_url)
-    at = datetime.now(UTC)
-    with d.transaction() as s:
-        s.add(Account(id="acct_o", name="owner", created_at=at))
-        s.add(Account(id="acct_u", name="user", created_at=at))
-        s.flush()
-        s.add(
-            Node(
-                id="n1",
-                name="n1",
-                account_id="acct_o",
-                registered_at=at,
-                last_heartbeat_at=at,
-                accepts_unisolated=True,
-            )
-        )
-        s.flush()
-        s.add(
-            Gpu(
-                id="n1/0",
-                node_id="n1",
-                index=0,
-                uuid="GPU-0",
-                model="A100-80GB",
-                name="A100",
-                memory_mb=80_000,
-                cc_major=8,
-                cc_minor=0,
-            )
-        )
-        s.add(
-            Job(
-                id="job1",
-                account_id="acct_u",
-                name="j",
-                spec={"command": ["true"]},
-                state="queued",
-                gpu_count=1,
-                max_retries=3,
-                created_at=at,
-            )
-        )
-        s.flush()
-        s.add(JobEvent(job_id="job1", from_state=None, to_state="queued", at=at))
-    yield d
-    d.dispose()
+    with one_queued_job(db_url) as d:
+        yield d
 
 
 def _on_offline_nodes(db: Database) -> list[str]:

@@ -383,6 +383,15 @@ def server(
     checkpoint_quota_bytes: Annotated[
         int, typer.Option(help="bytes of checkpoint files per account", min=0)
     ] = Settings.checkpoint_quota_bytes,
+    scheduler_process: Annotated[
+        bool | None,
+        typer.Option(
+            "--scheduler-process/--scheduler-thread",
+            help="run the leader's scheduler passes in a child process, or in a thread of "
+            "the coordinator; default: a process on PostgreSQL, a thread on SQLite",
+            show_default=False,
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run the coordinator (migrations are applied at start). On any address but loopback it
@@ -410,6 +419,7 @@ def server(
         checkpoint_dir=str(checkpoint_dir or home() / "checkpoints"),
         checkpoint_store=checkpoint_store,
         checkpoint_quota_bytes=checkpoint_quota_bytes,
+        scheduler_process=scheduler_process,
         replica=f"{socket.gethostname()}:{port}",  # its name among replicas (docs/replicas.md)
     )
     scheme = "https" if tls else "http"

@@ -15,6 +15,7 @@ import time
 from starlette.concurrency import run_in_threadpool
 
 from gpunet.loops import metering
+from gpunet.loops.pass_worker import BrokenProcessPool, PassWorker
 from gpunet.services import blobs, leases, scheduling, serving, tiers
 from gpunet.services.replicas import Deposed
 from gpunet.services.runtime import Runtime
@@ -23,40 +24,65 @@ log = logging.getLogger("gpunet.loops")
 
 
 async def scheduler_loop(rt: Runtime) -> None:
-    """Run a pass whenever something changed (submit, finish, node join) or every interval."""
+    """Run a pass whenever something changed (submit, finish, node join) or every interval:
+    in a child process on PostgreSQL (loops.pass_worker), in a thread on SQLite."""
     ev = rt.wakeups.scheduler
-    while not rt.wakeups.closing:
-        # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation that
-        # lands as the event is set
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(rt.settings.scheduler_interval_s):
-                await ev.wait()
-        ev.clear()
-        t = time.perf_counter()
-        try:
-            result = await run_in_threadpool(
-                lambda: scheduling.tick(
-                    rt.db,
-                    rt.settings.policy,
-                    metering.terms(rt.settings),
-                    half_life_s=rt.settings.fair_share_half_life_s,
-                    fence=rt.leadership.fence,
-                )
-            )
-        except Deposed as exc:
-            log.warning("scheduler pass refused: %s", exc)
-            await asyncio.sleep(0.5)
-            continue
-        except Exception:
-            log.exception("scheduler pass failed")
-            await asyncio.sleep(0.5)
-            continue
-        rt.metrics.schedule_tick.observe(time.perf_counter() - t)
-        for w in result.waits_s:
-            rt.metrics.schedule_latency.observe(w)
-        rt.wakeups.wake_nodes(result.nodes)
-        if result.more:
-            ev.set()  # the plan held more starts than one pass applies: the next pass now
+    st = rt.settings
+    in_process = st.scheduler_process if st.scheduler_process is not None else rt.db.is_postgres
+    worker = PassWorker(rt.db.url) if in_process else None
+    terms = metering.terms(st)
+    try:
+        while not rt.wakeups.closing:
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation
+            # that lands as the event is set
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(st.scheduler_interval_s):
+                    await ev.wait()
+            ev.clear()
+            t = time.perf_counter()
+            try:
+                if worker is not None:
+                    result = await worker.tick(
+                        st.policy,
+                        terms,
+                        half_life_s=st.fair_share_half_life_s,
+                        max_starts=st.max_starts_per_pass,
+                        epoch=rt.leadership.epoch if rt.leadership.is_leader else None,
+                        replica=rt.replica,
+                    )
+                else:
+                    result = await run_in_threadpool(
+                        lambda: scheduling.tick(
+                            rt.db,
+                            st.policy,
+                            terms,
+                            half_life_s=st.fair_share_half_life_s,
+                            max_starts=st.max_starts_per_pass,
+                            fence=rt.leadership.fence,
+                        )
+                    )
+            except Deposed as exc:
+                log.warning("scheduler pass refused: %s", exc)
+                await asyncio.sleep(0.5)
+                continue
+            except BrokenProcessPool:
+                log.error("the scheduler's process died: starting another")
+                await asyncio.sleep(0.5)
+                ev.set()
+                continue
+            except Exception:
+                log.exception("scheduler pass failed")
+                await asyncio.sleep(0.5)
+                continue
+            rt.metrics.schedule_tick.observe(time.perf_counter() - t)
+            for w in result.waits_s:
+                rt.metrics.schedule_latency.observe(w)
+            rt.wakeups.wake_nodes(result.nodes)
+            if result.more:
+                ev.set()  # the plan held more starts than one pass applies: the next now
+    finally:
+        if worker is not None:
+            await run_in_threadpool(worker.close)
 
 
 async def gateway_loop(rt: Runtime) -> None:

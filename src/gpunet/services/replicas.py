@@ -64,6 +64,19 @@ def _dsn(db: Database) -> str:
     return db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
+def fence_epoch(s: Session, epoch: int | None, replica: str) -> None:
+    """Refuse this transaction's writes unless the leader row still holds ``epoch`` (None:
+    the caller knows it no longer leads). The share lock on that row makes a new election
+    wait until this transaction ends. A no-op on SQLite, where one coordinator leads."""
+    if s.get_bind().dialect.name != "postgresql":
+        return
+    now_epoch = s.execute(
+        text("SELECT epoch FROM coordinator_leader WHERE id = 1 FOR SHARE")
+    ).scalar()
+    if epoch is None or now_epoch != epoch:
+        raise Deposed(f"replica {replica} no longer leads (epoch {epoch}, now {now_epoch})")
+
+
 class Leadership:
     """Whether this replica leads, and the epoch it was elected with."""
 
@@ -140,13 +153,7 @@ class Leadership:
         The share lock on the leader row makes a new election wait until it commits."""
         if not self.shared:
             return
-        epoch = s.execute(
-            text("SELECT epoch FROM coordinator_leader WHERE id = 1 FOR SHARE")
-        ).scalar()
-        if not self.is_leader or epoch != self.epoch:
-            raise Deposed(
-                f"replica {self.replica} no longer leads (epoch {self.epoch}, now {epoch})"
-            )
+        fence_epoch(s, self.epoch if self.is_leader else None, self.replica)
 
     def view(self) -> dict[str, Any]:
         """Who leads what, for /healthz and `gpunet status`."""

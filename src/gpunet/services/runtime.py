@@ -30,6 +30,10 @@ class Settings:
     policy: str = "default"
     max_upload_bytes: int = 64 * 1024 * 1024
     scheduler_interval_s: float = 1.0
+    # the leader's passes run in a child process of their own (loops.pass_worker); None:
+    # on PostgreSQL yes, on SQLite in a thread (one process owns the file)
+    scheduler_process: bool | None = None
+    max_starts_per_pass: int = 500  # the rest start in the next pass, at once
     reaper_interval_s: float = 1.0
     # heartbeat times and telemetry reach the store in batches this often; the leader's
     # reaper reads other replicas' heartbeats from there (docs/replicas.md)

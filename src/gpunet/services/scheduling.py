@@ -61,10 +61,12 @@ def tick(
     terms: billing.Terms | None = None,
     *,
     half_life_s: float = DEFAULT_HALF_LIFE_S,
+    max_starts: int = MAX_STARTS_PER_PASS,
     fence: Callable[[Session], None] | None = None,
 ) -> TickResult:
-    """Place queued jobs and stop the interruptible attempts the plan preempts. ``fence``
-    refuses the pass's writes unless this replica still leads (services.replicas)."""
+    """Place queued jobs and stop the interruptible attempts the plan preempts, at most
+    ``max_starts`` starts. ``fence`` refuses the pass's writes unless this replica still
+    leads (services.replicas)."""
     terms = terms or billing.Terms()
     cache = cache_for(db)
     result = TickResult([], [], [])
@@ -109,13 +111,11 @@ def tick(
             hold_hours=terms.hold_hours,
             account_usage=cache.usage(s, clock, half_life_s),
         )
-        p = plan(
-            snapshot, [*pending, *preemptible.values()], policy, max_starts=MAX_STARTS_PER_PASS
-        )
+        p = plan(snapshot, [*pending, *preemptible.values()], policy, max_starts=max_starts)
         p = _avoid_bad_pairs(s, p, snapshot, reqs, policy)
         if fence is not None:
             fence(s)
-        _apply(s, p, snapshot, reqs, held, terms, result, cache)
+        _apply(s, p, snapshot, reqs, held, terms, result, cache, max_starts)
     return result
 
 
@@ -144,6 +144,7 @@ def _apply(
     terms: billing.Terms,
     result: TickResult,
     cache: PassCache,
+    max_starts: int = MAX_STARTS_PER_PASS,
 ) -> None:
     by_job: dict[str, list[Holder]] = defaultdict(list)
     for h in held:
@@ -153,8 +154,8 @@ def _apply(
     result.more = p.capped  # the plan left jobs unconsidered: the next pass runs at once
     if not starts:
         return
-    if len(starts) > MAX_STARTS_PER_PASS:  # the plan's order: its first choices start now
-        starts, result.more = starts[:MAX_STARTS_PER_PASS], True
+    if len(starts) > max_starts:  # the plan's order: its first choices start now
+        starts, result.more = starts[:max_starts], True
     node_ids = sorted({n for pl in starts for n, _ in pl.ranks()})
     # Lock the nodes' rows before reading their state (an UPDATE locks on both stores: a row
     # lock on PostgreSQL, the write lock on SQLite), so the lease reaper either took a node

@@ -23,13 +23,16 @@ def normalize_url(url: str) -> str:
     return url
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, name: str | None = None) -> Engine:
+    """``name``: PostgreSQL's ``application_name`` of the connections (pg_stat_activity)."""
     url = normalize_url(url)
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
     else:
         kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
+        if name:
+            kwargs["connect_args"] = {"application_name": name}
     engine = create_engine(url, **kwargs)
     if url.startswith("sqlite"):
 
@@ -72,9 +75,9 @@ def migrate(engine: Engine) -> None:
 class Database:
     """An engine plus a session factory."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, name: str | None = None) -> None:
         self.url = normalize_url(url)
-        self.engine = make_engine(url)
+        self.engine = make_engine(url, name)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         # told, after a commit, the nodes a transaction asked to wake (their agents' work
         # long-polls: e.g. a gang's members to stop); set by the coordinator's runtime
