@@ -128,11 +128,15 @@ class Coordinator:
         assert r.status_code == 200, r.text
         return dict(r.json())
 
-    def next_start(self, node: Node) -> dict[str, Any]:
-        """Long-poll until the scheduler hands this node an attempt (bounded)."""
+    def next_start(self, node: Node, *, keep_alive: bool = False) -> dict[str, Any]:
+        """Long-poll until the scheduler hands this node an attempt (bounded). ``keep_alive``:
+        heartbeat (naming no attempt) before each poll, for a node that holds none and has a
+        lease shorter than a pass may take on a loaded machine."""
 
         def poll() -> dict[str, Any] | None:
-            found = self.work(node, wait=2)
+            if keep_alive:
+                self.heartbeat(node)
+            found = self.work(node, wait=0.3 if keep_alive else 2)
             return found["start"][0] if found["start"] else None
 
         return wait_for(poll, poll=0, what=f"an attempt for {node.id}")

@@ -107,7 +107,7 @@ def test_reputation_drops_after_a_lost_attempt_and_says_why(db_url: str) -> None
         c.heartbeat(node)
         before = _score(c, user, node.id)
         job = c.submit(user, {"command": ["sleep", "60"], "max_retries": 0})
-        att = c.next_start(node)
+        att = c.next_start(node, keep_alive=True)
         c.heartbeat(node, [att["attempt_id"]])
         assert c.report(node, att, "started").status_code == 200
         wait_for(lambda: c.job(user, job["id"])["state"] == "failed", what="the lease to lapse")
@@ -132,7 +132,7 @@ def test_a_reliability_floor_keeps_jobs_off_the_low_reputation_node(db_url: str)
         flaky = c.register(provider, [gpu(0)], name="flaky")
         c.heartbeat(flaky)
         lost = c.submit(user, {"command": ["sleep", "60"], "max_retries": 0})
-        att = c.next_start(flaky)
+        att = c.next_start(flaky, keep_alive=True)
         assert c.report(flaky, att, "started").status_code == 200
         wait_for(lambda: c.job(user, lost["id"])["state"] == "failed", what="the lease to lapse")
         c.heartbeat(flaky)  # back online, with a lost attempt on its record
@@ -145,7 +145,8 @@ def test_a_reliability_floor_keeps_jobs_off_the_low_reputation_node(db_url: str)
 
         def placed() -> dict[str, Any] | None:
             c.heartbeat(flaky)
-            found = c.work(good, wait=0.5)
+            c.heartbeat(good)
+            found = c.work(good, wait=0.3)
             return found["start"][0] if found["start"] else None
 
         att = wait_for(placed, what="the job on the good node")

@@ -25,64 +25,59 @@ log = logging.getLogger("gpunet.loops")
 
 async def scheduler_loop(rt: Runtime) -> None:
     """Run a pass whenever something changed (submit, finish, node join) or every interval:
-    in a child process on PostgreSQL (loops.pass_worker), in a thread on SQLite."""
+    in the child process ``rt.pass_worker`` when there is one, else in a thread."""
     ev = rt.wakeups.scheduler
     st = rt.settings
-    in_process = st.scheduler_process if st.scheduler_process is not None else rt.db.is_postgres
-    worker = PassWorker(rt.db.url) if in_process else None
     terms = metering.terms(st)
-    try:
-        while not rt.wakeups.closing:
-            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation
-            # that lands as the event is set
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(st.scheduler_interval_s):
-                    await ev.wait()
-            ev.clear()
-            t = time.perf_counter()
-            try:
-                if worker is not None:
-                    result = await worker.tick(
+    while not rt.wakeups.closing:
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation
+        # that lands as the event is set
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(st.scheduler_interval_s):
+                await ev.wait()
+        ev.clear()
+        t = time.perf_counter()
+        worker = rt.pass_worker
+        try:
+            if worker is not None:
+                result = await worker.tick(
+                    st.policy,
+                    terms,
+                    half_life_s=st.fair_share_half_life_s,
+                    max_starts=st.max_starts_per_pass,
+                    epoch=rt.leadership.epoch if rt.leadership.is_leader else None,
+                    replica=rt.replica,
+                )
+            else:
+                result = await run_in_threadpool(
+                    lambda: scheduling.tick(
+                        rt.db,
                         st.policy,
                         terms,
                         half_life_s=st.fair_share_half_life_s,
                         max_starts=st.max_starts_per_pass,
-                        epoch=rt.leadership.epoch if rt.leadership.is_leader else None,
-                        replica=rt.replica,
+                        fence=rt.leadership.fence,
                     )
-                else:
-                    result = await run_in_threadpool(
-                        lambda: scheduling.tick(
-                            rt.db,
-                            st.policy,
-                            terms,
-                            half_life_s=st.fair_share_half_life_s,
-                            max_starts=st.max_starts_per_pass,
-                            fence=rt.leadership.fence,
-                        )
-                    )
-            except Deposed as exc:
-                log.warning("scheduler pass refused: %s", exc)
-                await asyncio.sleep(0.5)
-                continue
-            except BrokenProcessPool:
-                log.error("the scheduler's process died: starting another")
-                await asyncio.sleep(0.5)
-                ev.set()
-                continue
-            except Exception:
-                log.exception("scheduler pass failed")
-                await asyncio.sleep(0.5)
-                continue
-            rt.metrics.schedule_tick.observe(time.perf_counter() - t)
-            for w in result.waits_s:
-                rt.metrics.schedule_latency.observe(w)
-            rt.wakeups.wake_nodes(result.nodes)
-            if result.more:
-                ev.set()  # the plan held more starts than one pass applies: the next now
-    finally:
-        if worker is not None:
-            await run_in_threadpool(worker.close)
+                )
+        except Deposed as exc:
+            log.warning("scheduler pass refused: %s", exc)
+            await asyncio.sleep(0.5)
+            continue
+        except BrokenProcessPool:
+            log.error("the scheduler's process died: starting another")
+            await asyncio.sleep(0.5)
+            ev.set()
+            continue
+        except Exception:
+            log.exception("scheduler pass failed")
+            await asyncio.sleep(0.5)
+            continue
+        rt.metrics.schedule_tick.observe(time.perf_counter() - t)
+        for w in result.waits_s:
+            rt.metrics.schedule_latency.observe(w)
+        rt.wakeups.wake_nodes(result.nodes)
+        if result.more:
+            ev.set()  # the plan held more starts than one pass applies: the next now
 
 
 async def gateway_loop(rt: Runtime) -> None:
@@ -241,6 +236,9 @@ async def stop_all(rt: Runtime, tasks: list[asyncio.Task[None]], grace_s: float 
     _, stuck = await asyncio.wait(tasks, timeout=grace_s)
     for t in stuck:
         log.error("background loop %s did not stop within %.0f s", t.get_coro(), grace_s)
+    worker, rt.pass_worker = rt.pass_worker, None
+    if worker is not None:
+        await run_in_threadpool(worker.close)
 
 
 SINGLETONS = (
@@ -284,4 +282,7 @@ async def leadership_loop(rt: Runtime) -> None:
 
 
 def start_all(rt: Runtime) -> list[asyncio.Task[None]]:
+    st = rt.settings
+    if st.scheduler_process if st.scheduler_process is not None else rt.db.is_postgres:
+        rt.pass_worker = PassWorker(rt.db.url)  # its child starts now, not at the first pass
     return [asyncio.create_task(f(rt)) for f in (leadership_loop, flush_loop, gateway_loop)]

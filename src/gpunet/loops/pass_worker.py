@@ -3,8 +3,10 @@
 A pass is CPU work in Python: in the coordinator's process it holds the interpreter's lock in
 turns with the event loop and the request threads that answer every agent, so under load a
 pass of half a second of CPU took seconds of wall time (docs/benchmarks.md). The leader runs
-its passes in one child process instead, started when it is elected and stopped when it is
-deposed or stops; the child keeps its own pass cache and connections between passes.
+its passes in one child process instead. Every replica starts its child with the coordinator
+(``loops.background.start_all``), so a newly elected leader's first pass does not wait for a
+process to start and import; the child keeps its own pass cache and connections between
+passes, and stops with the coordinator.
 
 The child's writes are fenced by the epoch the leader was elected with (``replicas.
 fence_epoch``), so a pass still running in a child whose parent lost the lead is refused, and
@@ -55,6 +57,10 @@ def _start(database_url: str, log_level: int) -> None:
     _db.on_commit_wake = _woken.extend
 
 
+def _ready() -> None:
+    """Nothing: submitted once so the child starts and imports before the first pass."""
+
+
 def _tick(
     policy: str,
     terms: billing.Terms,
@@ -85,12 +91,14 @@ class PassWorker:
 
     def _new_pool(self) -> ProcessPoolExecutor:
         # spawn, not fork: the parent has threads and open connections a fork would copy
-        return ProcessPoolExecutor(
+        pool = ProcessPoolExecutor(
             max_workers=1,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_start,
             initargs=(self._url, logging.getLogger("gpunet").getEffectiveLevel()),
         )
+        pool.submit(_ready)  # start the child now: a first pass should not wait for it
+        return pool
 
     async def tick(
         self,

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpunet.archive import Limits
 from gpunet.services.auth import Authenticator
@@ -21,6 +21,9 @@ from gpunet.services.metrics_store import StoreCollector
 from gpunet.services.replicas import Bus, Leadership
 from gpunet.store.db import Database
 from gpunet.tunnel.hub import TunnelHub
+
+if TYPE_CHECKING:
+    from gpunet.loops.pass_worker import PassWorker
 
 
 @dataclass
@@ -285,6 +288,9 @@ class Runtime:
         from gpunet.services.gateway import Gateway
 
         self.tunnels = TunnelHub()  # the agents' tunnels to their service replicas
+        # the scheduler's child process (loops.pass_worker), from start to stop on every
+        # replica, so a newly elected leader's first pass does not wait for one to start
+        self.pass_worker: PassWorker | None = None
         self.gateway = Gateway(db, self.tunnels.request, self.metrics)
         self._checkpoints: CheckpointStore | None = None
 
