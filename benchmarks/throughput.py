@@ -148,9 +148,9 @@ class Agent:
 class Fleet:
     """Simulated agents that start and finish each attempt as soon as they get it."""
 
-    def __init__(self, port: int, n: int, gpus: int) -> None:
-        self.port = port
-        self.agents = [Agent(i, gpus, port) for i in range(n)]
+    def __init__(self, ports: list[int], n: int, gpus: int) -> None:
+        # agent i talks to coordinator replica i mod N (docs/replicas.md: any replica serves)
+        self.agents = [Agent(i, gpus, ports[i % len(ports)]) for i in range(n)]
         self.done = 0
         self.done_at: list[float] = []
         self.polls = 0
@@ -174,13 +174,13 @@ class Fleet:
 
         async def one(a: Agent) -> None:
             async with sem:
-                c = Raw(self.port, join)
+                c = Raw(a.port, join)
                 status, body = await c.call("POST", "/v1/agent/register", a.registration())
                 await c.close()
                 if status != 201:
                     raise RuntimeError(f"register: HTTP {status} {body}")
                 a.node_id = body["node_id"]
-                a.poll, a.rest = Raw(self.port, body["token"]), Raw(self.port, body["token"])
+                a.poll, a.rest = Raw(a.port, body["token"]), Raw(a.port, body["token"])
 
         await asyncio.gather(*(one(a) for a in self.agents))
 
@@ -411,7 +411,7 @@ async def burst(args: argparse.Namespace, db_url: str, workdir: Path) -> dict[st
         admin = await asyncio.to_thread(coord.wait_ready)
         join, cons = await tokens(coord.url, admin)
         if args.agent == "sim":
-            fleet = Fleet(coord.port, 1, 8)
+            fleet = Fleet([coord.port], 1, 8)
             await fleet.register(join)
             await fleet.detect_reports(args.reports)
             fleet.start()
@@ -464,14 +464,17 @@ async def burst(args: argparse.Namespace, db_url: str, workdir: Path) -> dict[st
 async def steady(
     args: argparse.Namespace, db_url: str, workdir: Path, depth: int
 ) -> dict[str, Any]:
-    coord = Coordinator(
-        db_url, workdir, 30.0, ["--max-queued-jobs", str(depth + BATCH_MAX * 2), *scheduler(args)]
-    )
+    server_args = ["--max-queued-jobs", str(depth + BATCH_MAX * 2), *scheduler(args)]
+    coord = Coordinator(db_url, workdir, 30.0, server_args)
+    replicas = [coord]
     fleet: Fleet | None = None
     try:
         admin = await asyncio.to_thread(coord.wait_ready)
+        for _ in range(args.replicas - 1):  # after the first: it migrated and made the admin
+            replicas.append(Coordinator(db_url, workdir, 30.0, server_args))
+            await asyncio.to_thread(replicas[-1].wait_ready)
         join, cons = await tokens(coord.url, admin)
-        fleet = Fleet(coord.port, args.agents, args.gpus_per_agent)
+        fleet = Fleet([c.port for c in replicas], args.agents, args.gpus_per_agent)
         await fleet.register(join)
         await fleet.detect_reports(args.reports)
         fleet.start()
@@ -482,14 +485,18 @@ async def steady(
         measure_from = time.perf_counter() + args.warmup
         stop = measure_from + args.duration
         marks: dict[str, Any] = {}
-        meter = CpuMeter(coord.pid, pg_name(db_url))
+        meter = CpuMeter([c.pid for c in replicas], pg_name(db_url))
         async with profiled(args, coord.pid, workdir) as prof:
             while not marks or time.perf_counter() < stop:
                 if not marks and time.perf_counter() >= measure_from:
-                    marks = {"done": fleet.done, "polls": fleet.polls, "t": time.perf_counter()}
-                    marks["wall"] = time.time()
-                    marks["metrics"] = scrape(coord.url, admin)
+                    # /metrics first, in a thread so the simulated agents keep running (a
+                    # scrape of 8,000 GPUs' series takes seconds on a busy coordinator);
+                    # the window's counts and CPU then start at the same moment
+                    first = await asyncio.to_thread(scrape, coord.url, admin)
+                    marks = {"done": fleet.done, "polls": fleet.polls, "metrics": first}
+                    marks["t"], marks["wall"] = time.perf_counter(), time.time()
                     meter.start()
+                    stop = marks["t"] + args.duration
                 outstanding = sub.submitted - fleet.done
                 if outstanding < depth:
                     chunk = BATCH_MAX if sub.mode == "batch" else 64
@@ -498,8 +505,8 @@ async def steady(
                     await asyncio.sleep(0.02)
         elapsed = time.perf_counter() - marks["t"]
         cpu = meter.stop()
-        after = scrape(coord.url, admin)
-        done = fleet.done - marks["done"]
+        done, polls = fleet.done - marks["done"], fleet.polls - marks["polls"]
+        after = await asyncio.to_thread(scrape, coord.url, admin)
         await sub.close()
         return {
             "depth": depth,
@@ -507,11 +514,12 @@ async def steady(
             "gpus": args.agents * args.gpus_per_agent,
             "submit_mode": sub.mode,
             "scheduler": args.scheduler,
+            "replicas": args.replicas,
             "reports": "batch" if fleet.batch_reports else "single",
             "measured_s": round(elapsed, 2),
             "finished": done,
             "jobs_per_s": round(done / elapsed, 1),
-            "polls_per_job": round((fleet.polls - marks["polls"]) / done, 2) if done else None,
+            "polls_per_job": round(polls / done, 2) if done else None,
             # CPU per committed placement: steadier than jobs/s on a shared machine
             "server_cpu_ms_per_job": per_job(cpu.get("server_cpu_s"), done),
             "database_cpu_ms_per_job": per_job(cpu.get("database_cpu_s"), done),
@@ -525,7 +533,8 @@ async def steady(
     finally:
         if fleet is not None:
             await fleet.stop()
-        coord.stop()
+        for c in replicas:
+            c.stop()
 
 
 def stages(db_url: str, since_s: float) -> dict[str, dict[str, float]]:
@@ -725,6 +734,13 @@ def main() -> None:
         default="auto",
         help="where the coordinator runs its passes (gpunet server --scheduler-process/-thread)",
     )
+    p.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="steady: coordinator replicas on one PostgreSQL database (agent i talks to "
+        "replica i mod N; jobs are submitted to the first)",
+    )
     p.add_argument("--jobs", type=int, default=500, help="burst: jobs submitted at once")
     p.add_argument("--timeout", type=float, default=300.0, help="burst: give up after")
     p.add_argument("--agents", type=int, default=100, help="steady: simulated agents")
@@ -739,6 +755,8 @@ def main() -> None:
     )
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
+    if args.replicas > 1 and (args.database != "postgres" or args.workload != "steady"):
+        p.error("--replicas above 1 needs steady and --database postgres (SQLite: one coordinator)")
     if args.quick:
         args.jobs, args.agents, args.depth = min(args.jobs, 100), min(args.agents, 10), "50"
         args.warmup, args.duration = 2.0, 5.0
