@@ -17,9 +17,15 @@ import pytest
 from helpers import auth, coordinator, gpu, one_queued_job, wait_for
 from sqlalchemy import select, text, update
 
-from gpunet.loops.pass_worker import SCHEDULER_APP_NAME, BrokenProcessPool, PassWorker
+from gpunet.loops.pass_worker import (
+    SCHEDULER_APP_NAME,
+    BrokenProcessPool,
+    PassOrder,
+    PassWorker,
+)
 from gpunet.services import billing
 from gpunet.services.replicas import Deposed
+from gpunet.services.scheduling import TickResult
 from gpunet.store.db import Database
 from gpunet.store.tables import Attempt, CoordinatorLeader
 from tests.conftest import only_on
@@ -35,17 +41,12 @@ def db(db_url: str) -> Iterator[Database]:
         yield d
 
 
-def _tick(worker: PassWorker, epoch: int | None) -> object:
-    return asyncio.run(
-        worker.tick(
-            "default",
-            billing.Terms(),
-            half_life_s=3600.0,
-            max_starts=500,
-            epoch=epoch,
-            replica="test",
-        )
-    )
+def _order(epoch: int | None) -> PassOrder:
+    return PassOrder("default", billing.Terms(), 3600.0, 500, epoch, "test")
+
+
+def _tick(worker: PassWorker, epoch: int | None) -> TickResult:
+    return asyncio.run(worker.tick(_order(epoch)))
 
 
 def _attempts(db: Database) -> list[Attempt]:
@@ -63,7 +64,7 @@ def test_a_pass_in_the_child_places_the_queued_job(db: Database) -> None:
     try:
         result = _tick(worker, 7)
         assert [a.job_id for a in _attempts(db)] == ["job1"]
-        assert result.nodes == ["n1"]  # type: ignore[attr-defined]
+        assert result.nodes == ["n1"]
         (pid,) = _child_pids(worker)
         assert pid != os.getpid()
     finally:
@@ -115,11 +116,10 @@ def test_the_child_dies_with_its_parent(db: Database, tmp_path: Path) -> None:
     script = textwrap.dedent(
         f"""
         import asyncio, sys, time
-        from gpunet.loops.pass_worker import PassWorker
+        from gpunet.loops.pass_worker import PassOrder, PassWorker
         from gpunet.services import billing
         w = PassWorker({db.url!r})
-        asyncio.run(w.tick("default", billing.Terms(), half_life_s=3600.0, max_starts=500,
-                           epoch=7, replica="test"))
+        asyncio.run(w.tick(PassOrder("default", billing.Terms(), 3600.0, 500, 7, "test")))
         print(*[p.pid for p in w._pool._processes.values()], flush=True)
         time.sleep(60)
         """

@@ -15,7 +15,7 @@ import time
 from starlette.concurrency import run_in_threadpool
 
 from gpunet.loops import metering
-from gpunet.loops.pass_worker import BrokenProcessPool, PassWorker
+from gpunet.loops.pass_worker import BrokenProcessPool, PassOrder, PassWorker
 from gpunet.services import blobs, leases, scheduling, serving, tiers
 from gpunet.services.replicas import Deposed
 from gpunet.services.runtime import Runtime
@@ -41,12 +41,14 @@ async def scheduler_loop(rt: Runtime) -> None:
         try:
             if worker is not None:
                 result = await worker.tick(
-                    st.policy,
-                    terms,
-                    half_life_s=st.fair_share_half_life_s,
-                    max_starts=st.max_starts_per_pass,
-                    epoch=rt.leadership.epoch if rt.leadership.is_leader else None,
-                    replica=rt.replica,
+                    PassOrder(
+                        st.policy,
+                        terms,
+                        st.fair_share_half_life_s,
+                        st.max_starts_per_pass,
+                        rt.leadership.epoch if rt.leadership.is_leader else None,
+                        rt.replica,
+                    )
                 )
             else:
                 result = await run_in_threadpool(

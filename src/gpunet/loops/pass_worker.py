@@ -25,6 +25,7 @@ import signal
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from typing import Any
 
 from gpunet.services import billing, scheduling
@@ -33,7 +34,7 @@ from gpunet.store.db import Database
 
 log = logging.getLogger("gpunet.loops")
 
-__all__ = ["SCHEDULER_APP_NAME", "BrokenProcessPool", "PassWorker"]
+__all__ = ["SCHEDULER_APP_NAME", "BrokenProcessPool", "PassOrder", "PassWorker"]
 
 SCHEDULER_APP_NAME = "gpunet-scheduler"  # the child's connections, in pg_stat_activity
 _PR_SET_PDEATHSIG = 1
@@ -61,22 +62,32 @@ def _ready() -> None:
     """Nothing: submitted once so the child starts and imports before the first pass."""
 
 
-def _tick(
-    policy: str,
-    terms: billing.Terms,
-    half_life_s: float,
-    max_starts: int,
-    epoch: int | None,
-    replica: str,
-) -> scheduling.TickResult:
+@dataclass(frozen=True)
+class PassOrder:
+    """What one pass in the child runs with: the settings, and the epoch its writes need."""
+
+    policy: str
+    terms: billing.Terms
+    half_life_s: float
+    max_starts: int
+    epoch: int | None  # None: the parent no longer leads (every write is refused)
+    replica: str
+
+
+def _tick(order: PassOrder) -> scheduling.TickResult:
     assert _db is not None, "the worker was not started"
     _woken.clear()
 
     def fence(s: Any) -> None:
-        fence_epoch(s, epoch, replica)
+        fence_epoch(s, order.epoch, order.replica)
 
     result = scheduling.tick(
-        _db, policy, terms, half_life_s=half_life_s, max_starts=max_starts, fence=fence
+        _db,
+        order.policy,
+        order.terms,
+        half_life_s=order.half_life_s,
+        max_starts=order.max_starts,
+        fence=fence,
     )
     result.nodes = sorted({*result.nodes, *_woken})
     return result
@@ -100,23 +111,12 @@ class PassWorker:
         pool.submit(_ready)  # start the child now: a first pass should not wait for it
         return pool
 
-    async def tick(
-        self,
-        policy: str,
-        terms: billing.Terms,
-        *,
-        half_life_s: float,
-        max_starts: int,
-        epoch: int | None,
-        replica: str,
-    ) -> scheduling.TickResult:
+    async def tick(self, order: PassOrder) -> scheduling.TickResult:
         """One pass in the child. Raises ``replicas.Deposed`` when fenced out, and
         ``BrokenProcessPool`` when the child died (the next call starts a new one)."""
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(
-                self._pool, _tick, policy, terms, half_life_s, max_starts, epoch, replica
-            )
+            return await loop.run_in_executor(self._pool, _tick, order)
         except BrokenProcessPool:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = self._new_pool()
