@@ -29,10 +29,9 @@ Guide that fit one node (``HIGH_THROUGHPUT`` below, each with the guide's reason
 accounting, job accounting gathering or job completion records, ``priority/basic``,
 ``task/none``, slurmctld on two ports, and ``munged --num-threads 10``. ``guide-sample`` is
 that with the guide's ``defer`` and its sample ``SchedulerParameters``
-(``batch_sched_delay=20``, ``sched_min_interval=2000000``, the ``bf_*`` and depth limits),
-written for many nodes, where
-one scheduling pass starts hundreds of jobs; on one node a pass starts at most 8 and the
-passes are seconds apart (0.8 jobs/s for 100 jobs here), so it runs only when asked.
+(``batch_sched_delay=20``, ``sched_min_interval=2000000``, the ``bf_*`` and depth limits):
+they space scheduling passes seconds apart so that each can start many jobs, while on one
+node a pass starts at most 8 (0.8 jobs/s for 100 jobs here), so it runs only when asked.
 
 Submission is what a user does: one ``sbatch --gres=gpu:1 --wrap true`` per job, from
 ``--submitters`` parallel processes (8, as gpunet's benchmark keeps 8 submissions in flight),
