@@ -16,6 +16,12 @@ PostgreSQL database that is dropped afterwards. Two workloads:
   finished jobs per second over ``--duration`` seconds after a warm-up. Run it at several
   depths (``--depth 100,1000,10000``) to see whether throughput falls as the queue grows.
 
+``burst --peers slurm`` measures Slurm side by side in the same run: each round runs gpunet,
+then the same workload on a private one-node Slurm (``benchmarks/slurm_burst.py``) in each
+``--slurm-config`` (its defaults, and the High Throughput guide's settings), submitted as one
+``sbatch`` per job and as one job array (``--slurm-submit``), so every row sees the same machine
+load; the report adds each row's median and the ratio gpunet / Slurm.
+
 Simulated agents speak the agent protocol over a minimal keep-alive HTTP client (two
 connections each: the long-poll and everything else), so the load generator's CPU stays small
 next to the coordinator's on a 2-core machine. They report every attempt of one work answer
@@ -26,6 +32,7 @@ else one ``POST /v1/jobs`` each (8 in flight). The coordinator's CPU, its schedu
 (count, seconds) and the work polls it answered are read from /proc and /metrics.
 
     python benchmarks/throughput.py burst --agent real --database sqlite --runs 3
+    python benchmarks/throughput.py burst --agent real --runs 3 --peers slurm
     python benchmarks/throughput.py steady --agents 100 --depth 100,1000,10000 \\
         --database postgres --runs 3 --json
 """
@@ -53,6 +60,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+import slurm_burst
 import sqlalchemy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -753,10 +761,36 @@ def main() -> None:
     p.add_argument(
         "--profile-out", help="keep py-spy's raw stacks as PREFIX.N.txt (implies --profile)"
     )
+    p.add_argument(
+        "--peers", choices=("slurm",), help="burst: also run a peer each round, side by side"
+    )
+    p.add_argument(
+        "--slurm-config",
+        default=",".join(slurm_burst.MEASURED),
+        help="--peers slurm: its configurations (default, high-throughput)",
+    )
+    p.add_argument(
+        "--slurm-submit",
+        default=",".join(slurm_burst.SUBMITS),
+        help="--peers slurm: sbatch (one per job, 8 in parallel), array (one job array)",
+    )
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     if args.replicas > 1 and (args.database != "postgres" or args.workload != "steady"):
         p.error("--replicas above 1 needs steady and --database postgres (SQLite: one coordinator)")
+    peer_rows: list[tuple[str, str]] = []
+    if args.peers:
+        if args.workload != "burst":
+            p.error("--peers: burst only")
+        configs, submits = args.slurm_config.split(","), args.slurm_submit.split(",")
+        unknown = [c for c in configs if c not in slurm_burst.CONFIGS]
+        unknown += [s for s in submits if s not in slurm_burst.SUBMITS]
+        if unknown:
+            p.error(f"unknown: {', '.join(unknown)}")
+        if slurm_burst.missing_programs():
+            print(slurm_burst.install_hint(), file=sys.stderr)
+            sys.exit(2)
+        peer_rows = [(c, s) for c in configs for s in submits]
     if args.quick:
         args.jobs, args.agents, args.depth = min(args.jobs, 100), min(args.agents, 10), "50"
         args.warmup, args.duration = 2.0, 5.0
@@ -771,6 +805,8 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, _terminate)
     results: list[dict[str, Any]] = []
+    peer_runs: dict[tuple[str, str], list[dict[str, Any]]] = {row: [] for row in peer_rows}
+    load = [load_avg()]
     version = ""
     cases: list[int | None] = (
         [None] if args.workload == "burst" else [int(d) for d in args.depth.split(",")]
@@ -791,6 +827,12 @@ def main() -> None:
                 f"errors {r['errors']})",
                 file=sys.stderr,
             )
+            for config, submit in peer_rows:  # the same round: the same machine load
+                pr = slurm_burst.run_once(config, submit, args.jobs, timeout=args.timeout)
+                peer_runs[config, submit].append(pr)
+                print(
+                    f"{label} run {i + 1}/{args.runs}: {slurm_burst.one_line(pr)}", file=sys.stderr
+                )
         results.append(
             {
                 "depth": depth,
@@ -812,6 +854,11 @@ def main() -> None:
         "database_version": version,
         "results": results,
     }
+    if peer_rows:
+        load.append(load_avg())
+        out["peers"] = peers_report(results[0]["median_jobs_per_s"], peer_runs)
+        out["slurm"] = slurm_burst.slurm_version()
+        out["load_avg_1_5_15"] = {"start": load[0], "end": load[1]}
     if args.json:
         print(json.dumps(out, indent=2))
         return
@@ -824,6 +871,32 @@ def main() -> None:
             f"{res['median_server_cpu_pct']}%; report requests per job "
             f"{res['median_report_requests_per_job']}"
         )
+    if peer_rows:
+        print(f"  side by side, {out['slurm']}:")
+        for row in out["peers"]:
+            print(
+                f"  {row['label']}: median {row['median_jobs_per_s']} jobs/s "
+                f"(runs: {row['runs_line']}); gpunet / Slurm {row['ratio']}"
+            )
+        start, end = out["load_avg_1_5_15"]["start"], out["load_avg_1_5_15"]["end"]
+        print(f"  load average (1, 5, 15 min): start {start}, end {end}")
+
+
+def load_avg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def peers_report(
+    gpunet_median: float | None, runs: dict[tuple[str, str], list[dict[str, Any]]]
+) -> list[dict[str, Any]]:
+    """Each Slurm row's medians and the ratio gpunet / Slurm (jobs per second)."""
+    out = []
+    for row_runs in runs.values():
+        row = slurm_burst.summary(row_runs)
+        slurm = row["median_jobs_per_s"]
+        row["ratio"] = round(gpunet_median / slurm, 1) if gpunet_median and slurm else None
+        out.append(row)
+    return out
 
 
 if __name__ == "__main__":
