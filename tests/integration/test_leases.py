@@ -8,7 +8,9 @@ from typing import Any
 
 from helpers import Coordinator, Node, auth, coordinator, gpu, wait_for
 
-LEASE = {"lease_timeout_s": 1.0, "reaper_interval_s": 0.2}
+# short enough that a test waits little for a lapse, long enough that a loaded machine (the
+# suite runs in three processes on two cores) does not lapse a lease the test keeps renewing
+LEASE = {"lease_timeout_s": 2.0, "reaper_interval_s": 0.2}
 
 
 def _node_status(co: Coordinator, node: Node) -> str:
@@ -17,11 +19,29 @@ def _node_status(co: Coordinator, node: Node) -> str:
 
 
 def _running(
-    co: Coordinator, node: Node, user: str, spec: dict[str, Any]
+    co: Coordinator,
+    node: Node,
+    user: str,
+    spec: dict[str, Any],
+    alive: tuple[tuple[Node, dict[str, Any]], ...] = (),
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    co.heartbeat(node)
+    """Submit a job, wait until ``node`` gets it, report it started. ``alive``: nodes already
+    running an attempt, which heartbeat meanwhile (only the test says when a node falls
+    silent)."""
+
+    def beat() -> None:
+        co.heartbeat(node)
+        for n, att in alive:
+            co.heartbeat(n, [att["attempt_id"]])
+
+    def started() -> dict[str, Any] | None:
+        beat()
+        found = co.work(node, wait=0.3)
+        return found["start"][0] if found["start"] else None
+
+    beat()
     job = co.submit(user, spec)
-    att = co.next_start(node)
+    att = wait_for(started, what=f"an attempt for {node.id}")
     assert att["job_id"] == job["id"]
     co.heartbeat(node, [att["attempt_id"]])
     assert co.report(node, att, "started").status_code == 200
@@ -42,9 +62,19 @@ def test_silent_nodes_lose_their_jobs_and_heartbeating_nodes_keep_theirs(db_url:
             co, a, user, spec | {"max_retries": 2, "resources": {"gpu_models": ["A100-80GB"]}}
         )
         job_b, att_b = _running(
-            co, b, user, spec | {"max_retries": 0, "resources": {"gpu_models": ["RTX-4090"]}}
+            co,
+            b,
+            user,
+            spec | {"max_retries": 0, "resources": {"gpu_models": ["RTX-4090"]}},
+            alive=((a, att_a),),
         )
-        job_c, att_c = _running(co, c, user, spec | {"resources": {"gpu_models": ["T4"]}})
+        job_c, att_c = _running(
+            co,
+            c,
+            user,
+            spec | {"resources": {"gpu_models": ["T4"]}},
+            alive=((a, att_a), (b, att_b)),
+        )
         assert {_node_status(co, n) for n in (a, b, c)} == {"online"}
 
         # a and b fall silent; c heartbeats on while we wait for both leases to lapse
@@ -120,7 +150,7 @@ def test_silent_nodes_lose_their_jobs_and_heartbeating_nodes_keep_theirs(db_url:
         # job is placed again under a new fencing token
         assert co.heartbeat(a, [att_a["attempt_id"]])["stop"] == [att_a["attempt_id"]]
         assert _node_status(co, a) == "online"
-        again = co.next_start(a)
+        again = co.next_start(a, keep_alive=True)
         assert again["job_id"] == job_a["id"]
         assert again["attempt_id"] != att_a["attempt_id"]
         assert again["number"] == 2 and again["fencing_token"] > att_a["fencing_token"]
