@@ -10,8 +10,8 @@ passes, and stops with the coordinator.
 
 The child's writes are fenced by the epoch the leader was elected with (``replicas.
 fence_epoch``), so a pass still running in a child whose parent lost the lead is refused, and
-the child dies with its parent (``PR_SET_PDEATHSIG``). SQLite keeps the pass in a thread: one
-coordinator owns the file there, and its write lock is a lock of that process.
+the child dies with its parent (``PR_SET_PDEATHSIG``). On SQLite, the one-machine default, the
+pass stays in a thread unless ``Settings.scheduler_process`` says otherwise.
 """
 
 from __future__ import annotations
