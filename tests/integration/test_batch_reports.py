@@ -9,10 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from helpers import Coordinator, Node, auth, coordinator, gpu, wait_for
+from sqlalchemy import event, select
+from sqlalchemy.exc import OperationalError
 
 from gpunet.agent.gpus.simulated import SimulatedBackend
 from gpunet.agent.loop import Agent, AttemptCtx
+from gpunet.store.tables import AttemptCharge
 from gpunet.wire.agent import LogLine, LogReport, Report, StartItem
 
 
@@ -166,3 +170,134 @@ def test_the_agent_sends_its_queued_reports_in_batches(db_url: str, tmp_path: Pa
             ("logs", 1.0),
             ("reports", 1.0),
         ]
+
+
+def _report_commits(db: Any) -> list[int]:
+    """A counter (its one element) of the commits, from now on, of transactions that moved an
+    attempt: the reports' own (the coordinator's background loops commit too)."""
+    seen = [0]
+    moved: set[int] = set()
+
+    def note(conn: Any, _cur: Any, sql: str, *_a: Any) -> None:
+        if sql.lstrip().upper().startswith("UPDATE ATTEMPTS"):
+            moved.add(id(conn))
+
+    def commit(conn: Any) -> None:
+        if id(conn) in moved:
+            moved.discard(id(conn))
+            seen[0] += 1
+
+    event.listen(db.engine, "before_cursor_execute", note)
+    event.listen(db.engine, "commit", commit)
+    event.listen(db.engine, "rollback", lambda conn: moved.discard(id(conn)))
+    return seen
+
+
+def _priced(co: Coordinator, gpus: int) -> tuple[Node, str]:
+    """A node whose GPUs are priced, and a consumer with credits: every attempt is billed."""
+    provider = co.token("provider", "prov")
+    node = co.register(provider, [gpu(i) for i in range(gpus)])
+    r = co.c.put("/v1/prices", json={"node_id": node.id, "price": "3.6"}, headers=auth(provider))
+    assert r.status_code == 200, r.text
+    user = co.token("consumer", "alice")
+    r = co.c.post(
+        "/v1/credits/grant", json={"account": "alice", "amount": "50"}, headers=auth(co.admin)
+    )
+    assert r.status_code == 201, r.text
+    return node, user
+
+
+def _started(atts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"attempt_id": a["attempt_id"], "fencing_token": a["fencing_token"]} for a in atts]
+
+
+def _finished(atts: list[dict[str, Any]], code: int = 0) -> list[dict[str, Any]]:
+    return [
+        {
+            "attempt_id": a["attempt_id"],
+            "fencing_token": a["fencing_token"],
+            "exit_code": code,
+            "runtime_s": 0.5,
+        }
+        for a in atts
+    ]
+
+
+def _settled(co: Coordinator) -> dict[str, bool]:
+    with co.db.sessions() as s:
+        return {c.attempt_id: c.settled_at is not None for c in s.scalars(select(AttemptCharge))}
+
+
+def _ledger_sound(co: Coordinator) -> None:
+    r = co.c.get("/v1/ledger/verify", headers=auth(co.admin))
+    assert r.json() == {"ok": True, "problems": []}, r.text
+
+
+def test_a_batch_of_current_reports_is_taken_in_one_transaction(db_url: str) -> None:
+    with coordinator(db_url) as co:
+        node, user = _priced(co, 4)
+        for _ in range(4):
+            co.submit(user, {"command": ["true"]})
+        atts = _starts(co, node, 4)
+        commits = _report_commits(co.db)
+        # the start and the finish of the same attempt in one batch, as a short job's are
+        results = _reports(co, node, started=_started(atts), finished=_finished(atts[:2]))
+        assert [r["status"] for r in results] == [200] * 6
+        assert commits[0] == 1
+        states = [co.job(user, a["job_id"])["state"] for a in atts]
+        assert states == ["succeeded", "succeeded", "running", "running"]
+        assert _settled(co) == {a["attempt_id"]: i < 2 for i, a in enumerate(atts)}
+        # one refused report: each is then taken on its own, and only the refused one fails
+        commits[0] = 0
+        stale = dict(atts[2], fencing_token=atts[2]["fencing_token"] + 5)
+        results = _reports(co, node, finished=_finished([stale, atts[3]], code=3))
+        assert [r["status"] for r in results] == [409, 200]
+        assert commits[0] == 1  # the accepted one; the batch's own transaction rolled back
+        assert co.job(user, atts[2]["job_id"])["state"] == "running"
+        assert co.job(user, atts[3]["job_id"])["state"] == "failed"
+        assert _settled(co)[atts[3]["attempt_id"]] and not _settled(co)[atts[2]["attempt_id"]]
+        _ledger_sound(co)
+
+
+def test_a_batch_that_loses_a_deadlock_is_taken_report_by_report(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL picks one transaction of a deadlock to abort: a batch so chosen is undone
+    and its reports are taken one by one, none lost or taken twice."""
+    from gpunet.services import agents
+
+    class Deadlock(Exception):
+        sqlstate = agents.DEADLOCK_DETECTED
+
+    real = agents.lock_rows
+    calls = [0]
+
+    def second_deadlocks(s: Any, model: Any, keys: Any) -> Any:
+        calls[0] += 1
+        if calls[0] == 2:  # locking the jobs, after the attempts
+            raise OperationalError("SELECT ... FOR UPDATE", {}, Deadlock())
+        return real(s, model, keys)
+
+    monkeypatch.setattr(agents, "lock_rows", second_deadlocks)
+    with coordinator(db_url) as co:
+        node, user = _priced(co, 2)
+        for _ in range(2):
+            co.submit(user, {"command": ["true"]})
+        atts = _starts(co, node, 2)
+        commits = _report_commits(co.db)
+        results = _reports(co, node, started=_started(atts), finished=_finished(atts[:1]))
+        assert [r["status"] for r in results] == [200, 200, 200]
+        assert commits[0] == 3
+        states = [co.job(user, a["job_id"])["state"] for a in atts]
+        assert states == ["succeeded", "running"]
+        assert _settled(co) == {atts[0]["attempt_id"]: True, atts[1]["attempt_id"]: False}
+        _ledger_sound(co)
+        # any other database error is not a refusal: the request fails, nothing is written
+        monkeypatch.setattr(
+            agents,
+            "lock_rows",
+            lambda *a: (_ for _ in ()).throw(OperationalError("x", {}, Exception("down"))),
+        )
+        with pytest.raises(OperationalError):
+            _reports(co, node, started=_started(atts[1:]), finished=_finished(atts[1:]))
+        assert co.job(user, atts[1]["job_id"])["state"] == "running"

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sqlalchemy import or_, select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from gpunet.catalog import catalog, resolve_model
@@ -41,7 +42,8 @@ from gpunet.services.jobs import (
 )
 from gpunet.services.owners import owner_took_back
 from gpunet.store.db import Database, write_lock
-from gpunet.store.tables import Attempt, Blob, Gpu, Job, JobEvent, LogChunk, Node
+from gpunet.store.row_locks import lock_rows, locked
+from gpunet.store.tables import Attempt, AttemptCharge, Blob, Gpu, Job, JobEvent, LogChunk, Node
 from gpunet.util import new_id, now
 from gpunet.wire.agent import (
     MAX_REASON_CHARS,
@@ -250,6 +252,11 @@ def work_for(
             )
         rows = list(s.execute(q))
         from gpunet.services.checkpoints import latest as latest_checkpoint
+        from gpunet.services.checkpoints import with_any as with_checkpoints
+
+        resumable = with_checkpoints(
+            s, [job.id for att, job in rows if att.state == AttemptState.ASSIGNED.value]
+        )
 
         start: list[StartItem] = []
         stop: list[StopItem] = []
@@ -291,7 +298,7 @@ def work_for(
                     if workdir
                     else None,
                     max_log_bytes=max_log_bytes,
-                    checkpoint=latest_checkpoint(s, job.id),
+                    checkpoint=latest_checkpoint(s, job.id) if job.id in resumable else None,
                     gang=gang,
                     array_id=job.array_id,
                     array_index=job.array_index,
@@ -300,17 +307,14 @@ def work_for(
         return Work(start=start, stop=stop)
 
 
-def _fenced(
-    s: Session, who: Principal, attempt_id: str, token: int, locked: Attempt | None = None
-) -> tuple[Attempt, Job]:
+def _fenced(s: Session, who: Principal, attempt_id: str, token: int) -> tuple[Attempt, Job]:
     """The attempt, if the report comes from its node and carries the current token. A
     member of a gang is current with its gang; a stopping attempt stays current until its
-    agent confirms the stop (a gang's members may be stopping after their job moved on).
-    ``locked``: the attempt, already read under a row lock in this transaction."""
-    att = locked if locked is not None else s.get(Attempt, attempt_id, with_for_update=True)
+    agent confirms the stop (a gang's members may be stopping after their job moved on)."""
+    att = locked(s, Attempt, attempt_id)
     if att is None or att.node_id != who.node_id:
         raise NotFound(f"no attempt {attempt_id!r} on this node", field="attempt_id")
-    job = s.get(Job, att.job_id, with_for_update=True)
+    job = locked(s, Job, att.job_id)
     assert job is not None
     current = gangs.is_member_of_current(job, att) or att.state == AttemptState.STOPPING.value
     if (
@@ -346,17 +350,24 @@ def _take_started(s: Session, who: Principal, attempt_id: str, rep: Report) -> N
 def take_reports(
     db: Database, who: Principal, rep: Reports
 ) -> tuple[list[ReportOutcome], list[str]]:
-    """Several reports, each in its own transaction (a refused one leaves nothing behind and
-    the others stand; savepoints stalled SQLite under load): the starts, then the finishes.
-    Returns each one's outcome, and how each accepted finish was taken (SETTLED, LATE_KEPT,
-    LATE_DISCARDED)."""
+    """Several reports, the starts then the finishes, each answered and taken as its own
+    request would be: a refused one leaves nothing behind and the others stand. Returns each
+    one's outcome, and how each accepted finish was taken (SETTLED, LATE_KEPT, LATE_DISCARDED).
+
+    All of them are first taken in one transaction, their rows locked in three queries: the
+    usual batch (every report current) then costs one commit. When one is refused, or the
+    transaction loses a deadlock, that is undone and each is taken in a transaction of its own
+    (savepoints stalled SQLite under load)."""
     if who.role is not Role.AGENT or who.node_id is None:
         raise Forbidden("only an agent's own token may do this")
+    items: list[StartedAttempt | FinishedAttempt] = [*rep.started, *rep.finished]
+    if len(items) > 1:
+        together = _take_together(db, who, items)
+        if together is not None:
+            return together
     results: list[ReportOutcome] = []
     taken: list[str] = []
-    items: list[StartedAttempt | FinishedAttempt] = [*rep.started, *rep.finished]
     for item in items:
-        kind = "started" if isinstance(item, StartedAttempt) else "finished"
         try:
             with db.transaction() as s:
                 write_lock(s)
@@ -365,18 +376,60 @@ def take_reports(
                 else:
                     _take_started(s, who, item.attempt_id, item)
         except GpunetError as exc:
-            results.append(
-                ReportOutcome(
-                    attempt_id=item.attempt_id,
-                    kind=kind,
-                    status=exc.status_code,
-                    code=exc.code,
-                    message=exc.message,
-                )
-            )
+            results.append(_outcome(item, exc))
             continue
-        results.append(ReportOutcome(attempt_id=item.attempt_id, kind=kind, status=200, code=None))
+        results.append(_outcome(item))
     return results, taken
+
+
+def _take_together(
+    db: Database, who: Principal, items: list[StartedAttempt | FinishedAttempt]
+) -> tuple[list[ReportOutcome], list[str]] | None:
+    """Every report in one transaction, or None (nothing written) when one is refused or the
+    database chose this transaction as a deadlock's victim."""
+    ids = [i.attempt_id for i in items]
+    taken: list[str] = []
+    try:
+        with db.transaction() as s:
+            write_lock(s)
+            # the order the one-by-one path locks in: attempts, their jobs, their charges
+            atts = lock_rows(s, Attempt, ids)
+            lock_rows(s, Job, [a.job_id for a in atts if a.node_id == who.node_id])
+            lock_rows(s, AttemptCharge, [i.attempt_id for i in items if _is_finish(i)])
+            for item in items:
+                if isinstance(item, FinishedAttempt):
+                    taken.append(_take_finish(s, who, item.attempt_id, item))
+                else:
+                    _take_started(s, who, item.attempt_id, item)
+    except GpunetError:
+        return None
+    except OperationalError as exc:
+        if getattr(exc.orig, "sqlstate", None) != DEADLOCK_DETECTED:
+            raise
+        return None
+    return [_outcome(i) for i in items], taken
+
+
+DEADLOCK_DETECTED = "40P01"  # PostgreSQL's SQLSTATE
+
+
+def _is_finish(item: StartedAttempt | FinishedAttempt) -> bool:
+    return isinstance(item, FinishedAttempt)
+
+
+def _outcome(
+    item: StartedAttempt | FinishedAttempt, exc: GpunetError | None = None
+) -> ReportOutcome:
+    kind = "finished" if _is_finish(item) else "started"
+    if exc is None:
+        return ReportOutcome(attempt_id=item.attempt_id, kind=kind, status=200, code=None)
+    return ReportOutcome(
+        attempt_id=item.attempt_id,
+        kind=kind,
+        status=exc.status_code,
+        code=exc.code,
+        message=exc.message,
+    )
 
 
 def _gang_started(s: Session, att: Attempt) -> bool:
@@ -457,11 +510,11 @@ def attempt_finished(db: Database, who: Principal, attempt_id: str, rep: FinishR
 
 
 def _take_finish(s: Session, who: Principal, attempt_id: str, rep: FinishReport) -> str:
-    att = s.get(Attempt, attempt_id, with_for_update=True)  # read and locked once
+    att = locked(s, Attempt, attempt_id)
     late = _late_success(s, who, att, rep)
     if late is not None:
         return late
-    _settle_finish(s, who, attempt_id, rep, att)
+    _settle_finish(s, who, attempt_id, rep)
     return SETTLED
 
 
@@ -482,13 +535,9 @@ def _late_success(s: Session, who: Principal, att: Attempt | None, rep: FinishRe
         return None
     if att.exit_code == 0:
         return SETTLED  # a repeat of a late success already taken: answered, not counted
-    job = s.get(Job, att.job_id, with_for_update=True)
+    job = locked(s, Job, att.job_id)
     assert job is not None
-    retry = (
-        s.get(Attempt, job.current_attempt_id, with_for_update=True)
-        if job.current_attempt_id
-        else None
-    )
+    retry = locked(s, Attempt, job.current_attempt_id) if job.current_attempt_id else None
     waiting = job.state == JobState.QUEUED.value or (
         job.state == JobState.ASSIGNED.value
         and retry is not None
@@ -540,10 +589,8 @@ def _late_success(s: Session, who: Principal, att: Attempt | None, rep: FinishRe
     return LATE_KEPT
 
 
-def _settle_finish(
-    s: Session, who: Principal, attempt_id: str, rep: FinishReport, locked: Attempt | None
-) -> None:
-    att, job = _fenced(s, who, attempt_id, rep.fencing_token, locked)
+def _settle_finish(s: Session, who: Principal, attempt_id: str, rep: FinishReport) -> None:
+    att, job = _fenced(s, who, attempt_id, rep.fencing_token)
     att.exit_code = rep.exit_code
     att.runtime_s = rep.runtime_s
     if rep.energy:

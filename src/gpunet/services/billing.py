@@ -33,6 +33,7 @@ from gpunet.core.jobs import AttemptState, JobState
 from gpunet.core.quotas import never_fits_quota
 from gpunet.core.scheduling.model import AccountView
 from gpunet.store.db import Database
+from gpunet.store.row_locks import locked
 from gpunet.store.tables import (
     AccountQuota,
     Attempt,
@@ -222,7 +223,7 @@ def open_charges(s: Session, items: Sequence[NewCharge], terms: Terms) -> None:
 
 
 def _locked_charge(s: Session, attempt_id: str) -> AttemptCharge | None:
-    return s.get(AttemptCharge, attempt_id, with_for_update=True, populate_existing=True)
+    return locked(s, AttemptCharge, attempt_id, fresh=True)
 
 
 def _seconds_between(start: datetime | None, end: datetime) -> float:

@@ -5,6 +5,7 @@ commit); the job's next attempt restores the latest complete one; each job keeps
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -190,6 +191,16 @@ def latest(s: Session, job_id: str) -> CheckpointRef | None:
         .limit(1)
     ).first()
     return None if ck is None else CheckpointRef(id=ck.id, files=_files(s, ck.id))
+
+
+def with_any(s: Session, job_ids: Iterable[str]) -> set[str]:
+    """Those of ``job_ids`` that have a complete checkpoint, in one query (most jobs have
+    none: their first attempt is about to start)."""
+    ids = set(job_ids)
+    if not ids:
+        return set()
+    q = select(Checkpoint.job_id).where(Checkpoint.job_id.in_(ids), Checkpoint.state == COMPLETE)
+    return set(s.scalars(q.distinct()))
 
 
 def listing(db: Database, who: Principal, job_id: str) -> list[dict[str, Any]]:

@@ -38,6 +38,7 @@ from gpunet.services.auth import Principal, Role
 from gpunet.services.fleet import account_ids, job_request
 from gpunet.services.pass_cache import cache_for
 from gpunet.store.db import Database
+from gpunet.store.row_locks import locked
 from gpunet.store.tables import Attempt, Blob, BlobOwner, Job, JobEvent, LogChunk
 from gpunet.util import new_id, now
 
@@ -80,7 +81,7 @@ def lose_attempt(
     move_attempt(att, AttemptState.LOST, reason=reason)
     att.lost_cause = cause.value
     billing.close_charge(s, att, lost=True, reason=reason)
-    job = s.get(Job, att.job_id, with_for_update=True)
+    job = locked(s, Job, att.job_id)
     if job is None or JobState(job.state) not in (JobState.ASSIGNED, JobState.RUNNING):
         return None
     if att.gang_size > 1 and not gangs.is_member_of_current(job, att):
@@ -129,7 +130,7 @@ def requeue_attempt(s: Session, att: Attempt, reason: str, actor: str) -> bool:
     using a retry. Returns whether the job was re-queued (it may have been cancelled)."""
     move_attempt(att, AttemptState.PREEMPTED, reason=reason)
     billing.close_charge(s, att, lost=False)
-    job = s.get(Job, att.job_id, with_for_update=True)
+    job = locked(s, Job, att.job_id)
     if job is None or JobState(job.state) not in (JobState.ASSIGNED, JobState.RUNNING):
         return False
     if att.gang_size > 1 and not gangs.is_member_of_current(job, att):

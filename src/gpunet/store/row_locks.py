@@ -1,0 +1,65 @@
+"""Rows locked for the rest of a transaction, read from the database once.
+
+``Session.get(..., with_for_update=True)`` always asks the database, even for a row the
+transaction already holds. A batch of agent reports locks its attempts, their jobs and their
+charges in three queries (``lock_rows``); the code that takes each report then asks for its rows
+with ``locked``, which reads a row this transaction already locked from the session. On
+SQLite, where there is no ``SELECT ... FOR UPDATE``, ``store.db.write_lock`` does the locking
+and these are plain reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, TypeVar
+
+from sqlalchemy import inspect, select
+from sqlalchemy.orm import Session
+
+T = TypeVar("T")
+
+_HELD = "gpunet.row_locks"  # Session.info: (the transaction, {(model, key), ...})
+
+
+def _held(s: Session) -> set[tuple[type, Any]]:
+    """The rows locked in the session's current transaction (a new transaction holds none)."""
+    tx = s.get_transaction()
+    kept = s.info.get(_HELD)
+    if kept is None or kept[0] is not tx:
+        kept = (tx, set())
+        s.info[_HELD] = kept
+    held: set[tuple[type, Any]] = kept[1]
+    return held
+
+
+def lock_rows(s: Session, model: type[T], keys: Iterable[Any]) -> list[T]:
+    """Lock and read afresh the rows of ``model`` with these primary keys, in one query and in
+    key order (two transactions locking overlapping sets then wait for each other rather than
+    deadlock). Keys with no row are remembered too: ``locked`` answers None for them."""
+    wanted = sorted(set(keys))
+    if not wanted:
+        return []
+    pk = inspect(model).primary_key[0]
+    rows = list(
+        s.scalars(
+            select(model)
+            .where(pk.in_(wanted))
+            .order_by(pk)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+    )
+    _held(s).update((model, k) for k in wanted)
+    return rows
+
+
+def locked(s: Session, model: type[T], key: Any, *, fresh: bool = False) -> T | None:
+    """The row of ``model`` with primary key ``key``, locked until the transaction ends: read
+    under ``SELECT ... FOR UPDATE`` the first time, from the session after that. ``fresh``:
+    overwrite what the session holds with the database's row on that first read."""
+    held = _held(s)
+    if (model, key) in held:
+        return s.get(model, key)
+    row = s.get(model, key, with_for_update=True, populate_existing=fresh)
+    held.add((model, key))
+    return row
