@@ -365,9 +365,10 @@ class Submitter:
 
 
 def scrape(url: str, admin: str) -> dict[str, float]:
-    """Scheduler passes and their seconds, work polls and items sent, from /metrics."""
+    """Scheduler passes and their seconds, work polls and items sent, from /metrics (slow on
+    a saturated coordinator with 8,000 GPUs: the timeout is generous)."""
     text = httpx.get(
-        f"{url}/metrics", headers={"Authorization": f"Bearer {admin}"}, timeout=30
+        f"{url}/metrics", headers={"Authorization": f"Bearer {admin}"}, timeout=120
     ).text
     out: dict[str, float] = {}
     for name, key in (

@@ -18,24 +18,25 @@ from sqlalchemy.orm import Session
 
 T = TypeVar("T")
 
-_HELD = "gpunet.row_locks"  # Session.info: (the transaction, {(model, key), ...})
+_HELD = "gpunet.row_locks"  # Session.info: (the transaction, {(model, key): row})
 
 
-def _held(s: Session) -> set[tuple[type, Any]]:
-    """The rows locked in the session's current transaction (a new transaction holds none)."""
+def _held(s: Session) -> dict[tuple[type, Any], Any]:
+    """The rows locked in the session's current transaction (a new transaction holds none),
+    kept here: the session's identity map holds its unchanged rows only weakly."""
     tx = s.get_transaction()
     kept = s.info.get(_HELD)
     if kept is None or kept[0] is not tx:
-        kept = (tx, set())
+        kept = (tx, {})
         s.info[_HELD] = kept
-    held: set[tuple[type, Any]] = kept[1]
+    held: dict[tuple[type, Any], Any] = kept[1]
     return held
 
 
 def lock_rows(s: Session, model: type[T], keys: Iterable[Any]) -> list[T]:
     """Lock and read afresh the rows of ``model`` with these primary keys, in one query and in
     key order (two transactions locking overlapping sets then wait for each other rather than
-    deadlock). Keys with no row are remembered too: ``locked`` answers None for them."""
+    deadlock)."""
     wanted = sorted(set(keys))
     if not wanted:
         return []
@@ -49,7 +50,9 @@ def lock_rows(s: Session, model: type[T], keys: Iterable[Any]) -> list[T]:
             .execution_options(populate_existing=True)
         )
     )
-    _held(s).update((model, k) for k in wanted)
+    held = _held(s)
+    for row in rows:
+        held[(model, inspect(row).identity[0])] = row
     return rows
 
 
@@ -59,7 +62,9 @@ def locked(s: Session, model: type[T], key: Any, *, fresh: bool = False) -> T | 
     overwrite what the session holds with the database's row on that first read."""
     held = _held(s)
     if (model, key) in held:
-        return s.get(model, key)
-    row = s.get(model, key, with_for_update=True, populate_existing=fresh)
-    held.add((model, key))
-    return row
+        row: T = held[(model, key)]
+        return row
+    got = s.get(model, key, with_for_update=True, populate_existing=fresh)
+    if got is not None:
+        held[(model, key)] = got
+    return got
