@@ -160,17 +160,3 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if "sqlite" in _MIGRATED:
         shutil.rmtree(Path(_MIGRATED["sqlite"]).parent, ignore_errors=True)
     _MIGRATED.clear()
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under ``--dist loadgroup`` (pyproject), tests go to the worker processes one by one,
-    except that a module's tests that share a module-scoped fixture (a running network, a
-    built image) stay together in one process, which sets the fixture up once."""
-    for item in items:
-        defs = getattr(item, "_fixtureinfo", None)
-        module = getattr(item, "module", None)
-        if defs is None or module is None:
-            continue
-        if any(d.scope == "module" for ds in defs.name2fixturedefs.values() for d in ds):
-            item.add_marker(pytest.mark.xdist_group(module.__name__))

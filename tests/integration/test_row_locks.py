@@ -46,10 +46,13 @@ def test_a_row_is_read_under_its_lock_once_per_transaction(db_url: str) -> None:
                 assert "FOR UPDATE" in sent[1]
             assert locked(s, tables.Account, "a2") is two and len(sent) == 2
             assert locked(s, tables.Account, "missing") is None
-            assert len(sent) == 3  # no row, nothing held: asked again
+            assert len(sent) == 2  # locked as absent: not asked again
+            assert locked(s, tables.Account, "other") is None
+            assert locked(s, tables.Account, "other") is None
+            assert len(sent) == 4  # never locked, no row: asked each time
         with d.transaction() as s:  # a new transaction holds nothing
             locked(s, tables.Account, "a1")
-            assert len(sent) == 4
+            assert len(sent) == 5
     finally:
         d.dispose()
 

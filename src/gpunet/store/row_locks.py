@@ -36,7 +36,9 @@ def _held(s: Session) -> dict[tuple[type, Any], Any]:
 def lock_rows(s: Session, model: type[T], keys: Iterable[Any]) -> list[T]:
     """Lock and read afresh the rows of ``model`` with these primary keys, in one query and in
     key order (two transactions locking overlapping sets then wait for each other rather than
-    deadlock)."""
+    deadlock). A key with no row is held as absent: ``locked`` answers None for it without
+    asking again (for rows written in the same transaction as the row that names them, such
+    as an attempt's charge, which exists by the time the attempt can be read, or never)."""
     wanted = sorted(set(keys))
     if not wanted:
         return []
@@ -51,6 +53,7 @@ def lock_rows(s: Session, model: type[T], keys: Iterable[Any]) -> list[T]:
         )
     )
     held = _held(s)
+    held.update(((model, k), None) for k in wanted)
     for row in rows:
         held[(model, inspect(row).identity[0])] = row
     return rows
@@ -62,7 +65,7 @@ def locked(s: Session, model: type[T], key: Any, *, fresh: bool = False) -> T | 
     overwrite what the session holds with the database's row on that first read."""
     held = _held(s)
     if (model, key) in held:
-        row: T = held[(model, key)]
+        row: T | None = held[(model, key)]
         return row
     got = s.get(model, key, with_for_update=True, populate_existing=fresh)
     if got is not None:
