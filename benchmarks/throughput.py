@@ -111,11 +111,15 @@ class Raw(RawConnection):
         for attempt in range(2):  # a keep-alive connection the server closed: once more
             try:
                 status, payload = await self.exchange(head.encode() + b"\r\n" + data)
-                return status, json.loads(payload) if payload else None
             except (OSError, asyncio.IncompleteReadError):
                 await self.close()
                 if attempt:
                     raise
+                continue
+            try:
+                return status, json.loads(payload) if payload else None
+            except ValueError:  # said in the run's errors (a 500's plain text, say)
+                raise RuntimeError(f"HTTP {status}, not JSON: {payload[:60]!r}") from None
         raise AssertionError("unreachable")
 
 
@@ -202,8 +206,9 @@ class Fleet:
     def _died(self, task: asyncio.Task[None]) -> None:
         """A simulated agent's loop that ended other than by stop(): counted, never silent
         (its node would stop polling or heartbeating and skew the figures)."""
-        if not task.cancelled() and task.exception() is not None:
-            self.errors[f"agent loop died: {type(task.exception()).__name__}"] += 1
+        exc = None if task.cancelled() else task.exception()
+        if exc is not None:
+            self.errors[f"agent loop died: {type(exc).__name__}: {str(exc)[:100]}"] += 1
 
     async def stop(self) -> None:
         for t in self.tasks:
@@ -544,6 +549,20 @@ async def steady(
             await fleet.stop()
         for c in replicas:
             c.stop()
+        for c in replicas:
+            for line in server_errors(c.log_path):
+                print(f"coordinator :{c.port}: {line}", file=sys.stderr)
+
+
+def server_errors(log: Path, limit: int = 5) -> list[str]:
+    """The distinct exceptions a coordinator's log shows (a request that failed with a 500
+    among them), at most ``limit``: the log itself goes with the run's temporary folder."""
+    seen: dict[str, None] = {}
+    with contextlib.suppress(OSError):
+        for line in log.read_text(errors="replace").splitlines():
+            if re.match(r"^[\w.]+(Error|Exception)\b.*", line) and len(seen) < limit:
+                seen[line[:200]] = None
+    return list(seen)
 
 
 def stages(db_url: str, since_s: float) -> dict[str, dict[str, float]]:

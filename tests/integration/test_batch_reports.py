@@ -193,10 +193,11 @@ def _report_commits(db: Any) -> list[int]:
     return seen
 
 
-def _priced(co: Coordinator, gpus: int) -> tuple[Node, str]:
-    """A node whose GPUs are priced, and a consumer with credits: every attempt is billed."""
+def _priced(co: Coordinator, n: int) -> tuple[Node, str, list[dict[str, Any]]]:
+    """A node whose ``n`` GPUs are priced, a consumer with credits, and ``n`` of its jobs
+    placed there (their start items): every attempt is billed."""
     provider = co.token("provider", "prov")
-    node = co.register(provider, [gpu(i) for i in range(gpus)])
+    node = co.register(provider, [gpu(i) for i in range(n)])
     r = co.c.put("/v1/prices", json={"node_id": node.id, "price": "3.6"}, headers=auth(provider))
     assert r.status_code == 200, r.text
     user = co.token("consumer", "alice")
@@ -204,7 +205,9 @@ def _priced(co: Coordinator, gpus: int) -> tuple[Node, str]:
         "/v1/credits/grant", json={"account": "alice", "amount": "50"}, headers=auth(co.admin)
     )
     assert r.status_code == 201, r.text
-    return node, user
+    for _ in range(n):
+        co.submit(user, {"command": ["true"]})
+    return node, user, _starts(co, node, n)
 
 
 def _started(atts: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -235,10 +238,7 @@ def _ledger_sound(co: Coordinator) -> None:
 
 def test_a_batch_of_current_reports_is_taken_in_one_transaction(db_url: str) -> None:
     with coordinator(db_url) as co:
-        node, user = _priced(co, 4)
-        for _ in range(4):
-            co.submit(user, {"command": ["true"]})
-        atts = _starts(co, node, 4)
+        node, user, atts = _priced(co, 4)
         commits = _report_commits(co.db)
         # the start and the finish of the same attempt in one batch, as a short job's are
         results = _reports(co, node, started=_started(atts), finished=_finished(atts[:2]))
@@ -280,10 +280,7 @@ def test_a_batch_that_loses_a_deadlock_is_taken_report_by_report(
 
     monkeypatch.setattr(agents, "lock_rows", second_deadlocks)
     with coordinator(db_url) as co:
-        node, user = _priced(co, 2)
-        for _ in range(2):
-            co.submit(user, {"command": ["true"]})
-        atts = _starts(co, node, 2)
+        node, user, atts = _priced(co, 2)
         commits = _report_commits(co.db)
         results = _reports(co, node, started=_started(atts), finished=_finished(atts[:1]))
         assert [r["status"] for r in results] == [200, 200, 200]

@@ -382,6 +382,9 @@ def take_reports(
     return results, taken
 
 
+DEADLOCK_DETECTED = "40P01"  # PostgreSQL's SQLSTATE
+
+
 def _take_together(
     db: Database, who: Principal, items: list[StartedAttempt | FinishedAttempt]
 ) -> tuple[list[ReportOutcome], list[str]] | None:
@@ -408,9 +411,6 @@ def _take_together(
             raise
         return None
     return [_outcome(i) for i in items], taken
-
-
-DEADLOCK_DETECTED = "40P01"  # PostgreSQL's SQLSTATE
 
 
 def _is_finish(item: StartedAttempt | FinishedAttempt) -> bool:

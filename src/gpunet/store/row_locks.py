@@ -3,7 +3,7 @@
 ``Session.get(..., with_for_update=True)`` always asks the database, even for a row the
 transaction already holds. A batch of agent reports locks its attempts, their jobs and their
 charges in three queries (``lock_rows``); the code that takes each report then asks for its rows
-with ``locked``, which reads a row this transaction already locked from the session. On
+with ``locked``, which answers a row this transaction already locked without asking again. On
 SQLite, where there is no ``SELECT ... FOR UPDATE``, ``store.db.write_lock`` does the locking
 and these are plain reads.
 """
