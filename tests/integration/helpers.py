@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from gpunet.api.app import create_app
 from gpunet.services.auth import bootstrap_admin
-from gpunet.services.runtime import Settings
+from gpunet.settings import Settings
 from gpunet.store import tables
 from gpunet.store.db import Database
 from tests.conftest import migrated

@@ -19,7 +19,7 @@ from gpunet.services import offers as offers_svc
 from gpunet.services.auth import Principal, Role
 from gpunet.services.energy import job_energy
 from gpunet.services.fleet import list_gpus, list_nodes
-from gpunet.services.runtime import Settings
+from gpunet.settings import Settings
 from gpunet.wire import resources as R
 
 # (method, path, status) -> the model of its answer; a list: an array of them

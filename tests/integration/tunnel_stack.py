@@ -30,7 +30,8 @@ from starlette.routing import Route
 from gpunet.agent.tunnel import TunnelClient
 from gpunet.api.app import create_app
 from gpunet.services.auth import bootstrap_admin
-from gpunet.services.runtime import Runtime, Settings
+from gpunet.services.runtime import Runtime
+from gpunet.settings import Settings
 from gpunet.store.db import Database
 from gpunet.tls import client_context
 from gpunet.tunnel.hub import TunnelHub

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from gpunet.cli.serve import _local_network
+from gpunet.cli.server_setup import local_network
 from gpunet.config import ClientConfig
 from gpunet.store.tables import Token
 
@@ -32,7 +32,7 @@ def _mode(p: Path) -> int:
 
 
 def _start(port: int = 1) -> str:
-    srv, agent, _, _, cfg = _local_network(port, "1xA100-80GB", "fifo")
+    srv, agent, _, _, cfg = local_network(port, "1xA100-80GB", "fifo")
     asyncio.run(agent.http.aclose())
     rt = srv.config.app.state.runtime  # type: ignore[attr-defined]
     with rt.db.sessions() as s:

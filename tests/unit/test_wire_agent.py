@@ -147,7 +147,7 @@ def test_the_agent_protocol_loads_without_the_coordinators_stack() -> None:
 
 def test_the_document_declares_every_agent_answer() -> None:
     from gpunet.api.app import create_app
-    from gpunet.services.runtime import Settings
+    from gpunet.settings import Settings
 
     doc = create_app(Settings(database_url="sqlite://")).openapi()
     agent_ops = {

@@ -30,7 +30,8 @@ from gpunet.api.routers import (
 )
 from gpunet.loops.background import start_all, stop_all
 from gpunet.services.leases import flush_telemetry, grant_grace
-from gpunet.services.runtime import Runtime, Settings
+from gpunet.services.runtime import Runtime
+from gpunet.settings import Settings
 from gpunet.store.db import Database
 from gpunet.web import install as install_dashboard
 

@@ -8,7 +8,8 @@ import logging
 from starlette.concurrency import run_in_threadpool
 
 from gpunet.services import billing, leases
-from gpunet.services.runtime import Runtime, Settings
+from gpunet.services.runtime import Runtime
+from gpunet.settings import Settings
 
 log = logging.getLogger("gpunet.loops")
 
