@@ -1,6 +1,7 @@
 """Start cost of the command line: wall and CPU seconds of ``gpunet --help``, of a client
-command (``gpunet jobs``, answered "cannot reach" by a closed port), and of an agent
-from its start to its first connection to the coordinator.
+command (``gpunet jobs``, answered "cannot reach" by a closed port), of an agent from its
+start to its first connection to the coordinator, and of a coordinator from its start to
+its first answer (on a SQLite store its first start migrated).
 
     python benchmarks/cli_start.py --runs 10 [--compare OTHER_SRC] [--json]
 
@@ -15,12 +16,14 @@ import argparse
 import json
 import os
 import resource
+import signal
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -92,10 +95,47 @@ def agent_dial(src: Path, home: Path) -> tuple[float, float]:
         try:
             conn, _ = srv.accept()
             wall = time.perf_counter() - t0
-            fields = Path(f"/proc/{p.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            cpu = proc_cpu(p.pid)
             conn.close()
         finally:
+            p.kill()
+            p.wait(timeout=30)
+    return wall, cpu
+
+
+def proc_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def server_up(src: Path, home: Path) -> tuple[float, float]:
+    """Wall seconds from starting ``gpunet server`` to its first 200 on /healthz, and its
+    CPU seconds until then; then it is stopped (Ctrl-C)."""
+    port = closed_port()
+    db = f"sqlite:///{home / ('store-' + src.parent.name + '.db')}"
+    t0 = time.perf_counter()
+    p = subprocess.Popen(
+        [sys.executable, "-m", "gpunet", "server", "--database-url", db, "--port", str(port)],
+        env=env_for(src, home / ("server-" + src.parent.name)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        while True:
+            if p.poll() is not None or time.perf_counter() - t0 > 120:
+                raise RuntimeError(f"gpunet server did not answer (exit code {p.returncode})")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.02)
+        wall, cpu = time.perf_counter() - t0, proc_cpu(p.pid)
+    finally:
+        p.send_signal(signal.SIGINT)
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
             p.kill()
             p.wait(timeout=30)
     return wall, cpu
@@ -109,6 +149,7 @@ def cases(home: Path) -> dict[str, Any]:
             src, home, ["--coordinator", f"http://127.0.0.1:{port}", "jobs"]
         ),
         "gpunet agent: start to first request": lambda src: agent_dial(src, home),
+        "gpunet server: start to first answer": lambda src: server_up(src, home),
     }
 
 
@@ -131,6 +172,8 @@ def main() -> None:
         sources = {"compared": args.compare.resolve(), **sources}
     with tempfile.TemporaryDirectory(prefix="gpunet-bench-") as tmp:
         measured = cases(Path(tmp))
+        for src in sources.values():  # each checkout's store is migrated once, unmeasured
+            server_up(src, Path(tmp))
         got: dict[str, dict[str, list[tuple[float, float]]]] = {
             name: {label: [] for label in sources} for name in measured
         }

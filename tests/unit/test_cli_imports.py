@@ -1,6 +1,7 @@
 """The command line loads only what a command needs: a client command, or the agent, starts
 without the server's modules (the store, Alembic, the web stack), and client commands
-without the agent's. Each case is a fresh interpreter, since this one has them all loaded."""
+without the agent's; the coordinator imports matplotlib only to draw. Each case is a fresh
+interpreter, since this one has them all loaded."""
 
 from __future__ import annotations
 
@@ -53,3 +54,9 @@ def test_the_agent_command_loads_the_agent_but_not_the_server() -> None:
 def test_the_server_setup_still_loads_the_server() -> None:
     """The probe itself can see a module load (the cases above would pass vacuously if not)."""
     assert loaded_after("from gpunet.cli import server_setup", SERVER_SIDE) == SERVER_SIDE
+
+
+def test_the_coordinator_loads_matplotlib_only_for_its_first_plot() -> None:
+    assert loaded_after("from gpunet.cli import server_setup", ["matplotlib"]) == []
+    first_plot = "from gpunet.web import plots\nplots.money({})"
+    assert loaded_after(first_plot, ["matplotlib"]) == ["matplotlib"]

@@ -1,5 +1,6 @@
 """Server-side SVG plots (matplotlib, Agg), cached by their data: an unchanged page polled
-every few seconds costs a dictionary lookup, not a render."""
+every few seconds costs a dictionary lookup, not a render. matplotlib is imported at the
+first plot, not with the coordinator (it cost every start most of a second)."""
 
 from __future__ import annotations
 
@@ -12,20 +13,35 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import matplotlib
+from gpunet.services import tco
 
-matplotlib.use("Agg")
-
-from matplotlib.figure import Figure  # noqa: E402 - after choosing the backend
-
-from gpunet.services import tco  # noqa: E402
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 _CACHE_SIZE = 128
 _cache: OrderedDict[str, bytes] = OrderedDict()
 _lock = threading.Lock()  # pyplot (tco.plot) keeps global state: one render at a time
-matplotlib.rcParams["svg.hashsalt"] = "gpunet"  # stable ids: identical data, identical SVG
+_ready = False
+
+
+def _matplotlib() -> None:
+    """Choose the Agg backend and stable SVG ids, once (called under ``_lock``)."""
+    global _ready
+    if not _ready:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        matplotlib.rcParams["svg.hashsalt"] = "gpunet"  # identical data, identical SVG
+        _ready = True
+
+
+def _figure(width: float, height: float) -> Figure:
+    _matplotlib()
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height))
 
 
 def _cached(kind: str, data: Any, render: Callable[[], bytes]) -> bytes:
@@ -65,7 +81,7 @@ def benchmarks(rows: list[dict[str, Any]]) -> bytes:
     points = [r for r in rows if r.get("score_pct") is not None]
 
     def render() -> bytes:
-        fig = Figure(figsize=(6.4, 2.6))
+        fig = _figure(6.4, 2.6)
         ax = fig.add_subplot()
         if not points:
             _empty(ax, "benchmark scores")
@@ -93,7 +109,7 @@ def money(history: dict[str, list[dict[str, Any]]]) -> bytes:
     """Balance, credits earned and credits spent over time."""
 
     def render() -> bytes:
-        fig = Figure(figsize=(6.4, 2.8))
+        fig = _figure(6.4, 2.8)
         ax = fig.add_subplot()
         drawn = False
         for key, label in (("balance", "balance"), ("earned", "earned"), ("spent", "spent")):
@@ -117,6 +133,7 @@ def tco_report(rep: dict[str, Any]) -> bytes:
     """The TCO report's own plot (``services.tco.plot``), as SVG."""
 
     def render() -> bytes:
+        _matplotlib()
         fd, path = tempfile.mkstemp(suffix=".svg")
         os.close(fd)
         try:
