@@ -170,6 +170,10 @@ def fast_settings(url: str, **kw: Any) -> Settings:
     kw.setdefault("scheduler_interval_s", 0.1)
     kw.setdefault("reaper_interval_s", 0.2)
     kw.setdefault("telemetry_flush_s", 0.5)
+    # the pass in a thread, on PostgreSQL too: the same pass, without a child process that
+    # costs each test a second of CPU to start (the child is tested in test_pass_worker.py,
+    # and by every end-to-end test on PostgreSQL; None there: the servers' default)
+    kw.setdefault("scheduler_process", False)
     return Settings(database_url=url, **kw)
 
 

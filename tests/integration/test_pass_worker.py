@@ -144,7 +144,7 @@ def test_the_child_dies_with_its_parent(db: Database, tmp_path: Path) -> None:
 
 @ON_POSTGRES
 def test_a_coordinator_on_postgres_runs_its_passes_in_a_child(db_url: str) -> None:
-    with coordinator(db_url) as co:
+    with coordinator(db_url, scheduler_process=None) as co:  # the servers' default
         worker = co.c.app.state.runtime.pass_worker  # type: ignore[attr-defined]
         assert worker is not None and _child_pids(worker), "started with the coordinator"
         node = co.register(co.token("provider", "prov"), [gpu(0)])
